@@ -1,0 +1,128 @@
+"""Plain (target-only) generation: chunked prefill, then one token per target pass.
+
+This is the baseline every speedup is measured against, so it gets the same care as the fast path:
+preallocated cache, no mask on the one-token path, logits only where a token is chosen.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from .events import StepEvent
+from .kv_cache import KVCache
+from .loading import LoadedModel
+from .masks import causal_mask
+from .model import Decoder
+from .sampling import SamplingParams, select_tokens
+from .text import TextStream
+
+
+def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256) -> torch.Tensor:
+    """Run the prompt in chunks of `chunk` tokens after the committed length; commit it.
+
+    Returns float32 logits [1, V] of the last position only."""
+    if chunk < 1:
+        raise ValueError("prefill chunk must be >= 1")
+    device = decoder.embed_tokens.weight.device
+    window = decoder.config.sliding_window
+    tokens = torch.tensor(ids, dtype=torch.long, device=device)
+    logits = None
+    for begin in range(0, len(ids), chunk):
+        part = tokens[begin:begin + chunk]
+        start = cache.length
+        n = part.shape[0]
+        positions = torch.arange(start, start + n, device=device)
+        mask = causal_mask(start, n, torch.float32, device, window)
+        logits = decoder(part, positions, cache, start, mask, logits_index=slice(n - 1, n))
+        cache.commit(start + n)
+    return logits
+
+
+def decode_mask(decoder: Decoder, position: int) -> torch.Tensor | None:
+    """None (all visible) unless a sliding window hides old slots from the token at `position`."""
+    window = decoder.config.sliding_window
+    if window is None or position < window:
+        return None
+    return causal_mask(position, 1, torch.float32, decoder.embed_tokens.weight.device, window)
+
+
+class Emitter:
+    """Turns chosen tokens into emitted tokens and text: stops at EOS, at a stop string, at the length
+    limit, and says how many of the tokens were kept (what the caller commits)."""
+
+    def __init__(self, tokenizer, eos_ids, stop_strings, max_new_tokens: int):
+        self.stream = TextStream(tokenizer, stop_strings)
+        self.eos_ids = set(eos_ids)
+        self.remaining = max_new_tokens
+        self.finished: str | None = None
+
+    def emit(self, token_ids: list[int]) -> tuple[list[int], str]:
+        ids = list(token_ids)
+        for i, tid in enumerate(ids):
+            if tid in self.eos_ids:
+                ids, self.finished = ids[:i], "eos"
+                break
+        if len(ids) >= self.remaining:
+            if len(ids) > self.remaining or self.finished is None:
+                self.finished = "length"
+            ids = ids[: self.remaining]
+        kept, text = self.stream.push(ids)
+        if self.stream.stopped:
+            ids, self.finished = ids[:kept], "stop"
+        self.remaining -= len(ids)
+        if self.finished and self.finished != "stop":
+            text += self.stream.flush()
+        return ids, text
+
+
+def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: int = 0) -> None:
+    from .errors import SubspecError
+
+    if prompt_len == 0:
+        raise SubspecError("the prompt is empty")
+    limit = lm.config.max_position_embeddings
+    if prompt_len + max_new_tokens + extra > limit:
+        raise SubspecError(
+            f"prompt ({prompt_len} tokens) + max new tokens ({max_new_tokens}) exceeds the model's "
+            f"context of {limit} tokens"
+        )
+
+
+def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 256,
+                   sampling: SamplingParams = SamplingParams(), stop_strings=(),
+                   prefill_chunk: int = 256) -> Iterator[StepEvent]:
+    """Target-only decoding, yielding one event per target pass."""
+    check_context(lm, len(prompt_ids), max_new_tokens)
+    decoder = lm.decoder
+    cache = decoder.new_cache(len(prompt_ids) + max_new_tokens)
+    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
+    gen = sampling.generator(lm.device)
+    if max_new_tokens <= 0:
+        yield StepEvent(0, (), "", finish_reason="length")
+        return
+
+    t0 = time.perf_counter()
+    logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
+    token = select_tokens(logits, sampling, gen)
+    ids, text = emitter.emit(token.tolist())
+    ms = (time.perf_counter() - t0) * 1e3
+    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, finish_reason=emitter.finished)
+
+    iteration = 0
+    while not emitter.finished:
+        iteration += 1
+        t0 = time.perf_counter()
+        pos = cache.length
+        positions = torch.tensor([pos], device=lm.device)
+        logits = decoder(token, positions, cache, pos, decode_mask(decoder, pos))
+        cache.commit(pos + 1)
+        token = select_tokens(logits, sampling, gen)
+        new = token.tolist()
+        verify_ms = (time.perf_counter() - t0) * 1e3
+        ids, text = emitter.emit(new)
+        ms = (time.perf_counter() - t0) * 1e3
+        yield StepEvent(iteration, tuple(ids), text, verify_ms=verify_ms, step_ms=ms,
+                        finish_reason=emitter.finished)

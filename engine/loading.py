@@ -1,0 +1,177 @@
+"""Load a Hugging Face model folder into our Decoder: config.json, safetensors (sharded or not), tokenizer.
+
+Weights are read tensor by tensor from memory-mapped files straight into a model built on the meta device,
+so RAM never holds a second full copy of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import SubspecError
+from .model import Decoder, rope_inverse_frequencies
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise SubspecError(f"bad shard index {index}: {exc}") from exc
+        files = [folder / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise SubspecError(f"shards listed in {index.name} are missing: {', '.join(missing)}")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise SubspecError(f"no .safetensors weights in {folder}")
+    return files
+
+
+def check_safetensors(path: Path) -> dict:
+    """Validate a safetensors file's header against its size (catches truncation and corruption cheaply).
+
+    Returns {name: (dtype, shape)}."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(f.read(n))
+        end = 0
+        tensors = {}
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            begin, stop = meta["data_offsets"]
+            end = max(end, stop)
+            tensors[name] = (meta["dtype"], tuple(meta["shape"]))
+        if 8 + n + end != size:
+            raise ValueError(f"file is {size} bytes, header describes {8 + n + end}")
+        return tensors
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise SubspecError(f"corrupt or truncated safetensors file {path.name}: {exc}") from exc
+
+
+def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> Decoder:
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    config = ModelConfig.from_file(folder)
+    with torch.device("meta"):
+        model = Decoder(config)
+    expected = {name for name, _ in model.named_parameters()}
+    loaded: set[str] = set()
+    for file in safetensors_files(folder):
+        check_safetensors(file)
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for key in f.keys():
+                name = key.removeprefix("model.")
+                if name not in expected:
+                    if name == "lm_head.weight" and config.tie_word_embeddings:
+                        continue  # some tied checkpoints store the copy anyway
+                    if name.endswith("rotary_emb.inv_freq"):
+                        continue
+                    raise SubspecError(f"unexpected tensor {key!r} in {file.name}")
+                tensor = f.get_tensor(key).to(dtype=dtype, device=device)
+                _assign(model, name, tensor)
+                loaded.add(name)
+    missing = expected - loaded
+    if missing:
+        raise SubspecError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+    # Buffers built on the meta device hold no values: compute the rotary table for real.
+    model.rotary.inv_freq = rope_inverse_frequencies(config).to(device)
+    return model.eval()
+
+
+def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    old = getattr(module, leaf)
+    if tuple(old.shape) != tuple(tensor.shape):
+        raise SubspecError(f"tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(old.shape)}")
+    setattr(module, leaf, torch.nn.Parameter(tensor, requires_grad=False))
+
+
+def load_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise SubspecError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+
+
+@dataclass
+class LoadedModel:
+    """A target model ready to generate: the decoder, its tokenizer and where it runs."""
+
+    path: Path
+    name: str
+    decoder: Decoder
+    tokenizer: object
+    device: torch.device
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.decoder.config
+
+    def eos_token_ids(self) -> set[int]:
+        ids = set(self.config.eos_token_ids)
+        tok_eos = getattr(self.tokenizer, "eos_token_id", None)
+        if tok_eos is not None:
+            ids.add(int(tok_eos))
+        gen = self.path / "generation_config.json"
+        if gen.is_file():
+            try:
+                eos = json.loads(gen.read_text()).get("eos_token_id")
+                ids.update(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+            except (OSError, json.JSONDecodeError):
+                pass
+        return ids
+
+    def encode(self, text: str, chat: bool = True, system: str | None = None,
+               history: list[dict] | None = None) -> list[int]:
+        """Token ids of a prompt; with `chat`, wrapped in the model's chat template."""
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise SubspecError(f"model {self.name} has no chat template; use --no-chat")
+            messages = ([{"role": "system", "content": system}] if system else []) + list(history or [])
+            messages.append({"role": "user", "content": text})
+            return self.encode_messages(messages)
+        return list(self.tokenizer.encode(text, add_special_tokens=True))
+
+    def encode_messages(self, messages: list[dict]) -> list[int]:
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_model(folder: str | Path, dtype: str = "auto", device: str | None = None,
+               name: str | None = None) -> LoadedModel:
+    """Load a model folder. dtype 'auto' computes in float32 on the CPU (fastest there) and in the
+    stored half precision on a GPU."""
+    folder = Path(folder)
+    dev = torch.device(device) if device else default_device()
+    if dtype == "auto":
+        torch_dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    elif dtype in DTYPES:
+        torch_dtype = DTYPES[dtype]
+    else:
+        raise SubspecError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    decoder = load_decoder(folder, torch_dtype, dev)
+    return LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev)

@@ -1,0 +1,182 @@
+"""One compact decoder for the Llama family (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM).
+
+The cache, the position ids and the additive attention mask are explicit arguments, so the same forward
+serves chunked prefill, one-token decoding and tree verification. Layers run one by one through
+`run_layer`, the seam where an offloader can bring a layer's weights in just before it computes.
+Parameter names follow the Hugging Face checkpoints (minus the `model.` prefix) so loading is a rename.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in float32 whatever the weights' dtype, as the reference implementations do.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
+    """Rotary inverse frequencies with the config's scaling, computed exactly as transformers does."""
+    dim = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / float(scaling["factor"])
+    elif kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        original = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > original / low, inv / factor, inv)
+        smooth = (original / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < original / high) * ~(wavelen > original / low)
+        inv = torch.where(medium, smoothed, scaled)
+    return inv
+
+
+class Rotary(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2], float32 like the reference
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin  # x: [B, H, T, D]; cos/sin: [T, D]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, cos, sin, mask, cache: KVCache, layer: int, start: int):
+        T = x.shape[1]
+        q = self.q_proj(x).view(1, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(1, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(1, T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        cache.write(layer, start, k, v)
+        keys, values = cache.view(layer, start + T)
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, h, cos, sin, mask, cache, layer, start):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer, start)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+# The linear layers of a decoder layer, by their checkpoint names: what a substitute replaces and what an
+# offloader streams.
+LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = Rotary(config)
+        if config.tie_word_embeddings:
+            self.lm_head = None  # the embedding matrix serves as the output projection
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def new_cache(self, capacity: int) -> KVCache:
+        w = self.embed_tokens.weight
+        c = self.config
+        return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, w.dtype, w.device)
+
+    def run_layer(self, index: int, h, cos, sin, mask, cache, start):
+        return self.layers[index](h, cos, sin, mask, cache, index, start)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+                mask: torch.Tensor | None = None, logits_index: torch.Tensor | slice | None = None
+                ) -> torch.Tensor:
+        """Run `tokens` [T] at rotary `positions` [T], writing their KV into cache slots [start, start+T).
+
+        `mask` [T, start+T] is additive over all slots up to start+T; None means every one of them is
+        visible (one-token decoding). `logits_index` picks the rows to project to the vocabulary (the
+        last one for prefill); None projects all. Returns float32 logits [rows, vocab].
+        """
+        dtype = self.embed_tokens.weight.dtype
+        h = self.embed_tokens(tokens)[None]  # [B, T, H]
+        cos, sin = self.rotary(positions, dtype)
+        attn_mask = None if mask is None else mask.to(dtype)[None, None]  # [B, 1, T, S]
+        for i in range(len(self.layers)):
+            h = self.run_layer(i, h, cos, sin, attn_mask, cache, start)
+        h = h[0]
+        if logits_index is not None:
+            h = h[logits_index]
+        h = self.norm(h)
+        return F.linear(h, self.output_weight).float()
