@@ -78,22 +78,49 @@ def _sampling(args):
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
 
 
+def _draft(lm, args):
+    from .substitute import build_draft
+
+    def progress(done, total):
+        print(f"\rbuilding {args.substitute_bits}-bit substitutes: layer {done}/{total}", end="",
+              file=sys.stderr, flush=True)
+
+    draft = build_draft(lm.decoder, args.substitute_bits, args.group_size, progress=progress)
+    print(file=sys.stderr)
+    return draft
+
+
+def _load(args):
+    from .loading import load_model
+    from .store import resolve_model
+
+    folder, name = resolve_model(args.model)
+    return load_model(folder, dtype=args.dtype, device=args.device, name=name)
+
+
 def cmd_generate(args) -> int:
     from .events import summarize
     from .generate import generate_plain
-    from .loading import load_model
-    from .store import resolve_model
+    from .speculative import TreeShape, generate_subspec
 
     if args.max_new_tokens < 0:
         raise SubspecError("--max-new-tokens must be >= 0")
     sampling = _sampling(args)
-    folder, name = resolve_model(args.model)
-    lm = load_model(folder, dtype=args.dtype, device=args.device, name=name)
+    shape = TreeShape(args.depth, args.topk, args.draft_temperature)
+    lm = _load(args)
     prompt_ids = lm.encode(args.prompt, chat=args.chat, system=args.system)
-    events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, tuple(args.stop or ()))
+    stops = tuple(args.stop or ())
+    extra = {}
+    if args.method == "subspec":
+        draft = _draft(lm, args)
+        events = generate_subspec(lm, draft, prompt_ids, args.max_new_tokens, sampling, stops, shape)
+        extra = {"depth": shape.depth, "topk": shape.topk, "draft_temperature": shape.draft_temperature,
+                 "substitute_bits": args.substitute_bits, "group_size": args.group_size}
+    else:
+        events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops)
     if not args.json:
         events = _echo(events)
-    result = summarize(events, len(prompt_ids), args.method)
+    result = summarize(events, len(prompt_ids), args.method, extra=extra)
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
     else:
@@ -103,11 +130,64 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import itertools
+
+    from .bench import format_table, read_prompts, run_bench
+    from .speculative import TreeShape
+
+    conversations = read_prompts(args.prompts, args.limit, args.turns)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    shapes = [TreeShape(d, k, args.draft_temperature) for d, k in itertools.product(args.depth, args.topk)]
+    sampling = _sampling(args)
+    lm = _load(args)
+    meta = {"model": lm.name, "prompts": str(args.prompts), "conversations": len(conversations),
+            "turns": args.turns, "max_new_tokens": args.max_new_tokens, "substitute_bits": args.substitute_bits,
+            "group_size": args.group_size, "draft_temperature": args.draft_temperature,
+            "temperature": args.temperature, "device": str(lm.device),
+            "dtype": str(lm.decoder.embed_tokens.weight.dtype)}
+
+    def progress(done, rows):
+        print(f"conversation {done}/{len(conversations)} done", file=sys.stderr, flush=True)
+        if args.json_out:  # saved after every conversation: a long run that is stopped keeps its numbers
+            with open(args.json_out, "w") as f:
+                json.dump({"setup": {**meta, "completed": done}, "results": rows}, f, indent=2)
+
+    rows = run_bench(lm, conversations, methods, shapes, args.max_new_tokens, lambda: _draft(lm, args),
+                     sampling, progress=progress)
+    print(format_table(rows))
+    return 0
+
+
 def _echo(events):
     for ev in events:
         sys.stdout.write(ev.text)
         sys.stdout.flush()
         yield ev
+
+
+def _model_options(p) -> None:
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _subspec_options(p, sweep: bool) -> None:
+    if sweep:
+        p.add_argument("--depth", type=_int_list, default=[48], help="draft tree depth(s), e.g. 8,16,32,48")
+        p.add_argument("--topk", type=_int_list, default=[6], help="draft tree width(s), e.g. 1,4,6,8")
+    else:
+        p.add_argument("--depth", type=int, default=48, help="draft tree depth (default 48)")
+        p.add_argument("--topk", type=int, default=6, help="draft tree width (default 6)")
+    p.add_argument("--draft-temperature", type=float, default=0.2, help="sharpening of the draft (default 0.2)")
+    p.add_argument("--substitute-bits", type=int, default=4, help="HQQ bits of the substitutes (default 4)")
+    p.add_argument("--group-size", type=int, default=64, help="HQQ group size (default 64)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,11 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--method", choices=["vanilla"], default="vanilla")
-    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--method", choices=["vanilla", "subspec"], default="vanilla")
+    _model_options(g)
+    _subspec_options(g, sweep=False)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="measure plain decoding and SubSpec side by side on a prompt set")
+    b.add_argument("model")
+    b.add_argument("--prompts", required=True, help="JSON lines with 'turns' (MT-Bench) or 'prompt'")
+    b.add_argument("--limit", type=int)
+    b.add_argument("--turns", type=int, default=1, choices=[1, 2])
+    b.add_argument("--methods", default="vanilla,subspec")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--temperature", type=float, default=0.0)
+    b.add_argument("--top-p", type=float, default=1.0)
+    b.add_argument("--top-k", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json-out")
+    _model_options(b)
+    _subspec_options(b, sweep=True)
+    b.set_defaults(func=cmd_bench)
     return p
 
 

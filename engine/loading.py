@@ -6,6 +6,7 @@ so RAM never holds a second full copy of the checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,10 @@ class LoadedModel:
         return self.decoder.config
 
     def eos_token_ids(self) -> set[int]:
+        return set(self._eos_ids)
+
+    @functools.cached_property
+    def _eos_ids(self) -> frozenset[int]:
         ids = set(self.config.eos_token_ids)
         tok_eos = getattr(self.tokenizer, "eos_token_id", None)
         if tok_eos is not None:
@@ -139,7 +144,7 @@ class LoadedModel:
                 ids.update(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
             except (OSError, json.JSONDecodeError):
                 pass
-        return ids
+        return frozenset(ids)
 
     def encode(self, text: str, chat: bool = True, system: str | None = None,
                history: list[dict] | None = None) -> list[int]:

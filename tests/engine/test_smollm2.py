@@ -66,3 +66,22 @@ def test_stop_string_ends_the_answer(smollm2):
     assert stopped.finish_reason == "stop"
     assert stopped.text == full.text[: full.text.index(stop)]
     assert stopped.token_ids == full.token_ids[: len(stopped.token_ids)]
+
+
+@pytest.fixture(scope="module")
+def smollm2_draft(smollm2):
+    from engine.substitute import build_draft
+
+    return build_draft(smollm2.decoder, nbits=4, group_size=64)  # g64: g32 would match the GGUF's own grid
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:5])
+def test_subspec_greedy_64_tokens_equal_plain(smollm2, smollm2_draft, prompt):
+    from engine.speculative import TreeShape, generate_subspec
+
+    ids = smollm2.encode(prompt)
+    plain = summarize(generate_plain(smollm2, ids, 64), len(ids), "vanilla")
+    spec = summarize(generate_subspec(smollm2, smollm2_draft, ids, 64, shape=TreeShape(8, 4)), len(ids), "subspec")
+    assert spec.token_ids == plain.token_ids
+    assert spec.text == plain.text
+    assert spec.tau > 1.5  # the substitute is a real, well-aligned draft

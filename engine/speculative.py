@@ -1,0 +1,143 @@
+"""Substitute speculative decoding: the draft grows a deep beam tree over the shared KV cache, the target
+verifies every node in one pass, and the verification walk emits only tokens the target itself chose.
+
+One iteration (a "target pass"):
+1. grow_tree: `depth` draft steps; each runs the newest `topk` nodes and keeps the global top-`topk`
+   children by cumulative float32 log-probability of the sharpened draft distribution.
+2. verify: one target forward over all nodes with the tree mask; the target's token at every node
+   (argmax, or one draw from its warped distribution) is chosen on the device; only N ids come back.
+3. walk: accept while the target's token is a child; the first mismatch (or the leaf's token) is the bonus.
+4. commit: the KV rows of the root and the accepted path are gathered behind the committed prefix.
+The draft never prefills: it reads the target's committed KV; rows the draft writes past the committed
+length are overwritten by the target's pass, and rejected rows are simply left behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from .errors import SubspecError
+from .events import StepEvent
+from .generate import Emitter, check_context, prefill
+from .kv_cache import KVCache
+from .loading import LoadedModel
+from .model import Decoder
+from .sampling import SamplingParams, select_tokens
+from .tree import Tree, tree_mask, walk
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    depth: int = 48
+    topk: int = 6
+    draft_temperature: float = 0.2
+
+    def __post_init__(self):
+        if self.depth < 0 or self.topk < 1:
+            raise SubspecError(f"depth must be >= 0 and width >= 1, got depth {self.depth}, width {self.topk}")
+        if self.draft_temperature <= 0:
+            raise SubspecError(f"draft temperature must be > 0, got {self.draft_temperature}")
+
+    @property
+    def nodes(self) -> int:
+        return 1 + self.depth * self.topk
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: TreeShape,
+              depth: int, timer: list[float]) -> Tree:
+    """Beam tree of `depth` levels below the root. Draft forward time (ms) accumulates into timer[0]."""
+    L = cache.length
+    device = root_token.device
+    tree = Tree.with_root(root_token, 1 + depth * shape.topk, device)
+    frontier = slice(0, 1)
+    scores = torch.zeros(1, device=device)
+    for _ in range(depth):
+        mask = tree_mask(tree.ancestors, frontier, L, tree.size, depths=tree.depths,
+                         sliding_window=draft.config.sliding_window)
+        t0 = time.perf_counter()
+        logits = draft(tree.tokens[frontier], L + tree.depths[frontier], cache, L + frontier.start, mask)
+        _sync(device)
+        timer[0] += (time.perf_counter() - t0) * 1e3
+        # Sharpening (draft temperature < 1) keeps a confident wrong branch from crowding the beam.
+        logp = torch.log_softmax(logits / shape.draft_temperature, dim=-1) + scores[:, None]  # float32
+        vocab = logp.shape[1]
+        top = torch.topk(logp.flatten(), shape.topk)
+        frontier = tree.add(frontier.start + top.indices // vocab, top.indices % vocab)
+        scores = top.values
+    return tree
+
+
+def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """The target's token at every node of the tree, in one pass: [N] on the device."""
+    L, n = cache.length, tree.size
+    mask = tree_mask(tree.ancestors, slice(0, n), L, n, depths=tree.depths,
+                     sliding_window=target.config.sliding_window)
+    logits = target(tree.tokens[:n], L + tree.depths[:n], cache, L, mask)
+    return select_tokens(logits, sampling, generator)
+
+
+Verifier = Callable[[Decoder, KVCache, Tree, SamplingParams, "torch.Generator | None"], torch.Tensor]
+
+
+def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max_new_tokens: int = 256,
+                     sampling: SamplingParams = SamplingParams(), stop_strings=(),
+                     shape: TreeShape = TreeShape(), prefill_chunk: int = 256,
+                     verifier: Verifier = verify, cache: KVCache | None = None) -> Iterator[StepEvent]:
+    """Speculative decoding with the substitute draft; output identical to `generate_plain`'s.
+
+    `cache` (optional) is used instead of a fresh one, so a caller can inspect or continue it."""
+    check_context(lm, len(prompt_ids), max_new_tokens)
+    target = lm.decoder
+    device = lm.device
+    needed = len(prompt_ids) + max_new_tokens + shape.nodes + 1
+    if cache is None:
+        cache = target.new_cache(needed)
+    cache.commit(0)
+    cache.ensure_capacity(needed)
+    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
+    gen = sampling.generator(device)
+    context = lm.config.max_position_embeddings
+    if max_new_tokens <= 0:
+        yield StepEvent(0, (), "", finish_reason="length")
+        return
+
+    t0 = time.perf_counter()
+    root = select_tokens(prefill(target, cache, prompt_ids, prefill_chunk), sampling, gen)
+    ids, text = emitter.emit(root.tolist())
+    ms = (time.perf_counter() - t0) * 1e3
+    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, finish_reason=emitter.finished)
+
+    iteration = 0
+    while not emitter.finished:
+        iteration += 1
+        t0 = time.perf_counter()
+        L = cache.length
+        # No deeper than the tokens still wanted or the positions the model has.
+        depth = max(0, min(shape.depth, emitter.remaining - 1, context - L - 1))
+        timer = [0.0]
+        tree = grow_tree(draft, cache, root, shape, depth, timer)
+        t1 = time.perf_counter()
+        target_tokens = verifier(target, cache, tree, sampling, gen)
+        _sync(device)
+        verify_ms = (time.perf_counter() - t1) * 1e3
+        n = tree.size
+        tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
+        path, bonus = walk(tokens, parents, chosen)
+        kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
+        # Commit the KV of the root and of every kept token but the last, which becomes the next root.
+        slots = torch.tensor([0] + path[: max(len(kept) - 1, 0)], device=device) + L
+        cache.compact(slots)
+        root = torch.tensor([bonus], device=device)
+        ms = (time.perf_counter() - t0) * 1e3
+        yield StepEvent(iteration, tuple(kept), text, accepted=len(path), tree_nodes=n, draft_ms=timer[0],
+                        verify_ms=verify_ms, step_ms=ms, finish_reason=emitter.finished)

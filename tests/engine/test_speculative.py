@@ -1,0 +1,167 @@
+"""Speculative decoding is lossless: greedy output equals target-only output token for token, sampled
+output follows the target's distribution, and the shared cache stays exact."""
+
+import math
+
+import pytest
+import torch
+from tiny_models import ARCHS, make_tiny_model_folder
+
+from engine.events import summarize
+from engine.generate import decode_mask, generate_plain
+from engine.loading import load_model
+from engine.masks import causal_mask
+from engine.sampling import SamplingParams, select_tokens
+from engine.speculative import TreeShape, generate_subspec, verify
+from engine.substitute import build_draft
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def tiny(request, tmp_path_factory):
+    lm = load_model(make_tiny_model_folder(tmp_path_factory.mktemp(request.param), request.param), "float32", "cpu")
+    return lm, build_draft(lm.decoder, 4, 64)
+
+
+def _run(gen, lm, ids):
+    return summarize(gen, len(ids), "x")
+
+
+@pytest.mark.parametrize("shape", [TreeShape(6, 3), TreeShape(1, 4), TreeShape(5, 1), TreeShape(0, 2)])
+def test_greedy_equals_plain_on_every_architecture(tiny, shape):
+    lm, draft = tiny
+    for prompt in ["hello world", "the cat sat on"]:
+        ids = lm.encode(prompt)
+        plain = _run(generate_plain(lm, ids, 40), lm, ids)
+        spec = _run(generate_subspec(lm, draft, ids, 40, shape=shape), lm, ids)
+        assert spec.token_ids == plain.token_ids
+        assert spec.text == plain.text and spec.finish_reason == plain.finish_reason
+
+
+def test_eos_inside_an_accepted_block_ends_the_answer_there(tiny):
+    lm, draft = tiny
+    ids = lm.encode("abc")
+    events = list(generate_subspec(lm, draft, ids, 60, shape=TreeShape(8, 3)))
+    # Pick a token the target emitted inside a multi-token accepted block and declare it the EOS.
+    block = next(ev for ev in events if ev.iteration > 0 and ev.accepted >= 2)
+    eos = block.token_ids[1]
+    emitted = [t for ev in events for t in ev.token_ids]
+    cut = emitted.index(eos)
+    lm.eos_token_ids = lambda: {eos}
+    try:
+        plain = _run(generate_plain(lm, ids, 60), lm, ids)
+        spec_events = list(generate_subspec(lm, draft, ids, 60, shape=TreeShape(8, 3)))
+    finally:
+        del lm.eos_token_ids
+    spec = [t for ev in spec_events for t in ev.token_ids]
+    assert spec == list(plain.token_ids) == emitted[:cut]
+    assert spec_events[-1].finish_reason == "eos"
+    assert spec_events[-1].accepted + 1 > len(spec_events[-1].token_ids)  # the block was cut at the EOS
+
+
+def test_cache_is_exact_after_many_rounds(tiny):
+    lm, draft = tiny
+    ids = lm.encode("some prompt")
+    cache = lm.decoder.new_cache(8)
+    lm.eos_token_ids = lambda: set()  # run the full 50 tokens
+    try:
+        events = list(generate_subspec(lm, draft, ids, 50, shape=TreeShape(4, 2), cache=cache))
+    finally:
+        del lm.eos_token_ids
+    emitted = [t for ev in events for t in ev.token_ids]
+    assert len(emitted) == 50 and sum(ev.iteration > 0 for ev in events) > 5
+    # Committed: the prompt and every emitted token but the last (the next root, without KV yet).
+    assert cache.length == len(ids) + len(emitted) - 1
+    last = torch.tensor(emitted[-1:])
+    pos = cache.length
+    from_cache = lm.decoder(last, torch.tensor([pos]), cache, pos, decode_mask(lm.decoder, pos))
+    full = torch.tensor(ids + emitted)
+    n = full.numel()
+    mask = causal_mask(0, n, torch.float32, sliding_window=lm.config.sliding_window)
+    fresh = lm.decoder(full, torch.arange(n), lm.decoder.new_cache(n), 0, mask, logits_index=slice(n - 1, n))
+    assert ((from_cache - fresh).abs().max() / fresh.abs().max()) < 1e-5
+
+
+# --- sampling is lossless: a two-sample chi-square test that can also fail ---------------------------
+
+def _chi_square_p(a: list, b: list) -> float:
+    """p-value of the homogeneity test between two samples of categorical outcomes (sparse bins pooled)."""
+    from collections import Counter
+
+    ca, cb = Counter(a), Counter(b)
+    na, nb = len(a), len(b)
+    pooled = {"other": [0, 0]}
+    for key in set(ca) | set(cb):
+        if ca[key] + cb[key] >= 10:
+            pooled[key] = [ca[key], cb[key]]
+        else:
+            pooled["other"][0] += ca[key]
+            pooled["other"][1] += cb[key]
+    rows = [v for v in pooled.values() if sum(v) > 0]
+    stat = 0.0
+    for x, y in rows:
+        tot = x + y
+        ex, ey = tot * na / (na + nb), tot * nb / (na + nb)
+        stat += (x - ex) ** 2 / ex + (y - ey) ** 2 / ey
+    dof = len(rows) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+def _biased_verify(target, cache, tree, sampling, generator):
+    """A wrong verifier: where the target's draw is not the first child, take that child anyway whenever
+    the target gives it at least 10% probability (over-accepts the draft)."""
+    from engine.tree import tree_mask
+
+    L, n = cache.length, tree.size
+    logits = target(tree.tokens[:n], L + tree.depths[:n], cache, L,
+                    tree_mask(tree.ancestors, slice(0, n), L, n))
+    chosen = select_tokens(logits, sampling, generator)
+    probs = torch.softmax(logits / sampling.temperature, -1)
+    for i in range(n):
+        kids = (tree.parents[:n] == i).nonzero().flatten()
+        if kids.numel():
+            first = tree.tokens[kids[0]]
+            if probs[i, first] >= 0.1:
+                chosen[i] = first
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory):
+    """A tiny model whose next-token distributions are neither flat nor one-hot."""
+    from tiny_models import make_tiny_checkpoint, save_char_tokenizer
+
+    folder = tmp_path_factory.mktemp("peaked")
+    make_tiny_checkpoint(folder, "llama", seed=3, scale=3.0)
+    save_char_tokenizer(folder)
+    lm = load_model(folder, "float32", "cpu")
+    return lm, build_draft(lm.decoder, 4, 64)
+
+
+def _samples(peaked, seeds, spec, verifier=verify):
+    lm, draft = peaked
+    ids = lm.encode("xy", chat=False)
+    out = []
+    for seed in seeds:
+        # A low temperature makes the tiny random model's distributions peaked enough to test with.
+        params = SamplingParams(temperature=0.1, seed=seed)
+        if spec:
+            gen = generate_subspec(lm, draft, ids, 3, params, shape=TreeShape(2, 2), verifier=verifier)
+        else:
+            gen = generate_plain(lm, ids, 3, params)
+        toks = [t for ev in gen for t in ev.token_ids]
+        out.append(tuple(toks[1:3]))  # tokens decided by the first verification passes
+    return out
+
+
+def test_sampling_matches_target_distribution_and_test_detects_bias(peaked):
+    n = 800
+    plain = _samples(peaked, range(0, n), spec=False)
+    assert len(set(plain)) > 20  # a real distribution, not a near-deterministic one
+    spec = _samples(peaked, range(100000, 100000 + n), spec=True)
+    p_ok = _chi_square_p(plain, spec)
+    biased = _samples(peaked, range(200000, 200000 + n), spec=True, verifier=_biased_verify)
+    p_bad = _chi_square_p(plain, biased)
+    assert p_ok > 0.001, f"speculative sampling differs from the target's (p={p_ok:.2e})"
+    assert p_bad < 1e-6, f"the test failed to catch a biased verifier (p={p_bad:.2e})"
+    assert not math.isnan(p_ok)

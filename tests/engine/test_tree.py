@@ -1,0 +1,46 @@
+import torch
+
+from engine.tree import Tree, tree_mask, walk
+
+
+def _small_tree():
+    #        0
+    #      /   \
+    #     1(a)  2(b)
+    #    / \      \
+    #  3(c) 4(d)  5(c)
+    t = Tree.with_root(9, 6, "cpu")
+    t.add(torch.tensor([0, 0]), torch.tensor([10, 11]))
+    t.add(torch.tensor([1, 1, 2]), torch.tensor([12, 13, 12]))
+    return t
+
+
+def test_tree_tensors():
+    t = _small_tree()
+    assert t.size == 6
+    assert t.depths.tolist() == [0, 1, 1, 2, 2, 2]
+    assert t.parents.tolist() == [-1, 0, 0, 1, 1, 2]
+    assert t.ancestors[5].nonzero().flatten().tolist() == [0, 2, 5]
+    assert t.ancestors[4].nonzero().flatten().tolist() == [0, 1, 4]
+
+
+def test_mask_sees_prefix_and_ancestors_only():
+    t = _small_tree()
+    m = tree_mask(t.ancestors, slice(3, 6), committed=4, visible_nodes=6)
+    assert m.shape == (3, 10)
+    visible = (m == 0).int().tolist()
+    assert visible[0] == [1, 1, 1, 1] + [1, 1, 0, 1, 0, 0]  # node 3 -> 0, 1, 3
+    assert visible[2] == [1, 1, 1, 1] + [1, 0, 1, 0, 0, 1]  # node 5 -> 0, 2, 5
+    assert (m[m != 0] == torch.finfo(torch.float32).min).all()
+
+
+def test_walk_accepts_while_child_then_bonus():
+    t = _small_tree()
+    tokens, parents = t.tokens.tolist(), t.parents.tolist()
+    # target says: after root -> 11 (node 2), after node 2 -> 12 (node 5), after node 5 -> 42 (bonus)
+    chosen = [11, 0, 12, 0, 0, 42]
+    assert walk(tokens, parents, chosen) == ([2, 5], 42)
+    # first token already mismatches: nothing accepted, the target's token is the bonus
+    assert walk(tokens, parents, [77, 0, 0, 0, 0, 0]) == ([], 77)
+    # a leaf: the target's token there is the bonus
+    assert walk(tokens, parents, [10, 13, 0, 0, 5, 0]) == ([1, 4], 5)
