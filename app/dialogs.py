@@ -1,0 +1,67 @@
+"""Error reporting: the one dialog used for engine failures and for uncaught exceptions."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
+
+
+def show_error(parent: QWidget | None, title: str, message: str, details: str = "") -> None:
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Critical)
+    box.setWindowTitle(title)
+    box.setText(message)
+    if details:
+        box.setDetailedText(details)
+    box.exec()
+
+
+class _Relay(QObject):
+    """Lives on the GUI thread: an exception raised on another thread reaches the dialog through it (a
+    queued call to a method of a GUI-thread object), since widgets may only be made on the GUI thread."""
+
+    show = Signal(str, str)
+
+    def __init__(self):
+        super().__init__()
+        self.show.connect(self._show)
+
+    @Slot(str, str)
+    def _show(self, message: str, details: str) -> None:
+        _show_unexpected(message, details)
+
+
+_relay: _Relay | None = None
+_showing = False
+
+
+def install_excepthook() -> None:
+    """Uncaught exceptions are printed and shown in a dialog instead of silently killing a slot."""
+    global _relay
+    _relay = _Relay()
+    sys.excepthook = _excepthook
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+    if issubclass(exc_type, KeyboardInterrupt) or _relay is None:
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    details = "".join(traceback.format_exception(exc_type, exc, tb))
+    sys.stderr.write(details)
+    if QApplication.instance() is not None:
+        _relay.show.emit(f"{exc_type.__name__}: {exc}", details)
+
+
+def _show_unexpected(message: str, details: str) -> None:
+    global _showing
+    if _showing:  # an error inside the dialog's own event loop must not stack dialogs without end
+        return
+    _showing = True
+    try:
+        show_error(QApplication.activeWindow(), "Unexpected error",
+                   f"Something went wrong. The app keeps running.\n\n{message}", details)
+    finally:
+        _showing = False

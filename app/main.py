@@ -1,0 +1,108 @@
+"""`subspec-studio` / `python -m app`: start the chat window."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QTimer, Slot
+from PySide6.QtWidgets import QApplication
+
+from engine.store import DEFAULT_MODEL
+
+from . import dialogs
+from .backend import EngineFactory
+from .main_window import MainWindow
+from .worker import EngineHost
+
+DEMO_PROMPT = "What is the capital of France?"
+SCRIPT_TIMEOUT_S = 600  # a scripted run that hangs (a stuck load) must still end, with an error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="subspec-studio", description="SubSpec Studio: chat with local LLMs.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"a store name or a model folder ({DEFAULT_MODEL})")
+    p.add_argument("--demo", action="store_true", help=f"send {DEMO_PROMPT!r} once the model is loaded")
+    p.add_argument("--screenshot", metavar="PATH",
+                   help="run the demo exchange, save the window as a PNG to PATH and exit")
+    return p
+
+
+class ScriptedExchange(QObject):
+    """Sends one prompt when the model is ready; with a screenshot path, grabs the window after the
+    answer and quits (exit code 1 on any failure, so scripts and CI notice)."""
+
+    def __init__(self, window: MainWindow, screenshot: str | None):
+        super().__init__(window)
+        self.window = window
+        self.screenshot = screenshot
+        window.host.loaded.connect(self._send)
+        if screenshot:
+            window.host.finished.connect(self._finished)
+            QTimer.singleShot(SCRIPT_TIMEOUT_S * 1000, self, lambda: self._quit(1, "timed out"))
+
+    @Slot(str)
+    def _send(self, _name: str) -> None:
+        self.window.host.loaded.disconnect(self._send)  # once: a later model switch must not resend
+        self.window.prompt.setPlainText(DEMO_PROMPT)
+        self.window.send()
+
+    @Slot(object)
+    def _finished(self, _summary: dict) -> None:
+        # Let the last token and the status bar paint before grabbing.
+        QTimer.singleShot(150, self, self._grab)
+
+    def _grab(self) -> None:
+        path = Path(self.screenshot)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.window.grab().save(str(path)):
+            self._quit(1, f"could not write {path}")
+            return
+        print(f"saved {path}", file=sys.stderr)
+        self._quit(0)
+
+    def _quit(self, code: int, why: str = "") -> None:
+        if why:
+            print(f"error: {why}", file=sys.stderr)
+        QApplication.instance().exit(code)
+
+
+def _print_and_exit(title: str, message: str, details: str) -> None:
+    """Error handling for unattended runs: a modal dialog there would wait forever."""
+    print(f"error: {title}: {message}\n{details}", file=sys.stderr)
+    QApplication.instance().exit(1)
+
+
+def _scripted_excepthook(exc_type, exc, tb) -> None:
+    traceback.print_exception(exc_type, exc, tb)
+    app = QApplication.instance()
+    if app is not None:
+        app.exit(1)
+
+
+def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = None) -> int:
+    """`engine_factory` replaces the torch engine (tests run the scripted exchange on a fake)."""
+    args = build_parser().parse_args(argv)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("SubSpec Studio")
+    unattended = bool(args.screenshot)
+    if unattended:
+        sys.excepthook = _scripted_excepthook
+    else:
+        dialogs.install_excepthook()
+    host = EngineHost(engine_factory)
+    app.aboutToQuit.connect(host.shutdown)
+    window = MainWindow(host, on_error=_print_and_exit if unattended else None)
+    if args.demo or args.screenshot:
+        ScriptedExchange(window, args.screenshot)
+    window.show()
+    window.load_model(args.model)
+    code = app.exec()
+    window.close()  # a scripted run ends with the window still open; this joins the engine thread
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

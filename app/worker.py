@@ -1,0 +1,134 @@
+"""The engine worker (owns the model, lives on one long-lived QThread) and its GUI-thread host.
+
+Signals that cross the thread are declared `object`, not `dict`/`list`: PySide converts those to
+QVariantMap/QVariantList, which drops non-string keys and turns tuples into lists.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import asdict
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from engine.errors import SubspecError
+from engine.events import summarize
+
+from .backend import Backend, EngineFactory, torch_backend
+
+
+class EngineWorker(QObject):
+    loaded = Signal(str)  # model display name
+    progress = Signal(str)  # what a slow load is doing
+    token = Signal(str)  # text to append to the answer
+    step = Signal(object)  # dict: one StepEvent
+    finished = Signal(object)  # dict: text, new_tokens, tokens_per_s, ttft_s, finish_reason, ...
+    failed = Signal(str, str)  # message for the user, details (traceback)
+
+    def __init__(self, engine_factory: EngineFactory | None = None,
+                 stop_event: threading.Event | None = None):
+        super().__init__()
+        self._factory = engine_factory or torch_backend
+        self._engine: Backend | None = None
+        self.stop_event = stop_event or threading.Event()
+
+    @Slot(str)
+    def load(self, model: str) -> None:
+        self._engine = None  # let the old model go before the new one takes its memory
+        try:
+            self._engine = self._factory(model, self.progress.emit)
+        except Exception as exc:  # noqa: BLE001 - the worker must survive anything a load raises
+            self._fail(exc)
+            return
+        self.loaded.emit(self._engine.name)
+
+    @Slot(object, object)
+    def generate(self, messages: list[dict], params: dict) -> None:
+        if self._engine is None:
+            self.failed.emit("No model is loaded.", "")
+            return
+        stopped = False
+        events = None
+
+        def relay(evs):
+            nonlocal stopped
+            if self.stop_event.is_set():
+                stopped = True
+                return
+            for ev in evs:
+                self.step.emit(asdict(ev))
+                if ev.text:
+                    self.token.emit(ev.text)
+                yield ev
+                if self.stop_event.is_set() and not ev.finish_reason:
+                    stopped = True
+                    return
+
+        try:
+            prompt_tokens, events = self._engine.stream(list(messages), dict(params))
+            result = summarize(relay(events), prompt_tokens, params.get("method", "vanilla"))
+        except Exception as exc:  # noqa: BLE001 - any engine failure becomes a dialog, not a dead thread
+            self._fail(exc)
+            return
+        finally:
+            close = getattr(events, "close", None)
+            if close:
+                close()  # frees the KV cache now rather than whenever the generator is collected
+        summary = {k: v for k, v in result.as_json().items() if k != "token_ids"}
+        if stopped:
+            summary["finish_reason"] = "stopped"
+        self.finished.emit(summary)
+
+    def _fail(self, exc: Exception) -> None:
+        details = "".join(traceback.format_exception(exc))
+        message = str(exc) if isinstance(exc, SubspecError) else f"Unexpected error: {type(exc).__name__}: {exc}"
+        self.failed.emit(message, details)
+
+
+class EngineHost(QObject):
+    """The GUI thread's handle on the worker: starts its thread, forwards requests, and re-emits the
+    worker's signals from the GUI thread, so any receiver (even a lambda) runs there."""
+
+    loaded = Signal(str)
+    progress = Signal(str)
+    token = Signal(str)
+    step = Signal(object)
+    finished = Signal(object)
+    failed = Signal(str, str)
+    _load = Signal(str)
+    _generate = Signal(object, object)
+
+    def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        # Held here, not only on the worker: the worker's C++ side is deleted when the thread ends.
+        self.stop_event = threading.Event()
+        self.thread = QThread()
+        self.thread.setObjectName("engine")
+        self.worker = EngineWorker(engine_factory, self.stop_event)
+        self.worker.moveToThread(self.thread)
+        self._load.connect(self.worker.load)
+        self._generate.connect(self.worker.generate)
+        for name in ("loaded", "progress", "token", "step", "finished", "failed"):
+            getattr(self.worker, name).connect(getattr(self, name))
+        self.thread.finished.connect(self.worker.deleteLater)
+        self.thread.start()
+
+    def load(self, model: str) -> None:
+        self._load.emit(model)
+
+    def generate(self, messages: list[dict], params: dict) -> None:
+        # Cleared here, not in the worker, so a Stop pressed before the worker picks the request up counts.
+        self.stop_event.clear()
+        self._generate.emit([dict(m) for m in messages], dict(params))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def shutdown(self) -> None:
+        """Stop any answer, end the thread and wait for it. A model load cannot be interrupted, so this
+        may wait for one to finish; returning earlier would destroy a running QThread."""
+        if self.thread.isRunning():
+            self.stop()
+            self.thread.quit()
+            self.thread.wait()

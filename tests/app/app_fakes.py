@@ -1,0 +1,101 @@
+"""A fake engine for the app tests: replays StepEvents recorded from the real SmolLM2-135M-Instruct, so
+the GUI is exercised with real token boundaries and finish reasons but without torch or a model.
+
+Re-record (timings will differ, nothing depends on them): PYTHONPATH=. python tests/app/app_fakes.py
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from engine.errors import SubspecError
+from engine.events import StepEvent
+
+RECORDING = Path(__file__).with_name("data") / "capital_of_france.json"
+PROMPT = "What is the capital of France?"
+
+
+def recorded_events() -> list[StepEvent]:
+    raw = json.loads(RECORDING.read_text())
+    return [StepEvent(**{**e, "token_ids": tuple(e["token_ids"])}) for e in raw["events"]]
+
+
+def recorded_answer() -> str:
+    return "".join(e.text for e in recorded_events())
+
+
+class FakeBackend:
+    """Plays `events` back (a callable, so a test can hand out an endless stream), `delay_s` apart.
+
+    `fail_on_call` lists the stream() calls (0-based) that raise SubspecError after `fail_after` events.
+    `gate`, when given, is waited on before every event after the first, so a test can hold an answer
+    mid-stream deterministically."""
+
+    def __init__(self, name="FakeLM-1M", events=recorded_events, delay_s=0.0, fail_on_call=(),
+                 fail_after=0, gate: threading.Event | None = None):
+        self.name = name
+        self.events = events
+        self.delay_s = delay_s
+        self.fail_on_call = set(fail_on_call)
+        self.fail_after = fail_after
+        self.gate = gate
+        self.calls: list[tuple[list[dict], dict]] = []
+        self.thread_ids: list[int] = []
+
+    def stream(self, messages, params):
+        call = len(self.calls)
+        self.calls.append((messages, params))
+        self.thread_ids.append(threading.get_ident())
+        return 12, self._play(call)
+
+    def _play(self, call):
+        for i, ev in enumerate(self.events()):
+            if call in self.fail_on_call and i == self.fail_after:
+                raise SubspecError("prompt (99999 tokens) exceeds the model's context of 8192 tokens")
+            if i and self.gate is not None:
+                self.gate.wait(5)
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            yield ev
+
+
+def endless_events():
+    i = 0
+    while True:
+        yield StepEvent(i, (100 + i,), f" w{i}")
+        i += 1
+
+
+def factory_for(backend: FakeBackend, load_error: Exception | None = None, loads: list | None = None):
+    def factory(model, progress):
+        if loads is not None:
+            loads.append(model)
+        progress(f"Loading {model} …")
+        if load_error is not None:
+            raise load_error
+        return backend
+    return factory
+
+
+def _record() -> None:
+    from engine.generate import generate_plain
+    from engine.loading import load_model
+    from engine.sampling import SamplingParams
+    from engine.store import DEFAULT_MODEL, resolve_model
+
+    folder, name = resolve_model(DEFAULT_MODEL)
+    lm = load_model(folder, name=name, device="cpu")
+    ids = lm.encode_messages([{"role": "user", "content": PROMPT}])
+    events = [asdict(e) for e in generate_plain(lm, ids, 64, SamplingParams())]
+    RECORDING.parent.mkdir(exist_ok=True)
+    lines = ",\n".join("  " + json.dumps(e) for e in events)
+    RECORDING.write_text(f'{{"model": {json.dumps(name)}, "prompt": {json.dumps(PROMPT)}, "events": [\n{lines}\n]}}\n')
+    print(f"wrote {len(events)} events to {RECORDING}")
+
+
+if __name__ == "__main__":
+    _record()

@@ -1,0 +1,82 @@
+"""App tests: offscreen Qt and a fake engine, so they need no display, no model and no network."""
+
+import os
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before anything imports Qt
+
+import pytest  # noqa: E402
+from app_fakes import FakeBackend, factory_for  # noqa: E402
+
+
+class DialogRecorder:
+    """Stands in for QMessageBox: records what would have been shown instead of blocking on exec()."""
+
+    def __init__(self):
+        self.shown: list[dict] = []
+        recorder = self
+
+        class FakeBox:
+            class Icon:
+                Critical = 3
+
+            def __init__(self, parent=None):
+                import threading
+
+                self.info = {"parent": parent, "thread": threading.get_ident()}
+
+            def setIcon(self, icon):
+                self.info["icon"] = icon
+
+            def setWindowTitle(self, title):
+                self.info["title"] = title
+
+            def setText(self, text):
+                self.info["text"] = text
+
+            def setDetailedText(self, details):
+                self.info["details"] = details
+
+            def exec(self):
+                recorder.shown.append(self.info)
+                return 0
+
+        self.box = FakeBox
+
+
+@pytest.fixture
+def dialogs(monkeypatch):
+    import app.dialogs
+
+    recorder = DialogRecorder()
+    monkeypatch.setattr(app.dialogs, "QMessageBox", recorder.box)
+    return recorder
+
+
+@pytest.fixture
+def make_window(qtbot, dialogs):
+    """make_window(backend=None, load_error=None, factory=None, wait_loaded=True) -> MainWindow on a fake
+    engine; every window's thread is joined at teardown even if a test fails half-way."""
+    from app.main_window import MainWindow
+    from app.worker import EngineHost
+
+    hosts, windows = [], []  # strong references: qtbot keeps only weak ones
+
+    def make(backend=None, load_error=None, factory=None, wait_loaded=True):
+        backend = backend or FakeBackend()
+        host = EngineHost(factory or factory_for(backend, load_error))
+        hosts.append(host)
+        window = MainWindow(host)
+        qtbot.addWidget(window)
+        window.backend = backend
+        windows.append(window)
+        window.show()
+        if wait_loaded:
+            with qtbot.waitSignal(host.loaded, timeout=5000):
+                window.load_model("fake-model")
+        else:
+            window.load_model("fake-model")
+        return window
+
+    yield make
+    for host in hosts:
+        host.shutdown()

@@ -1,0 +1,63 @@
+"""The entry point: arguments, the scripted screenshot run, and the uncaught-exception dialog."""
+
+import sys
+import threading
+
+from app_fakes import FakeBackend, factory_for
+from PySide6.QtGui import QImage
+
+from app import dialogs as app_dialogs
+from app.main import DEMO_PROMPT, build_parser, main
+from engine.errors import SubspecError
+from engine.store import DEFAULT_MODEL
+
+
+def test_arguments():
+    args = build_parser().parse_args([])
+    assert args.model == DEFAULT_MODEL and args.screenshot is None and not args.demo
+    args = build_parser().parse_args(["--model", "/models/x", "--demo", "--screenshot", "s.png"])
+    assert (args.model, args.demo, args.screenshot) == ("/models/x", True, "s.png")
+
+
+def test_screenshot_run_answers_saves_a_png_and_exits_0(qapp, tmp_path, monkeypatch, dialogs):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    backend = FakeBackend()
+    loads = []
+    shot = tmp_path / "shots" / "window.png"
+    assert main(["--model", "some-model", "--screenshot", str(shot)], factory_for(backend, loads=loads)) == 0
+    assert loads == ["some-model"]
+    assert backend.calls[0][0] == [{"role": "user", "content": DEMO_PROMPT}]
+    image = QImage(str(shot))
+    assert not image.isNull() and image.width() >= 600 and image.height() >= 400
+    assert dialogs.shown == []
+
+
+def test_screenshot_run_exits_1_on_an_engine_error_without_a_dialog(qapp, tmp_path, monkeypatch, dialogs,
+                                                                     capsys):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    shot = tmp_path / "window.png"
+    factory = factory_for(FakeBackend(), load_error=SubspecError("no model named 'nope'"))
+    assert main(["--model", "nope", "--screenshot", str(shot)], factory) == 1
+    assert not shot.exists() and dialogs.shown == []
+    assert "no model named 'nope'" in capsys.readouterr().err
+
+
+def test_uncaught_exceptions_show_a_dialog_even_from_another_thread(qtbot, monkeypatch, dialogs):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    app_dialogs.install_excepthook()
+
+    def raise_and_report():
+        try:
+            raise ValueError("bad value")
+        except ValueError:
+            sys.excepthook(*sys.exc_info())
+
+    raise_and_report()
+    worker = threading.Thread(target=raise_and_report)
+    worker.start()
+    worker.join()
+    qtbot.waitUntil(lambda: len(dialogs.shown) == 2, timeout=2000)
+    for shown in dialogs.shown:
+        assert shown["title"] == "Unexpected error" and "ValueError: bad value" in shown["text"]
+        assert "Traceback" in shown["details"]
+        assert shown["thread"] == threading.get_ident()  # widgets are only ever made on the GUI thread
