@@ -105,7 +105,7 @@ def run_bench(lm, conversations: list[list[str]], methods: list[str], shapes: li
     if "vanilla" in methods:
         configs.append(("vanilla", None))
     if "subspec" in methods:
-        configs += [(f"subspec D{s.depth} K{s.topk}", s) for s in shapes]
+        configs += [(f"subspec {s.label}", s) for s in shapes]
     unknown = set(methods) - {"vanilla", "subspec"}
     if unknown:
         raise SubspecError(f"unknown method(s) {', '.join(sorted(unknown))}; choose vanilla, subspec")

@@ -106,7 +106,7 @@ def cmd_generate(args) -> int:
     if args.max_new_tokens < 0:
         raise SubspecError("--max-new-tokens must be >= 0")
     sampling = _sampling(args)
-    shape = TreeShape(args.depth, args.topk, args.draft_temperature)
+    shape = TreeShape(args.depth, args.topk, args.draft_temperature, args.budget or None)
     lm = _load(args)
     prompt_ids = lm.encode(args.prompt, chat=args.chat, system=args.system)
     stops = tuple(args.stop or ())
@@ -114,7 +114,8 @@ def cmd_generate(args) -> int:
     if args.method == "subspec":
         draft = _draft(lm, args)
         events = generate_subspec(lm, draft, prompt_ids, args.max_new_tokens, sampling, stops, shape)
-        extra = {"depth": shape.depth, "topk": shape.topk, "draft_temperature": shape.draft_temperature,
+        extra = {"depth": shape.depth, "topk": shape.topk, "tree_nodes": shape.nodes,
+                 "draft_temperature": shape.draft_temperature,
                  "substitute_bits": args.substitute_bits, "group_size": args.group_size}
     else:
         events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops)
@@ -138,7 +139,10 @@ def cmd_bench(args) -> int:
 
     conversations = read_prompts(args.prompts, args.limit, args.turns)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    shapes = [TreeShape(d, k, args.draft_temperature) for d, k in itertools.product(args.depth, args.topk)]
+    shapes = {}
+    for d, k, b in itertools.product(args.depth, args.topk, args.budget):
+        shape = TreeShape(d, k, args.draft_temperature, b or None)
+        shapes.setdefault(shape.label, shape)  # a budget at or above the beam's size is the same tree
     sampling = _sampling(args)
     lm = _load(args)
     meta = {"model": lm.name, "prompts": str(args.prompts), "conversations": len(conversations),
@@ -153,7 +157,7 @@ def cmd_bench(args) -> int:
             with open(args.json_out, "w") as f:
                 json.dump({"setup": {**meta, "completed": done}, "results": rows}, f, indent=2)
 
-    rows = run_bench(lm, conversations, methods, shapes, args.max_new_tokens, lambda: _draft(lm, args),
+    rows = run_bench(lm, conversations, methods, list(shapes.values()), args.max_new_tokens, lambda: _draft(lm, args),
                      sampling, progress=progress)
     print(format_table(rows))
     return 0
@@ -182,9 +186,13 @@ def _subspec_options(p, sweep: bool) -> None:
     if sweep:
         p.add_argument("--depth", type=_int_list, default=[48], help="draft tree depth(s), e.g. 8,16,32,48")
         p.add_argument("--topk", type=_int_list, default=[6], help="draft tree width(s), e.g. 1,4,6,8")
+        p.add_argument("--budget", type=_int_list, default=[0],
+                       help="nodes verified per pass, e.g. 289 (0: the whole beam, 1 + depth x width)")
     else:
         p.add_argument("--depth", type=int, default=48, help="draft tree depth (default 48)")
         p.add_argument("--topk", type=int, default=6, help="draft tree width (default 6)")
+        p.add_argument("--budget", type=int, default=0,
+                       help="nodes verified per pass: grow the beam, verify its most likely N (0: all)")
     p.add_argument("--draft-temperature", type=float, default=0.2, help="sharpening of the draft (default 0.2)")
     p.add_argument("--substitute-bits", type=int, default=4, help="HQQ bits of the substitutes (default 4)")
     p.add_argument("--group-size", type=int, default=64, help="HQQ group size (default 64)")

@@ -27,7 +27,7 @@ from .kv_cache import KVCache
 from .loading import LoadedModel
 from .model import Decoder
 from .sampling import SamplingParams, select_tokens
-from .tree import Tree, tree_mask, walk
+from .tree import Tree, prune, tree_mask, walk
 
 
 @dataclass(frozen=True)
@@ -35,16 +35,29 @@ class TreeShape:
     depth: int = 48
     topk: int = 6
     draft_temperature: float = 0.2
+    # Nodes verified per pass. None: the whole beam (1 + depth * topk). Smaller: a wider beam is grown
+    # and only its `budget` most likely nodes are verified, so width goes where the draft is unsure.
+    budget: int | None = None
 
     def __post_init__(self):
         if self.depth < 0 or self.topk < 1:
             raise SubspecError(f"depth must be >= 0 and width >= 1, got depth {self.depth}, width {self.topk}")
         if self.draft_temperature <= 0:
             raise SubspecError(f"draft temperature must be > 0, got {self.draft_temperature}")
+        if self.budget is not None and self.budget < 1:
+            raise SubspecError(f"tree budget must be >= 1 node, got {self.budget}")
+
+    @property
+    def grown(self) -> int:
+        return 1 + self.depth * self.topk
 
     @property
     def nodes(self) -> int:
-        return 1 + self.depth * self.topk
+        return min(self.grown, self.budget or self.grown)
+
+    @property
+    def label(self) -> str:
+        return f"D{self.depth} K{self.topk}" + (f" B{self.budget}" if self.nodes < self.grown else "")
 
 
 def _sync(device: torch.device) -> None:
@@ -71,9 +84,9 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
         logp = torch.log_softmax(logits / shape.draft_temperature, dim=-1) + scores[:, None]  # float32
         vocab = logp.shape[1]
         top = torch.topk(logp.flatten(), shape.topk)
-        frontier = tree.add(frontier.start + top.indices // vocab, top.indices % vocab)
+        frontier = tree.add(frontier.start + top.indices // vocab, top.indices % vocab, top.values)
         scores = top.values
-    return tree
+    return prune(tree, shape.nodes)
 
 
 def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams,
@@ -99,7 +112,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
     check_context(lm, len(prompt_ids), max_new_tokens)
     target = lm.decoder
     device = lm.device
-    needed = len(prompt_ids) + max_new_tokens + shape.nodes + 1
+    needed = len(prompt_ids) + max_new_tokens + shape.grown + 1
     if cache is None:
         cache = target.new_cache(needed)
     cache.commit(0)

@@ -18,6 +18,7 @@ class Tree:
     parents: torch.Tensor  # [N] int64, -1 for the root
     depths: torch.Tensor  # [N] int64
     ancestors: torch.Tensor  # [N, N] bool: ancestors[i, j] = j is i or an ancestor of i
+    scores: torch.Tensor  # [N] float32: cumulative draft log-probability (root 0)
     size: int  # nodes filled so far
 
     @classmethod
@@ -28,20 +29,42 @@ class Tree:
         depths = torch.zeros(capacity, dtype=torch.long, device=device)
         ancestors = torch.zeros(capacity, capacity, dtype=torch.bool, device=device)
         ancestors[0, 0] = True
-        return cls(tokens, parents, depths, ancestors, 1)
+        scores = torch.zeros(capacity, dtype=torch.float32, device=device)
+        return cls(tokens, parents, depths, ancestors, scores, 1)
 
-    def add(self, parents: torch.Tensor, tokens: torch.Tensor) -> slice:
+    def add(self, parents: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor | None = None) -> slice:
         """Append children (one per entry) of existing nodes; returns their index range."""
         n = parents.numel()
         new = slice(self.size, self.size + n)
         self.tokens[new] = tokens
         self.parents[new] = parents
+        if scores is not None:
+            self.scores[new] = scores
         self.depths[new] = self.depths[parents] + 1
         idx = torch.arange(self.size, self.size + n, device=self.tokens.device)
         self.ancestors[idx] = self.ancestors[parents]
         self.ancestors[idx, idx] = True
         self.size += n
         return new
+
+
+def prune(tree: Tree, budget: int) -> Tree:
+    """The `budget` nodes with the highest cumulative draft log-probability, as a tree of their own.
+
+    A child never scores above its parent, and ties go to the shallower node, so the kept set contains
+    every kept node's ancestors. Kept nodes stay in their order (parents before children)."""
+    n = tree.size
+    if budget >= n:
+        return tree
+    by_depth = torch.sort(tree.depths[:n], stable=True).indices
+    order = by_depth[torch.sort(tree.scores[:n][by_depth], descending=True, stable=True).indices]
+    keep = torch.sort(order[:budget]).values
+    new_index = torch.full((n + 1,), -1, dtype=torch.long, device=keep.device)  # slot n maps the root's -1
+    new_index[keep] = torch.arange(budget, device=keep.device)
+    parents = tree.parents[keep]
+    return Tree(tokens=tree.tokens[keep].clone(), parents=new_index[torch.where(parents < 0, n, parents)],
+                depths=tree.depths[keep].clone(), ancestors=tree.ancestors[keep][:, keep],
+                scores=tree.scores[keep].clone(), size=budget)
 
 
 def tree_mask(ancestors: torch.Tensor, rows: slice, committed: int, visible_nodes: int,

@@ -26,7 +26,8 @@ def _run(gen, lm, ids):
     return summarize(gen, len(ids), "x")
 
 
-@pytest.mark.parametrize("shape", [TreeShape(6, 3), TreeShape(1, 4), TreeShape(5, 1), TreeShape(0, 2)])
+@pytest.mark.parametrize("shape", [TreeShape(6, 3), TreeShape(1, 4), TreeShape(5, 1), TreeShape(0, 2),
+                                   TreeShape(8, 4, budget=12)])
 def test_greedy_equals_plain_on_every_architecture(tiny, shape):
     lm, draft = tiny
     for prompt in ["hello world", "the cat sat on"]:

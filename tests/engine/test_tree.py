@@ -44,3 +44,21 @@ def test_walk_accepts_while_child_then_bonus():
     assert walk(tokens, parents, [77, 0, 0, 0, 0, 0]) == ([], 77)
     # a leaf: the target's token there is the bonus
     assert walk(tokens, parents, [10, 13, 0, 0, 5, 0]) == ([1, 4], 5)
+
+
+def test_prune_keeps_the_most_likely_nodes_with_their_ancestors():
+    t = Tree.with_root(9, 8, "cpu")
+    t.add(torch.tensor([0, 0]), torch.tensor([10, 11]), torch.tensor([-0.1, -2.0]))
+    t.add(torch.tensor([1, 1, 2]), torch.tensor([12, 13, 14]), torch.tensor([-0.1, -0.5, -2.5]))
+    t.add(torch.tensor([3]), torch.tensor([15]), torch.tensor([-0.1]))  # ties with its parent and grandparent
+    from engine.tree import prune
+
+    p = prune(t, 4)
+    assert p.size == 4
+    assert p.tokens.tolist() == [9, 10, 12, 15]  # root, then the -0.1 chain: ties go to the shallower node
+    assert p.parents.tolist() == [-1, 0, 1, 2]
+    assert p.depths.tolist() == [0, 1, 2, 3]
+    assert p.ancestors.int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    q = prune(t, 5)
+    assert q.tokens.tolist() == [9, 10, 12, 13, 15] and q.parents.tolist() == [-1, 0, 1, 1, 2]
+    assert prune(t, 100) is t
