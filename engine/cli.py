@@ -79,13 +79,11 @@ def _sampling(args):
 
 
 def _draft(lm, args):
-    from .substitute import build_draft
-
     def progress(done, total):
         print(f"\rbuilding {args.substitute_bits}-bit substitutes: layer {done}/{total}", end="",
               file=sys.stderr, flush=True)
 
-    draft = build_draft(lm.decoder, args.substitute_bits, args.group_size, progress=progress)
+    draft = lm.build_draft(args.substitute_bits, args.group_size, progress=progress)
     print(file=sys.stderr)
     return draft
 
@@ -95,7 +93,8 @@ def _load(args):
     from .store import resolve_model
 
     folder, name = resolve_model(args.model)
-    return load_model(folder, dtype=args.dtype, device=args.device, name=name)
+    return load_model(folder, dtype=args.dtype, device=args.device, name=name,
+                      resident_layers=args.resident_layers)
 
 
 def cmd_generate(args) -> int:
@@ -173,6 +172,9 @@ def _echo(events):
 def _model_options(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--resident-layers", type=int,
+                   help="keep only the first N decoder layers on the device and stream the others' weights "
+                        "from host memory each pass (default: all resident)")
 
 
 def _int_list(text: str) -> list[int]:

@@ -78,6 +78,11 @@ class Emitter:
         return ids, text
 
 
+def streamed_bytes(decoder: Decoder) -> int:
+    """Weight bytes streamed to the device so far (0 when every layer is resident)."""
+    return decoder.streamer.bytes_moved if decoder.streamer is not None else 0
+
+
 def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: int = 0) -> None:
     from .errors import SubspecError
 
@@ -105,16 +110,19 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         return
 
     t0 = time.perf_counter()
+    moved = streamed_bytes(decoder)
     logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
     token = select_tokens(logits, sampling, gen)
     ids, text = emitter.emit(token.tolist())
     ms = (time.perf_counter() - t0) * 1e3
-    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, finish_reason=emitter.finished)
+    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, bytes_moved=streamed_bytes(decoder) - moved,
+                    finish_reason=emitter.finished)
 
     iteration = 0
     while not emitter.finished:
         iteration += 1
         t0 = time.perf_counter()
+        moved = streamed_bytes(decoder)
         pos = cache.length
         positions = torch.tensor([pos], device=lm.device)
         logits = decoder(token, positions, cache, pos, decode_mask(decoder, pos))
@@ -125,4 +133,4 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         ids, text = emitter.emit(new)
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(ids), text, verify_ms=verify_ms, step_ms=ms,
-                        finish_reason=emitter.finished)
+                        bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)

@@ -123,6 +123,20 @@ class LoadedModel:
     decoder: Decoder
     tokenizer: object
     device: torch.device
+    resident_layers: int | None = None  # None: every layer resident
+
+    @property
+    def offloaded_layers(self) -> list[int]:
+        n = self.config.num_layers
+        return list(range(n if self.resident_layers is None else self.resident_layers, n))
+
+    def build_draft(self, nbits: int = 4, group_size: int = 64, progress=None) -> Decoder:
+        """The substitute draft: substitutes for the offloaded layers, or for every layer when nothing
+        is offloaded (the draft must differ from the target somewhere to be cheaper)."""
+        from .substitute import build_draft
+
+        layers = self.offloaded_layers or None
+        return build_draft(self.decoder, nbits, group_size, layers, progress, self.device)
 
     @property
     def config(self) -> ModelConfig:
@@ -167,9 +181,10 @@ def default_device() -> torch.device:
 
 
 def load_model(folder: str | Path, dtype: str = "auto", device: str | None = None,
-               name: str | None = None) -> LoadedModel:
+               name: str | None = None, resident_layers: int | None = None) -> LoadedModel:
     """Load a model folder. dtype 'auto' computes in float32 on the CPU (fastest there) and in the
-    stored half precision on a GPU."""
+    stored half precision on a GPU. With `resident_layers` below the layer count, the other layers'
+    linear weights stay in host memory and stream to the device at every forward pass."""
     folder = Path(folder)
     dev = torch.device(device) if device else default_device()
     if dtype == "auto":
@@ -178,5 +193,15 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
         torch_dtype = DTYPES[dtype]
     else:
         raise SubspecError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
-    decoder = load_decoder(folder, torch_dtype, dev)
-    return LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev)
+    config = ModelConfig.from_file(folder)
+    if resident_layers is not None and not 0 <= resident_layers <= config.num_layers:
+        raise SubspecError(f"--resident-layers must be between 0 and {config.num_layers}, got {resident_layers}")
+    streamed = resident_layers is not None and resident_layers < config.num_layers
+    decoder = load_decoder(folder, torch_dtype, "cpu" if streamed else dev)
+    if streamed:
+        from .offload import offload
+
+        offload(decoder, resident_layers, dev)
+    else:
+        resident_layers = None
+    return LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev, resident_layers)

@@ -146,6 +146,7 @@ class Decoder(nn.Module):
             self.lm_head = None  # the embedding matrix serves as the output projection
         else:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.streamer = None  # set by engine.offload when some layers' weights are streamed
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -157,7 +158,12 @@ class Decoder(nn.Module):
         return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, w.dtype, w.device)
 
     def run_layer(self, index: int, h, cos, sin, mask, cache, start):
-        return self.layers[index](h, cos, sin, mask, cache, index, start)
+        if self.streamer is None:
+            return self.layers[index](h, cos, sin, mask, cache, index, start)
+        self.streamer.before_layer(index)  # waits for this layer's weights to be in a device slot
+        h = self.layers[index](h, cos, sin, mask, cache, index, start)
+        self.streamer.after_layer(index)  # frees the slot for a prefetch once this compute is done
+        return h
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,

@@ -22,7 +22,7 @@ import torch
 
 from .errors import SubspecError
 from .events import StepEvent
-from .generate import Emitter, check_context, prefill
+from .generate import Emitter, check_context, prefill, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel
 from .model import Decoder
@@ -125,15 +125,18 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         return
 
     t0 = time.perf_counter()
+    moved = streamed_bytes(target)
     root = select_tokens(prefill(target, cache, prompt_ids, prefill_chunk), sampling, gen)
     ids, text = emitter.emit(root.tolist())
     ms = (time.perf_counter() - t0) * 1e3
-    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, finish_reason=emitter.finished)
+    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, bytes_moved=streamed_bytes(target) - moved,
+                    finish_reason=emitter.finished)
 
     iteration = 0
     while not emitter.finished:
         iteration += 1
         t0 = time.perf_counter()
+        moved = streamed_bytes(target)
         L = cache.length
         # No deeper than the tokens still wanted or the positions the model has.
         depth = max(0, min(shape.depth, emitter.remaining - 1, context - L - 1))
@@ -153,4 +156,5 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         root = torch.tensor([bonus], device=device)
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(kept), text, accepted=len(path), tree_nodes=n, draft_ms=timer[0],
-                        verify_ms=verify_ms, step_ms=ms, finish_reason=emitter.finished)
+                        verify_ms=verify_ms, step_ms=ms, bytes_moved=streamed_bytes(target) - moved,
+                        finish_reason=emitter.finished)

@@ -44,9 +44,13 @@ def hqq_dequantize(packed: torch.Tensor, meta: dict) -> torch.Tensor:
 class SubstituteLinear(nn.Module):
     """A low-bit stand-in for one nn.Linear of the target. The bias (if any) is the target's own tensor."""
 
-    def __init__(self, linear: nn.Linear, nbits: int, group_size: int):
+    def __init__(self, linear: nn.Linear, nbits: int, group_size: int, device: torch.device | None = None):
         super().__init__()
-        w = linear.weight
+        # Quantize where the substitute will live: hqq's tensors are moved by us, never by .to().
+        # A streamed (offloaded) linear has no device weight; its full weight is in host memory.
+        w = getattr(linear, "host_weight", None)
+        w = (linear.weight if w is None else w).detach()
+        w = w.to(device) if device is not None else w
         self.nbits, self.group_size = nbits, group_size
         self.packed, self.meta = hqq_quantize(w, nbits, group_size, compute_dtype=w.dtype)
         self.bias = linear.bias
@@ -75,9 +79,12 @@ def _shell(module: nn.Module) -> nn.Module:
 
 def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
                 layers: Iterable[int] | None = None,
-                progress: Callable[[int, int], None] | None = None) -> Decoder:
+                progress: Callable[[int, int], None] | None = None,
+                device: torch.device | str | None = None) -> Decoder:
     """The substitute draft of `target`: layers in `layers` (default: all) get HQQ substitutes for every
-    linear; everything else is the target's very modules."""
+    linear; everything else is the target's very modules. Substitutes are built on `device` (default:
+    where the weights are); build the draft before offloading the target, from the full weights."""
+    device = torch.device(device) if device is not None else None
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
     draft = _shell(target)
     draft.layers = nn.ModuleList(target.layers)  # same layer objects unless substituted below
@@ -88,9 +95,10 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
         for name in LINEAR_NAMES:
             owner_name, leaf = name.split(".")
             owner = getattr(layer, owner_name)
-            setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), nbits, group_size))
+            setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), nbits, group_size, device))
         draft.layers[i] = layer
         if progress:
             progress(n + 1, len(chosen))
     draft.substituted_layers = tuple(chosen)
+    draft.streamer = None  # the draft never streams: its offloaded layers are the substitutes
     return draft

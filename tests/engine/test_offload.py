@@ -1,0 +1,72 @@
+"""An offloaded forward (layers streamed through device slots) equals the resident forward exactly, for
+prefill, decoding and tree passes; the CPU plays the device here."""
+
+import pytest
+import torch
+from tiny_models import make_tiny_model_folder
+
+from engine.events import summarize
+from engine.generate import generate_plain
+from engine.loading import load_model
+from engine.masks import causal_mask
+from engine.offload import StreamedLinear
+from engine.speculative import TreeShape, generate_subspec
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_tiny_model_folder(tmp_path_factory.mktemp("off"), "qwen2")  # q/k/v bias: biases stay resident
+
+
+@pytest.fixture(scope="module")
+def resident(folder):
+    return load_model(folder, "float32", "cpu")
+
+
+@pytest.mark.parametrize("resident_layers", [0, 1, 2])
+def test_offloaded_forward_equals_resident_exactly(folder, resident, resident_layers):
+    off = load_model(folder, "float32", "cpu", resident_layers=resident_layers)
+    assert off.offloaded_layers == list(range(resident_layers, 3))
+    assert isinstance(off.decoder.layers[2].mlp.up_proj, StreamedLinear)
+    tokens = torch.randint(3, 97, (12,), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for lm in (resident, off):
+        cache = lm.decoder.new_cache(16)
+        prefill = lm.decoder(tokens[:10], torch.arange(10), cache, 0, causal_mask(0, 10, torch.float32))
+        cache.commit(10)
+        step = lm.decoder(tokens[10:11], torch.tensor([10]), cache, 10, None)
+        outs.append((prefill, step))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    streamer = off.decoder.streamer
+    assert streamer.bytes_moved >= 2 * len(off.offloaded_layers) * streamer.layer_bytes
+
+
+def test_streamed_weights_live_in_one_flat_host_buffer_per_layer(folder):
+    off = load_model(folder, "float32", "cpu", resident_layers=1)
+    s = off.decoder.streamer
+    assert sorted(s.host) == [1, 2] and len(s.slots) == 2
+    lin = off.decoder.layers[1].self_attn.q_proj
+    assert lin.host_weight.data_ptr() >= s.host[1].data_ptr()
+    assert lin.weight is None  # only set while its layer computes
+
+
+def test_offloaded_generation_equals_resident_plain_and_subspec(folder, resident):
+    off = load_model(folder, "float32", "cpu", resident_layers=1)
+    draft_res = resident.build_draft(4, 64)
+    draft_off = off.build_draft(4, 64)
+    assert draft_off.substituted_layers == (1, 2)  # only offloaded layers get substitutes
+    assert draft_off.layers[0] is off.decoder.layers[0]  # resident layer shared with the target
+    for prompt in ["hello", "streaming weights"]:
+        ids = resident.encode(prompt)
+        a = summarize(generate_plain(resident, ids, 30), len(ids), "v")
+        b = summarize(generate_plain(off, ids, 30), len(ids), "v")
+        c = summarize(generate_subspec(off, draft_off, ids, 30, shape=TreeShape(5, 3)), len(ids), "s")
+        d = summarize(generate_subspec(resident, draft_res, ids, 30, shape=TreeShape(5, 3)), len(ids), "s")
+        assert a.token_ids == b.token_ids == c.token_ids == d.token_ids
+
+
+def test_bad_resident_layers_is_a_user_error(folder):
+    from engine.errors import SubspecError
+
+    with pytest.raises(SubspecError, match="between 0 and 3"):
+        load_model(folder, "float32", "cpu", resident_layers=7)
