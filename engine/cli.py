@@ -93,8 +93,85 @@ def _load(args):
     from .store import resolve_model
 
     folder, name = resolve_model(args.model)
-    return load_model(folder, dtype=args.dtype, device=args.device, name=name,
-                      resident_layers=args.resident_layers)
+    resident = args.resident_layers
+    if args.vram_gb is not None and resident is None:
+        resident = _planned_resident_layers(folder, args)
+    return load_model(folder, dtype=args.dtype, device=args.device, name=name, resident_layers=resident)
+
+
+def _planned_resident_layers(folder, args) -> int | None:
+    """--vram-gb: a software cap like the paper's capped GPU; the planner decides the split under it."""
+    from .config import ModelConfig
+    from .hardware import probe
+    from .planner import make_plan
+
+    plan = make_plan(ModelConfig.from_file(folder), probe(), vram_gb=args.vram_gb)
+    if plan.device != "cuda":
+        print("note: no CUDA GPU, so --vram-gb has nothing to cap; every layer stays in RAM", file=sys.stderr)
+        return None
+    print(f"plan under {args.vram_gb} GB: {plan.resident_layers} resident layers, "
+          f"{plan.offloaded_layers} streamed", file=sys.stderr)
+    return plan.resident_layers
+
+
+def cmd_profile(args) -> int:
+    from .hardware import format_profile, probe
+
+    profile = probe(measure=args.measure)
+    print(json.dumps(profile, indent=2) if args.json else format_profile(profile))
+    return 0
+
+
+def _plan_config(target: str):
+    from pathlib import Path
+
+    from .config import ModelConfig
+    from .store import resolve_model
+
+    p = Path(target).expanduser()
+    if p.is_file():
+        return ModelConfig.from_file(p), p.name  # plan from config.json alone, before downloading weights
+    folder, name = resolve_model(target)
+    return ModelConfig.from_file(folder), name
+
+
+def _hypothetical_gpu(hardware: dict, vram_gb: float) -> dict:
+    """This machine's RAM and CPU with a GPU of `vram_gb` added: lets a user plan for a card before buying or
+    plugging it in (and lets tests plan GPU cases on a CPU-only machine)."""
+    nbytes = int(vram_gb * 2**30)
+    gpu = {"index": 0, "name": f"hypothetical {vram_gb:g} GB GPU", "total_bytes": nbytes, "free_bytes": nbytes,
+           "used_bytes": 0, "pcie": {"gen_current": 4, "gen_max": 4, "width_current": 16, "width_max": 16}}
+    return {**hardware, "gpus": [gpu],
+            "cuda": {"available": True, "device_name": gpu["name"], "h2d_bandwidth_gbps": None,
+                     "matmul_tflops": None}}
+
+
+def cmd_plan(args) -> int:
+    from .hardware import probe
+    from .planner import make_plan
+
+    config, name = _plan_config(args.model)
+    hardware = probe()
+    if args.vram_gb is not None and not hardware["cuda"]["available"]:
+        hardware = _hypothetical_gpu(hardware, args.vram_gb)
+        print(f"note: no CUDA GPU here; planning for a {args.vram_gb} GB GPU on PCIe 4.0 x16", file=sys.stderr)
+    plan = make_plan(config, hardware, vram_gb=args.vram_gb, reserve_gb=args.reserve_gb, context=args.context,
+                     resident_layers=args.resident_layers)
+    if args.json:
+        print(json.dumps({"model": name, **plan.as_json()}, indent=2))
+        return 0
+    bits = sorted({b for b in plan.substitute_bits if b is not None})
+    print(f"{name}: {plan.method} on {plan.device}")
+    print(f"  resident layers {plan.resident_layers}, streamed {plan.offloaded_layers}, substitute bits "
+          f"{'/'.join(map(str, bits)) or '-'}, context {plan.kv_length}, slots {plan.slots}")
+    print(f"  tree depth {plan.depth} x width {plan.topk}, predicted tau {plan.predicted_tau:.1f}")
+    gib = 2**30  # the planner's GB are GiB
+    print(f"  predicted {'VRAM' if plan.device == 'cuda' else 'RAM'} {plan.predicted_vram_bytes / gib:.2f} GB of "
+          f"{plan.budget_bytes / gib:.2f} GB, "
+          f"predicted {plan.predicted_tokens_per_s:.1f} tok/s ({plan.speedup:.1f}x plain)")
+    for reason in plan.reasons:
+        print(f"  - {reason}")
+    return 0
 
 
 def cmd_generate(args) -> int:
@@ -175,6 +252,8 @@ def _model_options(p) -> None:
     p.add_argument("--resident-layers", type=int,
                    help="keep only the first N decoder layers on the device and stream the others' weights "
                         "from host memory each pass (default: all resident)")
+    p.add_argument("--vram-gb", type=float,
+                   help="software VRAM cap: the planner chooses the resident layers under it")
 
 
 def _int_list(text: str) -> list[int]:
@@ -254,6 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(b)
     _subspec_options(b, sweep=True)
     b.set_defaults(func=cmd_bench)
+
+    pr = sub.add_parser("profile", help="GPUs (NVML), RAM and CPU; with --measure, link bandwidth and matmul speed")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--measure", action="store_true", help="measure host-to-device bandwidth and matmul TFLOP/s")
+    pr.set_defaults(func=cmd_profile)
+
+    pl = sub.add_parser("plan", help="how a model would run here: split, substitute bits, tree, predicted speed")
+    pl.add_argument("model", help="a store name, a model folder or a config.json (no weights needed)")
+    pl.add_argument("--vram-gb", type=float, help="plan for this much VRAM instead of what is free")
+    pl.add_argument("--reserve-gb", type=float, default=0.5, help="VRAM left for other programs (default 0.5)")
+    pl.add_argument("--context", type=int, default=4096)
+    pl.add_argument("--resident-layers", type=int, help="force the split (checked against the budget)")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

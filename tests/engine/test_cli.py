@@ -48,3 +48,42 @@ def test_bad_input_is_one_clear_line_and_exit_2(default_model_folder, args, mess
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+QWEN25_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+             "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+             "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+             "tie_word_embeddings": False, "hidden_act": "silu"}
+QWEN25_32B = dict(QWEN25_7B, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
+                  num_attention_heads=40, num_key_value_heads=8)
+
+
+def test_profile_json_on_a_machine_without_nvidia_driver():
+    r = run("profile", "--json")
+    assert r.returncode == 0, r.stderr
+    prof = json.loads(r.stdout)
+    assert prof["gpus"] == [] and prof["nvml"]["available"] is False
+    assert prof["ram"]["total_bytes"] > 0 and prof["cpu"]["cores_logical"] >= 1
+
+
+def test_plan_from_config_json_alone(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(QWEN25_7B))
+    r = run("plan", str(cfg), "--vram-gb", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    for key in ("resident_layers", "substitute_bits", "kv_length", "slots", "depth", "topk",
+                "predicted_vram_bytes", "predicted_tokens_per_s", "reasons"):
+        assert key in plan
+    assert plan["method"] == "subspec" and plan["depth"] >= 16
+    assert plan["predicted_vram_bytes"] <= 8 * 2**30
+    r = run("plan", str(cfg))  # this CPU-only machine: plain decoding from RAM, no deep tree
+    assert r.returncode == 0 and "vanilla on cpu" in r.stdout
+
+
+def test_plan_refuses_a_model_that_cannot_fit(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(QWEN25_32B))
+    r = run("plan", str(cfg), "--vram-gb", "8")
+    assert r.returncode == 2
+    assert "does not fit" in r.stderr and "more" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,297 @@
+"""The planner is pure arithmetic over config.json numbers and a hardware profile: no weights, no GPU."""
+
+import json
+
+import pytest
+
+from engine.config import ModelConfig
+from engine.errors import SubspecError
+from engine.planner import (
+    GIB,
+    PlanError,
+    embedding_bytes,
+    kv_cache_bytes,
+    layer_linear_bytes,
+    layer_linear_params,
+    make_plan,
+    predicted_tau,
+    substitute_layer_bytes,
+)
+
+# The fields of the real Hugging Face config.json files that the planner reads.
+LLAMA_31_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+    "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
+}
+QWEN25_7B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 28,
+    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
+}
+QWEN25_14B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+    "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 48,
+    "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 70,
+    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
+}
+QWEN25_32B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+    "hidden_size": 5120, "intermediate_size": 27648, "num_hidden_layers": 64,
+    "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 70,
+    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
+}
+LLAMA_3_70B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+    "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+    "bos_token_id": 128000, "eos_token_id": 128009, "torch_dtype": "bfloat16",
+}
+MODELS = {
+    "llama-3.1-8b": LLAMA_31_8B,
+    "qwen2.5-7b": QWEN25_7B,
+    "qwen2.5-14b": QWEN25_14B,
+    "qwen2.5-32b": QWEN25_32B,
+    "llama-3-70b": LLAMA_3_70B,
+}
+BUDGETS = (6, 8, 10, 12, 16, 24)
+
+
+def config(name):
+    return ModelConfig.from_dict(MODELS[name])
+
+
+def gpu_profile(total_gb=24, free_gb=None, gen=4, width=16, h2d=None):
+    """An RTX 4090-like profile; planning under a cap goes through vram_gb, as in the paper."""
+    total = int(total_gb * GIB)
+    return {
+        "gpus": [{"total_bytes": total, "free_bytes": int((free_gb or total_gb - 0.4) * GIB),
+                  "name": "NVIDIA GeForce RTX 4090",
+                  "pcie": {"gen_current": gen, "width_current": width, "gen_max": gen, "width_max": width}}],
+        "cuda": {"available": True, "h2d_bandwidth_gbps": h2d, "matmul_tflops": None},
+        "ram": {"total_bytes": 128 * GIB, "available_bytes": 120 * GIB},
+    }
+
+
+CPU_ONLY = {
+    "gpus": [],
+    "cuda": {"available": False, "h2d_bandwidth_gbps": None, "matmul_tflops": None},
+    "ram": {"total_bytes": 64 * GIB, "available_bytes": 56 * GIB},
+}
+
+
+def test_configs_have_the_published_sizes():
+    # parameter counts of the model cards: 8.03B, 7.62B, 14.77B, 32.76B, 70.55B
+    expected = {"llama-3.1-8b": 8.03, "qwen2.5-7b": 7.62, "qwen2.5-14b": 14.77, "qwen2.5-32b": 32.76,
+                "llama-3-70b": 70.55}
+    for name, billions in expected.items():
+        assert config(name).parameter_count / 1e9 == pytest.approx(billions, abs=0.01), name
+
+
+def test_memory_formulas():
+    c = config("qwen2.5-7b")
+    h, i, q, kv = 3584, 18944, 28 * 128, 4 * 128
+    assert layer_linear_params(c) == h * q + 2 * h * kv + q * h + 3 * h * i + (q + 2 * kv)
+    assert layer_linear_bytes(c) == 2 * layer_linear_params(c)
+    # 28 offloaded layers move about 13 GB (decimal) per target pass, as the paper says
+    assert 28 * layer_linear_bytes(c) / 1e9 == pytest.approx(13.05, abs=0.01)
+    weights = layer_linear_params(c) - (q + 2 * kv)
+    assert substitute_layer_bytes(c, 4) == pytest.approx(weights * (0.5 + 4 / 64) + 2 * (q + 2 * kv), abs=1)
+    assert substitute_layer_bytes(c, 8) == pytest.approx(weights * (1 + 4 / 64) + 2 * (q + 2 * kv), abs=1)
+    assert kv_cache_bytes(c, 4096) == 2 * 28 * 4 * 128 * 4096 * 2
+    assert embedding_bytes(c) == 152064 * 3584 * 2
+
+
+def test_tau_model_is_calibrated_on_the_paper_and_prefers_8_bit():
+    assert predicted_tau(48, 6, 1.0) == pytest.approx(28, abs=1.0)  # all 4-bit, D48 K6
+    eight = predicted_tau(48, 6, 0.02)
+    assert 32 < eight <= 49
+    assert predicted_tau(48, 6, 3.4) < predicted_tau(48, 6, 1.0) < eight
+    assert predicted_tau(48, 1, 1.0) < predicted_tau(48, 6, 1.0) < predicted_tau(48, 8, 1.0)
+    assert predicted_tau(0, 6, 1.0) == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_plan_fits_its_budget_or_is_refused_with_the_shortfall(name):
+    c = config(name)
+    fitted = []
+    for gb in BUDGETS:
+        try:
+            plan = make_plan(c, gpu_profile(total_gb=32), vram_gb=gb)
+        except PlanError as exc:
+            assert exc.missing_bytes > 0
+            assert "needs" in str(exc) and "more" in str(exc)
+            assert fitted == [], "a larger budget was refused after a smaller one fitted"
+            continue
+        fitted.append(gb)
+        assert plan.budget_bytes == int((gb - 0.5) * GIB)
+        assert 0 < plan.predicted_vram_bytes <= plan.budget_bytes
+        assert plan.predicted_vram_bytes == sum(plan.memory.values())
+        assert plan.resident_layers + plan.offloaded_layers == c.num_layers
+        assert len(plan.substitute_bits) == c.num_layers
+        assert plan.substitute_bits[: plan.resident_layers] == [None] * plan.resident_layers
+        assert plan.kv_length >= 512
+        assert plan.predicted_tokens_per_s > 0 and plan.reasons
+        if plan.method == "subspec":
+            assert plan.slots >= 2 and plan.depth > 0 and 1 + plan.depth * plan.topk <= 400
+            assert all(b in (4, 8) for b in plan.substitute_bits[plan.resident_layers:])
+        else:
+            assert plan.depth == 0
+        if plan.offloaded_layers:
+            assert plan.slots >= 2
+            assert plan.offloaded_bytes_per_pass == plan.offloaded_layers * layer_linear_bytes(c)
+
+
+@pytest.mark.parametrize("name, gb", [("qwen2.5-32b", 8), ("qwen2.5-32b", 12), ("qwen2.5-14b", 8),
+                                      ("llama-3-70b", 24), ("qwen2.5-7b", 6)])
+def test_refusals(name, gb):
+    with pytest.raises(PlanError) as info:
+        make_plan(config(name), gpu_profile(), vram_gb=gb)
+    exc = info.value
+    assert isinstance(exc, SubspecError)
+    assert exc.missing_bytes > 0 and exc.resource == "VRAM"
+    assert f"needs {exc.missing_bytes / GIB:.2f} GB more" in str(exc)
+
+
+def test_the_paper_settings_fit():
+    # Qwen2.5-7B at an 8 GB cap and Qwen2.5-32B at 24 GB are the paper's two headline settings
+    small = make_plan(config("qwen2.5-7b"), gpu_profile(), vram_gb=8)
+    assert small.method == "subspec" and small.kv_length == 4096
+    big = make_plan(config("qwen2.5-32b"), gpu_profile(), vram_gb=24)
+    assert big.method == "subspec" and big.depth >= 16
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_more_vram_never_gives_fewer_resident_layers(name):
+    c = config(name)
+    previous = None
+    for gb in (6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 24, 32, 48, 80, 160):
+        try:
+            plan = make_plan(c, gpu_profile(total_gb=200), vram_gb=gb)
+        except PlanError:
+            assert previous is None
+            continue
+        if previous is not None:
+            assert plan.resident_layers >= previous.resident_layers, gb
+            assert plan.kv_length >= previous.kv_length, gb
+            # spare memory turns 4-bit substitutes into 8-bit ones before it buys resident layers
+            assert plan.substitute_bits.count(4) <= previous.substitute_bits.count(4), gb
+        previous = plan
+
+
+def test_spare_memory_goes_to_8_bit_before_resident_layers():
+    c = config("qwen2.5-7b")
+    tight = make_plan(c, gpu_profile(), vram_gb=8)
+    assert tight.resident_layers == 0 and 0 < tight.substitute_bits.count(8) < c.num_layers
+    roomy = make_plan(c, gpu_profile(), vram_gb=12)
+    assert roomy.resident_layers > 0
+    assert roomy.substitute_bits[roomy.resident_layers:] == [8] * roomy.offloaded_layers
+
+
+def test_gpu_offloading_picks_a_deep_tree_for_a_7b_model_on_8_gb():
+    plan = make_plan(config("qwen2.5-7b"), gpu_profile(), vram_gb=8)
+    assert plan.method == "subspec"
+    assert plan.depth >= 16 and plan.topk >= 2
+    assert plan.offloaded_layers > 0
+    assert plan.predicted_tau > 20
+    assert plan.predicted_tokens_per_s > 5 * plan.baseline_tokens_per_s  # the paper: 9x at 8 GB
+    assert any(r.startswith("Tree: depth") for r in plan.reasons)
+
+
+def test_whole_model_in_vram_decodes_plainly_and_says_why():
+    plan = make_plan(config("qwen2.5-7b"), gpu_profile(), vram_gb=24)
+    assert plan.method == "vanilla" and plan.depth == 0
+    assert plan.resident_layers == 28 and plan.offloaded_layers == 0 and plan.slots == 0
+    assert plan.offloaded_bytes_per_pass == 0
+    assert any("fits in VRAM" in r for r in plan.reasons)
+
+
+def test_cpu_only_never_gets_a_deep_tree():
+    for name in ("qwen2.5-7b", "llama-3.1-8b", "qwen2.5-14b"):
+        plan = make_plan(config(name), CPU_ONLY)
+        assert plan.device == "cpu"
+        assert plan.method == "vanilla" or plan.depth <= 4
+        assert plan.offloaded_layers == 0 and plan.offloaded_bytes_per_pass == 0
+        assert plan.predicted_host_bytes <= plan.budget_bytes
+        assert any("no CUDA" in r for r in plan.reasons)
+
+
+def test_cpu_only_refuses_a_model_larger_than_ram():
+    with pytest.raises(PlanError) as info:
+        make_plan(config("qwen2.5-32b"), CPU_ONLY)
+    assert info.value.resource == "RAM" and info.value.missing_bytes > 0
+
+
+def test_forced_resident_layers_are_validated_against_the_budget():
+    c = config("qwen2.5-7b")
+    forced = make_plan(c, gpu_profile(), vram_gb=12, resident_layers=4)
+    assert forced.resident_layers == 4
+    assert forced.predicted_vram_bytes <= forced.budget_bytes
+    assert any("as asked" in r for r in forced.reasons)
+    with pytest.raises(PlanError) as info:
+        make_plan(c, gpu_profile(), vram_gb=8, resident_layers=20)
+    assert info.value.missing_bytes > 0
+    assert "resident_layers=20 does not fit" in str(info.value) and "at most" in str(info.value)
+    with pytest.raises(PlanError):
+        make_plan(c, gpu_profile(), vram_gb=12, resident_layers=28)
+    with pytest.raises(SubspecError):
+        make_plan(c, gpu_profile(), vram_gb=12, resident_layers=29)
+    everything = make_plan(c, gpu_profile(), vram_gb=24, resident_layers=28)
+    assert everything.method == "vanilla" and everything.offloaded_layers == 0
+
+
+def test_short_memory_shortens_the_context_and_says_so():
+    c = config("qwen2.5-7b")
+    plan = make_plan(c, gpu_profile(), vram_gb=7.8, context=32768)
+    assert 512 <= plan.kv_length < 32768
+    assert any("shortened" in r for r in plan.reasons)
+    capped = make_plan(config("llama-3-70b"), gpu_profile(total_gb=80), vram_gb=80, context=100000)
+    assert capped.kv_length <= 8192
+
+
+def test_bandwidth_comes_from_measurement_then_pcie_then_default():
+    c = config("qwen2.5-7b")
+    gen3 = make_plan(c, gpu_profile(gen=3), vram_gb=8)
+    gen4 = make_plan(c, gpu_profile(gen=4), vram_gb=8)
+    gen5 = make_plan(c, gpu_profile(gen=5), vram_gb=8)
+    x8 = make_plan(c, gpu_profile(gen=4, width=8), vram_gb=8)
+    measured = make_plan(c, gpu_profile(h2d=20.0), vram_gb=8)
+    assert gen3.predicted_tokens_per_s < gen4.predicted_tokens_per_s < gen5.predicted_tokens_per_s
+    assert x8.predicted_tokens_per_s < gen4.predicted_tokens_per_s
+    assert any("measured" in r and "20.0" in r for r in measured.reasons)
+    unknown = gpu_profile()
+    unknown["gpus"][0]["pcie"] = {"gen_current": None, "width_current": None}
+    assert make_plan(c, unknown, vram_gb=8).predicted_tokens_per_s == pytest.approx(gen4.predicted_tokens_per_s)
+    idle = gpu_profile()  # an idle GPU reports a power-saving link; the link trains up under load
+    idle["gpus"][0]["pcie"].update(gen_current=1)
+    assert make_plan(c, idle, vram_gb=8).predicted_tokens_per_s == pytest.approx(gen4.predicted_tokens_per_s)
+
+
+def test_budget_defaults_to_the_free_memory_of_the_first_gpu():
+    plan = make_plan(config("qwen2.5-7b"), gpu_profile(total_gb=12, free_gb=11.0))
+    assert plan.budget_bytes == int(10.5 * GIB)
+    with pytest.raises(SubspecError):
+        make_plan(config("qwen2.5-7b"), {"gpus": [], "cuda": {"available": True}, "ram": {}})
+
+
+def test_as_json_has_the_required_keys_and_serialises():
+    for hardware, gb in ((gpu_profile(), 8), (gpu_profile(), 24), (CPU_ONLY, None)):
+        data = make_plan(config("qwen2.5-7b"), hardware, vram_gb=gb).as_json()
+        for key in ("method", "resident_layers", "substitute_bits", "kv_length", "slots", "depth", "topk",
+                    "predicted_vram_bytes", "predicted_tokens_per_s", "reasons"):
+            assert key in data
+        assert json.loads(json.dumps(data)) == data
