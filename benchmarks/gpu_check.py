@@ -1,0 +1,248 @@
+"""One prepared GPU check (about 5 minutes on an H100): a Qwen2.5-7B-shaped model with random bf16 weights
+made on the device, run under a software VRAM cap (default 8 GB) with the offloading runtime.
+
+Measures: pinned host-to-device bandwidth; plain offloaded decoding (tokens/s); one SubSpec iteration at
+depth 48 / width 6 split into draft, verify and overhead; transfer efficiency (offloaded bytes / (target
+pass time x bandwidth)); the iteration against the transfer floor (offloaded bytes / bandwidth); and the
+tokens/s predicted at the paper's tau of 28.35 (random weights give no meaningful tau of their own).
+Writes JSON and a Markdown table to --out.
+
+    python benchmarks/gpu_check.py --out benchmarks/results [--vram-gb 8] [--tiny]   # --tiny: CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from engine.config import ModelConfig  # noqa: E402
+from engine.generate import decode_mask, streamed_bytes  # noqa: E402
+from engine.masks import causal_mask  # noqa: E402
+from engine.model import LINEAR_NAMES, Decoder  # noqa: E402
+from engine.offload import offload  # noqa: E402
+from engine.speculative import TreeShape, grow_tree, verify  # noqa: E402
+from engine.sampling import SamplingParams  # noqa: E402
+from engine.substitute import build_draft  # noqa: E402
+
+QWEN25_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                 max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                 tie_word_embeddings=False, eos_token_id=151645)
+TINY = dict(QWEN25_7B, vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2)
+PAPER_TAU = 28.35
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_decoder(config: ModelConfig, device, dtype) -> Decoder:
+    with torch.device("meta"):
+        model = Decoder(config)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for name, p in list(model.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if leaf == "weight" and p.dim() == 1:
+            t = torch.ones(p.shape, dtype=dtype, device=device)  # norms
+        else:
+            t = torch.randn(p.shape, generator=gen, dtype=torch.float32, device=device).mul_(0.02).to(dtype)
+        setattr(module, leaf, torch.nn.Parameter(t, requires_grad=False))
+    from engine.model import rope_inverse_frequencies
+
+    model.rotary.inv_freq = rope_inverse_frequencies(config).to(device)
+    return model.eval()
+
+
+def layer_linear_bytes(config: ModelConfig, dtype_bytes: int) -> int:
+    c = config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    return (c.hidden_size * (q + 2 * kv) + q * c.hidden_size + 3 * c.hidden_size * c.intermediate_size) * dtype_bytes
+
+
+def resident_for_cap(config: ModelConfig, cap_bytes: int, kv_len: int, nodes: int, bits: int = 4) -> tuple[int, dict]:
+    """How many full-precision layers fit beside the always-resident parts under the cap."""
+    c = config
+    layer = layer_linear_bytes(c, 2)
+    params = layer // 2
+    sub = int(params * (bits / 8 + 4 / 64))
+    embed = c.vocab_size * c.hidden_size * 2 * (1 if c.tie_word_embeddings else 2)
+    kv = 2 * c.num_layers * c.num_kv_heads * c.head_dim * kv_len * 2
+    work = nodes * c.vocab_size * 4 + (256 << 20)
+    base = embed + kv + 2 * layer + work
+    r = 0
+    while r < c.num_layers and base + (r + 1) * layer + (c.num_layers - r - 1) * sub <= cap_bytes:
+        r += 1
+    parts = {"embeddings_lm_head": embed, "kv_cache": kv, "slots": 2 * layer, "workspace": work,
+             "resident_layers": r * layer, "substitutes_4bit_packed": (c.num_layers - r) * sub}
+    if base + (c.num_layers - r) * sub > cap_bytes:
+        raise SystemExit(f"does not fit the cap: needs {(base + c.num_layers * sub) / 1e9:.2f} GB")
+    return r, parts
+
+
+def h2d_bandwidth(device, nbytes=1 << 30, repeats=5) -> float:
+    host = torch.empty(nbytes, dtype=torch.uint8).pin_memory() if device.type == "cuda" else torch.empty(nbytes, dtype=torch.uint8)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    times = []
+    for i in range(repeats + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        dev.copy_(host, non_blocking=True)
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(times) / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--vram-gb", type=float, default=8.0)
+    ap.add_argument("--kv-len", type=int, default=4096)
+    ap.add_argument("--decode-tokens", type=int, default=8)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="a tiny model on whatever device: checks the script")
+    ap.add_argument("--profile", action="store_true", help="also print a kernel profile of two draft steps")
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = ModelConfig.from_dict(TINY if args.tiny else QWEN25_7B)
+    shape = TreeShape(48, 6) if not args.tiny else TreeShape(8, 3)
+    cap = int(args.vram_gb * 1e9)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+              "torch": torch.__version__, "model": "Qwen2.5-7B shape, random bf16" if not args.tiny else "tiny",
+              "vram_cap_gb": args.vram_gb, "depth": shape.depth, "topk": shape.topk, "tree_nodes": shape.nodes}
+    t_start = time.perf_counter()
+    if args.tiny:
+        resident, parts = 1, {}
+    else:
+        resident, parts = resident_for_cap(config, cap, args.kv_len, shape.nodes)
+    result["resident_layers"] = resident
+    result["planned_bytes"] = parts
+    print(f"[{time.perf_counter() - t_start:6.1f}s] resident layers under the cap: {resident}", flush=True)
+
+    result["h2d_bandwidth_gbps"] = round(h2d_bandwidth(device, (1 << 30) if not args.tiny else (1 << 24)), 2)
+    print(f"[{time.perf_counter() - t_start:6.1f}s] pinned H2D: {result['h2d_bandwidth_gbps']} GB/s", flush=True)
+
+    target = random_decoder(config, device, dtype)
+    offloaded = list(range(resident, config.num_layers))
+    draft = build_draft(target, 4, 64, layers=offloaded, device=device)
+    streamer = offload(target, resident, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        result["cuda_allocated_gb_incl_dequantized_draft"] = round(torch.cuda.memory_allocated(device) / 1e9, 2)
+    offloaded_bytes = len(offloaded) * streamer.layer_bytes
+    result["offloaded_layers"] = len(offloaded)
+    result["offloaded_bytes_per_pass"] = offloaded_bytes
+    floor_s = offloaded_bytes / (result["h2d_bandwidth_gbps"] * 1e9)
+    result["transfer_floor_s"] = round(floor_s, 4)
+    print(f"[{time.perf_counter() - t_start:6.1f}s] model ready: {len(offloaded)} layers streamed, "
+          f"{offloaded_bytes / 1e9:.2f} GB per pass, floor {floor_s * 1e3:.0f} ms", flush=True)
+
+    # Plain offloaded decoding.
+    cache = target.new_cache(args.kv_len)
+    prompt = torch.randint(0, config.vocab_size, (128,), device=device)
+    target(prompt, torch.arange(128, device=device), cache, 0, causal_mask(0, 128, torch.float32, device))
+    cache.commit(128)
+    token = prompt[-1:]
+    times = []
+    for i in range(args.decode_tokens + 1):
+        pos = cache.length
+        sync(device)
+        t0 = time.perf_counter()
+        logits = target(token, torch.tensor([pos], device=device), cache, pos, decode_mask(target, pos))
+        token = logits.argmax(-1)
+        sync(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+        cache.commit(pos + 1)
+    t_target = statistics.median(times)
+    result["plain_decode_s_per_token"] = round(t_target, 4)
+    result["plain_tokens_per_s"] = round(1 / t_target, 3)
+    result["transfer_efficiency"] = round(offloaded_bytes / (t_target * result["h2d_bandwidth_gbps"] * 1e9), 3)
+    print(f"[{time.perf_counter() - t_start:6.1f}s] plain offloaded decoding {1 / t_target:.2f} tok/s, "
+          f"transfer efficiency {result['transfer_efficiency']}", flush=True)
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            grow_tree(draft, cache, token, TreeShape(2, shape.topk), 2, [0.0])
+            sync(device)
+        key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=25), flush=True)
+
+    # SubSpec iterations at D48/K6: draft, verify, overhead.
+    iters = []
+    greedy = SamplingParams()
+    for i in range(args.iterations + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        timer = [0.0]
+        tree = grow_tree(draft, cache, token, shape, shape.depth, timer)
+        sync(device)
+        t1 = time.perf_counter()
+        chosen = verify(target, cache, tree, greedy, None)
+        sync(device)
+        t2 = time.perf_counter()
+        n = tree.size
+        from engine.tree import walk
+
+        tokens, parents, picked = torch.stack((tree.tokens[:n], tree.parents[:n], chosen)).tolist()
+        path, bonus = walk(tokens, parents, picked)
+        cache.compact(torch.tensor([0] + path, device=device) + cache.length)
+        token = torch.tensor([bonus], device=device)
+        sync(device)
+        t3 = time.perf_counter()
+        if i:
+            iters.append({"draft_s": t1 - t0, "draft_forward_s": timer[0] / 1e3, "verify_s": t2 - t1,
+                          "overhead_s": t3 - t2 + (t1 - t0) - timer[0] / 1e3, "total_s": t3 - t0})
+    med = {k: round(statistics.median(it[k] for it in iters), 4) for k in iters[0]}
+    result["subspec_iteration"] = med
+    result["iteration_over_transfer_floor"] = round(med["total_s"] / floor_s, 3)
+    result["verify_over_plain_pass"] = round(med["verify_s"] / t_target, 3)
+    result["predicted_tokens_per_s_at_paper_tau"] = round(PAPER_TAU / med["total_s"], 2)
+    result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
+    result["streamed_bytes_total"] = streamed_bytes(target)
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    print(json.dumps(result, indent=2), flush=True)
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = "gpu_check_tiny" if args.tiny else "gpu_check"
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump(result, f, indent=2)
+    rows = [("device", result["device"]), ("VRAM cap", f"{args.vram_gb} GB"),
+            ("resident / streamed layers", f"{resident} / {len(offloaded)}"),
+            ("streamed per target pass", f"{offloaded_bytes / 1e9:.2f} GB"),
+            ("pinned H2D bandwidth", f"{result['h2d_bandwidth_gbps']} GB/s"),
+            ("transfer floor (bytes / bandwidth)", f"{floor_s * 1e3:.0f} ms"),
+            ("plain offloaded decoding", f"{result['plain_tokens_per_s']} tok/s ({t_target * 1e3:.0f} ms/token)"),
+            ("transfer efficiency (goal >= 0.9)", f"{result['transfer_efficiency']}"),
+            (f"SubSpec iteration D{shape.depth} K{shape.topk} ({shape.nodes} nodes)", f"{med['total_s'] * 1e3:.0f} ms"),
+            (f"- draft ({shape.depth} steps)", f"{med['draft_s'] * 1e3:.0f} ms"),
+            ("- verify (one target pass over the tree)", f"{med['verify_s'] * 1e3:.0f} ms"),
+            ("- overhead (tree, walk, commit)", f"{med['overhead_s'] * 1e3:.0f} ms"),
+            ("iteration / transfer floor (goal <= 1.55; published ~2.24)", f"{result['iteration_over_transfer_floor']}"),
+            (f"predicted tok/s at tau {PAPER_TAU}", f"{result['predicted_tokens_per_s_at_paper_tau']} "
+                                                   f"({result['predicted_speedup_at_paper_tau']}x plain)")]
+    md = "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
