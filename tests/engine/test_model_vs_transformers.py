@@ -65,3 +65,16 @@ def test_half_precision_loads_and_tracks_float32(tmp_path, dtype):
     b = half(tokens, torch.arange(12), half.new_cache(16), 0, mask)
     assert b.dtype == torch.float32
     assert _rel_err(b, a) < 0.05  # half precision noise, not a different model
+
+
+def test_sharded_checkpoint_loads_the_same_weights(tmp_path):
+    import transformers
+
+    src = make_tiny_checkpoint(tmp_path / "whole", "llama")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    ref.save_pretrained(str(tmp_path / "sharded"), max_shard_size="20KB")
+    shards = sorted((tmp_path / "sharded").glob("*.safetensors"))
+    assert len(shards) > 2 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    whole, sharded = load_decoder(src), load_decoder(tmp_path / "sharded")
+    for (name, a), (_, b) in zip(whole.named_parameters(), sharded.named_parameters()):
+        assert torch.equal(a, b), name
