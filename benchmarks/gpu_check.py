@@ -105,6 +105,65 @@ def h2d_bandwidth(device, nbytes=1 << 30, repeats=5) -> float:
     return nbytes / statistics.median(times) / 1e9
 
 
+class _NullTokenizer:
+    """Random weights have no text: the generation loops only need decode() for stop strings."""
+
+    eos_token_id = None
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+
+def identical_check(target, draft, config, device, tokens: int = 24) -> dict:
+    """Greedy SubSpec equals plain decoding on the GPU too (streamed target, captured draft steps)."""
+    from pathlib import Path
+
+    from engine.events import summarize
+    from engine.generate import generate_plain
+    from engine.loading import LoadedModel
+    from engine.speculative import generate_subspec
+
+    lm = LoadedModel(Path("/nonexistent"), "random", target, _NullTokenizer(), device)
+    lm.__dict__["_eos_ids"] = frozenset()  # random weights: never stop early
+    prompt = torch.randint(0, config.vocab_size, (64,), generator=torch.Generator().manual_seed(1)).tolist()
+    plain = summarize(generate_plain(lm, prompt, tokens), len(prompt), "vanilla")
+    spec = summarize(generate_subspec(lm, draft, prompt, tokens, shape=TreeShape(8, 4)), len(prompt), "s")
+    first = next((i for i, (a, b) in enumerate(zip(plain.token_ids, spec.token_ids)) if a != b), None)
+    return {"identical": plain.token_ids == spec.token_ids, "first_difference": first,
+            "tokens": len(plain.token_ids), "tau": round(spec.tau, 2), "dtype": str(target.embed_tokens.weight.dtype)}
+
+
+def float32_identity_check(device, tokens: int = 48) -> dict:
+    """The whole GPU path -- streamed layers, captured draft steps, tree verification, commit -- in
+    float32 on a small random model: greedy SubSpec must equal plain decoding token for token. (In bf16
+    a one-token pass and a 289-node tree pass round differently, and random weights have near-ties.)"""
+    config = ModelConfig.from_dict(dict(TINY, hidden_size=512, intermediate_size=1024, num_hidden_layers=6,
+                                        vocab_size=4096, num_attention_heads=8, num_key_value_heads=2))
+    target = random_decoder(config, device, torch.float32)
+    draft = build_draft(target, 4, 64, layers=range(2, 6), device=device)
+    offload(target, 2, device)
+    return identical_check(target, draft, config, device, tokens)
+
+
+def graph_check(device) -> dict:
+    """In float32, the captured fixed-shape draft steps grow exactly the tree the eager steps grow."""
+    from engine.generate import prefill
+    from engine.sampling import select_tokens
+
+    config = ModelConfig.from_dict(dict(TINY, hidden_size=256, intermediate_size=512))
+    target = random_decoder(config, device, torch.float32)
+    draft = build_draft(target, 4, 64, device=device)
+    ids = torch.randint(0, config.vocab_size, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    trees = []
+    for fixed in (False, True):
+        cache = target.new_cache(200)
+        root = select_tokens(prefill(target, cache, ids), SamplingParams(), None)
+        trees.append(grow_tree(draft, cache, root, TreeShape(12, 4), 12, [0.0], fixed_shapes=fixed))
+    a, b = trees
+    return {"same_tree": bool(torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)),
+            "max_score_difference": float((a.scores - b.scores).abs().max())}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -114,6 +173,7 @@ def main():
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="a tiny model on whatever device: checks the script")
     ap.add_argument("--profile", action="store_true", help="also print a kernel profile of two draft steps")
+    ap.add_argument("--only-checks", action="store_true", help="only the float32 correctness checks")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,6 +185,13 @@ def main():
               "torch": torch.__version__, "model": "Qwen2.5-7B shape, random bf16" if not args.tiny else "tiny",
               "vram_cap_gb": args.vram_gb, "depth": shape.depth, "topk": shape.topk, "tree_nodes": shape.nodes}
     t_start = time.perf_counter()
+    if args.only_checks:
+        checks = {"float32_identity": float32_identity_check(device), "graph_vs_eager_float32": graph_check(device)}
+        print(json.dumps(checks, indent=2))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu_checks_float32.json"), "w") as f:
+            json.dump({"device": result["device"], **checks}, f, indent=2)
+        return
     if args.tiny:
         resident, parts = 1, {}
     else:
@@ -214,8 +281,12 @@ def main():
     result["subspec_iteration"] = med
     result["iteration_over_transfer_floor"] = round(med["total_s"] / floor_s, 3)
     result["verify_over_plain_pass"] = round(med["verify_s"] / t_target, 3)
+    result["draft_step_ms"] = round(med["draft_forward_s"] / shape.depth * 1e3, 2)
     result["predicted_tokens_per_s_at_paper_tau"] = round(PAPER_TAU / med["total_s"], 2)
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
+    result["greedy_identical_to_plain"] = identical_check(target, draft, config, device)
+    result["graph_vs_eager_float32"] = graph_check(device)
+    print(f"[{time.perf_counter() - t_start:6.1f}s] lossless check: {result['greedy_identical_to_plain']}", flush=True)
     result["streamed_bytes_total"] = streamed_bytes(target)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result, indent=2), flush=True)
@@ -232,12 +303,16 @@ def main():
             ("plain offloaded decoding", f"{result['plain_tokens_per_s']} tok/s ({t_target * 1e3:.0f} ms/token)"),
             ("transfer efficiency (goal >= 0.9)", f"{result['transfer_efficiency']}"),
             (f"SubSpec iteration D{shape.depth} K{shape.topk} ({shape.nodes} nodes)", f"{med['total_s'] * 1e3:.0f} ms"),
-            (f"- draft ({shape.depth} steps)", f"{med['draft_s'] * 1e3:.0f} ms"),
+            (f"- draft ({shape.depth} steps)", f"{med['draft_s'] * 1e3:.0f} ms ({result['draft_step_ms']} ms a step)"),
             ("- verify (one target pass over the tree)", f"{med['verify_s'] * 1e3:.0f} ms"),
             ("- overhead (tree, walk, commit)", f"{med['overhead_s'] * 1e3:.0f} ms"),
             ("iteration / transfer floor (goal <= 1.55; published ~2.24)", f"{result['iteration_over_transfer_floor']}"),
             (f"predicted tok/s at tau {PAPER_TAU}", f"{result['predicted_tokens_per_s_at_paper_tau']} "
-                                                   f"({result['predicted_speedup_at_paper_tau']}x plain)")]
+                                                   f"({result['predicted_speedup_at_paper_tau']}x plain)"),
+            ("greedy SubSpec identical to plain (24 tokens, random bf16 weights)",
+             str(result["greedy_identical_to_plain"]["identical"])),
+            ("captured draft steps grow the eager tree (float32)",
+             str(result["graph_vs_eager_float32"]["same_tree"]))]
     md = "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write(md)

@@ -34,6 +34,12 @@ class KVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
 
+    def write_at(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one layer's keys/values at arbitrary slots (a device tensor [T]): the form a captured CUDA
+        graph can replay, since nothing about it depends on host-side numbers."""
+        self.k[layer].index_copy_(2, slots, k)
+        self.v[layer].index_copy_(2, slots, v)
+
     def view(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of slots [0, end) of one layer, without copying."""
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

@@ -88,7 +88,7 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, mask, cache: KVCache, layer: int, start: int):
+    def forward(self, x, cos, sin, mask, cache: KVCache, layer: int, start: int, slots=None):
         T = x.shape[1]
         q = self.q_proj(x).view(1, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(1, T, self.num_kv_heads, self.head_dim)
@@ -97,8 +97,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        cache.write(layer, start, k, v)
-        keys, values = cache.view(layer, start + T)
+        if slots is None:
+            cache.write(layer, start, k, v)
+            keys, values = cache.view(layer, start + T)
+        else:  # static shapes: write where `slots` says, attend over the whole cache (the mask hides the rest)
+            cache.write_at(layer, slots, k, v)
+            keys, values = cache.view(layer, cache.capacity)
         out = F.scaled_dot_product_attention(
             q, keys, values, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads
         )
@@ -124,8 +128,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, h, cos, sin, mask, cache, layer, start):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer, start)
+    def forward(self, h, cos, sin, mask, cache, layer, start, slots=None):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer, start, slots)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -163,23 +167,25 @@ class Decoder(nn.Module):
         c = self.config
         return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, w.dtype, w.device)
 
-    def run_layer(self, index: int, h, cos, sin, mask, cache, start):
+    def run_layer(self, index: int, h, cos, sin, mask, cache, start, slots=None):
         if self.streamer is None:
-            return self.layers[index](h, cos, sin, mask, cache, index, start)
+            return self.layers[index](h, cos, sin, mask, cache, index, start, slots)
         self.streamer.before_layer(index)  # waits for this layer's weights to be in a device slot
-        h = self.layers[index](h, cos, sin, mask, cache, index, start)
+        h = self.layers[index](h, cos, sin, mask, cache, index, start, slots)
         self.streamer.after_layer(index)  # frees the slot for a prefetch once this compute is done
         return h
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
-                mask: torch.Tensor | None = None, logits_index: torch.Tensor | slice | None = None
-                ) -> torch.Tensor:
+                mask: torch.Tensor | None = None, logits_index: torch.Tensor | slice | None = None,
+                slots: torch.Tensor | None = None) -> torch.Tensor:
         """Run `tokens` [T] at rotary `positions` [T], writing their KV into cache slots [start, start+T).
 
         `mask` [T, start+T] is additive over all slots up to start+T; None means every one of them is
         visible (one-token decoding). `logits_index` picks the rows to project to the vocabulary (the
         last one for prefill); None projects all. Returns float32 logits [rows, vocab].
+        With `slots` (a device tensor [T]) the KV goes to those slots instead, attention spans the whole
+        cache and `mask` is [T, capacity]: every shape is then fixed, as CUDA graph replay needs.
         """
         dtype = self.embed_tokens.weight.dtype
         h = self.embed_tokens(tokens)[None]  # [B, T, H]
@@ -187,7 +193,7 @@ class Decoder(nn.Module):
         attn_mask = None if mask is None else mask.to(dtype)[None, None]  # [B, 1, T, S]
         with sdpa_kernel(ATTENTION_BACKENDS):
             for i in range(len(self.layers)):
-                h = self.run_layer(i, h, cos, sin, attn_mask, cache, start)
+                h = self.run_layer(i, h, cos, sin, attn_mask, cache, start, slots)
         h = h[0]
         if logits_index is not None:
             h = h[logits_index]

@@ -22,6 +22,7 @@ import torch
 
 from .errors import SubspecError
 from .events import StepEvent
+from .draft_graph import draft_step_for
 from .generate import Emitter, check_context, prefill, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel
@@ -66,27 +67,41 @@ def _sync(device: torch.device) -> None:
 
 
 def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: TreeShape,
-              depth: int, timer: list[float]) -> Tree:
-    """Beam tree of `depth` levels below the root. Draft forward time (ms) accumulates into timer[0]."""
+              depth: int, timer: list[float], fixed_shapes: bool | None = None) -> Tree:
+    """Beam tree of `depth` levels below the root. Its wall time (ms, draft forwards and beam selection)
+    accumulates into timer[0]; the device is synchronized once, at the end, not per step, so the host
+    can queue step d+1 while the device still runs step d.
+
+    `fixed_shapes` (default: on CUDA) runs every step after the root's as one replay of a captured
+    fixed-shape step (engine.draft_graph); the result is the same tree."""
     L = cache.length
     device = root_token.device
+    if fixed_shapes is None:
+        fixed_shapes = device.type == "cuda"
     tree = Tree.with_root(root_token, 1 + depth * shape.topk, device)
     frontier = slice(0, 1)
     scores = torch.zeros(1, device=device)
+    step = draft_step_for(draft, cache, shape.topk) if fixed_shapes and depth > 1 else None
+    t0 = time.perf_counter()
     for _ in range(depth):
         mask = tree_mask(tree.ancestors, frontier, L, tree.size, depths=tree.depths,
                          sliding_window=draft.config.sliding_window)
-        t0 = time.perf_counter()
-        logits = draft(tree.tokens[frontier], L + tree.depths[frontier], cache, L + frontier.start, mask)
-        _sync(device)
-        timer[0] += (time.perf_counter() - t0) * 1e3
+        rows = frontier.stop - frontier.start
+        if step is not None and rows == shape.topk:
+            slots = torch.arange(L + frontier.start, L + frontier.stop, device=device)
+            logits = step(tree.tokens[frontier], L + tree.depths[frontier], slots, mask)
+        else:
+            logits = draft(tree.tokens[frontier], L + tree.depths[frontier], cache, L + frontier.start, mask)
         # Sharpening (draft temperature < 1) keeps a confident wrong branch from crowding the beam.
         logp = torch.log_softmax(logits / shape.draft_temperature, dim=-1) + scores[:, None]  # float32
         vocab = logp.shape[1]
         top = torch.topk(logp.flatten(), shape.topk)
         frontier = tree.add(frontier.start + top.indices // vocab, top.indices % vocab, top.values)
         scores = top.values
-    return prune(tree, shape.nodes)
+    tree = prune(tree, shape.nodes)
+    _sync(device)
+    timer[0] += (time.perf_counter() - t0) * 1e3
+    return tree
 
 
 def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams,

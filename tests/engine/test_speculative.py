@@ -166,3 +166,22 @@ def test_sampling_matches_target_distribution_and_test_detects_bias(peaked):
     assert p_ok > 0.001, f"speculative sampling differs from the target's (p={p_ok:.2e})"
     assert p_bad < 1e-6, f"the test failed to catch a biased verifier (p={p_bad:.2e})"
     assert not math.isnan(p_ok)
+
+
+def test_fixed_shape_draft_steps_grow_the_same_tree(tiny):
+    """The fixed-shape step (what a CUDA graph replays) equals the ordinary draft forward; on the CPU it
+    runs eagerly, so this checks the shapes, slots and mask that the graph would bake in."""
+    from engine.generate import prefill
+    from engine.speculative import grow_tree
+
+    lm, draft = tiny
+    ids = lm.encode("fixed shapes")
+    trees = []
+    for fixed in (False, True):
+        cache = lm.decoder.new_cache(len(ids) + 64)
+        root = select_tokens(prefill(lm.decoder, cache, ids), SamplingParams(), None)
+        trees.append(grow_tree(draft, cache, root, TreeShape(6, 3), 6, [0.0], fixed_shapes=fixed))
+    a, b = trees
+    assert a.size == b.size == 19
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
+    assert torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
