@@ -39,9 +39,12 @@ class ScriptedExchange(QObject):
         self.window = window
         self.screenshot = screenshot
         window.host.loaded.connect(self._send)
+        self.deadline = QTimer(self)
+        self.deadline.setSingleShot(True)
+        self.deadline.timeout.connect(lambda: self._quit(1, "timed out"))
         if screenshot:
             window.host.finished.connect(self._finished)
-            QTimer.singleShot(SCRIPT_TIMEOUT_S * 1000, self, lambda: self._quit(1, "timed out"))
+            self.deadline.start(SCRIPT_TIMEOUT_S * 1000)
 
     @Slot(str)
     def _send(self, _name: str) -> None:
@@ -64,6 +67,7 @@ class ScriptedExchange(QObject):
         self._quit(0)
 
     def _quit(self, code: int, why: str = "") -> None:
+        self.deadline.stop()  # a finished run must not be ended again, minutes later, by its deadline
         if why:
             print(f"error: {why}", file=sys.stderr)
         QApplication.instance().exit(code)
