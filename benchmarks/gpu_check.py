@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.generate import decode_mask, streamed_bytes  # noqa: E402
 from engine.masks import causal_mask  # noqa: E402
-from engine.model import LINEAR_NAMES, Decoder  # noqa: E402
+from engine.model import Decoder  # noqa: E402
 from engine.offload import offload  # noqa: E402
 from engine.speculative import TreeShape, grow_tree, verify  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402

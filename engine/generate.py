@@ -96,6 +96,19 @@ def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: 
         )
 
 
+def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,
+                 sampling: SamplingParams, generator, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
+    """The prefill pass and the first token it yields: how every generation loop starts.
+    Returns the token (on the device, [1]) and its event (iteration 0)."""
+    t0 = time.perf_counter()
+    moved = streamed_bytes(decoder)
+    token = select_tokens(prefill(decoder, cache, prompt_ids, prefill_chunk), sampling, generator)
+    ids, text = emitter.emit(token.tolist())
+    ms = (time.perf_counter() - t0) * 1e3
+    return token, StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms,
+                            bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)
+
+
 def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 256,
                    sampling: SamplingParams = SamplingParams(), stop_strings=(),
                    prefill_chunk: int = 256) -> Iterator[StepEvent]:
@@ -109,14 +122,8 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         yield StepEvent(0, (), "", finish_reason="length")
         return
 
-    t0 = time.perf_counter()
-    moved = streamed_bytes(decoder)
-    logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
-    token = select_tokens(logits, sampling, gen)
-    ids, text = emitter.emit(token.tolist())
-    ms = (time.perf_counter() - t0) * 1e3
-    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, bytes_moved=streamed_bytes(decoder) - moved,
-                    finish_reason=emitter.finished)
+    token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
+    yield event
 
     iteration = 0
     while not emitter.finished:

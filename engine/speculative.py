@@ -23,7 +23,7 @@ import torch
 from .errors import SubspecError
 from .events import StepEvent
 from .draft_graph import draft_step_for
-from .generate import Emitter, check_context, prefill, streamed_bytes
+from .generate import Emitter, check_context, prefill_step, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel
 from .model import Decoder
@@ -139,13 +139,8 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         yield StepEvent(0, (), "", finish_reason="length")
         return
 
-    t0 = time.perf_counter()
-    moved = streamed_bytes(target)
-    root = select_tokens(prefill(target, cache, prompt_ids, prefill_chunk), sampling, gen)
-    ids, text = emitter.emit(root.tolist())
-    ms = (time.perf_counter() - t0) * 1e3
-    yield StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms, bytes_moved=streamed_bytes(target) - moved,
-                    finish_reason=emitter.finished)
+    root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
+    yield event
 
     iteration = 0
     while not emitter.finished:
