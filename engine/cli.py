@@ -96,7 +96,10 @@ def _load(args):
     resident = args.resident_layers
     if args.vram_gb is not None and resident is None:
         resident = _planned_resident_layers(folder, args)
-    return load_model(folder, dtype=args.dtype, device=args.device, name=name, resident_layers=resident)
+    lm = load_model(folder, dtype=args.dtype, device=args.device, name=name, resident_layers=resident)
+    for note in lm.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return lm
 
 
 def _planned_resident_layers(folder, args) -> int | None:

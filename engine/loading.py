@@ -7,8 +7,9 @@ so RAM never holds a second full copy of the checkpoint.
 from __future__ import annotations
 
 import functools
+import gc
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -124,6 +125,7 @@ class LoadedModel:
     tokenizer: object
     device: torch.device
     resident_layers: int | None = None  # None: every layer resident
+    notes: list = field(default_factory=list)  # what loading had to change (e.g. backing off after an OOM)
 
     @property
     def offloaded_layers(self) -> list[int]:
@@ -194,14 +196,37 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
     else:
         raise SubspecError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
     config = ModelConfig.from_file(folder)
-    if resident_layers is not None and not 0 <= resident_layers <= config.num_layers:
-        raise SubspecError(f"--resident-layers must be between 0 and {config.num_layers}, got {resident_layers}")
-    streamed = resident_layers is not None and resident_layers < config.num_layers
-    decoder = load_decoder(folder, torch_dtype, "cpu" if streamed else dev)
-    if streamed:
-        from .offload import offload
+    layers = config.num_layers
+    if resident_layers is not None and not 0 <= resident_layers <= layers:
+        raise SubspecError(f"--resident-layers must be between 0 and {layers}, got {resident_layers}")
+    resident = layers if resident_layers is None else resident_layers
+    notes = []
+    while True:
+        try:
+            decoder = _place(folder, torch_dtype, dev, resident, resident == layers)
+            break
+        except torch.cuda.OutOfMemoryError:
+            # Another program may hold VRAM the plan counted on: stream more layers instead of failing.
+            if resident == 0:
+                raise SubspecError("out of GPU memory even with every decoder layer streamed; close other "
+                                   "GPU programs or use a smaller model") from None
+            decoder = None
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            notes.append(f"out of GPU memory with {resident} resident layers; retried with {resident // 2}")
+            resident //= 2
+    lm = LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev,
+                     None if resident == layers else resident, notes)
+    return lm
 
-        offload(decoder, resident_layers, dev)
-    else:
-        resident_layers = None
-    return LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev, resident_layers)
+
+def _place(folder: Path, dtype: torch.dtype, device: torch.device, resident: int, all_resident: bool) -> Decoder:
+    """Load the weights: all on the device, or the first `resident` layers there and the rest streamed."""
+    if all_resident:
+        return load_decoder(folder, dtype, device)
+    from .offload import offload
+
+    decoder = load_decoder(folder, dtype, "cpu")
+    offload(decoder, resident, device)
+    return decoder

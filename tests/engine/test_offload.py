@@ -70,3 +70,37 @@ def test_bad_resident_layers_is_a_user_error(folder):
 
     with pytest.raises(SubspecError, match="between 0 and 3"):
         load_model(folder, "float32", "cpu", resident_layers=7)
+
+
+def test_out_of_memory_while_loading_backs_off_to_fewer_resident_layers(folder, resident, monkeypatch):
+    """A GPU fuller than planned: loading streams more layers instead of failing, and says so."""
+    import engine.loading as loading
+
+    real = loading.load_decoder
+    calls = []
+
+    def flaky(path, dtype, device):
+        calls.append(str(device))
+        if len(calls) == 1:  # the first, fully resident attempt does not fit
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(path, dtype, device)
+
+    monkeypatch.setattr(loading, "load_decoder", flaky)
+    lm = load_model(folder, "float32", "cpu")
+    assert lm.resident_layers == 1 and lm.offloaded_layers == [1, 2]
+    assert lm.notes == ["out of GPU memory with 3 resident layers; retried with 1"]
+    ids = resident.encode("backing off")
+    assert (summarize(generate_plain(lm, ids, 12), len(ids), "v").token_ids
+            == summarize(generate_plain(resident, ids, 12), len(ids), "v").token_ids)
+
+
+def test_out_of_memory_with_everything_streamed_is_a_clear_error(folder, monkeypatch):
+    import engine.loading as loading
+    from engine.errors import SubspecError
+
+    def always(path, dtype, device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(loading, "load_decoder", always)
+    with pytest.raises(SubspecError, match="even with every decoder layer streamed"):
+        load_model(folder, "float32", "cpu", resident_layers=1)
