@@ -1,7 +1,7 @@
 """The engine as the worker sees it: a loaded model that streams a chat answer as StepEvents.
 
-The worker depends only on this small interface (a `name` and `stream()`), so tests swap in a fake that
-replays recorded events, and later decoding methods plug in here without touching the Qt side.
+The worker depends only on this small interface (`name`, `capabilities` and `stream()`), so tests swap in
+a fake that replays recorded events, and decoding methods plug in here without touching the Qt side.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ from engine.events import StepEvent
 
 Progress = Callable[[str], None]
 
+METHODS = ("vanilla", "subspec")
 DEFAULT_PARAMS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
-                  "stop": (), "method": "vanilla"}
+                  "stop": (), "method": "vanilla", "depth": 48, "width": 6}
+# What a backend that does not say otherwise can do: plain decoding only.
+NO_CAPABILITIES = {"cuda": False, "subspec": False}
 
 
 class Backend(Protocol):
     name: str
+    capabilities: dict  # plain data: {"cuda": bool, "subspec": bool}
 
     def stream(self, messages: list[dict], params: dict) -> tuple[int, Iterator[StepEvent]]:
         """(prompt token count, the answer's events); errors may surface while iterating."""
@@ -29,6 +33,9 @@ EngineFactory = Callable[[str, Progress], Backend]
 
 class TorchBackend:
     """The real engine. Torch is imported here, on the worker thread, so the window shows at once."""
+
+    DRAFT_BITS = 4
+    DRAFT_GROUP_SIZE = 64
 
     def __init__(self, model: str, progress: Progress):
         from engine import store
@@ -42,21 +49,49 @@ class TorchBackend:
         progress(f"Loading {name} …")
         self.lm = load_model(folder, name=name)
         self.name = name
+        self.progress = progress
+        self.draft = None
+        import torch
+
+        # On a CPU the substitute draft costs about as much as the target, so SubSpec only pays on a GPU;
+        # the window picks its default from this.
+        self.capabilities = {"cuda": bool(torch.cuda.is_available()), "subspec": True}
+
+    def get_draft(self):
+        """Built on the first SubSpec request and kept for this model: it takes seconds, and many users
+        never switch the method on."""
+        if self.draft is None:
+            def report(done, total):
+                self.progress(f"Building the SubSpec draft: layer {done}/{total} …")
+
+            self.draft = self.lm.build_draft(self.DRAFT_BITS, self.DRAFT_GROUP_SIZE, progress=report)
+            self.progress(self.name)
+        return self.draft
 
     def stream(self, messages: list[dict], params: dict) -> tuple[int, Iterator[StepEvent]]:
         from engine.errors import SubspecError
-        from engine.generate import generate_plain
         from engine.sampling import SamplingParams
 
         p = {**DEFAULT_PARAMS, **params}
-        if p["method"] != "vanilla":
-            raise SubspecError(f"decoding method {p['method']!r} is not available yet")
+        if p["method"] not in METHODS:
+            raise SubspecError(f"decoding method {p['method']!r} is not available")
         if not getattr(self.lm.tokenizer, "chat_template", None):
             raise SubspecError(f"model {self.name} has no chat template, so it cannot be used for chat")
         sampling = SamplingParams(temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
                                   seed=p["seed"])
         ids = self.lm.encode_messages(messages)
-        return len(ids), generate_plain(self.lm, ids, p["max_new_tokens"], sampling, tuple(p["stop"]))
+        stops = tuple(p["stop"])
+        if p["method"] == "subspec":
+            from engine.speculative import TreeShape, generate_subspec
+
+            shape = TreeShape(int(p["depth"]), int(p["width"]))  # checked before the slow draft build
+            events = generate_subspec(self.lm, self.get_draft(), ids, p["max_new_tokens"], sampling, stops,
+                                      shape=shape)
+        else:
+            from engine.generate import generate_plain
+
+            events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops)
+        return len(ids), events
 
 
 def torch_backend(model: str, progress: Progress) -> Backend:

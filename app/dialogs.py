@@ -1,4 +1,5 @@
-"""Error reporting: the one dialog used for engine failures and for uncaught exceptions."""
+"""Dialogs: the one used for engine failures and uncaught exceptions, and two small questions (tests
+replace these functions, since a modal dialog would block them)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 import traceback
 
 from PySide6.QtCore import QObject, Signal, Slot
-from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
+from PySide6.QtWidgets import QApplication, QInputDialog, QMessageBox, QWidget
 
 
 def show_error(parent: QWidget | None, title: str, message: str, details: str = "") -> None:
@@ -65,3 +66,16 @@ def _show_unexpected(message: str, details: str) -> None:
                    f"Something went wrong. The app keeps running.\n\n{message}", details)
     finally:
         _showing = False
+
+
+def ask_text(parent: QWidget | None, title: str, label: str, text: str = "") -> str | None:
+    """A line of text from the user, or None when cancelled."""
+    value, ok = QInputDialog.getText(parent, title, label, text=text)
+    return value if ok else None
+
+
+def confirm(parent: QWidget | None, title: str, question: str) -> bool:
+    answer = QMessageBox.question(parent, title, question,
+                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                  QMessageBox.StandardButton.No)
+    return answer == QMessageBox.StandardButton.Yes

@@ -26,6 +26,7 @@ class Transcript(QTextBrowser):
     BODY = _char_format()
     NOTE = _char_format("#777777", italic=True)
     ERROR = _char_format("#c62828")
+    STATS = _char_format("#8a8a8a")
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -45,6 +46,14 @@ class Transcript(QTextBrowser):
 
     def add_note(self, text: str) -> None:
         self._insert(f" [{text}]", self.NOTE)
+
+    def add_stats(self, text: str) -> None:
+        """A small grey line under an answer."""
+        cursor = self._end_cursor()
+        cursor.insertBlock(QTextBlockFormat(), self.STATS)
+        fmt = QTextCharFormat(self.STATS)
+        fmt.setFontPointSize(max(self.font().pointSizeF() - 1.5, 6.0))
+        self._insert(text, fmt)
 
     def add_error(self, text: str) -> None:
         self._insert(f"\N{WARNING SIGN} {text}", self.ERROR)

@@ -15,10 +15,11 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from engine.errors import SubspecError
 from engine.events import summarize
 
-from .backend import Backend, EngineFactory, torch_backend
+from .backend import NO_CAPABILITIES, Backend, EngineFactory, torch_backend
 
 
 class EngineWorker(QObject):
+    capabilities = Signal(object)  # dict {"cuda": bool, "subspec": bool}, just before `loaded`
     loaded = Signal(str)  # model display name
     progress = Signal(str)  # what a slow load is doing
     token = Signal(str)  # text to append to the answer
@@ -41,6 +42,8 @@ class EngineWorker(QObject):
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything a load raises
             self._fail(exc)
             return
+        caps = getattr(self._engine, "capabilities", None) or NO_CAPABILITIES
+        self.capabilities.emit({k: bool(v) for k, v in caps.items()})
         self.loaded.emit(self._engine.name)
 
     @Slot(object, object)
@@ -67,7 +70,11 @@ class EngineWorker(QObject):
 
         try:
             prompt_tokens, events = self._engine.stream(list(messages), dict(params))
-            result = summarize(relay(events), prompt_tokens, params.get("method", "vanilla"))
+            method = params.get("method", "vanilla")
+            extra = {"model": self._engine.name}
+            if method == "subspec":
+                extra.update(depth=params.get("depth"), width=params.get("width"))
+            result = summarize(relay(events), prompt_tokens, method, extra=extra)
         except Exception as exc:  # noqa: BLE001 - any engine failure becomes a dialog, not a dead thread
             self._fail(exc)
             return
@@ -90,6 +97,7 @@ class EngineHost(QObject):
     """The GUI thread's handle on the worker: starts its thread, forwards requests, and re-emits the
     worker's signals from the GUI thread, so any receiver (even a lambda) runs there."""
 
+    capabilities = Signal(object)
     loaded = Signal(str)
     progress = Signal(str)
     token = Signal(str)
@@ -109,7 +117,7 @@ class EngineHost(QObject):
         self.worker.moveToThread(self.thread)
         self._load.connect(self.worker.load)
         self._generate.connect(self.worker.generate)
-        for name in ("loaded", "progress", "token", "step", "finished", "failed"):
+        for name in ("capabilities", "loaded", "progress", "token", "step", "finished", "failed"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()

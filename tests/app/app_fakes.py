@@ -36,8 +36,9 @@ class FakeBackend:
     mid-stream deterministically."""
 
     def __init__(self, name="FakeLM-1M", events=recorded_events, delay_s=0.0, fail_on_call=(),
-                 fail_after=0, gate: threading.Event | None = None):
+                 fail_after=0, gate: threading.Event | None = None, capabilities=None):
         self.name = name
+        self.capabilities = capabilities or {"cuda": False, "subspec": True}
         self.events = events
         self.delay_s = delay_s
         self.fail_on_call = set(fail_on_call)
@@ -61,6 +62,23 @@ class FakeBackend:
             if self.delay_s:
                 time.sleep(self.delay_s)
             yield ev
+
+
+def subspec_events(accepted=(2, 0, 3, 1)):
+    """The recorded answer regrouped as SubSpec would emit it: the prefill's token, then steps that each
+    accept `accepted[i]` draft tokens plus the target's own (the last step takes what is left)."""
+    flat = [(tid, ev.text) for ev in recorded_events() for tid in ev.token_ids]
+    out = [StepEvent(0, (flat[0][0],), flat[0][1], prefill_ms=20.0, step_ms=20.0)]
+    i, it = 1, 0
+    while i < len(flat):
+        n = accepted[it % len(accepted)] + 1
+        chunk = flat[i:i + n]
+        i += len(chunk)
+        it += 1
+        out.append(StepEvent(it, tuple(t for t, _ in chunk), "".join(x for _, x in chunk),
+                             accepted=len(chunk) - 1, tree_nodes=289, draft_ms=6.0, verify_ms=4.0, step_ms=10.0,
+                             finish_reason="eos" if i >= len(flat) else None))
+    return out
 
 
 def endless_events():

@@ -8,6 +8,14 @@ import pytest  # noqa: E402
 from app_fakes import FakeBackend, factory_for  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def subspec_home(tmp_path, monkeypatch):
+    """Every test gets its own store: conversations.db and studio.ini land in a temporary folder."""
+    home = tmp_path / "subspec-home"
+    monkeypatch.setenv("SUBSPEC_HOME", str(home))
+    return home
+
+
 class DialogRecorder:
     """Stands in for QMessageBox: records what would have been shown instead of blocking on exec()."""
 

@@ -22,8 +22,8 @@ def test_a_model_without_a_chat_template_is_refused():
 
 
 def test_an_unknown_method_is_refused():
-    with pytest.raises(SubspecError, match="not available yet"):
-        backend_with(SimpleNamespace(chat_template="x")).stream(MESSAGES, {"method": "subspec"})
+    with pytest.raises(SubspecError, match="not available"):
+        backend_with(SimpleNamespace(chat_template="x")).stream(MESSAGES, {"method": "medusa"})
 
 
 def test_bad_sampling_settings_are_refused():

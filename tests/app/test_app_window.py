@@ -95,7 +95,8 @@ def test_escape_stops_mid_answer(qtbot, make_window):
     assert summary["finish_reason"] == "stopped" and summary["new_tokens"] == len(tokens) in (1, 2)
     answer = "".join(tokens)
     assert window.history[-1] == {"role": "assistant", "content": answer}
-    assert window.transcript.toPlainText().endswith(answer + " [stopped]")
+    assert window.transcript.toPlainText().endswith(answer + " [stopped]\n" + window.stats_label.text()
+                                                     + " · τ 1.00 · plain")
     assert STATS.match(window.stats_label.text()).group(1) == str(len(tokens))
     assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
 

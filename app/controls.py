@@ -1,0 +1,128 @@
+"""Toolbar controls: the decoding method (plain or SubSpec, with the tree's depth and width) and the
+conversation's sampling preset."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QSpinBox, QToolBar
+
+PRESETS = {"greedy": (0.0, 1.0), "balanced": (0.7, 0.9), "creative": (1.0, 0.95)}
+CUSTOM = "custom"
+DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest, when it is greedy
+DEFAULT_DEPTH, DEFAULT_WIDTH = 48, 6
+
+
+def preset_for(temperature: float, top_p: float) -> str:
+    for name, values in PRESETS.items():
+        if abs(values[0] - temperature) < 1e-6 and abs(values[1] - top_p) < 1e-6:
+            return name
+    return CUSTOM
+
+
+def _spin(minimum: float, maximum: float, step: float, tip: str) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(minimum, maximum)
+    box.setSingleStep(step)
+    box.setDecimals(2)
+    box.setToolTip(tip)
+    return box
+
+
+class MethodControls(QObject):
+    """The SubSpec toggle and the tree shape. Off, and disabled, until a model says it can draft."""
+
+    def __init__(self, toolbar: QToolBar):
+        super().__init__(toolbar)
+        # A check box rather than a checkable tool button: its state reads at a glance.
+        self.toggle = QCheckBox("SubSpec")
+        self.toggle.setToolTip("Lossless speculative decoding with the substitute draft "
+                               "(the draft is built on first use)")
+        self.depth = QSpinBox()
+        self.depth.setRange(1, 256)
+        self.depth.setValue(DEFAULT_DEPTH)
+        self.depth.setToolTip("Draft tree depth: draft steps per target pass")
+        self.width = QSpinBox()
+        self.width.setRange(1, 32)
+        self.width.setValue(DEFAULT_WIDTH)
+        self.width.setToolTip("Draft tree width: nodes kept per draft step")
+        toolbar.addWidget(self.toggle)
+        self._depth_label = QLabel(" Depth ")
+        self._width_label = QLabel(" Width ")
+        for widget in (self._depth_label, self.depth, self._width_label, self.width):
+            toolbar.addWidget(widget)
+        self.toggle.toggled.connect(self._sync_enabled)
+        self.apply_capabilities({"cuda": False, "subspec": False})
+
+    def apply_capabilities(self, caps: dict) -> None:
+        self.toggle.setEnabled(bool(caps.get("subspec")))
+        # On a CPU the draft is as slow as the target, so plain decoding is the sensible default there.
+        self.toggle.setChecked(bool(caps.get("subspec") and caps.get("cuda")))
+        self._sync_enabled()
+
+    def _sync_enabled(self) -> None:
+        on = self.toggle.isEnabled() and self.toggle.isChecked()
+        for widget in (self._depth_label, self.depth, self._width_label, self.width):
+            widget.setEnabled(on)
+
+    def params(self) -> dict:
+        if self.toggle.isEnabled() and self.toggle.isChecked():
+            return {"method": "subspec", "depth": self.depth.value(), "width": self.width.value()}
+        return {"method": "vanilla"}
+
+
+class SamplingControls(QObject):
+    """A preset menu and its two values; editing a value turns the preset into "custom"."""
+
+    changed = Signal()
+
+    def __init__(self, toolbar: QToolBar):
+        super().__init__(toolbar)
+        self.preset = QComboBox()
+        self.preset.addItems([*PRESETS, CUSTOM])
+        self.preset.setToolTip("Sampling preset of this conversation")
+        self.temperature = _spin(0.0, 2.0, 0.05, "Temperature (0: greedy)")
+        self.top_p = _spin(0.01, 1.0, 0.05, "Top-p: sample from the smallest set of tokens this likely")
+        for widget in (QLabel(" Preset "), self.preset, QLabel(" Temp "), self.temperature,
+                       QLabel(" Top-p "), self.top_p):
+            toolbar.addWidget(widget)
+        self._quiet = False
+        self.preset.currentTextChanged.connect(self._preset_picked)
+        self.temperature.valueChanged.connect(self._value_edited)
+        self.top_p.valueChanged.connect(self._value_edited)
+        self.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
+
+    def values(self) -> dict:
+        return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
+                "top_p": round(self.top_p.value(), 2)}
+
+    def set_values(self, preset: str, temperature: float, top_p: float) -> None:
+        """Shows a conversation's settings without reporting them as edits."""
+        self._quiet = True
+        try:
+            self.temperature.setValue(temperature)
+            self.top_p.setValue(top_p)
+            self.preset.setCurrentText(preset if preset in (*PRESETS, CUSTOM) else CUSTOM)
+        finally:
+            self._quiet = False
+
+    def _preset_picked(self, name: str) -> None:
+        if self._quiet:
+            return
+        if name in PRESETS:
+            self._quiet = True
+            try:
+                self.temperature.setValue(PRESETS[name][0])
+                self.top_p.setValue(PRESETS[name][1])
+            finally:
+                self._quiet = False
+        self.changed.emit()
+
+    def _value_edited(self) -> None:
+        if self._quiet:
+            return
+        self._quiet = True
+        try:
+            self.preset.setCurrentText(preset_for(self.temperature.value(), self.top_p.value()))
+        finally:
+            self._quiet = False
+        self.changed.emit()

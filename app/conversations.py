@@ -1,0 +1,205 @@
+"""Conversations on disk: one SQLite file in the user data folder, used from the GUI thread only.
+
+WAL mode and one committed transaction per write: a process killed at any moment leaves a readable file
+holding everything committed before the kill. synchronous=NORMAL is enough for that (in WAL mode it can
+only lose the last transactions on a power cut, never corrupt the file) and keeps each write cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+DB_NAME = "conversations.db"
+TITLE_CHARS = 48
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    title TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    system_prompt TEXT NOT NULL DEFAULT '',
+    preset TEXT NOT NULL DEFAULT 'greedy',
+    temperature REAL NOT NULL DEFAULT 0.0,
+    top_p REAL NOT NULL DEFAULT 1.0
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    created REAL NOT NULL,
+    stats_json TEXT,
+    complete INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+"""
+
+SETTINGS = ("title", "system_prompt", "preset", "temperature", "top_p")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    created: float
+    updated: float
+    system_prompt: str
+    preset: str
+    temperature: float
+    top_p: float
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    role: str
+    content: str
+    created: float
+    stats: dict | None
+    complete: bool
+
+
+def default_path() -> Path:
+    from engine.store import store_root
+
+    return store_root() / DB_NAME
+
+
+def title_from(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+class ConversationStore:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path))
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        with self.db:
+            self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # Conversations
+
+    def create(self, title: str = "", system_prompt: str = "", preset: str = "greedy",
+               temperature: float = 0.0, top_p: float = 1.0) -> Conversation:
+        now = time.time()
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO conversations (title, created, updated, system_prompt, preset, temperature, top_p)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", (title, now, now, system_prompt, preset, temperature, top_p))
+        return self.get(cur.lastrowid)
+
+    def get(self, cid: int) -> Conversation | None:
+        row = self.db.execute("SELECT * FROM conversations WHERE id = ?", (cid,)).fetchone()
+        return Conversation(*row) if row else None
+
+    def conversations(self, search: str = "") -> list[Conversation]:
+        """Newest activity first; `search` matches titles and message text, case-insensitively."""
+        if not search.strip():
+            rows = self.db.execute("SELECT * FROM conversations ORDER BY updated DESC, id DESC")
+        else:
+            pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = self.db.execute(
+                "SELECT * FROM conversations c WHERE c.title LIKE ?1 ESCAPE '\\' OR EXISTS ("
+                " SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content LIKE ?1 ESCAPE '\\')"
+                " ORDER BY updated DESC, id DESC", (pattern,))
+        return [Conversation(*row) for row in rows]
+
+    def update(self, cid: int, **settings) -> None:
+        unknown = set(settings) - set(SETTINGS)
+        if unknown:
+            raise ValueError(f"not a conversation setting: {sorted(unknown)}")
+        if not settings:
+            return
+        columns = ", ".join(f"{k} = ?" for k in settings)
+        with self.db:
+            self.db.execute(f"UPDATE conversations SET {columns} WHERE id = ?", (*settings.values(), cid))
+
+    def touch(self, cid: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), cid))
+
+    def delete(self, cid: int) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM conversations WHERE id = ?", (cid,))
+
+    # Messages
+
+    def add_message(self, cid: int, role: str, content: str, complete: bool = True,
+                    stats: dict | None = None) -> int:
+        now = time.time()
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO messages (conversation_id, role, content, created, stats_json, complete)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (cid, role, content, now, _json(stats), int(complete)))
+            self.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, cid))
+        return cur.lastrowid
+
+    def update_message(self, mid: int, content: str, complete: bool, stats: dict | None = None) -> None:
+        with self.db:
+            self.db.execute("UPDATE messages SET content = ?, complete = ?, stats_json = ? WHERE id = ?",
+                            (content, int(complete), _json(stats), mid))
+
+    def delete_message(self, mid: int) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM messages WHERE id = ?", (mid,))
+
+    def messages(self, cid: int) -> list[Message]:
+        rows = self.db.execute("SELECT id, role, content, created, stats_json, complete FROM messages"
+                               " WHERE conversation_id = ? ORDER BY id", (cid,))
+        return [Message(i, role, content, created, json.loads(stats) if stats else None, bool(complete))
+                for i, role, content, created, stats, complete in rows]
+
+
+def _json(stats: dict | None) -> str | None:
+    return json.dumps(stats) if stats is not None else None
+
+
+class AnswerWriter:
+    """A streaming answer's row: created empty with complete=0 and rewritten at most every `interval_s`,
+    so a crash loses about a second of text; a per-token write would cost a transaction per token."""
+
+    def __init__(self, store: ConversationStore, cid: int, interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.cid = cid
+        self.interval_s = interval_s
+        self.clock = clock
+        self.id = store.add_message(cid, "assistant", "", complete=False)
+        self.parts: list[str] = []
+        self._written = 0  # parts already on disk
+        self._last = clock()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def append(self, text: str) -> None:
+        self.parts.append(text)
+        if self.clock() - self._last >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._written != len(self.parts):
+            self.store.update_message(self.id, self.text, complete=False)
+            self._written = len(self.parts)
+        self._last = self.clock()
+
+    def finish(self, text: str, stats: dict) -> None:
+        self.store.update_message(self.id, text, complete=True, stats=stats)
+        self.store.touch(self.cid)
+
+    def discard(self) -> None:
+        self.store.delete_message(self.id)

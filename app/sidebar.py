@@ -1,0 +1,123 @@
+"""The conversations list: search, new, rename, delete. It edits the store itself and tells the window
+which conversation to show."""
+
+from __future__ import annotations
+
+import datetime
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QHBoxLayout, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                               QVBoxLayout, QWidget)
+
+from . import dialogs
+from .conversations import Conversation, ConversationStore
+
+UNTITLED = "New conversation"
+
+
+def _when(ts: float) -> str:
+    moment = datetime.datetime.fromtimestamp(ts)
+    if moment.date() == datetime.date.today():
+        return moment.strftime("%H:%M")
+    return moment.strftime("%d %b")
+
+
+class ConversationSidebar(QWidget):
+    selected = Signal(int)  # the user picked a conversation
+    new_requested = Signal()
+    deleted = Signal(int)
+    renamed = Signal(int)
+
+    def __init__(self, store: ConversationStore, parent=None):
+        super().__init__(parent)
+        self.store = store
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search conversations")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(lambda _text: self.refresh())
+        self.list = QListWidget()
+        self.list.currentItemChanged.connect(self._current_changed)
+        self.list.itemDoubleClicked.connect(lambda _item: self.rename())
+        self.new_button = QPushButton("New")
+        self.new_button.setToolTip("Start a new conversation (Ctrl+N)")
+        self.new_button.clicked.connect(self.new_requested)
+        self.rename_button = QPushButton("Rename")
+        self.rename_button.clicked.connect(self.rename)
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.clicked.connect(self.delete)
+        buttons = QHBoxLayout()
+        for button in (self.new_button, self.rename_button, self.delete_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout()
+        layout.setContentsMargins(6, 6, 0, 6)
+        layout.addWidget(self.search)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(buttons)
+        self.setLayout(layout)
+        self._current: int | None = None
+        self.refresh()
+
+    def refresh(self, current: int | None = -1) -> None:
+        """Reloads the list; `current` (when given) becomes the highlighted conversation."""
+        if current != -1:
+            self._current = current
+        self.list.blockSignals(True)  # rebuilding is not the user picking a conversation
+        try:
+            self.list.clear()
+            for conv in self.store.conversations(self.search.text()):
+                item = QListWidgetItem(self._label(conv))
+                item.setData(Qt.ItemDataRole.UserRole, conv.id)
+                item.setToolTip(conv.title or UNTITLED)
+                self.list.addItem(item)
+                if conv.id == self._current:
+                    self.list.setCurrentItem(item)
+        finally:
+            self.list.blockSignals(False)
+        self._update_buttons()
+
+    def ids(self) -> list[int]:
+        return [self.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.list.count())]
+
+    def current_id(self) -> int | None:
+        item = self.list.currentItem()
+        return item.data(Qt.ItemDataRole.UserRole) if item else None
+
+    def rename(self) -> None:
+        cid = self.current_id()
+        conv = self.store.get(cid) if cid is not None else None
+        if conv is None:
+            return
+        title = dialogs.ask_text(self, "Rename conversation", "Title:", conv.title)
+        if title is None or not title.strip():
+            return
+        self.store.update(cid, title=title.strip())
+        self.refresh()
+        self.renamed.emit(cid)
+
+    def delete(self) -> None:
+        cid = self.current_id()
+        conv = self.store.get(cid) if cid is not None else None
+        if conv is None:
+            return
+        if not dialogs.confirm(self, "Delete conversation",
+                               f"Delete “{conv.title or UNTITLED}” and all its messages? This cannot be undone."):
+            return
+        self.store.delete(cid)
+        if self._current == cid:
+            self._current = None
+        self.refresh()
+        self.deleted.emit(cid)
+
+    def _label(self, conv: Conversation) -> str:
+        return f"{conv.title or UNTITLED}\n{_when(conv.updated)}"
+
+    def _current_changed(self, item: QListWidgetItem | None, _previous) -> None:
+        self._update_buttons()
+        if item is not None:
+            self._current = item.data(Qt.ItemDataRole.UserRole)
+            self.selected.emit(self._current)
+
+    def _update_buttons(self) -> None:
+        has = self.list.currentItem() is not None
+        self.rename_button.setEnabled(has)
+        self.delete_button.setEnabled(has)

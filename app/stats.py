@@ -1,0 +1,147 @@
+"""Live decoding statistics: step events go into ring buffers; a ~20 Hz timer redraws the plots.
+
+A redraw per token would cost more than the token itself on a fast GPU (hundreds of steps a second), so
+events only append to the buffers and mark them dirty; the timer runs only while there is news.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QDockWidget, QLabel, QVBoxLayout, QWidget
+
+REDRAW_MS = 50
+CAPACITY = 1024  # the last this many decode steps are plotted
+
+
+class RingBuffer:
+    """A fixed-size float buffer: appends overwrite the oldest value once full."""
+
+    def __init__(self, capacity: int = CAPACITY):
+        self._data = np.zeros(capacity)
+        self._count = 0
+
+    def append(self, value: float) -> None:
+        self._data[self._count % len(self._data)] = value
+        self._count += 1
+
+    def values(self) -> np.ndarray:
+        """Oldest first (a copy, so a plot keeps its data when the buffer moves on)."""
+        n = len(self._data)
+        if self._count <= n:
+            return self._data[: self._count].copy()
+        start = self._count % n
+        return np.concatenate((self._data[start:], self._data[:start]))
+
+    def clear(self) -> None:
+        self._count = 0
+
+    def __len__(self) -> int:
+        return min(self._count, len(self._data))
+
+
+class StepStats:
+    """One answer's numbers, per decode step (the prefill step only counts as the first token).
+
+    Accepted length is the draft tokens accepted plus the target's own token, as in `summarize`'s tau;
+    tok/s is decode tokens over the steps' own time, so it is independent of how late events arrive."""
+
+    def __init__(self, capacity: int = CAPACITY):
+        self.iteration = RingBuffer(capacity)
+        self.accepted = RingBuffer(capacity)
+        self.tau = RingBuffer(capacity)
+        self.tokens_per_s = RingBuffer(capacity)
+        self.reset()
+
+    def reset(self) -> None:
+        for buf in (self.iteration, self.accepted, self.tau, self.tokens_per_s):
+            buf.clear()
+        self.steps = 0
+        self.accepted_total = 0
+        self.decode_tokens = 0
+        self.decode_ms = 0.0
+
+    def add(self, step: dict) -> None:
+        if step["iteration"] == 0:
+            return
+        length = step["accepted"] + 1
+        self.steps += 1
+        self.accepted_total += length
+        self.decode_tokens += len(step["token_ids"])
+        self.decode_ms += step["step_ms"]
+        self.iteration.append(step["iteration"])
+        self.accepted.append(length)
+        self.tau.append(self.accepted_total / self.steps)
+        self.tokens_per_s.append(self.decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else 0.0)
+
+    def summary(self) -> str:
+        if not self.steps:
+            return "No decode steps yet"
+        return (f"τ {self.tau.values()[-1]:.2f} · {self.tokens_per_s.values()[-1]:.1f} tok/s · "
+                f"{self.steps} steps")
+
+
+def _plot(title: str, color: str) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
+    widget = pg.PlotWidget(background="w")
+    widget.setTitle(title, color="#333", size="9pt")
+    widget.showGrid(x=True, y=True, alpha=0.2)
+    widget.setMenuEnabled(False)
+    widget.setMouseEnabled(x=False, y=False)
+    widget.setMinimumHeight(110)
+    curve = widget.plot(pen=pg.mkPen(color, width=1.5))
+    return widget, curve
+
+
+class StatsDock(QDockWidget):
+    def __init__(self, parent=None):
+        super().__init__("Decoding stats", parent)
+        self.setObjectName("stats")  # saveState needs a name
+        self.stats = StepStats()
+        self.redraws = 0
+        self._dirty = False
+        self.summary = QLabel(self.stats.summary())
+        self.summary.setContentsMargins(4, 2, 4, 2)
+        plots = [_plot("Accepted length per step", "#1f77b4"), _plot("Running τ", "#2ca02c"),
+                 _plot("Decode tok/s", "#d62728")]
+        self.plots = [widget for widget, _c in plots]
+        self.curves = [curve for _w, curve in plots]
+        layout = QVBoxLayout()
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.summary)
+        for widget, _curve in plots:
+            layout.addWidget(widget, 1)
+        body = QWidget()
+        body.setLayout(layout)
+        self.setWidget(body)
+        self.timer = QTimer(self)
+        self.timer.setInterval(REDRAW_MS)
+        self.timer.timeout.connect(self._redraw)
+
+    def begin_answer(self) -> None:
+        self.stats.reset()
+        self._mark_dirty()
+
+    def add_step(self, step: dict) -> None:
+        self.stats.add(step)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+        if not self.timer.isActive():
+            self.timer.start()
+
+    def _redraw(self) -> None:
+        if not self._dirty:
+            self.timer.stop()  # idle: no wake-ups until the next event
+            return
+        self._dirty = False
+        self.redraws += 1
+        x = self.stats.iteration.values()
+        for plot, curve, buf in zip(self.plots, self.curves,
+                                    (self.stats.accepted, self.stats.tau, self.stats.tokens_per_s)):
+            y = buf.values()
+            curve.setData(x, y)
+            # From 0, so a flat tau of 1 does not fill the plot as if it were a big number.
+            plot.setYRange(0, max(float(y.max()) * 1.15 if len(y) else 0.0, 1.5), padding=0)
+        self.summary.setText(self.stats.summary())

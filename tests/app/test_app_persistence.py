@@ -1,0 +1,152 @@
+"""The window saves every turn: round trips through a fresh window, stopped and interrupted answers,
+failed turns, and the conversation's settings."""
+
+import threading
+
+from app_fakes import PROMPT, FakeBackend, endless_events, recorded_answer
+from PySide6.QtCore import Qt
+
+from app.conversations import ConversationStore
+from app.main_window import MainWindow
+
+
+def send(qtbot, window, text=PROMPT):
+    qtbot.keyClicks(window.prompt, text)
+    qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+
+
+def answer(qtbot, window, text=PROMPT):
+    with qtbot.waitSignal(window.host.finished, timeout=5000) as blocker:
+        send(qtbot, window, text)
+    return blocker.args[0]
+
+
+def saved(window):
+    return [(m.role, m.content, m.complete) for m in window.store.messages(window.conversation.id)]
+
+
+def test_a_turn_is_saved_and_reopens_in_a_new_window(qtbot, make_window):
+    window = make_window()
+    assert window.conversation is None  # a new chat is saved on its first message
+    answer(qtbot, window)
+    answer(qtbot, window, "And of Italy?")
+    cid = window.conversation.id
+    assert window.store.get(cid).title == PROMPT
+    assert saved(window) == [("user", PROMPT, True), ("assistant", recorded_answer(), True),
+                             ("user", "And of Italy?", True), ("assistant", recorded_answer(), True)]
+    stats = window.store.messages(cid)[1].stats
+    assert stats["new_tokens"] == 7 and stats["method"] == "vanilla" and stats["model"] == "FakeLM-1M"
+    assert "text" not in stats
+    window.close()
+
+    again = make_window()
+    assert again.conversation.id == cid  # the last conversation reopens
+    assert again.history == [{"role": "user", "content": PROMPT},
+                             {"role": "assistant", "content": recorded_answer()},
+                             {"role": "user", "content": "And of Italy?"},
+                             {"role": "assistant", "content": recorded_answer()}]
+    text = again.transcript.toPlainText()
+    assert text.count("FakeLM-1M\nThe capital of France is Paris.\n7 tokens") == 2
+    assert again.sidebar.current_id() == cid
+    answer(qtbot, again, "And of Spain?")
+    messages, _params = again.backend.calls[0]
+    assert len(messages) == 5  # the reopened history goes to the model
+
+
+def test_stop_keeps_the_partial_answer(qtbot, make_window):
+    gate = threading.Event()
+    window = make_window(FakeBackend(events=endless_events, gate=gate))
+    with qtbot.waitSignal(window.host.token, timeout=5000):
+        send(qtbot, window)
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.stop()
+        gate.set()
+    partial = window.history[-1]["content"]
+    assert partial.startswith(" w0")
+    [_user, (role, content, complete)] = saved(window)
+    assert (role, content, complete) == ("assistant", partial, True)
+    assert window.store.messages(window.conversation.id)[1].stats["finish_reason"] == "stopped"
+
+
+def test_a_streaming_answer_is_on_disk_before_it_ends(qtbot, make_window, monkeypatch):
+    monkeypatch.setattr(MainWindow, "ANSWER_SAVE_INTERVAL_S", 0.0)
+    gate = threading.Event()
+    window = make_window(FakeBackend(events=endless_events, gate=gate))
+    with qtbot.waitSignal(window.host.token, timeout=5000):
+        send(qtbot, window)
+    # Another connection sees it, as a crashed process's successor would.
+    other = ConversationStore()
+    [_user, partial] = other.messages(window.conversation.id)
+    assert (partial.role, partial.content, partial.complete) == ("assistant", " w0", False)
+    other.close()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.stop()
+        gate.set()
+
+
+def test_closing_mid_answer_keeps_it_as_interrupted(qtbot, make_window):
+    gate = threading.Event()
+    window = make_window(FakeBackend(events=endless_events, gate=gate))
+    with qtbot.waitSignal(window.host.token, timeout=5000):
+        send(qtbot, window)
+    cid = window.conversation.id
+    gate.set()
+    window.close()
+    again = make_window()
+    assert again.conversation.id == cid
+    [_user, partial] = again.store.messages(cid)
+    assert partial.content.startswith(" w0") and not partial.complete
+    assert again.history[-1]["content"] == partial.content
+    assert again.transcript.toPlainText().endswith(partial.content + " [interrupted]")
+
+
+def test_a_failed_first_turn_leaves_nothing_behind(qtbot, make_window, dialogs):
+    window = make_window(FakeBackend(fail_on_call={0}, fail_after=2))
+    with qtbot.waitSignal(window.host.failed, timeout=5000):
+        send(qtbot, window)
+    assert window.conversation is None and window.store.conversations() == []
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)  # the text went back into the box
+    # The retry creates the conversation afresh.
+    assert saved(window) == [("user", PROMPT, True), ("assistant", recorded_answer(), True)]
+
+
+def test_a_failed_later_turn_removes_only_that_turn(qtbot, make_window, dialogs):
+    window = make_window(FakeBackend(fail_on_call={1}, fail_after=2))
+    answer(qtbot, window)
+    with qtbot.waitSignal(window.host.failed, timeout=5000):
+        send(qtbot, window, "And of Italy?")
+    assert saved(window) == [("user", PROMPT, True), ("assistant", recorded_answer(), True)]
+
+
+def test_system_prompt_and_sampling_are_saved_and_sent(qtbot, make_window):
+    window = make_window()
+    window.system_prompt.setText("Answer in one word.")
+    window.sampling.preset.setCurrentText("balanced")
+    answer(qtbot, window)
+    messages, params = window.backend.calls[0]
+    assert messages[0] == {"role": "system", "content": "Answer in one word."}
+    assert (params["temperature"], params["top_p"]) == (0.7, 0.9)
+    conv = window.store.get(window.conversation.id)
+    assert (conv.system_prompt, conv.preset, conv.temperature, conv.top_p) == ("Answer in one word.", "balanced",
+                                                                               0.7, 0.9)
+    assert [m.role for m in window.store.messages(conv.id)] == ["user", "assistant"]  # not the system prompt
+
+    window.sampling.temperature.setValue(0.3)  # an edit makes the preset custom and is saved at once
+    window.system_prompt.setText("Be verbose.")
+    window.system_prompt.editingFinished.emit()
+    conv = window.store.get(conv.id)
+    assert (conv.system_prompt, conv.preset, conv.temperature, conv.top_p) == ("Be verbose.", "custom", 0.3, 0.9)
+    window.close()
+
+    again = make_window()
+    assert again.system_prompt.text() == "Be verbose."
+    assert again.sampling.values() == {"preset": "custom", "temperature": 0.3, "top_p": 0.9}
+
+
+def test_window_geometry_is_restored(qtbot, make_window):
+    window = make_window()
+    window.resize(700, 500)
+    window.close()
+    again = make_window()
+    assert (again.width(), again.height()) == (700, 500)

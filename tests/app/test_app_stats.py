@@ -1,0 +1,90 @@
+"""The stats dock: ring buffers fed by step events, plots redrawn by a timer rather than per token."""
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from app_fakes import PROMPT, FakeBackend, recorded_events, subspec_events
+from PySide6.QtCore import Qt
+
+from app.stats import REDRAW_MS, RingBuffer, StatsDock, StepStats
+
+
+def test_the_ring_buffer_keeps_the_newest_values_in_order():
+    buf = RingBuffer(4)
+    assert len(buf) == 0 and buf.values().tolist() == []
+    for v in range(3):
+        buf.append(v)
+    assert buf.values().tolist() == [0, 1, 2]
+    for v in range(3, 10):
+        buf.append(v)
+    assert len(buf) == 4 and buf.values().tolist() == [6, 7, 8, 9]
+    snapshot = buf.values()
+    buf.append(10)
+    assert snapshot.tolist() == [6, 7, 8, 9]  # a copy: a plot's data does not move under it
+    buf.clear()
+    assert buf.values().tolist() == []
+
+
+def test_step_stats_from_subspec_events():
+    stats = StepStats()
+    for ev in subspec_events(accepted=(2, 0, 3)):
+        stats.add(asdict(ev))
+    # Steps after the prefill accept 2, 0, then the last 2 tokens (1 accepted + the target's own).
+    assert stats.iteration.values().tolist() == [1, 2, 3]
+    assert stats.accepted.values().tolist() == [3, 1, 2]
+    assert np.allclose(stats.tau.values(), [3, 2, 2])
+    assert np.allclose(stats.tokens_per_s.values(), [300, 200, 200])  # tokens over the steps' 10 ms each
+    assert stats.summary() == "τ 2.00 · 200.0 tok/s · 3 steps"
+
+
+def test_plain_decoding_has_tau_one():
+    stats = StepStats()
+    for ev in recorded_events():
+        stats.add(asdict(ev))
+    assert len(stats.accepted) == 7 and set(stats.accepted.values()) == {1}
+    assert stats.tau.values()[-1] == 1.0
+
+
+@pytest.fixture
+def dock(qtbot):
+    d = StatsDock()
+    qtbot.addWidget(d)
+    return d
+
+
+def test_steps_do_not_redraw_the_timer_does(qtbot, dock, monkeypatch):
+    drawn = []
+    for curve in dock.curves:
+        monkeypatch.setattr(curve, "setData", lambda *a, drawn=drawn: drawn.append(a))
+    dock.begin_answer()
+    for i in range(1, 2001):  # far more steps than a redraw interval could hold
+        dock.add_step({"iteration": i, "token_ids": (1, 2), "accepted": 1, "step_ms": 5.0})
+    assert dock.redraws == 0 and drawn == []  # not one redraw while the events came in
+    assert dock.timer.isActive() and dock.timer.interval() == REDRAW_MS
+    qtbot.waitUntil(lambda: dock.redraws == 1, timeout=2000)
+    assert len(drawn) == 3  # one setData per plot, with the whole buffer
+    x, y = drawn[0]
+    assert x.tolist() == list(range(977, 2001)) and set(y.tolist()) == {2}
+    assert dock.summary.text() == "τ 2.00 · 400.0 tok/s · 2000 steps"
+    qtbot.waitUntil(lambda: not dock.timer.isActive(), timeout=2000)  # idle: the timer stops
+    assert dock.redraws == 1
+
+
+def test_the_window_feeds_the_dock_from_step_events(qtbot, make_window):
+    window = make_window(FakeBackend(events=subspec_events))
+    window.method.toggle.setChecked(True)
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        qtbot.keyClicks(window.prompt, PROMPT)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    stats = window.stats_dock.stats
+    assert stats.accepted.values().tolist() == [3, 1, 2, 2][: stats.steps] and stats.steps == 3
+    qtbot.waitUntil(lambda: window.stats_dock.redraws >= 1, timeout=2000)
+    assert window.stats_dock.redraws <= 3  # a few timer ticks, not one per step
+    x, y = window.stats_dock.curves[0].getData()
+    assert x.tolist() == [1, 2, 3] and y.tolist() == [3, 1, 2]
+
+    with qtbot.waitSignal(window.host.finished, timeout=5000):  # a new answer starts a fresh plot
+        qtbot.keyClicks(window.prompt, "again")
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    assert stats.iteration.values().tolist() == [1, 2, 3]
