@@ -9,13 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from engine.errors import SubspecError
 from engine.events import StepEvent
 
 Progress = Callable[[str], None]
 
 METHODS = ("vanilla", "subspec")
 DEFAULT_PARAMS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
-                  "stop": (), "method": "vanilla", "depth": 48, "width": 6}
+                  "stop": (), "method": "vanilla", "depth": 48, "width": 6, "continue_final": False}
 # What a backend that does not say otherwise can do: plain decoding only.
 NO_CAPABILITIES = {"cuda": False, "subspec": False}
 
@@ -69,7 +70,6 @@ class TorchBackend:
         return self.draft
 
     def stream(self, messages: list[dict], params: dict) -> tuple[int, Iterator[StepEvent]]:
-        from engine.errors import SubspecError
         from engine.sampling import SamplingParams
 
         p = {**DEFAULT_PARAMS, **params}
@@ -79,7 +79,7 @@ class TorchBackend:
             raise SubspecError(f"model {self.name} has no chat template, so it cannot be used for chat")
         sampling = SamplingParams(temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
                                   seed=p["seed"])
-        ids = self.lm.encode_messages(messages)
+        ids = self.encode(messages, bool(p["continue_final"]))
         stops = tuple(p["stop"])
         if p["method"] == "subspec":
             from engine.speculative import TreeShape, generate_subspec
@@ -92,6 +92,17 @@ class TorchBackend:
 
             events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops)
         return len(ids), events
+
+
+    def encode(self, messages: list[dict], continue_final: bool) -> list[int]:
+        if not continue_final:
+            return self.lm.encode_messages(messages)
+        if not messages or messages[-1]["role"] != "assistant":
+            raise SubspecError("there is no answer to continue")
+        # The template leaves the last answer open (no end-of-turn token), so the model goes on writing it.
+        tokenizer = self.lm.tokenizer
+        rendered = tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+        return list(tokenizer.encode(rendered, add_special_tokens=False))
 
 
 def torch_backend(model: str, progress: Progress) -> Backend:

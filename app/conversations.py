@@ -156,6 +156,22 @@ class ConversationStore:
         with self.db:
             self.db.execute("DELETE FROM messages WHERE id = ?", (mid,))
 
+    def delete_from(self, cid: int, mid: int) -> list[Message]:
+        """Deletes message `mid` and every later one of the conversation, in one transaction; returns
+        them, so a failed redo can put them back (restore)."""
+        gone = [m for m in self.messages(cid) if m.id >= mid]
+        with self.db:
+            self.db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (cid, mid))
+        return gone
+
+    def restore(self, cid: int, messages: list[Message]) -> None:
+        """Puts deleted messages back with their ids, so they keep their place in the conversation."""
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO messages (id, conversation_id, role, content, created, stats_json,"
+                " complete) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(m.id, cid, m.role, m.content, m.created, _json(m.stats), int(m.complete)) for m in messages])
+
     def messages(self, cid: int) -> list[Message]:
         rows = self.db.execute("SELECT id, role, content, created, stats_json, complete FROM messages"
                                " WHERE conversation_id = ? ORDER BY id", (cid,))
@@ -172,14 +188,19 @@ class AnswerWriter:
     so a crash loses about a second of text; a per-token write would cost a transaction per token."""
 
     def __init__(self, store: ConversationStore, cid: int, interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, extend: Message | None = None):
+        """`extend`: a saved answer to continue in place instead of starting a new row."""
         self.store = store
         self.cid = cid
         self.interval_s = interval_s
         self.clock = clock
-        self.id = store.add_message(cid, "assistant", "", complete=False)
-        self.parts: list[str] = []
-        self._written = 0  # parts already on disk
+        if extend is None:
+            self.id = store.add_message(cid, "assistant", "", complete=False)
+            self.parts: list[str] = []
+        else:
+            self.id = extend.id
+            self.parts = [extend.content]
+        self._written = len(self.parts)  # parts already on disk
         self._last = clock()
 
     @property

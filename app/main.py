@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     host = EngineHost(engine_factory)
     app.aboutToQuit.connect(host.shutdown)
     window = MainWindow(host, on_error=_print_and_exit if unattended else None)
+    if args.screenshot:
+        # The picture should not depend on a layout saved earlier (on a small screen, say, or offscreen,
+        # where restoring clamps the window to an 800 px wide virtual screen).
+        window.resize(*MainWindow.DEFAULT_SIZE)
     if args.demo or args.screenshot:
         ScriptedExchange(window, args.screenshot)
     window.show()

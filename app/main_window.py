@@ -7,17 +7,22 @@ from typing import Callable
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QPushButton, QSplitter,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
+                               QSplitter, QVBoxLayout, QWidget)
 
-from . import dialogs
+from engine.store import DEFAULT_MODEL
+
+from .actions import ChatActions
 from .backend import DEFAULT_PARAMS
+from .chat_flow import ChatFlow
+from .compare import CompareJob
 from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
-from .conversations import AnswerWriter, Conversation, ConversationStore, title_from
+from .conversations import AnswerWriter, Conversation, ConversationStore
+from .model_picker import ModelPicker
 from .sidebar import ConversationSidebar
 from .stats import StatsDock
-from .turns import end_answer, format_stats, replay
-from .widgets import PromptEdit, Transcript
+from .turns import Turn, replay
+from .widgets import NoticeBar, PromptEdit, Transcript
 from .worker import EngineHost
 
 ErrorHandler = Callable[[str, str, str], None]  # title, message, details
@@ -31,8 +36,9 @@ def default_settings() -> QSettings:
     return QSettings(str(store_root() / SETTINGS_FILE), QSettings.Format.IniFormat)
 
 
-class MainWindow(QMainWindow):
+class MainWindow(ChatFlow, QMainWindow):
     ANSWER_SAVE_INTERVAL_S = 1.0  # how much of a streaming answer a crash may lose
+    DEFAULT_SIZE = (1240, 760)
 
     def __init__(self, host: EngineHost, params: dict | None = None, on_error: ErrorHandler | None = None,
                  store: ConversationStore | None = None, settings: QSettings | None = None):
@@ -44,12 +50,21 @@ class MainWindow(QMainWindow):
         self.conversation: Conversation | None = None  # None: a new chat, saved on its first message
         self.history: list[dict] = []  # the conversation as the model sees it (without the system prompt)
         self.model_name: str | None = None
+        self.loading = False
+        self._requested_model: str | None = None
         self.busy = False
+        self.editing = False  # the prompt box holds the last user message, to replace it
         self.writer: AnswerWriter | None = None
-        self._turn: tuple[int, bool] | None = None  # the user message id; whether its send created the chat
+        self._turn: Turn | None = None  # the request in flight and what it changed
+        self._compare: CompareJob | None = None  # a speed comparison in flight
+        self._request: dict = {}
+        # This session's timings, never saved: a speed is only comparable to one taken on the same machine
+        # in the same run. Answer id -> its stats; model name -> plain decoding's last tok/s.
+        self._measured: dict[int, dict] = {}
+        self.plain_speeds: dict[str, float] = {}
         self._on_error = on_error
         self.setWindowTitle("SubSpec Studio")
-        self.resize(1240, 760)
+        self.resize(*self.DEFAULT_SIZE)
         self._build()
         host.capabilities.connect(self.method.apply_capabilities)
         host.loaded.connect(self._on_loaded)
@@ -58,6 +73,9 @@ class MainWindow(QMainWindow):
         host.step.connect(self.stats_dock.add_step)
         host.finished.connect(self._on_finished)
         host.failed.connect(self._on_failed)
+        host.models.connect(self.picker.set_models)
+        host.missing_model.connect(self._on_missing_model)
+        host.list_models()  # queued before the first load, so the menu fills while the model loads
         self._restore()
         self._update_controls()
 
@@ -65,6 +83,9 @@ class MainWindow(QMainWindow):
         toolbar = self.addToolBar("Decoding")
         toolbar.setObjectName("decoding")
         toolbar.setMovable(False)
+        self.picker = ModelPicker(toolbar)
+        self.picker.chosen.connect(self.switch_model)
+        toolbar.addSeparator()
         self.method = MethodControls(toolbar)
         toolbar.addSeparator()
         self.sampling = SamplingControls(toolbar)
@@ -74,6 +95,13 @@ class MainWindow(QMainWindow):
         self.system_prompt.setPlaceholderText("System prompt (optional, saved with the conversation)")
         self.system_prompt.editingFinished.connect(self._save_conversation_settings)
         self.transcript = Transcript()
+        self.notice = NoticeBar()
+        self.notice.button.clicked.connect(self._retry_load)
+        self.chat_actions = ChatActions()
+        self.chat_actions.regenerate.clicked.connect(self.regenerate)
+        self.chat_actions.edit.clicked.connect(self.begin_edit)
+        self.chat_actions.continue_.clicked.connect(self.continue_answer)
+        self.chat_actions.compare.clicked.connect(self.compare)
         self.prompt = PromptEdit()
         self.prompt.setFixedHeight(84)
         self.prompt.submitted.connect(self.send)
@@ -96,7 +124,9 @@ class MainWindow(QMainWindow):
         chat_layout = QVBoxLayout()
         chat_layout.setContentsMargins(6, 6, 6, 6)
         chat_layout.addWidget(self.system_prompt)
+        chat_layout.addWidget(self.notice)
         chat_layout.addWidget(self.transcript, 1)
+        chat_layout.addWidget(self.chat_actions)
         chat_layout.addLayout(row)
         chat = QWidget()
         chat.setLayout(chat_layout)
@@ -120,7 +150,12 @@ class MainWindow(QMainWindow):
         self.model_label.setContentsMargins(6, 0, 0, 0)
         self.stats_label = QLabel("")
         self.stats_label.setContentsMargins(0, 0, 6, 0)
+        self.load_progress = QProgressBar()
+        self.load_progress.setRange(0, 0)  # a load reports steps in words, not a fraction: a busy bar
+        self.load_progress.setMaximumWidth(120)
+        self.load_progress.hide()
         self.statusBar().addWidget(self.model_label, 1)
+        self.statusBar().addWidget(self.load_progress)
         self.statusBar().addPermanentWidget(self.stats_label)
         self.prompt.setFocus()
 
@@ -145,6 +180,7 @@ class MainWindow(QMainWindow):
     def new_conversation(self) -> None:
         if self.busy:
             return
+        self.set_editing(False)
         self.conversation = None
         self.history = []
         self.transcript.clear()
@@ -153,12 +189,14 @@ class MainWindow(QMainWindow):
         self.sidebar.refresh(None)
         self.settings.remove("last_conversation")
         self.prompt.setFocus()
+        self._update_controls()
 
     def open_conversation(self, cid: int) -> None:
         conv = self.store.get(cid)
         if self.busy or conv is None:
             self.sidebar.refresh(self.conversation.id if self.conversation else None)
             return
+        self.set_editing(False)
         self.conversation = conv
         self.transcript.clear()
         self.history = replay(self.transcript, self.store.messages(cid))
@@ -166,6 +204,7 @@ class MainWindow(QMainWindow):
         self.system_prompt.setText(conv.system_prompt)
         self.sidebar.refresh(cid)
         self.settings.setValue("last_conversation", cid)
+        self._update_controls()
 
     def _on_deleted(self, cid: int) -> None:
         if self.conversation and self.conversation.id == cid:
@@ -176,116 +215,69 @@ class MainWindow(QMainWindow):
             self.store.update(self.conversation.id, system_prompt=self.system_prompt.text(),
                               **self.sampling.values())
 
-    # Chat
+    # Models
 
     def load_model(self, model: str) -> None:
         self.model_name = None
+        self.loading = True
+        self._requested_model = model
         self.model_label.setText(f"Loading {model} …")
+        self.load_progress.show()
         self._update_controls()
         self.host.load(model)
 
-    def send(self) -> None:
-        text = self.prompt.toPlainText().strip()
-        if not text or self.busy or self.model_name is None:
+    def switch_model(self, name: str) -> None:
+        if self.busy or self.loading:
+            self.picker.set_current(self.model_name)  # the menu goes back to what is really loaded
             return
-        self.prompt.clear()
-        created = self.conversation is None
-        if created:
-            self.conversation = self.store.create(title_from(text), self.system_prompt.text(),
-                                                  **self.sampling.values())
-            self.settings.setValue("last_conversation", self.conversation.id)
-        else:
-            self._save_conversation_settings()
-        cid = self.conversation.id
-        self._turn = (self.store.add_message(cid, "user", text), created)
-        self.writer = AnswerWriter(self.store, cid, self.ANSWER_SAVE_INTERVAL_S)
-        self.history.append({"role": "user", "content": text})
-        self.transcript.add_user(text)
-        self.transcript.begin_assistant(self.model_name)
-        self.busy = True
-        self.stats_dock.begin_answer()
-        self.sidebar.refresh(cid)
-        self.stats_label.setText("generating …")
-        self._update_controls()
-        self.prompt.setFocus()  # after a click on Send, typing should go on in the box
-        system = self.system_prompt.text().strip()
-        messages = ([{"role": "system", "content": system}] if system else []) + self.history
-        sampling = self.sampling.values()
-        params = {**self.params, "temperature": sampling["temperature"], "top_p": sampling["top_p"],
-                  **self.method.params()}
-        self.host.generate(messages, params)
-
-    def stop(self) -> None:
-        if self.busy:
-            self.host.stop()
+        self.load_model(name)
 
     def _on_loaded(self, name: str) -> None:
         self.model_name = name
+        self.loading = False
+        self.load_progress.hide()
+        self.notice.hide()
+        self.picker.set_current(name)
         self.model_label.setText(name)
         self._update_controls()
 
-    def _on_token(self, text: str) -> None:
-        if self.busy and self.writer is not None:
-            self.writer.append(text)
-            self.transcript.append_text(text)
-
-    def _on_finished(self, summary: dict) -> None:
-        if self.writer is None:  # the window was closed mid-answer and has saved what it had
-            return
-        self.busy = False
-        text = self.writer.text
-        stats = {k: v for k, v in summary.items() if k != "text"}
-        # A stopped answer is kept, in the history too: the user saw it, so the model should too.
-        self.writer.finish(text, stats)
-        self.writer = None
-        end_answer(self.transcript, summary["finish_reason"], stats)
-        self.history.append({"role": "assistant", "content": text})
-        self.stats_label.setText(format_stats(summary))
-        self.model_label.setText(self.model_name or "No model loaded")  # a draft build may have used it
-        self.sidebar.refresh()
+    def _load_failed(self) -> None:
+        """The old model is gone (it was released before the load); the menu can pick another."""
+        self.loading = False
+        self.load_progress.hide()
+        self.picker.set_current(None)
+        self.model_label.setText("No model loaded")
         self._update_controls()
 
-    def _on_failed(self, message: str, details: str) -> None:
-        if self.busy:
-            self.busy = False
-            self.transcript.add_error(message)
-            self._forget_failed_turn()
-            # The failed turn leaves the history so the next request is well formed; the text goes back
-            # into the box to be sent again.
-            turn = self.history.pop()
-            if not self.prompt.toPlainText().strip():
-                self.prompt.setPlainText(turn["content"])
-            self.stats_label.setText("")
-            self.model_label.setText(self.model_name or "No model loaded")
-        elif self.model_name is None:
-            self.model_label.setText("No model loaded")
-        self._update_controls()
-        if self._on_error:
-            self._on_error("Engine error", message, details)
-        else:
-            dialogs.show_error(self, "Engine error", message, details)
+    def _on_missing_model(self, message: str) -> None:
+        self._load_failed()
+        self.model_label.setText("No model installed")
+        self.notice.show_notice(
+            "<b>No model is installed yet.</b> Add one from a terminal with "
+            "<code>subspec models import PATH</code> (PATH: a Hugging Face model folder or a .gguf file), "
+            "then press Try again.", "Try again")
+        if self._on_error:  # an unattended run cannot wait for someone to install a model
+            self._on_error("No model", message, "")
 
-    def _forget_failed_turn(self) -> None:
-        """The saved conversation matches the history: the turn goes, and a chat it created with it."""
-        if self.writer is not None:
-            self.writer.discard()
-            self.writer = None
-        if self._turn and self.conversation:
-            message_id, created = self._turn
-            self.store.delete_message(message_id)
-            if created:
-                self.store.delete(self.conversation.id)
-                self.conversation = None
-                self.settings.remove("last_conversation")
-                self.sidebar.refresh(None)
-        self._turn = None
+    def _retry_load(self) -> None:
+        if not self.loading and not self.busy:
+            self.notice.hide()
+            self.load_model(self._requested_model or DEFAULT_MODEL)
 
     def _update_controls(self) -> None:
         ready = self.model_name is not None
-        self.send_button.setEnabled(ready and not self.busy)
+        idle = not self.busy
+        self.send_button.setEnabled(ready and idle)
         self.stop_button.setEnabled(self.busy)
         # Switching chats mid-answer would mix two conversations' turns.
-        self.sidebar.setEnabled(not self.busy)
+        self.sidebar.setEnabled(idle)
+        self.picker.combo.setEnabled(idle and not self.loading)
+        saved = self._saved() if idle else []
+        answered = bool(saved) and saved[-1].role == "assistant"
+        self.chat_actions.regenerate.setEnabled(ready and answered)
+        self.chat_actions.continue_.setEnabled(ready and answered)
+        self.chat_actions.compare.setEnabled(ready and answered and self.method.toggle.isEnabled())
+        self.chat_actions.edit.setEnabled(idle and any(m.role == "user" for m in saved))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
@@ -294,6 +286,7 @@ class MainWindow(QMainWindow):
             self.writer.flush()  # kept as far as it got, marked incomplete (complete=0)
             self.writer = None
             self.busy = False
+        self._compare = None  # a comparison's last run may still report after this; nothing waits for it
         self.host.shutdown()
         self.settings.sync()
         super().closeEvent(event)

@@ -12,6 +12,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QDockWidget, QLabel, QVBoxLayout, QWidget
 
 REDRAW_MS = 50
+SPEEDUP_TITLE = "Speedup over plain"
 CAPACITY = 1024  # the last this many decode steps are plotted
 
 
@@ -45,18 +46,22 @@ class StepStats:
     """One answer's numbers, per decode step (the prefill step only counts as the first token).
 
     Accepted length is the draft tokens accepted plus the target's own token, as in `summarize`'s tau;
-    tok/s is decode tokens over the steps' own time, so it is independent of how late events arrive."""
+    tok/s is decode tokens over the steps' own time, so it is independent of how late events arrive.
+    Speedup is that tok/s over `baseline`, plain decoding's last measured tok/s for the model (None: no
+    measurement yet, and no speedup series)."""
 
     def __init__(self, capacity: int = CAPACITY):
         self.iteration = RingBuffer(capacity)
         self.accepted = RingBuffer(capacity)
         self.tau = RingBuffer(capacity)
         self.tokens_per_s = RingBuffer(capacity)
+        self.speedup = RingBuffer(capacity)
         self.reset()
 
-    def reset(self) -> None:
-        for buf in (self.iteration, self.accepted, self.tau, self.tokens_per_s):
+    def reset(self, baseline: float | None = None) -> None:
+        for buf in (self.iteration, self.accepted, self.tau, self.tokens_per_s, self.speedup):
             buf.clear()
+        self.baseline = baseline if baseline and baseline > 0 else None
         self.steps = 0
         self.accepted_total = 0
         self.decode_tokens = 0
@@ -73,13 +78,19 @@ class StepStats:
         self.iteration.append(step["iteration"])
         self.accepted.append(length)
         self.tau.append(self.accepted_total / self.steps)
-        self.tokens_per_s.append(self.decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else 0.0)
+        tps = self.decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else 0.0
+        self.tokens_per_s.append(tps)
+        if self.baseline:
+            self.speedup.append(tps / self.baseline)
 
     def summary(self) -> str:
         if not self.steps:
             return "No decode steps yet"
-        return (f"τ {self.tau.values()[-1]:.2f} · {self.tokens_per_s.values()[-1]:.1f} tok/s · "
+        text = (f"τ {self.tau.values()[-1]:.2f} · {self.tokens_per_s.values()[-1]:.1f} tok/s · "
                 f"{self.steps} steps")
+        if self.baseline:
+            text += f" · {self.speedup.values()[-1]:.1f}x plain"
+        return text
 
 
 def _plot(title: str, color: str) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
@@ -88,7 +99,7 @@ def _plot(title: str, color: str) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
     widget.showGrid(x=True, y=True, alpha=0.2)
     widget.setMenuEnabled(False)
     widget.setMouseEnabled(x=False, y=False)
-    widget.setMinimumHeight(110)
+    widget.setMinimumHeight(80)
     curve = widget.plot(pen=pg.mkPen(color, width=1.5))
     return widget, curve
 
@@ -103,7 +114,7 @@ class StatsDock(QDockWidget):
         self.summary = QLabel(self.stats.summary())
         self.summary.setContentsMargins(4, 2, 4, 2)
         plots = [_plot("Accepted length per step", "#1f77b4"), _plot("Running τ", "#2ca02c"),
-                 _plot("Decode tok/s", "#d62728")]
+                 _plot("Decode tok/s", "#d62728"), _plot(SPEEDUP_TITLE, "#9467bd")]
         self.plots = [widget for widget, _c in plots]
         self.curves = [curve for _w, curve in plots]
         layout = QVBoxLayout()
@@ -118,8 +129,11 @@ class StatsDock(QDockWidget):
         self.timer.setInterval(REDRAW_MS)
         self.timer.timeout.connect(self._redraw)
 
-    def begin_answer(self) -> None:
-        self.stats.reset()
+    def begin_answer(self, baseline: float | None = None) -> None:
+        """`baseline`: plain decoding's tok/s for this model, when measured, for the speedup plot."""
+        self.stats.reset(baseline)
+        title = SPEEDUP_TITLE if self.stats.baseline else SPEEDUP_TITLE + " (not measured yet)"
+        self.plots[3].setTitle(title, color="#333", size="9pt")
         self._mark_dirty()
 
     def add_step(self, step: dict) -> None:
@@ -138,10 +152,14 @@ class StatsDock(QDockWidget):
         self._dirty = False
         self.redraws += 1
         x = self.stats.iteration.values()
-        for plot, curve, buf in zip(self.plots, self.curves,
-                                    (self.stats.accepted, self.stats.tau, self.stats.tokens_per_s)):
+        series = (self.stats.accepted, self.stats.tau, self.stats.tokens_per_s, self.stats.speedup)
+        for plot, curve, buf in zip(self.plots, self.curves, series):
             y = buf.values()
-            curve.setData(x, y)
+            if len(y) != len(x):  # no baseline for the speedup: nothing to draw
+                x_, y = x[:0], y[:0]
+            else:
+                x_ = x
+            curve.setData(x_, y)
             # From 0, so a flat tau of 1 does not fill the plot as if it were a big number.
             plot.setYRange(0, max(float(y.max()) * 1.15 if len(y) else 0.0, 1.5), padding=0)
         self.summary.setText(self.stats.summary())

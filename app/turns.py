@@ -1,8 +1,12 @@
-"""How a finished or saved turn looks in the transcript: the note on how it ended and the stats line."""
+"""How a finished or saved turn looks in the transcript, and what a redo (regenerate, edit, continue)
+replaces in the store, so a failed one can be put back as it was."""
 
 from __future__ import annotations
 
-from .conversations import Message
+from dataclasses import dataclass, field
+
+from .compare import format_comparison
+from .conversations import ConversationStore, Message
 from .widgets import Transcript
 
 END_NOTES = {"stopped": "stopped", "length": "cut at the length limit", "interrupted": "interrupted"}
@@ -23,24 +27,57 @@ def format_answer_stats(stats: dict) -> str:
     return f"{format_stats(stats)} · τ {stats.get('tau', 1.0):.2f} · {method_label(stats)}"
 
 
-def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None) -> None:
+def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None, text: str = "") -> None:
     if finish_reason in END_NOTES:
         transcript.add_note(END_NOTES[finish_reason])
     if stats and "new_tokens" in stats:
-        transcript.add_stats(format_answer_stats(stats))
+        transcript.add_stats(format_answer_stats(stats), copy_text=text or None)
+    if stats and "compare" in stats:
+        transcript.add_stats("Compared: " + format_comparison(stats["compare"]))
+    transcript.end_answer()
 
 
 def replay(transcript: Transcript, messages: list[Message]) -> list[dict]:
     """Shows saved messages; returns them as the model's history. An answer cut off by a crash (never
     marked complete) is shown, and kept in the history, as far as it got."""
-    history = []
     for m in messages:
         if m.role == "user":
             transcript.add_user(m.content)
         else:
             stats = m.stats or {}
-            transcript.begin_assistant(stats.get("model", "Assistant"))
-            transcript.append_text(m.content)
-            end_answer(transcript, stats.get("finish_reason") if m.complete else "interrupted", stats)
-        history.append({"role": m.role, "content": m.content})
-    return history
+            transcript.begin_assistant(stats.get("model", "Assistant"), m.content)
+            end_answer(transcript, stats.get("finish_reason") if m.complete else "interrupted", stats, m.content)
+    return history_of(messages)
+
+
+def history_of(messages: list[Message]) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+@dataclass
+class Turn:
+    """What one request changed in the store: undo() puts the conversation back as it was before."""
+
+    kind: str  # "send", "edit", "regenerate" or "continue"
+    text: str = ""  # send and edit: the user's text, back into the box if the turn fails
+    created: bool = False  # the turn created the conversation
+    user_id: int | None = None  # the user message it added
+    removed: list[Message] = field(default_factory=list)  # the messages it replaces
+    extended: Message | None = None  # continue: the answer as it was
+
+    def undo(self, store: ConversationStore, cid: int, answer_id: int | None) -> None:
+        if self.extended is not None:
+            e = self.extended
+            store.update_message(e.id, e.content, e.complete, e.stats)
+        elif answer_id is not None:
+            store.delete_message(answer_id)
+        if self.user_id is not None:
+            store.delete_message(self.user_id)
+        if self.removed:
+            store.restore(cid, self.removed)
+        if self.created:
+            store.delete(cid)
+
+
+def last_of(messages: list[Message], role: str) -> Message | None:
+    return next((m for m in reversed(messages) if m.role == role), None)

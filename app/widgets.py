@@ -1,10 +1,13 @@
-"""The chat transcript and the prompt box."""
+"""The chat transcript, the prompt box and the notice bar above the chat."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QFont, QKeyEvent, QTextBlockFormat, QTextCharFormat, QTextCursor
-from PySide6.QtWidgets import QPlainTextEdit, QTextBrowser
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (QColor, QDesktopServices, QFont, QGuiApplication, QKeyEvent, QTextBlockFormat,
+                           QTextCharFormat, QTextCursor)
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser, QWidget
+
+from . import markdown
 
 
 def _char_format(color: str | None = None, bold: bool = False, italic: bool = False) -> QTextCharFormat:
@@ -18,9 +21,11 @@ def _char_format(color: str | None = None, bold: bool = False, italic: bool = Fa
 
 
 class Transcript(QTextBrowser):
-    """Turns are appended with a cursor rather than by re-rendering HTML, so a streaming answer costs one
-    insert per token however long the conversation gets."""
+    """Turns are appended with a cursor, never by re-rendering the whole conversation. The answer being
+    streamed is the exception: its Markdown is re-rendered from its start, at most every RENDER_MS, since
+    a half-written list or code block only takes its shape once more text has come."""
 
+    RENDER_MS = 100  # ~10 Hz: smooth to read, and a long answer is not re-laid out per token
     USER = _char_format("#1f5fa8", bold=True)
     ASSISTANT = _char_format("#2e7d32", bold=True)
     BODY = _char_format()
@@ -30,35 +35,124 @@ class Transcript(QTextBrowser):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setOpenExternalLinks(True)
+        self.setOpenLinks(False)  # links are handled in _on_anchor: copy actions, and the web in a browser
+        self.anchorClicked.connect(self._on_anchor)
         self.document().setDocumentMargin(10)
         self.setPlaceholderText("Ask anything. Enter sends, Shift+Enter adds a line, Esc stops.")
+        self.copies: list[str] = []  # what each "Copy" link copies, by index
+        self.renders = 0
+        self._body: str | None = None  # the streaming answer's Markdown; None when no answer is open
+        self._body_start = 0
+        self._copies_mark = 0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(self.RENDER_MS)
+        self._timer.timeout.connect(self._render)
+
+    def clear(self) -> None:
+        self._timer.stop()
+        self._body = None
+        self.copies = []
+        super().clear()
 
     def add_user(self, text: str) -> None:
         self._begin_turn("You", self.USER)
         self._insert(text, self.BODY)
 
-    def begin_assistant(self, name: str) -> None:
+    def begin_assistant(self, name: str, text: str = "") -> None:
+        """Opens an answer; `text` is what it already says (a continued answer)."""
         self._begin_turn(name, self.ASSISTANT)
+        self._body = ""
+        self._body_start = self._end_cursor().position()
+        self._copies_mark = len(self.copies)
+        if text:
+            self._body = text
+            self._render()
 
     def append_text(self, text: str) -> None:
-        self._insert(text, self.BODY)
+        if self._body is None:
+            self._insert(text, self.BODY)
+            return
+        self._body += text
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def end_answer(self) -> None:
+        """Renders what is still pending and closes the answer."""
+        if self._body is None:
+            return
+        self._timer.stop()
+        self._render()
+        self._body = None
 
     def add_note(self, text: str) -> None:
-        self._insert(f" [{text}]", self.NOTE)
+        self.end_answer()
+        space = " "
+        if markdown.is_code_block(self._end_cursor().blockFormat()):
+            self._end_cursor().insertBlock(QTextBlockFormat(), self.NOTE)
+            space = ""
+        self._insert(f"{space}[{text}]", self.NOTE)
 
-    def add_stats(self, text: str) -> None:
-        """A small grey line under an answer."""
+    def add_stats(self, text: str, copy_text: str | None = None) -> None:
+        """A small grey line under an answer, with a link copying the answer when there is one."""
+        self.end_answer()
         cursor = self._end_cursor()
         cursor.insertBlock(QTextBlockFormat(), self.STATS)
         fmt = QTextCharFormat(self.STATS)
         fmt.setFontPointSize(max(self.font().pointSizeF() - 1.5, 6.0))
         self._insert(text, fmt)
+        if copy_text is not None:
+            self.copies.append(copy_text)
+            link = markdown.link_format(f"{markdown.COPY_SCHEME}:{len(self.copies) - 1}")
+            link.setFontPointSize(fmt.fontPointSize())
+            self._insert(" · ", fmt)
+            self._insert("Copy", link)
 
     def add_error(self, text: str) -> None:
+        """On a line of its own: after a failed redo the transcript ends with the restored answer."""
+        self.end_answer()
+        if not self.document().isEmpty():
+            block = QTextBlockFormat()
+            block.setTopMargin(8)
+            self._end_cursor().insertBlock(block, self.ERROR)
         self._insert(f"\N{WARNING SIGN} {text}", self.ERROR)
 
+    def copy(self, index: int) -> None:
+        if 0 <= index < len(self.copies):
+            QGuiApplication.clipboard().setText(self.copies[index])
+
+    def loadResource(self, _type, _url):  # noqa: N802 - Qt's name
+        # Model output may name local files or URLs as images; nothing is ever fetched for it.
+        return None
+
+    def _on_anchor(self, url: QUrl) -> None:
+        if url.scheme() == markdown.COPY_SCHEME:
+            try:
+                self.copy(int(url.path()))
+            except ValueError:
+                pass
+        elif url.scheme() in ("http", "https"):
+            QDesktopServices.openUrl(url)
+
+    def _render(self) -> None:
+        if self._body is None:
+            return
+        bar = self.verticalScrollBar()
+        follow = bar.value() >= bar.maximum() - 4
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(self._body_start)
+        cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
+        cursor.beginEditBlock()
+        cursor.removeSelectedText()
+        del self.copies[self._copies_mark:]
+        markdown.render(cursor, self._body, self.copies)
+        cursor.endEditBlock()
+        self.renders += 1
+        if follow:
+            bar.setValue(bar.maximum())
+
     def _begin_turn(self, label: str, fmt: QTextCharFormat) -> None:
+        self.end_answer()
         cursor = self._end_cursor()
         block = QTextBlockFormat()
         if not self.document().isEmpty():
@@ -80,6 +174,33 @@ class Transcript(QTextBrowser):
         cursor = QTextCursor(self.document())
         cursor.movePosition(QTextCursor.MoveOperation.End)
         return cursor
+
+
+class NoticeBar(QWidget):
+    """A line of advice above the chat (no model installed, editing a message), with an optional button."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.button = QPushButton()
+        self.button.hide()
+        layout = QHBoxLayout()
+        layout.setContentsMargins(8, 4, 8, 4)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.button)
+        self.setLayout(layout)
+        self.setAutoFillBackground(True)
+        self.setStyleSheet("NoticeBar { background: #fff6d5; border: 1px solid #e6d38a; border-radius: 4px; }")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        self.hide()
+
+    def show_notice(self, text: str, button: str = "") -> None:
+        self.label.setText(text)
+        self.button.setText(button)
+        self.button.setVisible(bool(button))
+        self.show()
 
 
 class PromptEdit(QPlainTextEdit):

@@ -6,9 +6,11 @@ QVariantMap/QVariantList, which drops non-string keys and turns tuples into list
 
 from __future__ import annotations
 
+import os
 import threading
 import traceback
 from dataclasses import asdict
+from typing import Callable
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
@@ -16,6 +18,14 @@ from engine.errors import SubspecError
 from engine.events import summarize
 
 from .backend import NO_CAPABILITIES, Backend, EngineFactory, torch_backend
+
+ModelLister = Callable[[], list[str]]
+
+
+def store_models() -> list[str]:
+    from engine.store import list_models
+
+    return [m.name for m in list_models()]
 
 
 class EngineWorker(QObject):
@@ -26,13 +36,26 @@ class EngineWorker(QObject):
     step = Signal(object)  # dict: one StepEvent
     finished = Signal(object)  # dict: text, new_tokens, tokens_per_s, ttft_s, finish_reason, ...
     failed = Signal(str, str)  # message for the user, details (traceback)
+    models = Signal(object)  # list[str]: the store's model names
+    missing_model = Signal(str)  # a load failed because no model is installed at all; the error
 
     def __init__(self, engine_factory: EngineFactory | None = None,
-                 stop_event: threading.Event | None = None):
+                 stop_event: threading.Event | None = None, model_lister: ModelLister | None = None):
         super().__init__()
         self._factory = engine_factory or torch_backend
+        self._lister = model_lister or store_models
         self._engine: Backend | None = None
         self.stop_event = stop_event or threading.Event()
+
+    @Slot()
+    def list_models(self) -> list[str]:
+        """Reads the store here, off the GUI thread: it walks folders that may sit on a slow disk."""
+        try:
+            names = list(self._lister())
+        except Exception:  # noqa: BLE001 - an unreadable store lists as empty; loading will say why
+            names = []
+        self.models.emit(names)
+        return names
 
     @Slot(str)
     def load(self, model: str) -> None:
@@ -40,8 +63,13 @@ class EngineWorker(QObject):
         try:
             self._engine = self._factory(model, self.progress.emit)
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything a load raises
-            self._fail(exc)
+            names = self.list_models()  # a first load may have imported the default model meanwhile
+            if isinstance(exc, SubspecError) and not names and os.sep not in model:
+                self.missing_model.emit(str(exc))
+            else:
+                self._fail(exc)
             return
+        self.list_models()
         caps = getattr(self._engine, "capabilities", None) or NO_CAPABILITIES
         self.capabilities.emit({k: bool(v) for k, v in caps.items()})
         self.loaded.emit(self._engine.name)
@@ -74,7 +102,9 @@ class EngineWorker(QObject):
             extra = {"model": self._engine.name}
             if method == "subspec":
                 extra.update(depth=params.get("depth"), width=params.get("width"))
-            result = summarize(relay(events), prompt_tokens, method, extra=extra)
+            # A backend may bring its own clock: the tests' fake replays recorded timings on a virtual one.
+            result = summarize(relay(events), prompt_tokens, method, clock=getattr(self._engine, "clock", None),
+                               extra=extra)
         except Exception as exc:  # noqa: BLE001 - any engine failure becomes a dialog, not a dead thread
             self._fail(exc)
             return
@@ -104,26 +134,36 @@ class EngineHost(QObject):
     step = Signal(object)
     finished = Signal(object)
     failed = Signal(str, str)
+    models = Signal(object)
+    missing_model = Signal(str)
     _load = Signal(str)
+    _list = Signal()
     _generate = Signal(object, object)
 
-    def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None):
+    def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None,
+                 model_lister: ModelLister | None = None):
         super().__init__(parent)
         # Held here, not only on the worker: the worker's C++ side is deleted when the thread ends.
         self.stop_event = threading.Event()
         self.thread = QThread()
         self.thread.setObjectName("engine")
-        self.worker = EngineWorker(engine_factory, self.stop_event)
+        self.worker = EngineWorker(engine_factory, self.stop_event, model_lister)
         self.worker.moveToThread(self.thread)
         self._load.connect(self.worker.load)
+        self._list.connect(self.worker.list_models)
         self._generate.connect(self.worker.generate)
-        for name in ("capabilities", "loaded", "progress", "token", "step", "finished", "failed"):
+        for name in ("capabilities", "loaded", "progress", "token", "step", "finished", "failed", "models",
+                     "missing_model"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()
 
     def load(self, model: str) -> None:
         self._load.emit(model)
+
+    def list_models(self) -> None:
+        """The answer arrives as `models`."""
+        self._list.emit()
 
     def generate(self, messages: list[dict], params: dict) -> None:
         # Cleared here, not in the worker, so a Stop pressed before the worker picks the request up counts.

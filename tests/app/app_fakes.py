@@ -17,6 +17,15 @@ from engine.events import StepEvent
 
 RECORDING = Path(__file__).with_name("data") / "capital_of_france.json"
 PROMPT = "What is the capital of France?"
+CONTEXT_ERROR = "prompt (99999 tokens) + max new tokens (512) exceeds the model's context of 8192 tokens"
+FAKE_MODELS = ["FakeLM-1M", "FakeLM-2M"]
+
+
+def markdown_events():
+    """An answer with a fenced code block, a token or so at a time."""
+    parts = ["Use", " this", ":\n\n", "```py", "thon\n", "print(", "'hi')", "\nx = 1", "\n```", "\nDone", "."]
+    return [StepEvent(i, (200 + i,), p, finish_reason="eos" if i == len(parts) - 1 else None)
+            for i, p in enumerate(parts)]
 
 
 def recorded_events() -> list[StepEvent]:
@@ -31,19 +40,31 @@ def recorded_answer() -> str:
 class FakeBackend:
     """Plays `events` back (a callable, so a test can hand out an endless stream), `delay_s` apart.
 
-    `fail_on_call` lists the stream() calls (0-based) that raise SubspecError after `fail_after` events.
+    `fail_on_call` lists the stream() calls (0-based) that raise `fail_error` after `fail_after` events.
     `gate`, when given, is waited on before every event after the first, so a test can hold an answer
-    mid-stream deterministically."""
+    mid-stream deterministically.
+
+    `step_ms` ({method: ms}) replaces wall time by a virtual clock (the worker times answers with a
+    backend's `clock` when it has one) that advances that much per event: speeds become exact numbers.
+    `method_events` ({method: events}) replays other events for that method."""
 
     def __init__(self, name="FakeLM-1M", events=recorded_events, delay_s=0.0, fail_on_call=(),
-                 fail_after=0, gate: threading.Event | None = None, capabilities=None):
+                 fail_after=0, gate: threading.Event | None = None, capabilities=None,
+                 fail_error: Exception | None = None, step_ms: dict | None = None,
+                 method_events: dict | None = None):
         self.name = name
         self.capabilities = capabilities or {"cuda": False, "subspec": True}
         self.events = events
         self.delay_s = delay_s
         self.fail_on_call = set(fail_on_call)
         self.fail_after = fail_after
+        self.fail_error = fail_error or SubspecError(CONTEXT_ERROR)
         self.gate = gate
+        self.step_ms = step_ms
+        self.method_events = method_events or {}
+        self.now = 0.0
+        if step_ms is not None:
+            self.clock = lambda: self.now
         self.calls: list[tuple[list[dict], dict]] = []
         self.thread_ids: list[int] = []
 
@@ -51,16 +72,19 @@ class FakeBackend:
         call = len(self.calls)
         self.calls.append((messages, params))
         self.thread_ids.append(threading.get_ident())
-        return 12, self._play(call)
+        return 12, self._play(call, params.get("method", "vanilla"))
 
-    def _play(self, call):
-        for i, ev in enumerate(self.events()):
+    def _play(self, call, method):
+        events = self.method_events.get(method, self.events)
+        for i, ev in enumerate(events()):
             if call in self.fail_on_call and i == self.fail_after:
-                raise SubspecError("prompt (99999 tokens) exceeds the model's context of 8192 tokens")
+                raise self.fail_error
             if i and self.gate is not None:
                 self.gate.wait(5)
             if self.delay_s:
                 time.sleep(self.delay_s)
+            if self.step_ms is not None:
+                self.now += self.step_ms[method] / 1e3
             yield ev
 
 

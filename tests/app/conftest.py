@@ -5,7 +5,7 @@ import os
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before anything imports Qt
 
 import pytest  # noqa: E402
-from app_fakes import FakeBackend, factory_for  # noqa: E402
+from app_fakes import FAKE_MODELS, FakeBackend, factory_for  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -62,16 +62,17 @@ def dialogs(monkeypatch):
 
 @pytest.fixture
 def make_window(qtbot, dialogs):
-    """make_window(backend=None, load_error=None, factory=None, wait_loaded=True) -> MainWindow on a fake
-    engine; every window's thread is joined at teardown even if a test fails half-way."""
+    """make_window(backend=None, load_error=None, factory=None, wait_loaded=True, models=FAKE_MODELS) ->
+    MainWindow on a fake engine whose store lists `models`; every window's thread is joined at teardown
+    even if a test fails half-way."""
     from app.main_window import MainWindow
     from app.worker import EngineHost
 
     hosts, windows = [], []  # strong references: qtbot keeps only weak ones
 
-    def make(backend=None, load_error=None, factory=None, wait_loaded=True):
+    def make(backend=None, load_error=None, factory=None, wait_loaded=True, models=FAKE_MODELS):
         backend = backend or FakeBackend()
-        host = EngineHost(factory or factory_for(backend, load_error))
+        host = EngineHost(factory or factory_for(backend, load_error), model_lister=lambda: list(models))
         hosts.append(host)
         window = MainWindow(host)
         qtbot.addWidget(window)

@@ -34,3 +34,24 @@ def test_bad_sampling_settings_are_refused():
 def test_a_missing_model_is_a_user_error(tmp_path):
     with pytest.raises(SubspecError, match="not a model folder"):
         TorchBackend(str(tmp_path), lambda _msg: None)
+
+
+def test_continue_leaves_the_last_answer_open_for_the_model():
+    seen = []
+
+    class Tokenizer:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, **kwargs):
+            seen.append(kwargs)
+            return "rendered"
+
+        def encode(self, text, add_special_tokens):
+            return [1, 2, 3]
+
+    backend = backend_with(Tokenizer())
+    history = MESSAGES + [{"role": "assistant", "content": "Hello"}]
+    assert backend.encode(history, continue_final=True) == [1, 2, 3]
+    assert seen == [{"continue_final_message": True, "tokenize": False}]
+    with pytest.raises(SubspecError, match="no answer to continue"):
+        backend.encode(MESSAGES, continue_final=True)

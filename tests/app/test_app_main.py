@@ -28,7 +28,7 @@ def test_screenshot_run_answers_saves_a_png_and_exits_0(qapp, tmp_path, monkeypa
     assert loads == ["some-model"]
     assert backend.calls[0][0] == [{"role": "user", "content": DEMO_PROMPT}]
     image = QImage(str(shot))
-    assert not image.isNull() and image.width() >= 600 and image.height() >= 400
+    assert not image.isNull() and (image.width(), image.height()) == (1240, 760)  # never a saved layout
     assert dialogs.shown == []
 
 

@@ -33,7 +33,7 @@ def test_on_a_gpu_subspec_is_on_with_a_48_by_6_tree(qtbot, make_window):
     assert (params["method"], params["depth"], params["width"]) == ("subspec", 48, 6)
     assert (summary["method"], summary["depth"], summary["width"]) == ("subspec", 48, 6)
     assert summary["tau"] == pytest.approx(2.0)
-    assert window.transcript.toPlainText().endswith(" · τ 2.00 · SubSpec D48 W6")
+    assert window.transcript.toPlainText().endswith(" · τ 2.00 · SubSpec D48 W6 · Copy")
     stats = window.store.messages(window.conversation.id)[1].stats
     assert stats["method"] == "subspec" and stats["depth"] == 48
 
@@ -44,7 +44,7 @@ def test_on_a_cpu_plain_decoding_is_the_default_but_subspec_can_be_chosen(qtbot,
     assert m.toggle.isEnabled() and not m.toggle.isChecked() and not m.depth.isEnabled()
     answer(qtbot, window)
     assert window.backend.calls[0][1]["method"] == "vanilla"
-    assert window.transcript.toPlainText().endswith(" · τ 1.00 · plain")
+    assert window.transcript.toPlainText().endswith(" · τ 1.00 · plain · Copy")
     m.toggle.setChecked(True)
     m.depth.setValue(16)
     m.width.setValue(4)

@@ -63,8 +63,9 @@ def test_steps_do_not_redraw_the_timer_does(qtbot, dock, monkeypatch):
     assert dock.redraws == 0 and drawn == []  # not one redraw while the events came in
     assert dock.timer.isActive() and dock.timer.interval() == REDRAW_MS
     qtbot.waitUntil(lambda: dock.redraws == 1, timeout=2000)
-    assert len(drawn) == 3  # one setData per plot, with the whole buffer
+    assert len(drawn) == 4  # one setData per plot, with the whole buffer
     x, y = drawn[0]
+    assert drawn[3][1].tolist() == []  # no plain speed measured: no speedup series
     assert x.tolist() == list(range(977, 2001)) and set(y.tolist()) == {2}
     assert dock.summary.text() == "τ 2.00 · 400.0 tok/s · 2000 steps"
     qtbot.waitUntil(lambda: not dock.timer.isActive(), timeout=2000)  # idle: the timer stops

@@ -95,8 +95,8 @@ def test_escape_stops_mid_answer(qtbot, make_window):
     assert summary["finish_reason"] == "stopped" and summary["new_tokens"] == len(tokens) in (1, 2)
     answer = "".join(tokens)
     assert window.history[-1] == {"role": "assistant", "content": answer}
-    assert window.transcript.toPlainText().endswith(answer + " [stopped]\n" + window.stats_label.text()
-                                                     + " · τ 1.00 · plain")
+    assert window.transcript.toPlainText().endswith(answer.strip() + " [stopped]\n" + window.stats_label.text()
+                                                     + " · τ 1.00 · plain · Copy")
     assert STATS.match(window.stats_label.text()).group(1) == str(len(tokens))
     assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
 
@@ -115,13 +115,14 @@ def test_stop_button_stops_and_the_next_answer_runs_in_full(qtbot, make_window):
 
 
 def test_engine_error_shows_a_dialog_and_the_app_stays_usable(qtbot, make_window, dialogs):
-    window = make_window(FakeBackend(fail_on_call={0}, fail_after=2))
+    window = make_window(FakeBackend(fail_on_call={0}, fail_after=2,
+                                     fail_error=SubspecError("CUDA out of memory; try a smaller model")))
     with qtbot.waitSignal(window.host.failed, timeout=5000):
         send(qtbot, window)
     [shown] = dialogs.shown
-    assert shown["title"] == "Engine error" and "context of 8192 tokens" in shown["text"]
+    assert shown["title"] == "Engine error" and "CUDA out of memory" in shown["text"]
     assert "SubspecError" in shown["details"] and shown["parent"] is window
-    assert "\N{WARNING SIGN} prompt (99999 tokens)" in window.transcript.toPlainText()
+    assert "\N{WARNING SIGN} CUDA out of memory" in window.transcript.toPlainText()
     assert window.history == [] and window.prompt.toPlainText() == PROMPT  # ready to retry
     assert window.send_button.isEnabled() and not window.busy
 

@@ -1,0 +1,38 @@
+"""The row of actions under the transcript (redo the last turn, compare speeds) and the edit-mode line."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+
+
+def _button(text: str, tip: str) -> QPushButton:
+    b = QPushButton(text)
+    b.setToolTip(tip)
+    b.setFlat(True)
+    b.setMinimumWidth(40)  # may be squeezed (text clipped) rather than force a wide window
+    return b
+
+
+class ChatActions(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.regenerate = _button("↻ Regenerate", "Write the last answer again, replacing it")
+        self.edit = _button("✎ Edit", "Edit your last message and send it again; the answer after "
+                                           "it is replaced")
+        self.continue_ = _button("→ Continue", "Let the model go on writing its last answer")
+        self.compare = _button("⚖ Compare",
+                               "Compare with plain decoding: run the last prompt again, greedy, with "
+                               "SubSpec and without, and show both speeds")
+        self.edit_label = QLabel("Editing your last message · Esc cancels")
+        self.edit_label.setStyleSheet("color: #8a6d00;")
+        self.edit_label.hide()
+        layout = QHBoxLayout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        for b in (self.regenerate, self.edit, self.continue_, self.compare):
+            layout.addWidget(b)
+        layout.addStretch()
+        layout.addWidget(self.edit_label)
+        self.setLayout(layout)
+
+    def buttons(self) -> list[QPushButton]:
+        return [self.regenerate, self.edit, self.continue_, self.compare]

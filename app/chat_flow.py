@@ -1,0 +1,239 @@
+"""The window's requests to the engine: send, edit-and-resend, regenerate, continue, and the speed
+comparison; and what their answers or failures do to the transcript and the store.
+
+Each request records what it changed in a `Turn`, so a failure puts the conversation back exactly as it
+was; the history the model sees is re-read from the store after every change, so the two never drift.
+"""
+
+from __future__ import annotations
+
+from . import dialogs
+from .compare import CompareJob, format_comparison, reusable
+from .conversations import AnswerWriter, Message, title_from
+from .turns import Turn, end_answer, format_stats, history_of, last_of, replay
+
+CONTEXT_ERROR = "exceeds the model's context"
+
+
+class ChatFlow:
+    """Mixed into MainWindow, whose widgets and state (store, conversation, host, …) it uses."""
+
+    # Requests
+
+    def send(self) -> None:
+        text = self.prompt.toPlainText().strip()
+        if not text or self.busy or self.model_name is None:
+            return
+        self.prompt.clear()
+        turn = Turn("edit" if self.editing else "send", text=text)
+        if self.editing:
+            self.set_editing(False)
+            last_user = last_of(self._saved(), "user")
+            if last_user is not None:
+                turn.removed = self.store.delete_from(self.conversation.id, last_user.id)
+        turn.created = self.conversation is None
+        if turn.created:
+            self.conversation = self.store.create(title_from(text), self.system_prompt.text(),
+                                                  **self.sampling.values())
+            self.settings.setValue("last_conversation", self.conversation.id)
+        else:
+            self._save_conversation_settings()
+        turn.user_id = self.store.add_message(self.conversation.id, "user", text)
+        if turn.kind == "send":
+            self.transcript.add_user(text)  # the rest of the transcript stands: no need to redraw it
+        self._start(turn)
+
+    def regenerate(self) -> None:
+        last = self._last_answer()
+        if last is None:
+            return
+        self._start(Turn("regenerate", removed=self.store.delete_from(self.conversation.id, last.id)))
+
+    def continue_answer(self) -> None:
+        last = self._last_answer()
+        if last is None:
+            return
+        self._start(Turn("continue", extended=last))
+
+    def begin_edit(self) -> None:
+        last_user = last_of(self._saved(), "user") if self.conversation and not self.busy else None
+        if last_user is None:
+            return
+        self.prompt.setPlainText(last_user.content)
+        self.set_editing(True)
+        self.prompt.setFocus()
+
+    def set_editing(self, on: bool) -> None:
+        self.editing = on
+        self.chat_actions.edit_label.setVisible(on)
+        self.send_button.setText("Resend" if on else "Send")
+
+    def compare(self) -> None:
+        last = self._last_answer()
+        if last is None or not self.method.toggle.isEnabled():
+            return
+        saved = self._saved()
+        subspec = {"method": "subspec", "depth": self.method.depth.value(), "width": self.method.width.value()}
+        job = CompareJob(last.id, self._model_messages(history_of(saved[:-1])), subspec, ["subspec", "vanilla"])
+        tps = reusable(self._measured.get(last.id), self.model_name, subspec)
+        if tps:
+            job.speeds["subspec"] = tps
+            job.runs = ["vanilla"]  # the answer on screen already timed SubSpec, greedy, in this session
+        self._compare = job
+        self.busy = True
+        self._update_controls()
+        self._run_compare()
+
+    def stop(self) -> None:
+        if self.busy:
+            self.host.stop()
+        elif self.editing:
+            self.set_editing(False)
+            self.prompt.clear()
+
+    # Answers
+
+    def _start(self, turn: Turn) -> None:
+        cid = self.conversation.id
+        self._turn = turn
+        self.writer = AnswerWriter(self.store, cid, self.ANSWER_SAVE_INTERVAL_S, extend=turn.extended)
+        saved = [m for m in self._saved() if m.id != self.writer.id]
+        self.history = history_of(saved + ([turn.extended] if turn.extended else []))
+        if turn.kind != "send":
+            self.transcript.clear()
+            replay(self.transcript, saved)
+        self.transcript.begin_assistant(self.model_name, turn.extended.content if turn.extended else "")
+        self.busy = True
+        self.stats_dock.begin_answer(self.plain_speeds.get(self.model_name))
+        self.sidebar.refresh(cid)
+        self.stats_label.setText("generating …")
+        self._update_controls()
+        self.prompt.setFocus()  # after a click on a button, typing should go on in the box
+        sampling = self.sampling.values()
+        params = {**self.params, "temperature": sampling["temperature"], "top_p": sampling["top_p"],
+                  **self.method.params(), "continue_final": turn.kind == "continue"}
+        self._request = params
+        self.host.generate(self._model_messages(self.history), params)
+
+    def _on_token(self, text: str) -> None:
+        if self.busy and self.writer is not None:
+            self.writer.append(text)
+            self.transcript.append_text(text)
+
+    def _on_finished(self, summary: dict) -> None:
+        if self._compare is not None:
+            self._compare_step(summary)
+            return
+        if self.writer is None:  # the window was closed mid-answer and has saved what it had
+            return
+        self.busy = False
+        text = self.writer.text
+        stats = {k: v for k, v in summary.items() if k != "text"}
+        if self._turn and self._turn.kind == "continue":
+            stats["continued"] = True
+        # A stopped answer is kept, in the history too: the user saw it, so the model should too.
+        self.writer.finish(text, stats)
+        self._measured[self.writer.id] = {**stats, "temperature": self._request.get("temperature")}
+        if stats.get("method") == "vanilla" and stats.get("new_tokens", 0) >= 2 and stats["tokens_per_s"] > 0:
+            self.plain_speeds[self.model_name] = stats["tokens_per_s"]
+        self.writer = None
+        self._turn = None
+        end_answer(self.transcript, summary["finish_reason"], stats, text)
+        self.history = history_of(self._saved())
+        self.stats_label.setText(format_stats(summary))
+        self._after_request()
+
+    def _on_failed(self, message: str, details: str) -> None:
+        if self.busy:
+            self.busy = False
+            if self._compare is not None:
+                self._compare = None
+                self.transcript.add_error(f"Comparison failed: {message}")
+            else:
+                self._undo_turn()
+                self.transcript.add_error(self._explain(message))
+            self.stats_label.setText("")
+            self._after_request()
+            if CONTEXT_ERROR in message:
+                return  # the user's input, not a fault: the line in the transcript says what to do
+        else:
+            self._load_failed()
+        if self._on_error:
+            self._on_error("Engine error", message, details)
+        else:
+            dialogs.show_error(self, "Engine error", message, details)
+
+    def _explain(self, message: str) -> str:
+        if CONTEXT_ERROR in message:
+            return (f"This conversation is too long for {self.model_name}: {message}. Shorten the message, "
+                    f"or start a new conversation (Ctrl+N).")
+        return message
+
+    def _undo_turn(self) -> None:
+        turn, writer = self._turn, self.writer
+        self._turn = self.writer = None
+        if turn is None or self.conversation is None:
+            return
+        turn.undo(self.store, self.conversation.id, writer.id if writer else None)
+        if turn.created:
+            self.conversation = None
+            self.settings.remove("last_conversation")
+        self.transcript.clear()
+        self.history = replay(self.transcript, self._saved()) if self.conversation else []
+        self.sidebar.refresh(self.conversation.id if self.conversation else None)
+        if turn.text and not self.prompt.toPlainText().strip():
+            self.prompt.setPlainText(turn.text)  # ready to send again
+            self.set_editing(turn.kind == "edit")
+
+    def _after_request(self) -> None:
+        self.model_label.setText(self.model_name or "No model loaded")  # a draft build may have used it
+        self.sidebar.refresh()
+        self._update_controls()
+
+    # Comparison
+
+    def _run_compare(self) -> None:
+        job = self._compare
+        self.stats_dock.begin_answer(self.plain_speeds.get(self.model_name))
+        label = "SubSpec" if job.runs[0] == "subspec" else "plain decoding"
+        self.stats_label.setText(f"comparing: {label} …")
+        self.host.generate(job.messages, job.next_params(self.params))
+
+    def _compare_step(self, summary: dict) -> None:
+        job = self._compare
+        why = job.record(summary)
+        if why is None and not job.done:
+            self._run_compare()
+            return
+        self._compare = None
+        self.busy = False
+        if why is not None:
+            self.stats_label.setText(why)
+        else:
+            result = job.result()
+            self.plain_speeds[self.model_name] = result["plain_tps"]
+            self._save_comparison(job.message_id, result)
+            self.transcript.add_stats("Compared: " + format_comparison(result))
+            self.stats_label.setText(format_comparison(result))
+        self._after_request()
+
+    def _save_comparison(self, message_id: int, result: dict) -> None:
+        m = next((m for m in self._saved() if m.id == message_id), None)
+        if m is not None:
+            self.store.update_message(m.id, m.content, m.complete, {**(m.stats or {}), "compare": result})
+
+    # Helpers
+
+    def _saved(self) -> list[Message]:
+        return self.store.messages(self.conversation.id) if self.conversation else []
+
+    def _last_answer(self) -> Message | None:
+        """The answer a redo acts on: the conversation's last message, when it is one."""
+        if self.busy or self.model_name is None or self.conversation is None:
+            return None
+        saved = self._saved()
+        return saved[-1] if saved and saved[-1].role == "assistant" else None
+
+    def _model_messages(self, history: list[dict]) -> list[dict]:
+        system = self.system_prompt.text().strip()
+        return ([{"role": "system", "content": system}] if system else []) + history

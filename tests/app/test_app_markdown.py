@@ -1,0 +1,106 @@
+"""Answers as Markdown: code blocks in a monospace block with a Copy link, a copy link per answer, no
+HTML, and a streaming answer re-rendered by a timer rather than per token."""
+
+from app_fakes import PROMPT, FakeBackend, endless_events, markdown_events
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QGuiApplication, QTextCursor
+
+from app.markdown import COPY_SCHEME, Segment, is_code_block, split_fences
+from app.widgets import Transcript
+
+
+def answer(qtbot, window, text=PROMPT):
+    with qtbot.waitSignal(window.host.finished, timeout=5000) as blocker:
+        qtbot.keyClicks(window.prompt, text)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    return blocker.args[0]
+
+
+def blocks(transcript):
+    b = transcript.document().begin()
+    while b.isValid():
+        yield b
+        b = b.next()
+
+
+def links(transcript):
+    """(text, href) of every link in the transcript, in order."""
+    out = []
+    for block in blocks(transcript):
+        it = block.begin()
+        while not it.atEnd():
+            frag = it.fragment()
+            if frag.charFormat().isAnchor():
+                out.append((frag.text(), frag.charFormat().anchorHref()))
+            it += 1
+    return out
+
+
+def test_fences_split_prose_from_code_even_while_a_fence_is_still_open():
+    assert split_fences("Hi\n```python\nprint(1)\n```\nBye") == [
+        Segment("Hi"), Segment("print(1)", "python"), Segment("Bye")]
+    assert split_fences("Look:\n~~~\na\n\nb") == [Segment("Look:"), Segment("a\n\nb", "")]
+    assert split_fences("inline ```not a fence``` here") == [Segment("inline ```not a fence``` here")]
+
+
+def test_a_code_block_is_monospace_and_its_copy_link_copies_the_code(qtbot, make_window):
+    window = make_window(FakeBackend(events=markdown_events))
+    answer(qtbot, window)
+    t = window.transcript
+    code = [b for b in blocks(t) if is_code_block(b.blockFormat())]
+    assert [b.text() for b in code] == ["print('hi')", "x = 1"]
+    for block in code:
+        cursor = QTextCursor(block)
+        cursor.movePosition(QTextCursor.MoveOperation.Right)
+        fmt = cursor.charFormat()
+        assert fmt.fontFixedPitch() and "monospace" in fmt.fontFamilies()
+    prose = next(b for b in blocks(t) if b.text().startswith("Use this"))
+    assert not QTextCursor(prose).charFormat().fontFixedPitch()
+    assert "```" not in t.toPlainText() and "python  Copy" in t.toPlainText()
+
+    [(text, href), (msg_text, msg_href)] = links(t)
+    assert text == msg_text == "Copy" and href.startswith(COPY_SCHEME + ":")
+    QGuiApplication.clipboard().clear()
+    t.anchorClicked.emit(QUrl(href))
+    assert QGuiApplication.clipboard().text() == "print('hi')\nx = 1"
+    t.anchorClicked.emit(QUrl(msg_href))  # the answer's own Copy, on its stats line
+    assert QGuiApplication.clipboard().text() == "".join(e.text for e in markdown_events())
+
+
+def test_markdown_is_rendered_and_html_is_shown_as_text(qtbot):
+    t = Transcript()
+    qtbot.addWidget(t)
+    t.begin_assistant("M", "**bold** and <b>tag</b> ![img](file:///etc/passwd)\n\n- one\n- two")
+    t.end_answer()
+    text = t.toPlainText()
+    assert "bold and <b>tag</b>" in text and "**" not in text
+    bold = next(b for b in blocks(t) if b.text().startswith("bold"))
+    cursor = QTextCursor(bold)
+    cursor.movePosition(QTextCursor.MoveOperation.Right)
+    assert cursor.charFormat().fontWeight() > 500
+    assert [b.text() for b in blocks(t) if b.textList() is not None] == ["one", "two"]
+
+
+def test_streaming_re_renders_on_a_timer_not_per_token(qtbot):
+    t = Transcript()
+    qtbot.addWidget(t)
+    t.begin_assistant("M")
+    for i in range(500):
+        t.append_text(f" w{i}")
+    assert t.renders == 0  # tokens only queue up
+    qtbot.waitUntil(lambda: t.renders == 1, timeout=1000)
+    assert t.toPlainText().endswith("w498 w499")
+    t.append_text(" last")
+    t.end_answer()  # the end renders at once, whatever the timer
+    assert t.renders == 2 and t.toPlainText().endswith("w499 last")
+    assert Transcript.RENDER_MS >= 100  # at most ~10 renders a second
+
+
+def test_a_streamed_answer_renders_a_few_times_not_once_per_token(qtbot, make_window):
+    from itertools import islice
+
+    window = make_window(FakeBackend(events=lambda: islice(endless_events(), 300), delay_s=0.001))
+    answer(qtbot, window)
+    renders = window.transcript.renders
+    assert 1 <= renders < 60  # 300 tokens over well under a few seconds
+    assert window.transcript.toPlainText().count("w299") == 1

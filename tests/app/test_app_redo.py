@@ -1,0 +1,130 @@
+"""Regenerate, edit-and-resend and continue: what the model is sent, what the transcript shows, what the
+database holds afterwards, and that a failed redo puts everything back."""
+
+import itertools
+
+from app_fakes import PROMPT, FakeBackend
+from PySide6.QtCore import Qt
+
+from engine.errors import SubspecError
+from engine.events import StepEvent
+
+
+def numbered_answers():
+    """Answer n reads "Answer n.": each call's text differs, so a replaced answer is told apart."""
+    counter = itertools.count(1)
+
+    def events():
+        n = next(counter)
+        return [StepEvent(0, (1,), "Answer"), StepEvent(1, (2,), f" {n}"), StepEvent(2, (3,), ".", finish_reason="eos")]
+    return events
+
+
+def answer(qtbot, window, text=PROMPT):
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        qtbot.keyClicks(window.prompt, text)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+
+
+def click(qtbot, window, button, signal="finished"):
+    with qtbot.waitSignal(getattr(window.host, signal), timeout=5000):
+        button.click()
+
+
+def saved(window):
+    return [(m.role, m.content, m.complete) for m in window.store.messages(window.conversation.id)]
+
+
+def test_regenerate_replaces_the_last_answer(qtbot, make_window):
+    window = make_window(FakeBackend(events=numbered_answers()))
+    answer(qtbot, window)
+    old_id = window.store.messages(window.conversation.id)[1].id
+    assert window.chat_actions.regenerate.isEnabled()
+    click(qtbot, window, window.chat_actions.regenerate)
+    assert window.backend.calls[1][0] == [{"role": "user", "content": PROMPT}]
+    assert saved(window) == [("user", PROMPT, True), ("assistant", "Answer 2.", True)]
+    assert window.store.messages(window.conversation.id)[1].id != old_id
+    text = window.transcript.toPlainText()
+    assert "Answer 2." in text and "Answer 1." not in text and text.count("You\n") == 1
+    assert window.history[-1] == {"role": "assistant", "content": "Answer 2."}
+
+
+def test_edit_and_resend_replaces_the_last_message_and_what_follows(qtbot, make_window):
+    window = make_window(FakeBackend(events=numbered_answers()))
+    answer(qtbot, window)
+    answer(qtbot, window, "And of Italy?")
+    window.chat_actions.edit.click()
+    assert window.editing and window.prompt.toPlainText() == "And of Italy?"
+    assert window.send_button.text() == "Resend" and not window.chat_actions.edit_label.isHidden()
+    window.prompt.clear()
+    answer(qtbot, window, "And of Spain?")
+    assert not window.editing and window.send_button.text() == "Send"
+    assert saved(window) == [("user", PROMPT, True), ("assistant", "Answer 1.", True),
+                             ("user", "And of Spain?", True), ("assistant", "Answer 3.", True)]
+    assert [m["content"] for m in window.backend.calls[2][0]] == [PROMPT, "Answer 1.", "And of Spain?"]
+    text = window.transcript.toPlainText()
+    assert "Italy" not in text and "Answer 2." not in text and "And of Spain?" in text
+
+
+def test_escape_cancels_an_edit(qtbot, make_window):
+    window = make_window()
+    answer(qtbot, window)
+    window.chat_actions.edit.click()
+    qtbot.keyClick(window.prompt, Qt.Key.Key_Escape)
+    assert not window.editing and window.prompt.toPlainText() == ""
+    assert len(saved(window)) == 2
+
+
+def test_continue_extends_the_last_answer_in_place(qtbot, make_window):
+    window = make_window(FakeBackend(events=numbered_answers()))
+    answer(qtbot, window)
+    answer_id = window.store.messages(window.conversation.id)[1].id
+    click(qtbot, window, window.chat_actions.continue_)
+    messages, params = window.backend.calls[1]
+    assert params["continue_final"] is True
+    assert messages == [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "Answer 1."}]
+    [_user, extended] = window.store.messages(window.conversation.id)
+    assert (extended.id, extended.content, extended.complete) == (answer_id, "Answer 1.Answer 2.", True)
+    assert extended.stats["continued"] is True
+    text = window.transcript.toPlainText()
+    assert text.count("FakeLM-1M\n") == 1 and "Answer 1.Answer 2." in text
+    assert window.backend.calls[0][1]["continue_final"] is False  # an ordinary send does not continue
+
+
+def test_a_failed_regenerate_or_continue_puts_the_answer_back(qtbot, make_window, dialogs):
+    window = make_window(FakeBackend(events=numbered_answers(), fail_on_call={1, 2}, fail_after=1,
+                                     fail_error=SubspecError("the GPU fell over")))
+    answer(qtbot, window)
+    before = window.store.messages(window.conversation.id)
+    for button in (window.chat_actions.regenerate, window.chat_actions.continue_):
+        click(qtbot, window, button, "failed")
+        assert window.store.messages(window.conversation.id) == before
+        text = window.transcript.toPlainText()
+        assert "Answer 1." in text and "Answer 2" not in text and "\N{WARNING SIGN} the GPU fell over" in text
+        assert window.history[-1]["content"] == "Answer 1." and not window.busy
+    assert len(dialogs.shown) == 2
+
+
+def test_a_failed_edit_restores_the_old_turn_and_keeps_the_new_text(qtbot, make_window, dialogs):
+    window = make_window(FakeBackend(events=numbered_answers(), fail_on_call={1}, fail_after=1,
+                                     fail_error=SubspecError("the GPU fell over")))
+    answer(qtbot, window)
+    window.chat_actions.edit.click()
+    window.prompt.clear()
+    with qtbot.waitSignal(window.host.failed, timeout=5000):
+        qtbot.keyClicks(window.prompt, "Rephrased")
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    assert saved(window) == [("user", PROMPT, True), ("assistant", "Answer 1.", True)]
+    assert window.prompt.toPlainText() == "Rephrased" and window.editing  # Enter retries the edit
+    answer(qtbot, window, "")
+    assert saved(window) == [("user", "Rephrased", True), ("assistant", "Answer 3.", True)]
+
+
+def test_redo_buttons_follow_the_conversation(qtbot, make_window):
+    window = make_window()
+    actions = window.chat_actions
+    assert not any(b.isEnabled() for b in actions.buttons())  # nothing to redo in an empty chat
+    answer(qtbot, window)
+    assert all(b.isEnabled() for b in actions.buttons())
+    window.new_conversation()
+    assert not any(b.isEnabled() for b in actions.buttons())
