@@ -242,6 +242,53 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from .server import SubspecServer, is_loopback
+
+    if not 0 <= args.port <= 65535:
+        raise SubspecError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.queue < 1:
+        raise SubspecError(f"--queue must be >= 1, got {args.queue}")
+    api_key = args.api_key or os.environ.get("SUBSPEC_API_KEY") or None
+    backend = _serve_backend(args)
+    try:
+        server = SubspecServer(backend, args.host, args.port, api_key, args.queue, quiet=False)
+    except OSError as exc:
+        raise SubspecError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    if not is_loopback(args.host) and not api_key:
+        print(f"warning: listening on {args.host} without an API key: anyone who can reach this machine can "
+              "use the model (set --api-key)", file=sys.stderr)
+    print(f"serving {backend.name} ({backend.method}) at {server.url}/v1 - Ctrl+C stops", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nshutting down", file=sys.stderr)
+    finally:
+        server.close()
+    return 0
+
+
+def _serve_backend(args):
+    """The model, with a draft when SubSpec is chosen and plain decoding's measured speed to compare with."""
+    from .server import Backend
+    from .speculative import TreeShape
+    from .store import DEFAULT_MODEL
+
+    shape = TreeShape(args.depth, args.topk, args.draft_temperature, args.budget or None)
+    args.model = args.model or DEFAULT_MODEL
+    lm = _load(args)
+    # On a CPU the draft's passes cost about what the target's do, so SubSpec only pays off on a GPU.
+    method = args.method or ("subspec" if lm.device.type == "cuda" else "vanilla")
+    backend = Backend(lm, _draft(lm, args) if method == "subspec" else None, shape)
+    if backend.draft is not None:
+        print("measuring plain decoding speed for the speedup estimate ...", file=sys.stderr, flush=True)
+        tps = backend.measure_baseline()
+        print(f"plain decoding: {tps:.1f} tok/s" if tps else "plain decoding: not measured", file=sys.stderr)
+    return backend
+
+
 def _echo(events):
     for ev in events:
         sys.stdout.write(ev.text)
@@ -350,6 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--resident-layers", type=int, help="force the split (checked against the budget)")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible API server (/v1/chat/completions, /v1/completions)")
+    sv.add_argument("model", nargs="?", help="a store name or a model folder (default: SmolLM2-135M-Instruct)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8642, help="port (default 8642; 0 picks a free one)")
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SUBSPEC_API_KEY, else none)")
+    sv.add_argument("--method", choices=["vanilla", "subspec"],
+                    help="decoding method (default: subspec on CUDA, vanilla on the CPU)")
+    sv.add_argument("--queue", type=int, default=16,
+                    help="requests that may wait while one generates; beyond that, 429 (default 16)")
+    _model_options(sv)
+    _subspec_options(sv, sweep=False)
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -1,0 +1,741 @@
+"""An OpenAI-compatible HTTP server over one loaded model: `/v1/models`, `/v1/chat/completions` and
+`/v1/completions`, streamed as server-sent events or not.
+
+One worker thread owns the model and runs one generation at a time; requests wait in a bounded queue and a
+full queue answers 429 at once, so a burst of clients cannot pile up unbounded work. Handler threads only
+parse, tokenize (with their own tokenizer copy) and relay the worker's StepEvents to their client. A client
+that goes away cancels its generation between two steps.
+
+Every error a client can cause is an OpenAI-style error object with a 4xx status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hmac
+import json
+import math
+import queue
+import select
+import socket
+import socketserver
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+from .errors import SubspecError
+from .events import GenerationResult, StepEvent, summarize
+from .sampling import SamplingParams
+from .speculative import TreeShape
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8642
+DEFAULT_QUEUE = 16
+# OpenAI's default is "the rest of the context"; a cap keeps a forgotten max_tokens from allocating a KV
+# cache for a 32k context and running for minutes.
+DEFAULT_MAX_TOKENS = 2048
+MAX_BODY_BYTES = 8 << 20
+POLL_S = 0.2  # how often a waiting handler checks that its client is still connected
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+# (prompt_ids, max_tokens, sampling, stop_strings) -> events; injectable so tests can slow it down.
+GenerateFn = Callable[[list, int, SamplingParams, tuple], Iterator[StepEvent]]
+
+
+class ApiError(Exception):
+    """An error answered to the client as {"error": {...}} with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def as_json(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+class ClientGone(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- request fields
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _number(body: dict, name: str, default, low: float, high: float, low_open: bool = False):
+    v = body.get(name)
+    if v is None:
+        return default
+    ok = _is_number(v) and (low < v if low_open else low <= v) and v <= high
+    if not ok:
+        lo = "(" if low_open else "["
+        raise bad(f"'{name}' must be a number in {lo}{low:g}, {high:g}], got {v!r}", name)
+    return float(v)
+
+
+def _int(body: dict, name: str, low: int = 0):
+    v = body.get(name)
+    if v is None:
+        return None
+    if not _is_int(v) or v < low:
+        raise bad(f"'{name}' must be an integer >= {low}, got {v!r}", name)
+    return v
+
+
+def _bool(body: dict, name: str) -> bool:
+    v = body.get(name, False)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise bad(f"'{name}' must be true or false, got {v!r}", name)
+    return v
+
+
+def _stops(body: dict) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list) and all(isinstance(s, str) for s in v):
+        return tuple(v)
+    raise bad("'stop' must be a string or an array of strings", "stop")
+
+
+def _sampling(body: dict) -> SamplingParams:
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise bad(f"'seed' must be an integer, got {seed!r}", "seed")
+    return SamplingParams(
+        temperature=_number(body, "temperature", 1.0, 0, 2),  # OpenAI's defaults: T = 1, top_p = 1
+        top_p=_number(body, "top_p", 1.0, 0, 1, low_open=True),
+        top_k=_int(body, "top_k") or 0,
+        seed=None if seed is None else seed % 2**63,  # torch's generator takes no negative or huge seeds
+    )
+
+
+def _reject_unsupported(body: dict) -> None:
+    """Options we cannot honour fail loudly rather than being silently ignored."""
+    if body.get("n") not in (None, 1):
+        raise bad("only n = 1 is supported", "n")
+    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
+        raise bad("logprobs are not supported", "logprobs")
+    if body.get("echo"):
+        raise bad("echo is not supported", "echo")
+    if body.get("tools") or body.get("functions"):
+        raise bad("tool calling is not supported", "tools")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        raise bad("only response_format {\"type\": \"text\"} is supported", "response_format")
+
+
+def _content(value, i: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise bad(f"messages[{i}].content: only text parts are supported", f"messages[{i}].content")
+            parts.append(part["text"])
+        return "\n".join(parts)
+    raise bad(f"messages[{i}].content must be a string or an array of text parts", f"messages[{i}].content")
+
+
+def parse_messages(value) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise bad("'messages' must be a non-empty array", "messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise bad(f"messages[{i}] must be an object", f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise bad(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
+        out.append({"role": ROLES[role], "content": _content(m.get("content"), i)})
+    return out
+
+
+# ---------------------------------------------------------------- the model side
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    prompt_ids: list
+    max_tokens: int
+    sampling: SamplingParams
+    stops: tuple
+
+
+@dataclass
+class Job:
+    request: GenRequest
+    events: queue.Queue = field(default_factory=queue.Queue)  # StepEvents, then a GenerationResult or ApiError
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Backend:
+    """The loaded model, its optional draft, and how a request becomes events.
+
+    SubSpec runs when a draft is given; plain decoding otherwise."""
+
+    def __init__(self, lm, draft=None, shape: TreeShape = TreeShape(), generate: GenerateFn | None = None,
+                 name: str | None = None):
+        self.lm = lm
+        self.draft = draft
+        self.shape = shape
+        self.name = name or lm.name
+        self.method = "subspec" if draft is not None else "vanilla"
+        self.baseline_tokens_per_s: float | None = None
+        self.created = int(time.time())
+        self._generate = generate or self._default_generate
+        # The worker decodes with lm.tokenizer while handlers encode; a Rust tokenizer shared across
+        # threads can fail with "Already borrowed", so handlers get their own copy behind a lock.
+        self._encoder = dataclasses.replace(lm, tokenizer=copy.deepcopy(lm.tokenizer))
+        self._encode_lock = threading.Lock()
+
+    @property
+    def context(self) -> int:
+        return self.lm.config.max_position_embeddings
+
+    def generate(self, req: GenRequest) -> Iterator[StepEvent]:
+        return self._generate(req.prompt_ids, req.max_tokens, req.sampling, req.stops)
+
+    def _default_generate(self, prompt_ids, max_tokens, sampling, stops):
+        from .generate import generate_plain
+        from .speculative import generate_subspec
+
+        if self.draft is not None:
+            return generate_subspec(self.lm, self.draft, prompt_ids, max_tokens, sampling, stops, self.shape)
+        return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        from jinja2 import TemplateError
+
+        if not getattr(self._encoder.tokenizer, "chat_template", None):
+            raise bad(f"model {self.name} has no chat template; use /v1/completions", "messages")
+        with self._encode_lock:
+            try:
+                return self._encoder.encode_messages(messages)
+            except (TemplateError, ValueError) as exc:
+                raise bad(f"the chat template rejected these messages: {exc}", "messages") from None
+
+    def encode_text(self, text: str) -> list[int]:
+        with self._encode_lock:
+            return self._encoder.encode(text, chat=False)
+
+    def measure_baseline(self, tokens: int = 32) -> float | None:
+        """Plain decoding's tokens/s here, so a SubSpec answer's speedup is a measured ratio, not a guess.
+        Call before serving (it runs on the calling thread)."""
+        from .generate import generate_plain
+
+        ids = self.encode_text("The quick brown fox")
+        for _ in generate_plain(self.lm, ids, 4):
+            pass  # warm-up: a cold first pass would make plain decoding look slower than it is
+        result = summarize(generate_plain(self.lm, ids, tokens), len(ids), "vanilla")
+        self.baseline_tokens_per_s = result.tokens_per_s if result.new_tokens >= 4 else None
+        return self.baseline_tokens_per_s
+
+    def usage(self, result: GenerationResult) -> dict:
+        base = self.baseline_tokens_per_s
+        speedup = result.tokens_per_s / base if base and result.new_tokens > 1 else None
+        return {
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.new_tokens,
+            "total_tokens": result.prompt_tokens + result.new_tokens,
+            "subspec": {
+                "method": result.method, "tau": round(result.tau, 3), "iterations": result.iterations,
+                "tokens_per_s": round(result.tokens_per_s, 2), "ttft_s": round(result.ttft_s, 4),
+                # This request's decoding speed over plain decoding measured at start-up; null if never measured.
+                "speedup_estimate": None if speedup is None else round(speedup, 2),
+                "baseline_tokens_per_s": None if base is None else round(base, 2),
+            },
+        }
+
+
+class Worker:
+    """The one thread that runs generations, fed by a bounded queue."""
+
+    def __init__(self, backend: Backend, queue_size: int = DEFAULT_QUEUE):
+        if queue_size < 1:
+            raise SubspecError(f"the queue must hold at least 1 request, got {queue_size}")
+        self.backend = backend
+        self._jobs: queue.Queue = queue.Queue(queue_size)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="subspec-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                raise _shutting_down()
+            try:
+                self._jobs.put_nowait(job)
+            except queue.Full:
+                raise ApiError(429, "the server is busy: its request queue is full; retry shortly",
+                               "rate_limit_error", code="queue_full") from None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Fail the waiting requests, stop the running one at its next step, end the thread."""
+        with self._lock:
+            self._stopping.set()
+            pending = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    pending.append(self._jobs.get_nowait())
+            self._jobs.put(None)  # cannot block: the queue was just emptied and no submit gets in
+        for job in pending:
+            job.events.put(_shutting_down())
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        try:
+            if self._stopping.is_set():
+                raise _shutting_down()
+            if not job.cancel.is_set():
+                job.events.put(summarize(self._relay(job), len(job.request.prompt_ids), self.backend.method))
+        except ApiError as err:
+            job.events.put(err)
+        except SubspecError as exc:
+            job.events.put(bad(str(exc)))
+        except Exception as exc:  # a failed generation must answer its request, not end the worker
+            traceback.print_exc()
+            job.events.put(ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
+
+    def _relay(self, job: Job) -> Iterator[StepEvent]:
+        with contextlib.closing(self.backend.generate(job.request)) as events:
+            for ev in events:
+                job.events.put(ev)
+                yield ev
+                if self._stopping.is_set():
+                    raise _shutting_down()
+                if job.cancel.is_set():
+                    return
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", "server_error")
+
+
+# ---------------------------------------------------------------- response shapes
+
+
+class ChatShape:
+    object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+
+    @staticmethod
+    def choice(text: str, finish: str | None) -> dict:
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}
+
+    @staticmethod
+    def delta(text: str | None, finish: str | None, first: bool = False) -> dict:
+        d = {} if text is None else {"content": text}
+        if first:
+            d["role"] = "assistant"
+        return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+
+
+class CompletionShape:
+    object = chunk_object = "text_completion"
+    id_prefix = "cmpl-"
+
+    @staticmethod
+    def choice(text: str, finish: str | None) -> dict:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+    @staticmethod
+    def delta(text: str | None, finish: str | None, first: bool = False) -> dict:
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+
+def _finish(result: GenerationResult) -> str:
+    return FINISH.get(result.finish_reason or "", "length")
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """True when the client has closed its end: readable with nothing to read."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the OpenAI client reuses its connections
+    server_version = "SubSpecStudio/0.1"
+    timeout = 300  # an idle keep-alive connection is dropped after this long
+    server: "SubspecServer"
+
+    # ---- plumbing
+
+    def version_string(self) -> str:
+        return self.server_version  # without the Python version http.server would add
+
+    def log_message(self, format, *args):
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    def send_error(self, code, message=None, explain=None):
+        # http.server's own errors (bad request line, oversized headers) as JSON too.
+        self.close_connection = True
+        self._send_json(code, ApiError(code, message or self.responses.get(code, ("error",))[0]).as_json())
+
+    def _send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
+        data = json.dumps(obj, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection or not getattr(self, "_body_read", True):
+            self.close_connection = True  # an unread request body would be parsed as the next request
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        self._responded = True
+
+    def _send_api_error(self, err: ApiError) -> None:
+        headers = {"Retry-After": "1"} if err.status == 429 else None
+        self._send_json(err.status, err.as_json(), headers)
+
+    def _dispatch(self, routes: dict) -> None:
+        self._responded = False
+        self._body_read = not self._has_body()
+        self._checked_at = time.monotonic()
+        try:
+            self._check_auth()
+            path = self.path.split("?", 1)[0].rstrip("/")
+            handler = routes.get(path) or self._model_route(path)
+            if handler is None:
+                raise self._no_route(path)
+            handler()
+        except ApiError as err:
+            if not self._responded:
+                self._send_api_error(err)
+        except (ClientGone, ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:
+            traceback.print_exc()
+            self.close_connection = True
+            if not self._responded:
+                self._send_api_error(ApiError(500, "internal server error", "server_error"))
+
+    def _no_route(self, path: str) -> ApiError:
+        if path in self.server.ROUTES:
+            return ApiError(405, f"{self.command} is not allowed on {path}", code="method_not_allowed")
+        return ApiError(404, f"unknown path {self.command} {path}", code="not_found")
+
+    def _has_body(self) -> bool:
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        return chunked or self.headers.get("Content-Length", "0").strip() not in ("", "0")
+
+    def _model_route(self, path: str):
+        if self.command == "GET" and path.startswith("/v1/models/"):
+            return lambda: self._get_model(path.removeprefix("/v1/models/"))
+        return None
+
+    def _check_auth(self) -> None:
+        key = self.server.api_key
+        if not key:
+            return
+        given = self.headers.get("Authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), key.encode())):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            data = self._read_chunked()
+        else:
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+                if n < 0:
+                    raise ValueError
+            except ValueError:
+                self.close_connection = True  # where this request ends is unknown
+                raise bad("bad Content-Length header") from None
+            if n > MAX_BODY_BYTES:
+                raise ApiError(413, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+            data = self.rfile.read(n)
+        self._body_read = True
+        return data
+
+    def _read_chunked(self) -> bytes:
+        data = b""
+        while True:
+            try:
+                size = int(self.rfile.readline(1024).split(b";")[0], 16)
+                if size < 0:
+                    raise ValueError
+            except ValueError:
+                self.close_connection = True
+                raise bad("malformed chunked request body") from None
+            if size == 0:
+                while self.rfile.readline(1024).strip():
+                    pass  # trailer headers
+                return data
+            if len(data) + size > MAX_BODY_BYTES:
+                raise ApiError(413, f"the request body exceeds {MAX_BODY_BYTES} bytes")
+            data += self.rfile.read(size)
+            self.rfile.readline(1024)
+
+    def _json_body(self) -> dict:
+        raw = self._read_body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise bad(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise bad("the request body must be a JSON object")
+        return body
+
+    # ---- HTTP verbs
+
+    def do_GET(self):
+        self._dispatch({"/v1/models": self._list_models})
+
+    def do_POST(self):
+        self._dispatch({"/v1/chat/completions": self._chat, "/v1/completions": self._completion})
+
+    def _not_allowed(self):
+        self._dispatch({})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    # ---- endpoints
+
+    def _model_card(self) -> dict:
+        b = self.server.backend
+        return {"id": b.name, "object": "model", "created": b.created, "owned_by": "subspec-studio"}
+
+    def _list_models(self):
+        self._send_json(200, {"object": "list", "data": [self._model_card()]})
+
+    def _get_model(self, name: str):
+        if name != self.server.backend.name:
+            raise ApiError(404, f"no model named {name!r}", param="model", code="model_not_found")
+        self._send_json(200, self._model_card())
+
+    def _chat(self):
+        body = self._json_body()
+        messages = parse_messages(body.get("messages"))
+        self._check_common(body)
+        self._generate(body, self.server.backend.encode_chat(messages), ChatShape)
+
+    def _completion(self):
+        body = self._json_body()
+        prompt = self._prompt(body.get("prompt"))
+        self._check_common(body)
+        ids = prompt if isinstance(prompt, list) else self.server.backend.encode_text(prompt)
+        self._generate(body, ids, CompletionShape)
+
+    def _check_common(self, body: dict) -> None:
+        model = body.get("model")
+        if model is not None and model != self.server.backend.name:
+            raise bad(f"unknown model {model!r}; this server serves {self.server.backend.name!r}", "model",
+                      "model_not_found")
+        _reject_unsupported(body)
+
+    def _prompt(self, value) -> str | list:
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+            value = value[0]  # a batch of one
+        if isinstance(value, str):
+            return value
+        vocab = self.server.backend.lm.config.vocab_size
+        if isinstance(value, list) and value and all(_is_int(t) and 0 <= t < vocab for t in value):
+            return value
+        raise bad("'prompt' must be a string or one array of token ids", "prompt")
+
+    # ---- generation
+
+    def _request(self, body: dict, prompt_ids: list) -> GenRequest:
+        if not prompt_ids:
+            raise bad("the prompt is empty", "prompt")
+        room = self.server.backend.context - len(prompt_ids)
+        max_tokens = _int(body, "max_completion_tokens", 1)
+        max_tokens = _int(body, "max_tokens", 1) if max_tokens is None else max_tokens
+        if max_tokens is None:
+            max_tokens = min(DEFAULT_MAX_TOKENS, room)
+        if room < 1 or max_tokens > room:
+            raise bad(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
+                      f"context of {self.server.backend.context} tokens", "max_tokens", "context_length_exceeded")
+        try:
+            sampling = _sampling(body)
+        except SubspecError as exc:
+            raise bad(str(exc)) from None
+        return GenRequest(list(prompt_ids), max_tokens, sampling, _stops(body))
+
+    def _generate(self, body: dict, prompt_ids: list, shape) -> None:
+        stream = _bool(body, "stream")
+        opts = body.get("stream_options") or {}
+        include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+        job = Job(self._request(body, prompt_ids))
+        self.server.worker.submit(job)
+        meta = {"id": shape.id_prefix + uuid.uuid4().hex[:24], "created": int(time.time()),
+                "model": self.server.backend.name}
+        try:
+            if stream:
+                self._stream(job, shape, meta, include_usage)
+            else:
+                self._collect(job, shape, meta)
+        finally:
+            job.cancel.set()  # a no-op after the end; stops the worker when the client went away
+
+    def _next(self, job: Job):
+        """The job's next item; raises ClientGone (and cancels) if the client disconnects meanwhile.
+        The check runs on a clock, not only when idle: a non-streamed answer never writes until the end."""
+        while True:
+            try:
+                item = job.events.get(timeout=POLL_S)
+            except queue.Empty:
+                item = None
+            now = time.monotonic()
+            if now - self._checked_at >= POLL_S:
+                self._checked_at = now
+                if _peer_closed(self.connection):
+                    job.cancel.set()
+                    raise ClientGone
+            if item is not None:
+                return item
+
+    def _collect(self, job: Job, shape, meta: dict) -> None:
+        while isinstance(item := self._next(job), StepEvent):
+            pass
+        if isinstance(item, ApiError):
+            raise item
+        usage = self.server.backend.usage(item)
+        self._send_json(200, {**meta, "object": shape.object, "choices": [shape.choice(item.text, _finish(item))],
+                              "usage": usage})
+
+    def _stream(self, job: Job, shape, meta: dict, include_usage: bool) -> None:
+        self._start_events()
+        chunk = {**meta, "object": shape.chunk_object}
+        if shape is ChatShape:
+            self._event({**chunk, "choices": [shape.delta("", None, first=True)]})
+        while isinstance(item := self._next(job), StepEvent):
+            if item.text:
+                self._event({**chunk, "choices": [shape.delta(item.text, None)]})
+        if isinstance(item, ApiError):
+            self._event(item.as_json())
+        else:
+            self._event({**chunk, "choices": [shape.delta(None, _finish(item))]})
+            if include_usage:
+                self._event({**chunk, "choices": [], "usage": self.server.backend.usage(item)})
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+
+    def _start_events(self) -> None:
+        # Chunked keeps the connection reusable after [DONE]; HTTP/1.0 has no chunks, so the end of the
+        # stream is the end of the connection there.
+        self._chunked = self.request_version != "HTTP/1.0"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self._responded = True
+
+    def _event(self, obj: dict) -> None:
+        self._write_chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        if self._chunked:
+            self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+        elif data:
+            self.wfile.write(data)
+
+
+class SubspecServer(ThreadingHTTPServer):
+    """The HTTP server and its model worker. `start()` serves on a background thread (tests, the app);
+    `serve_forever()` on the caller's. `close()` stops both."""
+
+    daemon_threads = True
+    ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+
+    def __init__(self, backend: Backend, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 api_key: str | None = None, queue_size: int = DEFAULT_QUEUE, quiet: bool = True):
+        self.backend = backend
+        self.api_key = api_key or None
+        self.quiet = quiet
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.worker = Worker(backend, queue_size)
+        self._thread: threading.Thread | None = None
+        try:
+            super().__init__((host, port), Handler)
+        except BaseException:
+            self.worker.close()
+            raise
+
+    def server_bind(self):
+        # HTTPServer.server_bind resolves the host's FQDN, a DNS lookup that can stall start-up.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def start(self) -> "SubspecServer":
+        self._thread = threading.Thread(target=self.serve_forever, name="subspec-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.worker.close()
+        self.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

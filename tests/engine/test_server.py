@@ -1,0 +1,450 @@
+"""The OpenAI-compatible server as real clients see it: the official `openai` client and raw HTTP on loopback,
+against a tiny model. Greedy answers must equal the engine's own, streamed or not, alone or under load."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+import pytest
+from tiny_models import make_tiny_model_folder
+
+from engine.cli import main as cli_main
+from engine.events import StepEvent
+from engine.generate import generate_plain
+from engine.loading import load_model
+from engine.server import Backend, SubspecServer
+from engine.speculative import TreeShape
+from engine.substitute import build_draft
+
+PROMPTS = ["hello there", "the cat sat on", "abc", "what is 2+2?", "tell me a story", "zzz", "Once upon",
+           "x y z"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_tiny_model_folder(tmp_path_factory.mktemp("srv") / "tiny-llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def lm(folder):
+    return load_model(folder, "float32", "cpu")
+
+
+@pytest.fixture(scope="module")
+def server(lm):
+    with SubspecServer(Backend(lm), port=0).start() as srv:
+        yield srv
+
+
+def client(srv, key="unused"):
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def chat(c, model, prompt, **kw):
+    return c.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                     temperature=0, **kw)
+
+
+def stream_chat(c, model, prompt, **kw):
+    """(text, finish_reason, usage) of a streamed chat completion."""
+    parts, finish, usage = [], None, None
+    for chunk in chat(c, model, prompt, stream=True, stream_options={"include_usage": True}, **kw):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            parts.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    return "".join(parts), finish, usage
+
+
+def raw(srv, method, path, body=None, headers=None):
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+    finally:
+        conn.close()
+    return r.status, json.loads(data) if data else None
+
+
+def engine_text(lm, ids, n):
+    return "".join(ev.text for ev in generate_plain(lm, ids, n))
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_models(server, lm):
+    c = client(server)
+    assert [m.id for m in c.models.list().data] == [lm.name]
+    assert c.models.retrieve(lm.name).id == lm.name
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("no-such-model")
+
+
+def test_chat_streamed_equals_non_streamed_and_the_engine(server, lm):
+    c = client(server)
+    for prompt in PROMPTS[:3]:
+        r = chat(c, lm.name, prompt, max_tokens=24)
+        text = r.choices[0].message.content
+        assert text == engine_text(lm, lm.encode(prompt), 24)
+        assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+        streamed, finish, usage = stream_chat(c, lm.name, prompt, max_tokens=24)
+        assert streamed == text and finish == r.choices[0].finish_reason
+        for u in (r.usage, usage):
+            assert u.prompt_tokens == len(lm.encode(prompt))
+            assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+            stats = u.model_extra["subspec"]
+            assert stats["method"] == "vanilla" and stats["tau"] == 1.0 and stats["tokens_per_s"] >= 0
+            assert stats["speedup_estimate"] is None  # nothing measured, nothing claimed
+
+
+def test_stream_sends_one_delta_per_step(server, lm):
+    """Each StepEvent's text goes out as its own chunk, as it is produced."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    body = {"model": lm.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10,
+            "temperature": 0, "stream": True}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+    events = [line for line in r.read().decode().split("\n\n") if line]
+    conn.close()
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    texts = [ev.text for ev in generate_plain(lm, lm.encode("hi"), 10) if ev.text]
+    assert [ch["choices"][0]["delta"].get("content") for ch in chunks[1:-1]] == texts
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_completions_use_no_chat_template(server, lm):
+    c = client(server)
+    r = c.completions.create(model=lm.name, prompt="Once upon a time", max_tokens=16, temperature=0)
+    expected = engine_text(lm, lm.encode("Once upon a time", chat=False), 16)
+    assert r.object == "text_completion" and r.choices[0].text == expected
+    assert r.usage.prompt_tokens == len(lm.encode("Once upon a time", chat=False))
+    parts = [ch.choices[0].text for ch in c.completions.create(model=lm.name, prompt="Once upon a time",
+                                                               max_tokens=16, temperature=0, stream=True)]
+    assert "".join(parts) == expected
+
+
+def test_max_tokens_gives_length(server, lm):
+    r = chat(client(server), lm.name, "hello there", max_tokens=5)
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+
+
+def test_stop_strings(server, lm):
+    c = client(server)
+    full = chat(c, lm.name, "the cat sat on", max_tokens=40).choices[0].message.content
+    assert len(full) > 12
+    stop = full[8:10]
+    expected = full[:full.index(stop)]
+    for value in (stop, [stop, "never-seen-string"]):
+        r = chat(c, lm.name, "the cat sat on", max_tokens=40, stop=value)
+        assert r.choices[0].message.content == expected and r.choices[0].finish_reason == "stop"
+        assert stream_chat(c, lm.name, "the cat sat on", max_tokens=40, stop=value)[:2] == (expected, "stop")
+
+
+def test_eos_gives_stop(server, lm):
+    c = client(server)
+    ids = [t for ev in generate_plain(lm, lm.encode("abc"), 20) for t in ev.token_ids]
+    eos = ids[6]
+    lm.eos_token_ids = lambda: {eos}
+    try:
+        r = chat(c, lm.name, "abc", max_tokens=20)
+    finally:
+        del lm.eos_token_ids
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == ids.index(eos)
+
+
+def test_seeded_sampling_repeats(server, lm):
+    c = client(server)
+    kw = dict(model=lm.name, messages=[{"role": "user", "content": "hi"}], max_tokens=20, temperature=1.0,
+              top_p=0.9, seed=1234)
+    a, b = (c.chat.completions.create(**kw).choices[0].message.content for _ in range(2))
+    assert a == b
+
+
+def test_eight_concurrent_clients_get_their_own_answers(server, lm):
+    c = client(server)
+    expected = {p: chat(c, lm.name, p, max_tokens=20).choices[0].message.content for p in PROMPTS}
+    answers, errors = {}, []
+    start = threading.Barrier(len(PROMPTS))
+
+    def ask(i, prompt):
+        try:
+            mine = client(server)
+            start.wait()
+            if i % 2:
+                answers[prompt] = stream_chat(mine, lm.name, prompt, max_tokens=20)[0]
+            else:
+                answers[prompt] = chat(mine, lm.name, prompt, max_tokens=20).choices[0].message.content
+        except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i, p)) for i, p in enumerate(PROMPTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and answers == expected
+
+
+# ---------------------------------------------------------------- SubSpec
+
+
+@pytest.fixture(scope="module")
+def spec_server(lm):
+    backend = Backend(lm, build_draft(lm.decoder, 4, 64), TreeShape(4, 2))
+    assert backend.measure_baseline(16) is not None
+    with SubspecServer(backend, port=0).start() as srv:
+        yield srv
+
+
+def test_greedy_subspec_answers_equal_plain_ones(server, spec_server, lm):
+    plain, spec = client(server), client(spec_server)
+    for prompt in PROMPTS[:3]:
+        want = chat(plain, lm.name, prompt, max_tokens=30)
+        got = chat(spec, lm.name, prompt, max_tokens=30)
+        assert got.choices[0].message.content == want.choices[0].message.content
+        assert got.choices[0].finish_reason == want.choices[0].finish_reason
+        assert stream_chat(spec, lm.name, prompt, max_tokens=30)[0] == want.choices[0].message.content
+        stats = got.usage.model_extra["subspec"]
+        assert stats["method"] == "subspec" and stats["tau"] >= 1.0
+        assert stats["speedup_estimate"] is not None and stats["baseline_tokens_per_s"] > 0
+    r = spec.completions.create(model=lm.name, prompt="abc", max_tokens=20, temperature=0)
+    assert r.choices[0].text == engine_text(lm, lm.encode("abc", chat=False), 20)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _chat_body(**kw):
+    return {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+BAD = [
+    ("/v1/chat/completions", {"model": "tiny-llama"}, "messages"),
+    ("/v1/chat/completions", {"messages": "hi"}, "messages"),
+    ("/v1/chat/completions", {"messages": []}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ("/v1/chat/completions", _chat_body(max_tokens=-1), "max_tokens"),
+    ("/v1/chat/completions", _chat_body(max_tokens="10"), "max_tokens"),
+    ("/v1/chat/completions", _chat_body(max_tokens=1.5), "max_tokens"),
+    ("/v1/chat/completions", _chat_body(max_tokens=20000), "max_tokens"),
+    ("/v1/chat/completions", _chat_body(temperature=3), "temperature"),
+    ("/v1/chat/completions", _chat_body(temperature="hot"), "temperature"),
+    ("/v1/chat/completions", _chat_body(top_p=0), "top_p"),
+    ("/v1/chat/completions", _chat_body(stream="yes"), "stream"),
+    ("/v1/chat/completions", _chat_body(stop=5), "stop"),
+    ("/v1/chat/completions", _chat_body(seed="x"), "seed"),
+    ("/v1/chat/completions", _chat_body(model="gpt-4o"), "model"),
+    ("/v1/chat/completions", _chat_body(n=2), "n"),
+    ("/v1/completions", {"prompt": 5}, "prompt"),
+    ("/v1/completions", {"prompt": [99999]}, "prompt"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+]
+
+
+@pytest.mark.parametrize("path,body,param", BAD, ids=[f"{p.split('/')[-1]}-{i}" for i, (p, _, _) in enumerate(BAD)])
+def test_bad_fields_answer_400_with_an_error_object(server, path, body, param):
+    status, out = raw(server, "POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    assert status == 400
+    assert set(out["error"]) == {"message", "type", "param", "code"}
+    assert out["error"]["param"] == param and out["error"]["type"] == "invalid_request_error"
+    assert "Traceback" not in out["error"]["message"]
+
+
+def test_malformed_json_wrong_paths_and_methods(server, lm):
+    for body in (b"{not json", b"[1, 2]", b"\xff\xfe", b""):
+        status, out = raw(server, "POST", "/v1/chat/completions", body)
+        assert status == 400 and "JSON" in out["error"]["message"]
+    assert raw(server, "GET", "/v1/nothing")[0] == 404
+    assert raw(server, "POST", "/nothing", b"{}")[0] == 404
+    status, out = raw(server, "GET", "/v1/chat/completions")
+    assert status == 405 and out["error"]["code"] == "method_not_allowed"
+    with pytest.raises(openai.BadRequestError) as exc:
+        chat(client(server), "gpt-4o", "hi")
+    assert exc.value.status_code == 400 and exc.value.body["code"] == "model_not_found"
+    assert chat(client(server), lm.name, "hi", max_tokens=3).usage.completion_tokens == 3  # still serving
+
+
+def test_api_key(lm):
+    with SubspecServer(Backend(lm), port=0, api_key="sekret").start() as srv:
+        status, out = raw(srv, "GET", "/v1/models")
+        assert status == 401 and out["error"]["code"] == "invalid_api_key"
+        assert raw(srv, "POST", "/v1/chat/completions", json.dumps(_chat_body()))[0] == 401
+        with pytest.raises(openai.AuthenticationError):
+            client(srv, "wrong").models.list()
+        assert raw(srv, "GET", "/v1/models", headers={"Authorization": "Bearer sekret"})[0] == 200
+        assert chat(client(srv, "sekret"), lm.name, "hi", max_tokens=4).usage.completion_tokens == 4
+
+
+# ---------------------------------------------------------------- the queue and cancellation
+
+
+class SlowGenerator:
+    """Stands in for the model: one "x" per 20 ms, and a record of how many steps each generation ran."""
+
+    def __init__(self):
+        self.runs: list[int] = []
+        self.running = threading.Event()
+        self.ended = threading.Event()
+
+    def __call__(self, prompt_ids, max_tokens, sampling, stops):
+        return self._run(max_tokens)
+
+    def _run(self, n):
+        steps = 0
+        self.ended.clear()
+        self.running.set()
+        try:
+            for i in range(n):
+                time.sleep(0.02)
+                steps += 1
+                yield StepEvent(i, (10,), "x", finish_reason="length" if i == n - 1 else None)
+        finally:
+            self.running.clear()
+            self.runs.append(steps)
+            self.ended.set()
+
+
+@pytest.fixture
+def slow(lm):
+    gen = SlowGenerator()
+    with SubspecServer(Backend(lm, generate=gen), port=0, queue_size=1).start() as srv:
+        yield srv, gen
+
+
+def _first_content(stream):
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            return chunk
+
+
+def test_full_queue_answers_429_and_disconnects_cancel(slow, lm):
+    srv, gen = slow
+    c = client(srv)
+    running = chat(c, lm.name, "a", max_tokens=200, stream=True)
+    assert _first_content(running) is not None  # generating now: the queue is empty again
+    waiting = chat(c, lm.name, "b", max_tokens=200, stream=True)  # takes the one queue slot
+    with pytest.raises(openai.RateLimitError) as exc:
+        chat(c, lm.name, "c", max_tokens=5)
+    assert exc.value.status_code == 429 and exc.value.body["code"] == "queue_full"
+    t0 = time.perf_counter()
+    running.close()
+    waiting.close()
+    # Both are cancelled: a new request is answered long before 200 steps (4 s) would have run. Until the
+    # worker has taken "b" off the queue, the queue is still full, so retry on 429 as a client would.
+    while True:
+        try:
+            answer = chat(c, lm.name, "d", max_tokens=5)
+            break
+        except openai.RateLimitError:
+            assert time.perf_counter() - t0 < 5
+            time.sleep(0.05)
+    assert answer.choices[0].message.content == "xxxxx" and time.perf_counter() - t0 < 5
+    assert gen.runs[0] < 200 and gen.runs[-1] == 5
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_the_generation(slow, lm, stream):
+    srv, gen = slow
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    body = {"model": lm.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": stream}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body))
+    assert gen.running.wait(10)
+    conn.close()
+    assert gen.ended.wait(5) and len(gen.runs) == 1 and gen.runs[0] < 200
+    assert chat(client(srv), lm.name, "again", max_tokens=3).choices[0].message.content == "xxx"
+
+
+def test_a_failing_generation_answers_an_error_and_the_worker_lives_on(lm, capsys):
+    calls = []
+
+    def broken(prompt_ids, max_tokens, sampling, stops):
+        calls.append(1)
+        if len(calls) <= 2:
+            yield StepEvent(0, (10,), "x")
+            raise RuntimeError("simulated device failure")
+        yield StepEvent(0, (10,), "y", finish_reason="length")
+
+    with SubspecServer(Backend(lm, generate=broken), port=0).start() as srv:
+        c = client(srv)
+        with pytest.raises(openai.InternalServerError) as exc:
+            chat(c, lm.name, "hi", max_tokens=5)
+        assert exc.value.body["type"] == "server_error" and "simulated" in exc.value.body["message"]
+        with pytest.raises(openai.APIError, match="simulated"):
+            stream_chat(c, lm.name, "hi", max_tokens=5)  # the error arrives as an event mid-stream
+        assert chat(c, lm.name, "hi", max_tokens=1).choices[0].message.content == "y"
+    assert "Traceback" in capsys.readouterr().err  # logged on the server's side only
+
+
+def test_http10_stream_and_garbage_requests(server, lm):
+    import socket
+
+    host, port = server.server_address[:2]
+    body = json.dumps({"model": lm.name, "prompt": "abc", "max_tokens": 6, "temperature": 0, "stream": True})
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/completions HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        reply = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+    head, _, events = reply.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200") and "chunked" not in head and events.endswith("data: [DONE]\n\n")
+    texts = [json.loads(e[6:])["choices"][0]["text"] for e in events.split("\n\n") if e and e != "data: [DONE]"]
+    assert "".join(texts) == engine_text(lm, lm.encode("abc", chat=False), 6)
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"GET /v1/models SPARE-WORD HTTP/1.1\r\n\r\n")
+        reply = b"".join(iter(lambda: sock.recv(65536), b"")).decode()
+    assert reply.startswith("HTTP/1.1 400") and json.loads(reply.partition("\r\n\r\n")[2])["error"]
+    assert raw(server, "POST", "/v1/completions", b"{}", {"Content-Length": "-1"})[0] == 400
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    body = json.dumps({"prompt": "abc", "max_tokens": 2}).encode()
+    conn.request("POST", "/v1/completions", iter([body[:5], body[5:]]), encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read())["usage"]["completion_tokens"] == 2
+    conn.close()
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_serve_rejects_bad_options_with_exit_2(capsys):
+    assert cli_main(["serve", "--port", "70000"]) == 2
+    assert "--port must be between 0 and 65535" in capsys.readouterr().err
+    assert cli_main(["serve", "--queue", "0"]) == 2
+
+
+def test_subspec_serve_command(folder):
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(folder), "--port", "0", "--api-key", "k"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    watchdog = threading.Timer(120, proc.kill)  # a hung server fails the test instead of hanging it
+    watchdog.start()
+    try:
+        url = None
+        for line in proc.stderr:
+            if m := re.search(r"serving tiny-llama \(vanilla\) at (http://127\.0\.0\.1:\d+/v1)", line):
+                url = m.group(1)
+                break
+        assert url, "the server never said where it listens"
+        c = openai.OpenAI(base_url=url, api_key="k", max_retries=0, timeout=60)
+        r = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=4, temperature=0)
+        assert r.usage.completion_tokens == 4
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
