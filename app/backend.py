@@ -47,16 +47,34 @@ class TorchBackend:
             # the first start takes a while.
             store.ensure_default_model(progress)
         folder, name = store.resolve_model(model)
+        import torch
+
+        resident = self._planned_resident_layers(folder, progress) if torch.cuda.is_available() else None
         progress(f"Loading {name} …")
-        self.lm = load_model(folder, name=name)
+        self.lm = load_model(folder, name=name, resident_layers=resident)
+        for note in self.lm.notes:  # e.g. it backed off after running out of VRAM
+            progress(note)
         self.name = name
         self.progress = progress
         self.draft = None
-        import torch
 
         # On a CPU the substitute draft costs about as much as the target, so SubSpec only pays on a GPU;
         # the window picks its default from this.
         self.capabilities = {"cuda": bool(torch.cuda.is_available()), "subspec": True}
+
+    @staticmethod
+    def _planned_resident_layers(folder, progress: Progress) -> int | None:
+        """On a GPU the planner decides how many layers stay resident under the free VRAM; the rest
+        stream from RAM. A model that cannot fit at all is a user error the window shows."""
+        from engine.config import ModelConfig
+        from engine.hardware import probe
+        from engine.planner import make_plan
+
+        plan = make_plan(ModelConfig.from_file(folder), probe())
+        if plan.device != "cuda" or not plan.offloaded_layers:
+            return None
+        progress(f"Plan: {plan.resident_layers} layers on the GPU, {plan.offloaded_layers} streamed from RAM …")
+        return plan.resident_layers
 
     def get_draft(self):
         """Built on the first SubSpec request and kept for this model: it takes seconds, and many users

@@ -55,3 +55,61 @@ def test_continue_leaves_the_last_answer_open_for_the_model():
     assert seen == [{"continue_final_message": True, "tokenize": False}]
     with pytest.raises(SubspecError, match="no answer to continue"):
         backend.encode(MESSAGES, continue_final=True)
+
+
+def test_on_a_gpu_the_planner_chooses_the_resident_layers(monkeypatch, tmp_path):
+    """A model bigger than the card: TorchBackend loads with the plan's split (a fake 8 GB GPU here)."""
+    import json
+
+    import torch
+
+    import engine.hardware
+    import engine.loading
+    import engine.store
+
+    config = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+              "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+              "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    gpu = {"index": 0, "name": "fake 8 GB", "total_bytes": 8 * 2**30, "free_bytes": 8 * 2**30, "used_bytes": 0,
+           "pcie": {"gen_current": 4, "gen_max": 4, "width_current": 16, "width_max": 16}}
+    profile = {"gpus": [gpu], "cuda": {"available": True, "h2d_bandwidth_gbps": None, "matmul_tflops": None},
+               "ram": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30}}
+    loaded = {}
+
+    class FakeLM:
+        notes = ["out of GPU memory with 3 resident layers; retried with 1"]
+
+    def fake_load(folder, name=None, resident_layers=None, **_):
+        loaded["resident_layers"] = resident_layers
+        return FakeLM()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engine.hardware, "probe", lambda measure=False: profile)
+    monkeypatch.setattr(engine.loading, "load_model", fake_load)
+    monkeypatch.setattr(engine.store, "resolve_model", lambda m: (tmp_path, "qwen-7b-shaped"))
+    messages = []
+    TorchBackend(str(tmp_path), messages.append)
+    assert loaded["resident_layers"] is not None and 0 <= loaded["resident_layers"] < 28
+    assert any("streamed from RAM" in m for m in messages)
+    assert FakeLM.notes[0] in messages  # what loading had to change reaches the status bar
+
+
+def test_end_to_end_with_the_real_default_model(default_model_folder, tmp_path):
+    """The real engine behind the real window: a scripted exchange on SmolLM2, saved as a PNG."""
+    import os
+    import subprocess
+    import sys
+
+    shot = tmp_path / "shot.png"
+    env = {**os.environ, "SUBSPEC_HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen"}
+    r = subprocess.run([sys.executable, "-m", "app", "--model", str(default_model_folder), "--screenshot", str(shot)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "home" / "conversations.db"))
+    rows = db.execute("select role, content, complete from messages order by id").fetchall()
+    assert [r[0] for r in rows] == ["user", "assistant"] and rows[1][2] == 1
+    assert "Paris" in rows[1][1]  # SmolLM2's greedy answer to the scripted question
