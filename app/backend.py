@@ -24,6 +24,8 @@ NO_CAPABILITIES = {"cuda": False, "subspec": False}
 class Backend(Protocol):
     name: str
     capabilities: dict  # plain data: {"cuda": bool, "subspec": bool}
+    # Optional, for the hardware panel's plan: `config` (config.json as a dict) and `plan_profile` (the
+    # engine.hardware profile the load was planned from).
 
     def stream(self, messages: list[dict], params: dict) -> tuple[int, Iterator[StepEvent]]:
         """(prompt token count, the answer's events); errors may surface while iterating."""
@@ -49,6 +51,9 @@ class TorchBackend:
         folder, name = store.resolve_model(model)
         import torch
 
+        # Kept for the hardware panel, which shows the plan this load was made from.
+        self.config = self._read_config(folder)
+        self.plan_profile = None
         resident = self._planned_resident_layers(folder, progress) if torch.cuda.is_available() else None
         progress(f"Loading {name} …")
         self.lm = load_model(folder, name=name, resident_layers=resident)
@@ -63,14 +68,23 @@ class TorchBackend:
         self.capabilities = {"cuda": bool(torch.cuda.is_available()), "subspec": True}
 
     @staticmethod
-    def _planned_resident_layers(folder, progress: Progress) -> int | None:
+    def _read_config(folder) -> dict | None:
+        import json
+
+        try:
+            return json.loads((Path(folder) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None  # a GGUF-imported folder may lack one; the panel then shows no plan
+
+    def _planned_resident_layers(self, folder, progress: Progress) -> int | None:
         """On a GPU the planner decides how many layers stay resident under the free VRAM; the rest
         stream from RAM. A model that cannot fit at all is a user error the window shows."""
         from engine.config import ModelConfig
         from engine.hardware import probe
         from engine.planner import make_plan
 
-        plan = make_plan(ModelConfig.from_file(folder), probe())
+        self.plan_profile = probe()
+        plan = make_plan(ModelConfig.from_file(folder), self.plan_profile)
         if plan.device != "cuda" or not plan.offloaded_layers:
             return None
         progress(f"Plan: {plan.resident_layers} layers on the GPU, {plan.offloaded_layers} streamed from RAM …")

@@ -18,6 +18,8 @@ from .main_window import MainWindow
 from .worker import EngineHost
 
 DEMO_PROMPT = "What is the capital of France?"
+PANELS = ("stats", "hardware")
+GRAB_RETRY_MS = 100
 SCRIPT_TIMEOUT_S = 600  # a scripted run that hangs (a stuck load) must still end, with an error
 
 
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help=f"send {DEMO_PROMPT!r} once the model is loaded")
     p.add_argument("--screenshot", metavar="PATH",
                    help="run the demo exchange, save the window as a PNG to PATH and exit")
+    p.add_argument("--panel", choices=PANELS, default="stats",
+                   help="the side panel to show: decoding stats (default) or the hardware panel")
     return p
 
 
@@ -58,6 +62,9 @@ class ScriptedExchange(QObject):
         QTimer.singleShot(150, self, self._grab)
 
     def _grab(self) -> None:
+        if not self.window.hardware_dock.isHidden() and self.window.hardware_dock.profile is None:
+            QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # its first probe (a torch import) may lag
+            return
         path = Path(self.screenshot)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not self.window.grab().save(str(path)):
@@ -103,6 +110,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
         # The picture should not depend on a layout saved earlier (on a small screen, say, or offscreen,
         # where restoring clamps the window to an 800 px wide virtual screen).
         window.resize(*MainWindow.DEFAULT_SIZE)
+    if args.panel == "hardware":
+        window.show_hardware()
     if args.demo or args.screenshot:
         ScriptedExchange(window, args.screenshot)
     window.show()

@@ -18,6 +18,7 @@ from .chat_flow import ChatFlow
 from .compare import CompareJob
 from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
 from .conversations import AnswerWriter, Conversation, ConversationStore
+from .hardware_panel import HardwareDock
 from .model_picker import ModelPicker
 from .sidebar import ConversationSidebar
 from .stats import StatsDock
@@ -67,6 +68,8 @@ class MainWindow(ChatFlow, QMainWindow):
         self.resize(*self.DEFAULT_SIZE)
         self._build()
         host.capabilities.connect(self.method.apply_capabilities)
+        host.model_info.connect(self.hardware_dock.set_model)
+        host.finished.connect(self.hardware_dock.add_answer)
         host.loaded.connect(self._on_loaded)
         host.progress.connect(self.model_label.setText)
         host.token.connect(self._on_token)
@@ -145,6 +148,16 @@ class MainWindow(ChatFlow, QMainWindow):
         self.stats_dock = StatsDock(self)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.stats_dock)
         self.resizeDocks([self.stats_dock], [300], Qt.Orientation.Horizontal)
+        # Tabbed with the stats and hidden until asked for: it probes the GPU while it is visible.
+        self.hardware_dock = HardwareDock(self)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.hardware_dock)
+        self.tabifyDockWidget(self.stats_dock, self.hardware_dock)
+        self.hardware_dock.hide()
+        toolbar.addSeparator()
+        hardware_action = self.hardware_dock.toggleViewAction()
+        hardware_action.setText("Hardware")
+        hardware_action.setToolTip("GPUs, memory, measured speeds and the plan for the loaded model")
+        toolbar.addAction(hardware_action)
 
         self.model_label = QLabel("No model loaded")
         self.model_label.setContentsMargins(6, 0, 0, 0)
@@ -176,6 +189,10 @@ class MainWindow(ChatFlow, QMainWindow):
             self.new_conversation()
 
     # Conversations
+
+    def show_hardware(self) -> None:
+        self.hardware_dock.show()
+        self.hardware_dock.raise_()  # in front of the stats tab
 
     def new_conversation(self) -> None:
         if self.busy:
@@ -222,6 +239,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.loading = True
         self._requested_model = model
         self.model_label.setText(f"Loading {model} …")
+        self.hardware_dock.set_model(None)  # the old model's plan is no longer the loaded one
         self.load_progress.show()
         self._update_controls()
         self.host.load(model)
@@ -278,6 +296,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.chat_actions.continue_.setEnabled(ready and answered)
         self.chat_actions.compare.setEnabled(ready and answered and self.method.toggle.isEnabled())
         self.chat_actions.edit.setEnabled(idle and any(m.role == "user" for m in saved))
+        self.hardware_dock.set_engine_busy(self.busy or self.loading)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
@@ -288,5 +307,6 @@ class MainWindow(ChatFlow, QMainWindow):
             self.busy = False
         self._compare = None  # a comparison's last run may still report after this; nothing waits for it
         self.host.shutdown()
+        self.hardware_dock.shutdown()
         self.settings.sync()
         super().closeEvent(event)

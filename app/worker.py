@@ -6,6 +6,7 @@ QVariantMap/QVariantList, which drops non-string keys and turns tuples into list
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import traceback
@@ -28,8 +29,17 @@ def store_models() -> list[str]:
     return [m.name for m in list_models()]
 
 
+def describe_model(engine: Backend) -> dict:
+    """What the hardware panel plans from: config.json as a dict and the hardware profile the load planned
+    from (both optional on a backend; copied, so the two threads never share a mutable object)."""
+    config, profile = getattr(engine, "config", None), getattr(engine, "plan_profile", None)
+    return {"name": engine.name, "config": json.loads(json.dumps(config)) if config is not None else None,
+            "profile": json.loads(json.dumps(profile)) if profile is not None else None}
+
+
 class EngineWorker(QObject):
     capabilities = Signal(object)  # dict {"cuda": bool, "subspec": bool}, just before `loaded`
+    model_info = Signal(object)  # dict {name, config, profile} for the hardware panel, just before `loaded`
     loaded = Signal(str)  # model display name
     progress = Signal(str)  # what a slow load is doing
     token = Signal(str)  # text to append to the answer
@@ -72,6 +82,7 @@ class EngineWorker(QObject):
         self.list_models()
         caps = getattr(self._engine, "capabilities", None) or NO_CAPABILITIES
         self.capabilities.emit({k: bool(v) for k, v in caps.items()})
+        self.model_info.emit(describe_model(self._engine))
         self.loaded.emit(self._engine.name)
 
     @Slot(object, object)
@@ -128,6 +139,7 @@ class EngineHost(QObject):
     worker's signals from the GUI thread, so any receiver (even a lambda) runs there."""
 
     capabilities = Signal(object)
+    model_info = Signal(object)
     loaded = Signal(str)
     progress = Signal(str)
     token = Signal(str)
@@ -152,8 +164,8 @@ class EngineHost(QObject):
         self._load.connect(self.worker.load)
         self._list.connect(self.worker.list_models)
         self._generate.connect(self.worker.generate)
-        for name in ("capabilities", "loaded", "progress", "token", "step", "finished", "failed", "models",
-                     "missing_model"):
+        for name in ("capabilities", "model_info", "loaded", "progress", "token", "step", "finished", "failed",
+                     "models", "missing_model"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()

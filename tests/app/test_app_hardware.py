@@ -1,0 +1,257 @@
+"""The Hardware dock: GPUs from a faked probe, the plan against make_plan's, the reserve slider, overrides,
+the cached measurement and predicted against measured speeds."""
+
+import datetime
+import json
+
+import pytest
+from app_fakes import FakeBackend, factory_for
+from PySide6.QtGui import QImage
+
+import app.hardware_host as hardware_host
+from app.hardware_panel import CONTEXT
+from app.main import build_parser, main
+from engine.config import ModelConfig
+from engine.errors import SubspecError
+from engine.planner import make_plan
+
+GIB = 1 << 30
+# The fields of Qwen2.5-7B-Instruct's config.json that the planner reads (as tests/engine/test_planner.py).
+QWEN25_7B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 28,
+    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
+}
+NO_DRIVER = "no NVIDIA driver found (NVML library not found): CPU-only"
+
+
+def gpu(index, name, total_gb, free_gb, pcie=(4, 4, 16, 16), util=9, temp=41):
+    total, free = int(total_gb * GIB), int(free_gb * GIB)
+    return {"index": index, "name": name, "uuid": f"GPU-{index}", "driver": "550.54.15", "total_bytes": total,
+            "free_bytes": free, "used_bytes": total - free, "utilization_pct": util, "temperature_c": temp,
+            "pcie": dict(zip(("gen_current", "gen_max", "width_current", "width_max"), pcie))}
+
+
+def profile(*gpus, h2d=None, tflops=None):
+    """What engine.hardware.probe returns, with the given GPUs (none: a machine without the driver)."""
+    return {
+        "gpus": list(gpus),
+        "nvml": {"available": bool(gpus), "message": f"NVIDIA driver 550.54.15, {len(gpus)} GPUs" if gpus
+                 else NO_DRIVER},
+        "cpu": {"name": "AMD Ryzen 9 7950X", "cores_physical": 16, "cores_logical": 32},
+        "ram": {"total_bytes": 64 * GIB, "available_bytes": 50 * GIB},
+        "cuda": {"available": bool(gpus), "device_name": gpus[0]["name"] if gpus else None,
+                 "h2d_bandwidth_gbps": h2d, "matmul_tflops": tflops},
+    }
+
+
+class FakeProber:
+    """Stands in for engine.hardware.probe on the hardware thread; a measurement adds fixed speeds."""
+
+    def __init__(self, prof):
+        self.profile = prof
+        self.calls = []
+
+    def __call__(self, measure=False):
+        self.calls.append(measure)
+        p = json.loads(json.dumps(self.profile))
+        if measure and p["cuda"]["available"]:
+            p["cuda"].update(h2d_bandwidth_gbps=24.6, matmul_tflops=151.3)
+        return p
+
+
+@pytest.fixture
+def hardware_window(make_window, monkeypatch, qtbot):
+    """hardware_window(profile, config=QWEN25_7B) -> (window, dock, prober), the dock shown and probed."""
+    docks = []
+
+    def make(prof, config=QWEN25_7B, **backend_kwargs):
+        prober = FakeProber(prof)
+        monkeypatch.setattr(hardware_host, "real_probe", prober)
+        backend = FakeBackend(**backend_kwargs)
+        backend.config = config
+        window = make_window(backend)
+        dock = window.hardware_dock
+        docks.append(dock)
+        window.show_hardware()
+        qtbot.waitUntil(lambda: dock.profile is not None and dock.config is not None, timeout=5000)
+        return window, dock, prober
+
+    yield make
+    for dock in docks:
+        dock.shutdown()
+
+
+def expected_plan(dock, reserve_gb=0.5, resident_layers=None):
+    return make_plan(ModelConfig.from_dict(QWEN25_7B), dock.profile, reserve_gb=reserve_gb, context=CONTEXT,
+                     resident_layers=resident_layers)
+
+
+def shown(dock, row):
+    return dock.plan_values[row].text()
+
+
+@pytest.mark.parametrize("name, total_gb, free_gb", [("NVIDIA GeForce RTX 4060", 8, 7.4),
+                                                     ("NVIDIA GeForce RTX 4070", 12, 11.2),
+                                                     ("NVIDIA GeForce RTX 4090", 24, 23.1)])
+def test_one_card_and_its_plan_equal_make_plans(hardware_window, name, total_gb, free_gb):
+    _w, dock, _p = hardware_window(profile(gpu(0, name, total_gb, free_gb, pcie=(1, 4, 16, 16), temp=44)))
+    assert dock.no_gpu_label.isHidden() and len(dock.gpu_labels) == 1
+    label = dock.gpu_labels[0].text()
+    assert name in label and f"VRAM {total_gb:.1f} GiB" in label and f"{free_gb:.1f} GiB free" in label
+    assert "PCIe Gen1 x16 (max Gen4 x16)" in label and "44 °C" in label and "9% busy" in label
+    assert "550.54.15" in label
+    g = dock.profile["gpus"][0]
+    assert dock.gpu_bars[0].value() == round(100 * g["used_bytes"] / g["total_bytes"])
+    assert "AMD Ryzen 9 7950X (16 cores, 32 threads)" in dock.cpu_label.text()
+    assert "64.0 GiB (50.0 GiB available)" in dock.ram_label.text()
+
+    plan = expected_plan(dock)
+    assert dock.plan == plan
+    assert shown(dock, "Layers").startswith(f"{plan.resident_layers} resident, {plan.offloaded_layers} streamed")
+    assert shown(dock, "Context") == f"{plan.kv_length} tokens"
+    assert shown(dock, "VRAM") == f"{plan.predicted_vram_bytes / GIB:.2f} GB of {plan.budget_bytes / GIB:.2f} GB"
+    assert shown(dock, "Speed").startswith(f"{plan.predicted_tokens_per_s:.1f} tok/s predicted")
+    if plan.depth:
+        assert f"depth {plan.depth} × width {plan.topk}" in shown(dock, "Tree")
+    for reason in plan.reasons:
+        assert reason.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in dock.reasons_label.text()
+    assert dock.error_label.isHidden()
+    assert dock.measure_button.isEnabled()
+
+
+def test_the_plan_is_what_subspec_plan_prints_for_the_same_profile(hardware_window, monkeypatch, tmp_path, capsys):
+    import engine.hardware
+    from engine.cli import main as cli_main
+
+    prof = profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2))
+    _w, dock, _p = hardware_window(prof)
+    monkeypatch.setattr(engine.hardware, "probe", lambda measure=False: json.loads(json.dumps(prof)))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(QWEN25_7B))
+    capsys.readouterr()
+    assert cli_main(["plan", str(config), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in printed.items() if k != "model"} == json.loads(json.dumps(dock.plan.as_json()))
+
+
+def test_two_gpus_are_both_listed_and_the_plan_uses_the_first(hardware_window):
+    prof = profile(gpu(0, "NVIDIA GeForce RTX 3090", 24, 20), gpu(1, "NVIDIA GeForce RTX 3060", 12, 11, temp=35))
+    _w, dock, _p = hardware_window(prof)
+    texts = [label.text() for label in dock.gpu_labels]
+    assert len(texts) == 2 and "GPU 0 · NVIDIA GeForce RTX 3090" in texts[0]
+    assert "GPU 1 · NVIDIA GeForce RTX 3060" in texts[1] and "35 °C" in texts[1]
+    assert dock.plan == expected_plan(dock)
+    assert dock.plan.budget_bytes == 20 * GIB - GIB // 2
+
+
+def test_a_machine_without_the_nvidia_driver_is_a_cpu_only_state_not_an_error(hardware_window):
+    _w, dock, _p = hardware_window(profile())
+    assert not dock.no_gpu_label.isHidden() and dock.gpu_labels == []
+    assert dock.no_gpu_label.text() == ("CPU-only: no NVIDIA driver found (NVML library not found). "
+                                        "Models run from RAM on the CPU.")
+    assert "CUDA is not available" in dock.measured_label.text()
+    assert not dock.measure_button.isEnabled()
+    assert dock.error_label.isHidden()
+    assert dock.plan == expected_plan(dock) and dock.plan.device == "cpu"
+    assert dock.plan_form.labelForField(dock.plan_values["VRAM"]).text() == "RAM"
+
+
+def test_the_reserve_slider_recomputes_the_plan(hardware_window):
+    _w, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)))
+    before = dock.plan
+    dock.reserve_slider.setValue(dock.reserve_slider.maximum())
+    assert dock.reserve_label.text() == "4.00 GB"
+    assert dock.plan == expected_plan(dock, reserve_gb=4.0)
+    assert dock.plan.budget_bytes == before.budget_bytes - int(3.5 * GIB)
+    assert dock.plan.predicted_vram_bytes < before.predicted_vram_bytes
+    dock.reserve_slider.setValue(0)
+    assert dock.plan == expected_plan(dock, reserve_gb=0.0) and dock.reserve_label.text() == "0.00 GB"
+
+
+def test_a_reserve_that_leaves_too_little_shows_the_planners_message(hardware_window):
+    _w, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4060", 8, 7.4)))
+    dock.reserve_slider.setValue(dock.reserve_slider.maximum())
+    with pytest.raises(SubspecError) as refused:
+        expected_plan(dock, reserve_gb=4.0)
+    assert dock.plan is None and dock.error_label.text() == str(refused.value)
+    assert "does not fit" in dock.error_label.text()
+
+
+def test_an_override_beyond_the_budget_shows_the_planners_message(hardware_window):
+    _w, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)))
+    assert dock.resident_spin.maximum() == QWEN25_7B["num_hidden_layers"]
+    dock.resident_spin.setValue(20)
+    with pytest.raises(SubspecError) as refused:
+        expected_plan(dock, resident_layers=20)
+    assert dock.plan is None and not dock.error_label.isHidden()
+    assert dock.error_label.text() == str(refused.value) and "at most 12 resident layers" in dock.error_label.text()
+    assert shown(dock, "Speed") == "—"
+    dock.resident_spin.setValue(2)  # fits: the plan follows the override
+    assert dock.error_label.isHidden() and dock.plan == expected_plan(dock, resident_layers=2)
+    assert dock.plan.resident_layers == 2
+    dock.resident_spin.setValue(dock.resident_spin.minimum())  # "auto"
+    assert dock.resident_spin.text() == "auto" and dock.plan == expected_plan(dock)
+
+
+def test_measure_saves_the_speeds_with_the_date_and_the_plan_uses_them(hardware_window, qtbot, subspec_home):
+    _w, dock, prober = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)))
+    assert "not measured" in dock.measured_label.text()
+    dock.measure_button.click()
+    qtbot.waitUntil(lambda: "measured" in dock.measured_label.text() and "24.6" in dock.measured_label.text(),
+                    timeout=5000)
+    today = datetime.date.today().isoformat()
+    assert f"(measured {today})" in dock.measured_label.text() and "151.3 TFLOP/s" in dock.measured_label.text()
+    saved = json.loads((subspec_home / "hardware.json").read_text())["machines"]
+    (entry,) = saved.values()
+    assert entry["date"] == today and entry["h2d_bandwidth_gbps"] == 24.6 and entry["matmul_tflops"] == 151.3
+    assert True in prober.calls
+    assert any("(measured)" in r for r in dock.plan.reasons)
+    # A later probe (without measuring) still carries the cached speeds into the plan.
+    calls = len(prober.calls)
+    dock.refresh()
+    qtbot.waitUntil(lambda: len(prober.calls) > calls, timeout=5000)
+    qtbot.wait(50)
+    assert dock.profile["cuda"]["h2d_bandwidth_gbps"] == 24.6 and f"(measured {today})" in dock.measured_label.text()
+    assert dock.plan == expected_plan(dock)
+
+
+def test_predicted_and_measured_speeds_side_by_side(hardware_window, qtbot):
+    window, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4090", 24, 23)), step_ms={"vanilla": 25})
+    assert "Measured here" in dock.speeds_label.text() and "answer" not in dock.speeds_label.text()
+    speeds = []
+    for prompt in ("Hi", "Again"):
+        window.prompt.setPlainText(prompt)
+        with qtbot.waitSignal(window.host.finished, timeout=5000) as done:
+            window.send()
+        speeds.append(done.args[0]["tokens_per_s"])
+    text = dock.speeds_label.text()
+    assert f"{sum(speeds) / 2:.1f} tok/s (2 answers)" in text  # the answers' own stats, as the status bar's
+    assert f"{dock.plan.baseline_tokens_per_s:.1f} tok/s" in text
+
+
+def test_the_refresh_timer_probes_only_while_the_dock_is_visible(hardware_window, qtbot):
+    _w, dock, prober = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4060", 8, 7.4)))
+    assert dock.timer.isActive()
+    dock.hide()
+    assert not dock.timer.isActive()
+
+
+def test_panel_argument():
+    assert build_parser().parse_args([]).panel == "stats"
+    assert build_parser().parse_args(["--panel", "hardware"]).panel == "hardware"
+
+
+def test_screenshot_with_the_hardware_panel(qapp, tmp_path, monkeypatch, dialogs):
+    import sys
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(hardware_host, "real_probe", FakeProber(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11))))
+    backend = FakeBackend()
+    backend.config = QWEN25_7B
+    shot = tmp_path / "hw.png"
+    assert main(["--screenshot", str(shot), "--panel", "hardware"], factory_for(backend)) == 0
+    assert not QImage(str(shot)).isNull() and dialogs.shown == []
