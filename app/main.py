@@ -112,11 +112,14 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
         window.resize(*MainWindow.DEFAULT_SIZE)
     if args.panel == "hardware":
         window.show_hardware()
-    if args.demo or args.screenshot:
-        ScriptedExchange(window, args.screenshot)
+    script = ScriptedExchange(window, args.screenshot) if args.demo or args.screenshot else None
     window.show()
     window.load_model(args.model)
     code = app.exec()
+    if script is not None:
+        # However the run ended (an engine error exits without going through the script), its deadline
+        # must not fire later in the same application (tests share one).
+        script.deadline.stop()
     window.close()  # a scripted run ends with the window still open; this joins the engine thread
     return code
 

@@ -61,3 +61,18 @@ def test_uncaught_exceptions_show_a_dialog_even_from_another_thread(qtbot, monke
         assert shown["title"] == "Unexpected error" and "ValueError: bad value" in shown["text"]
         assert "Traceback" in shown["details"]
         assert shown["thread"] == threading.get_ident()  # widgets are only ever made on the GUI thread
+
+
+def test_no_scripted_deadline_outlives_its_run(qapp, tmp_path, monkeypatch, dialogs):
+    """A run that ends on an engine error must not leave its 10-minute deadline running in the shared
+    application, where it would later end some other event loop."""
+    from PySide6.QtCore import QTimer
+
+    from app.main import ScriptedExchange
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    factory = factory_for(FakeBackend(), load_error=SubspecError("no model named 'nope'"))
+    assert main(["--model", "nope", "--screenshot", str(tmp_path / "w.png")], factory) == 1
+    live = [t for s in qapp.allWidgets() for x in s.findChildren(ScriptedExchange)
+            for t in x.findChildren(QTimer) if t.isActive()]
+    assert live == []
