@@ -26,6 +26,8 @@ class Backend(Protocol):
     capabilities: dict  # plain data: {"cuda": bool, "subspec": bool}
     # Optional, for the hardware panel's plan: `config` (config.json as a dict) and `plan_profile` (the
     # engine.hardware profile the load was planned from).
+    # Optional, for "Serve API" (app.api_server): `lm` (tokenizer, config and encode_messages/encode, as
+    # engine.loading.LoadedModel) and `generate_ids(prompt_ids, max_tokens, sampling, stops)` -> StepEvents.
 
     def stream(self, messages: list[dict], params: dict) -> tuple[int, Iterator[StepEvent]]:
         """(prompt token count, the answer's events); errors may surface while iterating."""
@@ -125,6 +127,12 @@ class TorchBackend:
             events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops)
         return len(ids), events
 
+    def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling, stops: tuple) -> Iterator[StepEvent]:
+        """An API request (app.api_server), already tokenized by the server: plain decoding's events.
+        Runs on the worker thread like stream()."""
+        from engine.generate import generate_plain
+
+        return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops))
 
     def encode(self, messages: list[dict], continue_final: bool) -> list[int]:
         if not continue_final:

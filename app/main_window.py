@@ -12,7 +12,9 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QPro
 
 from engine.store import DEFAULT_MODEL
 
+from . import dialogs
 from .actions import ChatActions
+from .api_server import ApiSwitch
 from .backend import DEFAULT_PARAMS
 from .chat_flow import ChatFlow
 from .compare import CompareJob
@@ -158,6 +160,9 @@ class MainWindow(ChatFlow, QMainWindow):
         hardware_action.setText("Hardware")
         hardware_action.setToolTip("GPUs, memory, measured speeds and the plan for the loaded model")
         toolbar.addAction(hardware_action)
+        toolbar.addSeparator()
+        self.api = ApiSwitch(toolbar, self.host)
+        self.api.failed.connect(self._on_api_failed)
 
         self.model_label = QLabel("No model loaded")
         self.model_label.setContentsMargins(6, 0, 0, 0)
@@ -235,6 +240,7 @@ class MainWindow(ChatFlow, QMainWindow):
     # Models
 
     def load_model(self, model: str) -> None:
+        self.api.stop()  # the server serves the loaded model; the next one is served only when asked again
         self.model_name = None
         self.loading = True
         self._requested_model = model
@@ -297,6 +303,13 @@ class MainWindow(ChatFlow, QMainWindow):
         self.chat_actions.compare.setEnabled(ready and answered and self.method.toggle.isEnabled())
         self.chat_actions.edit.setEnabled(idle and any(m.role == "user" for m in saved))
         self.hardware_dock.set_engine_busy(self.busy or self.loading)
+        self.api.set_available(ready and idle and not self.loading)
+
+    def _on_api_failed(self, title: str, message: str) -> None:
+        if self._on_error:
+            self._on_error(title, message, "")
+        else:
+            dialogs.show_error(self, title, message)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
@@ -306,6 +319,7 @@ class MainWindow(ChatFlow, QMainWindow):
             self.writer = None
             self.busy = False
         self._compare = None  # a comparison's last run may still report after this; nothing waits for it
+        self.api.stop()  # before the worker ends: a request it runs is cancelled, waiting ones answer 503
         self.host.shutdown()
         self.hardware_dock.shutdown()
         self.settings.sync()

@@ -48,6 +48,7 @@ class EngineWorker(QObject):
     failed = Signal(str, str)  # message for the user, details (traceback)
     models = Signal(object)  # list[str]: the store's model names
     missing_model = Signal(str)  # a load failed because no model is installed at all; the error
+    api_served = Signal(object)  # dict: an API request (app.api_server) answered to its end
 
     def __init__(self, engine_factory: EngineFactory | None = None,
                  stop_event: threading.Event | None = None, model_lister: ModelLister | None = None):
@@ -128,6 +129,39 @@ class EngineWorker(QObject):
             summary["finish_reason"] = "stopped"
         self.finished.emit(summary)
 
+    @property
+    def engine(self) -> Backend | None:
+        return self._engine
+
+    @Slot(object)
+    def serve(self, call) -> None:
+        """One API request (an app.api_server.ApiCall): its events go back to the server's thread through
+        the call, never to the chat's signals. Runs here, between chat answers, so the two never overlap."""
+        events = None
+        new_tokens = 0
+        try:
+            if call.cancel.is_set():
+                return  # the client left, or the server stopped, while it waited behind other work
+            generate = getattr(self._engine, "generate_ids", None)
+            if generate is None:
+                raise SubspecError("No model is loaded." if self._engine is None
+                                   else f"model {self._engine.name} cannot be served over the API")
+            events = generate(list(call.prompt_ids), call.max_tokens, call.sampling, tuple(call.stops))
+            for ev in events:
+                call.put(ev)
+                new_tokens += len(ev.token_ids)
+                if call.cancel.is_set() and not ev.finish_reason:
+                    return
+        except Exception as exc:  # noqa: BLE001 - the request answers with it; the worker goes on
+            call.put(exc)
+            return
+        finally:
+            close = getattr(events, "close", None)
+            if close:
+                close()
+            call.end()
+        self.api_served.emit({"prompt_tokens": len(call.prompt_ids), "new_tokens": new_tokens})
+
     def _fail(self, exc: Exception) -> None:
         details = "".join(traceback.format_exception(exc))
         message = str(exc) if isinstance(exc, SubspecError) else f"Unexpected error: {type(exc).__name__}: {exc}"
@@ -148,9 +182,11 @@ class EngineHost(QObject):
     failed = Signal(str, str)
     models = Signal(object)
     missing_model = Signal(str)
+    api_served = Signal(object)
     _load = Signal(str)
     _list = Signal()
     _generate = Signal(object, object)
+    _serve = Signal(object)
 
     def __init__(self, engine_factory: EngineFactory | None = None, parent: QObject | None = None,
                  model_lister: ModelLister | None = None):
@@ -164,8 +200,9 @@ class EngineHost(QObject):
         self._load.connect(self.worker.load)
         self._list.connect(self.worker.list_models)
         self._generate.connect(self.worker.generate)
+        self._serve.connect(self.worker.serve)
         for name in ("capabilities", "model_info", "loaded", "progress", "token", "step", "finished", "failed",
-                     "models", "missing_model"):
+                     "models", "missing_model", "api_served"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()
@@ -181,6 +218,16 @@ class EngineHost(QObject):
         # Cleared here, not in the worker, so a Stop pressed before the worker picks the request up counts.
         self.stop_event.clear()
         self._generate.emit([dict(m) for m in messages], dict(params))
+
+    def serve(self, call) -> None:
+        """Queue an API request (app.api_server.ApiCall) behind whatever the worker is doing. Thread-safe:
+        the API server calls this from its own thread."""
+        self._serve.emit(call)
+
+    def loaded_engine(self) -> Backend | None:
+        """The worker's engine, for the API server to read its name and tokenizer. Use it only while the
+        worker is idle; everything that runs the model goes through the worker."""
+        return self.worker.engine
 
     def stop(self) -> None:
         self.stop_event.set()

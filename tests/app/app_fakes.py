@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.errors import SubspecError
@@ -35,6 +35,36 @@ def recorded_events() -> list[StepEvent]:
 
 def recorded_answer() -> str:
     return "".join(e.text for e in recorded_events())
+
+
+class FakeTokenizer:
+    """Characters as token ids: enough for engine.server to count and check a prompt."""
+
+    chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+
+    def encode(self, text, add_special_tokens=True):
+        return [ord(c) % 49152 for c in text]
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    max_position_embeddings: int = 8192
+    vocab_size: int = 49152
+
+
+@dataclass
+class FakeLM:
+    """What engine.server.Backend reads of a LoadedModel: the name, tokenizer, config and encoders."""
+
+    name: str
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    config: FakeConfig = field(default_factory=FakeConfig)
+
+    def encode_messages(self, messages):
+        return self.tokenizer.encode("".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>")
+
+    def encode(self, text, chat=True):
+        return self.encode_messages([{"role": "user", "content": text}]) if chat else self.tokenizer.encode(text)
 
 
 class FakeBackend:
@@ -67,12 +97,22 @@ class FakeBackend:
             self.clock = lambda: self.now
         self.calls: list[tuple[list[dict], dict]] = []
         self.thread_ids: list[int] = []
+        self.lm = FakeLM(name)  # for the API server (app.api_server)
+        self.api_calls: list[tuple[list, int]] = []
+        self.api_thread_ids: list[int] = []
 
     def stream(self, messages, params):
         call = len(self.calls)
         self.calls.append((messages, params))
         self.thread_ids.append(threading.get_ident())
         return 12, self._play(call, params.get("method", "vanilla"))
+
+    def generate_ids(self, prompt_ids, max_tokens, sampling, stops):
+        """An API request: the same events as a chat answer, at most `max_tokens` of them."""
+        self.api_calls.append((list(prompt_ids), max_tokens))
+        self.api_thread_ids.append(threading.get_ident())
+        events = self._play(-1, "vanilla")
+        return (ev for _, ev in zip(range(max_tokens), events))
 
     def _play(self, call, method):
         events = self.method_events.get(method, self.events)

@@ -1,0 +1,218 @@
+"""The toolbar's "Serve API" switch: the loaded model behind engine.server's OpenAI-compatible API on
+127.0.0.1, without a second thread running the model.
+
+engine.server has its own model thread; here it only relays. Its `generate` is an ApiBridge that hands
+each request to the app's EngineWorker (a queued signal, EngineHost.serve) and waits for the StepEvents
+the worker puts back, so chat answers and API requests run one at a time on the one thread that owns the
+model. engine.server imports torch, so it is imported when the switch is first turned on, not with the
+window.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import threading
+from typing import Callable
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QLabel, QToolBar
+
+from engine.errors import SubspecError
+
+API_HOST = "127.0.0.1"  # loopback only: the API has no key and would otherwise be open to the network
+API_PORT = 8642  # engine.server.DEFAULT_PORT, without importing it (and torch) at start-up
+_END = object()
+
+
+class ApiCall:
+    """One API request on its way to the app's worker and its events on their way back.
+
+    The worker calls put() per StepEvent, put(exc) on an error, end() last; it stops between two steps
+    once `cancel` is set (the client went away, or the server is stopping)."""
+
+    def __init__(self, prompt_ids: list, max_tokens: int, sampling, stops: tuple):
+        self.prompt_ids, self.max_tokens, self.sampling, self.stops = prompt_ids, max_tokens, sampling, stops
+        self.cancel = threading.Event()
+        self._items: queue.Queue = queue.Queue()
+
+    def put(self, item) -> None:
+        self._items.put(item)
+
+    def end(self) -> None:
+        self._items.put(_END)
+
+    def take(self):
+        return self._items.get()
+
+
+class ApiBridge:
+    """engine.server's GenerateFn: runs on the server's relay thread and blocks there, never on the GUI's
+    or the model's thread."""
+
+    def __init__(self, dispatch: Callable[[ApiCall], None]):
+        self._dispatch = dispatch
+        self._lock = threading.Lock()
+        self._calls: set[ApiCall] = set()
+        self._closed = False
+
+    def __call__(self, prompt_ids, max_tokens, sampling, stops):
+        # A generator from the first line, so the server's closing() always reaches the finally below.
+        call = ApiCall(list(prompt_ids), max_tokens, sampling, tuple(stops))
+        try:
+            with self._lock:
+                if self._closed:
+                    raise _shutting_down()
+                self._calls.add(call)
+            self._dispatch(call)
+            while (item := call.take()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            call.cancel.set()  # a no-op after the end; otherwise the worker stops at its next step
+            with self._lock:
+                self._calls.discard(call)
+
+    def close(self) -> None:
+        """Cancel every request: the waiting ones answer 503 at once, the running one stops at its next step."""
+        with self._lock:
+            self._closed = True
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel.set()
+            call.put(_shutting_down())
+
+
+def _shutting_down() -> Exception:
+    from engine.server import ApiError
+
+    return ApiError(503, "the server is shutting down", "server_error")
+
+
+class LocalApi:
+    """engine.server serving one app engine through the app's worker; start() raises OSError when the
+    port is taken and SubspecError when the engine cannot be served."""
+
+    def __init__(self, engine, dispatch: Callable[[ApiCall], None], port: int):
+        from engine.server import Backend, SubspecServer
+
+        if getattr(engine, "lm", None) is None or not callable(getattr(engine, "generate_ids", None)):
+            raise SubspecError(f"model {getattr(engine, 'name', '?')} cannot be served over the API")
+        self.bridge = ApiBridge(dispatch)
+        # Backend copies the tokenizer for the server's handler threads; the caller makes sure the worker
+        # is idle meanwhile (the switch only turns on between answers).
+        backend = Backend(engine.lm, generate=self.bridge, name=engine.name)
+        self.server = SubspecServer(backend, API_HOST, port, quiet=True)
+        self.server.start()
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/v1"
+
+    def close(self) -> None:
+        self.bridge.close()
+        self.server.close()
+
+
+class ApiSwitch(QObject):
+    """The checkable "Serve API" action and the label beside it (the address and requests served)."""
+
+    failed = Signal(str, str)  # title, message
+
+    def __init__(self, toolbar: QToolBar, host, port: int = API_PORT):
+        super().__init__(toolbar)
+        self.host = host
+        self.port = port
+        self.api: LocalApi | None = None
+        self.served = 0
+        self.action = QAction("Serve API", toolbar)
+        self.action.setCheckable(True)
+        self.action.setToolTip(f"Serve the loaded model on an OpenAI-compatible API at http://{API_HOST}:{port}/v1 "
+                               f"(this computer only); API requests and chat answers take turns")
+        self.action.toggled.connect(self._toggled)
+        toolbar.addAction(self.action)
+        self.label = QLabel("")
+        self.label.setContentsMargins(4, 0, 4, 0)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy the URL
+        toolbar.addWidget(self.label)
+        self._available = False
+        host.api_served.connect(self._on_served)
+
+    @property
+    def running(self) -> bool:
+        return self.api is not None
+
+    @property
+    def url(self) -> str | None:
+        return self.api.url if self.api else None
+
+    def set_available(self, available: bool) -> None:
+        """Whether it may turn on now (a model is loaded and the worker idle); turning off always may."""
+        self._available = available
+        self.action.setEnabled(available or self.running)
+
+    def start(self) -> bool:
+        if self.api is not None:
+            return True
+        engine = self.host.loaded_engine()
+        if engine is None or not self._available:
+            self._fail("Serve API", "Load a model first; the API serves the model loaded here.")
+            return False
+        try:
+            self.api = LocalApi(engine, self.host.serve, self.port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                message = (f"Port {self.port} on {API_HOST} is already in use, perhaps by another SubSpec server. "
+                           f"Stop that program, then turn Serve API on again.")
+            else:
+                message = f"Cannot serve on {API_HOST}:{self.port}: {exc.strerror or exc}"
+            self._fail("Serve API", message)
+            return False
+        except SubspecError as exc:
+            self._fail("Serve API", str(exc))
+            return False
+        self.served = 0
+        self._show()
+        self._set_checked(True)
+        return True
+
+    def stop(self) -> None:
+        """Stops serving and frees the port; blocks until the server's threads are done (well under a second:
+        a running request is cancelled at its next step)."""
+        api, self.api = self.api, None
+        if api is not None:
+            api.close()
+        self.label.setText("")
+        self.label.setToolTip("")
+        self._set_checked(False)
+        self.action.setEnabled(self._available)
+
+    def _toggled(self, on: bool) -> None:
+        if on:
+            self.start()
+        else:
+            self.stop()
+
+    def _set_checked(self, on: bool) -> None:
+        blocked = self.action.blockSignals(True)
+        self.action.setChecked(on)
+        self.action.blockSignals(blocked)
+
+    def _fail(self, title: str, message: str) -> None:
+        self._set_checked(False)
+        self.label.setText("Not serving")
+        self.label.setToolTip(message)
+        self.action.setEnabled(self._available)
+        self.failed.emit(title, message)
+
+    def _on_served(self, _summary=None) -> None:
+        if self.api is not None:
+            self.served += 1
+            self._show()
+
+    def _show(self) -> None:
+        n = self.served
+        self.label.setText(f"{self.api.url} · {n} request{'' if n == 1 else 's'}")
+        self.label.setToolTip("The OpenAI-compatible API's base URL and the requests it has answered")

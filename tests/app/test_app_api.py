@@ -1,0 +1,180 @@
+"""The "Serve API" switch on the fake engine: engine.server on loopback, its requests run by the app's worker."""
+
+import json
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from app_fakes import PROMPT, FakeBackend, endless_events, recorded_answer
+from PySide6.QtCore import Qt
+
+URL = re.compile(r"^http://127\.0\.0\.1:(\d+)/v1$")
+
+
+@pytest.fixture
+def api_window(make_window):
+    def make(**kw):
+        window = make_window(**kw)
+        window.api.port = 0  # an ephemeral port: tests never collide with a real server on 8642
+        return window
+    return make
+
+
+def turn_on(window):
+    assert window.api.action.isEnabled()
+    window.api.action.trigger()
+    assert window.api.running and window.api.action.isChecked()
+    return int(URL.match(window.api.url).group(1))
+
+
+def post(url, body, timeout=10):
+    req = urllib.request.Request(url + "/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, resp.read().decode()
+
+
+def chat(url, **extra):
+    status, raw = post(url, {"messages": [{"role": "user", "content": PROMPT}], **extra})
+    assert status == 200
+    return json.loads(raw)
+
+
+def refused(port):
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def send(qtbot, window, text=PROMPT):
+    qtbot.keyClicks(window.prompt, text)
+    qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+
+
+def test_the_switch_serves_a_chat_completion_through_the_apps_worker(qtbot, api_window):
+    window = api_window()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window)  # a chat answer first: its thread is the model's thread
+    port = turn_on(window)
+    assert port > 0 and window.api.label.text() == f"{window.api.url} · 0 requests"
+
+    answer = chat(window.api.url, max_tokens=64)
+    assert answer["object"] == "chat.completion" and answer["model"] == "FakeLM-1M"
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": recorded_answer()}
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["usage"]["completion_tokens"] == 7
+    qtbot.waitUntil(lambda: window.api.served == 1, timeout=5000)
+    assert window.api.label.text() == f"{window.api.url} · 1 request"
+
+    # The server's tokenizer made the prompt; the app's worker thread, the one chat uses, ran it.
+    [(prompt_ids, max_tokens)] = window.backend.api_calls
+    assert max_tokens == 64 and prompt_ids == window.backend.lm.encode_messages([{"role": "user", "content": PROMPT}])
+    assert window.backend.api_thread_ids == window.backend.thread_ids[:1]
+    assert window.transcript.toPlainText().count(recorded_answer()) == 1  # API answers stay out of the chat
+
+    status, raw = post(window.api.url, {"messages": [{"role": "user", "content": "hi"}], "stream": True})
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+                   for line in raw.splitlines() if line.startswith("data: {"))
+    assert status == 200 and text == recorded_answer() and raw.rstrip().endswith("data: [DONE]")
+    qtbot.waitUntil(lambda: window.api.served == 2, timeout=5000)
+    assert window.api.label.text().endswith("· 2 requests")
+
+
+def test_api_requests_wait_for_the_chat_answer_in_progress(qtbot, api_window):
+    gate = threading.Event()
+    window = api_window(backend=FakeBackend(gate=gate))
+    turn_on(window)
+    with qtbot.waitSignal(window.host.token, timeout=5000):
+        send(qtbot, window)  # held after its first token until the gate opens
+    got = []
+    client = threading.Thread(target=lambda: got.append(chat(window.api.url)), daemon=True)
+    client.start()
+    qtbot.wait(300)
+    assert window.busy and window.backend.api_calls == []  # queued behind the chat answer, not beside it
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        gate.set()
+    qtbot.waitUntil(lambda: bool(got), timeout=5000)
+    assert got[0]["choices"][0]["message"]["content"] == recorded_answer()
+    assert len(set(window.backend.thread_ids + window.backend.api_thread_ids)) == 1
+
+
+def test_turning_it_off_frees_the_port(qtbot, api_window):
+    window = api_window()
+    port = turn_on(window)
+    chat(window.api.url)
+    window.api.action.trigger()
+    assert not window.api.running and not window.api.action.isChecked() and window.api.label.text() == ""
+    refused(port)
+    with socket.socket() as s:  # the port can be taken again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+    window.api.port = port
+    assert turn_on(window) == port  # and served again
+    assert chat(window.api.url)["choices"][0]["message"]["content"] == recorded_answer()
+
+
+def test_closing_the_window_stops_the_server(qtbot, api_window):
+    window = api_window()
+    port = turn_on(window)
+    chat(window.api.url)
+    window.close()
+    assert not window.api.running
+    refused(port)
+
+
+def test_closing_the_window_cancels_a_running_api_request(qtbot, api_window):
+    window = api_window(backend=FakeBackend(events=endless_events, delay_s=0.01))
+    port = turn_on(window)
+    got = []
+
+    def client():
+        try:
+            got.append(post(window.api.url, {"messages": [{"role": "user", "content": "go"}], "max_tokens": 5000}))
+        except (urllib.error.HTTPError, OSError) as exc:
+            got.append(exc)
+
+    threading.Thread(target=client, daemon=True).start()
+    qtbot.waitUntil(lambda: bool(window.backend.api_calls), timeout=5000)
+    started = time.monotonic()
+    window.close()
+    assert time.monotonic() - started < 5
+    refused(port)
+    qtbot.waitUntil(lambda: bool(got), timeout=5000)
+    assert isinstance(got[0], Exception)  # 503, or the connection closed: never a hang
+    assert window.api.served == 0
+
+
+def test_switching_models_stops_the_server(qtbot, api_window):
+    window = api_window()
+    port = turn_on(window)
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("FakeLM-2M")
+    assert not window.api.running and not window.api.action.isChecked()
+    refused(port)
+    assert window.api.action.isEnabled()  # the new model can be served when asked
+
+
+def test_a_port_in_use_says_so_and_the_switch_goes_back_off(qtbot, api_window, dialogs):
+    window = api_window()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        window.api.port = taken.getsockname()[1]
+        window.api.action.trigger()
+        assert not window.api.running and not window.api.action.isChecked()
+        assert window.api.action.isEnabled()
+    [shown] = dialogs.shown
+    assert shown["title"] == "Serve API" and "already in use" in shown["text"]
+    assert str(window.api.port) in shown["text"]
+    assert window.api.label.text() == "Not serving" and "already in use" in window.api.label.toolTip()
+
+
+def test_the_switch_is_off_until_a_model_is_loaded(qtbot, api_window):
+    window = api_window(wait_loaded=False)
+    assert not window.api.action.isEnabled()
+    qtbot.waitUntil(lambda: window.model_name is not None, timeout=5000)
+    assert window.api.action.isEnabled()
