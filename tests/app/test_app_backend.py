@@ -67,10 +67,9 @@ def test_on_a_gpu_the_planner_chooses_the_resident_layers(monkeypatch, tmp_path)
     import engine.loading
     import engine.store
 
-    config = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-              "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-              "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    from real_configs import QWEN25_7B
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN25_7B))
     gpu = {"index": 0, "name": "fake 8 GB", "total_bytes": 8 * 2**30, "free_bytes": 8 * 2**30, "used_bytes": 0,
            "pcie": {"gen_current": 4, "gen_max": 4, "width_current": 16, "width_max": 16}}
     profile = {"gpus": [gpu], "cuda": {"available": True, "h2d_bandwidth_gbps": None, "matmul_tflops": None},

@@ -14,17 +14,9 @@ from app.main import build_parser, main
 from engine.config import ModelConfig
 from engine.errors import SubspecError
 from engine.planner import make_plan
+from real_configs import QWEN25_7B
 
 GIB = 1 << 30
-# The fields of Qwen2.5-7B-Instruct's config.json that the planner reads (as tests/engine/test_planner.py).
-QWEN25_7B = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
-    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-    "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "sliding_window": 131072, "use_sliding_window": False, "max_window_layers": 28,
-    "tie_word_embeddings": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
-}
 NO_DRIVER = "no NVIDIA driver found (NVML library not found): CPU-only"
 
 

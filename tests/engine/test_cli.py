@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from real_configs import QWEN25_7B, QWEN25_32B
 
 
 def run(*args, env=None):
@@ -50,12 +51,6 @@ def test_bad_input_is_one_clear_line_and_exit_2(default_model_folder, args, mess
     assert "Traceback" not in r.stderr
 
 
-QWEN25_7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-             "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-             "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-             "tie_word_embeddings": False, "hidden_act": "silu"}
-QWEN25_32B = dict(QWEN25_7B, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
-                  num_attention_heads=40, num_key_value_heads=8)
 
 
 def test_profile_json_on_a_machine_without_nvidia_driver():
