@@ -409,9 +409,12 @@ def test_http10_stream_and_garbage_requests(server, lm):
     assert reply.startswith("HTTP/1.1 400") and json.loads(reply.partition("\r\n\r\n")[2])["error"]
     assert raw(server, "POST", "/v1/completions", b"{}", {"Content-Length": "-1"})[0] == 400
     conn = http.client.HTTPConnection(host, port, timeout=30)
-    body = json.dumps({"prompt": "abc", "max_tokens": 2}).encode()
+    # Greedy: with the default temperature (1.0) a sampled EOS could end the answer before max_tokens.
+    body = json.dumps({"prompt": "abc", "max_tokens": 2, "temperature": 0}).encode()
     conn.request("POST", "/v1/completions", iter([body[:5], body[5:]]), encode_chunked=True)
     r = conn.getresponse()
+    expected = sum(len(ev.token_ids) for ev in generate_plain(lm, lm.encode("abc", chat=False), 2))
+    assert expected == 2  # greedy does not stop early here, so max_tokens is what ends it
     assert r.status == 200 and json.loads(r.read())["usage"]["completion_tokens"] == 2
     conn.close()
 
