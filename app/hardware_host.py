@@ -1,4 +1,4 @@
-"""The hardware probe and the speed measurement, on their own thread.
+"""The hardware probe, the speed measurement and the memory sampler behind the live graphs, on their own thread.
 
 Not on the engine's thread: that one is busy for the whole of an answer, and the panel's VRAM readout must
 keep moving while the model decodes. Not on the GUI thread either: the first probe imports torch (seconds),
@@ -13,11 +13,12 @@ import datetime
 import json
 import os
 import platform
+import time
 import traceback
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 CACHE_FILE = "hardware.json"
 MEASURED_KEYS = ("h2d_bandwidth_gbps", "matmul_tflops")
@@ -78,15 +79,93 @@ def with_measurements(profile: dict, cached: dict | None) -> dict:
     return {**profile, "cuda": cuda, "measured": measured}
 
 
+class MemorySampler:
+    """Used VRAM per GPU (NVML) and RAM (psutil) for the live graphs, a few times a second.
+
+    NVML stays open between samples: a full probe (init, every query, shutdown) costs far more than one
+    memory reading, and NVML counts inits, so the probe's own init and shutdown on this thread do not close
+    it. No NVML (no driver, no GPU) is not an error: samples then carry no GPUs."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._pynvml = None  # the module, while NVML is open
+        self._handles: list[tuple[int, object]] = []  # (NVML index, handle)
+        self._tried = False
+
+    def _open(self) -> None:
+        self._tried = True  # a machine without the driver is not asked again every sample
+        try:
+            import pynvml
+        except ImportError:
+            return
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError:
+            return
+        self._pynvml = pynvml
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        except pynvml.NVMLError:
+            count = 0
+        for index in range(count):
+            try:
+                self._handles.append((index, pynvml.nvmlDeviceGetHandleByIndex(index)))
+            except pynvml.NVMLError:
+                pass  # the probe reports it; the graph just has no line for that card
+
+    def sample(self) -> dict:
+        """{t (seconds, monotonic), gpus: [{index, used_bytes, total_bytes}], process_bytes (this process's
+        resident memory), ram_used_bytes, ram_total_bytes}."""
+        import psutil
+
+        if not self._tried:
+            self._open()
+        gpus = []
+        for index, handle in self._handles:
+            try:
+                memory = self._pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except self._pynvml.NVMLError:
+                continue  # one missed reading leaves a gap in that card's line, not a failed sample
+            gpus.append({"index": index, "used_bytes": int(memory.used), "total_bytes": int(memory.total)})
+        ram = psutil.virtual_memory()
+        return {"t": self._clock(), "gpus": gpus, "process_bytes": int(psutil.Process().memory_info().rss),
+                # total - available, not psutil's "used": page cache that would be given back is not in use
+                "ram_used_bytes": int(ram.total - ram.available), "ram_total_bytes": int(ram.total)}
+
+    def close(self) -> None:
+        if self._pynvml is not None:
+            try:
+                self._pynvml.nvmlShutdown()
+            except self._pynvml.NVMLError:
+                pass
+        self._pynvml, self._handles, self._tried = None, [], False
+
+
 class HardwareWorker(QObject):
     profile = Signal(object)  # dict: a probe() profile plus "measured"
     measured = Signal(object)  # the same, after a measurement
-    failed = Signal(str, str)  # "refresh" | "measure", the message
+    sampled = Signal(object)  # dict: a MemorySampler.sample()
+    failed = Signal(str, str)  # "refresh" | "measure" | "sample", the message
 
-    def __init__(self, prober: Prober | None = None, today: Callable[[], str] | None = None):
+    def __init__(self, prober: Prober | None = None, today: Callable[[], str] | None = None,
+                 sampler: MemorySampler | None = None):
         super().__init__()
         self._probe = prober or real_probe
         self._today = today or (lambda: datetime.date.today().isoformat())
+        self.sampler = sampler or MemorySampler()
+
+    @Slot()
+    def sample(self) -> None:
+        try:
+            reading = self.sampler.sample()
+        except Exception as exc:  # noqa: BLE001 - a graph that stops is not worth a dead thread
+            self.failed.emit("sample", f"Memory sampling failed: {type(exc).__name__}: {exc}")
+            return
+        self.sampled.emit(reading)
+
+    @Slot()
+    def close(self) -> None:
+        self.sampler.close()
 
     @Slot()
     def refresh(self) -> None:
@@ -125,23 +204,32 @@ class HardwareHost(QObject):
     """GUI-thread handle: one request at a time per kind, so a slow driver cannot pile up refreshes."""
 
     profile = Signal(object)
-    failed = Signal(str, str)  # "refresh" | "measure", the message
+    sampled = Signal(object)
+    failed = Signal(str, str)  # "refresh" | "measure" | "sample", the message
     _refresh = Signal()
     _measure = Signal()
+    _sample = Signal()
 
-    def __init__(self, prober: Prober | None = None, parent: QObject | None = None):
+    def __init__(self, prober: Prober | None = None, parent: QObject | None = None,
+                 sampler: MemorySampler | None = None):
         super().__init__(parent)
         self.refreshing = False
         self.measuring = False
+        self.sampling = False
         self.thread = QThread()
         self.thread.setObjectName("hardware")
-        self.worker = HardwareWorker(prober)
+        self.worker = HardwareWorker(prober, sampler=sampler)
         self.worker.moveToThread(self.thread)
         self._refresh.connect(self.worker.refresh)
         self._measure.connect(self.worker.measure)
+        self._sample.connect(self.worker.sample)
         self.worker.profile.connect(self._on_refreshed)
         self.worker.measured.connect(self._on_measured)
+        self.worker.sampled.connect(self._on_sampled)
         self.worker.failed.connect(self._on_failed)
+        # `finished` is emitted on the hardware thread as it ends: NVML closes on the thread that opened it,
+        # after whatever was queued before.
+        self.thread.finished.connect(self.worker.close, Qt.ConnectionType.DirectConnection)
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()
 
@@ -151,6 +239,15 @@ class HardwareHost(QObject):
             return False
         self.refreshing = True
         self._refresh.emit()
+        return True
+
+    def sample(self) -> bool:
+        """Ask for one memory reading; False while the last one is still out (a measurement, or a stalled
+        driver, holds the thread), so requests never pile up behind it."""
+        if self.sampling:
+            return False
+        self.sampling = True
+        self._sample.emit()
         return True
 
     def measure(self) -> None:
@@ -166,9 +263,15 @@ class HardwareHost(QObject):
         self.measuring = False
         self.profile.emit(profile)  # a measurement's answer is a fresh profile too
 
+    def _on_sampled(self, reading: dict) -> None:
+        self.sampling = False
+        self.sampled.emit(reading)
+
     def _on_failed(self, kind: str, message: str) -> None:
         if kind == "measure":
             self.measuring = False
+        elif kind == "sample":
+            self.sampling = False
         else:
             self.refreshing = False
         self.failed.emit(kind, message)

@@ -1,23 +1,28 @@
-"""The Hardware dock: this machine's GPUs, CPU and RAM (refreshed live), measured link and matmul speeds,
-and the planner's layout for the loaded model, with a reserve slider and a resident-layers override.
+"""The Hardware dock: this machine's GPUs, CPU and RAM (refreshed live), VRAM and RAM graphs, measured link
+and matmul speeds, and the planner's layout for the loaded model, with a reserve slider and a resident-layers
+override that "Reload" applies to the loaded model.
 
 The plan is engine.planner.make_plan over the model's config.json and the profile, the same call
 `subspec plan` makes; it is pure arithmetic (about a millisecond), so it runs on the GUI thread. Probing and
-measuring run on the hardware thread (app.hardware_host).
+measuring run on the hardware thread (app.hardware_host), and so does sampling memory for the graphs: the
+GUI thread only asks, at most one reading outstanding, and only while the dock is visible.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
                                QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.errors import SubspecError
 
 from . import hardware_text as text
-from .hardware_host import HardwareHost, Prober
+from .hardware_graphs import MemoryGraphs
+from .hardware_host import HardwareHost, MemorySampler, Prober
 
 REFRESH_MS = 2000
+SAMPLE_BUSY_MS = 250  # memory readings while the engine loads or answers: what the graphs are for
+SAMPLE_IDLE_MS = 1000
 CONTEXT = 4096  # `subspec plan`'s default, so the panel and the CLI agree for the same inputs
 RESERVE_STEP_GB = 0.25
 RESERVE_MAX_GB = 4.0
@@ -34,23 +39,36 @@ def _label(rich: bool = False) -> QLabel:
 
 
 class HardwareDock(QDockWidget):
-    def __init__(self, parent=None, prober: Prober | None = None):
+    # Reload the loaded model with these load options ({"resident_layers": N, "reserve_gb": R}, each only
+    # when it differs from the default); the window keeps the conversation.
+    reload_requested = Signal(object)
+
+    def __init__(self, parent=None, prober: Prober | None = None, sampler: MemorySampler | None = None):
         super().__init__("Hardware", parent)
         self.setObjectName("hardware")  # saveState needs a name
         self._prober = prober
+        self._sampler = sampler
         self.host: HardwareHost | None = None  # started on first show: most sessions never open the panel
         self.profile: dict | None = None
         self.model_name: str | None = None
         self.config = None  # engine.config.ModelConfig of the loaded model
         self.load_profile: dict | None = None  # what the engine planned the load from, when it says
+        self.loaded_options: dict = {}  # what the loaded model was asked to load with (load_options())
+        self.loaded_resident: int | None = None  # decoder layers on the device as loaded, when the engine says
+        self.load_notes: list[str] = []
         self.plan = None
         self.plan_error = ""
         self.engine_busy = False
-        self.measured: dict[tuple[str, str], list[float]] = {}  # (model, method) -> this session's tok/s
+        # (model, resident layers as loaded, method) -> this session's tok/s: a reload with another layout
+        # starts a new column, since the plan's prediction changed with it.
+        self.measured: dict[tuple[str, int | None, str], list[float]] = {}
         self._build()
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
+        self.sample_timer = QTimer(self)
+        self.sample_timer.setInterval(SAMPLE_IDLE_MS)
+        self.sample_timer.timeout.connect(self.sample)
         self.visibilityChanged.connect(self._on_visibility)
 
     def _build(self) -> None:
@@ -86,6 +104,12 @@ class HardwareDock(QDockWidget):
         system_layout.addLayout(row)
         layout.addWidget(system)
 
+        memory = QGroupBox("Memory")
+        memory_layout = QVBoxLayout(memory)
+        self.graphs = MemoryGraphs()
+        memory_layout.addWidget(self.graphs)
+        layout.addWidget(memory)
+
         self.plan_group = QGroupBox("Plan")
         plan_layout = QVBoxLayout(self.plan_group)
         self.reserve_slider = QSlider(Qt.Orientation.Horizontal)
@@ -99,12 +123,19 @@ class HardwareDock(QDockWidget):
         self.resident_spin.setSpecialValueText("auto")
         self.resident_spin.setToolTip("Force how many decoder layers stay in VRAM; checked against the budget")
         self.resident_spin.valueChanged.connect(self._replan)
+        self.apply_button = QPushButton("Reload")
+        self.apply_button.setToolTip("Load the model again with this reserve and these resident layers; "
+                                     "the conversation stays")
+        self.apply_button.clicked.connect(self.apply)
         controls = QFormLayout()
         reserve_row = QHBoxLayout()
         reserve_row.addWidget(self.reserve_slider, 1)
         reserve_row.addWidget(self.reserve_label)
         controls.addRow("Reserve", reserve_row)
-        controls.addRow("Resident layers", self.resident_spin)
+        resident_row = QHBoxLayout()
+        resident_row.addWidget(self.resident_spin, 1)
+        resident_row.addWidget(self.apply_button)
+        controls.addRow("Resident layers", resident_row)
         plan_layout.addLayout(controls)
         self.plan_note = _label()
         self.plan_note.setStyleSheet("color: #555;")
@@ -137,8 +168,9 @@ class HardwareDock(QDockWidget):
 
     def _ensure_host(self) -> HardwareHost:
         if self.host is None:
-            self.host = HardwareHost(self._prober, self)
+            self.host = HardwareHost(self._prober, self, self._sampler)
             self.host.profile.connect(self.set_profile)
+            self.host.sampled.connect(self.graphs.add_reading)
             self.host.failed.connect(self._on_failed)
         return self.host
 
@@ -146,12 +178,18 @@ class HardwareDock(QDockWidget):
         # Probing only while someone can see it: NVML calls are cheap, not free, and wake the GPU's driver.
         if visible:
             self.refresh()
+            self.sample()
             self.timer.start()
+            self.sample_timer.start()
         else:
             self.timer.stop()
+            self.sample_timer.stop()
 
     def refresh(self) -> None:
         self._ensure_host().refresh()
+
+    def sample(self) -> None:
+        self._ensure_host().sample()  # skipped while the last reading is still out
 
     def measure(self) -> None:
         self.measure_status.setText("Measuring … (a few seconds)")
@@ -160,6 +198,9 @@ class HardwareDock(QDockWidget):
         self._ensure_host().measure()
 
     def _on_failed(self, kind: str, message: str) -> None:
+        if kind == "sample":
+            self.graphs.summary.setText(message)
+            return
         self.measure_status.setText(message)
         self.measure_status.show()
         self._update_measure_button()
@@ -199,7 +240,9 @@ class HardwareDock(QDockWidget):
     def set_engine_busy(self, busy: bool) -> None:
         """A measurement while the model decodes (or loads) would time the contention, not the hardware."""
         self.engine_busy = busy
+        self.sample_timer.setInterval(SAMPLE_BUSY_MS if busy else SAMPLE_IDLE_MS)
         self._update_measure_button()
+        self._update_apply_button()
 
     def _update_measure_button(self) -> None:
         cuda = bool(self.profile and (self.profile.get("cuda") or {}).get("available"))
@@ -209,23 +252,35 @@ class HardwareDock(QDockWidget):
     # The plan
 
     def set_model(self, info: dict | None) -> None:
-        """`info`: {"name", "config" (config.json as a dict, or None), "profile" (what the load planned
-        from, or None)}; None while no model is loaded."""
+        """`info`: app.worker.describe_model's {"name", "config" (config.json as a dict, or None),
+        "profile" (what the load planned from, or None), "options" (what the load was asked for),
+        "resident_layers" (as loaded, or None), "notes"}; None while no model is loaded (a load keeps the
+        reserve, a new model starts from "auto" layers)."""
         from engine.config import ModelConfig
 
         info = info or {}
         self.model_name = info.get("name")
         self.load_profile = info.get("profile")
+        self.loaded_options = dict(info.get("options") or {})
+        self.loaded_resident = info.get("resident_layers")
+        self.load_notes = list(info.get("notes") or [])
         self.config, self.plan_error = None, ""
         if info.get("config") is not None:
             try:
                 self.config = ModelConfig.from_dict(info["config"])
             except SubspecError as exc:
                 self.plan_error = str(exc)
-        self.resident_spin.blockSignals(True)  # one replan below, not one per range change
+        # The controls show what the model was loaded with, so the plan shown is the one it runs.
+        forced = self.loaded_options.get("resident_layers")
+        for w in (self.resident_spin, self.reserve_slider):
+            w.blockSignals(True)  # one replan below, not one per change
         self.resident_spin.setRange(AUTO, self.config.num_layers if self.config else 0)
-        self.resident_spin.setValue(AUTO)
-        self.resident_spin.blockSignals(False)
+        self.resident_spin.setValue(AUTO if forced is None else forced)
+        if info:
+            reserve = self.loaded_options.get("reserve_gb", DEFAULT_RESERVE_GB)
+            self.reserve_slider.setValue(round(reserve / RESERVE_STEP_GB))
+        for w in (self.resident_spin, self.reserve_slider):
+            w.blockSignals(False)
         self._replan()
 
     def reserve_gb(self) -> float:
@@ -245,6 +300,34 @@ class HardwareDock(QDockWidget):
     def plan_arguments(self) -> dict:
         """make_plan's keyword arguments besides the config and the profile: what a test replays."""
         return {"reserve_gb": self.reserve_gb(), "context": CONTEXT, "resident_layers": self.resident_override()}
+
+    def load_options(self) -> dict:
+        """What a load should be asked for (app.backend.TorchBackend's keyword arguments): only what differs
+        from the defaults, so a plain load stays a plain load."""
+        options = {}
+        if self.reserve_slider.value() != round(DEFAULT_RESERVE_GB / RESERVE_STEP_GB):
+            options["reserve_gb"] = self.reserve_gb()
+        if self.resident_override() is not None:
+            options["resident_layers"] = self.resident_override()
+        return options
+
+    def pending_reload(self) -> bool:
+        """Whether the controls ask for another layout than the loaded one (and it fits). The reserve only
+        counts on a GPU: a CPU load does not depend on it."""
+        if self.config is None or self.model_name is None or self.plan is None:
+            return False
+        wanted, loaded = self.load_options(), dict(self.loaded_options)
+        if self.plan.device != "cuda":
+            wanted.pop("reserve_gb", None)
+            loaded.pop("reserve_gb", None)
+        return wanted != loaded
+
+    def apply(self) -> None:
+        if self.pending_reload() and not self.engine_busy:
+            self.reload_requested.emit(self.load_options())
+
+    def _update_apply_button(self) -> None:
+        self.apply_button.setEnabled(self.pending_reload() and not self.engine_busy)
 
     def _replan(self) -> None:
         from engine.planner import make_plan
@@ -267,10 +350,13 @@ class HardwareDock(QDockWidget):
             note = "Load a model to see its plan." if not self.plan_error else ""
         elif self.planning_profile() is None:
             note = "Waiting for the hardware probe …"
-        elif self.load_profile is not None:
-            note = "Budget from the free VRAM when the model was loaded."
         else:
-            note = ""
+            lines = []
+            if self.loaded_resident is not None:
+                lines.append(f"Loaded with {self.loaded_resident} of {self.config.num_layers} layers resident.")
+            if self.load_profile is not None:
+                lines.append("Budget from the free VRAM when the model was loaded.")
+            note = " ".join(lines + self.load_notes)
         self.plan_note.setText(note)
         self.plan_note.setVisible(bool(note))
         self.error_label.setText(self.plan_error)
@@ -282,6 +368,7 @@ class HardwareDock(QDockWidget):
             label.setText(rows.get(memory_key if key == "VRAM" else key, "—"))
         self.reasons_label.setText(text.reasons_html(self.plan) if self.plan else "")
         self._show_speeds()
+        self._update_apply_button()
 
     # Predicted against measured
 
@@ -289,12 +376,14 @@ class HardwareDock(QDockWidget):
         """One finished answer's stats (the worker's summary): its tok/s counts for its model and method."""
         if summary.get("finish_reason") == "stopped" or not summary.get("new_tokens"):
             return  # a stopped or empty answer's speed says little
-        key = (summary.get("model") or self.model_name, summary.get("method", "vanilla"))
+        key = (summary.get("model") or self.model_name, self.loaded_resident, summary.get("method", "vanilla"))
         self.measured.setdefault(key, []).append(float(summary.get("tokens_per_s") or 0.0))
         self._show_speeds()
 
     def measured_for_model(self) -> dict[str, list[float]]:
-        return {method: runs for (model, method), runs in self.measured.items() if model == self.model_name}
+        """This session's speeds for the loaded model in its loaded layout, by method."""
+        return {method: runs for (model, resident, method), runs in self.measured.items()
+                if model == self.model_name and resident == self.loaded_resident}
 
     def _show_speeds(self) -> None:
         if self.plan is None:
@@ -307,6 +396,8 @@ class HardwareDock(QDockWidget):
 
     def shutdown(self) -> None:
         self.timer.stop()
+        self.sample_timer.stop()
+        self.graphs.timer.stop()
         if self.host is not None:
             self.host.shutdown()
 
