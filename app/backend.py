@@ -24,8 +24,9 @@ NO_CAPABILITIES = {"cuda": False, "subspec": False}
 class Backend(Protocol):
     name: str
     capabilities: dict  # plain data: {"cuda": bool, "subspec": bool}
-    # Optional, for the hardware panel's plan: `config` (config.json as a dict) and `plan_profile` (the
-    # engine.hardware profile the load was planned from).
+    # Optional, for the hardware panel's plan: `config` (config.json as a dict), `plan_profile` (the
+    # engine.hardware profile the load was planned from), `resident_layers` (decoder layers on the device
+    # as loaded) and `notes` (what the load changed from what was asked).
     # Optional, for "Serve API" (app.api_server): `lm` (tokenizer, config and encode_messages/encode, as
     # engine.loading.LoadedModel) and `generate_ids(prompt_ids, max_tokens, sampling, stops)` -> StepEvents.
 
@@ -33,7 +34,9 @@ class Backend(Protocol):
         """(prompt token count, the answer's events); errors may surface while iterating."""
 
 
-EngineFactory = Callable[[str, Progress], Backend]
+# factory(model, progress) -> Backend; a load with options (the hardware panel's reload: resident_layers,
+# reserve_gb) calls factory(model, progress, **options), so factories that take none still serve plain loads.
+EngineFactory = Callable[..., Backend]
 
 
 class TorchBackend:
@@ -42,7 +45,10 @@ class TorchBackend:
     DRAFT_BITS = 4
     DRAFT_GROUP_SIZE = 64
 
-    def __init__(self, model: str, progress: Progress):
+    def __init__(self, model: str, progress: Progress, resident_layers: int | None = None,
+                 reserve_gb: float | None = None):
+        """`resident_layers`: force that many decoder layers on the device (the hardware panel's override);
+        `reserve_gb`: VRAM the plan leaves free for other programs (make_plan's default when None)."""
         from engine import store
         from engine.loading import load_model
 
@@ -56,10 +62,17 @@ class TorchBackend:
         # Kept for the hardware panel, which shows the plan this load was made from.
         self.config = self._read_config(folder)
         self.plan_profile = None
-        resident = self._planned_resident_layers(folder, progress) if torch.cuda.is_available() else None
+        self.notes: list[str] = []  # what this load changed from what was asked, for the status bar and panel
+        if torch.cuda.is_available():
+            release_device_memory()  # the previous model's cached blocks would read as VRAM in use
+            resident = self._planned_resident_layers(folder, progress, resident_layers, reserve_gb)
+        else:
+            # Nothing to plan on a CPU; an explicit override still streams layers (slower, as asked).
+            resident = resident_layers
         progress(f"Loading {name} …")
         self.lm = load_model(folder, name=name, resident_layers=resident)
-        for note in self.lm.notes:  # e.g. it backed off after running out of VRAM
+        self.notes += self.lm.notes  # e.g. it backed off after running out of VRAM
+        for note in self.notes:
             progress(note)
         self.name = name
         self.progress = progress
@@ -68,6 +81,12 @@ class TorchBackend:
         # On a CPU the substitute draft costs about as much as the target, so SubSpec only pays on a GPU;
         # the window picks its default from this.
         self.capabilities = {"cuda": bool(torch.cuda.is_available()), "subspec": True}
+
+    @property
+    def resident_layers(self) -> int:
+        """Decoder layers on the device as loaded (after an out-of-memory back-off, fewer than planned)."""
+        resident = self.lm.resident_layers
+        return self.lm.config.num_layers if resident is None else resident
 
     @staticmethod
     def _read_config(folder) -> dict | None:
@@ -78,15 +97,27 @@ class TorchBackend:
         except (OSError, ValueError):
             return None  # a GGUF-imported folder may lack one; the panel then shows no plan
 
-    def _planned_resident_layers(self, folder, progress: Progress) -> int | None:
+    def _planned_resident_layers(self, folder, progress: Progress, forced: int | None,
+                                 reserve_gb: float | None) -> int | None:
         """On a GPU the planner decides how many layers stay resident under the free VRAM; the rest
         stream from RAM. A model that cannot fit at all is a user error the window shows."""
         from engine.config import ModelConfig
         from engine.hardware import probe
-        from engine.planner import make_plan
+        from engine.planner import PlanError, make_plan
 
+        # Probed on every load, never cached: another program may have taken or freed VRAM since the last.
         self.plan_profile = probe()
-        plan = make_plan(ModelConfig.from_file(folder), self.plan_profile)
+        config = ModelConfig.from_file(folder)
+        options = {} if reserve_gb is None else {"reserve_gb": reserve_gb}
+        plan = None
+        if forced is not None:
+            try:
+                plan = make_plan(config, self.plan_profile, resident_layers=forced, **options)
+            except PlanError as exc:
+                # Checked against the free VRAM of the previous load; this load's may be smaller.
+                self.notes.append(f"{forced} resident layers no longer fit ({exc}); loaded with the plan's choice")
+        if plan is None:
+            plan = make_plan(config, self.plan_profile, **options)
         if plan.device != "cuda" or not plan.offloaded_layers:
             return None
         progress(f"Plan: {plan.resident_layers} layers on the GPU, {plan.offloaded_layers} streamed from RAM …")
@@ -145,5 +176,17 @@ class TorchBackend:
         return list(tokenizer.encode(rendered, add_special_tokens=False))
 
 
-def torch_backend(model: str, progress: Progress) -> Backend:
-    return TorchBackend(model, progress)
+def release_device_memory() -> None:
+    """Give the CUDA caching allocator's free blocks back to the driver (a model just let go holds them),
+    so NVML's free VRAM, which the plan reads, counts them as free."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def torch_backend(model: str, progress: Progress, **options) -> Backend:
+    """`options`: TorchBackend's keyword arguments (resident_layers, reserve_gb)."""
+    return TorchBackend(model, progress, **options)

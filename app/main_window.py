@@ -71,6 +71,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self._build()
         host.capabilities.connect(self.method.apply_capabilities)
         host.model_info.connect(self.hardware_dock.set_model)
+        self.hardware_dock.reload_requested.connect(self.reload_model)
         host.finished.connect(self.hardware_dock.add_answer)
         host.loaded.connect(self._on_loaded)
         host.progress.connect(self.model_label.setText)
@@ -239,7 +240,9 @@ class MainWindow(ChatFlow, QMainWindow):
 
     # Models
 
-    def load_model(self, model: str) -> None:
+    def load_model(self, model: str, options: dict | None = None) -> None:
+        """`options`: load options (app.backend.TorchBackend's resident_layers, reserve_gb) on top of the
+        hardware panel's reserve."""
         self.api.stop()  # the server serves the loaded model; the next one is served only when asked again
         self.model_name = None
         self.loading = True
@@ -248,7 +251,14 @@ class MainWindow(ChatFlow, QMainWindow):
         self.hardware_dock.set_model(None)  # the old model's plan is no longer the loaded one
         self.load_progress.show()
         self._update_controls()
-        self.host.load(model)
+        self.host.load(model, {**self.hardware_dock.load_options(), **(options or {})})
+
+    def reload_model(self, options: dict) -> None:
+        """The hardware panel's Reload: the same model with another layout. The conversation stays: a load
+        touches neither the transcript nor the history."""
+        if self.busy or self.loading or self.model_name is None:
+            return
+        self.load_model(self._requested_model or self.model_name, options)
 
     def switch_model(self, name: str) -> None:
         if self.busy or self.loading:

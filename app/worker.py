@@ -29,17 +29,24 @@ def store_models() -> list[str]:
     return [m.name for m in list_models()]
 
 
-def describe_model(engine: Backend) -> dict:
-    """What the hardware panel plans from: config.json as a dict and the hardware profile the load planned
-    from (both optional on a backend; copied, so the two threads never share a mutable object)."""
-    config, profile = getattr(engine, "config", None), getattr(engine, "plan_profile", None)
-    return {"name": engine.name, "config": json.loads(json.dumps(config)) if config is not None else None,
-            "profile": json.loads(json.dumps(profile)) if profile is not None else None}
+def describe_model(engine: Backend, options: dict | None = None) -> dict:
+    """What the hardware panel plans from: config.json as a dict, the hardware profile the load planned
+    from, the options the load was asked for (resident_layers, reserve_gb), the resident layers it got and
+    its notes (all but the name optional on a backend; copied, so the two threads never share a mutable
+    object)."""
+    def copy(value):
+        return json.loads(json.dumps(value)) if value is not None else None
+
+    resident = getattr(engine, "resident_layers", None)
+    return {"name": engine.name, "config": copy(getattr(engine, "config", None)),
+            "profile": copy(getattr(engine, "plan_profile", None)), "options": copy(dict(options or {})),
+            "resident_layers": None if resident is None else int(resident),
+            "notes": [str(n) for n in getattr(engine, "notes", None) or []]}
 
 
 class EngineWorker(QObject):
     capabilities = Signal(object)  # dict {"cuda": bool, "subspec": bool}, just before `loaded`
-    model_info = Signal(object)  # dict {name, config, profile} for the hardware panel, just before `loaded`
+    model_info = Signal(object)  # dict (describe_model) for the hardware panel, just before `loaded`
     loaded = Signal(str)  # model display name
     progress = Signal(str)  # what a slow load is doing
     token = Signal(str)  # text to append to the answer
@@ -68,11 +75,17 @@ class EngineWorker(QObject):
         self.models.emit(names)
         return names
 
-    @Slot(str)
-    def load(self, model: str) -> None:
+    @Slot(str, object)
+    def load(self, model: str, options: dict | None = None) -> None:
+        """`options`: the factory's keyword arguments (the hardware panel's resident_layers, reserve_gb);
+        none for a plain load, so factories that take none keep working."""
         self._engine = None  # let the old model go before the new one takes its memory
+        options = dict(options or {})
         try:
-            self._engine = self._factory(model, self.progress.emit)
+            if options:
+                self._engine = self._factory(model, self.progress.emit, **options)
+            else:
+                self._engine = self._factory(model, self.progress.emit)
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything a load raises
             names = self.list_models()  # a first load may have imported the default model meanwhile
             if isinstance(exc, SubspecError) and not names and os.sep not in model:
@@ -83,7 +96,7 @@ class EngineWorker(QObject):
         self.list_models()
         caps = getattr(self._engine, "capabilities", None) or NO_CAPABILITIES
         self.capabilities.emit({k: bool(v) for k, v in caps.items()})
-        self.model_info.emit(describe_model(self._engine))
+        self.model_info.emit(describe_model(self._engine, options))
         self.loaded.emit(self._engine.name)
 
     @Slot(object, object)
@@ -183,7 +196,7 @@ class EngineHost(QObject):
     models = Signal(object)
     missing_model = Signal(str)
     api_served = Signal(object)
-    _load = Signal(str)
+    _load = Signal(str, object)
     _list = Signal()
     _generate = Signal(object, object)
     _serve = Signal(object)
@@ -207,8 +220,9 @@ class EngineHost(QObject):
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()
 
-    def load(self, model: str) -> None:
-        self._load.emit(model)
+    def load(self, model: str, options: dict | None = None) -> None:
+        """`options`: see EngineWorker.load."""
+        self._load.emit(model, dict(options or {}))
 
     def list_models(self) -> None:
         """The answer arrives as `models`."""

@@ -152,13 +152,21 @@ def endless_events():
         i += 1
 
 
-def factory_for(backend: FakeBackend, load_error: Exception | None = None, loads: list | None = None):
-    def factory(model, progress):
+def factory_for(backend: FakeBackend, load_error: Exception | None = None, loads: list | None = None,
+                load_options: list | None = None):
+    """`loads` collects the model names asked for, `load_options` each load's options (the hardware panel's
+    resident_layers, reserve_gb; {} for a plain load)."""
+    def factory(model, progress, **options):
         if loads is not None:
             loads.append(model)
+        if load_options is not None:
+            load_options.append(options)
         progress(f"Loading {model} …")
         if load_error is not None:
             raise load_error
+        # What the real engine reports back: the layers it kept on the device (None: not said, as on a plain
+        # load here; the fake has no layers to count).
+        backend.resident_layers = options.get("resident_layers")
         return backend
     return factory
 

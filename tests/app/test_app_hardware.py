@@ -1,5 +1,5 @@
-"""The Hardware dock: GPUs from a faked probe, the plan against make_plan's, the reserve slider, overrides,
-the cached measurement and predicted against measured speeds."""
+"""The Hardware dock: GPUs from a faked probe, the plan against make_plan's, the reserve slider, overrides
+and the reload that applies them, the cached measurement and predicted against measured speeds."""
 
 import datetime
 import json
@@ -60,12 +60,13 @@ def hardware_window(make_window, monkeypatch, qtbot):
     """hardware_window(profile, config=QWEN25_7B) -> (window, dock, prober), the dock shown and probed."""
     docks = []
 
-    def make(prof, config=QWEN25_7B, **backend_kwargs):
+    def make(prof, config=QWEN25_7B, load_options=None, **backend_kwargs):
+        """`load_options`: a list that collects each load's options (see app_fakes.factory_for)."""
         prober = FakeProber(prof)
         monkeypatch.setattr(hardware_host, "real_probe", prober)
         backend = FakeBackend(**backend_kwargs)
         backend.config = config
-        window = make_window(backend)
+        window = make_window(backend, factory=factory_for(backend, load_options=load_options))
         dock = window.hardware_dock
         docks.append(dock)
         window.show_hardware()
@@ -223,6 +224,107 @@ def test_predicted_and_measured_speeds_side_by_side(hardware_window, qtbot):
     text = dock.speeds_label.text()
     assert f"{sum(speeds) / 2:.1f} tok/s (2 answers)" in text  # the answers' own stats, as the status bar's
     assert f"{dock.plan.baseline_tokens_per_s:.1f} tok/s" in text
+
+
+def ask(window, qtbot, prompt):
+    window.prompt.setPlainText(prompt)
+    with qtbot.waitSignal(window.host.finished, timeout=5000) as done:
+        window.send()
+    return done.args[0]
+
+
+def test_reload_applies_the_override_to_the_engine_and_keeps_the_conversation(hardware_window, qtbot):
+    loads = []
+    window, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)), load_options=loads,
+                                       step_ms={"vanilla": 25})
+    assert loads == [{}]  # a plain first load: the defaults, nothing forced
+    assert not dock.apply_button.isEnabled()  # the controls show what is loaded: nothing to apply
+    ask(window, qtbot, "Hi")
+    conversation, history = window.conversation.id, list(window.history)
+    assert [m["role"] for m in history] == ["user", "assistant"]
+
+    auto = dock.plan.resident_layers
+    dock.resident_spin.setValue(2 if auto != 2 else 3)
+    forced = dock.resident_spin.value()
+    assert dock.plan == expected_plan(dock, resident_layers=forced) and dock.apply_button.isEnabled()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        dock.apply_button.click()
+    assert loads == [{}, {"resident_layers": forced}]  # the engine was asked for exactly that split
+
+    # The chat is intact: same conversation, same transcript, and the next answer sees the whole history.
+    assert window.conversation.id == conversation and window.history == history
+    assert "Hi" in window.transcript.toPlainText() and history[1]["content"] in window.transcript.toPlainText()
+    ask(window, qtbot, "Again")
+    messages, _params = window.backend.calls[-1]
+    assert messages[:2] == history and messages[2] == {"role": "user", "content": "Again"}
+
+    # The panel shows the layout the model now runs with, and nothing left to apply.
+    assert dock.resident_spin.value() == forced and dock.loaded_resident == forced
+    assert dock.plan == expected_plan(dock, resident_layers=forced)
+    assert f"Loaded with {forced} of 28 layers resident." in dock.plan_note.text()
+    assert not dock.apply_button.isEnabled()
+    # Speeds measured with the earlier layout are not this plan's: the new layout's column starts afresh.
+    assert "(1 answer)" in dock.speeds_label.text()
+
+    dock.resident_spin.setValue(dock.resident_spin.minimum())  # back to "auto": a reload lets the planner choose
+    assert dock.apply_button.isEnabled()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        dock.apply_button.click()
+    assert loads[-1] == {} and dock.resident_spin.text() == "auto" and dock.plan == expected_plan(dock)
+
+
+def test_reload_carries_the_reserve_and_a_model_switch_keeps_it_but_not_the_override(hardware_window, qtbot):
+    loads = []
+    window, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4090", 24, 23)), load_options=loads)
+    dock.reserve_slider.setValue(8)  # 2 GB kept free
+    assert dock.apply_button.isEnabled()  # on a GPU the reserve changes the plan the engine loads with
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        dock.apply_button.click()
+    assert loads[-1] == {"reserve_gb": 2.0} and dock.reserve_gb() == 2.0
+    assert not dock.apply_button.isEnabled()
+    dock.resident_spin.setValue(4)
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("FakeLM-2M")  # another model: its own layers, the same reserve
+    assert loads[-1] == {"reserve_gb": 2.0}
+    assert dock.resident_spin.text() == "auto" and dock.plan == expected_plan(dock, reserve_gb=2.0)
+
+
+def test_reload_is_refused_while_answering_or_when_the_override_does_not_fit(hardware_window, qtbot):
+    import threading
+
+    from app_fakes import endless_events
+
+    loads = []
+    gate = threading.Event()
+    window, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)), load_options=loads,
+                                       events=endless_events, gate=gate)
+    dock.resident_spin.setValue(20)  # over the budget: the planner's message, and no reload
+    assert dock.plan is None and not dock.apply_button.isEnabled()
+    dock.apply()
+    dock.resident_spin.setValue(2)
+    window.prompt.setPlainText("Hi")
+    window.send()
+    qtbot.waitUntil(lambda: window.busy and window.transcript.toPlainText().count("w") > 0, timeout=5000)
+    assert not dock.apply_button.isEnabled()  # mid-answer: the model is in use
+    dock.apply()
+    window.reload_model({"resident_layers": 2})
+    gate.set()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.stop()
+    qtbot.wait(50)
+    assert loads == [{}] and dock.apply_button.isEnabled()
+
+
+def test_on_a_cpu_only_machine_the_reserve_alone_asks_for_no_reload(hardware_window, qtbot):
+    loads = []
+    window, dock, _p = hardware_window(profile(), load_options=loads)
+    dock.reserve_slider.setValue(8)
+    assert not dock.apply_button.isEnabled()  # a CPU load does not depend on the reserve
+    dock.resident_spin.setValue(20)
+    assert dock.plan == expected_plan(dock, reserve_gb=2.0, resident_layers=20) and dock.apply_button.isEnabled()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        dock.apply_button.click()
+    assert loads[-1] == {"reserve_gb": 2.0, "resident_layers": 20}
 
 
 def test_the_refresh_timer_probes_only_while_the_dock_is_visible(hardware_window, qtbot):
