@@ -3,18 +3,21 @@ substitutes, sharing every other tensor (embeddings, norms, rotary table, lm_hea
 
 hqq is used through this one thin adapter: quantize a weight with HQQLinear's own settings, keep the
 packed weight and its metadata as plain tensors that we move explicitly (HQQLinear.to() does nothing).
-Where hqq has no fast low-bit kernel (the CPU), a substitute runs as its weight dequantized once.
+On CUDA a substitute keeps only those packed tensors and multiplies with our fused low-bit kernel
+(engine/lowbit.py), so a draft step reads 4-bit weights; elsewhere (the CPU, no Triton, bit widths the
+kernel does not take) it runs as its weight dequantized once.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lowbit
 from .errors import SubspecError
 from .model import LINEAR_NAMES, Decoder
 
@@ -41,30 +44,86 @@ def hqq_dequantize(packed: torch.Tensor, meta: dict) -> torch.Tensor:
     return Quantizer.dequantize(packed, meta)
 
 
-class SubstituteLinear(nn.Module):
-    """A low-bit stand-in for one nn.Linear of the target. The bias (if any) is the target's own tensor."""
+def _meta_for(meta: dict, dtype: torch.dtype, device: torch.device | None) -> dict:
+    """hqq's metadata with scale and zero in the model's dtype (as HQQLinear keeps them: 16 bits a group
+    each in a bf16 model) on `device`. A new dict: the caller's (a cache's) is left as it was."""
+    out = dict(meta)
+    for key in ("scale", "zero"):
+        out[key] = meta[key].to(device=device if device is not None else meta[key].device, dtype=dtype)
+    return out
 
-    def __init__(self, linear: nn.Linear, nbits: int, group_size: int, device: torch.device | None = None):
+
+class SubstituteLinear(nn.Module):
+    """A low-bit stand-in for one nn.Linear of the target. The bias (if any) is the target's own tensor.
+
+    `.packed` and `.meta` are hqq's (what a substitute cache saves and gives back as `quantized`). With
+    `fused` (default: on CUDA when Triton is there and the kernel takes the format) they are all it keeps
+    and the fused kernel reads them; otherwise it keeps their dequantization as `.weight`."""
+
+    def __init__(self, linear: nn.Linear, nbits: int, group_size: int, device: torch.device | None = None,
+                 quantized: tuple[torch.Tensor, dict] | None = None, fused: bool | None = None):
         super().__init__()
-        # Quantize where the substitute will live: hqq's tensors are moved by us, never by .to().
         # A streamed (offloaded) linear has no device weight; its full weight is in host memory.
         w = getattr(linear, "host_weight", None)
         w = (linear.weight if w is None else w).detach()
-        w = w.to(device) if device is not None else w
+        dtype = w.dtype
         self.nbits, self.group_size = nbits, group_size
-        self.packed, self.meta = hqq_quantize(w, nbits, group_size, compute_dtype=w.dtype)
+        if quantized is None:
+            # Quantize where the substitute will live: hqq's tensors are moved by us, never by .to().
+            w = w.to(device) if device is not None else w
+            packed, meta = hqq_quantize(w, nbits, group_size, compute_dtype=dtype)
+        else:
+            packed, meta = quantized
+            if (meta["nbits"], meta["group_size"], tuple(meta["shape"])) != (nbits, group_size, tuple(w.shape)):
+                raise SubspecError(f"given substitute is {meta['nbits']}-bit g{meta['group_size']} "
+                                   f"{tuple(meta['shape'])}, wanted {nbits}-bit g{group_size} {tuple(w.shape)}")
+            packed = packed.to(device) if device is not None else packed
+        self.packed, self.meta = packed, _meta_for(meta, dtype, device)
         self.bias = linear.bias
-        # No fused low-bit kernel on this path: dequantize once, keep it as the draft's weight.
-        self.register_buffer("weight", hqq_dequantize(self.packed, self.meta).to(w.dtype), persistent=False)
+        self.lowbit = None
+        reason = lowbit.unsupported(self.meta)
+        if fused is None:
+            fused = packed.device.type == "cuda" and lowbit.available() and reason is None
+        if fused:
+            if not lowbit.available():
+                raise SubspecError("the fused low-bit path needs Triton (pip install triton)")
+            if reason:
+                raise SubspecError(f"no fused low-bit path for this substitute: {reason}")
+            self.lowbit = lowbit.LowBitWeight.from_hqq(self.packed, self.meta)
+        else:
+            # No fused kernel on this path: dequantize once, keep it as the draft's weight.
+            self.register_buffer("weight", hqq_dequantize(self.packed, self.meta).to(dtype), persistent=False)
+
+    @property
+    def fused(self) -> bool:
+        return self.lowbit is not None
 
     @property
     def packed_bytes(self) -> int:
-        """Memory the substitute needs in its packed form (what a GPU keeps resident)."""
+        """Memory the substitute's packed form takes (on the fused path, all that it keeps)."""
         extra = sum(v.numel() * v.element_size() for v in self.meta.values() if isinstance(v, torch.Tensor))
         return self.packed.numel() * self.packed.element_size() + extra
 
+    @property
+    def resident_bytes(self) -> int:
+        """Memory the substitute holds now: the packed form, plus the dequantized weight off the fused path."""
+        return self.packed_bytes + (0 if self.fused else self.weight.numel() * self.weight.element_size())
+
+    def dequantized(self) -> torch.Tensor:
+        """The full weight the substitute stands for (either path: the same numbers)."""
+        return self.lowbit.dequantize(self.meta["scale"].dtype) if self.fused else self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lowbit is not None:
+            return lowbit.lowbit_linear(x, self.lowbit, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+
+def substitute_paths(draft: nn.Module) -> dict[str, int]:
+    """How many of a draft's substitutes run fused and how many dequantized, and the bytes they hold."""
+    subs = [m for m in draft.modules() if isinstance(m, SubstituteLinear)]
+    return {"fused": sum(s.fused for s in subs), "dequantized": sum(not s.fused for s in subs),
+            "packed_bytes": sum(s.packed_bytes for s in subs), "resident_bytes": sum(s.resident_bytes for s in subs)}
 
 
 def _shell(module: nn.Module) -> nn.Module:
@@ -80,12 +139,20 @@ def _shell(module: nn.Module) -> nn.Module:
 def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
                 layers: Iterable[int] | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                device: torch.device | str | None = None) -> Decoder:
+                device: torch.device | str | None = None,
+                quantized: Mapping[tuple[int, str], tuple[torch.Tensor, dict]] | None = None,
+                fused: bool | None = None) -> Decoder:
     """The substitute draft of `target`: layers in `layers` (default: all) get HQQ substitutes for every
     linear; everything else is the target's very modules. Substitutes are built on `device` (default:
-    where the weights are); build the draft before offloading the target, from the full weights."""
+    where the weights are); build the draft before offloading the target, from the full weights.
+
+    `quantized`: hqq tensors already made, {(layer index, linear name in LINEAR_NAMES): (packed, meta)}
+    (e.g. a substitute cache's); those linears are not quantized again. `fused`: None picks the fused
+    low-bit path where it runs (CUDA with Triton), False forces the dequantized one, True requires the
+    fused one (on CPU tensors that is Triton's interpreter: slow, for tests)."""
     device = torch.device(device) if device is not None else None
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
+    quantized = quantized or {}
     draft = _shell(target)
     draft.layers = nn.ModuleList(target.layers)  # same layer objects unless substituted below
     for n, i in enumerate(chosen):
@@ -95,7 +162,8 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
         for name in LINEAR_NAMES:
             owner_name, leaf = name.split(".")
             owner = getattr(layer, owner_name)
-            setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), nbits, group_size, device))
+            setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), nbits, group_size, device,
+                                                  quantized.get((i, name)), fused))
         draft.layers[i] = layer
         if progress:
             progress(n + 1, len(chosen))

@@ -5,9 +5,9 @@ import torch
 from tiny_models import make_tiny_checkpoint
 
 from engine.errors import SubspecError
-from engine.loading import load_decoder
+from engine.loading import load_decoder, load_model
 from engine.model import LINEAR_NAMES
-from engine.substitute import SubstituteLinear, build_draft
+from engine.substitute import SubstituteLinear, build_draft, hqq_dequantize, substitute_paths
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,86 @@ def test_bad_substitute_settings_are_user_errors(target):
         build_draft(target, 5, 64)
     with pytest.raises(SubspecError, match="group size"):
         build_draft(target, 4, 100)
+
+
+def _substitutes(draft):
+    for i in draft.substituted_layers:
+        for name in LINEAR_NAMES:
+            owner, leaf = name.split(".")
+            yield (i, name), getattr(getattr(draft.layers[i], owner), leaf)
+
+
+def _logits(model, n=10):
+    from engine.masks import causal_mask
+
+    tokens = torch.arange(3, 3 + n)
+    return model(tokens, torch.arange(n), model.new_cache(n), 0, causal_mask(0, n, torch.float32))
+
+
+def test_given_hqq_tensors_are_used_as_they_are(target, monkeypatch):
+    import engine.substitute as substitute
+
+    fresh = build_draft(target, 4, 64, layers=[0, 2])
+    given = {key: (sub.packed, sub.meta) for key, sub in _substitutes(fresh)}
+    calls = []
+    real = substitute.hqq_quantize
+    monkeypatch.setattr(substitute, "hqq_quantize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reused = build_draft(target, 4, 64, layers=[0, 2], quantized=given)
+    assert calls == []
+    for key, sub in _substitutes(reused):
+        assert sub.packed.data_ptr() == given[key][0].data_ptr()
+        assert torch.equal(sub.weight, dict(_substitutes(fresh))[key].weight)
+    assert torch.equal(_logits(reused), _logits(fresh))
+    # Only the linears missing from the mapping are quantized.
+    partial = {k: v for k, v in given.items() if k[0] == 0}
+    build_draft(target, 4, 64, layers=[0, 2], quantized=partial)
+    assert len(calls) == len(LINEAR_NAMES)
+    with pytest.raises(SubspecError, match="8-bit"):
+        build_draft(target, 8, 64, layers=[0], quantized=given)
+
+
+def test_a_half_precision_substitute_keeps_scale_and_zero_in_its_dtype(target):
+    linear = torch.nn.Linear(128, 64, bias=False).to(torch.bfloat16)
+    sub = SubstituteLinear(linear, 4, 64)
+    assert sub.meta["scale"].dtype == sub.meta["zero"].dtype == torch.bfloat16
+    assert torch.equal(sub.weight, hqq_dequantize(sub.packed, sub.meta).to(torch.bfloat16))
+    # 4 bits a weight plus a 16-bit scale and zero per group of 64: what the planner counts.
+    assert sub.packed_bytes == 64 * 128 // 2 + 2 * 2 * 64 * 128 // 64
+    assert not sub.fused and sub.resident_bytes == sub.packed_bytes + 64 * 128 * 2
+
+
+def test_on_the_cpu_substitutes_are_dequantized_unless_fused_is_asked_for(target):
+    assert all(not sub.fused for _, sub in _substitutes(build_draft(target, 4, 64, layers=[1])))
+    with pytest.raises(SubspecError, match="divide"):  # down_proj's 96 inputs are not groups of 64
+        build_draft(target, 4, 64, layers=[1], fused=True)
+
+
+def test_the_fused_draft_computes_what_the_dequantized_draft_computes(target):
+    """The fused path (Triton's interpreter on CPU) keeps only the packed tensors and gives the same logits."""
+    pytest.importorskip("triton")
+    plain = build_draft(target, 4, 32, layers=[0, 2])
+    fused = build_draft(target, 4, 32, layers=[0, 2], fused=True)
+    paths = substitute_paths(fused)
+    assert paths["fused"] == 2 * len(LINEAR_NAMES) and paths["dequantized"] == 0
+    assert paths["resident_bytes"] == paths["packed_bytes"] == substitute_paths(plain)["packed_bytes"]
+    for key, sub in _substitutes(fused):
+        assert "weight" not in dict(sub.named_buffers())
+        assert torch.equal(sub.dequantized(), dict(_substitutes(plain))[key].weight)
+    torch.testing.assert_close(_logits(fused), _logits(plain), rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_subspec_with_the_fused_draft_equals_plain_decoding(tmp_path):
+    pytest.importorskip("triton")
+    from tiny_models import make_tiny_model_folder
+
+    from engine.events import summarize
+    from engine.generate import generate_plain
+    from engine.speculative import TreeShape, generate_subspec
+
+    lm = load_model(make_tiny_model_folder(tmp_path, "qwen2"), "float32", "cpu")
+    draft = build_draft(lm.decoder, 4, 32, layers=[1, 2], fused=True)
+    ids = lm.encode("the cat sat on")
+    plain = summarize(generate_plain(lm, ids, 24), len(ids), "vanilla")
+    spec = summarize(generate_subspec(lm, draft, ids, 24, shape=TreeShape(6, 3)), len(ids), "subspec")
+    assert spec.token_ids == plain.token_ids
+    assert spec.tau > 1.5  # the fused draft is a real draft: most of its guesses are accepted

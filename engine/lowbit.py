@@ -1,0 +1,310 @@
+"""The substitutes' fused low-bit linear: y = x @ dequant(W)^T + b computed straight from hqq's packed weight,
+so that a draft step reads 4-bit weights (plus a 16-bit scale and zero per group) instead of a dequantized
+copy. One small Triton kernel for skinny activations (the draft's K beam nodes a step); above
+`FUSED_MAX_ROWS` rows the weight is dequantized into a temporary and multiplied (compute-bound sizes).
+
+The layout is hqq's own, used as it is: hqq quantizes along axis 1 in groups of g, as the rows of a
+[N*K/g, g] matrix, and packs 4 bits by putting the first half of those rows in the high nibbles and the
+second half in the low nibbles. When g divides K and N is even, the packed tensor viewed as [N/2, K] is
+
+    byte[r, k] = W_q[r, k] << 4 | W_q[r + N/2, k]
+
+so one contiguous load along K feeds two output rows (r and r + N/2) per byte, and nothing is repacked:
+the tensors a substitute keeps (and a cache saves) are the ones the kernel reads. 8 bits are one byte a
+weight, [N, K]. Scale and zero are [N, K/g]. Dequantization is hqq's, in float32,
+W = (W_q - zero) * scale, rounded once to the activations' dtype; products accumulate in float32.
+
+On CUDA the kernel is compiled; on CPU tensors it runs in Triton's interpreter (slow: for tests).
+Split-K partial sums go to a float32 workspace and are added in a fixed order by a second kernel, so a
+result never depends on scheduling (captured and eager draft steps stay bit-identical).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the dequantized path needs no Triton
+    triton = tl = None
+
+FUSED_BITS = (4, 8)
+FUSED_MAX_ROWS = 64  # the kernel re-reads the weight for every 64 rows; past that a dequantized matmul wins
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # ROUND 0, 1, 2 in the kernels
+
+
+def available() -> bool:
+    """Whether Triton is there (it compiles for CUDA; on CPU tensors it interprets)."""
+    return triton is not None
+
+
+def unsupported(meta: dict) -> str | None:
+    """Why the kernel cannot run this hqq weight, or None when it can."""
+    n, k = meta["shape"]
+    g = meta["group_size"]
+    if meta["nbits"] not in FUSED_BITS:
+        return f"the fused kernel takes {FUSED_BITS[0]} or {FUSED_BITS[1]} bits, not {meta['nbits']}"
+    if meta.get("axis") != 1:
+        return "the fused kernel takes weights grouped along axis 1"
+    if meta.get("view_as_float") or meta.get("quant_scale") or meta.get("quant_zero") or "scale" not in meta:
+        return "the fused kernel takes plain packed bytes with an unquantized scale and zero"
+    if g is None or g < 16 or k % g:
+        return f"the group size ({g}) must be at least 16 and divide the input size ({k})"
+    if meta["nbits"] == 4 and n % 2:
+        return f"4-bit packing splits the output rows in halves: their number ({n}) must be even"
+    return None
+
+
+@dataclass(frozen=True)
+class LowBitWeight:
+    """Views of one hqq weight (packed [N/2 or N, K] uint8, scale and zero [N, K/g]); no copies."""
+
+    packed: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    out_features: int
+    in_features: int
+    bits: int
+    group_size: int
+    math_dtype: torch.dtype  # what hqq dequantizes in: float32, or half when its scale and zero are half
+
+    @classmethod
+    def from_hqq(cls, packed: torch.Tensor, meta: dict) -> LowBitWeight:
+        reason = unsupported(meta)
+        if reason:
+            raise ValueError(reason)
+        n, k = meta["shape"]
+        g, bits = meta["group_size"], meta["nbits"]
+        rows = n // 2 if bits == 4 else n
+        if packed.dtype != torch.uint8 or packed.numel() != rows * k:
+            raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not a {bits}-bit {n}x{k} one")
+        scale, zero = meta["scale"], meta["zero"]
+        # hqq unpacks to meta's compute_dtype (float16 without one) and lets torch promote with zero and scale.
+        math = torch.promote_types(torch.promote_types(meta.get("compute_dtype", torch.float16), zero.dtype), scale.dtype)
+        if math not in _DTYPES:
+            raise ValueError(f"scale and zero in {scale.dtype}/{zero.dtype}: the kernel dequantizes in {_DTYPES}")
+        return cls(packed.reshape(rows, k), scale.reshape(n, k // g), zero.reshape(n, k // g), n, k, bits, g, math)
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The full [N, K] weight, hqq's arithmetic exactly (the kernel's reference)."""
+        p = self.packed
+        q = torch.cat((p >> 4, p & 0xF)) if self.bits == 4 else p
+        q = q.view(self.out_features, -1, self.group_size).to(self.math_dtype)
+        w = (q - self.zero.to(self.math_dtype)[..., None]) * self.scale.to(self.math_dtype)[..., None]
+        return w.view(self.out_features, self.in_features).to(dtype)
+
+
+@dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_n: int  # packed rows a program reads (a 4-bit program writes twice as many outputs)
+    block_k: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def pick_config(m: int, w: LowBitWeight, device: torch.device) -> Config:
+    """Enough programs to keep every multiprocessor streaming weights: tiles of 64 packed rows x one group,
+    and the K loop split when the tiles alone are too few (k/v projections, and down_proj's long K)."""
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64
+    block_n = 64
+    block_k = max(w.group_size, 32) if w.group_size <= 128 else 128
+    rows = w.packed.shape[0]
+    tiles = -(-rows // block_n) * -(-m // block_m)
+    sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 4
+    steps = -(-w.in_features // block_k)
+    split = 1
+    while tiles * split < 2 * sms and steps // (split * 2) >= 2 and split < 64:
+        split *= 2
+    return Config(block_m, block_n, block_k, split)
+
+
+# The kernels. EMULATE (Triton's interpreter, on CPU) does half-precision steps in float32 with explicit
+# round-to-nearest-even: the interpreter's half-precision dot is not implemented and its float-to-bf16 cast
+# truncates. Values are the same either way: a bf16/fp16 product is exact in float32, sums are float32.
+if triton is not None:
+    @triton.jit
+    def _to_bf16_as_f32(v):
+        """v rounded to the nearest bfloat16 (ties to even), kept in float32."""
+        u = v.to(tl.uint32, bitcast=True)
+        u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+        return u.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _rounded(v, DTYPE: tl.constexpr, EMULATE: tl.constexpr):
+        """v (float32) rounded to DTYPE (0 float32, 1 bfloat16, 2 float16), kept in float32."""
+        if DTYPE == 1:
+            if EMULATE:
+                v = _to_bf16_as_f32(v)
+            else:
+                v = v.to(tl.bfloat16).to(tl.float32)
+        elif DTYPE == 2:
+            v = v.to(tl.float16).to(tl.float32)
+        return v
+
+    @triton.jit
+    def _dequant_dot(acc, x, nib, s_ptr, z_ptr, sz, sz_ok, MATH: tl.constexpr, ROUND: tl.constexpr,
+                     EMULATE: tl.constexpr):
+        """acc + x @ ((nib - zero) * scale): hqq's arithmetic, in MATH's precision (float32, or half when its
+        scale and zero are half), then the weight rounded to the activations' dtype."""
+        s = tl.load(s_ptr + sz, mask=sz_ok, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + sz, mask=sz_ok, other=0.0).to(tl.float32)
+        w = _rounded(_rounded(nib.to(tl.float32) - z, MATH, EMULATE) * s, MATH, EMULATE)
+        if ROUND == 0:
+            acc = tl.dot(x, w, acc, input_precision="ieee")
+        elif EMULATE:
+            acc = tl.dot(x, _rounded(w, ROUND, EMULATE), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, w.to(x.dtype), acc)
+        return acc
+
+    @triton.jit
+    def _store(ptr, acc, mask, ROUND: tl.constexpr, EMULATE: tl.constexpr):
+        if EMULATE and ROUND == 1:
+            acc = _to_bf16_as_f32(acc)
+        tl.store(ptr, acc.to(ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _lowbit_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+                       M, N, K, stride_xm, stride_ym, stride_ys, k_per_split,
+                       BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                       MATH: tl.constexpr, ROUND: tl.constexpr, EMULATE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # MATH: the dequantization's precision, ROUND: the activations' dtype (0 float32, 1 bfloat16, 2 float16).
+        pid_n = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        if BITS == 4:
+            rows = N // 2  # packed rows: byte row r holds output rows r (high nibble) and r + N/2 (low)
+        else:
+            rows = N
+        groups = K // GROUP
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_r = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        m_ok = offs_m < M
+        r_ok = offs_r < rows
+        k_first = pid_s * k_per_split
+        acc_hi = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        acc_lo = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+        for i in range(0, k_per_split, BLOCK_K):
+            k = k_first + i + offs_k
+            k_ok = k < K
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                        other=0.0)
+            if ROUND == 0 or EMULATE:
+                x = x.to(tl.float32)
+            w_ok = k_ok[:, None] & r_ok[None, :]
+            q = tl.load(w_ptr + offs_r[None, :] * K + k[:, None], mask=w_ok, other=0)  # [BLOCK_K, BLOCK_N] bytes
+            # Scale and zero of each weight's group: one per row when the tile lies inside one group.
+            if GROUP % BLOCK_K == 0:
+                sz = offs_r[None, :] * groups + (k_first + i) // GROUP
+                sz_ok = r_ok[None, :]
+            else:
+                sz = offs_r[None, :] * groups + (k // GROUP)[:, None]
+                sz_ok = w_ok
+            if BITS == 4:
+                acc_hi = _dequant_dot(acc_hi, x, (q >> 4) & 0xF, s_ptr, z_ptr, sz, sz_ok, MATH, ROUND, EMULATE)
+                acc_lo = _dequant_dot(acc_lo, x, q & 0xF, s_ptr, z_ptr, sz + rows * groups, sz_ok, MATH, ROUND,
+                                      EMULATE)
+            else:
+                acc_hi = _dequant_dot(acc_hi, x, q, s_ptr, z_ptr, sz, sz_ok, MATH, ROUND, EMULATE)
+        y_ok = m_ok[:, None] & r_ok[None, :]
+        if SPLIT == 1:
+            if HAS_BIAS:
+                acc_hi += tl.load(b_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
+            _store(y_ptr + offs_m[:, None] * stride_ym + offs_r[None, :], acc_hi, y_ok, ROUND, EMULATE)
+            if BITS == 4:
+                if HAS_BIAS:
+                    acc_lo += tl.load(b_ptr + rows + offs_r, mask=r_ok, other=0.0).to(tl.float32)[None, :]
+                _store(y_ptr + offs_m[:, None] * stride_ym + rows + offs_r[None, :], acc_lo, y_ok, ROUND, EMULATE)
+        else:
+            part = y_ptr + pid_s * stride_ys + offs_m[:, None] * N + offs_r[None, :]  # float32 workspace
+            tl.store(part, acc_hi, mask=y_ok)
+            if BITS == 4:
+                tl.store(part + rows, acc_lo, mask=y_ok)
+
+    @triton.jit
+    def _splitk_sum_kernel(ws_ptr, b_ptr, y_ptr, M, N, stride_ym,
+                           SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, ROUND: tl.constexpr,
+                           EMULATE: tl.constexpr, BLOCK: tl.constexpr):
+        """y = the split-K partials summed in split order (+ bias), in y's dtype."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < M * N
+        acc = tl.full((BLOCK,), 0.0, tl.float32)
+        for s in tl.static_range(SPLIT):
+            acc += tl.load(ws_ptr + s * M * N + offs, mask=ok, other=0.0)
+        n = offs % N
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + n, mask=ok, other=0.0).to(tl.float32)
+        _store(y_ptr + (offs // N) * stride_ym + n, acc, ok, ROUND, EMULATE)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(interpret: bool):
+    if not interpret or not isinstance(_lowbit_kernel, triton.runtime.JITFunction):
+        return _lowbit_kernel, _splitk_sum_kernel  # compiled (or TRITON_INTERPRET=1 made them all interpreted)
+    # Triton's interpreter on request: a kernel's helpers must be interpreted too, so every @triton.jit
+    # function here is rebound to a copy of this module's globals in which each one is its interpreted twin.
+    from triton.runtime.interpreter import InterpretedFunction
+
+    scope = dict(globals())
+    for name, value in globals().items():
+        if isinstance(value, triton.runtime.JITFunction):
+            fn = value.fn
+            scope[name] = InterpretedFunction(
+                types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
+    return scope["_lowbit_kernel"], scope["_splitk_sum_kernel"]
+
+
+def lowbit_linear(x: torch.Tensor, w: LowBitWeight, bias: torch.Tensor | None = None,
+                  config: Config | None = None) -> torch.Tensor:
+    """F.linear(x, dequantized w, bias), reading the packed weight. x: [..., K] in float32/bf16/fp16."""
+    if x.shape[-1] != w.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, the weight takes {w.in_features}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"the fused kernel takes float32, bfloat16 or float16 activations, not {x.dtype}")
+    if x.device != w.packed.device or (bias is not None and bias.device != x.device):
+        raise ValueError("the input, the packed weight and the bias must be on one device")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, w.in_features)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, n = x2.shape[0], w.out_features
+    if m > FUSED_MAX_ROWS and config is None:
+        return torch.nn.functional.linear(x2, w.dequantize(x.dtype), bias).view(*lead, n)
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y.view(*lead, n)
+    cfg = config or pick_config(m, w, x.device)
+    interpret = x.device.type == "cpu"
+    kernel, splitk_sum = _kernels(interpret)
+    steps = -(-w.in_features // cfg.block_k)
+    k_per_split = -(-steps // cfg.split_k) * cfg.block_k
+    split = -(-w.in_features // k_per_split)  # a split with no K left would only add zeros
+    ws = y if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    grid = (-(-w.packed.shape[0] // cfg.block_n), split, -(-m // cfg.block_m))
+    flags = dict(HAS_BIAS=bias is not None, ROUND=_DTYPES.index(x.dtype), EMULATE=interpret)
+    b = bias if bias is not None else y  # never read without HAS_BIAS
+    launch = {} if interpret else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    kernel[grid](x2, w.packed, w.scale, w.zero, b, ws, m, n, w.in_features, x2.stride(0), y.stride(0), m * n,
+                 k_per_split, BITS=w.bits, GROUP=w.group_size, SPLIT=split, MATH=_DTYPES.index(w.math_dtype),
+                 BLOCK_M=cfg.block_m,
+                 BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **flags, **launch)
+    if split > 1:
+        block = 1024
+        splitk_sum[(-(-m * n // block),)](ws, b, y, m, n, y.stride(0), SPLIT=split, BLOCK=block, **flags,
+                                           **({} if interpret else {"num_warps": 4}))
+    return y.view(*lead, n)
