@@ -5,9 +5,12 @@ Measures: pinned host-to-device bandwidth; plain offloaded decoding (tokens/s); 
 depth 48 / width 6 split into draft, verify and overhead; transfer efficiency (offloaded bytes / (target
 pass time x bandwidth)); the iteration against the transfer floor (offloaded bytes / bandwidth); and the
 tokens/s predicted at the paper's tau of 28.35 (random weights give no meaningful tau of their own).
-Writes JSON and a Markdown table to --out.
+The draft's substitutes run on the fused low-bit kernel (packed 4-bit weights) where it runs (CUDA with
+Triton); --dequantized-draft forces the older path (each substitute's weight dequantized once) to compare.
+Which path ran is in the results. Writes JSON and a Markdown table to --out.
 
-    python benchmarks/gpu_check.py --out benchmarks/results [--vram-gb 8] [--tiny]   # --tiny: CPU smoke run
+    python benchmarks/gpu_check.py --out benchmarks/results [--vram-gb 8] [--tiny] [--dequantized-draft]
+    # --tiny: a tiny model, runs on the CPU too (a smoke run of the script)
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from engine.model import Decoder  # noqa: E402
 from engine.offload import offload  # noqa: E402
 from engine.speculative import TreeShape, grow_tree, verify  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
-from engine.substitute import build_draft  # noqa: E402
+from engine.substitute import build_draft, substitute_paths  # noqa: E402
 
 QWEN25_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                  num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -133,26 +136,33 @@ def identical_check(target, draft, config, device, tokens: int = 24) -> dict:
             "tokens": len(plain.token_ids), "tau": round(spec.tau, 2), "dtype": str(target.embed_tokens.weight.dtype)}
 
 
-def float32_identity_check(device, tokens: int = 48) -> dict:
+def draft_path(draft) -> dict:
+    """Which path the draft's substitutes run on, and the bytes they hold."""
+    paths = substitute_paths(draft)
+    kind = "fused" if not paths["dequantized"] else "dequantized" if not paths["fused"] else "mixed"
+    return {"kind": kind, **paths}
+
+
+def float32_identity_check(device, tokens: int = 48, fused: bool | None = None) -> dict:
     """The whole GPU path -- streamed layers, captured draft steps, tree verification, commit -- in
     float32 on a small random model: greedy SubSpec must equal plain decoding token for token. (In bf16
     a one-token pass and a 289-node tree pass round differently, and random weights have near-ties.)"""
     config = ModelConfig.from_dict(dict(TINY, hidden_size=512, intermediate_size=1024, num_hidden_layers=6,
                                         vocab_size=4096, num_attention_heads=8, num_key_value_heads=2))
     target = random_decoder(config, device, torch.float32)
-    draft = build_draft(target, 4, 64, layers=range(2, 6), device=device)
+    draft = build_draft(target, 4, 64, layers=range(2, 6), device=device, fused=fused)
     offload(target, 2, device)
-    return identical_check(target, draft, config, device, tokens)
+    return {**identical_check(target, draft, config, device, tokens), "draft_path": draft_path(draft)["kind"]}
 
 
-def graph_check(device) -> dict:
+def graph_check(device, fused: bool | None = None) -> dict:
     """In float32, the captured fixed-shape draft steps grow exactly the tree the eager steps grow."""
     from engine.generate import prefill
     from engine.sampling import select_tokens
 
     config = ModelConfig.from_dict(dict(TINY, hidden_size=256, intermediate_size=512))
     target = random_decoder(config, device, torch.float32)
-    draft = build_draft(target, 4, 64, device=device)
+    draft = build_draft(target, 4, 64, device=device, fused=fused)
     ids = torch.randint(0, config.vocab_size, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     trees = []
     for fixed in (False, True):
@@ -161,7 +171,7 @@ def graph_check(device) -> dict:
         trees.append(grow_tree(draft, cache, root, TreeShape(12, 4), 12, [0.0], fixed_shapes=fixed))
     a, b = trees
     return {"same_tree": bool(torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)),
-            "max_score_difference": float((a.scores - b.scores).abs().max())}
+            "max_score_difference": float((a.scores - b.scores).abs().max()), "draft_path": draft_path(draft)["kind"]}
 
 
 def main():
@@ -174,7 +184,11 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a tiny model on whatever device: checks the script")
     ap.add_argument("--profile", action="store_true", help="also print a kernel profile of two draft steps")
     ap.add_argument("--only-checks", action="store_true", help="only the float32 correctness checks")
+    ap.add_argument("--dequantized-draft", action="store_true",
+                    help="substitutes as dequantized weights (the path before the fused low-bit kernel)")
     args = ap.parse_args()
+    fused = False if args.dequantized_draft else None  # None: fused wherever it runs
+    suffix = "_dequantized" if args.dequantized_draft else ""
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -186,10 +200,11 @@ def main():
               "vram_cap_gb": args.vram_gb, "depth": shape.depth, "topk": shape.topk, "tree_nodes": shape.nodes}
     t_start = time.perf_counter()
     if args.only_checks:
-        checks = {"float32_identity": float32_identity_check(device), "graph_vs_eager_float32": graph_check(device)}
+        checks = {"float32_identity": float32_identity_check(device, fused=fused),
+                  "graph_vs_eager_float32": graph_check(device, fused)}
         print(json.dumps(checks, indent=2))
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "gpu_checks_float32.json"), "w") as f:
+        with open(os.path.join(args.out, f"gpu_checks_float32{suffix}.json"), "w") as f:
             json.dump({"device": result["device"], **checks}, f, indent=2)
         return
     if args.tiny:
@@ -205,18 +220,20 @@ def main():
 
     target = random_decoder(config, device, dtype)
     offloaded = list(range(resident, config.num_layers))
-    draft = build_draft(target, 4, 64, layers=offloaded, device=device)
+    draft = build_draft(target, 4, 64, layers=offloaded, device=device, fused=fused)
+    result["draft_path"] = draft_path(draft)
     streamer = offload(target, resident, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        result["cuda_allocated_gb_incl_dequantized_draft"] = round(torch.cuda.memory_allocated(device) / 1e9, 2)
+        result["cuda_allocated_gb_with_draft"] = round(torch.cuda.memory_allocated(device) / 1e9, 2)
     offloaded_bytes = len(offloaded) * streamer.layer_bytes
     result["offloaded_layers"] = len(offloaded)
     result["offloaded_bytes_per_pass"] = offloaded_bytes
     floor_s = offloaded_bytes / (result["h2d_bandwidth_gbps"] * 1e9)
     result["transfer_floor_s"] = round(floor_s, 4)
     print(f"[{time.perf_counter() - t_start:6.1f}s] model ready: {len(offloaded)} layers streamed, "
-          f"{offloaded_bytes / 1e9:.2f} GB per pass, floor {floor_s * 1e3:.0f} ms", flush=True)
+          f"{offloaded_bytes / 1e9:.2f} GB per pass, floor {floor_s * 1e3:.0f} ms; draft substitutes "
+          f"{result['draft_path']['kind']}, {result['draft_path']['resident_bytes'] / 1e9:.2f} GB", flush=True)
 
     # Plain offloaded decoding.
     cache = target.new_cache(args.kv_len)
@@ -285,18 +302,21 @@ def main():
     result["predicted_tokens_per_s_at_paper_tau"] = round(PAPER_TAU / med["total_s"], 2)
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
     result["greedy_identical_to_plain"] = identical_check(target, draft, config, device)
-    result["graph_vs_eager_float32"] = graph_check(device)
+    result["graph_vs_eager_float32"] = graph_check(device, fused)
     print(f"[{time.perf_counter() - t_start:6.1f}s] lossless check: {result['greedy_identical_to_plain']}", flush=True)
     result["streamed_bytes_total"] = streamed_bytes(target)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result, indent=2), flush=True)
 
     os.makedirs(args.out, exist_ok=True)
-    stem = "gpu_check_tiny" if args.tiny else "gpu_check"
+    stem = ("gpu_check_tiny" if args.tiny else "gpu_check") + suffix
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(result, f, indent=2)
     rows = [("device", result["device"]), ("VRAM cap", f"{args.vram_gb} GB"),
             ("resident / streamed layers", f"{resident} / {len(offloaded)}"),
+            ("draft substitutes (fused: packed 4-bit read by the kernel)",
+             f"{result['draft_path']['kind']}, {result['draft_path']['resident_bytes'] / 1e9:.2f} GB held "
+             f"({result['draft_path']['packed_bytes'] / 1e9:.2f} GB packed)"),
             ("streamed per target pass", f"{offloaded_bytes / 1e9:.2f} GB"),
             ("pinned H2D bandwidth", f"{result['h2d_bandwidth_gbps']} GB/s"),
             ("transfer floor (bytes / bandwidth)", f"{floor_s * 1e3:.0f} ms"),
