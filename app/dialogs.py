@@ -3,21 +3,64 @@ replace these functions, since a modal dialog would block them)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 
 from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QInputDialog, QMessageBox, QWidget
+
+from .paths import icon_files
+
+log = logging.getLogger("subspec.app")
+COPY_LABEL = "Copy details"
 
 
 def show_error(parent: QWidget | None, title: str, message: str, details: str = "") -> None:
+    """A modal error with a "Copy details" button; everything shown also goes to the log."""
+    log.error("%s: %s%s", title, message, f"\n{details}" if details else "")
+    error_box(parent, title, message, details).exec()
+
+
+def error_box(parent: QWidget | None, title: str, message: str, details: str = "") -> QMessageBox:
     box = QMessageBox(parent)
     box.setIcon(QMessageBox.Icon.Critical)
     box.setWindowTitle(title)
     box.setText(message)
     if details:
         box.setDetailedText(details)
-    box.exec()
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    copy = box.addButton(COPY_LABEL, QMessageBox.ButtonRole.ActionRole)
+    # A QMessageBox closes on any of its buttons; this one only copies, so it loses that connection.
+    copy.clicked.disconnect()
+    copy.clicked.connect(lambda: _copy(copy, error_report(title, message, details)))
+    return box
+
+
+def error_report(title: str, message: str, details: str = "") -> str:
+    """What "Copy details" puts on the clipboard: enough for a bug report without a screenshot."""
+    from . import logs
+
+    parts = [f"{title}: {message}"]
+    if details:
+        parts.append(details.rstrip())
+    parts.append(f"SubSpec Studio {logs.version()}; {logs.environment()}")
+    if logs.log_file() is not None:
+        parts.append(f"Log: {logs.log_file()}")
+    return "\n\n".join(parts) + "\n"
+
+
+def _copy(button, text: str) -> None:
+    QApplication.clipboard().setText(text)
+    button.setText("Copied")
+
+
+def app_icon() -> QIcon:
+    icon = QIcon()
+    for path in icon_files():
+        icon.addFile(str(path))
+    return icon
 
 
 class _Relay(QObject):
@@ -53,7 +96,9 @@ def _excepthook(exc_type, exc, tb) -> None:
     details = "".join(traceback.format_exception(exc_type, exc, tb))
     sys.stderr.write(details)
     if QApplication.instance() is not None:
-        _relay.show.emit(f"{exc_type.__name__}: {exc}", details)
+        _relay.show.emit(f"{exc_type.__name__}: {exc}", details)  # show_error logs it
+    else:
+        log.error("uncaught exception\n%s", details)
 
 
 def _show_unexpected(message: str, details: str) -> None:

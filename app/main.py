@@ -12,9 +12,10 @@ from PySide6.QtWidgets import QApplication
 
 from engine.store import DEFAULT_MODEL
 
-from . import dialogs
+from . import dialogs, first_run, logs
 from .backend import EngineFactory
 from .main_window import MainWindow
+from .paths import APP_NAME
 from .worker import EngineHost
 
 DEMO_PROMPT = "What is the capital of France?"
@@ -83,11 +84,13 @@ class ScriptedExchange(QObject):
 def _print_and_exit(title: str, message: str, details: str) -> None:
     """Error handling for unattended runs: a modal dialog there would wait forever."""
     print(f"error: {title}: {message}\n{details}", file=sys.stderr)
+    logs.log.error("%s: %s\n%s", title, message, details)
     QApplication.instance().exit(1)
 
 
 def _scripted_excepthook(exc_type, exc, tb) -> None:
     traceback.print_exception(exc_type, exc, tb)
+    logs.log.error("uncaught exception\n%s", "".join(traceback.format_exception(exc_type, exc, tb)))
     app = QApplication.instance()
     if app is not None:
         app.exit(1)
@@ -98,12 +101,21 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     args = build_parser().parse_args(argv)
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("SubSpec Studio")
+    # Wayland and the docks find the window's icon through the installed packaging/subspec-studio.desktop.
+    app.setDesktopFileName(APP_NAME)
+    app.setWindowIcon(dialogs.app_icon())
+    try:
+        logs.setup()
+    except OSError as exc:  # an unwritable log folder must not keep the app from starting
+        print(f"warning: no log file: {exc}", file=sys.stderr)
+    logs.log_start(sys.argv[1:] if argv is None else argv)
     unattended = bool(args.screenshot)
     if unattended:
         sys.excepthook = _scripted_excepthook
     else:
         dialogs.install_excepthook()
     host = EngineHost(engine_factory)
+    logs.watch(host)
     app.aboutToQuit.connect(host.shutdown)
     window = MainWindow(host, on_error=_print_and_exit if unattended else None)
     if args.screenshot:
@@ -115,7 +127,11 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     script = ScriptedExchange(window, args.screenshot) if args.demo or args.screenshot else None
     window.show()
     window.load_model(args.model)
+    if not unattended and first_run.is_first_run():
+        # A scripted run never shows it: nobody would close it, and it would cover the screenshot.
+        QTimer.singleShot(0, window, lambda: first_run.show_welcome(window))
     code = app.exec()
+    logs.log.info("exit code %d", code)
     if script is not None:
         # However the run ended (an engine error exits without going through the script), its deadline
         # must not fire later in the same application (tests share one).

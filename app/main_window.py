@@ -21,6 +21,7 @@ from .compare import CompareJob
 from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
 from .conversations import AnswerWriter, Conversation, ConversationStore
 from .hardware_panel import HardwareDock
+from .help_menu import add_help_menu
 from .model_picker import ModelPicker
 from .sidebar import ConversationSidebar
 from .stats import StatsDock
@@ -164,6 +165,7 @@ class MainWindow(ChatFlow, QMainWindow):
         toolbar.addSeparator()
         self.api = ApiSwitch(toolbar, self.host)
         self.api.failed.connect(self._on_api_failed)
+        self.help_menu = add_help_menu(self)
 
         self.model_label = QLabel("No model loaded")
         self.model_label.setContentsMargins(6, 0, 0, 0)

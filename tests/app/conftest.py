@@ -27,6 +27,12 @@ class DialogRecorder:
             class Icon:
                 Critical = 3
 
+            class ButtonRole:
+                ActionRole = 3
+
+            class StandardButton:
+                Ok = 0x400
+
             def __init__(self, parent=None):
                 import threading
 
@@ -43,6 +49,17 @@ class DialogRecorder:
 
             def setDetailedText(self, details):
                 self.info["details"] = details
+
+            def setStandardButtons(self, buttons):
+                self.info["standard_buttons"] = buttons
+
+            def addButton(self, text, role):
+                from PySide6.QtWidgets import QPushButton
+
+                button = QPushButton(text)
+                button.clicked.connect(lambda: None)  # a message box's buttons come connected (to close it)
+                self.info.setdefault("buttons", []).append(button)
+                return button
 
             def exec(self):
                 recorder.shown.append(self.info)
