@@ -11,8 +11,9 @@ second half in the low nibbles. When g divides K and N is even, the packed tenso
 
 so one contiguous load along K feeds two output rows (r and r + N/2) per byte, and nothing is repacked:
 the tensors a substitute keeps (and a cache saves) are the ones the kernel reads. 8 bits are one byte a
-weight, [N, K]. Scale and zero are [N, K/g]. Dequantization is hqq's, in float32,
-W = (W_q - zero) * scale, rounded once to the activations' dtype; products accumulate in float32.
+weight, [N, K]. Scale and zero are [N, K/g]. Dequantization is hqq's, W = (W_q - zero) * scale, in
+float32 (in float16 when scale and zero are float16, as hqq does), rounded to the activations' dtype;
+products accumulate in float32.
 
 On CUDA the kernel is compiled; on CPU tensors it runs in Triton's interpreter (slow: for tests).
 Split-K partial sums go to a float32 workspace and are added in a fixed order by a second kernel, so a
@@ -85,7 +86,8 @@ class LowBitWeight:
             raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not a {bits}-bit {n}x{k} one")
         scale, zero = meta["scale"], meta["zero"]
         # hqq unpacks to meta's compute_dtype (float16 without one) and lets torch promote with zero and scale.
-        math = torch.promote_types(torch.promote_types(meta.get("compute_dtype", torch.float16), zero.dtype), scale.dtype)
+        unpacked = meta.get("compute_dtype", torch.float16)
+        math = torch.promote_types(torch.promote_types(unpacked, zero.dtype), scale.dtype)
         if math not in _DTYPES:
             raise ValueError(f"scale and zero in {scale.dtype}/{zero.dtype}: the kernel dequantizes in {_DTYPES}")
         return cls(packed.reshape(rows, k), scale.reshape(n, k // g), zero.reshape(n, k // g), n, k, bits, g, math)
