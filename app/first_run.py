@@ -110,6 +110,7 @@ class WelcomeDialog(QDialog):
         self.setMinimumWidth(560)
         self.profile: dict | None = None
         self.recommendation: Recommendation | None = None
+        self.probed = False  # the probe answered (a profile or an error)
 
         icon = QLabel()
         icon.setPixmap(app_icon().pixmap(64, 64))
@@ -176,17 +177,29 @@ class WelcomeDialog(QDialog):
         threading.Thread(target=run, name="welcome-probe", daemon=True).start()
 
     def set_profile(self, profile: dict) -> None:
+        self.probed = True
         self.profile = profile
         self.recommendation = recommend(profile)
         self.hardware.setText(hardware_html(profile))
         self.recommended.setText(recommendation_html(self.recommendation))
+        self._fit()
         log.info("welcome: hardware %s; recommended %s", hardware_html(profile).replace("<br>", "; "),
                  self.recommendation.name if self.recommendation else "the default model")
 
     def _probe_failed(self, message: str) -> None:
+        self.probed = True
         self.hardware.setText(f"The hardware probe failed ({escape(message)}).")
         self.recommended.setText(f"Without a hardware profile there is no recommendation: {DEFAULT_MODEL} "
                                  f"is the safe choice.")
+        self._fit()
+
+    def _fit(self) -> None:
+        """Grow to the new text: a shown dialog keeps its size, and wrapped labels would be cut off."""
+        layout = self.layout()
+        layout.activate()
+        height = layout.totalHeightForWidth(self.width())
+        if height > self.height():
+            self.resize(self.width(), height)
 
 
 def show_welcome(parent: QWidget | None = None, prober: Prober | None = None) -> WelcomeDialog:

@@ -19,7 +19,7 @@ from .paths import APP_NAME
 from .worker import EngineHost
 
 DEMO_PROMPT = "What is the capital of France?"
-PANELS = ("stats", "hardware")
+PANELS = ("stats", "hardware", "welcome")
 GRAB_RETRY_MS = 100
 SCRIPT_TIMEOUT_S = 600  # a scripted run that hangs (a stuck load) must still end, with an error
 
@@ -31,18 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="PATH",
                    help="run the demo exchange, save the window as a PNG to PATH and exit")
     p.add_argument("--panel", choices=PANELS, default="stats",
-                   help="the side panel to show: decoding stats (default) or the hardware panel")
+                   help="the side panel to show: decoding stats (default) or the hardware panel; "
+                        "welcome: the first-run dialog (with --screenshot, the picture is of the dialog)")
     return p
 
 
 class ScriptedExchange(QObject):
-    """Sends one prompt when the model is ready; with a screenshot path, grabs the window after the
-    answer and quits (exit code 1 on any failure, so scripts and CI notice)."""
+    """Sends one prompt when the model is ready; with a screenshot path, grabs the window (or the welcome
+    dialog, when one is given) after the answer and quits (exit code 1 on any failure, so scripts and CI
+    notice)."""
 
-    def __init__(self, window: MainWindow, screenshot: str | None):
+    def __init__(self, window: MainWindow, screenshot: str | None,
+                 welcome: first_run.WelcomeDialog | None = None):
         super().__init__(window)
         self.window = window
         self.screenshot = screenshot
+        self.welcome = welcome
         window.host.loaded.connect(self._send)
         self.deadline = QTimer(self)
         self.deadline.setSingleShot(True)
@@ -66,9 +70,12 @@ class ScriptedExchange(QObject):
         if not self.window.hardware_dock.isHidden() and self.window.hardware_dock.profile is None:
             QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # its first probe (a torch import) may lag
             return
+        if self.welcome is not None and not self.welcome.probed:
+            QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # so is the welcome's
+            return
         path = Path(self.screenshot)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.window.grab().save(str(path)):
+        if not (self.welcome or self.window).grab().save(str(path)):
             self._quit(1, f"could not write {path}")
             return
         print(f"saved {path}", file=sys.stderr)
@@ -124,10 +131,14 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
         window.resize(*MainWindow.DEFAULT_SIZE)
     if args.panel == "hardware":
         window.show_hardware()
-    script = ScriptedExchange(window, args.screenshot) if args.demo or args.screenshot else None
+    # Asked for by name: shown even in a scripted run, and the first-run marker is left alone.
+    welcome = first_run.WelcomeDialog(window) if args.panel == "welcome" else None
+    script = ScriptedExchange(window, args.screenshot, welcome) if args.demo or args.screenshot else None
     window.show()
+    if welcome is not None:
+        welcome.show()
     window.load_model(args.model)
-    if not unattended and first_run.is_first_run():
+    if not unattended and welcome is None and first_run.is_first_run():
         # A scripted run never shows it: nobody would close it, and it would cover the screenshot.
         QTimer.singleShot(0, window, lambda: first_run.show_welcome(window))
     code = app.exec()

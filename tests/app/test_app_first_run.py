@@ -101,9 +101,11 @@ def test_the_probe_runs_off_the_gui_thread_and_fills_the_dialog(qtbot):
 
     dialog = WelcomeDialog(prober=prober)
     qtbot.addWidget(dialog)
+    dialog.show()  # shown while still "Detecting": it must grow to the text that arrives
     qtbot.waitUntil(lambda: dialog.recommendation is not None, timeout=5000)
     assert threads and threads[0] != threading.get_ident()
     assert "RTX 3060" in dialog.hardware.text()
+    assert dialog.height() >= dialog.layout().totalHeightForWidth(dialog.width())  # nothing cut off
 
 
 def test_a_failed_probe_still_says_the_default_works(qtbot):
@@ -156,3 +158,16 @@ def test_a_screenshot_run_never_welcomes(qapp, tmp_path, monkeypatch, dialogs):
     monkeypatch.setattr(first_run, "show_welcome", lambda *a, **k: pytest.fail("welcome shown in a scripted run"))
     assert main(["--model", "fake-model", "--screenshot", str(tmp_path / "w.png")], factory_for(FakeBackend())) == 0
     assert is_first_run()  # still to come, on the first real run
+
+
+def test_a_screenshot_of_the_welcome_is_of_the_dialog_and_leaves_the_marker(qapp, tmp_path, monkeypatch, dialogs):
+    from PySide6.QtGui import QImage
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(first_run, "real_probe", gpu_12gb)
+    shot = tmp_path / "welcome.png"
+    argv = ["--model", "fake-model", "--screenshot", str(shot), "--panel", "welcome"]
+    assert main(argv, factory_for(FakeBackend())) == 0
+    image = QImage(str(shot))
+    assert not image.isNull() and image.width() < 1240 and image.height() < 760  # the dialog, not the window
+    assert is_first_run() and dialogs.shown == []
