@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: run test bench-plain clean-venv
+.PHONY: run test bench-plain clean-venv install-desktop package
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,18 @@ bench-plain: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The menu entry and icon for this user (~/.local/share); EXEC=path picks another program, e.g. the bundle:
+# make install-desktop EXEC=dist/subspec-studio/subspec-studio
+install-desktop: $(STAMP)
+	$(PY) packaging/install_desktop.py $(if $(EXEC),--exec $(EXEC))
+
+# A one-folder app in dist/subspec-studio/ (PyInstaller; build/ holds its cache). Not part of `make test`.
+PACKAGE_STAMP := $(VENV)/.installed-package
+$(PACKAGE_STAMP): $(STAMP)
+	DISABLE_CUDA=1 $(PY) -m pip install -q -c requirements.lock -e ".[package]"
+	touch $(PACKAGE_STAMP)
+
+package: $(PACKAGE_STAMP)
+	$(PY) -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build packaging/subspec-studio.spec
+	@du -sh dist/subspec-studio
