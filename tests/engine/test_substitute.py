@@ -152,3 +152,21 @@ def test_greedy_subspec_with_the_fused_draft_equals_plain_decoding(tmp_path):
     spec = summarize(generate_subspec(lm, draft, ids, 24, shape=TreeShape(6, 3)), len(ids), "subspec")
     assert spec.token_ids == plain.token_ids
     assert spec.tau > 1.5  # the fused draft is a real draft: most of its guesses are accepted
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_draft_is_fused_by_default_and_agrees_with_the_dequantized_one(tmp_path):
+    target = load_decoder(make_tiny_checkpoint(tmp_path, "qwen2"), torch.bfloat16, "cuda")
+    fused = build_draft(target, 4, 32, layers=[0, 2], device="cuda")
+    plain = build_draft(target, 4, 32, layers=[0, 2], device="cuda", fused=False)
+    assert substitute_paths(fused)["dequantized"] == 0 and substitute_paths(plain)["fused"] == 0
+    for key, sub in _substitutes(fused):
+        assert torch.equal(sub.dequantized(), dict(_substitutes(plain))[key].weight)
+    from engine.masks import causal_mask
+
+    tokens, n = torch.arange(3, 9, device="cuda"), 6
+    mask = causal_mask(0, n, torch.float32, torch.device("cuda"))
+    a = fused(tokens, torch.arange(n, device="cuda"), fused.new_cache(n), 0, mask)
+    b = plain(tokens, torch.arange(n, device="cuda"), plain.new_cache(n), 0, mask)
+    torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)
