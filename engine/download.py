@@ -1,0 +1,445 @@
+"""Downloads that never lose a byte: resumable across calls and restarts, retried on drops, resets and
+5xx answers, every file checked against the hub's sha256 (weights) or git sha1 (small files) before the
+model is installed, cancelled within a second.
+
+What huggingface_hub 2.4 does not do, and this module does: its `.incomplete` file is deleted on any error
+(a second call starts from byte 0), it retries a dropped connection only within one call and only in
+10 MiB steps, never after a reset or a 5xx, checks sizes but not checksums, and sees a cancel only every
+10 MiB. Here a download lives in its own folder under the store (`downloads/<org>--<name>@<commit>/`):
+finished, verified files under their names, the file in flight as `<name>.part`, and `state.json`
+recording what was verified. A later run of the same repo and commit picks up where the last one stopped
+with an HTTP Range request. Nothing appears in the model list until every file is verified and the folder
+has been renamed into the store's models in one step.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from . import hub, store
+from .errors import SubspecError
+
+CHUNK = 256 * 1024  # small enough that a cancel between chunks lands well within a second
+HASH_BLOCK = 4 * 1024 * 1024
+STATE = "state.json"
+PART = ".part"
+DISK_MARGIN = 64 * 1024 * 1024  # a full disk is worse than a refused download: keep some room
+ORPHAN_AGE_S = 30 * 24 * 3600  # partial downloads nobody resumed for a month are cleaned up
+
+
+class DownloadCancelled(SubspecError):
+    """The user stopped the download; `kept` says whether its partial files stay for a resume."""
+
+    def __init__(self, message: str, kept: bool):
+        super().__init__(message)
+        self.kept = kept
+
+
+class _Retryable(Exception):
+    """A failure worth another try after a pause: a drop, a reset, a stall, a 5xx or a 429."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    tries: int = 8  # consecutive tries without a single new byte before giving up
+    first_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    connect_timeout_s: float = 20.0
+    read_timeout_s: float = 30.0  # a connection silent this long is treated as dropped
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay_s, self.first_delay_s * 2 ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """One snapshot for a progress bar: the file in flight and the whole model."""
+    repo_id: str
+    state: str  # resolving | downloading | retrying | verifying | installing | done
+    file: str = ""
+    file_done: int = 0
+    file_size: int = 0
+    done: int = 0
+    total: int = 0
+    bytes_per_s: float = 0.0
+    message: str = ""
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.bytes_per_s <= 0 or self.total <= self.done:
+            return None
+        return (self.total - self.done) / self.bytes_per_s
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+def downloads_dir() -> Path:
+    d = store.store_root() / "downloads"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def work_folder(repo_id: str, commit: str) -> Path:
+    return downloads_dir() / f"{repo_id.replace('/', '--')}@{commit[:12]}"
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@dataclass(frozen=True)
+class PartialDownload:
+    repo_id: str
+    commit: str
+    name: str
+    folder: str
+    have_bytes: int
+    total_bytes: int
+    updated: float
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _read_state(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_state(folder: Path, state: dict) -> None:
+    tmp = folder / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, folder / STATE)  # a kill mid-write must not leave a torn state file
+
+
+def partial_downloads() -> list[PartialDownload]:
+    """Downloads that stopped before finishing (paused, killed, failed): what a resume would continue."""
+    out = []
+    for folder in sorted(downloads_dir().iterdir()):
+        state = _read_state(folder) if folder.is_dir() else None
+        if state is None:
+            continue
+        have = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name != STATE)
+        out.append(PartialDownload(state["repo_id"], state["commit"], state["name"], str(folder),
+                                   min(have, state["total"]), state["total"], folder.stat().st_mtime))
+    return out
+
+
+def discard_partial(repo_id: str) -> int:
+    """Delete every partial download of `repo_id`; returns the bytes freed."""
+    freed = 0
+    for p in partial_downloads():
+        if p.repo_id == repo_id:
+            freed += store.folder_size(Path(p.folder))
+            shutil.rmtree(p.folder, ignore_errors=True)
+    return freed
+
+
+def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None) -> None:
+    """Partial downloads of an older commit of the repo being downloaded now, downloads nobody resumed
+    for a month, and folders without a state file (killed before writing it) are removed."""
+    now = time.time()
+    for folder in downloads_dir().iterdir():
+        if not folder.is_dir() or folder == keep:
+            continue
+        state = _read_state(folder)
+        try:
+            stale = now - folder.stat().st_mtime > ORPHAN_AGE_S
+        except OSError:
+            continue
+        superseded = state is not None and state.get("repo_id") == superseded_repo
+        if superseded or stale or (state is None and now - folder.stat().st_mtime > 3600):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def file_checksum_ok(path: Path, remote: hub.RemoteFile, cancelled: Callable[[], bool] = lambda: False,
+                     on_bytes: Callable[[int], None] = lambda _n: None) -> bool:
+    """sha256 for LFS files; for small files the git blob sha1 (sha1 over "blob <size>\\0" + content)."""
+    if remote.sha256:
+        h, want = hashlib.sha256(), remote.sha256
+    elif remote.git_sha1:
+        h, want = hashlib.sha1(), remote.git_sha1
+        h.update(b"blob %d\0" % remote.size)
+    else:
+        raise SubspecError(f"the hub gave no checksum for {remote.name}")
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            if cancelled():
+                raise DownloadCancelled("cancelled while verifying", kept=True)
+            h.update(block)
+            on_bytes(len(block))
+    return h.hexdigest() == want.lower()
+
+
+class _Rate:
+    """Bytes per second over the last few seconds (a whole-download average hides a stall)."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self.samples: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        self.total += n
+        self.samples.append((now, self.total))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window_s:
+            self.samples.popleft()
+
+    def value(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+@dataclass
+class Download:
+    """One model download. `run()` blocks (call it on a worker thread); `cancel()` and `pause()` may be
+    called from any thread and take effect within a second, even while the connection is stalled."""
+    repo_id: str
+    revision: str | None = None
+    name: str | None = None
+    token: str | None = None
+    on_progress: Callable[[DownloadProgress], None] | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    progress_interval_s: float = 0.1
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._discard = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._last = DownloadProgress(self.repo_id, "resolving")
+        self._last_emit = 0.0
+        self._rate = _Rate()
+
+    # --- control, from any thread -------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop and delete the partial files."""
+        self._discard = True
+        self._interrupt()
+
+    def pause(self) -> None:
+        """Stop and keep the partial files: a later download of the same repo resumes."""
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        self._stop.set()
+        with self._lock:
+            sock = self._socket
+        if sock is not None:
+            try:  # wakes a read blocked on a silent connection at once
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    # --- the download -------------------------------------------------------------------------------
+    def run(self) -> store.ModelInfo:
+        work = None
+        try:
+            self._emit(state="resolving", message=f"asking {hub.endpoint()} about {self.repo_id}", force=True)
+            remote = hub.remote_model(self.repo_id, self.revision, self.token)
+            files = hub.needed_files(remote)
+            name = self.name or self.repo_id.split("/")[1]
+            store.check_new_name(name)
+            work = work_folder(self.repo_id, remote.commit)
+            clean_orphans(keep=work, superseded_repo=self.repo_id)
+            work.mkdir(parents=True, exist_ok=True)
+            state = _read_state(work) or {}
+            verified: dict[str, str] = state.get("verified", {})
+            total = sum(f.size for f in files)
+            _write_state(work, {"repo_id": self.repo_id, "commit": remote.commit, "name": name,
+                                "total": total, "verified": verified})
+            self._check_disk(work, files, verified)
+            done = sum(f.size for f in files if f.name in verified and (work / f.name).is_file())
+            self._emit(state="downloading", total=total, done=done, force=True)
+            for f in files:
+                if f.name in verified and (work / f.name).is_file():
+                    continue
+                done = self._fetch(remote, f, work, done)
+                verified[f.name] = f.checksum
+                _write_state(work, {"repo_id": self.repo_id, "commit": remote.commit, "name": name,
+                                    "total": total, "verified": verified})
+                if f.name == "config.json":
+                    self._check_architecture(work)
+            self._emit(state="installing", message=f"checking and installing {name}", force=True)
+            try:
+                info = store.install_folder(work, name, source=f"hf://{self.repo_id}@{remote.commit}",
+                                            extra={"repo_id": self.repo_id, "commit": remote.commit,
+                                                   "checksums": verified})
+            except SubspecError:
+                self._discard = True  # verified but unusable here: keeping it would only fill the disk
+                raise
+            self._emit(state="done", done=total, message=f"installed {info.name}", force=True)
+            return info
+        except DownloadCancelled as exc:
+            if self._discard and work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            raise DownloadCancelled("download cancelled; partial files deleted" if self._discard else
+                                    "download paused; run it again to resume", kept=not self._discard) from exc
+        except SubspecError:
+            if self._discard and work is not None:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+
+    def _check_disk(self, work: Path, files: list[hub.RemoteFile], verified: dict) -> None:
+        have = 0
+        for f in files:
+            for p in (work / f.name, work / (f.name + PART)):
+                if p.is_file():
+                    have += min(p.stat().st_size, f.size)
+        need = sum(f.size for f in files) - have
+        free = free_bytes(work)
+        if need + DISK_MARGIN > free:
+            raise SubspecError(f"not enough disk space for {self.repo_id}: it needs {_gb(need)} more "
+                               f"(+{_gb(DISK_MARGIN)} margin) and {work.parent} has {_gb(free)} free")
+
+    def _check_architecture(self, work: Path) -> None:
+        """Before any weights: a model we cannot run is refused after one small file."""
+        from .config import ModelConfig
+
+        try:
+            ModelConfig.from_file(work)
+        except SubspecError as exc:
+            self._discard = True
+            raise SubspecError(f"{self.repo_id}: {exc}") from exc
+
+    def _fetch(self, remote: hub.RemoteModel, f: hub.RemoteFile, work: Path, done: int) -> int:
+        part = work / (f.name + PART)
+        url = hub.file_url(remote.repo_id, remote.commit, f.name)
+        headers = {**hub.auth_headers(self.token), "Accept-Encoding": "identity"}
+        failures = 0
+        while True:
+            have = part.stat().st_size if part.is_file() else 0
+            if have > f.size:
+                part.unlink()
+                have = 0
+            self._emit(state="downloading", file=f.name, file_size=f.size, file_done=have,
+                       done=done + have, force=True)
+            if have == f.size:
+                break
+            if self._stop.is_set():
+                raise DownloadCancelled("stopped", kept=True)
+            try:
+                got = self._stream(url, headers, part, have, f, done)
+            except _Retryable as exc:
+                if self._stop.is_set():
+                    raise DownloadCancelled("stopped", kept=True) from exc
+                got_any = part.is_file() and part.stat().st_size > have
+                failures = 0 if got_any else failures + 1
+                if failures >= self.retry.tries:
+                    raise SubspecError(f"{f.name}: giving up after {failures} tries without progress "
+                                       f"({exc}); the {_gb(part.stat().st_size if part.is_file() else 0)} "
+                                       f"already here are kept: run the download again to resume") from exc
+                wait = self.retry.delay(max(failures, 1))
+                self._emit(state="retrying", message=f"{exc}; retrying in {wait:.1f} s", force=True)
+                if self._stop.wait(wait):
+                    raise DownloadCancelled("stopped", kept=True) from exc
+                continue
+            if got < 0:  # the server sent a different file than the range asked for: start it over
+                part.unlink(missing_ok=True)
+        self._emit(state="verifying", file=f.name, message=f"verifying {f.name}", force=True)
+        if not file_checksum_ok(part, f, self._stop.is_set):
+            part.unlink(missing_ok=True)
+            raise SubspecError(f"{f.name} does not match the hub's checksum ({f.checksum}); the corrupt "
+                               f"file was deleted and nothing was installed: run the download again")
+        os.replace(part, work / f.name)
+        return done + f.size
+
+    def _stream(self, url: str, headers: dict, part: Path, have: int, f: hub.RemoteFile, done: int) -> int:
+        """One HTTP request for the rest of a file. Returns the bytes written, -1 when the answer cannot
+        continue the partial file; raises _Retryable on anything a later try may get past."""
+        import httpx2
+        from huggingface_hub import errors as hf_errors
+        from huggingface_hub.utils import get_session
+
+        if have:
+            headers = {**headers, "Range": f"bytes={have}-"}
+        timeout = httpx2.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s)
+        written = 0
+        try:
+            with get_session().stream("GET", url, headers=headers, timeout=timeout,
+                                      follow_redirects=True) as r:
+                self._remember_socket(r)
+                status = r.status_code
+                if status in (401, 403):
+                    raise SubspecError(f"{self.repo_id}: access denied ({status}); a gated or private model "
+                                       f"needs a token (--token, HF_TOKEN or `hf auth login`)")
+                if status == 404:
+                    raise SubspecError(f"{self.repo_id}: {f.name} is not on the hub (404)")
+                if status == 429 or status >= 500:
+                    raise _Retryable(f"the server answered {status}")
+                if status == 416:
+                    return -1
+                if status == 200 and have:
+                    return -1  # the server ignored the range: the whole file follows, start it over
+                if status == 206 and not r.headers.get("content-range", "").startswith(f"bytes {have}-"):
+                    return -1
+                if status not in (200, 206):
+                    raise SubspecError(f"{self.repo_id}: unexpected answer {status} for {f.name}")
+                try:
+                    with open(part, "ab") as fh:
+                        for chunk in r.iter_bytes():  # as received: a drop loses no buffered bytes
+                            if self._stop.is_set():
+                                raise DownloadCancelled("stopped", kept=True)
+                            fh.write(chunk)
+                            written += len(chunk)
+                            self._rate.add(len(chunk))
+                            self._emit(state="downloading", file=f.name, file_size=f.size,
+                                       file_done=have + written, done=done + have + written)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise SubspecError(f"the disk is full while writing {f.name}: free some space and "
+                                           f"run the download again; the bytes already written are kept") from exc
+                    raise
+                if have + written < f.size:
+                    raise _Retryable("the connection closed early")
+                return written
+        except hf_errors.OfflineModeIsEnabled as exc:
+            raise SubspecError("offline mode is on (HF_HUB_OFFLINE): unset it to download") from exc
+        except httpx2.TransportError as exc:
+            if self._stop.is_set():
+                raise DownloadCancelled("stopped", kept=True) from exc
+            raise _Retryable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        finally:
+            with self._lock:
+                self._socket = None
+
+    def _remember_socket(self, response) -> None:
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._socket = sock
+        if self._stop.is_set():
+            self._interrupt()
+
+    def _emit(self, force: bool = False, **changes) -> None:
+        self._last = replace(self._last, bytes_per_s=self._rate.value(), **changes)
+        now = time.monotonic()
+        if self.on_progress and (force or now - self._last_emit >= self.progress_interval_s):
+            self._last_emit = now
+            self.on_progress(self._last)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"

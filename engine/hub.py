@@ -1,0 +1,165 @@
+"""The Hugging Face hub as the model manager sees it: search, a repo's files with their checksums, the
+address of one file. Metadata goes through huggingface_hub (auth, `HF_ENDPOINT`, proxies); the bytes are
+fetched by `download.py`, which adds what huggingface_hub lacks (resume across runs, verified checksums).
+
+The endpoint is read on every call, not at import: huggingface_hub freezes `HF_ENDPOINT` when it is first
+imported, and transformers imports it long before a user types a search.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+from .errors import SubspecError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+# Files a model needs besides its safetensors weights (the store copies the same set on import).
+AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
+             "vocab.json", "merges.txt", "added_tokens.json", "model.safetensors.index.json")
+
+
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+
+
+def token(explicit: str | None = None) -> str | None:
+    """An explicit token, else HF_TOKEN, else the one `hf auth login` stored (huggingface_hub finds it)."""
+    if explicit:
+        return explicit
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str | None  # LFS files (the weights): the hub gives their sha256
+    git_sha1: str | None  # small files: their git blob id, sha1 over "blob <size>\0" + content
+
+    @property
+    def checksum(self) -> str:
+        return f"sha256:{self.sha256}" if self.sha256 else f"git-sha1:{self.git_sha1}"
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    repo_id: str
+    commit: str  # downloads pin the commit, so a push during a download cannot mix two versions
+    files: tuple[RemoteFile, ...]
+    gated: bool
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, name: str) -> RemoteFile:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    repo_id: str
+    downloads: int
+    likes: int
+    updated: str
+    pipeline_tag: str | None
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _api():
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint())
+
+
+def _hub_error(exc: Exception, what: str) -> SubspecError:
+    """huggingface_hub's and httpx's exceptions -> one clear sentence for the user."""
+    from huggingface_hub import errors as hf_errors
+
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return SubspecError(f"{what} is gated: accept its licence on {endpoint()}/{what} and pass a token "
+                            f"(--token, HF_TOKEN or `hf auth login`)")
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return SubspecError(f"no model {what!r} on {endpoint()} (a private repo needs a token)")
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return SubspecError(f"{what}: no such revision on {endpoint()}")
+    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
+        return SubspecError("offline mode is on (HF_HUB_OFFLINE): unset it to reach the hub")
+    if isinstance(exc, hf_errors.HfHubHTTPError):
+        return SubspecError(f"the hub answered an error for {what}: {exc}".splitlines()[0])
+    return SubspecError(f"cannot reach {endpoint()}: {type(exc).__name__}: {exc}")
+
+
+def _hub_exceptions() -> tuple[type[BaseException], ...]:
+    import httpx2
+    from huggingface_hub import errors as hf_errors
+
+    return (hf_errors.HfHubHTTPError, hf_errors.OfflineModeIsEnabled, httpx2.HTTPError, OSError)
+
+
+def search(query: str, limit: int = 20, token_: str | None = None) -> list[SearchHit]:
+    """Text-generation models matching `query`, most downloaded first."""
+    try:
+        models = list(_api().list_models(search=query, limit=limit, sort="downloads",
+                                         pipeline_tag="text-generation", token=token(token_)))
+    except _hub_exceptions() as exc:
+        raise _hub_error(exc, query) from exc
+    hits = []
+    for m in models:
+        updated = m.last_modified.isoformat(timespec="minutes") if isinstance(m.last_modified, datetime) else ""
+        hits.append(SearchHit(m.id, int(m.downloads or 0), int(m.likes or 0), updated, m.pipeline_tag))
+    return hits
+
+
+def remote_model(repo_id: str, revision: str | None = None, token_: str | None = None) -> RemoteModel:
+    """A repo's files with sizes and checksums, at one commit."""
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise SubspecError(f"{repo_id!r} is not a hub repo id (like 'Qwen/Qwen2.5-7B-Instruct')")
+    try:
+        info = _api().model_info(repo_id, revision=revision, files_metadata=True, token=token(token_))
+    except _hub_exceptions() as exc:
+        raise _hub_error(exc, repo_id) from exc
+    files = []
+    for s in info.siblings or []:
+        if s.size is None:
+            raise SubspecError(f"{endpoint()} gave no size for {repo_id}/{s.rfilename}")
+        files.append(RemoteFile(s.rfilename, int(s.size), s.lfs.sha256 if s.lfs else None, s.blob_id))
+    if not info.sha:
+        raise SubspecError(f"{endpoint()} gave no commit for {repo_id}")
+    return RemoteModel(repo_id, info.sha, tuple(files), bool(info.gated))
+
+
+def needed_files(model: RemoteModel) -> list[RemoteFile]:
+    """What a model needs to run here: safetensors weights and the small files beside them."""
+    weights = [f for f in model.files if f.name.endswith(".safetensors") and "/" not in f.name]
+    if not weights:
+        other = sorted({f.name.rsplit(".", 1)[-1] for f in model.files if f.name.endswith((".bin", ".pt",
+                                                                                          ".gguf"))})
+        hint = f" (it has {', '.join('.' + o for o in other)} files; look for a safetensors version)" if other else ""
+        raise SubspecError(f"{model.repo_id} has no safetensors weights{hint}")
+    aux = [f for f in model.files if f.name in AUX_FILES]
+    if not any(f.name == "config.json" for f in aux):
+        raise SubspecError(f"{model.repo_id} has no config.json")
+    return sorted(aux, key=lambda f: (f.name != "config.json", f.name)) + sorted(weights, key=lambda f: f.name)
+
+
+def file_url(repo_id: str, commit: str, name: str) -> str:
+    from huggingface_hub import hf_hub_url
+
+    return hf_hub_url(repo_id, name, revision=commit, endpoint=endpoint())
+
+
+def auth_headers(token_: str | None = None) -> dict[str, str]:
+    from huggingface_hub.utils import build_hf_headers
+
+    return build_hf_headers(token=token(token_), library_name="subspec-studio")

@@ -1,0 +1,117 @@
+"""The substitute cache: built once, keyed by weights/bits/group/dtype, used by every later load, partial
+work kept on cancel, damaged files rebuilt; `subspec models convert`, `du` and `remove` around it."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import make_tiny_model_folder
+
+from engine import cli, convert, store, substitute
+from engine.convert import ConvertCancelled, SubstituteCache, build_draft_cached
+from engine.loading import load_model
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBSPEC_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return make_tiny_model_folder(tmp_path_factory.mktemp("convert-tiny"))
+
+
+@pytest.fixture
+def count_quantize(monkeypatch):
+    calls = []
+    real = substitute.hqq_quantize
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(substitute, "hqq_quantize", counting)
+    return calls
+
+
+def draft_logits(lm, draft, ids):
+    from engine.generate import prefill
+
+    return prefill(draft, lm.decoder.new_cache(64), ids)
+
+
+def test_second_load_reads_the_cache_and_gives_the_same_draft(home, tiny_folder, count_quantize):
+    lm = load_model(tiny_folder, dtype="float32", device="cpu")
+    fresh = lm.build_draft(4, 32, cache=False)
+    assert len(count_quantize) == 3 * 7
+    first = lm.build_draft(4, 32)  # builds and writes the cache
+    assert len(count_quantize) == 2 * 3 * 7
+    second = load_model(tiny_folder, dtype="float32", device="cpu").build_draft(4, 32)
+    assert len(count_quantize) == 2 * 3 * 7  # nothing quantized: every layer came from the cache
+    for a, b, c in zip(fresh.modules(), first.modules(), second.modules()):
+        if isinstance(a, substitute.SubstituteLinear):
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.weight, c.weight)
+    assert second.substituted_layers == (0, 1, 2)
+    ids = [1, 5, 9, 13]
+    assert torch.equal(draft_logits(lm, fresh, ids), draft_logits(lm, second, ids))
+
+
+def test_the_key_separates_bits_group_dtype_and_weights(home, tiny_folder, tmp_path):
+    a = SubstituteCache.for_model(tiny_folder, 4, 64, torch.float32)
+    assert a == SubstituteCache.for_model(tiny_folder, 4, 64, torch.float32)
+    others = {SubstituteCache.for_model(tiny_folder, 8, 64, torch.float32),
+              SubstituteCache.for_model(tiny_folder, 4, 32, torch.float32),
+              SubstituteCache.for_model(tiny_folder, 4, 64, torch.bfloat16)}
+    changed = make_tiny_model_folder(tmp_path / "other", seed=1)
+    others.add(SubstituteCache.for_model(changed, 4, 64, torch.float32))
+    assert a not in others and len(others) == 4
+
+
+def test_cancel_keeps_finished_layers_and_the_next_run_builds_only_the_rest(home, tiny_folder,
+                                                                             count_quantize):
+    import threading
+
+    lm = load_model(tiny_folder, dtype="float32", device="cpu")
+    cancel = threading.Event()
+    with pytest.raises(ConvertCancelled, match="after 1/3 layers"):
+        build_draft_cached(lm, 4, 32, progress=lambda done, total: cancel.set(), cancel=cancel)
+    cache = SubstituteCache.for_model(tiny_folder, 4, 32, torch.float32)
+    assert cache.cached_layers() == [0]
+    count_quantize.clear()
+    build_draft_cached(lm, 4, 32)
+    assert len(count_quantize) == 2 * 7 and cache.cached_layers() == [0, 1, 2]
+
+
+def test_a_damaged_cache_file_is_rebuilt(home, tiny_folder, count_quantize):
+    lm = load_model(tiny_folder, dtype="float32", device="cpu")
+    lm.build_draft(4, 32)
+    cache = SubstituteCache.for_model(tiny_folder, 4, 32, torch.float32)
+    (cache.folder / "layer-0001.pt").write_bytes(b"not a torch file")
+    count_quantize.clear()
+    lm.build_draft(4, 32)
+    assert len(count_quantize) == 7 and cache.cached_layers() == [0, 1, 2]
+
+
+def test_store_model_keeps_its_weights_hash_in_the_manifest(home, tiny_folder):
+    info = store.import_model(tiny_folder, "tiny")
+    digest = convert.weights_hash(info.path)
+    assert json.loads((store.models_dir() / "tiny" / store.MANIFEST).read_text())["weights_sha256"] == digest
+    assert store.get_model("tiny").name == "tiny"  # the extra manifest key does not hide the model
+
+
+def test_cli_convert_du_and_remove(home, tiny_folder, capsys):
+    store.import_model(tiny_folder, "tiny")
+    assert cli.main(["models", "convert", "tiny", "--group-size", "32", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "cached 3 layers" in out
+    assert cli.main(["models", "du", "--json"]) == 0
+    du = json.loads(capsys.readouterr().out)
+    [model] = du["models"]
+    assert model["name"] == "tiny" and model["substitute_cache_bytes"] > 0
+    assert du["total_bytes"] >= model["bytes"] + model["substitute_cache_bytes"]
+    assert cli.main(["models", "remove", "tiny"]) == 0
+    assert "of cached substitutes" in capsys.readouterr().out
+    assert convert.caches_for(store.models_dir() / "tiny") == []
+    assert cli.main(["models", "convert", "nope"]) == 2
