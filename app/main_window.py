@@ -78,6 +78,7 @@ class MainWindow(ChatFlow, QMainWindow):
         host.progress.connect(self.model_label.setText)
         host.token.connect(self._on_token)
         host.step.connect(self.stats_dock.add_step)
+        host.step.connect(self._on_step_note)
         host.finished.connect(self._on_finished)
         host.failed.connect(self._on_failed)
         host.models.connect(self.picker.set_models)
@@ -197,6 +198,12 @@ class MainWindow(ChatFlow, QMainWindow):
             self.new_conversation()
 
     # Conversations
+
+    def _on_step_note(self, step: dict) -> None:
+        # The engine changed something to keep going (a shallower tree after running out of GPU memory):
+        # the user should know why the speed dropped; the answer itself is unaffected.
+        if step.get("note"):
+            self.statusBar().showMessage(step["note"], 30_000)
 
     def show_hardware(self) -> None:
         self.hardware_dock.show()

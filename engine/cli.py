@@ -185,8 +185,7 @@ def cmd_generate(args) -> int:
                  "substitute_bits": args.substitute_bits, "group_size": args.group_size}
     else:
         events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops)
-    if not args.json:
-        events = _echo(events)
+    events = _notes(events) if args.json else _notes(_echo(events))
     result = summarize(events, len(prompt_ids), args.method, extra=extra)
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
@@ -280,6 +279,15 @@ def _echo(events):
     for ev in events:
         sys.stdout.write(ev.text)
         sys.stdout.flush()
+        yield ev
+
+
+def _notes(events):
+    """What the engine changed on the way (a shallower tree after running out of GPU memory) goes to
+    stderr as it happens."""
+    for ev in events:
+        if ev.note:
+            print(f"\nnote: {ev.note}", file=sys.stderr, flush=True)
         yield ev
 
 

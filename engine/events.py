@@ -22,6 +22,7 @@ class StepEvent:
     step_ms: float = 0.0  # wall time of the whole step
     bytes_moved: int = 0  # weights streamed to the device this step
     finish_reason: str | None = None  # "eos", "stop", "length" on the last event
+    note: str = ""  # what the engine had to change to go on (e.g. a shallower tree after running out of memory)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ length are overwritten by the target's pass, and rejected rows are simply left b
 
 from __future__ import annotations
 
+import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import torch
@@ -59,6 +60,20 @@ class TreeShape:
     @property
     def label(self) -> str:
         return f"D{self.depth} K{self.topk}" + (f" B{self.budget}" if self.nodes < self.grown else "")
+
+
+def shallower(shape: TreeShape) -> TreeShape:
+    """The tree to fall back to after running out of memory: half as deep (depth 0 is plain decoding)."""
+    if shape.depth == 0:
+        raise SubspecError("out of GPU memory even with plain decoding: close other programs using the GPU, "
+                           "or reload with fewer resident layers")
+    return replace(shape, depth=shape.depth // 2)
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _sync(device: torch.device) -> None:
@@ -143,6 +158,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
     yield event
 
     iteration = 0
+    note = ""
     while not emitter.finished:
         iteration += 1
         t0 = time.perf_counter()
@@ -151,10 +167,22 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         # No deeper than the tokens still wanted or the positions the model has.
         depth = max(0, min(shape.depth, emitter.remaining - 1, context - L - 1))
         timer = [0.0]
-        tree = grow_tree(draft, cache, root, shape, depth, timer)
-        t1 = time.perf_counter()
-        target_tokens = verifier(target, cache, tree, sampling, gen)
-        _sync(device)
+        try:
+            tree = grow_tree(draft, cache, root, shape, depth, timer)
+            t1 = time.perf_counter()
+            target_tokens = verifier(target, cache, tree, sampling, gen)
+            _sync(device)
+        except torch.OutOfMemoryError:
+            # Another program took VRAM, or a long context left too little for this tree. Nothing was
+            # committed this iteration (draft and verify rows lie past cache.length), so the same step is
+            # simply run again with a shallower tree: the output stays exactly the target's.
+            tree = target_tokens = None
+            _free_memory(device)
+            smaller = shallower(shape)
+            note = (f"{note} " if note else "") + \
+                f"Out of GPU memory with a {shape.label} tree; continuing with {smaller.label}."
+            shape, iteration = smaller, iteration - 1
+            continue
         verify_ms = (time.perf_counter() - t1) * 1e3
         n = tree.size
         tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
@@ -167,4 +195,5 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(kept), text, accepted=len(path), tree_nodes=n, draft_ms=timer[0],
                         verify_ms=verify_ms, step_ms=ms, bytes_moved=streamed_bytes(target) - moved,
-                        finish_reason=emitter.finished)
+                        finish_reason=emitter.finished, note=note)
+        note = ""

@@ -197,3 +197,20 @@ def test_escape_stops_wherever_the_focus_is(qtbot, make_window):
     with qtbot.waitSignal(window.host.finished, timeout=5000) as blocker:
         qtbot.keyClick(window.transcript, Qt.Key.Key_Escape)
     assert blocker.args[0]["finish_reason"] == "stopped"
+
+
+def test_an_engine_note_shows_in_the_status_bar(qtbot, make_window):
+    """The engine backed off (a shallower tree after running out of GPU memory): the user sees why."""
+    from dataclasses import replace
+
+    note = "Out of GPU memory with a D48 K6 tree; continuing with D24 K6."
+
+    def events():
+        evs = recorded_events()
+        return evs[:2] + [replace(evs[2], note=note)] + evs[3:]
+
+    window = make_window(FakeBackend(events=events))
+    with qtbot.waitSignal(window.host.finished, timeout=5000) as blocker:
+        send(qtbot, window)
+    assert window.statusBar().currentMessage() == note
+    assert blocker.args[0]["text"] == recorded_answer()  # the answer itself is untouched

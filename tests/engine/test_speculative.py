@@ -185,3 +185,53 @@ def test_fixed_shape_draft_steps_grow_the_same_tree(tiny):
     assert a.size == b.size == 19
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
     assert torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    lm = load_model(make_tiny_model_folder(tmp_path_factory.mktemp("oom"), "llama"), "float32", "cpu")
+    return lm, build_draft(lm.decoder, 4, 64)
+
+
+def test_out_of_memory_backs_off_to_a_shallower_tree_and_stays_lossless(llama, monkeypatch):
+    """Running out of GPU memory mid-answer (faked on the CPU: the verifier raises for trees above 10
+    nodes, the draft once) halves the depth, says so in the next event, and the answer is still plain's."""
+    import engine.speculative as spec_mod
+
+    lm, draft = llama
+    ids = lm.encode("hello world")
+    plain = _run(generate_plain(lm, ids, 40), lm, ids)
+
+    def small_gpu(target, cache, tree, sampling, gen):
+        if tree.size > 10:
+            raise torch.OutOfMemoryError("CUDA out of memory (faked)")
+        return verify(target, cache, tree, sampling, gen)
+
+    real_grow, failed = spec_mod.grow_tree, []
+
+    def grow_once_fails(*a, **kw):
+        if not failed:
+            failed.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory (faked)")
+        return real_grow(*a, **kw)
+
+    monkeypatch.setattr(spec_mod, "grow_tree", grow_once_fails)
+    events = list(generate_subspec(lm, draft, ids, 40, shape=TreeShape(12, 3), verifier=small_gpu))
+    assert [t for ev in events for t in ev.token_ids] == list(plain.token_ids)
+    notes = [ev.note for ev in events if ev.note]
+    assert notes == ["Out of GPU memory with a D12 K3 tree; continuing with D6 K3. "
+                     "Out of GPU memory with a D6 K3 tree; continuing with D3 K3."]
+    assert max(ev.tree_nodes for ev in events) <= 1 + 3 * 3
+    assert [ev.iteration for ev in events] == list(range(len(events)))  # no iteration lost or doubled
+
+
+def test_out_of_memory_even_for_plain_decoding_is_a_clear_error(llama):
+    lm, draft = llama
+
+    def no_memory(*_a):
+        raise torch.OutOfMemoryError("CUDA out of memory (faked)")
+
+    from engine.errors import SubspecError
+
+    with pytest.raises(SubspecError, match="even with plain decoding"):
+        list(generate_subspec(lm, draft, lm.encode("hi"), 10, shape=TreeShape(2, 2), verifier=no_memory))
