@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
         # However the run ended (an engine error exits without going through the script), its deadline
         # must not fire later in the same application (tests share one).
         script.deadline.stop()
+    if welcome is not None:
+        welcome.close()  # its own top-level window: closing the main one would not hide it
     window.close()  # a scripted run ends with the window still open; this joins the engine thread
     return code
 

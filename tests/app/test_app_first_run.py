@@ -171,3 +171,4 @@ def test_a_screenshot_of_the_welcome_is_of_the_dialog_and_leaves_the_marker(qapp
     image = QImage(str(shot))
     assert not image.isNull() and image.width() < 1240 and image.height() < 760  # the dialog, not the window
     assert is_first_run() and dialogs.shown == []
+    assert not any(isinstance(w, WelcomeDialog) and w.isVisible() for w in QApplication.topLevelWidgets())

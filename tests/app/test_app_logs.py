@@ -120,7 +120,7 @@ def test_help_welcome_opens_the_welcome_dialog(make_window, monkeypatch):
     monkeypatch.setattr(first_run, "real_probe", cpu_only)
     window = make_window()
     next(a for a in window.help_menu.actions() if a.objectName() == "welcome").trigger()
-    [dialog] = [w for w in QApplication.topLevelWidgets() if isinstance(w, first_run.WelcomeDialog) and w.isVisible()]
+    [dialog] = [w for w in window.findChildren(first_run.WelcomeDialog) if w.isVisible()]
     dialog.close()
 
 
