@@ -228,6 +228,9 @@ def _handler(hub: FakeHub):
 
         def _break(self, kind):
             self.close_connection = True
+            # Let the client read what was written first: an RST makes the client's kernel drop unread
+            # bytes, and loopback buffers hold megabytes, so "sent" would count bytes never received.
+            time.sleep(0.5)
             if kind == "reset":  # SO_LINGER 0: close() sends RST instead of FIN
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.connection.close()
