@@ -83,8 +83,8 @@ def recommendation_html(rec: Recommendation | None) -> str:
         how = f"{speed}: the whole model fits in VRAM, with plain decoding."
     else:
         how = f"{speed} with plain decoding on the CPU."
-    get = (f"<br>Get it from <a href='https://huggingface.co/{rec.repo}'>huggingface.co/{rec.repo}</a> and add "
-           f"the folder with <code>subspec models import FOLDER</code>.")
+    get = (f"<br>Download it from the <b>Models</b> panel (toolbar), or with "
+           f"<code>subspec models download {escape(rec.repo)}</code>; downloads resume if interrupted.")
     return head + how[0].upper() + how[1:] + get
 
 

@@ -3,14 +3,15 @@
 
 The planner needs only each model's config.json, so the suggestion is made before anything is downloaded.
 The list is Qwen2.5 Instruct at every size from 1.5B to 72B: one family, so "larger" means "better"
-without a judgement call, and ungated on the Hugging Face hub, so it downloads without an account. The
-config fields below are those of the published config.json files that engine.config reads.
+without a judgement call, and ungated on the Hugging Face hub, so it downloads without an account. Their
+config fields live once, in the model catalogue (engine.catalogue).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.catalogue import family
 from engine.config import ModelConfig
 from engine.errors import SubspecError
 from engine.planner import Plan, make_plan
@@ -18,29 +19,9 @@ from engine.planner import Plan, make_plan
 MIN_TOKENS_PER_S = 5.0  # about reading speed: slower than this, a bigger model is not worth the wait
 BYTES_PER_PARAM = 2  # the checkpoints are bf16
 
-_QWEN25 = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
-    "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "use_sliding_window": False, "bos_token_id": 151643, "eos_token_id": 151645, "torch_dtype": "bfloat16",
-}
-
-
-def _qwen25(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
-            tied: bool) -> dict:
-    return {**_QWEN25, "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "num_key_value_heads": kv_heads, "vocab_size": vocab,
-            "tie_word_embeddings": tied}
-
-
-# (name, hub repository, config.json), smallest first.
-CANDIDATES = [
-    ("Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", _qwen25(1536, 8960, 28, 12, 2, 151936, True)),
-    ("Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-3B-Instruct", _qwen25(2048, 11008, 36, 16, 2, 151936, True)),
-    ("Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct", _qwen25(3584, 18944, 28, 28, 4, 152064, False)),
-    ("Qwen2.5-14B-Instruct", "Qwen/Qwen2.5-14B-Instruct", _qwen25(5120, 13824, 48, 40, 8, 152064, False)),
-    ("Qwen2.5-32B-Instruct", "Qwen/Qwen2.5-32B-Instruct", _qwen25(5120, 27648, 64, 40, 8, 152064, False)),
-    ("Qwen2.5-72B-Instruct", "Qwen/Qwen2.5-72B-Instruct", _qwen25(8192, 29568, 80, 64, 8, 152064, False)),
-]
+# (name, hub repository, config.json), smallest first: the catalogue's Qwen2.5 Instruct line.
+CANDIDATES = [(e.repo_id.split("/")[1], e.repo_id, e.config) for e in family("Qwen2.5-")
+              if e.repo_id.endswith("-Instruct")]
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,17 @@ class CatalogueEntry:
         return self.parameters * 2
 
 
+# Smallest first within each size class; the Qwen2.5 Instruct line runs through every size (one family, so
+# "larger" means "better", and ungated: the first-run welcome recommends from it).
 CATALOGUE: tuple[CatalogueEntry, ...] = (
+    CatalogueEntry("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5 1.5B Instruct",
+                   "Small and quick: a good first model on a CPU or a small GPU.",
+                   {**_QWEN25, **_shape(1536, 8960, 28, 12, 2), "vocab_size": 151936,
+                    "tie_word_embeddings": True, "max_window_layers": 21}),
+    CatalogueEntry("Qwen/Qwen2.5-3B-Instruct", "Qwen2.5 3B Instruct",
+                   "Noticeably smarter than 1.5B, still fits most GPUs whole.",
+                   {**_QWEN25, **_shape(2048, 11008, 36, 16, 2), "vocab_size": 151936,
+                    "tie_word_embeddings": True, "max_window_layers": 36}),
     CatalogueEntry("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct",
                    "The paper's model: strong all-round chat and code.",
                    {**_QWEN25, **_shape(3584, 18944, 28, 28, 4), "max_window_layers": 28}),
@@ -80,7 +90,15 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
                    {**_QWEN25, **_shape(5120, 27648, 64, 40, 8), "max_window_layers": 70}),
     CatalogueEntry("Qwen/Qwen3-32B", "Qwen3 32B", "The largest Qwen3 dense model.",
                    {**_QWEN3, **_shape(5120, 25600, 64, 64, 8)}),
+    CatalogueEntry("Qwen/Qwen2.5-72B-Instruct", "Qwen2.5 72B Instruct",
+                   "Frontier-class; needs a 24 GB GPU and plenty of RAM.",
+                   {**_QWEN25, **_shape(8192, 29568, 80, 64, 8), "max_window_layers": 80}),
 )
+
+
+def family(prefix: str) -> list[CatalogueEntry]:
+    """Entries whose repo name starts with `prefix` (e.g. "Qwen2.5-" and "-Instruct" models), smallest first."""
+    return sorted((e for e in CATALOGUE if e.repo_id.split("/")[1].startswith(prefix)), key=lambda e: e.parameters)
 
 
 def entry(repo_id: str) -> CatalogueEntry:

@@ -61,7 +61,7 @@ def test_a_cpu_only_machine_gets_the_largest_model_at_reading_speed(qtbot):
     text = dialog.recommended.text()
     assert "<b>Qwen2.5-1.5B-Instruct</b> (1.5B parameters, 2.9 GiB download)" in text
     assert f"<b>{plan.predicted_tokens_per_s:.1f} tokens/s</b> with plain decoding on the CPU" in text
-    assert "huggingface.co/Qwen/Qwen2.5-1.5B-Instruct" in text
+    assert "subspec models download Qwen/Qwen2.5-1.5B-Instruct" in text
     assert DEFAULT_MODEL in dialog.ready.text() and "offline" in dialog.ready.text()
 
 
