@@ -150,6 +150,26 @@ def discard_partial(repo_id: str) -> int:
     return freed
 
 
+LOCK = ".lock"
+
+
+def _try_lock(folder: Path):
+    """An exclusive lock on a download folder, or None when another process holds it (two processes
+    appending to one .part file would corrupt it). Released when the returned file is closed; on
+    systems without fcntl (Windows) there is no cross-process lock."""
+    try:
+        import fcntl
+    except ImportError:
+        return open(folder / LOCK, "a")
+    fh = open(folder / LOCK, "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
 def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None) -> None:
     """Partial downloads of an older commit of the repo being downloaded now, downloads nobody resumed
     for a month, and folders without a state file (killed before writing it) are removed."""
@@ -164,7 +184,11 @@ def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None) 
             continue
         superseded = state is not None and state.get("repo_id") == superseded_repo
         if superseded or stale or (state is None and now - folder.stat().st_mtime > 3600):
-            shutil.rmtree(folder, ignore_errors=True)
+            lock = _try_lock(folder)
+            if lock is None:
+                continue  # another process is downloading into it right now
+            with lock:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def file_checksum_ok(path: Path, remote: hub.RemoteFile, cancelled: Callable[[], bool] = lambda: False,
@@ -255,7 +279,7 @@ class Download:
 
     # --- the download -------------------------------------------------------------------------------
     def run(self) -> store.ModelInfo:
-        work = None
+        work = lock = None
         try:
             self._emit(state="resolving", message=f"asking {hub.endpoint()} about {self.repo_id}", force=True)
             remote = hub.remote_model(self.repo_id, self.revision, self.token)
@@ -265,6 +289,10 @@ class Download:
             work = work_folder(self.repo_id, remote.commit)
             clean_orphans(keep=work, superseded_repo=self.repo_id)
             work.mkdir(parents=True, exist_ok=True)
+            lock = _try_lock(work)
+            if lock is None:
+                work = None  # not ours to delete on cancel
+                raise SubspecError(f"{self.repo_id} is already being downloaded by another process")
             state = _read_state(work) or {}
             verified: dict[str, str] = state.get("verified", {})
             total = sum(f.size for f in files)
@@ -301,6 +329,9 @@ class Download:
             if self._discard and work is not None:
                 shutil.rmtree(work, ignore_errors=True)
             raise
+        finally:
+            if lock is not None:
+                lock.close()
 
     def _check_disk(self, work: Path, files: list[hub.RemoteFile], verified: dict) -> None:
         have = 0

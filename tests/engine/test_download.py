@@ -350,3 +350,22 @@ def _wait_for_part(nbytes, timeout=30):
             return
         time.sleep(0.02)
     raise AssertionError("the download never got going")
+
+
+def test_a_second_process_on_the_same_download_is_refused(hub):
+    work = download.work_folder("org/tiny", hub.repos["org/tiny"].commit)
+    work.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; fh = open(sys.argv[1], 'a'); fcntl.flock(fh, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(30)"), str(work / download.LOCK)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(SubspecError, match="already being downloaded by another process"):
+            fetch()
+        assert work.is_dir()  # the other process's files are left alone
+    finally:
+        other.kill()
+        other.wait()
+    fetch()
+    assert listed() == ["tiny"]
