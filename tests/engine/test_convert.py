@@ -12,12 +12,6 @@ from engine.convert import ConvertCancelled, SubstituteCache, build_draft_cached
 from engine.loading import load_model
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SUBSPEC_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     return make_tiny_model_folder(tmp_path_factory.mktemp("convert-tiny"))

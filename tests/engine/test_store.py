@@ -10,12 +10,6 @@ from engine import store
 from engine.errors import SubspecError
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SUBSPEC_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     return make_tiny_model_folder(tmp_path_factory.mktemp("tiny-src"), "qwen2")
