@@ -19,7 +19,7 @@ from .paths import APP_NAME
 from .worker import EngineHost
 
 DEMO_PROMPT = "What is the capital of France?"
-PANELS = ("stats", "hardware", "welcome")
+PANELS = ("stats", "hardware", "models", "welcome")
 GRAB_RETRY_MS = 100
 SCRIPT_TIMEOUT_S = 600  # a scripted run that hangs (a stuck load) must still end, with an error
 
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="PATH",
                    help="run the demo exchange, save the window as a PNG to PATH and exit")
     p.add_argument("--panel", choices=PANELS, default="stats",
-                   help="the side panel to show: decoding stats (default) or the hardware panel; "
+                   help="the side panel to show: decoding stats (default), the hardware panel or the models "
+                        "panel; "
                         "welcome: the first-run dialog (with --screenshot, the picture is of the dialog)")
     return p
 
@@ -69,6 +70,9 @@ class ScriptedExchange(QObject):
     def _grab(self) -> None:
         if not self.window.hardware_dock.isHidden() and self.window.hardware_dock.profile is None:
             QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # its first probe (a torch import) may lag
+            return
+        if not self.window.models_dock.isHidden() and not self.window.models_dock.ready():
+            QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # the store's scan and the fit badges
             return
         if self.welcome is not None and not self.welcome.probed:
             QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # so is the welcome's
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
         window.resize(*MainWindow.DEFAULT_SIZE)
     if args.panel == "hardware":
         window.show_hardware()
+    elif args.panel == "models":
+        window.show_models()
     # Asked for by name: shown even in a scripted run, and the first-run marker is left alone.
     welcome = first_run.WelcomeDialog(window) if args.panel == "welcome" else None
     script = ScriptedExchange(window, args.screenshot, welcome) if args.demo or args.screenshot else None

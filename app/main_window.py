@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
@@ -22,7 +22,9 @@ from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
 from .conversations import AnswerWriter, Conversation, ConversationStore
 from .hardware_panel import HardwareDock
 from .help_menu import add_help_menu
+from .model_manager import ModelManager
 from .model_picker import ModelPicker
+from .models_panel import ModelsDock
 from .sidebar import ConversationSidebar
 from .stats import StatsDock
 from .turns import Turn, replay
@@ -82,6 +84,8 @@ class MainWindow(ChatFlow, QMainWindow):
         host.finished.connect(self._on_finished)
         host.failed.connect(self._on_failed)
         host.models.connect(self.picker.set_models)
+        host.loaded.connect(self.models_dock.set_loaded_model)
+        self.model_manager.inventory.connect(self._on_store_changed)
         host.missing_model.connect(self._on_missing_model)
         host.list_models()  # queued before the first load, so the menu fills while the model loads
         self._restore()
@@ -163,6 +167,16 @@ class MainWindow(ChatFlow, QMainWindow):
         hardware_action.setText("Hardware")
         hardware_action.setToolTip("GPUs, memory, measured speeds and the plan for the loaded model")
         toolbar.addAction(hardware_action)
+        # Downloads belong to the window, not the dock: they go on when the dock is closed.
+        self.model_manager = ModelManager(self)
+        self.models_dock = ModelsDock(self.model_manager, self.hardware_dock, self)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.models_dock)
+        self.tabifyDockWidget(self.stats_dock, self.models_dock)
+        self.models_dock.hide()
+        models_action = self.models_dock.toggleViewAction()
+        models_action.setText("Models")
+        models_action.setToolTip("Download, import, convert and delete models")
+        toolbar.addAction(models_action)
         toolbar.addSeparator()
         self.api = ApiSwitch(toolbar, self.host)
         self.api.failed.connect(self._on_api_failed)
@@ -208,6 +222,17 @@ class MainWindow(ChatFlow, QMainWindow):
     def show_hardware(self) -> None:
         self.hardware_dock.show()
         self.hardware_dock.raise_()  # in front of the stats tab
+
+    def show_models(self) -> None:
+        self.models_dock.show()
+        self.models_dock.raise_()
+        # Before the window is first shown, a restored layout's current tab wins over raise_(); again after.
+        QTimer.singleShot(0, self.models_dock, self.models_dock.raise_)
+
+    def _on_store_changed(self, inventory: dict) -> None:
+        """A download, import or delete changed the store: the menu lists what is there now."""
+        if not inventory.get("error"):
+            self.picker.set_models([m["name"] for m in inventory["models"]])
 
     def new_conversation(self) -> None:
         if self.busy:
@@ -339,6 +364,7 @@ class MainWindow(ChatFlow, QMainWindow):
             self.busy = False
         self._compare = None  # a comparison's last run may still report after this; nothing waits for it
         self.api.stop()  # before the worker ends: a request it runs is cancelled, waiting ones answer 503
+        self.model_manager.shutdown()  # downloads pause (their files stay for a resume); threads joined
         self.host.shutdown()
         self.hardware_dock.shutdown()
         self.settings.sync()
