@@ -321,8 +321,9 @@ class MainWindow(ChatFlow, QMainWindow):
         self._load_failed()
         self.model_label.setText("No model installed")
         self.notice.show_notice(
-            "<b>No model is installed yet.</b> Add one from a terminal with "
-            "<code>subspec models import PATH</code> (PATH: a Hugging Face model folder or a .gguf file), "
+            "<b>No model is installed yet.</b> Download or import one in the Models panel (toolbar), or "
+            "from a terminal with <code>subspec models import PATH</code> (PATH: a Hugging Face model folder "
+            "or a .gguf file), "
             "then press Try again.", "Try again")
         if self._on_error:  # an unattended run cannot wait for someone to install a model
             self._on_error("No model", message, "")

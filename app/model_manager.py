@@ -90,7 +90,7 @@ class ModelManager(QObject):
         self._scanned.connect(self._on_scanned)
         self._searched.connect(self._on_searched)
         self._noticed.connect(self.notice)
-        self._rescan_request.connect(lambda _none: self.rescan())
+        self._rescan_request.connect(self._on_rescan_request)  # a bound slot: queued to this (GUI) thread
 
     # --- threads ----------------------------------------------------------------------------------------
     def _start(self, target: Callable[[], None], name: str, joined: bool = True) -> threading.Thread:
@@ -131,6 +131,10 @@ class ModelManager(QObject):
         self._start(work, "models-scan")
 
     @Slot(object)
+    def _on_rescan_request(self, _none) -> None:
+        self.rescan()
+
+    @Slot(object)
     def _on_scanned(self, result: dict) -> None:
         self._scan_pending = False
         self.last_inventory = result
@@ -138,6 +142,10 @@ class ModelManager(QObject):
         if self._scan_again:
             self._scan_again = False
             self.rescan()
+
+    @property
+    def scanning(self) -> bool:
+        return self._scan_pending
 
     def installed_names(self) -> list[str]:
         return [m["name"] for m in (self.last_inventory or {}).get("models", [])]

@@ -14,7 +14,8 @@ class ModelPicker(QObject):
     def __init__(self, toolbar: QToolBar):
         super().__init__(toolbar)
         self.combo = QComboBox()
-        self.combo.setToolTip("Model (from the store; add one with `subspec models import PATH`)")
+        self.combo.setToolTip("Model (from the store; add one in the Models panel or with "
+                              "`subspec models import PATH`)")
         self.combo.setMinimumContentsLength(18)
         self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.combo.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)

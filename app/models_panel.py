@@ -476,7 +476,8 @@ class ModelsDock(QDockWidget):
     def ready(self) -> bool:
         """Everything a screenshot should show has arrived: the store's scan and, with a hardware panel,
         the badges."""
-        return self.inventory is not None and (self.hardware is None or bool(self.estimates))
+        return self.inventory is not None and not self.manager.scanning and \
+            (self.hardware is None or bool(self.estimates))
 
     def set_profile(self, profile: dict | None) -> None:
         if profile is None:
@@ -502,6 +503,8 @@ class ModelsDock(QDockWidget):
 
     def set_loaded_model(self, name: str | None) -> None:
         self.loaded_model = name
+        if self.inventory is not None:
+            self.manager.rescan()  # the first load imports the default model into the store
         for card_name, card in self.installed_cards.items():
             card.loaded.setVisible(card_name == name)
 

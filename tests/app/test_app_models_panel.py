@@ -157,6 +157,8 @@ def test_on_a_machine_without_a_gpu_the_badges_say_cpu_only(qtbot, dialogs, monk
 
 def test_a_download_completes_and_the_model_appears_in_the_list_and_the_menu(window, hub, qtbot):
     dock = window.models_dock
+    gui_threads = set()
+    window.model_manager.job_changed.connect(lambda _j: gui_threads.add(threading.get_ident()))
     dock.download("org/tiny")
     assert dock.tabs.currentIndex() == 2 and len(dock.job_cards) == 1
     done = wait_state(qtbot, window, "org/tiny", "done", "failed")
@@ -174,6 +176,8 @@ def test_a_download_completes_and_the_model_appears_in_the_list_and_the_menu(win
     assert recommended == set()  # org/tiny is no catalogue model
     qtbot.waitUntil(lambda: "Downloaded and installed tiny" in dock.notice.text(), timeout=2000)
     assert overlap(hub, hub.weights) == 0
+    [download_thread] = [j.thread for j in window.model_manager.jobs.values()]
+    assert gui_threads == {threading.get_ident()} and download_thread.ident != threading.get_ident()
 
     # The same repo offered again in a search reads Installed.
     dock.query.setText("tiny")
