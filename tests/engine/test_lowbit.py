@@ -81,6 +81,14 @@ def test_the_kernel_equals_f_linear_on_the_dequantized_weight(bits, dtype):
                 _assert_within_one_rounding(lowbit_linear(x, lw, b), ref)
 
 
+def test_an_odd_number_of_outputs_runs_at_8_bits():
+    packed, meta = _quantized(63, 128, bits=8, dtype=torch.bfloat16)
+    w = hqq_dequantize(packed, meta).to(torch.bfloat16)
+    x = torch.randn(6, 128).to(torch.bfloat16)
+    ref = (x.float() @ w.float().T).to(torch.bfloat16)
+    _assert_within_one_rounding(lowbit_linear(x, LowBitWeight.from_hqq(packed, meta)), ref)
+
+
 def test_tilings_and_k_splits_agree():
     packed, meta = _quantized(104, 320, 4, 64)
     lw = LowBitWeight.from_hqq(packed, meta)
