@@ -110,6 +110,12 @@ class ModelManager(QObject):
         except RuntimeError:  # the C++ object was deleted with the window
             pass
 
+    def _notify(self, notice: dict) -> None:
+        """From a worker thread: what finished or failed, for the panel's notice line; failures are logged
+        too (the log holds every error the app shows)."""
+        (log.info if notice["ok"] else log.warning)("%s", notice["message"])
+        self._emit(self._noticed, notice)
+
     # --- the store --------------------------------------------------------------------------------------
     def rescan(self) -> None:
         """Ask for a scan; one at a time, and one more after it when asked again meanwhile."""
@@ -264,13 +270,13 @@ class ModelManager(QObject):
                 if kept:
                     changes.update(revision=kept[0].commit, name=kept[0].name)
                 self._report(jid, **changes)
-                self._emit(self._noticed, {"kind": "download", "ok": False, "name": repo_id,
-                                           "message": f"Download of {repo_id} failed: {_message(exc)}"})
+                self._notify({"kind": "download", "ok": False, "name": repo_id,
+                              "message": f"Download of {repo_id} failed: {_message(exc)}"})
             else:
                 self._report(jid, state="done", name=info.name, fraction=1.0, bytes_per_s=0.0, eta_s=None,
                              message=f"Installed as {info.name}")
-                self._emit(self._noticed, {"kind": "download", "ok": True, "name": info.name,
-                                           "message": f"Downloaded and installed {info.name}"})
+                self._notify({"kind": "download", "ok": True, "name": info.name,
+                              "message": f"Downloaded and installed {info.name}"})
             self._emit(self._rescan_request, None)
 
         self.jobs[jid].thread = self._start(work, f"download-{repo_id}")
@@ -319,8 +325,8 @@ class ModelManager(QObject):
             try:
                 discard_partial(repo_id)
             except OSError as exc:
-                self._emit(self._noticed, {"kind": "discard", "ok": False, "name": repo_id,
-                                           "message": f"Could not delete the partial download of {repo_id}: {exc}"})
+                self._notify({"kind": "discard", "ok": False, "name": repo_id,
+                              "message": f"Could not delete the partial download of {repo_id}: {exc}"})
             self._emit(self._rescan_request, None)
 
         self._start(work, "models-discard")
@@ -340,12 +346,12 @@ class ModelManager(QObject):
                 if not isinstance(exc, SubspecError):
                     log.error("import of %s failed\n%s", source, traceback.format_exc())
                 self._report(jid, state="failed", error=_message(exc))
-                self._emit(self._noticed, {"kind": "import", "ok": False, "name": source,
-                                           "message": f"Import of {source} failed: {_message(exc)}"})
+                self._notify({"kind": "import", "ok": False, "name": source,
+                              "message": f"Import of {source} failed: {_message(exc)}"})
             else:
                 self._report(jid, state="done", name=info.name, fraction=1.0, message=f"Installed as {info.name}")
-                self._emit(self._noticed, {"kind": "import", "ok": True, "name": info.name,
-                                           "message": f"Imported {info.name}"})
+                self._notify({"kind": "import", "ok": True, "name": info.name,
+                              "message": f"Imported {info.name}"})
             self._emit(self._rescan_request, None)
 
         self.jobs[jid].thread = self._start(work, "models-import")
@@ -383,6 +389,8 @@ class ModelManager(QObject):
                 if not isinstance(exc, SubspecError):
                     log.error("conversion of %s failed\n%s", name, traceback.format_exc())
                 self._report(jid, state="failed", error=_message(exc))
+                self._notify({"kind": "convert", "ok": False, "name": name,
+                              "message": f"Building the substitutes of {name} failed: {_message(exc)}"})
             else:
                 self._report(jid, state="done", fraction=1.0,
                              message=f"{len(cache.cached_layers())} layers of substitutes cached")
@@ -402,11 +410,11 @@ class ModelManager(QObject):
                 freed = info.size_bytes + convert.remove_caches(info.path)
                 store.remove_model(name)
             except Exception as exc:  # noqa: BLE001 - e.g. a file another program holds open
-                self._emit(self._noticed, {"kind": "delete", "ok": False, "name": name,
-                                           "message": f"Could not delete {name}: {_message(exc)}"})
+                self._notify({"kind": "delete", "ok": False, "name": name,
+                              "message": f"Could not delete {name}: {_message(exc)}"})
             else:
-                self._emit(self._noticed, {"kind": "delete", "ok": True, "name": name,
-                                           "message": f"Deleted {name} ({human_bytes(freed)} freed)"})
+                self._notify({"kind": "delete", "ok": True, "name": name,
+                              "message": f"Deleted {name} ({human_bytes(freed)} freed)"})
             self._emit(self._rescan_request, None)
 
         self._start(work, "models-delete")

@@ -454,8 +454,7 @@ class ModelsDock(QDockWidget):
     def _on_visibility(self, visible: bool) -> None:
         if not visible:
             return
-        if self.inventory is None:
-            self.manager.rescan()
+        self.manager.rescan()  # cheap, and the CLI may have changed the store meanwhile
         self._want_profile()
         window = self.parent()
         if isinstance(window, QMainWindow) and not self.isFloating() and self.width() < WIDTH:
