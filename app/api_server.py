@@ -32,8 +32,9 @@ class ApiCall:
     The worker calls put() per StepEvent, put(exc) on an error, end() last; it stops between two steps
     once `cancel` is set (the client went away, or the server is stopping)."""
 
-    def __init__(self, prompt_ids: list, max_tokens: int, sampling, stops: tuple):
+    def __init__(self, prompt_ids: list, max_tokens: int, sampling, stops: tuple, decoding: dict | None = None):
         self.prompt_ids, self.max_tokens, self.sampling, self.stops = prompt_ids, max_tokens, sampling, stops
+        self.decoding = decoding or {"method": "vanilla"}  # the window's method when the request came
         self.cancel = threading.Event()
         self._items: queue.Queue = queue.Queue()
 
@@ -56,10 +57,12 @@ class ApiBridge:
         self._lock = threading.Lock()
         self._calls: set[ApiCall] = set()
         self._closed = False
+        # The chat's decoding method, replaced (never mutated) from the GUI thread, read by relay threads.
+        self.decoding: dict = {"method": "vanilla"}
 
     def __call__(self, prompt_ids, max_tokens, sampling, stops):
         # A generator from the first line, so the server's closing() always reaches the finally below.
-        call = ApiCall(list(prompt_ids), max_tokens, sampling, tuple(stops))
+        call = ApiCall(list(prompt_ids), max_tokens, sampling, tuple(stops), self.decoding)
         try:
             with self._lock:
                 if self._closed:
@@ -95,12 +98,14 @@ class LocalApi:
     """engine.server serving one app engine through the app's worker; start() raises OSError when the
     port is taken and SubspecError when the engine cannot be served."""
 
-    def __init__(self, engine, dispatch: Callable[[ApiCall], None], port: int):
+    def __init__(self, engine, dispatch: Callable[[ApiCall], None], port: int, decoding: dict | None = None):
         from engine.server import Backend, SubspecServer
 
         if getattr(engine, "lm", None) is None or not callable(getattr(engine, "generate_ids", None)):
             raise SubspecError(f"model {getattr(engine, 'name', '?')} cannot be served over the API")
         self.bridge = ApiBridge(dispatch)
+        if decoding:
+            self.bridge.decoding = dict(decoding)
         # Backend copies the tokenizer for the server's handler threads; the caller makes sure the worker
         # is idle meanwhile (the switch only turns on between answers).
         backend = Backend(engine.lm, generate=self.bridge, name=engine.name)
@@ -127,6 +132,7 @@ class ApiSwitch(QObject):
         self.port = port
         self.api: LocalApi | None = None
         self.served = 0
+        self.decoding: dict = {"method": "vanilla"}
         self.action = QAction("Serve API", toolbar)
         self.action.setCheckable(True)
         self.action.setToolTip(f"Serve the loaded model on an OpenAI-compatible API at http://{API_HOST}:{port}/v1 "
@@ -148,6 +154,13 @@ class ApiSwitch(QObject):
     def url(self) -> str | None:
         return self.api.url if self.api else None
 
+    def set_decoding(self, params: dict) -> None:
+        """API requests decode like the chat: SubSpec (with its tree) when the chat's switch is on. A
+        change applies to requests that arrive afterwards."""
+        self.decoding = dict(params)
+        if self.api is not None:
+            self.api.bridge.decoding = dict(params)
+
     def set_available(self, available: bool) -> None:
         """Whether it may turn on now (a model is loaded and the worker idle); turning off always may."""
         self._available = available
@@ -161,7 +174,7 @@ class ApiSwitch(QObject):
             self._fail("Serve API", "Load a model first; the API serves the model loaded here.")
             return False
         try:
-            self.api = LocalApi(engine, self.host.serve, self.port)
+            self.api = LocalApi(engine, self.host.serve, self.port, self.decoding)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 message = (f"Port {self.port} on {API_HOST} is already in use, perhaps by another SubSpec server. "

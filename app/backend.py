@@ -158,9 +158,18 @@ class TorchBackend:
             events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops)
         return len(ids), events
 
-    def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling, stops: tuple) -> Iterator[StepEvent]:
-        """An API request (app.api_server), already tokenized by the server: plain decoding's events.
+    def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling, stops: tuple,
+                     decoding: dict | None = None) -> Iterator[StepEvent]:
+        """An API request (app.api_server), already tokenized by the server, decoded like the chat
+        (`decoding`: {"method": "vanilla"} or {"method": "subspec", "depth": D, "width": K}).
         Runs on the worker thread like stream()."""
+        decoding = decoding or {"method": "vanilla"}
+        if decoding.get("method") == "subspec":
+            from engine.speculative import TreeShape, generate_subspec
+
+            shape = TreeShape(int(decoding["depth"]), int(decoding["width"]))
+            return generate_subspec(self.lm, self.get_draft(), list(prompt_ids), max_tokens, sampling,
+                                    tuple(stops), shape=shape)
         from engine.generate import generate_plain
 
         return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops))

@@ -31,6 +31,8 @@ def _spin(minimum: float, maximum: float, step: float, tip: str) -> QDoubleSpinB
 class MethodControls(QObject):
     """The SubSpec toggle and the tree shape. Off, and disabled, until a model says it can draft."""
 
+    changed = Signal()  # params() may differ now
+
     def __init__(self, toolbar: QToolBar):
         super().__init__(toolbar)
         # A check box rather than a checkable tool button: its state reads at a glance.
@@ -51,6 +53,8 @@ class MethodControls(QObject):
         for widget in (self._depth_label, self.depth, self._width_label, self.width):
             toolbar.addWidget(widget)
         self.toggle.toggled.connect(self._sync_enabled)
+        self.depth.valueChanged.connect(self.changed)
+        self.width.valueChanged.connect(self.changed)
         self.apply_capabilities({"cuda": False, "subspec": False})
 
     def apply_capabilities(self, caps: dict) -> None:
@@ -63,6 +67,7 @@ class MethodControls(QObject):
         on = self.toggle.isEnabled() and self.toggle.isChecked()
         for widget in (self._depth_label, self.depth, self._width_label, self.width):
             widget.setEnabled(on)
+        self.changed.emit()
 
     def params(self) -> dict:
         if self.toggle.isEnabled() and self.toggle.isChecked():

@@ -180,6 +180,9 @@ class MainWindow(ChatFlow, QMainWindow):
         toolbar.addSeparator()
         self.api = ApiSwitch(toolbar, self.host)
         self.api.failed.connect(self._on_api_failed)
+        # API requests decode like the chat: SubSpec with its tree when the switch is on.
+        self.method.changed.connect(lambda: self.api.set_decoding(self.method.params()))
+        self.api.set_decoding(self.method.params())
         self.help_menu = add_help_menu(self)
 
         self.model_label = QLabel("No model loaded")

@@ -159,7 +159,9 @@ class EngineWorker(QObject):
             if generate is None:
                 raise SubspecError("No model is loaded." if self._engine is None
                                    else f"model {self._engine.name} cannot be served over the API")
-            events = generate(list(call.prompt_ids), call.max_tokens, call.sampling, tuple(call.stops))
+            decoding = getattr(call, "decoding", None) or {"method": "vanilla"}
+            events = generate(list(call.prompt_ids), call.max_tokens, call.sampling, tuple(call.stops),
+                              decoding)
             for ev in events:
                 call.put(ev)
                 new_tokens += len(ev.token_ids)

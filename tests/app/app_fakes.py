@@ -99,6 +99,7 @@ class FakeBackend:
         self.thread_ids: list[int] = []
         self.lm = FakeLM(name)  # for the API server (app.api_server)
         self.api_calls: list[tuple[list, int]] = []
+        self.api_decoding: list[dict | None] = []
         self.api_thread_ids: list[int] = []
 
     def stream(self, messages, params):
@@ -107,11 +108,12 @@ class FakeBackend:
         self.thread_ids.append(threading.get_ident())
         return 12, self._play(call, params.get("method", "vanilla"))
 
-    def generate_ids(self, prompt_ids, max_tokens, sampling, stops):
+    def generate_ids(self, prompt_ids, max_tokens, sampling, stops, decoding=None):
         """An API request: the same events as a chat answer, at most `max_tokens` of them."""
         self.api_calls.append((list(prompt_ids), max_tokens))
+        self.api_decoding.append(decoding)
         self.api_thread_ids.append(threading.get_ident())
-        events = self._play(-1, "vanilla")
+        events = self._play(-1, (decoding or {}).get("method", "vanilla"))
         return (ev for _, ev in zip(range(max_tokens), events))
 
     def _play(self, call, method):

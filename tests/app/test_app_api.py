@@ -178,3 +178,21 @@ def test_the_switch_is_off_until_a_model_is_loaded(qtbot, api_window):
     assert not window.api.action.isEnabled()
     qtbot.waitUntil(lambda: window.model_name is not None, timeout=5000)
     assert window.api.action.isEnabled()
+
+
+def test_api_requests_decode_like_the_chat(qtbot, api_window):
+    """With the SubSpec switch on, API requests use SubSpec and the chat's tree; switching it off (or
+    changing the tree) applies to the next request."""
+    window = api_window(backend=FakeBackend(capabilities={"cuda": True, "subspec": True}))
+    assert window.method.toggle.isChecked()  # on by default on a GPU
+    window.method.depth.setValue(24)
+    turn_on(window)
+    chat(window.api.url, max_tokens=16)
+    window.method.toggle.setChecked(False)
+    chat(window.api.url, max_tokens=16)
+    window.method.toggle.setChecked(True)
+    window.method.width.setValue(4)
+    chat(window.api.url, max_tokens=16)
+    assert window.backend.api_decoding == [{"method": "subspec", "depth": 24, "width": 6},
+                                           {"method": "vanilla"},
+                                           {"method": "subspec", "depth": 24, "width": 4}]

@@ -112,3 +112,23 @@ def test_end_to_end_with_the_real_default_model(default_model_folder, tmp_path):
     rows = db.execute("select role, content, complete from messages order by id").fetchall()
     assert [r[0] for r in rows] == ["user", "assistant"] and rows[1][2] == 1
     assert "Paris" in rows[1][1]  # SmolLM2's greedy answer to the scripted question
+
+
+def test_api_requests_with_subspec_give_the_plain_answer(tmp_path):
+    """generate_ids (the app's API path) with the chat's SubSpec settings: the same tokens as plain."""
+    from tiny_models import make_tiny_model_folder
+
+    from engine.sampling import SamplingParams
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    ids = backend.lm.encode("hello world")
+    greedy = SamplingParams(temperature=0)
+
+    def tokens(decoding):
+        return [t for ev in backend.generate_ids(ids, 24, greedy, (), decoding) for t in ev.token_ids]
+
+    plain = tokens({"method": "vanilla"})
+    spec_events = list(backend.generate_ids(ids, 24, greedy, (), {"method": "subspec", "depth": 6, "width": 3}))
+    assert [t for ev in spec_events for t in ev.token_ids] == plain and len(plain) == 24
+    assert max(ev.tree_nodes for ev in spec_events) > 1  # it really drafted
+    assert backend.draft is not None
