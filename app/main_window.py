@@ -86,6 +86,8 @@ class MainWindow(ChatFlow, QMainWindow):
         host.models.connect(self.picker.set_models)
         host.loaded.connect(self.models_dock.set_loaded_model)
         self.model_manager.inventory.connect(self._on_store_changed)
+        # A download finishing or failing is news with the Models panel closed too.
+        self.model_manager.notice.connect(lambda n: self.statusBar().showMessage(n["message"], 15_000))
         host.missing_model.connect(self._on_missing_model)
         host.list_models()  # queued before the first load, so the menu fills while the model loads
         self._restore()

@@ -10,7 +10,7 @@ panel's, on its thread.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QMainWindow,
                                QProgressBar, QPushButton, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout,
                                QWidget)
@@ -342,8 +342,6 @@ class InstalledCard(Card):
 
 
 class ModelsDock(QDockWidget):
-    notice_shown = Signal(str)  # what the notice line says now (tests and the status bar listen)
-
     def __init__(self, manager: ModelManager, hardware=None, parent: QWidget | None = None):
         """`hardware`: the window's app.hardware_panel.HardwareDock, whose probe the fit badges use."""
         super().__init__("Models", parent)
@@ -351,10 +349,9 @@ class ModelsDock(QDockWidget):
         self.manager = manager
         self.hardware = hardware
         self.profile: dict | None = None
-        self.inventory: dict | None = manager.last_inventory
+        self.inventory: dict | None = None
         self.loaded_model: str | None = None
         self.estimates: dict[str, object] = {}
-        self.deleting: set[str] = set()
         self._hooked = False
         self._build()
         manager.job_changed.connect(self._on_job)
@@ -363,6 +360,8 @@ class ModelsDock(QDockWidget):
         manager.search_done.connect(self._on_search_done)
         manager.notice.connect(self._on_notice)
         self.visibilityChanged.connect(self._on_visibility)
+        if manager.last_inventory is not None:
+            self.set_inventory(manager.last_inventory)
         for job in list(manager.jobs.values()):
             self._on_job(dict(job.snapshot))
 
@@ -511,9 +510,6 @@ class ModelsDock(QDockWidget):
         self.notice.setText(notice["message"])
         self.notice.setStyleSheet("color: #1b5e20;" if notice["ok"] else ERROR)
         self.notice.show()
-        if notice["kind"] == "delete":
-            self.deleting.discard(notice["name"])
-        self.notice_shown.emit(notice["message"])
 
     # --- the store --------------------------------------------------------------------------------------
     def installed_repo(self, repo_id: str) -> bool:
@@ -682,7 +678,6 @@ class ModelsDock(QDockWidget):
         if not dialogs.confirm(self, "Delete model", f"Delete {name} and its substitute cache? This frees "
                                                      f"{text.human_bytes(freed)} and cannot be undone.{loaded}"):
             return
-        self.deleting.add(name)
         card = self.installed_cards.get(name)
         if card is not None:
             card.delete_button.setEnabled(False)

@@ -269,6 +269,7 @@ def test_the_download_goes_on_with_the_panel_closed(window, hub, qtbot):
     assert dock.isHidden()
     assert wait_state(qtbot, window, "org/tiny", "done", "failed")["state"] == "done"
     qtbot.waitUntil(lambda: "tiny" in window.picker.names(), timeout=5000)
+    qtbot.waitUntil(lambda: window.statusBar().currentMessage() == "Downloaded and installed tiny", timeout=2000)
     window.show_models()  # reopened, it shows what happened meanwhile
     assert "tiny" in dock.installed_cards and next(iter(dock.job_cards.values())).state_badge.text() == "Done"
 
