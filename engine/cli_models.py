@@ -222,8 +222,9 @@ def add_commands(msub) -> None:
     m.add_argument("name")
     m.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     m.add_argument("--group-size", type=int, default=64)
-    m.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                   help="compute dtype the substitutes are built for (bfloat16 on a GPU, float32 on a CPU)")
+    m.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                   help="compute dtype the substitutes are built for (auto: what loads use here, "
+                        "bfloat16 with CUDA, float32 without)")
     m.set_defaults(func=cmd_convert)
     m = msub.add_parser("du", help="disk use per model, substitute cache and partial downloads")
     m.add_argument("--json", action="store_true")

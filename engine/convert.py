@@ -179,9 +179,16 @@ def build_draft_cached(lm, nbits: int = 4, group_size: int = 64, layers=None,
 
 def convert(model_folder: Path, nbits: int = 4, group_size: int = 64,
             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-            dtype: str = "bfloat16") -> SubstituteCache:
-    """Build and cache every layer's substitutes of a stored model (`subspec models convert`)."""
+            dtype: str = "auto") -> SubstituteCache:
+    """Build and cache every layer's substitutes of a stored model (`subspec models convert`). `dtype`
+    "auto" is what loads compute in here (bfloat16 with CUDA, float32 without): hqq quantizes in the
+    compute dtype, so a cache built for another dtype would not be found."""
+    import torch
+
     from .loading import load_model
+
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
 
     lm = load_model(model_folder, dtype=dtype, device="cpu")
     build_draft_cached(lm, nbits, group_size, None, progress, cancel)
