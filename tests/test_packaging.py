@@ -141,3 +141,22 @@ def test_the_spec_compiles_and_names_files_that_exist():
     assert (PACKAGING / "launch.py").is_file()
     for name in ("subspec-studio.ico", "subspec-studio.icns"):
         assert name in source and (ICONS / name).is_file()
+
+
+@pytest.mark.parametrize("argv0, args, expect", [
+    ("/opt/x/subspec", ["models", "list"], ("cli", ["models", "list"])),
+    ("/opt/x/subspec-studio", ["--cli", "models", "du"], ("cli", ["models", "du"])),
+    ("/opt/x/subspec-studio", ["--panel", "models"], ("app", None)),
+])
+def test_the_bundle_launcher_is_both_commands(monkeypatch, argv0, args, expect):
+    import app.main
+    import engine.cli
+
+    calls = []
+    monkeypatch.setattr(engine.cli, "main", lambda argv: calls.append(("cli", argv)) or 0)
+    monkeypatch.setattr(app.main, "main", lambda: calls.append(("app", None)) or 0)
+    monkeypatch.setattr("sys.argv", [argv0, *args])
+    spec = importlib.util.spec_from_file_location("launch", PACKAGING / "launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    assert launch.main() == 0 and calls == [expect]
