@@ -86,6 +86,9 @@ class ModelManager(QObject):
         self._scan_pending = False
         self._scan_again = False
         self._search_seq = 0
+        # A hub token typed in the panel, for gated or private models; kept for this session only (not
+        # written anywhere). None: HF_TOKEN or `hf auth login`'s token, as the engine finds them.
+        self.token: str | None = None
         self._update.connect(self._apply)
         self._scanned.connect(self._on_scanned)
         self._searched.connect(self._on_searched)
@@ -160,13 +163,13 @@ class ModelManager(QObject):
     def search(self, query: str, limit: int = 30) -> None:
         """The answer comes as `search_done`; an older search answering late is dropped."""
         self._search_seq += 1
-        seq = self._search_seq
+        seq, token = self._search_seq, self.token
 
         def work():
             from engine import hub
 
             try:
-                hits, error = [h.as_json() for h in hub.search(query, limit=limit)], ""
+                hits, error = [h.as_json() for h in hub.search(query, limit=limit, token_=token)], ""
             except Exception as exc:  # noqa: BLE001 - shown in the panel
                 hits, error = [], _message(exc)
             self._emit(self._searched, {"seq": seq, "query": query, "hits": hits, "error": error})
@@ -244,7 +247,8 @@ class ModelManager(QObject):
                          fraction=p.fraction if p.total else None, bytes_per_s=p.bytes_per_s, eta_s=p.eta_s,
                          message=p.message)
 
-        job = Download(repo_id, revision=snap["revision"], name=snap["name"] or None, on_progress=progress)
+        job = Download(repo_id, revision=snap["revision"], name=snap["name"] or None, token=self.token,
+                       on_progress=progress)
         self.jobs[jid].download = job
 
         def work():

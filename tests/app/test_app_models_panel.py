@@ -412,3 +412,21 @@ def test_panel_argument_and_screenshot(qapp, tmp_path, monkeypatch, dialogs):
     assert main(["--screenshot", str(shot), "--panel", "models"], factory_for(FakeBackend())) == 0
     assert not QImage(str(shot)).isNull() and dialogs.shown == []
     assert threading.active_count() < 20
+
+
+def test_a_gated_model_downloads_with_the_token_typed_in_the_panel(window, hub, qtbot):
+    hub.repos["org/tiny"].gated = True
+    dock = window.models_dock
+    dock.download("org/tiny")
+    failed = wait_state(qtbot, window, "org/tiny", "failed", "done")
+    assert failed["state"] == "failed" and "token" in failed["error"]
+    dock.tabs.setCurrentIndex(1)
+    qtbot.keyClicks(dock.token, hub.token)
+    assert window.model_manager.token == hub.token
+    assert dock.token.echoMode() == dock.token.EchoMode.Password  # not shown on screen
+    dock.manager.dismiss(failed["id"])
+    dock.download("org/tiny")
+    done = wait_state(qtbot, window, "org/tiny", "done", "failed")
+    assert done["state"] == "done", done["error"]
+    dock.token.clear()
+    assert window.model_manager.token is None
