@@ -29,6 +29,7 @@ log = logging.getLogger("subspec.app")
 ACTIVE = frozenset({"queued", "resolving", "downloading", "retrying", "verifying", "installing", "importing",
                     "converting", "pausing", "cancelling"})
 JOIN_S = 30.0  # a paused download stops within a second, a conversion after its current layer
+CONFIGS_PER_SEARCH = 20  # config.json fetched for the first N hits, for their fit badges
 
 
 def scan_store() -> dict:
@@ -66,11 +67,15 @@ class ModelManager(QObject):
     job_removed = Signal(int)  # a job the panel should forget (cancelled, dismissed)
     inventory = Signal(object)  # dict: scan_store()
     search_done = Signal(object)  # {"query", "hits": [SearchHit.as_json()], "error": str}
+    # A search hit's config.json, fetched after the hits so the panel can say whether it fits:
+    # {"repo_id", "config": dict | None, "error": str}
+    config_found = Signal(object)
     # Something was installed, removed or failed: {"kind", "ok", "name", "message"}. The window shows it.
     notice = Signal(object)
     _update = Signal(object)  # (job id, changes) from a worker thread
     _scanned = Signal(object)
     _searched = Signal(object)
+    _configured = Signal(object)
     _noticed = Signal(object)
     _rescan_request = Signal(object)
 
@@ -92,6 +97,7 @@ class ModelManager(QObject):
         self._update.connect(self._apply)
         self._scanned.connect(self._on_scanned)
         self._searched.connect(self._on_searched)
+        self._configured.connect(self._on_configured)
         self._noticed.connect(self.notice)
         self._rescan_request.connect(self._on_rescan_request)  # a bound slot: queued to this (GUI) thread
 
@@ -173,8 +179,22 @@ class ModelManager(QObject):
             except Exception as exc:  # noqa: BLE001 - shown in the panel
                 hits, error = [], _message(exc)
             self._emit(self._searched, {"seq": seq, "query": query, "hits": hits, "error": error})
+            # Then each hit's config.json (a few KB each), in order, until a newer search starts.
+            for h in hits[:CONFIGS_PER_SEARCH]:
+                if seq != self._search_seq or self.closed:
+                    return
+                try:
+                    found = {"config": hub.remote_config(h["repo_id"], token_=token), "error": ""}
+                except Exception as exc:  # noqa: BLE001 - the badge says it could not tell
+                    found = {"config": None, "error": _message(exc)}
+                self._emit(self._configured, {"seq": seq, "repo_id": h["repo_id"], **found})
 
         self._start(work, "models-search", joined=False)  # it only reads
+
+    @Slot(object)
+    def _on_configured(self, found: dict) -> None:
+        if found["seq"] == self._search_seq:
+            self.config_found.emit(found)
 
     @Slot(object)
     def _on_searched(self, result: dict) -> None:

@@ -187,20 +187,28 @@ class CatalogueCard(Card):
 
     def set_estimate(self, estimate) -> None:
         self.estimate = estimate
-        words, kind = text.fit_badge(estimate)
-        if estimate.predicted_tokens_per_s and estimate.fits:
-            words += f" · ≈{estimate.predicted_tokens_per_s:.0f} tok/s" if estimate.predicted_tokens_per_s >= 10 \
-                else f" · ≈{estimate.predicted_tokens_per_s:.1f} tok/s"
-        self.fit.set(words, kind)
-        self.fit.setToolTip(estimate.summary)
+        kind = _show_fit(self.fit, estimate)
         self.summary.setText(estimate.summary[0].upper() + estimate.summary[1:])
         self.summary.setVisible(kind != "cpu")  # "CPU only: about N tok/s" says what the badge says
+
+
+def _show_fit(badge: Badge, estimate) -> str:
+    words, kind = text.fit_badge(estimate)
+    if estimate.predicted_tokens_per_s and estimate.fits:
+        words += f" · ≈{estimate.predicted_tokens_per_s:.0f} tok/s" if estimate.predicted_tokens_per_s >= 10 \
+            else f" · ≈{estimate.predicted_tokens_per_s:.1f} tok/s"
+    badge.set(words, kind)
+    badge.setToolTip(estimate.summary)
+    return kind
 
 
 class HitCard(Card):
     def __init__(self, hit: dict, panel: ModelsDock):
         super().__init__(hit["repo_id"])
         self.repo_id = hit["repo_id"]
+        # From the repo's config.json, fetched after the search (ModelManager.config_found).
+        self.fit = self.badge("Checking fit …", "neutral")
+        self.config: dict | None = None
         self.action = self.button("Download", lambda: panel.download(hit["repo_id"]),
                                   f"Download {hit['repo_id']}: safetensors weights and tokenizer, checked "
                                   f"against the hub's checksums")
@@ -358,6 +366,7 @@ class ModelsDock(QDockWidget):
         manager.job_removed.connect(self._on_job_removed)
         manager.inventory.connect(self.set_inventory)
         manager.search_done.connect(self._on_search_done)
+        manager.config_found.connect(self._on_config_found)
         manager.notice.connect(self._on_notice)
         self.visibilityChanged.connect(self._on_visibility)
         if manager.last_inventory is not None:
@@ -506,6 +515,30 @@ class ModelsDock(QDockWidget):
                 continue
             self.estimates[card.entry.repo_id] = est
             card.set_estimate(est)
+        for hit in self.results.items:
+            self._estimate_hit(hit)
+
+    def _on_config_found(self, found: dict) -> None:
+        for hit in self.results.items:
+            if hit.repo_id == found["repo_id"]:
+                if found["config"] is None:
+                    hit.fit.set("Fit unknown", "neutral")
+                    hit.fit.setToolTip(found["error"])
+                else:
+                    hit.config = found["config"]
+                    self._estimate_hit(hit)
+
+    def _estimate_hit(self, hit) -> None:
+        from engine.catalogue import estimate_config
+
+        if self.profile is None or hit.config is None:
+            return
+        reserve = self.hardware.reserve_gb() if self.hardware is not None else 0.5
+        try:
+            _show_fit(hit.fit, estimate_config(hit.repo_id, hit.config, self.profile, reserve_gb=reserve))
+        except Exception as exc:  # noqa: BLE001 - one odd config must not break the list
+            hit.fit.set("Fit unknown", "neutral")
+            hit.fit.setToolTip(f"{type(exc).__name__}: {exc}")
 
     def set_loaded_model(self, name: str | None) -> None:
         self.loaded_model = name

@@ -63,7 +63,8 @@ def fit_badge(estimate) -> tuple[str, str]:
     """(text, kind) for an engine.catalogue.FitEstimate: kind is "good" (fits the GPU), "cpu" (runs, on the
     CPU) or "bad" (does not fit this machine)."""
     if not estimate.fits:
-        return "Does not fit", "bad"
+        # engine.catalogue.estimate_config's word for an architecture the engine does not run
+        return ("Not supported", "bad") if estimate.summary.startswith("not supported") else ("Does not fit", "bad")
     if estimate.predicted_vram_bytes is None:
         return "CPU only", "cpu"
     return "Fits your GPU", "good"

@@ -124,17 +124,27 @@ class FitEstimate:
 
 def estimate(e: CatalogueEntry, hardware: dict, vram_gb: float | None = None,
              reserve_gb: float = 0.5) -> FitEstimate:
+    return estimate_config(e.repo_id, e.config, hardware, vram_gb, reserve_gb)
+
+
+def estimate_config(repo_id: str, raw_config: dict, hardware: dict, vram_gb: float | None = None,
+                    reserve_gb: float = 0.5) -> FitEstimate:
+    """The same answer for any model from its config.json (a search hit's, fetched by hub.remote_config)."""
     from .planner import PlanError, make_plan
 
     try:
-        plan = make_plan(e.model_config, hardware, vram_gb=vram_gb, reserve_gb=reserve_gb)
+        config = ModelConfig.from_dict(raw_config)
+    except SubspecError as exc:  # an architecture the engine does not run: it cannot "fit"
+        return FitEstimate(repo_id, False, f"not supported here: {exc}", None, None, None)
+    try:
+        plan = make_plan(config, hardware, vram_gb=vram_gb, reserve_gb=reserve_gb)
     except PlanError as exc:
-        return FitEstimate(e.repo_id, False, str(exc), None, None, None)
+        return FitEstimate(repo_id, False, str(exc), None, None, None)
     if plan.device != "cuda":
-        return FitEstimate(e.repo_id, True, f"CPU only: about {plan.predicted_tokens_per_s:.1f} tok/s, "
+        return FitEstimate(repo_id, True, f"CPU only: about {plan.predicted_tokens_per_s:.1f} tok/s, "
                            "plain decoding", plan.predicted_tokens_per_s, None, None)
-    layers = e.model_config.num_layers
+    layers = config.num_layers
     how = ("all layers on the GPU" if plan.resident_layers == layers
            else f"{plan.resident_layers}/{layers} layers resident, the rest streamed")
-    return FitEstimate(e.repo_id, True, f"fits: {how}, about {plan.predicted_tokens_per_s:.1f} tok/s",
+    return FitEstimate(repo_id, True, f"fits: {how}, about {plan.predicted_tokens_per_s:.1f} tok/s",
                        plan.predicted_tokens_per_s, plan.predicted_vram_bytes, plan.resident_layers)

@@ -153,6 +153,35 @@ def needed_files(model: RemoteModel) -> list[RemoteFile]:
     return sorted(aux, key=lambda f: (f.name != "config.json", f.name)) + sorted(weights, key=lambda f: f.name)
 
 
+def remote_config(repo_id: str, revision: str = "main", token_: str | None = None,
+                  timeout_s: float = 15.0) -> dict:
+    """A repo's config.json (a few KB): enough for the planner to say whether the model fits here,
+    before anything big is downloaded."""
+    import json
+
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    try:
+        r = get_session().get(file_url(repo_id, revision, "config.json"), headers=auth_headers(token_),
+                              timeout=timeout_s, follow_redirects=True)
+    except _hub_exceptions() as exc:
+        raise _hub_error(exc, repo_id) from exc
+    if r.status_code in (401, 403):
+        raise SubspecError(f"{repo_id} is gated or private: its config.json needs a token")
+    if r.status_code == 404:
+        raise SubspecError(f"{repo_id} has no config.json")
+    if r.status_code != 200:
+        raise SubspecError(f"the hub answered {r.status_code} for {repo_id}/config.json")
+    try:
+        config = json.loads(r.content)
+    except (ValueError, httpx2.HTTPError) as exc:
+        raise SubspecError(f"{repo_id}/config.json is not valid JSON") from exc
+    if not isinstance(config, dict):
+        raise SubspecError(f"{repo_id}/config.json is not a JSON object")
+    return config
+
+
 def file_url(repo_id: str, commit: str, name: str) -> str:
     from huggingface_hub import hf_hub_url
 

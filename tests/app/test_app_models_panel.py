@@ -430,3 +430,23 @@ def test_a_gated_model_downloads_with_the_token_typed_in_the_panel(window, hub, 
     assert done["state"] == "done", done["error"]
     dock.token.clear()
     assert window.model_manager.token is None
+
+
+def test_search_hits_get_fit_badges_from_their_config(window, hub, qtbot):
+    """After the hits, each repo's config.json is fetched and the planner says whether it fits."""
+    import json
+
+    files = dict(hub.repos["org/tiny"].files)
+    config = json.loads(files["config.json"])
+    config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    hub.repos["org/tiny-gpt2"] = type(hub.repos["org/tiny"])({**files, "config.json": json.dumps(config).encode()})
+    dock = window.models_dock
+    dock.query.setText("tiny")
+    with qtbot.waitSignal(window.model_manager.search_done, timeout=10_000):
+        dock.search_button.click()
+    cards = {c.repo_id: c for c in dock.results.items}
+    qtbot.waitUntil(lambda: all(not c.fit.text().startswith("Checking") for c in cards.values()), timeout=10_000)
+    assert cards["org/tiny"].fit.text().startswith("Fits your GPU") and cards["org/tiny"].fit.kind == "good"
+    assert cards["org/tiny-gpt2"].fit.text() == "Not supported"
+    assert "gpt2" in cards["org/tiny-gpt2"].fit.toolTip()
+    assert hub.bytes_sent("config.json") > 0 and hub.bytes_sent(hub.weights) == 0  # no weights fetched

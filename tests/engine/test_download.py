@@ -369,3 +369,23 @@ def test_a_second_process_on_the_same_download_is_refused(hub):
         other.wait()
     fetch()
     assert listed() == ["tiny"]
+
+
+def test_a_repos_config_alone_says_whether_it_fits(hub):
+    from engine import hub as hub_api
+    from engine.catalogue import estimate_config
+    from engine.hardware import hypothetical_gpu
+
+    config = hub_api.remote_config("org/tiny")
+    assert config["model_type"] == "llama" and hub.bytes_sent(hub.weights) == 0
+    box = hypothetical_gpu({"ram": {"total_bytes": 16 * 2**30, "available_bytes": 12 * 2**30}}, 8)
+    fit = estimate_config("org/tiny", config, box)
+    assert fit.fits and fit.resident_layers == 2
+    unsupported = estimate_config("org/x", {**config, "model_type": "gpt2"}, box)
+    assert not unsupported.fits and unsupported.summary.startswith("not supported here: unsupported architecture")
+    hub.repos["org/tiny"].gated = True
+    with pytest.raises(SubspecError, match="gated or private"):
+        hub_api.remote_config("org/tiny")
+    assert hub_api.remote_config("org/tiny", token_=hub.token)["model_type"] == "llama"
+    with pytest.raises(SubspecError, match="no config.json"):
+        hub_api.remote_config("org/nope")
