@@ -6,11 +6,14 @@ preallocated cache, no mask on the one-token path, logits only where a token is 
 
 from __future__ import annotations
 
+import gc
 import time
+from dataclasses import replace
 from typing import Iterator
 
 import torch
 
+from .errors import SubspecError
 from .events import StepEvent
 from .kv_cache import KVCache
 from .loading import LoadedModel
@@ -109,21 +112,48 @@ def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefil
                             bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)
 
 
+def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, scratch: int = 0,
+                   cache: KVCache | None = None) -> tuple[KVCache, int, str]:
+    """A KV cache for the prompt, the answer and `scratch` rows (a draft tree's), new or grown from `cache`.
+    Out of GPU memory (a long conversation, another program's VRAM), the answer's token budget is halved
+    until the cache fits: the context gets shorter, the tokens stay exactly the target's. Returns the
+    cache, the budget it holds and a note saying what changed ("" when nothing did)."""
+    budget, note = max_new_tokens, ""
+    while True:
+        needed = prompt_tokens + budget + scratch
+        try:
+            if cache is None:
+                return decoder.new_cache(needed), budget, note
+            cache.ensure_capacity(needed)
+            return cache, budget, note
+        except torch.OutOfMemoryError:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if budget <= 1:
+                raise SubspecError(f"out of GPU memory for the KV cache of a {prompt_tokens}-token prompt: "
+                                   f"shorten the conversation, close other GPU programs, or reload with "
+                                   f"fewer resident layers") from None
+            budget = max(1, budget // 2)
+            note = (f"Out of GPU memory for a {prompt_tokens + max_new_tokens}-token context; this answer is "
+                    f"limited to {budget} new tokens.")
+
+
 def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 256,
                    sampling: SamplingParams = SamplingParams(), stop_strings=(),
                    prefill_chunk: int = 256) -> Iterator[StepEvent]:
     """Target-only decoding, yielding one event per target pass."""
     check_context(lm, len(prompt_ids), max_new_tokens)
     decoder = lm.decoder
-    cache = decoder.new_cache(len(prompt_ids) + max_new_tokens)
-    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
-    gen = sampling.generator(lm.device)
     if max_new_tokens <= 0:
         yield StepEvent(0, (), "", finish_reason="length")
         return
+    cache, max_new_tokens, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens)
+    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
+    gen = sampling.generator(lm.device)
 
     token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
-    yield event
+    yield replace(event, note=note) if note else event
 
     iteration = 0
     while not emitter.finished:

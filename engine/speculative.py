@@ -24,7 +24,7 @@ import torch
 from .errors import SubspecError
 from .events import StepEvent
 from .draft_graph import draft_step_for
-from .generate import Emitter, check_context, prefill_step, streamed_bytes
+from .generate import Emitter, allocate_cache, check_context, prefill_step, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel
 from .model import Decoder
@@ -142,23 +142,21 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
     check_context(lm, len(prompt_ids), max_new_tokens)
     target = lm.decoder
     device = lm.device
-    needed = len(prompt_ids) + max_new_tokens + shape.grown + 1
-    if cache is None:
-        cache = target.new_cache(needed)
-    cache.commit(0)
-    cache.ensure_capacity(needed)
-    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
-    gen = sampling.generator(device)
-    context = lm.config.max_position_embeddings
     if max_new_tokens <= 0:
         yield StepEvent(0, (), "", finish_reason="length")
         return
+    if cache is not None:
+        cache.commit(0)
+    cache, max_new_tokens, note = allocate_cache(target, len(prompt_ids), max_new_tokens, shape.grown + 1, cache)
+    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
+    gen = sampling.generator(device)
+    context = lm.config.max_position_embeddings
 
     root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
-    yield event
+    yield replace(event, note=note) if note else event
 
     iteration = 0
-    note = ""
+    note = ""  # the prefill's event carried the cache's note
     while not emitter.finished:
         iteration += 1
         t0 = time.perf_counter()

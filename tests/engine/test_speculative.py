@@ -235,3 +235,33 @@ def test_out_of_memory_even_for_plain_decoding_is_a_clear_error(llama):
 
     with pytest.raises(SubspecError, match="even with plain decoding"):
         list(generate_subspec(lm, draft, lm.encode("hi"), 10, shape=TreeShape(2, 2), verifier=no_memory))
+
+
+def test_out_of_memory_for_the_kv_cache_shortens_the_answer_not_its_tokens(llama, monkeypatch):
+    """A cache too big for the (faked) GPU: the answer's budget is halved until it fits, the first event
+    says so, and the tokens are plain decoding's first ones, for both methods."""
+    lm, draft = llama
+    ids = lm.encode("hello world")
+    full = [t for ev in generate_plain(lm, ids, 40, SamplingParams(temperature=0)) for t in ev.token_ids]
+    real_new_cache = lm.decoder.new_cache
+    runs = [(lambda: generate_plain(lm, ids, 40), 15),  # room for 10 answer tokens, not 20
+            (lambda: generate_subspec(lm, draft, ids, 40, shape=TreeShape(4, 2)), 25)]  # 10 + the tree's 10 rows
+    for run, room in runs:
+        monkeypatch.setattr(lm.decoder, "new_cache", lambda capacity, room=room: real_new_cache(capacity)
+                            if capacity <= len(ids) + room else _raise(torch.OutOfMemoryError("faked")))
+        events = list(run())
+        tokens = [t for ev in events for t in ev.token_ids]
+        assert tokens == full[:10] and events[-1].finish_reason == "length"
+        assert events[0].note == (f"Out of GPU memory for a {len(ids) + 40}-token context; this answer is "
+                                  f"limited to 10 new tokens.")
+        assert not any(ev.note for ev in events[1:])
+
+    monkeypatch.setattr(lm.decoder, "new_cache", lambda capacity: _raise(torch.OutOfMemoryError("faked")))
+    from engine.errors import SubspecError
+
+    with pytest.raises(SubspecError, match="KV cache of a .*-token prompt: shorten the conversation"):
+        list(generate_plain(lm, ids, 40))
+
+
+def _raise(exc):
+    raise exc
