@@ -53,12 +53,11 @@ class _ProgressLine:
         self.last_print = 0.0
 
     def __call__(self, p) -> None:
-        if p.state != "downloading" or p.state != self.last_state:
-            if p.message and (p.state != self.last_state or p.state == "retrying"):
-                self._line(f"{p.state}: {p.message}", final=True)
-            self.last_state = p.state
-            if p.state != "downloading":
-                return
+        changed, self.last_state = p.state != self.last_state, p.state
+        if p.message and (changed or p.state == "retrying"):
+            self._line(f"{p.state}: {p.message}", final=True)
+        if p.state != "downloading":
+            return
         now = time.monotonic()
         if not self.tty and now - self.last_print < 5:
             return

@@ -22,7 +22,6 @@ from . import store
 from .errors import SubspecError
 
 FORMAT = 1  # bump when the file layout changes: old caches are then simply not found
-HASH_BLOCK = 8 * 1024 * 1024
 
 
 class ConvertCancelled(SubspecError):
@@ -36,34 +35,51 @@ def cache_root() -> Path:
 
 
 def weights_hash(folder: Path) -> str:
-    """sha256 over the model's safetensors files. A store model keeps it in its manifest (computed once,
-    or taken from the checksums its download verified); a plain folder is hashed each time."""
+    """sha256 over the model's safetensors files, computed once: a store model keeps it in its manifest
+    (or derives it from the checksums its download verified); a plain folder's is remembered in the cache
+    with each file's size and modification time, and computed again only when one of those changes."""
     from .loading import safetensors_files
 
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     manifest = store.read_manifest(folder)
     if manifest and manifest.get("weights_sha256"):
         return manifest["weights_sha256"]
     files = safetensors_files(folder)
+    fingerprint = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
+    memo_file = cache_root() / "weights-hashes.json"
+    memo = _read_json(memo_file) if manifest is None else {}
+    known_folder = memo.get(str(folder)) or {}
+    if known_folder.get("files") == fingerprint:
+        return known_folder["sha256"]
     checksums = (manifest or {}).get("checksums") or {}
     h = hashlib.sha256()
     for f in files:
         known = checksums.get(f.name, "")
-        if known.startswith("sha256:"):
-            h.update(f"{f.name}:{known}\n".encode())
-            continue
-        fh_hash = hashlib.sha256()
-        with open(f, "rb") as fh:
-            while block := fh.read(HASH_BLOCK):
-                fh_hash.update(block)
-        h.update(f"{f.name}:sha256:{fh_hash.hexdigest()}\n".encode())
+        if not known.startswith("sha256:"):
+            known = f"sha256:{store.hash_file(f, hashlib.sha256())}"
+        h.update(f"{f.name}:{known}\n".encode())
     digest = h.hexdigest()
     if manifest is not None:
         manifest["weights_sha256"] = digest
-        tmp = folder / (store.MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, folder / store.MANIFEST)
+        _write_json(folder / store.MANIFEST, manifest)
+    else:
+        memo[str(folder)] = {"files": fingerprint, "sha256": digest}
+        _write_json(memo_file, memo)
     return digest
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # a kill mid-write leaves the old file whole
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def _hqq_version() -> str:

@@ -30,8 +30,6 @@ from typing import Callable
 from . import hub, store
 from .errors import SubspecError
 
-CHUNK = 256 * 1024  # small enough that a cancel between chunks lands well within a second
-HASH_BLOCK = 4 * 1024 * 1024
 STATE = "state.json"
 PART = ".part"
 DISK_MARGIN = 64 * 1024 * 1024  # a full disk is worse than a refused download: keep some room
@@ -191,8 +189,7 @@ def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None) 
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def file_checksum_ok(path: Path, remote: hub.RemoteFile, cancelled: Callable[[], bool] = lambda: False,
-                     on_bytes: Callable[[int], None] = lambda _n: None) -> bool:
+def file_checksum_ok(path: Path, remote: hub.RemoteFile, cancelled: Callable[[], bool] = lambda: False) -> bool:
     """sha256 for LFS files; for small files the git blob sha1 (sha1 over "blob <size>\\0" + content)."""
     if remote.sha256:
         h, want = hashlib.sha256(), remote.sha256
@@ -201,13 +198,10 @@ def file_checksum_ok(path: Path, remote: hub.RemoteFile, cancelled: Callable[[],
         h.update(b"blob %d\0" % remote.size)
     else:
         raise SubspecError(f"the hub gave no checksum for {remote.name}")
-    with open(path, "rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            if cancelled():
-                raise DownloadCancelled("cancelled while verifying", kept=True)
-            h.update(block)
-            on_bytes(len(block))
-    return h.hexdigest() == want.lower()
+    digest = store.hash_file(path, h, cancelled)
+    if digest is None:
+        raise DownloadCancelled("cancelled while verifying", kept=True)
+    return digest == want.lower()
 
 
 class _Rate:
@@ -296,18 +290,18 @@ class Download:
             state = _read_state(work) or {}
             verified: dict[str, str] = state.get("verified", {})
             total = sum(f.size for f in files)
-            _write_state(work, {"repo_id": self.repo_id, "commit": remote.commit, "name": name,
-                                "total": total, "verified": verified})
-            self._check_disk(work, files, verified)
+            state = {"repo_id": self.repo_id, "commit": remote.commit, "name": name, "total": total,
+                     "verified": verified}
+            _write_state(work, state)
+            self._check_disk(work, files)
             done = sum(f.size for f in files if f.name in verified and (work / f.name).is_file())
             self._emit(state="downloading", total=total, done=done, force=True)
             for f in files:
                 if f.name in verified and (work / f.name).is_file():
                     continue
                 done = self._fetch(remote, f, work, done)
-                verified[f.name] = f.checksum
-                _write_state(work, {"repo_id": self.repo_id, "commit": remote.commit, "name": name,
-                                    "total": total, "verified": verified})
+                verified[f.name] = f.checksum  # `state` holds this very dict
+                _write_state(work, state)
                 if f.name == "config.json":
                     self._check_architecture(work)
             self._emit(state="installing", message=f"checking and installing {name}", force=True)
@@ -333,7 +327,7 @@ class Download:
             if lock is not None:
                 lock.close()
 
-    def _check_disk(self, work: Path, files: list[hub.RemoteFile], verified: dict) -> None:
+    def _check_disk(self, work: Path, files: list[hub.RemoteFile]) -> None:
         have = 0
         for f in files:
             for p in (work / f.name, work / (f.name + PART)):
@@ -465,6 +459,8 @@ class Download:
             self._interrupt()
 
     def _emit(self, force: bool = False, **changes) -> None:
+        if changes.get("state", self._last.state) != self._last.state:
+            changes.setdefault("message", "")  # a message belongs to its state ("retrying in 2 s" ends with it)
         self._last = replace(self._last, bytes_per_s=self._rate.value(), **changes)
         now = time.monotonic()
         if self.on_progress and (force or now - self._last_emit >= self.progress_interval_s):

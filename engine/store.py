@@ -66,6 +66,20 @@ class ModelInfo:
 FIELDS = frozenset(ModelInfo.__dataclass_fields__)
 
 
+HASH_BLOCK = 4 * 1024 * 1024
+
+
+def hash_file(path: Path, h, stop: Callable[[], bool] = lambda: False) -> str | None:
+    """Feed a file to the hashlib object `h` block by block: its hex digest, or None when `stop()` became
+    true on the way (a cancel, checked between blocks)."""
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            if stop():
+                return None
+            h.update(block)
+    return h.hexdigest()
+
+
 def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 

@@ -113,3 +113,21 @@ def test_cli_convert_du_and_remove(home, tiny_folder, capsys, count_quantize):
     assert "of cached substitutes" in capsys.readouterr().out
     assert convert.caches_for(store.models_dir() / "tiny") == []
     assert cli.main(["models", "convert", "nope"]) == 2
+
+
+def test_a_plain_folder_is_hashed_once_until_its_weights_change(home, tmp_path, monkeypatch):
+    import os
+
+    folder = make_tiny_model_folder(tmp_path / "plain")
+    hashed = []
+    real = store.hash_file
+    monkeypatch.setattr(store, "hash_file", lambda path, h, *a: hashed.append(path) or real(path, h, *a))
+    first = convert.weights_hash(folder)
+    assert convert.weights_hash(folder) == first and len(hashed) == 1  # remembered, not read again
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert convert.weights_hash(folder) == first and len(hashed) == 2  # touched: read again, same bytes
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert convert.weights_hash(folder) != first and len(hashed) == 3
