@@ -50,7 +50,7 @@ class TorchBackend:
         """`resident_layers`: force that many decoder layers on the device (the hardware panel's override);
         `reserve_gb`: VRAM the plan leaves free for other programs (make_plan's default when None)."""
         from engine import store
-        from engine.loading import load_model
+        from engine.loading import free_device_memory, load_model
 
         if not Path(model).expanduser().is_dir():
             # resolve_model would import the default model silently; this way the status bar says why
@@ -64,7 +64,7 @@ class TorchBackend:
         self.plan_profile = None
         self.notes: list[str] = []  # what this load changed from what was asked, for the status bar and panel
         if torch.cuda.is_available():
-            release_device_memory()  # the previous model's cached blocks would read as VRAM in use
+            free_device_memory()  # the previous model's cached blocks would read as VRAM in use
             resident = self._planned_resident_layers(folder, progress, resident_layers, reserve_gb)
         else:
             # Nothing to plan on a CPU; an explicit override still streams layers (slower, as asked).
@@ -183,17 +183,6 @@ class TorchBackend:
         tokenizer = self.lm.tokenizer
         rendered = tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
         return list(tokenizer.encode(rendered, add_special_tokens=False))
-
-
-def release_device_memory() -> None:
-    """Give the CUDA caching allocator's free blocks back to the driver (a model just let go holds them),
-    so NVML's free VRAM, which the plan reads, counts them as free."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    torch.cuda.empty_cache()
 
 
 def torch_backend(model: str, progress: Progress, **options) -> Backend:

@@ -6,7 +6,6 @@ preallocated cache, no mask on the one-token path, logits only where a token is 
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import replace
 from typing import Iterator
@@ -16,7 +15,7 @@ import torch
 from .errors import SubspecError
 from .events import StepEvent
 from .kv_cache import KVCache
-from .loading import LoadedModel
+from .loading import LoadedModel, free_device_memory
 from .masks import causal_mask
 from .model import Decoder
 from .sampling import SamplingParams, select_tokens
@@ -127,9 +126,7 @@ def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, sc
             cache.ensure_capacity(needed)
             return cache, budget, note
         except torch.OutOfMemoryError:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            free_device_memory()
             if budget <= 1:
                 raise SubspecError(f"out of GPU memory for the KV cache of a {prompt_tokens}-token prompt: "
                                    f"shorten the conversation, close other GPU programs, or reload with "

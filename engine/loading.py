@@ -188,6 +188,15 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def free_device_memory() -> None:
+    """Drop what Python still references and give the CUDA caching allocator's free blocks back to the
+    driver: after an out-of-memory error before retrying smaller, and before NVML is asked for free VRAM
+    (the blocks of a model just let go would read as in use)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_model(folder: str | Path, dtype: str = "auto", device: str | None = None,
                name: str | None = None, resident_layers: int | None = None) -> LoadedModel:
     """Load a model folder. dtype 'auto' computes in float32 on the CPU (fastest there) and in the
@@ -217,9 +226,7 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
                 raise SubspecError("out of GPU memory even with every decoder layer streamed; close other "
                                    "GPU programs or use a smaller model") from None
             decoder = None
-            gc.collect()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            free_device_memory()
             notes.append(f"out of GPU memory with {resident} resident layers; retried with {resident // 2}")
             resident //= 2
     lm = LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev,

@@ -14,7 +14,6 @@ length are overwritten by the target's pass, and rejected rows are simply left b
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
@@ -26,7 +25,7 @@ from .events import StepEvent
 from .draft_graph import draft_step_for
 from .generate import Emitter, allocate_cache, check_context, prefill_step, streamed_bytes
 from .kv_cache import KVCache
-from .loading import LoadedModel
+from .loading import LoadedModel, free_device_memory
 from .model import Decoder
 from .sampling import SamplingParams, select_tokens
 from .tree import Tree, prune, tree_mask, walk
@@ -68,12 +67,6 @@ def shallower(shape: TreeShape) -> TreeShape:
         raise SubspecError("out of GPU memory even with plain decoding: close other programs using the GPU, "
                            "or reload with fewer resident layers")
     return replace(shape, depth=shape.depth // 2)
-
-
-def _free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _sync(device: torch.device) -> None:
@@ -175,7 +168,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
             # committed this iteration (draft and verify rows lie past cache.length), so the same step is
             # simply run again with a shallower tree: the output stays exactly the target's.
             tree = target_tokens = None
-            _free_memory(device)
+            free_device_memory()
             smaller = shallower(shape)
             note = (f"{note} " if note else "") + \
                 f"Out of GPU memory with a {shape.label} tree; continuing with {smaller.label}."
