@@ -90,6 +90,11 @@ class FakeHub:
         with self.lock:
             return sum(s.nbytes for s in self.log if s.file == file)
 
+    def resent(self, file: str) -> int:
+        """Bytes of `file` sent more than once (the first repo holding a file of that name sizes it)."""
+        size = len(next(r for r in self.repos.values() if file in r.files).files[file])
+        return self.bytes_sent(file) - size
+
     def requests_for(self, file: str) -> list[Sent]:
         with self.lock:
             return [s for s in self.log if s.file == file]

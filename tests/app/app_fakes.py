@@ -17,6 +17,16 @@ from engine.events import StepEvent
 
 RECORDING = Path(__file__).with_name("data") / "capital_of_france.json"
 PROMPT = "What is the capital of France?"
+
+
+def answer(qtbot, window, text=PROMPT) -> dict:
+    """Type `text`, press Enter, wait for the answer; its summary."""
+    from PySide6.QtCore import Qt
+
+    with qtbot.waitSignal(window.host.finished, timeout=5000) as blocker:
+        qtbot.keyClicks(window.prompt, text)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    return blocker.args[0]
 CONTEXT_ERROR = "prompt (99999 tokens) + max new tokens (512) exceeds the model's context of 8192 tokens"
 FAKE_MODELS = ["FakeLM-1M", "FakeLM-2M"]
 

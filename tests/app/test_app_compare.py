@@ -4,8 +4,7 @@ speedup plot it makes possible."""
 from dataclasses import asdict
 
 import pytest
-from app_fakes import PROMPT, FakeBackend, subspec_events
-from PySide6.QtCore import Qt
+from app_fakes import PROMPT, FakeBackend, answer, subspec_events
 
 from app.compare import CompareJob, format_comparison, reusable
 from app.stats import StepStats
@@ -21,13 +20,6 @@ EXPECTED = "SubSpec 200.0 tok/s vs plain 17.1 tok/s = 11.7x"
 def timed_backend(caps):
     return FakeBackend(capabilities=caps, step_ms={"vanilla": 50.0, "subspec": 10.0},
                        method_events={"subspec": subspec_events})
-
-
-def answer(qtbot, window, text=PROMPT):
-    with qtbot.waitSignal(window.host.finished, timeout=5000) as blocker:
-        qtbot.keyClicks(window.prompt, text)
-        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
-    return blocker.args[0]
 
 
 def compare(qtbot, window):

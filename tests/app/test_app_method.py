@@ -4,8 +4,7 @@ stats under each answer; sampling presets."""
 from types import SimpleNamespace
 
 import pytest
-from app_fakes import PROMPT, FakeBackend, subspec_events
-from PySide6.QtCore import Qt
+from app_fakes import FakeBackend, answer, subspec_events
 
 from app.backend import TorchBackend
 from app.controls import preset_for
@@ -14,13 +13,6 @@ from app.worker import EngineWorker
 
 GPU = {"cuda": True, "subspec": True}
 CPU = {"cuda": False, "subspec": True}
-
-
-def answer(qtbot, window, text=PROMPT):
-    with qtbot.waitSignal(window.host.finished, timeout=5000) as blocker:
-        qtbot.keyClicks(window.prompt, text)
-        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
-    return blocker.args[0]
 
 
 def test_on_a_gpu_subspec_is_on_with_a_48_by_6_tree(qtbot, make_window):

@@ -52,11 +52,6 @@ def listed():
     return [m.name for m in store.list_models()]
 
 
-def overlap(hub, name):
-    """Bytes of `name` the server sent more than once."""
-    return hub.bytes_sent(name) - len(next(r for r in hub.repos.values() if name in r.files).files[name])
-
-
 def test_full_download_is_verified_installed_and_loads(hub, repo_folder):
     states = []
     info = fetch(on_progress=lambda p: states.append(p.state))
@@ -70,7 +65,7 @@ def test_full_download_is_verified_installed_and_loads(hub, repo_folder):
     assert manifest["checksums"]["config.json"].startswith("git-sha1:")
     assert {"resolving", "downloading", "verifying", "installing", "done"} <= set(states)
     assert not list(download.downloads_dir().iterdir())  # nothing partial left behind
-    assert overlap(hub, hub.weights) == 0
+    assert hub.resent(hub.weights) == 0
 
     from engine.generate import generate_plain
     from engine.loading import load_model
@@ -89,7 +84,7 @@ def test_dropped_connection_resumes_without_starting_over(hub, kind):
     reqs = hub.requests_for(hub.weights)
     assert len(reqs) == 2 and reqs[0].start == 0 and reqs[1].start > 0
     assert reqs[1].status == 206
-    assert overlap(hub, hub.weights) < MIB, reqs  # a restart from zero would resend about 2.5 MB
+    assert hub.resent(hub.weights) < MIB, reqs  # a restart from zero would resend about 2.5 MB
 
 
 def test_server_errors_and_stalls_are_retried(hub):
@@ -101,7 +96,7 @@ def test_server_errors_and_stalls_are_retried(hub):
     assert listed() == ["tiny"]
     assert any("503" in m for m in messages) and any("500" in m for m in messages)
     assert any("ReadTimeout" in m for m in messages)
-    assert overlap(hub, hub.weights) < MIB
+    assert hub.resent(hub.weights) < MIB
 
 
 def test_gives_up_after_tries_without_progress_and_keeps_the_bytes(hub):
@@ -114,7 +109,7 @@ def test_gives_up_after_tries_without_progress_and_keeps_the_bytes(hub):
     assert partial.repo_id == "org/tiny" and partial.have_bytes >= MIB
     hub.faults.clear()
     fetch()  # the next call resumes
-    assert listed() == ["tiny"] and overlap(hub, hub.weights) < MIB
+    assert listed() == ["tiny"] and hub.resent(hub.weights) < MIB
 
 
 def test_killed_process_resumes_in_a_new_process(hub, tmp_path):
@@ -145,7 +140,7 @@ def test_killed_process_resumes_in_a_new_process(hub, tmp_path):
     assert listed() == ["tiny"]
     resumed = hub.requests_for(hub.weights)[-1]
     assert resumed.start >= kept and resumed.status == 206
-    assert overlap(hub, hub.weights) < MIB
+    assert hub.resent(hub.weights) < MIB
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json"])  # sha256 and git-sha1
@@ -201,7 +196,7 @@ def test_pause_keeps_the_partial_files_and_a_new_download_resumes(hub):
     assert partial.have_bytes >= MIB and partial.total_bytes > hub.weights_size
     hub.rate = None
     fetch()
-    assert listed() == ["tiny"] and overlap(hub, hub.weights) < MIB
+    assert listed() == ["tiny"] and hub.resent(hub.weights) < MIB
 
 
 def test_not_enough_disk_space_is_refused_before_fetching_weights(hub, monkeypatch):
