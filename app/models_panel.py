@@ -500,12 +500,16 @@ class ModelsDock(QDockWidget):
         self.profile = profile
         self._estimate()
 
+    def _reserve_gb(self) -> float:
+        """The Hardware panel's reserve slider (make_plan's default without that panel)."""
+        return self.hardware.reserve_gb() if self.hardware is not None else 0.5
+
     def _estimate(self) -> None:
         from engine.catalogue import estimate
 
         if self.profile is None:
             return
-        reserve = self.hardware.reserve_gb() if self.hardware is not None else 0.5
+        reserve = self._reserve_gb()
         for card in self.catalogue_cards:
             try:
                 est = estimate(card.entry, self.profile, reserve_gb=reserve)
@@ -533,7 +537,7 @@ class ModelsDock(QDockWidget):
 
         if self.profile is None or hit.config is None:
             return
-        reserve = self.hardware.reserve_gb() if self.hardware is not None else 0.5
+        reserve = self._reserve_gb()
         try:
             _show_fit(hit.fit, estimate_config(hit.repo_id, hit.config, self.profile, reserve_gb=reserve))
         except Exception as exc:  # noqa: BLE001 - one odd config must not break the list
