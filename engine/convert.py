@@ -104,9 +104,8 @@ class SubstituteCache:
         name = f"{Path(model_folder).name[:40]}-{nbits}bit-g{group_size}-{dtype}-{digest}"
         folder = cache_root() / name
         folder.mkdir(parents=True, exist_ok=True)
-        info = folder / "key.json"
-        if not info.is_file():
-            info.write_text(json.dumps({"key": key, "model": str(model_folder)}, indent=2))
+        if not (folder / "key.json").is_file():
+            _write_json(folder / "key.json", {"key": key, "model": str(model_folder)})
         return cls(folder)
 
     def _path(self, layer: int) -> Path:
@@ -214,7 +213,7 @@ def convert(model_folder: Path, nbits: int = 4, group_size: int = 64,
 def caches_for(model_folder: Path) -> list[Path]:
     prefix = Path(model_folder).name[:40] + "-"
     return [p for p in cache_root().iterdir() if p.is_dir() and p.name.startswith(prefix)
-            and json.loads((p / "key.json").read_text()).get("model") == str(model_folder)]
+            and _read_json(p / "key.json").get("model") == str(model_folder)]
 
 
 def remove_caches(model_folder: Path) -> int:
