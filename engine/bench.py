@@ -15,6 +15,7 @@ from .errors import SubspecError
 from .events import StepEvent
 from .generate import generate_plain
 from .sampling import SamplingParams
+from .depth_control import DepthControl
 from .speculative import TreeShape, generate_subspec
 
 
@@ -57,6 +58,7 @@ class MethodStats:
     verify_ms: float = 0.0
     step_ms: float = 0.0  # decode/verify iterations only (prefill excluded)
     nodes: int = 0
+    depth_sum: int = 0  # tree depth over passes (auto depth varies it)
     answers: list = field(default_factory=list)  # token ids per (prompt, turn)
 
     def add(self, events: list[StepEvent], seconds: float) -> str:
@@ -72,6 +74,7 @@ class MethodStats:
                 self.verify_ms += ev.verify_ms
                 self.step_ms += ev.step_ms
                 self.nodes = max(self.nodes, ev.tree_nodes)
+                self.depth_sum += ev.depth
         return "".join(ev.text for ev in events)
 
     def summary(self, baseline: "MethodStats | None") -> dict:
@@ -81,6 +84,7 @@ class MethodStats:
             "tokens_per_s": round(tps, 3),
             "tau": round(self.emitted_by_passes / self.passes, 3) if self.passes else 0.0,
             "tree_nodes": self.nodes,
+            "mean_depth": round(self.depth_sum / self.passes, 2) if self.passes else 0.0,
             "draft_share": round(self.draft_ms / self.step_ms, 4) if self.step_ms else 0.0,
             "verify_share": round(self.verify_ms / self.step_ms, 4) if self.step_ms else 0.0,
             "overhead_share": round(1 - (self.draft_ms + self.verify_ms) / self.step_ms, 4) if self.step_ms else 0.0,
@@ -111,6 +115,8 @@ def run_bench(lm, conversations: list[list[str]], methods: list[str], shapes: li
         raise SubspecError(f"unknown method(s) {', '.join(sorted(unknown))}; choose vanilla, subspec")
     draft = make_draft() if any(s for _, s in configs) else None
     stats = {label: MethodStats(label) for label, _ in configs}
+    # Auto depth keeps one controller per configuration across the run, as a chat session does.
+    controls = {label: DepthControl(s.depth, s.topk, s.budget) for label, s in configs if s and s.auto}
     for n, turns in enumerate(conversations, 1):
         for label, shape in configs:
             messages: list[dict] = []
@@ -121,7 +127,8 @@ def run_bench(lm, conversations: list[list[str]], methods: list[str], shapes: li
                 if shape is None:
                     events = list(generate_plain(lm, ids, max_new_tokens, sampling))
                 else:
-                    events = list(generate_subspec(lm, draft, ids, max_new_tokens, sampling, shape=shape))
+                    events = list(generate_subspec(lm, draft, ids, max_new_tokens, sampling, shape=shape,
+                                                   control=controls.get(label)))
                 text = stats[label].add(events, time.perf_counter() - t0)
                 # The second turn sees the model's own first answer, as in MT-Bench.
                 messages.append({"role": "assistant", "content": text})
@@ -132,11 +139,12 @@ def run_bench(lm, conversations: list[list[str]], methods: list[str], shapes: li
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':20} {'tau':>7} {'tok/s':>8} {'speedup':>8} {'identical':>10} {'nodes':>6} {'overhead':>9}"
+    head = (f"{'method':24} {'tau':>7} {'tok/s':>8} {'speedup':>8} {'identical':>10} {'nodes':>6} {'depth':>6} "
+            f"{'overhead':>9}")
     lines = [head]
     for r in rows:
         ident = f"{r['identical']}/{r['answers']}" if "identical" in r else "-"
         speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "-"
-        lines.append(f"{r['method']:20} {r['tau']:7.2f} {r['tokens_per_s']:8.2f} {speed:>8} {ident:>10} "
-                     f"{r['tree_nodes']:6d} {100 * r['overhead_share']:8.1f}%")
+        lines.append(f"{r['method']:24} {r['tau']:7.2f} {r['tokens_per_s']:8.2f} {speed:>8} {ident:>10} "
+                     f"{r['tree_nodes']:6d} {r.get('mean_depth', 0):6.1f} {100 * r['overhead_share']:8.1f}%")
     return "\n".join(lines)

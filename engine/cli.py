@@ -167,12 +167,12 @@ def cmd_plan(args) -> int:
 def cmd_generate(args) -> int:
     from .events import summarize
     from .generate import generate_plain
-    from .speculative import TreeShape, generate_subspec
+    from .speculative import generate_subspec
 
     if args.max_new_tokens < 0:
         raise SubspecError("--max-new-tokens must be >= 0")
     sampling = _sampling(args)
-    shape = TreeShape(args.depth, args.topk, args.draft_temperature, args.budget or None)
+    shape = _shape(args)
     lm = _load(args)
     prompt_ids = lm.encode(args.prompt, chat=args.chat, system=args.system)
     stops = tuple(args.stop or ())
@@ -180,7 +180,7 @@ def cmd_generate(args) -> int:
     if args.method == "subspec":
         draft = _draft(lm, args)
         events = generate_subspec(lm, draft, prompt_ids, args.max_new_tokens, sampling, stops, shape)
-        extra = {"depth": shape.depth, "topk": shape.topk, "tree_nodes": shape.nodes,
+        extra = {"depth": shape.depth, "auto_depth": shape.auto, "topk": shape.topk, "tree_nodes": shape.nodes,
                  "draft_temperature": shape.draft_temperature,
                  "substitute_bits": args.substitute_bits, "group_size": args.group_size}
     else:
@@ -200,13 +200,12 @@ def cmd_bench(args) -> int:
     import itertools
 
     from .bench import format_table, read_prompts, run_bench
-    from .speculative import TreeShape
 
     conversations = read_prompts(args.prompts, args.limit, args.turns)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     shapes = {}
     for d, k, b in itertools.product(args.depth, args.topk, args.budget):
-        shape = TreeShape(d, k, args.draft_temperature, b or None)
+        shape = _shape(args, d, k, b)
         shapes.setdefault(shape.label, shape)  # a budget at or above the beam's size is the same tree
     sampling = _sampling(args)
     lm = _load(args)
@@ -259,10 +258,9 @@ def cmd_serve(args) -> int:
 def _serve_backend(args):
     """The model, with a draft when SubSpec is chosen and plain decoding's measured speed to compare with."""
     from .server import Backend
-    from .speculative import TreeShape
     from .store import DEFAULT_MODEL
 
-    shape = TreeShape(args.depth, args.topk, args.draft_temperature, args.budget or None)
+    shape = _shape(args)
     args.model = args.model or DEFAULT_MODEL
     lm = _load(args)
     # On a CPU the draft's passes cost about what the target's do, so SubSpec only pays off on a GPU.
@@ -301,6 +299,33 @@ def _model_options(p) -> None:
                    help="software VRAM cap: the planner chooses the resident layers under it")
 
 
+def _depth(text: str) -> tuple[int, bool]:
+    """A tree depth: N, or auto / autoN (auto depth up to N, default 48)."""
+    text = text.strip().lower()
+    auto = text.startswith("auto")
+    digits = text[4:] if auto else text
+    try:
+        depth = int(digits) if digits else 48
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a depth (e.g. 48), auto or autoN (e.g. auto64), got {text!r}") \
+            from None
+    if depth < 0:
+        raise argparse.ArgumentTypeError(f"depth must be >= 0, got {depth}")
+    return depth, auto
+
+
+def _depth_list(text: str) -> list[tuple[int, bool]]:
+    return [_depth(x) for x in text.split(",") if x.strip()]
+
+
+def _shape(args, depth=None, topk=None, budget=None):
+    from .speculative import TreeShape
+
+    d, auto = depth if depth is not None else args.depth
+    return TreeShape(d, topk if topk is not None else args.topk, args.draft_temperature,
+                     (budget if budget is not None else args.budget) or None, auto=auto)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -310,12 +335,15 @@ def _int_list(text: str) -> list[int]:
 
 def _subspec_options(p, sweep: bool) -> None:
     if sweep:
-        p.add_argument("--depth", type=_int_list, default=[48], help="draft tree depth(s), e.g. 8,16,32,48")
+        p.add_argument("--depth", type=_depth_list, default=[(48, False)],
+                       help="draft tree depth(s), e.g. 8,16,32,48; autoN: auto depth up to N (e.g. 48,auto48)")
         p.add_argument("--topk", type=_int_list, default=[6], help="draft tree width(s), e.g. 1,4,6,8")
         p.add_argument("--budget", type=_int_list, default=[0],
                        help="nodes verified per pass, e.g. 289 (0: the whole beam, 1 + depth x width)")
     else:
-        p.add_argument("--depth", type=int, default=48, help="draft tree depth (default 48)")
+        p.add_argument("--depth", type=_depth, default=(48, False),
+                       help="draft tree depth (default 48); auto or autoN: each pass uses the depth that measured "
+                            "fastest, up to N (default 48), plain decoding included")
         p.add_argument("--topk", type=int, default=6, help="draft tree width (default 6)")
         p.add_argument("--budget", type=int, default=0,
                        help="nodes verified per pass: grow the beam, verify its most likely N (0: all)")

@@ -16,6 +16,7 @@ class StepEvent:
     text: str  # text those tokens add (held back while it may be the start of a stop string)
     accepted: int = 0  # draft tokens accepted this step (the bonus token is not counted)
     tree_nodes: int = 0  # draft nodes verified this step
+    depth: int = 0  # depth of the draft tree this step (0: plain decoding)
     prefill_ms: float = 0.0
     draft_ms: float = 0.0
     verify_ms: float = 0.0  # the target forward (for plain decoding, the whole decode pass)

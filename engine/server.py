@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 from .errors import SubspecError
 from .events import GenerationResult, StepEvent, summarize
 from .sampling import SamplingParams
+from .depth_control import DepthControl
 from .speculative import TreeShape
 
 DEFAULT_HOST = "127.0.0.1"
@@ -204,6 +205,9 @@ class Backend:
         self.lm = lm
         self.draft = draft
         self.shape = shape
+        # Requests are decoded one at a time, so one auto-depth controller serves them all and keeps what
+        # earlier requests measured.
+        self.control = DepthControl(shape.depth, shape.topk, shape.budget) if shape.auto else None
         self.name = name or lm.name
         self.method = "subspec" if draft is not None else "vanilla"
         self.baseline_tokens_per_s: float | None = None
@@ -226,7 +230,8 @@ class Backend:
         from .speculative import generate_subspec
 
         if self.draft is not None:
-            return generate_subspec(self.lm, self.draft, prompt_ids, max_tokens, sampling, stops, self.shape)
+            return generate_subspec(self.lm, self.draft, prompt_ids, max_tokens, sampling, stops, self.shape,
+                                    control=self.control)
         return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:

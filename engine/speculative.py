@@ -22,6 +22,7 @@ import torch
 
 from .errors import SubspecError
 from .events import StepEvent
+from .depth_control import DepthControl
 from .draft_graph import draft_step_for
 from .generate import Emitter, allocate_cache, check_context, prefill_step, streamed_bytes
 from .kv_cache import KVCache
@@ -39,6 +40,9 @@ class TreeShape:
     # Nodes verified per pass. None: the whole beam (1 + depth * topk). Smaller: a wider beam is grown
     # and only its `budget` most likely nodes are verified, so width goes where the draft is unsure.
     budget: int | None = None
+    # Auto depth: `depth` is the deepest tree allowed and every pass uses the depth that measured draft and
+    # verify times and the recent acceptance say is fastest (engine.depth_control), plain decoding included.
+    auto: bool = False
 
     def __post_init__(self):
         if self.depth < 0 or self.topk < 1:
@@ -58,7 +62,8 @@ class TreeShape:
 
     @property
     def label(self) -> str:
-        return f"D{self.depth} K{self.topk}" + (f" B{self.budget}" if self.nodes < self.grown else "")
+        return (f"D{self.depth} K{self.topk}" + (f" B{self.budget}" if self.nodes < self.grown else "")
+                + (" auto" if self.auto else ""))
 
 
 def shallower(shape: TreeShape) -> TreeShape:
@@ -128,10 +133,13 @@ Verifier = Callable[[Decoder, KVCache, Tree, SamplingParams, "torch.Generator | 
 def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max_new_tokens: int = 256,
                      sampling: SamplingParams = SamplingParams(), stop_strings=(),
                      shape: TreeShape = TreeShape(), prefill_chunk: int = 256,
-                     verifier: Verifier = verify, cache: KVCache | None = None) -> Iterator[StepEvent]:
+                     verifier: Verifier = verify, cache: KVCache | None = None,
+                     control: DepthControl | None = None) -> Iterator[StepEvent]:
     """Speculative decoding with the substitute draft; output identical to `generate_plain`'s.
 
-    `cache` (optional) is used instead of a fresh one, so a caller can inspect or continue it."""
+    `cache` (optional) is used instead of a fresh one, so a caller can inspect or continue it.
+    `control` (with `shape.auto`): the depth controller to use and update, so that a conversation keeps what
+    earlier answers measured; a new one when it is None or was made for another shape."""
     check_context(lm, len(prompt_ids), max_new_tokens)
     target = lm.decoder
     device = lm.device
@@ -150,13 +158,18 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
 
     iteration = 0
     note = ""  # the prefill's event carried the cache's note
+    if not shape.auto:
+        control = None
+    elif control is None or not control.fits(shape.depth, shape.topk, shape.budget):
+        control = DepthControl(shape.depth, shape.topk, shape.budget)
     while not emitter.finished:
         iteration += 1
         t0 = time.perf_counter()
         moved = streamed_bytes(target)
         L = cache.length
         # No deeper than the tokens still wanted or the positions the model has.
-        depth = max(0, min(shape.depth, emitter.remaining - 1, context - L - 1))
+        wanted = control.choose().depth if control else shape.depth
+        depth = max(0, min(wanted, emitter.remaining - 1, context - L - 1))
         timer = [0.0]
         try:
             tree = grow_tree(draft, cache, root, shape, depth, timer)
@@ -173,6 +186,8 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
             note = (f"{note} " if note else "") + \
                 f"Out of GPU memory with a {shape.label} tree; continuing with {smaller.label}."
             shape, iteration = smaller, iteration - 1
+            if control:
+                control.limit(shape.depth)
             continue
         verify_ms = (time.perf_counter() - t1) * 1e3
         n = tree.size
@@ -184,7 +199,9 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         cache.compact(slots)
         root = torch.tensor([bonus], device=device)
         ms = (time.perf_counter() - t0) * 1e3
-        yield StepEvent(iteration, tuple(kept), text, accepted=len(path), tree_nodes=n, draft_ms=timer[0],
-                        verify_ms=verify_ms, step_ms=ms, bytes_moved=streamed_bytes(target) - moved,
+        if control:
+            control.observe(depth, len(path), n, timer[0], verify_ms, ms)
+        yield StepEvent(iteration, tuple(kept), text, accepted=len(path), tree_nodes=n, depth=depth,
+                        draft_ms=timer[0], verify_ms=verify_ms, step_ms=ms, bytes_moved=streamed_bytes(target) - moved,
                         finish_reason=emitter.finished, note=note)
         note = ""

@@ -43,6 +43,8 @@ def test_generate_json(default_model_folder):
     (("generate", "/tmp", "--prompt", "hi"), "not a model folder"),
     (("generate", "SmolLM2-135M-Instruct", "--prompt", "hi", "--top-p", "2"), "top-p must be in"),
     (("generate", "SmolLM2-135M-Instruct", "--prompt", "hi", "--max-new-tokens", "100000"), "exceeds"),
+    (("generate", "SmolLM2-135M-Instruct", "--prompt", "hi", "--depth", "autox"), "expected a depth"),
+    (("bench", "SmolLM2-135M-Instruct", "--prompts", "p.jsonl", "--depth", "8,-3"), "depth must be >= 0"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(default_model_folder, args, message):
     r = run(*args)

@@ -27,7 +27,7 @@ def _run(gen, lm, ids):
 
 
 @pytest.mark.parametrize("shape", [TreeShape(6, 3), TreeShape(1, 4), TreeShape(5, 1), TreeShape(0, 2),
-                                   TreeShape(8, 4, budget=12)])
+                                   TreeShape(8, 4, budget=12), TreeShape(8, 3, auto=True)])
 def test_greedy_equals_plain_on_every_architecture(tiny, shape):
     lm, draft = tiny
     for prompt in ["hello world", "the cat sat on"]:
