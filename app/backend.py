@@ -16,7 +16,8 @@ Progress = Callable[[str], None]
 
 METHODS = ("vanilla", "subspec")
 DEFAULT_PARAMS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
-                  "stop": (), "method": "vanilla", "depth": 48, "width": 6, "continue_final": False}
+                  "stop": (), "method": "vanilla", "depth": 48, "width": 6, "auto": False,
+                  "continue_final": False}
 # What a backend that does not say otherwise can do: plain decoding only.
 NO_CAPABILITIES = {"cuda": False, "subspec": False}
 
@@ -44,6 +45,10 @@ class TorchBackend:
 
     DRAFT_BITS = 4
     DRAFT_GROUP_SIZE = 64
+    # Auto depth's measurements (engine.depth_control.DepthControl) for this model and draft, kept across
+    # the chat's answers so a conversation does not explore again on every answer. A load makes a new
+    # backend, a draft build or another tree shape a new controller.
+    control = None
 
     def __init__(self, model: str, progress: Progress, resident_layers: int | None = None,
                  reserve_gb: float | None = None):
@@ -131,8 +136,20 @@ class TorchBackend:
                 self.progress(f"Building the SubSpec draft: layer {done}/{total} …")
 
             self.draft = self.lm.build_draft(self.DRAFT_BITS, self.DRAFT_GROUP_SIZE, progress=report)
+            self.control = None  # timings measured with another draft do not hold for this one
             self.progress(self.name)
         return self.draft
+
+    def depth_control(self, shape):
+        """The chat's auto-depth controller for `shape` (None for a fixed-depth tree): the one kept from
+        earlier answers while it was made for this shape, else a new one."""
+        if not shape.auto:
+            return None
+        if self.control is None or not self.control.fits(shape.depth, shape.topk, shape.budget):
+            from engine.depth_control import DepthControl
+
+            self.control = DepthControl(shape.depth, shape.topk, shape.budget)
+        return self.control
 
     def stream(self, messages: list[dict], params: dict) -> tuple[int, Iterator[StepEvent]]:
         from engine.sampling import SamplingParams
@@ -149,9 +166,11 @@ class TorchBackend:
         if p["method"] == "subspec":
             from engine.speculative import TreeShape, generate_subspec
 
-            shape = TreeShape(int(p["depth"]), int(p["width"]))  # checked before the slow draft build
-            events = generate_subspec(self.lm, self.get_draft(), ids, p["max_new_tokens"], sampling, stops,
-                                      shape=shape)
+            # Checked before the slow draft build.
+            shape = TreeShape(int(p["depth"]), int(p["width"]), auto=bool(p["auto"]))
+            draft = self.get_draft()
+            events = generate_subspec(self.lm, draft, ids, p["max_new_tokens"], sampling, stops,
+                                      shape=shape, control=self.depth_control(shape))
         else:
             from engine.generate import generate_plain
 
@@ -161,13 +180,14 @@ class TorchBackend:
     def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling, stops: tuple,
                      decoding: dict | None = None) -> Iterator[StepEvent]:
         """An API request (app.api_server), already tokenized by the server, decoded like the chat
-        (`decoding`: {"method": "vanilla"} or {"method": "subspec", "depth": D, "width": K}).
-        Runs on the worker thread like stream()."""
+        (`decoding`: {"method": "vanilla"} or {"method": "subspec", "depth": D, "width": K, "auto": bool}).
+        Runs on the worker thread like stream(). With auto depth each request measures afresh: the chat's
+        controller stays the chat's."""
         decoding = decoding or {"method": "vanilla"}
         if decoding.get("method") == "subspec":
             from engine.speculative import TreeShape, generate_subspec
 
-            shape = TreeShape(int(decoding["depth"]), int(decoding["width"]))
+            shape = TreeShape(int(decoding["depth"]), int(decoding["width"]), auto=bool(decoding.get("auto")))
             return generate_subspec(self.lm, self.get_draft(), list(prompt_ids), max_tokens, sampling,
                                     tuple(stops), shape=shape)
         from engine.generate import generate_plain

@@ -73,7 +73,7 @@ class ChatFlow:
         if last is None or not self.method.toggle.isEnabled():
             return
         saved = self._saved()
-        subspec = {"method": "subspec", "depth": self.method.depth.value(), "width": self.method.width.value()}
+        subspec = {"method": "subspec", **self.method.tree()}
         job = CompareJob(last.id, self._model_messages(history_of(saved[:-1])), subspec, ["subspec", "vanilla"])
         tps = reusable(self._measured.get(last.id), self.model_name, subspec)
         if tps:

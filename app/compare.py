@@ -14,7 +14,7 @@ MIN_TOKENS = 2  # below this a run has no decode phase, so no speed to compare
 class CompareJob:
     message_id: int  # the answer whose prompt is rerun; the result is saved with it
     messages: list[dict]  # the prompt: the conversation up to that answer
-    subspec: dict  # {"method": "subspec", "depth": .., "width": ..}
+    subspec: dict  # {"method": "subspec", "depth": .., "width": .., "auto": ..}
     runs: list[str]  # methods still to run, in order
     speeds: dict[str, float] = field(default_factory=dict)  # method -> decode tok/s
 
@@ -39,19 +39,25 @@ class CompareJob:
     def result(self) -> dict:
         fast, plain = self.speeds["subspec"], self.speeds["vanilla"]
         return {"subspec_tps": fast, "plain_tps": plain, "speedup": fast / plain,
-                "depth": self.subspec.get("depth"), "width": self.subspec.get("width")}
+                "depth": self.subspec.get("depth"), "width": self.subspec.get("width"),
+                "auto": bool(self.subspec.get("auto"))}
 
 
 def reusable(measured: dict | None, model: str, subspec: dict) -> float | None:
     """The tok/s of an answer timed in this session that a comparison may reuse instead of running
-    SubSpec again: greedy, SubSpec with the same tree, on the same model."""
+    SubSpec again: greedy, SubSpec with the same tree, on the same model. A tree without "auto" (saved
+    before auto depth existed) had a fixed depth."""
     if not measured or measured.get("model") != model or measured.get("method") != "subspec":
         return None
     if measured.get("temperature") != 0.0 or measured.get("new_tokens", 0) < MIN_TOKENS:
         return None
-    if (measured.get("depth"), measured.get("width")) != (subspec.get("depth"), subspec.get("width")):
+    if _tree(measured) != _tree(subspec):
         return None
     return measured.get("tokens_per_s") or None
+
+
+def _tree(d: dict) -> tuple:
+    return d.get("depth"), d.get("width"), bool(d.get("auto", False))
 
 
 def format_comparison(result: dict) -> str:

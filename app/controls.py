@@ -1,7 +1,9 @@
-"""Toolbar controls: the decoding method (plain or SubSpec, with the tree's depth and width) and the
-conversation's sampling preset."""
+"""Toolbar controls: the decoding method (plain or SubSpec, with the tree's depth and width, and auto depth)
+and the conversation's sampling preset."""
 
 from __future__ import annotations
+
+import json
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QSpinBox, QToolBar
@@ -10,6 +12,14 @@ PRESETS = {"greedy": (0.0, 1.0), "balanced": (0.7, 0.9), "creative": (1.0, 0.95)
 CUSTOM = "custom"
 DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest, when it is greedy
 DEFAULT_DEPTH, DEFAULT_WIDTH = 48, 6
+# Fresh settings measure the depth (engine.depth_control); a tree saved before auto depth existed keeps the
+# fixed depth it had, so nothing changes under a user's feet.
+DEFAULT_AUTO = True
+DEPTH_TIP = "Draft tree depth: draft steps per target pass"
+AUTO_MEANING = "the deepest tree; each pass picks the depth that measured fastest, plain decoding included"
+MAX_DEPTH_TIP = f"Draft tree depth, up to: {AUTO_MEANING}"
+AUTO_TIP = (f"Auto depth: the depth box is {AUTO_MEANING}. What it measured is kept while the model stays "
+            f"loaded, so later answers start from it")
 
 
 def preset_for(temperature: float, top_p: float) -> str:
@@ -47,14 +57,19 @@ class MethodControls(QObject):
         self.width.setRange(1, 32)
         self.width.setValue(DEFAULT_WIDTH)
         self.width.setToolTip("Draft tree width: nodes kept per draft step")
+        self.auto = QCheckBox("Auto depth")
+        self.auto.setToolTip(AUTO_TIP)
+        self.auto.setChecked(DEFAULT_AUTO)
         toolbar.addWidget(self.toggle)
         self._depth_label = QLabel(" Depth ")
         self._width_label = QLabel(" Width ")
-        for widget in (self._depth_label, self.depth, self._width_label, self.width):
+        for widget in (self.auto, self._depth_label, self.depth, self._width_label, self.width):
             toolbar.addWidget(widget)
         self.toggle.toggled.connect(self._sync_enabled)
+        self.auto.toggled.connect(self._sync_auto)
         self.depth.valueChanged.connect(self.changed)
         self.width.valueChanged.connect(self.changed)
+        self._sync_auto(emit=False)
         self.apply_capabilities({"cuda": False, "subspec": False})
 
     def apply_capabilities(self, caps: dict) -> None:
@@ -65,14 +80,50 @@ class MethodControls(QObject):
 
     def _sync_enabled(self) -> None:
         on = self.toggle.isEnabled() and self.toggle.isChecked()
-        for widget in (self._depth_label, self.depth, self._width_label, self.width):
+        for widget in (self.auto, self._depth_label, self.depth, self._width_label, self.width):
             widget.setEnabled(on)
         self.changed.emit()
 
+    def _sync_auto(self, _checked=None, emit: bool = True) -> None:
+        """With auto depth the depth box is an upper bound: its label and tooltip say so."""
+        auto = self.auto.isChecked()
+        self._depth_label.setText(" Depth ≤ " if auto else " Depth ")
+        for widget in (self._depth_label, self.depth):
+            widget.setToolTip(MAX_DEPTH_TIP if auto else DEPTH_TIP)
+        if emit:
+            self.changed.emit()
+
     def params(self) -> dict:
         if self.toggle.isEnabled() and self.toggle.isChecked():
-            return {"method": "subspec", "depth": self.depth.value(), "width": self.width.value()}
+            return {"method": "subspec", **self.tree()}
         return {"method": "vanilla"}
+
+    def tree(self) -> dict:
+        """The tree settings whether or not SubSpec is on (what is saved, and what a comparison runs)."""
+        return {"depth": self.depth.value(), "width": self.width.value(), "auto": self.auto.isChecked()}
+
+    def set_tree(self, tree: dict) -> None:
+        """Shows saved tree settings. A tree saved before auto depth existed has no "auto": it stays a
+        fixed-depth tree."""
+        self.depth.setValue(int(tree.get("depth", DEFAULT_DEPTH)))
+        self.width.setValue(int(tree.get("width", DEFAULT_WIDTH)))
+        self.auto.setChecked(bool(tree.get("auto", False)))
+
+    def save(self, settings, key: str = "decoding") -> None:
+        """Into QSettings, as JSON (an INI file would hand booleans back as strings)."""
+        settings.setValue(key, json.dumps(self.tree()))
+
+    def restore(self, settings, key: str = "decoding") -> None:
+        """From QSettings; nothing saved (or something unreadable) keeps the defaults: auto depth on."""
+        try:
+            tree = json.loads(settings.value(key) or "null")
+        except (TypeError, ValueError):
+            return
+        if isinstance(tree, dict):
+            try:
+                self.set_tree(tree)
+            except (TypeError, ValueError):
+                pass
 
 
 class SamplingControls(QObject):

@@ -101,6 +101,10 @@ class MainWindow(ChatFlow, QMainWindow):
         self.picker.chosen.connect(self.switch_model)
         toolbar.addSeparator()
         self.method = MethodControls(toolbar)
+        # The tree (depth, width, auto depth) is the user's, kept across runs; whether SubSpec is on follows
+        # what the loaded model can do.
+        self.method.restore(self.settings)
+        self.method.changed.connect(lambda: self.method.save(self.settings))
         toolbar.addSeparator()
         self.sampling = SamplingControls(toolbar)
         self.sampling.changed.connect(self._save_conversation_settings)

@@ -48,7 +48,8 @@ class StepStats:
     Accepted length is the draft tokens accepted plus the target's own token, as in `summarize`'s tau;
     tok/s is decode tokens over the steps' own time, so it is independent of how late events arrive.
     Speedup is that tok/s over `baseline`, plain decoding's last measured tok/s for the model (None: no
-    measurement yet, and no speedup series)."""
+    measurement yet, and no speedup series). `depth` is the draft tree depth of the latest SubSpec pass (0: a
+    plain pass, which auto depth may choose), None while no SubSpec pass came."""
 
     def __init__(self, capacity: int = CAPACITY):
         self.iteration = RingBuffer(capacity)
@@ -66,6 +67,7 @@ class StepStats:
         self.accepted_total = 0
         self.decode_tokens = 0
         self.decode_ms = 0.0
+        self.depth: int | None = None
 
     def add(self, step: dict) -> None:
         if step["iteration"] == 0:
@@ -75,6 +77,10 @@ class StepStats:
         self.accepted_total += length
         self.decode_tokens += len(step["token_ids"])
         self.decode_ms += step["step_ms"]
+        # A SubSpec pass verifies at least its root (tree_nodes >= 1, depth 0 included); plain decoding's
+        # steps carry no tree.
+        if step.get("tree_nodes", 0) > 0:
+            self.depth = int(step.get("depth", 0))
         self.iteration.append(step["iteration"])
         self.accepted.append(length)
         self.tau.append(self.accepted_total / self.steps)
@@ -88,9 +94,20 @@ class StepStats:
             return "No decode steps yet"
         text = (f"τ {self.tau.values()[-1]:.2f} · {self.tokens_per_s.values()[-1]:.1f} tok/s · "
                 f"{self.steps} steps")
+        if self.depth is not None:
+            text += f" · {depth_text(self.depth)}"
         if self.baseline:
             text += f" · {self.speedup.values()[-1]:.1f}x plain"
         return text
+
+
+def depth_text(depth: int) -> str:
+    """A SubSpec pass's tree depth as the panel shows it."""
+    return f"depth {depth}" if depth > 0 else "plain pass"
+
+
+DEPTH_TIP = ("depth N: the draft tree depth of the latest pass (with auto depth, each pass picks it); "
+             "plain pass: the latest pass decoded without drafting")
 
 
 def _plot(title: str, color: str) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
@@ -113,6 +130,7 @@ class StatsDock(QDockWidget):
         self._dirty = False
         self.summary = QLabel(self.stats.summary())
         self.summary.setContentsMargins(4, 2, 4, 2)
+        self.summary.setToolTip(DEPTH_TIP)
         plots = [_plot("Accepted length per step", "#1f77b4"), _plot("Running τ", "#2ca02c"),
                  _plot("Decode tok/s", "#d62728"), _plot(SPEEDUP_TITLE, "#9467bd")]
         self.plots = [widget for widget, _c in plots]

@@ -19,6 +19,8 @@ def format_stats(summary: dict) -> str:
 
 def method_label(stats: dict) -> str:
     if stats.get("method") == "subspec":
+        if stats.get("auto"):  # answers saved before auto depth existed have no "auto": a fixed depth
+            return f"SubSpec auto D≤{stats.get('depth')} W{stats.get('width')}"
         return f"SubSpec D{stats.get('depth')} W{stats.get('width')}"
     return "plain"
 

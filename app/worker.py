@@ -126,7 +126,7 @@ class EngineWorker(QObject):
             method = params.get("method", "vanilla")
             extra = {"model": self._engine.name}
             if method == "subspec":
-                extra.update(depth=params.get("depth"), width=params.get("width"))
+                extra.update(depth=params.get("depth"), width=params.get("width"), auto=bool(params.get("auto")))
             # A backend may bring its own clock: the tests' fake replays recorded timings on a virtual one.
             result = summarize(relay(events), prompt_tokens, method, clock=getattr(self._engine, "clock", None),
                                extra=extra)

@@ -152,7 +152,8 @@ def subspec_events(accepted=(2, 0, 3, 1)):
         i += len(chunk)
         it += 1
         out.append(StepEvent(it, tuple(t for t, _ in chunk), "".join(x for _, x in chunk),
-                             accepted=len(chunk) - 1, tree_nodes=289, draft_ms=6.0, verify_ms=4.0, step_ms=10.0,
+                             accepted=len(chunk) - 1, tree_nodes=289, depth=48, draft_ms=6.0, verify_ms=4.0,
+                             step_ms=10.0,
                              finish_reason="eos" if i >= len(flat) else None))
     return out
 

@@ -192,7 +192,8 @@ def test_api_requests_decode_like_the_chat(qtbot, api_window):
     chat(window.api.url, max_tokens=16)
     window.method.toggle.setChecked(True)
     window.method.width.setValue(4)
+    window.method.auto.setChecked(False)
     chat(window.api.url, max_tokens=16)
-    assert window.backend.api_decoding == [{"method": "subspec", "depth": 24, "width": 6},
+    assert window.backend.api_decoding == [{"method": "subspec", "depth": 24, "width": 6, "auto": True},
                                            {"method": "vanilla"},
-                                           {"method": "subspec", "depth": 24, "width": 4}]
+                                           {"method": "subspec", "depth": 24, "width": 4, "auto": False}]

@@ -1,4 +1,5 @@
-"""TorchBackend's checks before it hands a request to the engine (no model needed for these)."""
+"""TorchBackend's checks before it hands a request to the engine (no model needed for these), and what it
+hands over on tiny and real models: SubSpec for the API, auto depth's controller kept across a chat."""
 
 from types import SimpleNamespace
 
@@ -132,3 +133,64 @@ def test_api_requests_with_subspec_give_the_plain_answer(tmp_path):
     assert [t for ev in spec_events for t in ev.token_ids] == plain and len(plain) == 24
     assert max(ev.tree_nodes for ev in spec_events) > 1  # it really drafted
     assert backend.draft is not None
+
+
+AUTO = {"method": "subspec", "depth": 8, "width": 3, "auto": True, "max_new_tokens": 16}
+
+
+def chat_answer(backend, params, text="hello"):
+    """One chat answer through stream(): its decode passes (the prefill's event left out) and tokens."""
+    _n, events = backend.stream([{"role": "user", "content": text}], params)
+    events = list(events)
+    return [ev for ev in events if ev.iteration > 0], [t for ev in events for t in ev.token_ids]
+
+
+def test_the_chat_keeps_one_depth_control_across_answers(tmp_path):
+    """Auto depth on a real tiny model: the tree shape says auto, and the second answer goes on from what
+    the first measured instead of exploring again; another tree shape starts over."""
+    from tiny_models import make_tiny_model_folder
+
+    from engine.speculative import TreeShape
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    assert backend.control is None
+    first, tokens = chat_answer(backend, AUTO)
+    control = backend.control
+    assert control is not None and control.fits(8, 3, None)
+    assert control.passes == len(first)  # the engine measured every pass with the backend's controller
+    # Auto depth's exploration: a quarter-depth tree, then plain decoding (a fixed tree would be 8 deep).
+    assert [ev.depth for ev in first[:2]] == [2, 0]
+    assert tokens == chat_answer(backend, {**AUTO, "method": "vanilla"})[1]  # lossless all the same
+
+    second, _tokens = chat_answer(backend, AUTO, "hello again")
+    assert backend.control is control and control.passes == len(first) + len(second)
+
+    chat_answer(backend, {**AUTO, "width": 2})  # another tree: measurements for 8x3 do not apply
+    assert backend.control is not control and backend.control.fits(8, 2, None)
+    fixed, _tokens = chat_answer(backend, {**AUTO, "auto": False})
+    assert fixed[0].depth == 8 and backend.depth_control(TreeShape(8, 3)) is None
+
+
+def test_a_reload_starts_a_new_depth_control(qapp, tmp_path):
+    """A (re)load through the worker makes a new backend, so measurements of the old model never steer the
+    new one; its summary says the answer used auto depth."""
+    from tiny_models import make_tiny_model_folder
+
+    from app.worker import EngineWorker
+
+    folder = str(make_tiny_model_folder(tmp_path / "tiny"))
+    worker = EngineWorker(model_lister=lambda: [])
+    summaries = []
+    worker.finished.connect(summaries.append)
+    worker.failed.connect(lambda message, details: pytest.fail(message + details))
+    messages = [{"role": "user", "content": "hello"}]
+    worker.load(folder)
+    worker.generate(messages, AUTO)
+    worker.generate(messages, AUTO)
+    control = worker.engine.control
+    assert control is not None and control.passes == sum(s["iterations"] for s in summaries)
+    assert summaries[0]["auto"] is True and summaries[0]["method"] == "subspec"
+    worker.load(folder)
+    assert worker.engine.control is None
+    worker.generate(messages, AUTO)
+    assert worker.engine.control is not control and worker.engine.control.passes == summaries[-1]["iterations"]

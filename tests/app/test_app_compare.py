@@ -36,6 +36,7 @@ def test_compare_reuses_this_sessions_subspec_answer_and_times_plain(qtbot, make
     messages, params = window.backend.calls[1]
     assert messages == [{"role": "user", "content": PROMPT}]
     assert (params["method"], params["temperature"], params["continue_final"]) == ("vanilla", 0.0, False)
+    assert window.backend.calls[0][1]["auto"] is True  # the reused SubSpec answer had auto depth, as the toolbar
     assert window.stats_label.text() == EXPECTED
     assert window.transcript.toPlainText().endswith("Compared: " + EXPECTED)
     assert window.plain_speeds == {"FakeLM-1M": pytest.approx(PLAIN_TPS, rel=1e-3)}  # summaries are rounded
@@ -81,6 +82,15 @@ def test_compare_job_and_reuse_rules():
     assert reusable({**measured, "temperature": 0.7}, "m", sub) is None  # sampled: not comparable
     assert reusable({**measured, "width": 4}, "m", sub) is None
     assert reusable(measured, "other", sub) is None
+    # Auto depth is another tree: an answer timed with it does not stand for a fixed depth, nor the reverse;
+    # a tree without "auto" (from before auto depth existed) is a fixed one.
+    auto = {**sub, "auto": True}
+    assert reusable({**measured, "auto": True}, "m", auto) == 12.0
+    assert reusable({**measured, "auto": True}, "m", sub) is None
+    assert reusable(measured, "m", auto) is None
+    assert reusable({**measured, "auto": False}, "m", sub) == 12.0
+    assert job.result()["auto"] is False
+    assert CompareJob(1, [], auto, ["subspec"]).next_params({})["auto"] is True
 
 
 def test_speedup_series_is_tok_s_over_the_plain_baseline():

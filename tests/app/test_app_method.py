@@ -1,13 +1,15 @@
-"""Plain decoding or SubSpec: defaults from what the worker reports, what goes to the engine, and the
-stats under each answer; sampling presets."""
+"""Plain decoding or SubSpec: defaults from what the worker reports, what goes to the engine, auto depth
+and the tree kept across runs, and the stats under each answer; sampling presets."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 from app_fakes import FakeBackend, answer, subspec_events
 
 from app.backend import TorchBackend
-from app.controls import preset_for
+from app.controls import AUTO_MEANING, preset_for
+from app.main_window import default_settings
 from app.turns import format_answer_stats
 from app.worker import EngineWorker
 
@@ -20,14 +22,15 @@ def test_on_a_gpu_subspec_is_on_with_a_48_by_6_tree(qtbot, make_window):
     m = window.method
     assert m.toggle.isEnabled() and m.toggle.isChecked()
     assert (m.depth.value(), m.width.value()) == (48, 6) and m.depth.isEnabled()
+    assert m.auto.isChecked() and m.auto.isEnabled()  # fresh settings: auto depth, 48 the deepest tree
     summary = answer(qtbot, window)
     _messages, params = window.backend.calls[0]
-    assert (params["method"], params["depth"], params["width"]) == ("subspec", 48, 6)
-    assert (summary["method"], summary["depth"], summary["width"]) == ("subspec", 48, 6)
+    assert (params["method"], params["depth"], params["width"], params["auto"]) == ("subspec", 48, 6, True)
+    assert (summary["method"], summary["depth"], summary["width"], summary["auto"]) == ("subspec", 48, 6, True)
     assert summary["tau"] == pytest.approx(2.0)
-    assert window.transcript.toPlainText().endswith(" · τ 2.00 · SubSpec D48 W6 · Copy")
+    assert window.transcript.toPlainText().endswith(" · τ 2.00 · SubSpec auto D≤48 W6 · Copy")
     stats = window.store.messages(window.conversation.id)[1].stats
-    assert stats["method"] == "subspec" and stats["depth"] == 48
+    assert stats["method"] == "subspec" and stats["depth"] == 48 and stats["auto"] is True
 
 
 def test_on_a_cpu_plain_decoding_is_the_default_but_subspec_can_be_chosen(qtbot, make_window):
@@ -40,14 +43,69 @@ def test_on_a_cpu_plain_decoding_is_the_default_but_subspec_can_be_chosen(qtbot,
     m.toggle.setChecked(True)
     m.depth.setValue(16)
     m.width.setValue(4)
+    m.auto.setChecked(False)
     answer(qtbot, window, "again")
     params = window.backend.calls[1][1]
-    assert (params["method"], params["depth"], params["width"]) == ("subspec", 16, 4)
+    assert (params["method"], params["depth"], params["width"], params["auto"]) == ("subspec", 16, 4, False)
+    assert window.transcript.toPlainText().endswith(" · SubSpec D16 W4 · Copy")
 
 
 def test_a_backend_that_cannot_draft_keeps_subspec_off(qtbot, make_window):
     window = make_window(FakeBackend(capabilities={"cuda": True, "subspec": False}))
     assert not window.method.toggle.isEnabled() and window.method.params() == {"method": "vanilla"}
+    assert not window.method.auto.isEnabled()
+
+
+def test_auto_depth_says_the_depth_is_an_upper_bound(qtbot, make_window):
+    m = make_window(FakeBackend(capabilities=GPU)).method
+    assert m._depth_label.text().strip() == "Depth ≤"
+    assert AUTO_MEANING in m.depth.toolTip() and AUTO_MEANING in m.auto.toolTip()
+    assert AUTO_MEANING == ("the deepest tree; each pass picks the depth that measured fastest, "
+                            "plain decoding included")
+    m.auto.setChecked(False)
+    assert m._depth_label.text().strip() == "Depth" and "fastest" not in m.depth.toolTip()
+    assert m.params() == {"method": "subspec", "depth": 48, "width": 6, "auto": False}
+    m.auto.setChecked(True)
+    assert m.params() == {"method": "subspec", "depth": 48, "width": 6, "auto": True}
+
+
+def test_the_tree_and_auto_depth_are_kept_across_runs(qtbot, make_window):
+    window = make_window(FakeBackend(capabilities=GPU))
+    m = window.method
+    with qtbot.waitSignal(m.changed):
+        m.auto.setChecked(False)
+    m.depth.setValue(20)
+    m.width.setValue(3)
+    assert json.loads(window.settings.value("decoding")) == {"depth": 20, "width": 3, "auto": False}
+    window.close()
+    again = make_window(FakeBackend(capabilities=GPU)).method
+    assert not again.auto.isChecked() and again.params() == {"method": "subspec", "depth": 20, "width": 3,
+                                                              "auto": False}
+    again.auto.setChecked(True)
+    window = make_window(FakeBackend(capabilities=GPU))
+    assert window.method.params() == {"method": "subspec", "depth": 20, "width": 3, "auto": True}
+    answer(qtbot, window)
+    assert window.backend.calls[0][1]["auto"] is True
+
+
+def test_a_tree_saved_before_auto_depth_keeps_its_fixed_depth(qtbot, make_window):
+    old = default_settings()
+    old.setValue("decoding", json.dumps({"depth": 24, "width": 4}))  # no "auto": saved by an older version
+    old.sync()
+    window = make_window(FakeBackend(capabilities=GPU))
+    m = window.method
+    assert not m.auto.isChecked() and m._depth_label.text().strip() == "Depth"
+    assert m.params() == {"method": "subspec", "depth": 24, "width": 4, "auto": False}
+    answer(qtbot, window)
+    assert window.backend.calls[0][1]["auto"] is False
+
+
+def test_unreadable_saved_settings_keep_the_defaults(qtbot, make_window):
+    bad = default_settings()
+    bad.setValue("decoding", "{not json")
+    bad.sync()
+    m = make_window(FakeBackend(capabilities=GPU)).method
+    assert m.params() == {"method": "subspec", "depth": 48, "width": 6, "auto": True}
 
 
 def test_the_worker_reports_capabilities_as_plain_data_before_loaded(qapp):
@@ -91,6 +149,9 @@ def test_answer_stats_line():
     stats = {"new_tokens": 120, "tokens_per_s": 85.25, "ttft_s": 0.031, "tau": 4.5, "method": "subspec",
              "depth": 48, "width": 6}
     assert format_answer_stats(stats) == "120 tokens · 85.2 tok/s · TTFT 0.03 s · τ 4.50 · SubSpec D48 W6"
+    # An answer saved before auto depth existed has no "auto" and reads as it always did.
+    assert format_answer_stats({**stats, "auto": False}).endswith("· SubSpec D48 W6")
+    assert format_answer_stats({**stats, "auto": True}).endswith("· SubSpec auto D≤48 W6")
     assert format_answer_stats({**stats, "method": "vanilla", "tau": 1.0}).endswith("τ 1.00 · plain")
 
 

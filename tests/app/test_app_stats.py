@@ -8,6 +8,7 @@ from app_fakes import PROMPT, FakeBackend, recorded_events, subspec_events
 from PySide6.QtCore import Qt
 
 from app.stats import REDRAW_MS, RingBuffer, StatsDock, StepStats
+from engine.events import StepEvent
 
 
 def test_the_ring_buffer_keeps_the_newest_values_in_order():
@@ -35,7 +36,7 @@ def test_step_stats_from_subspec_events():
     assert stats.accepted.values().tolist() == [3, 1, 2]
     assert np.allclose(stats.tau.values(), [3, 2, 2])
     assert np.allclose(stats.tokens_per_s.values(), [300, 200, 200])  # tokens over the steps' 10 ms each
-    assert stats.summary() == "τ 2.00 · 200.0 tok/s · 3 steps"
+    assert stats.summary() == "τ 2.00 · 200.0 tok/s · 3 steps · depth 48"
 
 
 def test_plain_decoding_has_tau_one():
@@ -44,6 +45,43 @@ def test_plain_decoding_has_tau_one():
         stats.add(asdict(ev))
     assert len(stats.accepted) == 7 and set(stats.accepted.values()) == {1}
     assert stats.tau.values()[-1] == 1.0
+    assert stats.depth is None and "depth" not in stats.summary() and "plain" not in stats.summary()
+
+
+def auto_depth_events(depths):
+    """SubSpec passes of the given tree depths (auto depth picks one per pass; 0 is a plain pass, which
+    still verifies the root), one token accepted per deep pass."""
+    out = [StepEvent(0, (1,), "a", prefill_ms=20.0, step_ms=20.0)]
+    for i, depth in enumerate(depths, 1):
+        accepted = 1 if depth else 0
+        out.append(StepEvent(i, tuple(range(accepted + 1)), "b" * (accepted + 1), accepted=accepted,
+                             tree_nodes=1 + depth * 6, depth=depth, step_ms=10.0,
+                             finish_reason="eos" if i == len(depths) else None))
+    return out
+
+
+def test_the_summary_shows_the_depth_of_the_latest_pass():
+    stats = StepStats()
+    for ev in auto_depth_events([12, 0]):
+        stats.add(asdict(ev))
+    assert stats.depth == 0 and stats.summary().endswith(" · 2 steps · plain pass")
+    stats.add(asdict(auto_depth_events([3, 12])[2]))
+    assert stats.depth == 12 and stats.summary().endswith(" · 3 steps · depth 12")
+    stats.reset(baseline=50.0)
+    assert stats.depth is None
+    stats.add(asdict(auto_depth_events([12])[1]))
+    assert stats.summary().endswith(" · 1 steps · depth 12 · 4.0x plain")
+
+
+@pytest.mark.parametrize("depths, shown", [([4, 12], "depth 12"), ([12, 0], "plain pass")])
+def test_the_dock_shows_the_depth_auto_depth_used(qtbot, make_window, depths, shown):
+    window = make_window(FakeBackend(events=lambda: auto_depth_events(depths),
+                                     capabilities={"cuda": True, "subspec": True}))
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        qtbot.keyClicks(window.prompt, PROMPT)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: window.stats_dock.summary.text().endswith(" · " + shown), timeout=2000)
+    assert "latest pass" in window.stats_dock.summary.toolTip()
 
 
 @pytest.fixture
