@@ -1,0 +1,36 @@
+"""The scripts a lent GPU session runs (benchmarks/gpu_session.sh) run here on their --tiny settings, so a
+broken script is found on the CPU, not in the few minutes of a device session."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(name, *args, env=None):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                       cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def test_gpu_check_runs_on_its_tiny_model(tmp_path):
+    run_script("gpu_check.py", "--tiny", "--out", str(tmp_path))
+    out = json.loads((tmp_path / "gpu_check_tiny.json").read_text())
+    assert out["greedy_identical_to_plain"]["identical"] is True
+    assert out["graph_vs_eager_float32"]["same_tree"] is True
+    it = out["subspec_iteration"]
+    assert it["total_s"] >= it["draft_s"] + it["verify_s"] > 0
+    assert (tmp_path / "gpu_check_tiny.md").read_text().startswith("| measure | value |")
+
+
+def test_lowbit_kernel_check_runs_in_tritons_interpreter(tmp_path):
+    run_script("lowbit_kernel_check.py", "--tiny", "--reps", "2", "--out", str(tmp_path),
+               env={"TRITON_INTERPRET": "1"})
+    out = json.loads((tmp_path / "lowbit_kernel_check_tiny.json").read_text())
+    assert len(out["shapes"]) == 7
+    for shape in out["shapes"].values():
+        assert shape["max_abs_error_vs_fp32_reference"] <= 1e-2
