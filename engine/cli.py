@@ -186,13 +186,18 @@ def cmd_generate(args) -> int:
     else:
         events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops)
     events = _notes(events) if args.json else _notes(_echo(events))
+    depths: list[int] = []
+    events = (depths.append(ev.depth) or ev if ev.iteration > 0 else ev for ev in events)
     result = summarize(events, len(prompt_ids), args.method, extra=extra)
+    if shape.auto and args.method == "subspec":
+        result.extra["mean_depth"] = round(sum(depths) / len(depths), 2) if depths else 0.0
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
     else:
         print()
+        depth = f", mean depth {result.extra['mean_depth']:.1f}" if "mean_depth" in result.extra else ""
         print(f"[{result.new_tokens} tokens, {result.tokens_per_s:.1f} tok/s, ttft {result.ttft_s:.2f} s, "
-              f"tau {result.tau:.2f}, {result.method}, finish: {result.finish_reason}]", file=sys.stderr)
+              f"tau {result.tau:.2f}{depth}, {result.method}, finish: {result.finish_reason}]", file=sys.stderr)
     return 0
 
 

@@ -94,14 +94,22 @@ class DepthControl:
         beta = max(0.0, (snt / w - mean_n * mean_t) / var) if var > 1e-6 * max(1.0, mean_n * mean_n) else 0.0
         return max(0.0, mean_t + beta * (nodes - mean_n))
 
-    def predict(self, depth: int, survival: list[float] | None = None) -> DepthChoice | None:
+    def predict(self, depth: int, expected: list[float] | None = None) -> DepthChoice | None:
+        """E(D) and T(D) for one depth; `expected`: E for every depth, when the caller has it already."""
         verify = self.verify_ms(self.nodes(depth))
         if verify is None or (depth > 0 and self.t_step is None):
             return None
-        s = survival or self.survival()
-        tokens = 1.0 + sum(s[1: depth + 1])
+        tokens = (expected or self.expected_tokens())[depth]
         ms = depth * (self.t_step or 0.0) + verify + self.t_overhead
         return DepthChoice(depth, tokens, ms)
+
+    def expected_tokens(self) -> list[float]:
+        """E(0..max_depth): tokens a pass of each depth emits, bonus included (running sums of S)."""
+        out, total = [], 0.0
+        for s in self.survival():
+            total += s
+            out.append(total)  # S(0) = 1 is the bonus token
+        return out
 
     # --- the loop -----------------------------------------------------------------------------------------
 
@@ -111,8 +119,8 @@ class DepthControl:
             return DepthChoice(max(1, self.max_depth // 4) if self.max_depth else 0, 0.0, 0.0, probe=True)
         if self.passes == 1:  # a one-node pass (plain decoding, cheap everywhere): the verify line's 2nd point
             return DepthChoice(0, 0.0, 0.0, probe=True)
-        s = self.survival()
-        best = max((c for d in range(self.max_depth + 1) if (c := self.predict(d, s)) is not None),
+        expected = self.expected_tokens()
+        best = max((c for d in range(self.max_depth + 1) if (c := self.predict(d, expected)) is not None),
                    key=lambda c: (c.tokens_per_s, -c.depth))
         if self._probed:  # the probe's result is in: did it change the choice?
             self._probed = False

@@ -36,6 +36,18 @@ def test_generate_json(default_model_folder):
     assert len(out["token_ids"]) == out["new_tokens"]
 
 
+def test_generate_with_auto_depth_json(default_model_folder):
+    base = ("generate", "SmolLM2-135M-Instruct", "--prompt", "Name three colors.", "--max-new-tokens", "16",
+            "--json", "--device", "cpu")
+    plain = json.loads(run(*base).stdout)
+    r = run(*base, "--method", "subspec", "--depth", "auto8", "--topk", "3")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["token_ids"] == plain["token_ids"]
+    assert out["auto_depth"] is True and out["depth"] == 8
+    assert 0 <= out["mean_depth"] <= 8
+
+
 @pytest.mark.parametrize("args,message", [
     (("models", "info", "no-such-model"), "no model named 'no-such-model'"),
     (("models", "import", "/nonexistent/path"), "does not exist"),
