@@ -17,7 +17,11 @@ predicted tok/s of each, side by side for the same traces.
         --max-new-tokens 64 --timings h100-dequantized=18.95:231 --timings fused-assumed=2.5:231
 
 The h100-dequantized numbers are the measured ones of benchmarks/results/gpu_check_h100.json; any other
-timing set is an assumption and is named as one in the output.
+timing set is an assumption and is named as one in the output. After a device session has measured new
+step times, replay the saved traces under them in seconds, without the model:
+
+    .venv/bin/python benchmarks/auto_depth_trace.py --traces benchmarks/results/auto_depth_trace.json \
+        --timings h100-fused=STEP_MS:VERIFY_MS --out /tmp/replay.json
 """
 
 from __future__ import annotations
@@ -85,21 +89,7 @@ def replay(traces: list[list[int]], choose, step_ms: float, verify_ms: float, ob
             "mean_depth": round(depth_sum / passes, 2), "tokens_per_s": round(tokens / ms * 1e3, 3)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=store.DEFAULT_MODEL)
-    ap.add_argument("--prompts", required=True)
-    ap.add_argument("--limit", type=int, default=6)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--depth", type=int, default=48)
-    ap.add_argument("--topk", type=int, default=6)
-    ap.add_argument("--fixed", default="4,8,16,32,48", help="fixed depths to compare")
-    ap.add_argument("--timings", action="append", required=True, help="NAME=STEP_MS:VERIFY_MS")
-    ap.add_argument("--out", default="benchmarks/results/auto_depth_trace.json")
-    args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    t0 = time.time()
-
+def decode_traces(args) -> list[list[int]]:
     if args.model == store.DEFAULT_MODEL:
         store.ensure_default_model(progress=lambda _m: None)
     lm = load_model(store.resolve_model(args.model)[0], dtype="float32", device="cpu")
@@ -112,6 +102,34 @@ def main() -> int:
         traces.append(acceptance_trace(lm, draft, ids, answer, shape))
         print(f"prompt {n}: {len(answer)} tokens, mean A(p) {sum(traces[-1]) / max(len(traces[-1]), 1):.2f}",
               file=sys.stderr, flush=True)
+    return traces
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=store.DEFAULT_MODEL)
+    ap.add_argument("--prompts", help="prompt set to decode and trace (or --traces)")
+    ap.add_argument("--traces", help="replay the traces saved in an earlier run's JSON instead of decoding")
+    ap.add_argument("--limit", type=int, default=6)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--depth", type=int, default=48)
+    ap.add_argument("--topk", type=int, default=6)
+    ap.add_argument("--fixed", default="4,8,16,32,48", help="fixed depths to compare")
+    ap.add_argument("--timings", action="append", required=True, help="NAME=STEP_MS:VERIFY_MS")
+    ap.add_argument("--out", default="benchmarks/results/auto_depth_trace.json")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.time()
+
+    if args.traces:
+        saved = json.loads(Path(args.traces).read_text())
+        traces = saved["traces"]
+        for key in ("model", "prompts", "limit", "max_new_tokens", "depth", "topk"):
+            setattr(args, key, saved["setup"][key])
+    elif args.prompts:
+        traces = decode_traces(args)
+    else:
+        ap.error("give --prompts (decode and trace) or --traces (replay a saved run)")
 
     results = {}
     for spec in args.timings:

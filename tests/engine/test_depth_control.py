@@ -148,3 +148,41 @@ def test_bench_compares_fixed_and_auto_depth_side_by_side(tmp_path):
     fixed, auto = by["subspec D6 K2"], by["subspec D6 K2 auto"]
     assert auto["identical"] == auto["answers"] == 3 and fixed["identical"] == 3
     assert fixed["mean_depth"] <= 6 and 0 <= auto["mean_depth"] <= 6
+
+
+def _trace_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "auto_depth_trace.py"
+    spec = importlib.util.spec_from_file_location("auto_depth_trace", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trace_replay_counts_passes_exactly():
+    replay = _trace_module().replay
+    # Depth 2 over A = [3, 0, 5, 1]: accept 2 at p=0 (3 tokens), then depth 1 (one position left) accepts 1.
+    out = replay([[3, 0, 5, 1]], lambda: 2, step_ms=1.0, verify_ms=10.0)
+    assert (out["tokens"], out["passes"]) == (5, 2)
+    assert out["tokens_per_s"] == pytest.approx(5 / 23 * 1e3, rel=1e-3)
+
+
+@pytest.mark.parametrize("step_ms,verify_ms", [(2.5, 231.0), (19.0, 231.0), (30.0, 40.0)])
+def test_auto_depth_on_replayed_answers_is_near_the_best_fixed_depth(step_ms, verify_ms):
+    # Acceptance from every position of long answers, geometric with a sometimes-easy stretch.
+    rng = random.Random(3)
+    traces = []
+    for _ in range(4):
+        trace = []
+        for i in range(600):
+            p = 0.95 if (i // 150) % 2 else 0.8
+            trace.append(geometric(p)(48, rng))
+        traces.append(trace)
+    replay = _trace_module().replay
+    fixed = {d: replay(traces, lambda d=d: d, step_ms, verify_ms)["tokens_per_s"] for d in (0, 2, 4, 8, 16, 32, 48)}
+    control = DepthControl(48, 6)
+    auto = replay(traces, lambda: control.choose().depth, step_ms, verify_ms,
+                  observe=lambda d, a, td, tv: control.observe(d, a, control.nodes(d), td, tv, td + tv))
+    assert auto["tokens_per_s"] >= 0.93 * max(fixed.values())
