@@ -99,12 +99,14 @@ def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: 
 
 
 def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,
-                 sampling: SamplingParams, generator, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
+                 sampling: SamplingParams, draws, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
     """The prefill pass and the first token it yields: how every generation loop starts.
     Returns the token (on the device, [1]) and its event (iteration 0)."""
     t0 = time.perf_counter()
     moved = streamed_bytes(decoder)
-    token = select_tokens(prefill(decoder, cache, prompt_ids, prefill_chunk), sampling, generator)
+    logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
+    last = torch.tensor([cache.length - 1], device=logits.device)  # the last prompt token's position
+    token = select_tokens(logits, sampling, draws, last)
     ids, text = emitter.emit(token.tolist())
     ms = (time.perf_counter() - t0) * 1e3
     return token, StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms,
@@ -147,7 +149,7 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         return
     cache, max_new_tokens, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens)
     emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
-    gen = sampling.generator(lm.device)
+    gen = sampling.draws()
 
     token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
     yield replace(event, note=note) if note else event
@@ -161,7 +163,7 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         positions = torch.tensor([pos], device=lm.device)
         logits = decoder(token, positions, cache, pos, decode_mask(decoder, pos))
         cache.commit(pos + 1)
-        token = select_tokens(logits, sampling, gen)
+        token = select_tokens(logits, sampling, gen, positions)
         new = token.tolist()
         verify_ms = (time.perf_counter() - t0) * 1e3
         ids, text = emitter.emit(new)

@@ -2,6 +2,13 @@
 
 The warping order (temperature, then top-k, then top-p) is transformers' order, so a sampled answer is a
 draw from the same distribution a user of transformers would get.
+
+Draws are keyed by position: the token that follows position p is the inverse-CDF draw at a uniform u_p
+that depends only on the seed and p (a counter-based hash, computed on the device). Plain decoding samples
+position p once; a tree pass samples every node at p with that same u_p, and the verification walk keeps
+the node its path reaches, whose context is exactly plain decoding's. So with a seed, a sampled answer is
+the same token for token whichever way it is decoded: plain, SubSpec, any tree, auto depth (as greedy
+answers are), and without one it is still an exact draw from the target's distribution.
 """
 
 from __future__ import annotations
@@ -32,12 +39,44 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+    def draws(self) -> "Draws | None":
+        """The answer's draws: from the seed, or from a fresh random seed; None when greedy."""
         if self.greedy:
             return None
-        g = torch.Generator(device=device)
-        g.manual_seed(self.seed if self.seed is not None else int(torch.seed() % 2**63))
-        return g
+        return Draws(self.seed if self.seed is not None else int(torch.seed() % 2**63))
+
+
+M32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche (int64 tensor of values < 2^32; products stay < 2^59)."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
+    return (x >> 16) ^ x
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer: spreads any seed over 64 bits."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+class Draws:
+    """Uniforms keyed by (seed, position)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        mixed = _mix64(seed & 0xFFFFFFFFFFFFFFFF)
+        self._a, self._b = mixed & M32, mixed >> 32
+
+    def uniforms(self, positions: torch.Tensor) -> torch.Tensor:
+        """u in (0, 1) for each position ([N] int64 on any device), float64, same device."""
+        k = _hash32((positions.long() & M32) ^ self._a)
+        k = _hash32((k + self._b) & M32)
+        return (k.double() + 0.5) / 2.0**32
 
 
 def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -57,9 +96,18 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return probs
 
 
-def select_tokens(logits: torch.Tensor, params: SamplingParams,
-                  generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of logits [N, V], on the logits' device. Returns [N] int64."""
+def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | None,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of logits [N, V], on the logits' device. Returns [N] int64.
+
+    Sampling (not greedy) needs `draws` and the position of each row's input token ([N] int64): the
+    token drawn for a row is the one that follows that position."""
     if params.greedy:
         return logits.argmax(-1)
-    return torch.multinomial(warp(logits, params), 1, generator=generator)[:, 0]
+    if draws is None or positions is None:
+        raise ValueError("sampling needs the answer's draws and each row's position")
+    cdf = warp(logits, params).cumsum(-1)
+    target = draws.uniforms(positions.to(cdf.device)).to(cdf.dtype) * cdf[:, -1]
+    # The first token whose cumulative probability exceeds the target: never a zero-probability token.
+    token = torch.searchsorted(cdf, target[:, None].contiguous(), right=True)[:, 0]
+    return token.clamp_(max=logits.shape[-1] - 1)

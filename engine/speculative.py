@@ -28,7 +28,7 @@ from .generate import Emitter, allocate_cache, check_context, prefill_step, stre
 from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
-from .sampling import SamplingParams, select_tokens
+from .sampling import Draws, SamplingParams, select_tokens
 from .tree import Tree, prune, tree_mask, walk
 
 
@@ -118,16 +118,17 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
 
 
 def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams,
-           generator: torch.Generator | None) -> torch.Tensor:
+           draws: Draws | None) -> torch.Tensor:
     """The target's token at every node of the tree, in one pass: [N] on the device."""
     L, n = cache.length, tree.size
     mask = tree_mask(tree.ancestors, slice(0, n), L, n, depths=tree.depths,
                      sliding_window=target.config.sliding_window)
-    logits = target(tree.tokens[:n], L + tree.depths[:n], cache, L, mask)
-    return select_tokens(logits, sampling, generator)
+    positions = L + tree.depths[:n]
+    logits = target(tree.tokens[:n], positions, cache, L, mask)
+    return select_tokens(logits, sampling, draws, positions)
 
 
-Verifier = Callable[[Decoder, KVCache, Tree, SamplingParams, "torch.Generator | None"], torch.Tensor]
+Verifier = Callable[[Decoder, KVCache, Tree, SamplingParams, "Draws | None"], torch.Tensor]
 
 
 def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max_new_tokens: int = 256,
@@ -150,7 +151,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         cache.commit(0)
     cache, max_new_tokens, note = allocate_cache(target, len(prompt_ids), max_new_tokens, shape.grown + 1, cache)
     emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
-    gen = sampling.generator(device)
+    gen = sampling.draws()
     context = lm.config.max_position_embeddings
 
     root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)

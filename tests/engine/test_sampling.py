@@ -35,12 +35,42 @@ def test_temperature_sharpens():
 
 def test_seed_reproduces_and_draws_follow_distribution():
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(4000, 3)
+    positions = torch.arange(4000)
     params = SamplingParams(temperature=1.0, seed=7)
-    a = select_tokens(logits, params, params.generator())
-    b = select_tokens(logits, params, params.generator())
+    a = select_tokens(logits, params, params.draws(), positions)
+    b = select_tokens(logits, params, params.draws(), positions)
     assert torch.equal(a, b)
     freq = torch.bincount(a, minlength=3).float() / 4000
     assert torch.allclose(freq, torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0), atol=0.03)
+    other = select_tokens(logits, SamplingParams(temperature=1.0, seed=8), SamplingParams(seed=8, temperature=1).draws(),
+                          positions)
+    assert (other != a).float().mean() > 0.3  # another seed, other draws
+
+
+def test_a_draw_depends_on_seed_and_position_only():
+    # The same position in a batch of other rows, or alone, or repeated: the same u, so the same token.
+    draws = SamplingParams(temperature=1.0, seed=123).draws()
+    u = draws.uniforms(torch.tensor([5, 9, 5, 1000000007]))
+    assert u[0] == u[2] and u[0] != u[1] and 0 < u.min() and u.max() < 1
+    assert draws.uniforms(torch.tensor([9]))[0] == u[1]
+    # Uniform and uncorrelated between neighbouring positions (the hash avalanches).
+    many = draws.uniforms(torch.arange(200000))
+    assert abs(float(many.mean()) - 0.5) < 0.005
+    assert torch.histc(many.float(), bins=10, min=0, max=1).div(20000).sub(1).abs().max() < 0.03
+    assert abs(float(torch.corrcoef(torch.stack((many[:-1], many[1:])))[0, 1])) < 0.01
+
+
+def test_inverse_cdf_never_picks_a_zero_probability_token():
+    logits = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]]).expand(2000, 4)
+    params = SamplingParams(temperature=1.0, seed=1)
+    tokens = select_tokens(logits, params, params.draws(), torch.arange(2000))
+    assert set(tokens.tolist()) == {0, 2}
+
+
+def test_sampling_without_positions_is_a_clear_error():
+    params = SamplingParams(temperature=1.0, seed=1)
+    with pytest.raises(ValueError, match="position"):
+        select_tokens(torch.zeros(1, 3), params, params.draws())
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2)])

@@ -116,7 +116,7 @@ def _biased_verify(target, cache, tree, sampling, generator):
     L, n = cache.length, tree.size
     logits = target(tree.tokens[:n], L + tree.depths[:n], cache, L,
                     tree_mask(tree.ancestors, slice(0, n), L, n))
-    chosen = select_tokens(logits, sampling, generator)
+    chosen = select_tokens(logits, sampling, generator, L + tree.depths[:n])
     probs = torch.softmax(logits / sampling.temperature, -1)
     for i in range(n):
         kids = (tree.parents[:n] == i).nonzero().flatten()
@@ -153,6 +153,20 @@ def _samples(peaked, seeds, spec, verifier=verify):
         toks = [t for ev in gen for t in ev.token_ids]
         out.append(tuple(toks[1:3]))  # tokens decided by the first verification passes
     return out
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0.7, seed=11),
+                                    SamplingParams(temperature=1.0, top_p=0.9, seed=12),
+                                    SamplingParams(temperature=1.3, top_k=20, seed=13)])
+def test_a_seeded_sampled_answer_is_the_same_whichever_way_it_is_decoded(tiny, params):
+    lm, draft = tiny
+    for prompt in ["hello world", "the cat sat on"]:
+        ids = lm.encode(prompt)
+        plain = _run(generate_plain(lm, ids, 40, params), lm, ids).token_ids
+        for shape in (TreeShape(6, 3), TreeShape(1, 4), TreeShape(8, 3, auto=True), TreeShape(8, 4, budget=12)):
+            assert _run(generate_subspec(lm, draft, ids, 40, params, shape=shape), lm, ids).token_ids == plain
+    other = SamplingParams(params.temperature, params.top_p, params.top_k, seed=params.seed + 1000)
+    assert _run(generate_plain(lm, ids, 40, other), lm, ids).token_ids != plain  # the seed matters
 
 
 def test_sampling_matches_target_distribution_and_test_detects_bias(peaked):
