@@ -115,7 +115,9 @@ def main() -> int:
     ap.add_argument("--depth", type=int, default=48)
     ap.add_argument("--topk", type=int, default=6)
     ap.add_argument("--fixed", default="4,8,16,32,48", help="fixed depths to compare")
-    ap.add_argument("--timings", action="append", required=True, help="NAME=STEP_MS:VERIFY_MS")
+    ap.add_argument("--timings", action="append", default=[], help="NAME=STEP_MS:VERIFY_MS")
+    ap.add_argument("--timings-from", action="append", default=[], metavar="GPU_CHECK_JSON",
+                    help="the draft step and verify times a gpu_check.py run measured")
     ap.add_argument("--out", default="benchmarks/results/auto_depth_trace.json")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -131,10 +133,16 @@ def main() -> int:
     else:
         ap.error("give --prompts (decode and trace) or --traces (replay a saved run)")
 
+    timings = [(name, *(float(x) for x in times.split(":")))
+               for name, _, times in (spec.partition("=") for spec in args.timings)]
+    for path in args.timings_from:
+        check = json.loads(Path(path).read_text())
+        name = f"{Path(path).stem} ({check['device'] or 'cpu'}, measured)"
+        timings.append((name, check["draft_step_ms"], check["subspec_iteration"]["verify_s"] * 1e3))
+    if not timings:
+        ap.error("give --timings NAME=STEP_MS:VERIFY_MS or --timings-from GPU_CHECK_JSON")
     results = {}
-    for spec in args.timings:
-        name, _, times = spec.partition("=")
-        step_ms, verify_ms = (float(x) for x in times.split(":"))
+    for name, step_ms, verify_ms in timings:
         rows = {"plain": replay(traces, lambda: 0, step_ms, verify_ms)}
         for d in (int(x) for x in args.fixed.split(",")):
             rows[f"D{d} K{args.topk}"] = replay(traces, lambda d=d: d, step_ms, verify_ms)

@@ -25,6 +25,13 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     it = out["subspec_iteration"]
     assert it["total_s"] >= it["draft_s"] + it["verify_s"] > 0
     assert (tmp_path / "gpu_check_tiny.md").read_text().startswith("| measure | value |")
+    # gpu_session.sh then replays the saved auto-depth traces under the times it measured.
+    replay = tmp_path / "replay.json"
+    run_script("auto_depth_trace.py", "--traces", str(ROOT / "benchmarks/results/auto_depth_trace.json"),
+               "--timings-from", str(tmp_path / "gpu_check_tiny.json"), "--out", str(replay))
+    (name, result), = json.loads(replay.read_text())["results"].items()
+    assert name.startswith("gpu_check_tiny") and result["draft_step_ms"] == out["draft_step_ms"]
+    assert {"plain", "D48 K6", "auto D<=48 K6"} <= set(result["policies"])
 
 
 def test_lowbit_kernel_check_runs_in_tritons_interpreter(tmp_path):
