@@ -49,6 +49,7 @@ class TorchBackend:
     # the chat's answers so a conversation does not explore again on every answer. A load makes a new
     # backend, a draft build or another tree shape a new controller.
     control = None
+    api_control = None  # the same for the API's requests (another workload: kept apart from the chat's)
 
     def __init__(self, model: str, progress: Progress, resident_layers: int | None = None,
                  reserve_gb: float | None = None):
@@ -136,20 +137,23 @@ class TorchBackend:
                 self.progress(f"Building the SubSpec draft: layer {done}/{total} …")
 
             self.draft = self.lm.build_draft(self.DRAFT_BITS, self.DRAFT_GROUP_SIZE, progress=report)
-            self.control = None  # timings measured with another draft do not hold for this one
+            self.control = self.api_control = None  # timings measured with another draft do not hold
             self.progress(self.name)
         return self.draft
 
-    def depth_control(self, shape):
-        """The chat's auto-depth controller for `shape` (None for a fixed-depth tree): the one kept from
-        earlier answers while it was made for this shape, else a new one."""
+    def depth_control(self, shape, kind: str = "control"):
+        """The chat's (`kind` "control") or the API's ("api_control") auto-depth controller for `shape`
+        (None for a fixed-depth tree): the one kept from earlier answers while it was made for this shape,
+        else a new one."""
         if not shape.auto:
             return None
-        if self.control is None or not self.control.fits(shape.depth, shape.topk, shape.budget):
+        control = getattr(self, kind)
+        if control is None or not control.fits(shape.depth, shape.topk, shape.budget):
             from engine.depth_control import DepthControl
 
-            self.control = DepthControl(shape.depth, shape.topk, shape.budget)
-        return self.control
+            control = DepthControl(shape.depth, shape.topk, shape.budget)
+            setattr(self, kind, control)
+        return control
 
     def stream(self, messages: list[dict], params: dict) -> tuple[int, Iterator[StepEvent]]:
         from engine.sampling import SamplingParams
@@ -181,15 +185,16 @@ class TorchBackend:
                      decoding: dict | None = None) -> Iterator[StepEvent]:
         """An API request (app.api_server), already tokenized by the server, decoded like the chat
         (`decoding`: {"method": "vanilla"} or {"method": "subspec", "depth": D, "width": K, "auto": bool}).
-        Runs on the worker thread like stream(). With auto depth each request measures afresh: the chat's
-        controller stays the chat's."""
+        Runs on the worker thread like stream(). With auto depth the API's requests share a controller
+        of their own (requests do not explore afresh; the chat's measurements stay the chat's)."""
         decoding = decoding or {"method": "vanilla"}
         if decoding.get("method") == "subspec":
             from engine.speculative import TreeShape, generate_subspec
 
             shape = TreeShape(int(decoding["depth"]), int(decoding["width"]), auto=bool(decoding.get("auto")))
-            return generate_subspec(self.lm, self.get_draft(), list(prompt_ids), max_tokens, sampling,
-                                    tuple(stops), shape=shape)
+            draft = self.get_draft()
+            return generate_subspec(self.lm, draft, list(prompt_ids), max_tokens, sampling, tuple(stops),
+                                    shape=shape, control=self.depth_control(shape, "api_control"))
         from engine.generate import generate_plain
 
         return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops))

@@ -171,6 +171,23 @@ def test_the_chat_keeps_one_depth_control_across_answers(tmp_path):
     assert fixed[0].depth == 8 and backend.depth_control(TreeShape(8, 3)) is None
 
 
+def test_api_requests_keep_a_depth_control_of_their_own(tmp_path):
+    from tiny_models import make_tiny_model_folder
+
+    from engine.sampling import SamplingParams
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    decoding = {"method": "subspec", "depth": 8, "width": 3, "auto": True}
+    ids = backend.encode([{"role": "user", "content": "hi"}], False)
+    first = [ev for ev in backend.generate_ids(ids, 12, SamplingParams(), (), decoding) if ev.iteration > 0]
+    api = backend.api_control
+    assert api is not None and api.passes == len(first) and backend.control is None
+    second = [ev for ev in backend.generate_ids(ids, 12, SamplingParams(), (), decoding) if ev.iteration > 0]
+    assert backend.api_control is api and api.passes == len(first) + len(second)
+    chat_answer(backend, AUTO)
+    assert backend.control is not None and backend.control is not api and api.passes == len(first) + len(second)
+
+
 def test_a_reload_starts_a_new_depth_control(qapp, tmp_path):
     """A (re)load through the worker makes a new backend, so measurements of the old model never steer the
     new one; its summary says the answer used auto depth."""
