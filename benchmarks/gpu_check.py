@@ -117,8 +117,10 @@ class _NullTokenizer:
         return ""
 
 
-def identical_check(target, draft, config, device, tokens: int = 24) -> dict:
-    """Greedy SubSpec equals plain decoding on the GPU too (streamed target, captured draft steps)."""
+def identical_check(target, draft, config, device, tokens: int = 24,
+                    sampling: SamplingParams = SamplingParams(), shape: TreeShape = TreeShape(8, 4)) -> dict:
+    """SubSpec equals plain decoding on the GPU too (streamed target, captured draft steps): greedy, or
+    sampled with a seed (draws keyed by position), for a fixed or an auto-depth tree."""
     from pathlib import Path
 
     from engine.events import summarize
@@ -129,8 +131,8 @@ def identical_check(target, draft, config, device, tokens: int = 24) -> dict:
     lm = LoadedModel(Path("/nonexistent"), "random", target, _NullTokenizer(), device)
     lm.__dict__["_eos_ids"] = frozenset()  # random weights: never stop early
     prompt = torch.randint(0, config.vocab_size, (64,), generator=torch.Generator().manual_seed(1)).tolist()
-    plain = summarize(generate_plain(lm, prompt, tokens), len(prompt), "vanilla")
-    spec = summarize(generate_subspec(lm, draft, prompt, tokens, shape=TreeShape(8, 4)), len(prompt), "s")
+    plain = summarize(generate_plain(lm, prompt, tokens, sampling), len(prompt), "vanilla")
+    spec = summarize(generate_subspec(lm, draft, prompt, tokens, sampling, shape=shape), len(prompt), "s")
     first = next((i for i, (a, b) in enumerate(zip(plain.token_ids, spec.token_ids)) if a != b), None)
     return {"identical": plain.token_ids == spec.token_ids, "first_difference": first,
             "tokens": len(plain.token_ids), "tau": round(spec.tau, 2), "dtype": str(target.embed_tokens.weight.dtype)}
@@ -145,14 +147,19 @@ def draft_path(draft) -> dict:
 
 def float32_identity_check(device, tokens: int = 48, fused: bool | None = None) -> dict:
     """The whole GPU path -- streamed layers, captured draft steps, tree verification, commit -- in
-    float32 on a small random model: greedy SubSpec must equal plain decoding token for token. (In bf16
-    a one-token pass and a 289-node tree pass round differently, and random weights have near-ties.)"""
+    float32 on a small random model: greedy SubSpec must equal plain decoding token for token, and so must
+    a seeded sampled answer with auto depth (the position-keyed draws: the int64 hash and the inverse-CDF
+    search on the device). (In bf16 a one-token pass and a 289-node tree pass round differently, and random
+    weights have near-ties.)"""
     config = ModelConfig.from_dict(dict(TINY, hidden_size=512, intermediate_size=1024, num_hidden_layers=6,
                                         vocab_size=4096, num_attention_heads=8, num_key_value_heads=2))
     target = random_decoder(config, device, torch.float32)
     draft = build_draft(target, 4, 64, layers=range(2, 6), device=device, fused=fused)
     offload(target, 2, device)
-    return {**identical_check(target, draft, config, device, tokens), "draft_path": draft_path(draft)["kind"]}
+    seeded = SamplingParams(temperature=0.8, top_p=0.95, seed=5)
+    sampled = identical_check(target, draft, config, device, tokens, seeded, TreeShape(8, 4, auto=True))
+    return {**identical_check(target, draft, config, device, tokens), "draft_path": draft_path(draft)["kind"],
+            "sampled_auto_depth": sampled}
 
 
 def graph_check(device, fused: bool | None = None) -> dict:
@@ -303,6 +310,7 @@ def main():
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
     result["greedy_identical_to_plain"] = identical_check(target, draft, config, device)
     result["graph_vs_eager_float32"] = graph_check(device, fused)
+    result["float32_identity"] = float32_identity_check(device, fused=fused)
     print(f"[{time.perf_counter() - t_start:6.1f}s] lossless check: {result['greedy_identical_to_plain']}", flush=True)
     result["streamed_bytes_total"] = streamed_bytes(target)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -332,7 +340,10 @@ def main():
             ("greedy SubSpec identical to plain (24 tokens, random bf16 weights)",
              str(result["greedy_identical_to_plain"]["identical"])),
             ("captured draft steps grow the eager tree (float32)",
-             str(result["graph_vs_eager_float32"]["same_tree"]))]
+             str(result["graph_vs_eager_float32"]["same_tree"])),
+            ("float32, streamed: greedy SubSpec / seeded sampled auto-depth SubSpec identical to plain",
+             f"{result['float32_identity']['identical']} / "
+             f"{result['float32_identity']['sampled_auto_depth']['identical']}")]
     md = "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write(md)

@@ -22,6 +22,8 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     out = json.loads((tmp_path / "gpu_check_tiny.json").read_text())
     assert out["greedy_identical_to_plain"]["identical"] is True
     assert out["graph_vs_eager_float32"]["same_tree"] is True
+    assert out["float32_identity"]["identical"] is True
+    assert out["float32_identity"]["sampled_auto_depth"]["identical"] is True
     it = out["subspec_iteration"]
     assert it["total_s"] >= it["draft_s"] + it["verify_s"] > 0
     assert (tmp_path / "gpu_check_tiny.md").read_text().startswith("| measure | value |")
