@@ -224,6 +224,15 @@ class ModelManager(QObject):
     def _report(self, jid: int, **changes) -> None:
         self._emit(self._update, (jid, changes))
 
+    def _failed(self, jid: int, kind: str, subject: str, what: str, exc: BaseException, /, **changes) -> None:
+        """From a worker's `except`: the job failed. Its card shows the error (and `changes` to the job),
+        the notice line says `what` failed, and an unexpected error (not a SubspecError) goes to the log
+        with its traceback."""
+        if not isinstance(exc, SubspecError):
+            log.error("%s failed\n%s", what, traceback.format_exc())
+        self._report(jid, state="failed", error=_message(exc), **changes)
+        self._notify({"kind": kind, "ok": False, "name": subject, "message": f"{what} failed: {_message(exc)}"})
+
     def snapshot(self, jid: int) -> dict | None:
         job = self.jobs.get(jid)
         return dict(job.snapshot) if job else None
@@ -286,16 +295,11 @@ class ModelManager(QObject):
                                            fraction=p.have_bytes / p.total_bytes if p.total_bytes else None)
                 self._report(jid, **changes)
             except Exception as exc:  # noqa: BLE001 - shown on the job's card; the thread ends cleanly
-                if not isinstance(exc, SubspecError):
-                    log.error("download of %s failed\n%s", repo_id, traceback.format_exc())
                 kept = [p for p in partial_downloads() if p.repo_id == repo_id]
-                changes = {"state": "failed", "error": _message(exc), "bytes_per_s": 0.0, "eta_s": None,
-                           "resumable": bool(kept)}
+                changes = {"bytes_per_s": 0.0, "eta_s": None, "resumable": bool(kept)}
                 if kept:
                     changes.update(revision=kept[0].commit, name=kept[0].name)
-                self._report(jid, **changes)
-                self._notify({"kind": "download", "ok": False, "name": repo_id,
-                              "message": f"Download of {repo_id} failed: {_message(exc)}"})
+                self._failed(jid, "download", repo_id, f"Download of {repo_id}", exc, **changes)
             else:
                 self._report(jid, state="done", name=info.name, fraction=1.0, bytes_per_s=0.0, eta_s=None,
                              message=f"Installed as {info.name}")
@@ -367,11 +371,7 @@ class ModelManager(QObject):
             try:
                 info = store.import_model(source, name, progress=lambda msg: self._report(jid, message=msg))
             except Exception as exc:  # noqa: BLE001 - shown on the job's card
-                if not isinstance(exc, SubspecError):
-                    log.error("import of %s failed\n%s", source, traceback.format_exc())
-                self._report(jid, state="failed", error=_message(exc))
-                self._notify({"kind": "import", "ok": False, "name": source,
-                              "message": f"Import of {source} failed: {_message(exc)}"})
+                self._failed(jid, "import", source, f"Import of {source}", exc)
             else:
                 self._report(jid, state="done", name=info.name, fraction=1.0, message=f"Installed as {info.name}")
                 self._notify({"kind": "import", "ok": True, "name": info.name,
@@ -410,11 +410,7 @@ class ModelManager(QObject):
             except convert.ConvertCancelled as exc:
                 self._report(jid, state="cancelled", message=str(exc))
             except Exception as exc:  # noqa: BLE001 - shown on the model's card
-                if not isinstance(exc, SubspecError):
-                    log.error("conversion of %s failed\n%s", name, traceback.format_exc())
-                self._report(jid, state="failed", error=_message(exc))
-                self._notify({"kind": "convert", "ok": False, "name": name,
-                              "message": f"Building the substitutes of {name} failed: {_message(exc)}"})
+                self._failed(jid, "convert", name, f"Building the substitutes of {name}", exc)
             else:
                 self._report(jid, state="done", fraction=1.0,
                              message=f"{len(cache.cached_layers())} layers of substitutes cached")
