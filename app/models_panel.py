@@ -115,6 +115,14 @@ class Card(QFrame):
         self.badges.insertWidget(self.badges.count() - 1, b)
         return b
 
+    def progress_bar(self) -> QProgressBar:
+        """A thin bar without text (the line below it says the numbers)."""
+        bar = QProgressBar()
+        bar.setTextVisible(False)
+        bar.setFixedHeight(8)
+        self.body.addWidget(bar)
+        return bar
+
     def line(self, text_: str = "", style: str = MUTED, rich: bool = False) -> QLabel:
         label = _label(text_, style, rich=rich)
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -248,10 +256,7 @@ class JobCard(Card):
                                          "Stop and delete the partial files")
         self.dismiss_button = self.button("Dismiss", lambda: panel.manager.dismiss(self.jid),
                                           "Remove from this list")
-        self.bar = QProgressBar()
-        self.bar.setTextVisible(False)
-        self.bar.setFixedHeight(8)
-        self.body.addWidget(self.bar)
+        self.bar = self.progress_bar()
         self.detail = self.line("")
         self.error = self.line("", ERROR)
         self.update_job(job)
@@ -287,12 +292,9 @@ class PartialCard(Card):
         self.discard_button = self.button("Discard", lambda: panel.discard_partial(partial),
                                           "Delete the partial files")
         frac = partial["have_bytes"] / partial["total_bytes"] if partial["total_bytes"] else 0.0
-        bar = QProgressBar()
-        bar.setTextVisible(False)
-        bar.setFixedHeight(8)
+        bar = self.progress_bar()
         bar.setRange(0, 1000)
         bar.setValue(round(1000 * frac))
-        self.body.addWidget(bar)
         self.line(f"{text.human_bytes(partial['have_bytes'])} of {text.human_bytes(partial['total_bytes'])} "
                   f"kept · commit {partial['commit'][:7]} · installs as {partial['name']}")
 
@@ -317,10 +319,7 @@ class InstalledCard(Card):
         self.facts = self.line(text.model_facts(model), "")
         self.disk = self.line(text.disk_facts(model))
         self.source = self.line(text.source_text(model))
-        self.bar = QProgressBar()
-        self.bar.setTextVisible(False)
-        self.bar.setFixedHeight(8)
-        self.body.addWidget(self.bar)
+        self.bar = self.progress_bar()
         self.status = self.line("")
         self.error = self.line("", ERROR)
         self.job: dict | None = None
