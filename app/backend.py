@@ -145,13 +145,10 @@ class TorchBackend:
         """The chat's (`kind` "control") or the API's ("api_control") auto-depth controller for `shape`
         (None for a fixed-depth tree): the one kept from earlier answers while it was made for this shape,
         else a new one."""
-        if not shape.auto:
-            return None
-        control = getattr(self, kind)
-        if control is None or not control.fits(shape.depth, shape.topk, shape.budget):
-            from engine.depth_control import DepthControl
+        from engine.depth_control import control_for
 
-            control = DepthControl(shape.depth, shape.topk, shape.budget)
+        control = control_for(shape, getattr(self, kind))
+        if control is not None:
             setattr(self, kind, control)
         return control
 

@@ -15,7 +15,7 @@ from .errors import SubspecError
 from .events import StepEvent
 from .generate import generate_plain
 from .sampling import SamplingParams
-from .depth_control import DepthControl
+from .depth_control import control_for
 from .speculative import TreeShape, generate_subspec
 
 
@@ -116,7 +116,7 @@ def run_bench(lm, conversations: list[list[str]], methods: list[str], shapes: li
     draft = make_draft() if any(s for _, s in configs) else None
     stats = {label: MethodStats(label) for label, _ in configs}
     # Auto depth keeps one controller per configuration across the run, as a chat session does.
-    controls = {label: DepthControl(s.depth, s.topk, s.budget) for label, s in configs if s and s.auto}
+    controls = {label: control_for(s) for label, s in configs if s}
     for n, turns in enumerate(conversations, 1):
         for label, shape in configs:
             messages: list[dict] = []

@@ -187,7 +187,7 @@ def cmd_generate(args) -> int:
         events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops)
     events = _notes(events) if args.json else _notes(_echo(events))
     depths: list[int] = []
-    events = (depths.append(ev.depth) or ev if ev.iteration > 0 else ev for ev in events)
+    events = _depths(events, depths)
     result = summarize(events, len(prompt_ids), args.method, extra=extra)
     if shape.auto and args.method == "subspec":
         result.extra["mean_depth"] = round(sum(depths) / len(depths), 2) if depths else 0.0
@@ -282,6 +282,14 @@ def _echo(events):
     for ev in events:
         sys.stdout.write(ev.text)
         sys.stdout.flush()
+        yield ev
+
+
+def _depths(events, into: list):
+    """Each decode pass's tree depth, gathered as the events go by (auto depth varies it)."""
+    for ev in events:
+        if ev.iteration > 0:
+            into.append(ev.depth)
         yield ev
 
 

@@ -169,3 +169,14 @@ class DepthControl:
         """Lower the deepest tree allowed (after running out of memory)."""
         self.max_depth = min(self.max_depth, max_depth)
         del self.reached[self.max_depth + 1:], self.passed[self.max_depth + 1:]
+
+
+def control_for(shape, control: DepthControl | None = None) -> DepthControl | None:
+    """The controller a generation with tree `shape` (a speculative.TreeShape) uses: `control` while it was
+    made for this shape (so a conversation keeps what earlier answers measured), a new one otherwise; None
+    for a fixed-depth tree."""
+    if not shape.auto:
+        return None
+    if control is not None and control.fits(shape.depth, shape.topk, shape.budget):
+        return control
+    return DepthControl(shape.depth, shape.topk, shape.budget)

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 from .errors import SubspecError
 from .events import GenerationResult, StepEvent, summarize
 from .sampling import SamplingParams
-from .depth_control import DepthControl
+from .depth_control import control_for
 from .speculative import TreeShape
 
 DEFAULT_HOST = "127.0.0.1"
@@ -207,7 +207,7 @@ class Backend:
         self.shape = shape
         # Requests are decoded one at a time, so one auto-depth controller serves them all and keeps what
         # earlier requests measured.
-        self.control = DepthControl(shape.depth, shape.topk, shape.budget) if shape.auto else None
+        self.control = control_for(shape)
         self.name = name or lm.name
         self.method = "subspec" if draft is not None else "vanilla"
         self.baseline_tokens_per_s: float | None = None

@@ -22,7 +22,7 @@ import torch
 
 from .errors import SubspecError
 from .events import StepEvent
-from .depth_control import DepthControl
+from .depth_control import DepthControl, control_for
 from .draft_graph import draft_step_for
 from .generate import Emitter, allocate_cache, check_context, prefill_step, streamed_bytes
 from .kv_cache import KVCache
@@ -159,10 +159,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
 
     iteration = 0
     note = ""  # the prefill's event carried the cache's note
-    if not shape.auto:
-        control = None
-    elif control is None or not control.fits(shape.depth, shape.topk, shape.budget):
-        control = DepthControl(shape.depth, shape.topk, shape.budget)
+    control = control_for(shape, control)
     while not emitter.finished:
         iteration += 1
         t0 = time.perf_counter()
