@@ -46,8 +46,11 @@ def hqq_dequantize(packed: torch.Tensor, meta: dict) -> torch.Tensor:
 
 def _meta_for(meta: dict, dtype: torch.dtype, device: torch.device | None) -> dict:
     """hqq's metadata with scale and zero in the model's dtype (as HQQLinear keeps them: 16 bits a group
-    each in a bf16 model) on `device`. A new dict: the caller's (a cache's) is left as it was."""
-    out = dict(meta)
+    each in a bf16 model) on `device`, and the model's dtype as compute_dtype, as HQQLinear sets it: hqq
+    then dequantizes in that dtype (without it, in float32 for a half model, which is not what HQQLinear
+    computes, and keeps the fused kernel off its fast packed-half path). A new dict: the caller's (a
+    cache's) is left as it was."""
+    out = dict(meta, compute_dtype=dtype)
     for key in ("scale", "zero"):
         out[key] = meta[key].to(device=device if device is not None else meta[key].device, dtype=dtype)
     return out
