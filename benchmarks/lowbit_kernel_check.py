@@ -2,7 +2,8 @@
 M = 6 rows (one draft step of a width-6 beam). For a device session: about a minute on an H100 (a few
 more with --sweep).
 
-Per shape: the kernel's error against F.linear; the median time of each (L2 flushed between calls, so the
+Per shape: the kernel's error against F.linear; whether its fast dequantization (inline PTX, compiled only)
+gives the general path's result bit for bit, and the time of both; the median time of each (L2 flushed between calls, so the
 weights come from HBM as they do in a draft step over 27 layers); the bytes each reads and the bandwidth
 that makes. Then one whole decoder layer (its seven linears) replayed as a CUDA graph, fused against
 dequantized, and that times 27 offloaded layers: the linears' share of a draft step. --sweep also tries
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engine.lowbit import Config, LowBitWeight, lowbit_linear, pick_config  # noqa: E402
+from engine.lowbit import Config, LowBitWeight, fast_dequant_applies, lowbit_linear, pick_config  # noqa: E402
 from engine.substitute import hqq_dequantize, hqq_quantize  # noqa: E402
 
 HIDDEN, INTERMEDIATE, Q, KV = 3584, 18944, 3584, 512  # Qwen2.5-7B: 28 heads x 128, 4 KV heads x 128
@@ -116,15 +117,20 @@ def main():
         x = torch.randn(args.rows, k, device=device).to(torch.bfloat16)
         ref = (x.float() @ w.float().T + (0 if bias is None else bias.float())).to(torch.bfloat16)
         y = lowbit_linear(x, lw, bias)
+        general = lowbit_linear(x, lw, bias, fast=False)
         deq = F.linear(x, w, bias)
         config = pick_config(args.rows, lw, device)
         t_fused = bench(lambda: lowbit_linear(x, lw, bias), reps)
         t_deq = bench(lambda: F.linear(x, w, bias), reps)
+        t_general = bench(lambda: lowbit_linear(x, lw, bias, fast=False), reps)
         packed_bytes = lw.packed.numel() + 2 * lw.scale.numel() * lw.scale.element_size()
         row = {"n": n, "k": k, "config": config.__dict__,
                "max_abs_error_vs_fp32_reference": float((y.float() - ref.float()).abs().max()),
                "max_abs_error_of_f_linear": float((deq.float() - ref.float()).abs().max()),
-               "fused_us": round(t_fused * 1e6, 2), "dequantized_us": round(t_deq * 1e6, 2),
+               "fast_dequant": device.type == "cuda" and fast_dequant_applies(x.dtype, lw),
+               "fast_equals_general": bool(torch.equal(y, general)),
+               "fused_us": round(t_fused * 1e6, 2), "general_dequant_us": round(t_general * 1e6, 2),
+               "dequantized_us": round(t_deq * 1e6, 2),
                "speedup": round(t_deq / t_fused, 2),
                "fused_bytes": packed_bytes, "dequantized_bytes": n * k * 2,
                "fused_gbps": round(packed_bytes / t_fused / 1e9, 1),
@@ -144,6 +150,7 @@ def main():
             row["sweep"] = tried
         result["shapes"][name] = row
         print(f"[{time.perf_counter() - t_start:6.1f}s] {name:9s} {n}x{k}: fused {row['fused_us']} us "
+              f"(general dequant {row['general_dequant_us']} us, same result {row['fast_equals_general']}) "
               f"({row['fused_gbps']} GB/s), dequantized {row['dequantized_us']} us ({row['dequantized_gbps']} GB/s), "
               f"error {row['max_abs_error_vs_fp32_reference']:.3g} (F.linear {row['max_abs_error_of_f_linear']:.3g})"
               + (f", sweep best {row['sweep_best']}" if args.sweep else ""), flush=True)
@@ -152,11 +159,13 @@ def main():
     if device.type == "cuda":
         xs = {name: torch.randn(args.rows, shapes[name][1], device=device).to(torch.bfloat16) for name in shapes}
         layer = {}
-        for kind in ("fused", "dequantized"):
+        for kind in ("fused", "general", "dequantized"):
             def step(kind=kind):
                 for name, (lw, w, bias) in weights.items():
                     if kind == "fused":
                         lowbit_linear(xs[name], lw, bias)
+                    elif kind == "general":  # the fused kernel with its general (per-element) dequantization
+                        lowbit_linear(xs[name], lw, bias, fast=False)
                     else:
                         F.linear(xs[name], w, bias)
             step()
@@ -177,14 +186,17 @@ def main():
         json.dump(result, f, indent=2)
     lines = [f"Fused {args.bits}-bit g{args.group} kernel vs F.linear on the dequantized bf16 weight, "
              f"M = {args.rows}, {result['device']}, torch {result['torch']}, triton {result['triton']}", "",
-             "| linear | N x K | fused us (GB/s) | dequantized us (GB/s) | speedup | max error (F.linear's) |",
-             "|---|---|---|---|---|---|"]
+             "| linear | N x K | fused us (GB/s) | general dequant us (same result) | dequantized us (GB/s) | speedup "
+             "| max error (F.linear's) |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["shapes"].items():
-        lines.append(f"| {name} | {r['n']} x {r['k']} | {r['fused_us']} ({r['fused_gbps']}) | {r['dequantized_us']} "
+        lines.append(f"| {name} | {r['n']} x {r['k']} | {r['fused_us']} ({r['fused_gbps']}) | {r['general_dequant_us']} "
+                     f"({r['fast_equals_general']}) | {r['dequantized_us']} "
                      f"({r['dequantized_gbps']}) | {r['speedup']}x | {r['max_abs_error_vs_fp32_reference']:.3g} "
                      f"({r['max_abs_error_of_f_linear']:.3g}) |")
     if "layer_graph_us" in result:
         lines += ["", f"One layer's seven linears as a CUDA graph: fused {result['layer_graph_us']['fused']} us, "
+                      f"general dequant {result['layer_graph_us']['general']} us, "
                       f"dequantized {result['layer_graph_us']['dequantized']} us; x {OFFLOADED_LAYERS} layers: "
                       f"{result['linears_per_draft_step_ms']['fused']} ms vs "
                       f"{result['linears_per_draft_step_ms']['dequantized']} ms a draft step."]

@@ -16,6 +16,19 @@ float32 (in float16 when scale and zero are float16, as hqq does), rounded to th
 products accumulate in float32.
 
 On CUDA the kernel is compiled; on CPU tensors it runs in Triton's interpreter (slow: for tests).
+
+Fast dequantization (compiled 4-bit, scale and zero in the activations' half dtype: every real substitute).
+At a draft step's few rows the kernel is bound by instruction issue, not memory, on HBM cards: the general
+path spends about 15 SASS instructions per packed byte (sm_89/90, Triton 3.7) converting nibbles one by
+one, while an H100 needs about 10 to keep up with its memory. Here each 32-bit register of four packed
+bytes becomes eight half-precision values in seven integer instructions (inline PTX: mask the nibbles, then
+`prmt` each next to the exponent byte of MAGIC, 128 in bfloat16 or 1024 in float16, whose unit in the last
+place is 1, so the bits read MAGIC + nibble exactly), and hqq's arithmetic runs on packed pairs:
+(q - MAGIC) is exact, then (- zero) and (* scale) round once each, as hqq's own half-precision ops do.
+The same weights come out bit for bit, so results equal the general path's; about 9-10 instructions a byte
+(`benchmarks/lowbit_sass.py` counts them from the compiled kernel, no GPU needed). Inline PTX cannot run in
+the interpreter, so the first use on each device checks it against the general path and falls back with a
+warning if they ever differ.
 Split-K partial sums go to a float32 workspace and are added in a fixed order by a second kernel, so a
 result never depends on scheduling (captured and eager draft steps stay bit-identical).
 """
@@ -116,16 +129,18 @@ def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def pick_config(m: int, w: LowBitWeight, device: torch.device) -> Config:
+def pick_config(m: int, w: LowBitWeight, device: torch.device, sms: int | None = None) -> Config:
     """Enough programs to keep every multiprocessor streaming weights: tiles of 64 packed rows x one group,
-    and the K loop split when the tiles alone are too few (k/v projections, and down_proj's long K)."""
+    and the K loop split when the tiles alone are too few (k/v projections, and down_proj's long K).
+    sms: the multiprocessor count (default: the device's; given, to plan for a card that is not here)."""
     block_m = 16 if m <= 16 else 32 if m <= 32 else 64
     block_n = 64
     block_k = max(w.group_size, 32) if w.group_size <= 128 else 128
     rows = w.packed.shape[0]
     tiles = -(-rows // block_n) * -(-m // block_m)
-    sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 4
+    if sms is None:
+        sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device()) \
+            if device.type == "cuda" else 4
     steps = -(-w.in_features // block_k)
     split = 1
     while tiles * split < 2 * sms and steps // (split * 2) >= 2 and split < 64:
@@ -156,6 +171,50 @@ if triton is not None:
             v = v.to(tl.float16).to(tl.float32)
         return v
 
+    # The exponent byte of MAGIC, in each half dtype: bfloat16 0x43xx = 128 + xx, float16 0x64xx = 1024 + xx
+    # (xx < 16 keeps within the unit-1 mantissa). prmt selector 0x5140 builds [b0, M, b1, M] = the halves
+    # (M.b0, M.b1) of bytes 0 and 1; 0x7362 the same for bytes 2 and 3. Output element i is half i % 2 of
+    # register i // 2, as Triton packs sub-32-bit values; input element i is byte i of the packed register.
+    _MAGIC_NIBBLES_PTX = """{{
+        .reg .b32 h, l;
+        shr.b32 h, $4, 4;
+        and.b32 h, h, 0x0F0F0F0F;
+        and.b32 l, $4, 0x0F0F0F0F;
+        prmt.b32 $0, h, {m}, 0x5140;
+        prmt.b32 $1, h, {m}, 0x7362;
+        prmt.b32 $2, l, {m}, 0x5140;
+        prmt.b32 $3, l, {m}, 0x7362;
+        }}"""
+    MAGIC_NIBBLES_PTX = {1: _MAGIC_NIBBLES_PTX.format(m="0x43434343"), 2: _MAGIC_NIBBLES_PTX.format(m="0x64646464")}
+    MAGIC = {1: 128.0, 2: 1024.0}
+    _PTX_BF16 = tl.constexpr(MAGIC_NIBBLES_PTX[1])  # a jit function reads globals only as constexprs
+    _PTX_FP16 = tl.constexpr(MAGIC_NIBBLES_PTX[2])
+    _MAGIC_BF16 = tl.constexpr(MAGIC[1])
+    _MAGIC_FP16 = tl.constexpr(MAGIC[2])
+
+    @triton.jit
+    def _magic_nibbles(q, ROUND: tl.constexpr):
+        """(MAGIC + high nibble, MAGIC + low nibble) of each byte of q, exactly, in ROUND's half dtype."""
+        if ROUND == 1:
+            hi, lo = tl.inline_asm_elementwise(_PTX_BF16, "=r,=r,=r,=r,r", [q],
+                                               dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            hi, lo = tl.inline_asm_elementwise(_PTX_FP16, "=r,=r,=r,=r,r", [q],
+                                               dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        return hi, lo
+
+    @triton.jit
+    def _fast_dequant_dot(acc, x, magic_nib, s_ptr, z_ptr, sz, sz_ok, ROUND: tl.constexpr):
+        """acc + x @ ((nib - zero) * scale) in x's half dtype, on packed pairs: hqq's rounding exactly."""
+        s = tl.load(s_ptr + sz, mask=sz_ok, other=0.0)
+        z = tl.load(z_ptr + sz, mask=sz_ok, other=0.0)
+        if ROUND == 1:
+            w = ((magic_nib - _MAGIC_BF16) - z) * s  # (MAGIC + nib) - MAGIC is exact
+        else:
+            w = ((magic_nib - _MAGIC_FP16) - z) * s
+        tl.static_assert(w.dtype == x.dtype)  # each step rounded to the half dtype, none promoted to float32
+        return tl.dot(x, w, acc)
+
     @triton.jit
     def _dequant_dot(acc, x, nib, s_ptr, z_ptr, sz, sz_ok, MATH: tl.constexpr, ROUND: tl.constexpr,
                      EMULATE: tl.constexpr):
@@ -182,9 +241,10 @@ if triton is not None:
     def _lowbit_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
                        M, N, K, stride_xm, stride_ym, stride_ys, k_per_split,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                       MATH: tl.constexpr, ROUND: tl.constexpr, EMULATE: tl.constexpr,
+                       MATH: tl.constexpr, ROUND: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # MATH: the dequantization's precision, ROUND: the activations' dtype (0 float32, 1 bfloat16, 2 float16).
+        # FAST: 4-bit, compiled, MATH == ROUND a half dtype (see the module's docstring).
         pid_n = tl.program_id(0)
         pid_s = tl.program_id(1)
         pid_m = tl.program_id(2)
@@ -217,7 +277,11 @@ if triton is not None:
             else:
                 sz = offs_r[None, :] * groups + (k // GROUP)[:, None]
                 sz_ok = w_ok
-            if BITS == 4:
+            if FAST:
+                hi, lo = _magic_nibbles(q, ROUND)
+                acc_hi = _fast_dequant_dot(acc_hi, x, hi, s_ptr, z_ptr, sz, sz_ok, ROUND)
+                acc_lo = _fast_dequant_dot(acc_lo, x, lo, s_ptr, z_ptr, sz + rows * groups, sz_ok, ROUND)
+            elif BITS == 4:
                 acc_hi = _dequant_dot(acc_hi, x, (q >> 4) & 0xF, s_ptr, z_ptr, sz, sz_ok, MATH, ROUND, EMULATE)
                 acc_lo = _dequant_dot(acc_lo, x, q & 0xF, s_ptr, z_ptr, sz + rows * groups, sz_ok, MATH, ROUND,
                                       EMULATE)
@@ -271,9 +335,47 @@ def _kernels(interpret: bool):
     return scope["_lowbit_kernel"], scope["_splitk_sum_kernel"]
 
 
+def fast_dequant_applies(x_dtype: torch.dtype, w: LowBitWeight) -> bool:
+    """Whether the compiled kernel can take the fast dequantization for this weight and these activations."""
+    return (w.bits == 4 and x_dtype in (torch.bfloat16, torch.float16)
+            and w.math_dtype == w.scale.dtype == w.zero.dtype == x_dtype)
+
+
+_FAST_VERIFIED: dict[tuple[torch.device, torch.dtype], bool] = {}
+
+
+def _fast_dequant_verified(device: torch.device, dtype: torch.dtype) -> bool:
+    """The fast path checked once per device and dtype against the general one (same tiles, so the same
+    result bit for bit). Inline PTX is the one part no CPU test runs; this keeps a wrong result on some
+    card or compiler from silently weakening every draft. Not checked inside a CUDA graph capture (the
+    general path is used there until an eager call has checked)."""
+    key = (device, dtype)
+    if key in _FAST_VERIFIED:
+        return _FAST_VERIFIED[key]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    gen = torch.Generator(device=device).manual_seed(0)
+    n, k, g = 128, 256, 64
+    packed = torch.randint(0, 256, (n // 2, k), dtype=torch.uint8, device=device, generator=gen)
+    scale = (torch.rand(n, k // g, device=device, generator=gen) * 0.02 + 1e-3).to(dtype)
+    zero = (torch.rand(n, k // g, device=device, generator=gen) * 15).to(dtype)
+    w = LowBitWeight(packed, scale, zero, n, k, 4, g, dtype)
+    x = torch.randn(6, k, device=device, generator=gen).to(dtype)
+    ok = bool(torch.equal(lowbit_linear(x, w, fast=True), lowbit_linear(x, w, fast=False)))
+    if not ok:
+        import warnings
+
+        warnings.warn(f"the fast low-bit dequantization differs from the general one on {device} ({dtype}); "
+                      "using the general one", RuntimeWarning, stacklevel=3)
+    _FAST_VERIFIED[key] = ok
+    return ok
+
+
 def lowbit_linear(x: torch.Tensor, w: LowBitWeight, bias: torch.Tensor | None = None,
-                  config: Config | None = None) -> torch.Tensor:
-    """F.linear(x, dequantized w, bias), reading the packed weight. x: [..., K] in float32/bf16/fp16."""
+                  config: Config | None = None, fast: bool | None = None) -> torch.Tensor:
+    """F.linear(x, dequantized w, bias), reading the packed weight. x: [..., K] in float32/bf16/fp16.
+    fast: the fast dequantization (None: where it applies and has been verified on this device; True
+    where it applies, unverified; False: the general path)."""
     if x.shape[-1] != w.in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the weight takes {w.in_features}")
     if x.dtype not in _DTYPES:
@@ -298,12 +400,16 @@ def lowbit_linear(x: torch.Tensor, w: LowBitWeight, bias: torch.Tensor | None = 
     split = -(-w.in_features // k_per_split)  # a split with no K left would only add zeros
     ws = y if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     grid = (-(-w.packed.shape[0] // cfg.block_n), split, -(-m // cfg.block_m))
+    if interpret or not fast_dequant_applies(x.dtype, w):
+        fast = False  # the interpreter cannot run inline PTX
+    elif fast is None:
+        fast = _fast_dequant_verified(x.device, x.dtype)
     flags = dict(HAS_BIAS=bias is not None, ROUND=_DTYPES.index(x.dtype), EMULATE=interpret)
     b = bias if bias is not None else y  # never read without HAS_BIAS
     launch = {} if interpret else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     kernel[grid](x2, w.packed, w.scale, w.zero, b, ws, m, n, w.in_features, x2.stride(0), y.stride(0), m * n,
                  k_per_split, BITS=w.bits, GROUP=w.group_size, SPLIT=split, MATH=_DTYPES.index(w.math_dtype),
-                 BLOCK_M=cfg.block_m,
+                 FAST=fast, BLOCK_M=cfg.block_m,
                  BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **flags, **launch)
     if split > 1:
         block = 1024
