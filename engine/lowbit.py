@@ -11,9 +11,9 @@ second half in the low nibbles. When g divides K and N is even, the packed tenso
 
 so one contiguous load along K feeds two output rows (r and r + N/2) per byte, and nothing is repacked:
 the tensors a substitute keeps (and a cache saves) are the ones the kernel reads. 8 bits are one byte a
-weight, [N, K]. Scale and zero are [N, K/g]. Dequantization is hqq's, W = (W_q - zero) * scale, in
-float32 (in float16 when scale and zero are float16, as hqq does), rounded to the activations' dtype;
-products accumulate in float32.
+weight, [N, K]. Scale and zero are [N, K/g]. Dequantization is hqq's, W = (W_q - zero) * scale, in the
+dtype hqq computes it in (its compute_dtype promoted with scale's and zero's: the model's dtype for our
+substitutes, as for HQQLinear), rounded to the activations' dtype; products accumulate in float32.
 
 On CUDA the kernel is compiled; on CPU tensors it runs in Triton's interpreter (slow: for tests).
 
