@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from engine import lowbit  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.generate import decode_mask, streamed_bytes  # noqa: E402
 from engine.masks import causal_mask  # noqa: E402
@@ -313,6 +314,9 @@ def main():
     result["float32_identity"] = float32_identity_check(device, fused=fused)
     print(f"[{time.perf_counter() - t_start:6.1f}s] lossless check: {result['greedy_identical_to_plain']}", flush=True)
     result["streamed_bytes_total"] = streamed_bytes(target)
+    # Whether the fused kernel's fast dequantization passed its once-per-device check (and so ran above).
+    result["fast_dequant_verified"] = {f"{d} {str(t).removeprefix('torch.')}": ok
+                                       for (d, t), ok in lowbit._FAST_VERIFIED.items()}
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result, indent=2), flush=True)
 
@@ -324,7 +328,8 @@ def main():
             ("resident / streamed layers", f"{resident} / {len(offloaded)}"),
             ("draft substitutes (fused: packed 4-bit read by the kernel)",
              f"{result['draft_path']['kind']}, {result['draft_path']['resident_bytes'] / 1e9:.2f} GB held "
-             f"({result['draft_path']['packed_bytes'] / 1e9:.2f} GB packed)"),
+             f"({result['draft_path']['packed_bytes'] / 1e9:.2f} GB packed); fast dequantization verified: "
+             f"{result['fast_dequant_verified'] or 'not used'}"),
             ("streamed per target pass", f"{offloaded_bytes / 1e9:.2f} GB"),
             ("pinned H2D bandwidth", f"{result['h2d_bandwidth_gbps']} GB/s"),
             ("transfer floor (bytes / bandwidth)", f"{floor_s * 1e3:.0f} ms"),
