@@ -2,10 +2,10 @@
 M = 6 rows (one draft step of a width-6 beam). For a device session: about a minute on an H100 (a few
 more with --sweep).
 
-Per shape: the kernel's error against F.linear; whether its fast dequantization (inline PTX, compiled only)
-gives the general path's result bit for bit, and the time of both; the median time of each (L2 flushed between calls, so the
-weights come from HBM as they do in a draft step over 27 layers); the bytes each reads and the bandwidth
-that makes. Then one whole decoder layer (its seven linears) replayed as a CUDA graph, fused against
+Per shape: the kernel's error against F.linear; whether its fast dequantization (inline PTX, compiled
+only) gives the general path's result bit for bit; the median time of the kernel (both paths) and of
+F.linear (L2 flushed between calls, so the weights come from HBM as they do in a draft step over 27
+layers); the bytes each reads and the bandwidth that makes. Then one whole decoder layer (its seven linears) replayed as a CUDA graph, fused against
 dequantized, and that times 27 offloaded layers: the linears' share of a draft step. --sweep also tries
 other tilings and split-K factors per shape and reports the best next to the default choice.
 

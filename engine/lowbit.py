@@ -16,8 +16,11 @@ dtype hqq computes it in (its compute_dtype promoted with scale's and zero's: th
 substitutes, as for HQQLinear), rounded to the activations' dtype; products accumulate in float32.
 
 On CUDA the kernel is compiled; on CPU tensors it runs in Triton's interpreter (slow: for tests).
+Split-K partial sums go to a float32 workspace and are added in a fixed order by a second kernel, so a
+result never depends on scheduling (captured and eager draft steps stay bit-identical).
 
-Fast dequantization (compiled 4-bit, scale and zero in the activations' half dtype: every real substitute).
+Fast dequantization (compiled 4-bit, scale and zero in the activations' half dtype: every substitute of a
+bf16 or fp16 model).
 At a draft step's few rows the kernel is bound by instruction issue, not memory, on HBM cards: the general
 path spends about 15 SASS instructions per packed byte (sm_89/90, Triton 3.7) converting nibbles one by
 one, while an H100 needs about 10 to keep up with its memory. Here each 32-bit register of four packed
@@ -29,8 +32,6 @@ The same weights come out bit for bit, so results equal the general path's; abou
 (`benchmarks/lowbit_sass.py` counts them from the compiled kernel, no GPU needed). Inline PTX cannot run in
 the interpreter, so the first use on each device checks it against the general path and falls back with a
 warning if they ever differ.
-Split-K partial sums go to a float32 workspace and are added in a fixed order by a second kernel, so a
-result never depends on scheduling (captured and eager draft steps stay bit-identical).
 """
 
 from __future__ import annotations
