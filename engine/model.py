@@ -73,6 +73,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + _rotate_half(x) * sin  # x: [B, H, T, D]; cos/sin: [T, D]
 
 
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention with grouped-query heads: q [B, H, T, D], keys/values [B, Hkv, S, D],
+    mask additive [B or 1, 1, T, S] or None; query head h reads KV head h // (H / Hkv), as enable_gqa does.
+
+    With a float mask, SDPA runs enable_gqa only on its math backend, which repeats every KV head for its
+    query heads and computes the scores in float32: on CUDA, several kernels and copies of the whole cache
+    per layer, in every draft step. Folding the query heads that share a KV head into the query length
+    ([B, Hkv, G*T, D], the mask's rows repeated G times) is the same attention with as many query as KV
+    heads, which the memory-efficient kernel takes with any additive mask."""
+    heads, kv_heads = q.shape[1], keys.shape[1]
+    if heads == kv_heads:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    if mask is None:  # no mask: the flash kernel takes grouped heads as they are
+        return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+    b, _, t, d = q.shape
+    groups = heads // kv_heads
+    folded = q.reshape(b, kv_heads, groups * t, d)  # row g*T + t of KV head j is query head j*G + g, token t
+    out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask.repeat(1, 1, groups, 1))
+    return out.view(b, heads, t, d)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -103,9 +124,7 @@ class Attention(nn.Module):
         else:  # static shapes: write where `slots` says, attend over the whole cache (the mask hides the rest)
             cache.write_at(layer, slots, k, v)
             keys, values = cache.view(layer, cache.capacity)
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, enable_gqa=self.num_heads != self.num_kv_heads
-        )
+        out = attend(q, keys, values, mask)
         return self.o_proj(out.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim))
 
 

@@ -1,0 +1,56 @@
+"""`attend`: grouped-query attention with the query heads folded into the query length must be SDPA's own
+enable_gqa attention (query head h reads KV head h // groups), for every mask shape the engine passes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.model import attend
+
+
+def _case(heads, kv_heads, t, s, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, heads, t, 16, generator=g).to(dtype)
+    k = torch.randn(1, kv_heads, s, 16, generator=g).to(dtype)
+    v = torch.randn(1, kv_heads, s, 16, generator=g).to(dtype)
+    hidden = torch.rand(t, s, generator=g) < 0.4
+    hidden[:, 0] = False  # every row sees something
+    mask = torch.zeros(t, s).masked_fill(hidden, torch.finfo(torch.float32).min).to(dtype)[None, None]
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,t,s", [(8, 2, 6, 40), (9, 3, 1, 17), (4, 1, 5, 5), (4, 4, 3, 10)])
+def test_folded_grouped_heads_equal_sdpa_enable_gqa(dtype, heads, kv_heads, t, s):
+    q, k, v, mask = _case(heads, kv_heads, t, s, dtype)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=heads != kv_heads)
+    got = attend(q, k, v, mask)
+    assert got.shape == want.shape and got.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+def test_heads_read_their_own_kv_head():
+    """Each KV head's values are one constant, so every query head's output says which KV head it read."""
+    q, k, _, mask = _case(6, 3, 4, 9, torch.float32)
+    v = torch.arange(3, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, 9, 16)
+    out = attend(q, k, v, mask)
+    want = torch.tensor([[h // 2] * 4 for h in range(6)], dtype=torch.float32)
+    torch.testing.assert_close(out[0, :, :, 0], want, atol=1e-5, rtol=0)
+
+
+def test_no_mask_is_grouped_attention_over_everything():
+    q, k, v, _ = _case(8, 2, 1, 12, torch.float32)
+    torch.testing.assert_close(attend(q, k, v, None),
+                               F.scaled_dot_product_attention(q, k, v, enable_gqa=True), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_folded_masked_attention_runs_without_the_math_backend():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, mask = (x.cuda() for x in _case(28, 4, 6, 4096, torch.bfloat16))
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+        got = attend(q, k, v, mask)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
