@@ -106,6 +106,28 @@ class LowBitWeight:
             raise ValueError(f"scale and zero in {scale.dtype}/{zero.dtype}: the kernel dequantizes in {_DTYPES}")
         return cls(packed.reshape(rows, k), scale.reshape(n, k // g), zero.reshape(n, k // g), n, k, bits, g, math)
 
+    @classmethod
+    def concat(cls, weights: list[LowBitWeight]) -> LowBitWeight:
+        """One weight whose output rows are those of `weights` in order (q, k and v; gate and up), so that
+        one launch does what several would. Groups run along K within a row, so the stacked rows keep
+        their own scale and zero and dequantize to exactly the stacked weights; 4-bit rows are repacked
+        into the halves layout of the stacked row count (new tensors: the parts can then be freed)."""
+        first = weights[0]
+        same = (first.in_features, first.bits, first.group_size, first.math_dtype, first.scale.dtype)
+        for w in weights[1:]:
+            if (w.in_features, w.bits, w.group_size, w.math_dtype, w.scale.dtype) != same:
+                raise ValueError("only weights with the same input size, bits, groups and dtypes stack")
+        n = sum(w.out_features for w in weights)
+        if first.bits == 4:
+            if n % 2:
+                raise ValueError(f"4-bit packing splits the output rows in halves: their number ({n}) must be even")
+            q = torch.cat([torch.cat((w.packed >> 4, w.packed & 0xF)) for w in weights])  # [N, K] rows in order
+            packed = (q[: n // 2] << 4) | q[n // 2:]
+        else:
+            packed = torch.cat([w.packed for w in weights])
+        return cls(packed.contiguous(), torch.cat([w.scale for w in weights]), torch.cat([w.zero for w in weights]),
+                   n, first.in_features, first.bits, first.group_size, first.math_dtype)
+
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         """The full [N, K] weight, hqq's arithmetic exactly (the kernel's reference)."""
         p = self.packed

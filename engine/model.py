@@ -32,6 +32,20 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+class DraftRMSNorm(nn.Module):
+    """A target norm (its very weight tensor) computed by torch's rms_norm: one fused kernel on CUDA where
+    RMSNorm launches eight (a draft step runs two a layer, 48 steps a tree). It rounds once at the end
+    where the reference rounds before the weight multiply: fine for a draft, whose tokens are only
+    proposals the target verifies; the target keeps the reference arithmetic."""
+
+    def __init__(self, norm: RMSNorm):
+        super().__init__()
+        self.weight, self.eps = norm.weight, norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
 def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:
     """Rotary inverse frequencies with the config's scaling, computed exactly as transformers does."""
     dim = config.head_dim
@@ -59,18 +73,19 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and the signed sin `apply_rotary` takes, [T, D] in `dtype`."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2], float32 like the reference
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        sin = emb.sin()
+        sin[:, : sin.shape[1] // 2].neg_()  # once per forward, instead of negating half of q and of k per layer
+        return emb.cos().to(dtype), sin.to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_half(x) * sin  # x: [B, H, T, D]; cos/sin: [T, D]
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """The reference's x * cos + rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1): roll(x) is
+    cat(x2, x1), and the sign sits in the first half of `signed_sin` (negation is exact, so the numbers are
+    the reference's bit for bit) -- four launches where the reference takes six. x: [B, H, T, D]."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -90,8 +105,15 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     b, _, t, d = q.shape
     groups = heads // kv_heads
     folded = q.reshape(b, kv_heads, groups * t, d)  # row g*T + t of KV head j is query head j*G + g, token t
-    out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask.repeat(1, 1, groups, 1))
+    if mask.shape[-2] != groups * t:  # not folded yet (Decoder.forward folds it once for all layers)
+        mask = fold_mask(mask, groups)
+    out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask)
     return out.view(b, heads, t, d)
+
+
+def fold_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """An additive mask [..., T, S] for `attend`'s folded query rows: its rows repeated `groups` times."""
+    return mask if groups == 1 else mask.repeat(*(1,) * (mask.dim() - 2), groups, 1)
 
 
 class Attention(nn.Module):
@@ -108,16 +130,28 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        self.qkv_proj = None  # q, k and v stacked: only in draft layers (engine.substitute.merge_launches)
 
     def forward(self, x, cos, sin, mask, cache: KVCache, layer: int, start: int, slots=None):
         T = x.shape[1]
-        q = self.q_proj(x).view(1, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(1, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(1, T, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.qkv_proj is not None and self.q_norm is None:
+            # A draft layer's stacked substitutes: one launch for q, k and v, and q and k lie side by side
+            # in its output, so one rotation covers both (the same numbers, half the launches).
+            qkv = self.qkv_proj(x)
+            qk = apply_rotary(qkv[..., : (H + Hkv) * D].view(1, T, H + Hkv, D).transpose(1, 2), cos, sin)
+            q, k = qk[:, :H], qk[:, H:]
+            v = qkv[..., (H + Hkv) * D:].view(1, T, Hkv, D).transpose(1, 2)
+        else:
+            if self.qkv_proj is not None:
+                q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
+            else:
+                q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = q.view(1, T, H, D), k.view(1, T, Hkv, D), v.view(1, T, Hkv, D)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if slots is None:
             cache.write(layer, start, k, v)
             keys, values = cache.view(layer, start + T)
@@ -134,8 +168,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = None  # gate and up stacked: only in draft layers (merge_launches)
 
     def forward(self, x):
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).split(self.gate_up_proj.sizes, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -209,7 +247,9 @@ class Decoder(nn.Module):
         dtype = self.embed_tokens.weight.dtype
         h = self.embed_tokens(tokens)[None]  # [B, T, H]
         cos, sin = self.rotary(positions, dtype)
-        attn_mask = None if mask is None else mask.to(dtype)[None, None]  # [B, 1, T, S]
+        # [B, 1, T, S], or [B, 1, G*T, S] folded once here for every layer's `attend`
+        groups = self.config.num_heads // self.config.num_kv_heads
+        attn_mask = None if mask is None else fold_mask(mask.to(dtype), groups)[None, None]
         with sdpa_kernel(ATTENTION_BACKENDS):
             for i in range(len(self.layers)):
                 h = self.run_layer(i, h, cos, sin, attn_mask, cache, start, slots)

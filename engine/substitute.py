@@ -19,7 +19,7 @@ from torch import nn
 
 from . import lowbit
 from .errors import SubspecError
-from .model import LINEAR_NAMES, Decoder
+from .model import LINEAR_NAMES, Decoder, DraftRMSNorm
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 
@@ -122,10 +122,78 @@ class SubstituteLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+class StackedSubstitute(nn.Module):
+    """Several substitutes that read the same input (q, k and v; gate and up) as one linear with their
+    output rows stacked: one launch of the fused kernel (or one matmul) instead of several. A draft step
+    is dozens of small launches a layer, and on a fast GPU their count, not the bytes they read, sets its
+    time. `sizes`: each part's output size, in order (split the output with them)."""
+
+    def __init__(self, parts: list[SubstituteLinear]):
+        super().__init__()
+        self.sizes = tuple(p.lowbit.out_features if p.fused else p.weight.shape[0] for p in parts)
+        self.parts = len(parts)
+        if len({p.fused for p in parts}) != 1:
+            raise SubspecError("substitutes on the fused and the dequantized path do not stack")
+        biases = [p.bias for p in parts]
+        if all(b is None for b in biases):
+            self.bias = None
+        else:  # a copy (a few thousand numbers): the target keeps its own per-projection biases
+            ref = next(b for b in biases if b is not None)
+            self.bias = torch.cat([b.detach() if b is not None else ref.new_zeros(n)
+                                   for b, n in zip(biases, self.sizes)])
+        self._packed_bytes = sum(p.packed_bytes for p in parts)  # the packed form's size either way
+        if parts[0].fused:
+            self.lowbit = lowbit.LowBitWeight.concat([p.lowbit for p in parts])
+        else:
+            self.lowbit = None
+            self.register_buffer("weight", torch.cat([p.weight for p in parts]), persistent=False)
+
+    @property
+    def fused(self) -> bool:
+        return self.lowbit is not None
+
+    @property
+    def packed_bytes(self) -> int:
+        """What the packed form takes (on the fused path, all that is kept)."""
+        return self._packed_bytes
+
+    @property
+    def resident_bytes(self) -> int:
+        """Memory held now: the packed stack, or off the fused path only the dequantized one (the parts'
+        packed tensors, kept by a SubstituteLinear for saving, are gone)."""
+        return self.packed_bytes if self.fused else self.weight.numel() * self.weight.element_size()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lowbit is not None:
+            return lowbit.lowbit_linear(x, self.lowbit, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def merge_launches(layer: nn.Module) -> None:
+    """Fewer kernel launches in a substituted draft layer (a shell: the target's own layer is untouched):
+    q/k/v become one `qkv_proj` and gate/up one `gate_up_proj` (the model's forward uses them when
+    present), and its two norms run as torch's fused rms_norm. The separate substitutes are dropped, so
+    their memory goes; a substitute cache must be written before this."""
+    layer.input_layernorm = DraftRMSNorm(layer.input_layernorm)
+    layer.post_attention_layernorm = DraftRMSNorm(layer.post_attention_layernorm)
+    attn, mlp = layer.self_attn, layer.mlp
+    groups = ((attn, "qkv_proj", ("q_proj", "k_proj", "v_proj")), (mlp, "gate_up_proj", ("gate_proj", "up_proj")))
+    for owner, stacked, names in groups:
+        parts = [getattr(owner, n) for n in names]
+        if not all(isinstance(p, SubstituteLinear) for p in parts):
+            raise SubspecError(f"only substitutes stack: {', '.join(names)} of this layer are not all substitutes")
+        setattr(owner, stacked, StackedSubstitute(parts))
+        for n in names:
+            setattr(owner, n, None)
+
+
 def substitute_paths(draft: nn.Module) -> dict[str, int]:
-    """How many of a draft's substitutes run fused and how many dequantized, and the bytes they hold."""
-    subs = [m for m in draft.modules() if isinstance(m, SubstituteLinear)]
-    return {"fused": sum(s.fused for s in subs), "dequantized": sum(not s.fused for s in subs),
+    """How many of a draft's substitutes (counted as the target's linears they stand for) run fused and
+    how many dequantized, and the bytes they hold."""
+    subs = [m for m in draft.modules() if isinstance(m, (SubstituteLinear, StackedSubstitute))]
+    count = [getattr(s, "parts", 1) for s in subs]
+    return {"fused": sum(c for s, c in zip(subs, count) if s.fused),
+            "dequantized": sum(c for s, c in zip(subs, count) if not s.fused),
             "packed_bytes": sum(s.packed_bytes for s in subs), "resident_bytes": sum(s.resident_bytes for s in subs)}
 
 
@@ -144,7 +212,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
                 progress: Callable[[int, int], None] | None = None,
                 device: torch.device | str | None = None,
                 quantized: Mapping[tuple[int, str], tuple[torch.Tensor, dict]] | None = None,
-                fused: bool | None = None) -> Decoder:
+                fused: bool | None = None, merge: bool = True) -> Decoder:
     """The substitute draft of `target`: layers in `layers` (default: all) get HQQ substitutes for every
     linear; everything else is the target's very modules. Substitutes are built on `device` (default:
     where the weights are); build the draft before offloading the target, from the full weights.
@@ -152,7 +220,9 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
     `quantized`: hqq tensors already made, {(layer index, linear name in LINEAR_NAMES): (packed, meta)}
     (e.g. a substitute cache's); those linears are not quantized again. `fused`: None picks the fused
     low-bit path where it runs (CUDA with Triton), False forces the dequantized one, True requires the
-    fused one (on CPU tensors that is Triton's interpreter: slow, for tests)."""
+    fused one (on CPU tensors that is Triton's interpreter: slow, for tests). `merge`: each substituted layer
+    runs with fewer launches (`merge_launches`: stacked q/k/v and gate/up, fused norms); off, every linear
+    keeps its own SubstituteLinear (what a substitute cache saves)."""
     device = torch.device(device) if device is not None else None
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
     quantized = quantized or {}
@@ -167,6 +237,8 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
             owner = getattr(layer, owner_name)
             setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), nbits, group_size, device,
                                                   quantized.get((i, name)), fused))
+        if merge:
+            merge_launches(layer)
         draft.layers[i] = layer
         if progress:
             progress(n + 1, len(chosen))

@@ -25,7 +25,8 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     assert out["float32_identity"]["identical"] is True
     assert out["float32_identity"]["sampled_auto_depth"]["identical"] is True
     it = out["subspec_iteration"]
-    assert it["total_s"] >= it["draft_s"] + it["verify_s"] > 0
+    # Medians taken per part (and rounded): the total's is not their sum, but it is at least each of them.
+    assert it["total_s"] >= max(it["draft_s"], it["verify_s"]) and min(it["draft_s"], it["verify_s"]) > 0
     assert (tmp_path / "gpu_check_tiny.md").read_text().startswith("| measure | value |")
     # gpu_session.sh then replays the saved auto-depth traces under the times it measured.
     replay = tmp_path / "replay.json"

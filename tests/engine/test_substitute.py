@@ -20,7 +20,7 @@ def _same(a, b):
 
 
 def test_everything_but_the_substituted_linears_is_the_same_storage(target):
-    draft = build_draft(target, 4, 64, layers=[0, 2])
+    draft = build_draft(target, 4, 64, layers=[0, 2], merge=False)
     assert _same(draft.embed_tokens.weight, target.embed_tokens.weight)
     assert _same(draft.norm.weight, target.norm.weight)
     assert _same(draft.output_weight, target.output_weight)
@@ -88,12 +88,12 @@ def _logits(model, n=10):
 def test_given_hqq_tensors_are_used_as_they_are(target, monkeypatch):
     import engine.substitute as substitute
 
-    fresh = build_draft(target, 4, 64, layers=[0, 2])
+    fresh = build_draft(target, 4, 64, layers=[0, 2], merge=False)
     given = {key: (sub.packed, sub.meta) for key, sub in _substitutes(fresh)}
     calls = []
     real = substitute.hqq_quantize
     monkeypatch.setattr(substitute, "hqq_quantize", lambda *a, **k: calls.append(1) or real(*a, **k))
-    reused = build_draft(target, 4, 64, layers=[0, 2], quantized=given)
+    reused = build_draft(target, 4, 64, layers=[0, 2], quantized=given, merge=False)
     assert calls == []
     for key, sub in _substitutes(reused):
         assert sub.packed.data_ptr() == given[key][0].data_ptr()
@@ -118,7 +118,7 @@ def test_a_half_precision_substitute_keeps_scale_and_zero_in_its_dtype(target):
 
 
 def test_on_the_cpu_substitutes_are_dequantized_unless_fused_is_asked_for(target):
-    assert all(not sub.fused for _, sub in _substitutes(build_draft(target, 4, 64, layers=[1])))
+    assert all(not sub.fused for _, sub in _substitutes(build_draft(target, 4, 64, layers=[1], merge=False)))
     with pytest.raises(SubspecError, match="divide"):  # down_proj's 96 inputs are not groups of 64
         build_draft(target, 4, 64, layers=[1], fused=True)
 
@@ -126,8 +126,8 @@ def test_on_the_cpu_substitutes_are_dequantized_unless_fused_is_asked_for(target
 def test_the_fused_draft_computes_what_the_dequantized_draft_computes(target):
     """The fused path (Triton's interpreter on CPU) keeps only the packed tensors and gives the same logits."""
     pytest.importorskip("triton")
-    plain = build_draft(target, 4, 32, layers=[0, 2])
-    fused = build_draft(target, 4, 32, layers=[0, 2], fused=True)
+    plain = build_draft(target, 4, 32, layers=[0, 2], merge=False)
+    fused = build_draft(target, 4, 32, layers=[0, 2], fused=True, merge=False)
     paths = substitute_paths(fused)
     assert paths["fused"] == 2 * len(LINEAR_NAMES) and paths["dequantized"] == 0
     assert paths["resident_bytes"] == paths["packed_bytes"] == substitute_paths(plain)["packed_bytes"]
@@ -158,8 +158,8 @@ def test_greedy_subspec_with_the_fused_draft_equals_plain_decoding(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_draft_is_fused_by_default_and_agrees_with_the_dequantized_one(tmp_path):
     target = load_decoder(make_tiny_checkpoint(tmp_path, "qwen2"), torch.bfloat16, "cuda")
-    fused = build_draft(target, 4, 32, layers=[0, 2], device="cuda")
-    plain = build_draft(target, 4, 32, layers=[0, 2], device="cuda", fused=False)
+    fused = build_draft(target, 4, 32, layers=[0, 2], device="cuda", merge=False)
+    plain = build_draft(target, 4, 32, layers=[0, 2], device="cuda", fused=False, merge=False)
     assert substitute_paths(fused)["dequantized"] == 0 and substitute_paths(plain)["fused"] == 0
     for key, sub in _substitutes(fused):
         assert torch.equal(sub.dequantized(), dict(_substitutes(plain))[key].weight)
@@ -170,3 +170,78 @@ def test_on_cuda_the_draft_is_fused_by_default_and_agrees_with_the_dequantized_o
     a = fused(tokens, torch.arange(n, device="cuda"), fused.new_cache(n), 0, mask)
     b = plain(tokens, torch.arange(n, device="cuda"), plain.new_cache(n), 0, mask)
     torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)
+
+
+# Merged launches: stacked q/k/v and gate/up substitutes, fused norms (the default draft).
+
+def test_a_merged_draft_stacks_the_substitutes_it_was_built_from(target):
+    """q/k/v and gate/up run as one stacked substitute each; their weight is the parts' stacked exactly,
+    Qwen2's q/k/v biases stacked with them; o/down stay single; the target is untouched."""
+    from engine.model import DraftRMSNorm
+    from engine.substitute import StackedSubstitute
+
+    parts = build_draft(target, 4, 64, layers=[0, 2], merge=False)
+    merged = build_draft(target, 4, 64, layers=[0, 2])
+    for i in (0, 2):
+        p, m, t = parts.layers[i], merged.layers[i], target.layers[i]
+        qkv, gate_up = m.self_attn.qkv_proj, m.mlp.gate_up_proj
+        assert isinstance(qkv, StackedSubstitute) and isinstance(gate_up, StackedSubstitute)
+        assert m.self_attn.q_proj is None and m.mlp.gate_proj is None  # the parts' memory is gone
+        assert torch.equal(qkv.weight, torch.cat([p.self_attn.q_proj.weight, p.self_attn.k_proj.weight,
+                                                  p.self_attn.v_proj.weight]))
+        assert torch.equal(qkv.bias, torch.cat([t.self_attn.q_proj.bias, t.self_attn.k_proj.bias,
+                                                t.self_attn.v_proj.bias]))
+        assert torch.equal(gate_up.weight, torch.cat([p.mlp.gate_proj.weight, p.mlp.up_proj.weight]))
+        assert qkv.sizes == (t.self_attn.q_proj.out_features, t.self_attn.k_proj.out_features,
+                             t.self_attn.v_proj.out_features)
+        assert isinstance(m.input_layernorm, DraftRMSNorm)
+        assert _same(m.input_layernorm.weight, t.input_layernorm.weight)
+        assert isinstance(t.self_attn.q_proj, torch.nn.Linear) and t.self_attn.qkv_proj is None
+        assert type(t.input_layernorm).__name__ == "RMSNorm"
+    counts = substitute_paths(merged)
+    assert counts["dequantized"] == 2 * len(LINEAR_NAMES)  # counted as the linears they stand for
+    assert counts["packed_bytes"] == substitute_paths(parts)["packed_bytes"]
+
+
+def test_a_merged_draft_computes_what_the_separate_one_does(target):
+    merged, parts = build_draft(target, 4, 64, layers=[0, 2]), build_draft(target, 4, 64, layers=[0, 2], merge=False)
+    a, b = _logits(merged), _logits(parts)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_stacked_low_bit_weights_dequantize_to_the_stacked_weights():
+    """LowBitWeight.concat repacks 4-bit rows into the halves layout of the stacked count; 8-bit stacks."""
+    from engine.lowbit import LowBitWeight
+
+    g = torch.Generator().manual_seed(0)
+    for bits in (4, 8):
+        ws = []
+        for n in (6, 2, 4):
+            rows = n // 2 if bits == 4 else n
+            ws.append(LowBitWeight(torch.randint(0, 256, (rows, 128), dtype=torch.uint8, generator=g),
+                                   torch.rand(n, 2, generator=g), torch.rand(n, 2, generator=g) * 15,
+                                   n, 128, bits, 64, torch.float32))
+        stacked = LowBitWeight.concat(ws)
+        assert stacked.out_features == 12 and stacked.packed.shape == ((6 if bits == 4 else 12), 128)
+        assert torch.equal(stacked.dequantize(torch.float32),
+                           torch.cat([w.dequantize(torch.float32) for w in ws]))
+    with pytest.raises(ValueError, match="same input size"):
+        LowBitWeight.concat([ws[0], LowBitWeight(ws[1].packed[:, :64], ws[1].scale[:, :1], ws[1].zero[:, :1],
+                                                  ws[1].out_features, 64, 8, 64, torch.float32)])
+
+
+def test_a_merged_fused_draft_reads_stacked_packed_weights(target):
+    """On the fused path (Triton's interpreter here) the stacked substitute keeps only packed tensors, and
+    the merged draft's logits are the separate fused draft's."""
+    pytest.importorskip("triton")
+    merged = build_draft(target, 4, 32, layers=[2], fused=True)
+    parts = build_draft(target, 4, 32, layers=[2], fused=True, merge=False)
+    qkv = merged.layers[2].self_attn.qkv_proj
+    assert qkv.fused and "weight" not in dict(qkv.named_buffers())
+    assert torch.equal(qkv.lowbit.dequantize(torch.float32),
+                       torch.cat([getattr(parts.layers[2].self_attn, n).dequantized()
+                                  for n in ("q_proj", "k_proj", "v_proj")]))
+    paths = substitute_paths(merged)
+    assert paths["fused"] == len(LINEAR_NAMES) and paths["resident_bytes"] == paths["packed_bytes"]
+    torch.testing.assert_close(_logits(merged), _logits(parts), rtol=1e-5, atol=1e-5)
