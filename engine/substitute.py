@@ -169,13 +169,18 @@ class StackedSubstitute(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+def _draft_norms(layer: nn.Module) -> None:
+    """A draft layer shell's two norms as DraftRMSNorm (the same weights; one launch each)."""
+    layer.input_layernorm = DraftRMSNorm(layer.input_layernorm)
+    layer.post_attention_layernorm = DraftRMSNorm(layer.post_attention_layernorm)
+
+
 def merge_launches(layer: nn.Module) -> None:
     """Fewer kernel launches in a substituted draft layer (a shell: the target's own layer is untouched):
     q/k/v become one `qkv_proj` and gate/up one `gate_up_proj` (the model's forward uses them when
     present), and its two norms run as torch's fused rms_norm. The separate substitutes are dropped, so
     their memory goes; a substitute cache must be written before this."""
-    layer.input_layernorm = DraftRMSNorm(layer.input_layernorm)
-    layer.post_attention_layernorm = DraftRMSNorm(layer.post_attention_layernorm)
+    _draft_norms(layer)
     attn, mlp = layer.self_attn, layer.mlp
     groups = ((attn, "qkv_proj", ("q_proj", "k_proj", "v_proj")), (mlp, "gate_up_proj", ("gate_proj", "up_proj")))
     for owner, stacked, names in groups:
@@ -228,6 +233,13 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
     quantized = quantized or {}
     draft = _shell(target)
     draft.layers = nn.ModuleList(target.layers)  # same layer objects unless substituted below
+    if merge:
+        # Layers kept at full precision are the target's own linears and attention, in a shell whose norms
+        # take one launch each (DraftRMSNorm, same weights); so is the final norm.
+        draft.norm = DraftRMSNorm(target.norm)
+        for i in set(range(len(target.layers))) - set(chosen):
+            draft.layers[i] = _shell(target.layers[i])
+            _draft_norms(draft.layers[i])
     for n, i in enumerate(chosen):
         layer = _shell(target.layers[i])
         layer.self_attn = _shell(layer.self_attn)

@@ -55,7 +55,9 @@ def test_offloaded_generation_equals_resident_plain_and_subspec(folder, resident
     draft_res = resident.build_draft(4, 64)
     draft_off = off.build_draft(4, 64)
     assert draft_off.substituted_layers == (1, 2)  # only offloaded layers get substitutes
-    assert draft_off.layers[0] is off.decoder.layers[0]  # resident layer shared with the target
+    # The resident layer is shared with the target: its attention and MLP are the target's very modules.
+    assert draft_off.layers[0].self_attn is off.decoder.layers[0].self_attn
+    assert draft_off.layers[0].mlp is off.decoder.layers[0].mlp
     for prompt in ["hello", "streaming weights"]:
         ids = resident.encode(prompt)
         a = summarize(generate_plain(resident, ids, 30), len(ids), "v")

@@ -25,7 +25,7 @@ def test_everything_but_the_substituted_linears_is_the_same_storage(target):
     assert _same(draft.norm.weight, target.norm.weight)
     assert _same(draft.output_weight, target.output_weight)
     assert _same(draft.rotary.inv_freq, target.rotary.inv_freq)
-    assert draft.layers[1] is target.layers[1]  # not substituted: the target's own layer
+    assert draft.layers[1] is target.layers[1]  # not substituted (nor merged): the target's own layer
     for i in (0, 2):
         d, t = draft.layers[i], target.layers[i]
         assert _same(d.input_layernorm.weight, t.input_layernorm.weight)
@@ -198,6 +198,13 @@ def test_a_merged_draft_stacks_the_substitutes_it_was_built_from(target):
         assert _same(m.input_layernorm.weight, t.input_layernorm.weight)
         assert isinstance(t.self_attn.q_proj, torch.nn.Linear) and t.self_attn.qkv_proj is None
         assert type(t.input_layernorm).__name__ == "RMSNorm"
+    # The full-precision layer is the target's attention and MLP (same objects); only its norms are the
+    # draft's (same weights); so is the final norm.
+    kept, t = merged.layers[1], target.layers[1]
+    assert kept.self_attn is t.self_attn and kept.mlp is t.mlp
+    assert isinstance(kept.post_attention_layernorm, DraftRMSNorm) and isinstance(merged.norm, DraftRMSNorm)
+    assert _same(kept.post_attention_layernorm.weight, t.post_attention_layernorm.weight)
+    assert _same(merged.norm.weight, target.norm.weight) and type(target.norm).__name__ == "RMSNorm"
     counts = substitute_paths(merged)
     assert counts["dequantized"] == 2 * len(LINEAR_NAMES)  # counted as the linears they stand for
     assert counts["packed_bytes"] == substitute_paths(parts)["packed_bytes"]
