@@ -182,6 +182,43 @@ def graph_check(device, fused: bool | None = None) -> dict:
             "max_score_difference": float((a.scores - b.scores).abs().max()), "draft_path": draft_path(draft)["kind"]}
 
 
+def draft_step_replay(draft, cache, width: int, device, replays: int = 20) -> dict:
+    """The captured draft step alone (no beam selection, no host work between steps): ms per replay, and on
+    CUDA the kernels one replay runs (count and the costliest, from the profiler), to set against
+    benchmarks/draft_step_launches.py's count and against the bytes the step reads."""
+    from engine.draft_graph import draft_step_for
+
+    step = draft_step_for(draft, cache, width)
+    run = step.graph.replay if step.graph is not None else step._run
+    run()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(replays):
+        run()
+    sync(device)
+    out = {"ms_per_replay": round((time.perf_counter() - t0) * 1e3 / replays, 3), "graph": step.graph is not None}
+    if device.type != "cuda":
+        return out
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                run()
+            sync(device)
+        kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.count]
+        total = sum(e.count for e in kernels)
+        key = "self_device_time_total" if hasattr(kernels[0], "self_device_time_total") else "self_cuda_time_total"
+        kernels.sort(key=lambda e: -getattr(e, key))
+        out["kernels_per_replay"] = round(total / 3, 1)
+        out["kernel_ms_per_replay"] = round(sum(getattr(e, key) for e in kernels) / 3 / 1e3, 3)
+        out["top_kernels"] = [{"name": e.key[:90], "per_replay": round(e.count / 3, 1),
+                               "us_per_replay": round(getattr(e, key) / 3, 1)} for e in kernels[:12]]
+    except Exception as e:  # a profiler that cannot see into graphs must not cost the run its numbers
+        out["profile_error"] = f"{type(e).__name__}: {e}"[:300]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
@@ -309,6 +346,8 @@ def main():
     result["draft_step_ms"] = round(med["draft_forward_s"] / shape.depth * 1e3, 2)
     result["predicted_tokens_per_s_at_paper_tau"] = round(PAPER_TAU / med["total_s"], 2)
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
+    result["draft_step_replay"] = draft_step_replay(draft, cache, shape.topk, device)
+    print(f"[{time.perf_counter() - t_start:6.1f}s] draft step replay: {result['draft_step_replay']}", flush=True)
     result["greedy_identical_to_plain"] = identical_check(target, draft, config, device)
     result["graph_vs_eager_float32"] = graph_check(device, fused)
     result["float32_identity"] = float32_identity_check(device, fused=fused)
@@ -337,6 +376,9 @@ def main():
             ("transfer efficiency (goal >= 0.9)", f"{result['transfer_efficiency']}"),
             (f"SubSpec iteration D{shape.depth} K{shape.topk} ({shape.nodes} nodes)", f"{med['total_s'] * 1e3:.0f} ms"),
             (f"- draft ({shape.depth} steps)", f"{med['draft_s'] * 1e3:.0f} ms ({result['draft_step_ms']} ms a step)"),
+            ("  - the captured step alone (replay; kernels a replay)",
+             f"{result['draft_step_replay']['ms_per_replay']} ms; "
+             f"{result['draft_step_replay'].get('kernels_per_replay', 'n/a')}"),
             ("- verify (one target pass over the tree)", f"{med['verify_s'] * 1e3:.0f} ms"),
             ("- overhead (tree, walk, commit)", f"{med['overhead_s'] * 1e3:.0f} ms"),
             ("iteration / transfer floor (goal <= 1.55; published ~2.24)", f"{result['iteration_over_transfer_floor']}"),

@@ -27,6 +27,7 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     it = out["subspec_iteration"]
     # Medians taken per part (and rounded): the total's is not their sum, but it is at least each of them.
     assert it["total_s"] >= max(it["draft_s"], it["verify_s"]) and min(it["draft_s"], it["verify_s"]) > 0
+    assert out["draft_step_replay"]["ms_per_replay"] > 0  # the captured step timed alone (eager on a CPU)
     assert (tmp_path / "gpu_check_tiny.md").read_text().startswith("| measure | value |")
     # gpu_session.sh then replays the saved auto-depth traces under the times it measured.
     replay = tmp_path / "replay.json"
