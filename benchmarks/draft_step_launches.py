@@ -10,7 +10,8 @@ linears run here as dequantized matmuls; each is counted as the launches the fus
 that projection at Qwen2.5-7B's real sizes on the given GPU's multiprocessor count (one, plus a split-K sum
 when `pick_config` splits K). Attention is one op here; which CUDA backend takes it is not visible on a CPU.
 
-    .venv/bin/python benchmarks/draft_step_launches.py [--out benchmarks/results] [--sms 132]
+    .venv/bin/python benchmarks/draft_step_launches.py [--out benchmarks/results] [--sms 132] [--time]
+    # --time: also time that step on this CPU on a real model (SmolLM2 by default), separate vs merged
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from engine import lowbit  # noqa: E402
+from engine import lowbit, store  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.draft_graph import DraftStep  # noqa: E402
 from engine.substitute import build_draft  # noqa: E402
@@ -119,8 +120,36 @@ def count(merge: bool, width: int, sms: int) -> dict:
             "draft_step_launches_qwen25_7b_8gb": (f["num_hidden_layers"] - 1) * substituted + resident + outside}
 
 
+def time_cpu_steps(model: str, width: int, steps: int = 20, rounds: int = 5) -> dict:
+    """The same fixed-shape draft step of a real model on this CPU, separate and merged, alternating rounds so
+    that machine noise hits both alike (float32, dequantized substitutes: the CPU path)."""
+    import statistics
+    import time
+
+    from engine.loading import load_model
+    from engine.store import resolve_model
+
+    folder, name = resolve_model(model)
+    lm = load_model(folder, "float32", "cpu", name)
+    drafts = {m: build_draft(lm.decoder, 4, 64, fused=False, merge=m) for m in (False, True)}
+    ms = {False: [], True: []}
+    for _ in range(rounds):
+        for m, draft in drafts.items():
+            step = DraftStep(draft, lm.decoder.new_cache(512), width, use_graph=False)
+            step._run()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step._run()
+            ms[m].append((time.perf_counter() - t0) * 1e3 / steps)
+    sep, mer = statistics.median(ms[False]), statistics.median(ms[True])
+    return {"model": name, "separate_ms_per_step": round(sep, 3), "merged_ms_per_step": round(mer, 3),
+            "merged_over_separate": round(mer / sep, 3), "rounds": rounds, "steps_per_round": steps}
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--time", action="store_true", help="also time the step on this CPU on a real model")
+    ap.add_argument("--model", default=store.DEFAULT_MODEL, help="with --time: a stored model")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--sms", type=int, default=132, help="the GPU's multiprocessor count (H100 SXM: 132)")
     ap.add_argument("--width", type=int, default=6, help="tree width K: the rows of a draft step")
@@ -128,6 +157,8 @@ def main():
     rows = [r for r in (count(False, args.width, args.sms), count(True, args.width, args.sms)) if r]
     result = {"model": "Qwen2.5-7B layout (28/4 heads, q/k/v bias) at width 448, bf16, counted on the CPU",
               "sms": args.sms, "width": args.width, "configurations": rows}
+    if args.time:
+        result["cpu_timing"] = time_cpu_steps(args.model, args.width)
     print(json.dumps(result, indent=2))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "draft_step_launches.json"), "w") as f:

@@ -167,7 +167,7 @@ def build_draft_cached(lm, nbits: int = 4, group_size: int = 64, layers=None,
                        cancel: threading.Event | None = None, use_cache: bool = True):
     """`lm.decoder`'s draft, its substitutes read from the cache where present, built (and cached)
     where not. `cancel` is checked between layers; what was finished stays cached."""
-    from .substitute import build_draft, merge_launches
+    from .substitute import build_draft, merge_launches, merges_launches
 
     target = lm.decoder
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
@@ -176,14 +176,16 @@ def build_draft_cached(lm, nbits: int = 4, group_size: int = 64, layers=None,
     cache = SubstituteCache.for_model(lm.path, nbits, group_size, lm.dtype)
     quantized = cache.load(chosen, lm.device)
     hits = {i for i, _ in quantized}
-    draft = build_draft(target, nbits, group_size, [], None, lm.device)  # shares every target module
+    merge = merges_launches(lm.device)
+    draft = build_draft(target, nbits, group_size, [], None, lm.device, merge=merge)  # shares every target module
     for n, i in enumerate(chosen):
         # One layer at a time, so that each finished layer is cached before the next one starts.
         draft.layers[i] = build_draft(target, nbits, group_size, [i], None, lm.device,
                                       quantized=quantized, merge=False).layers[i]
         if i not in hits:
             cache.save_layer(i, layer_substitutes(draft, i))
-        merge_launches(draft.layers[i])
+        if merge:
+            merge_launches(draft.layers[i])
         if progress:
             progress(n + 1, len(chosen))
         if cancel is not None and cancel.is_set() and n + 1 < len(chosen):

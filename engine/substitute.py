@@ -175,6 +175,13 @@ def _draft_norms(layer: nn.Module) -> None:
     layer.post_attention_layernorm = DraftRMSNorm(layer.post_attention_layernorm)
 
 
+def merges_launches(device: torch.device | str) -> bool:
+    """Whether a draft on `device` merges launches by default: on CUDA, where a draft step is hundreds of
+    small kernels and their count sets its time. Not on a CPU, where the math does: the stacked matmuls and
+    torch's CPU rms_norm measured about 5% slower there (benchmarks/draft_step_launches.py --time)."""
+    return torch.device(device).type == "cuda"
+
+
 def merge_launches(layer: nn.Module) -> None:
     """Fewer kernel launches in a substituted draft layer (a shell: the target's own layer is untouched):
     q/k/v become one `qkv_proj` and gate/up one `gate_up_proj` (the model's forward uses them when
@@ -217,7 +224,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
                 progress: Callable[[int, int], None] | None = None,
                 device: torch.device | str | None = None,
                 quantized: Mapping[tuple[int, str], tuple[torch.Tensor, dict]] | None = None,
-                fused: bool | None = None, merge: bool = True) -> Decoder:
+                fused: bool | None = None, merge: bool | None = None) -> Decoder:
     """The substitute draft of `target`: layers in `layers` (default: all) get HQQ substitutes for every
     linear; everything else is the target's very modules. Substitutes are built on `device` (default:
     where the weights are); build the draft before offloading the target, from the full weights.
@@ -226,9 +233,12 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
     (e.g. a substitute cache's); those linears are not quantized again. `fused`: None picks the fused
     low-bit path where it runs (CUDA with Triton), False forces the dequantized one, True requires the
     fused one (on CPU tensors that is Triton's interpreter: slow, for tests). `merge`: each substituted layer
-    runs with fewer launches (`merge_launches`: stacked q/k/v and gate/up, fused norms); off, every linear
-    keeps its own SubstituteLinear (what a substitute cache saves)."""
+    runs with fewer launches (`merge_launches`: stacked q/k/v and gate/up, fused norms), and so do the
+    full-precision layers' norms; off, every linear keeps its own SubstituteLinear (what a substitute cache
+    saves). None: merge on CUDA (`merges_launches`)."""
     device = torch.device(device) if device is not None else None
+    if merge is None:
+        merge = merges_launches(device if device is not None else target.embed_tokens.weight.device)
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
     quantized = quantized or {}
     draft = _shell(target)

@@ -146,7 +146,7 @@ def test_greedy_subspec_with_the_fused_draft_equals_plain_decoding(tmp_path):
     from engine.speculative import TreeShape, generate_subspec
 
     lm = load_model(make_tiny_model_folder(tmp_path, "qwen2"), "float32", "cpu")
-    draft = build_draft(lm.decoder, 4, 32, layers=[1, 2], fused=True)
+    draft = build_draft(lm.decoder, 4, 32, layers=[1, 2], fused=True, merge=True)  # as on CUDA
     ids = lm.encode("the cat sat on")
     plain = summarize(generate_plain(lm, ids, 24), len(ids), "vanilla")
     spec = summarize(generate_subspec(lm, draft, ids, 24, shape=TreeShape(6, 3)), len(ids), "subspec")
@@ -158,6 +158,8 @@ def test_greedy_subspec_with_the_fused_draft_equals_plain_decoding(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_draft_is_fused_by_default_and_agrees_with_the_dequantized_one(tmp_path):
     target = load_decoder(make_tiny_checkpoint(tmp_path, "qwen2"), torch.bfloat16, "cuda")
+    assert all(merged_layer.self_attn.qkv_proj is not None for merged_layer in
+               (build_draft(target, 4, 32, layers=[0], device="cuda").layers[0],))  # merged by default on CUDA
     fused = build_draft(target, 4, 32, layers=[0, 2], device="cuda", merge=False)
     plain = build_draft(target, 4, 32, layers=[0, 2], device="cuda", fused=False, merge=False)
     assert substitute_paths(fused)["dequantized"] == 0 and substitute_paths(plain)["fused"] == 0
@@ -181,7 +183,7 @@ def test_a_merged_draft_stacks_the_substitutes_it_was_built_from(target):
     from engine.substitute import StackedSubstitute
 
     parts = build_draft(target, 4, 64, layers=[0, 2], merge=False)
-    merged = build_draft(target, 4, 64, layers=[0, 2])
+    merged = build_draft(target, 4, 64, layers=[0, 2], merge=True)
     for i in (0, 2):
         p, m, t = parts.layers[i], merged.layers[i], target.layers[i]
         qkv, gate_up = m.self_attn.qkv_proj, m.mlp.gate_up_proj
@@ -211,7 +213,8 @@ def test_a_merged_draft_stacks_the_substitutes_it_was_built_from(target):
 
 
 def test_a_merged_draft_computes_what_the_separate_one_does(target):
-    merged, parts = build_draft(target, 4, 64, layers=[0, 2]), build_draft(target, 4, 64, layers=[0, 2], merge=False)
+    merged = build_draft(target, 4, 64, layers=[0, 2], merge=True)
+    parts = build_draft(target, 4, 64, layers=[0, 2], merge=False)
     a, b = _logits(merged), _logits(parts)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert torch.equal(a.argmax(-1), b.argmax(-1))
@@ -242,7 +245,7 @@ def test_a_merged_fused_draft_reads_stacked_packed_weights(target):
     """On the fused path (Triton's interpreter here) the stacked substitute keeps only packed tensors, and
     the merged draft's logits are the separate fused draft's."""
     pytest.importorskip("triton")
-    merged = build_draft(target, 4, 32, layers=[2], fused=True)
+    merged = build_draft(target, 4, 32, layers=[2], fused=True, merge=True)
     parts = build_draft(target, 4, 32, layers=[2], fused=True, merge=False)
     qkv = merged.layers[2].self_attn.qkv_proj
     assert qkv.fused and "weight" not in dict(qkv.named_buffers())
@@ -252,3 +255,10 @@ def test_a_merged_fused_draft_reads_stacked_packed_weights(target):
     paths = substitute_paths(merged)
     assert paths["fused"] == len(LINEAR_NAMES) and paths["resident_bytes"] == paths["packed_bytes"]
     torch.testing.assert_close(_logits(merged), _logits(parts), rtol=1e-5, atol=1e-5)
+
+
+def test_drafts_merge_launches_by_default_only_on_cuda(target):
+    from engine.substitute import merges_launches
+
+    assert merges_launches("cuda") and merges_launches(torch.device("cuda", 0)) and not merges_launches("cpu")
+    assert build_draft(target, 4, 64, layers=[0]).layers[0].self_attn.qkv_proj is None  # CPU: separate
