@@ -33,10 +33,8 @@ from engine.config import ModelConfig  # noqa: E402
 from engine.draft_graph import DraftStep  # noqa: E402
 from engine.substitute import build_draft  # noqa: E402
 
-QWEN25_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                 max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
-                 tie_word_embeddings=False)
+from benchmarks.gpu_check import QWEN25_7B, random_decoder  # noqa: E402
+
 # The same head layout at a width the CPU builds in a second: 28 x 16 = 448 = 7 groups of 64.
 NARROW = dict(QWEN25_7B, vocab_size=1024, hidden_size=448, intermediate_size=512, num_hidden_layers=2,
               head_dim=16)
@@ -60,7 +58,7 @@ class Census(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if name in NO_KERNEL or (name in ("to", "_to_copy", "contiguous", "clone") and out is (args or [None])[0]):
+        if name in NO_KERNEL or (name == "to" and out is args[0]):  # a cast to the same dtype: no copy
             return out
         if name == "linear":
             self.linear_shapes[self.where].append(tuple(args[1].shape))  # the weight's: which projection
@@ -80,8 +78,6 @@ def lowbit_launches(out_features: int, in_features: int, sms: int, rows: int, gr
 def count(merge: bool, width: int, sms: int) -> dict:
     config = ModelConfig.from_dict(NARROW)
     torch.manual_seed(0)
-    from benchmarks.gpu_check import random_decoder
-
     target = random_decoder(config, torch.device("cpu"), torch.bfloat16)
     kwargs = {"merge": merge} if "merge" in inspect.signature(build_draft).parameters else {}
     if merge and not kwargs:
@@ -103,7 +99,8 @@ def count(merge: bool, width: int, sms: int) -> dict:
     n, f = NARROW, QWEN25_7B
     q, kv = n["num_attention_heads"] * n["head_dim"], n["num_key_value_heads"] * n["head_dim"]
     h, i = n["hidden_size"], n["intermediate_size"]
-    fq, fkv, fh, fi = 3584, 512, f["hidden_size"], f["intermediate_size"]
+    fd = f["hidden_size"] // f["num_attention_heads"]
+    fq, fkv, fh, fi = f["num_attention_heads"] * fd, f["num_key_value_heads"] * fd, f["hidden_size"], f["intermediate_size"]
     full = {(q, h): (fq, fh), (kv, h): (fkv, fh), (h, q): (fh, fq), (i, h): (fi, fh), (h, i): (fh, fi),
             (q + 2 * kv, h): (fq + 2 * fkv, fh), (2 * i, h): (2 * fi, fh)}
     sub = census.ops["layer 1"]

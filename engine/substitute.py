@@ -56,7 +56,23 @@ def _meta_for(meta: dict, dtype: torch.dtype, device: torch.device | None) -> di
     return out
 
 
-class SubstituteLinear(nn.Module):
+class _LowBitLinear(nn.Module):
+    """What a substitute computes with: `.lowbit` (the fused kernel's packed weight) or, off the fused path,
+    a dequantized `.weight`; and `.bias`. `parts`: how many of the target's linears it stands for."""
+
+    parts = 1
+
+    @property
+    def fused(self) -> bool:
+        return self.lowbit is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lowbit is not None:
+            return lowbit.lowbit_linear(x, self.lowbit, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+class SubstituteLinear(_LowBitLinear):
     """A low-bit stand-in for one nn.Linear of the target. The bias (if any) is the target's own tensor.
 
     `.packed` and `.meta` are hqq's (what a substitute cache saves and gives back as `quantized`). With
@@ -98,10 +114,6 @@ class SubstituteLinear(nn.Module):
             self.register_buffer("weight", hqq_dequantize(self.packed, self.meta).to(dtype), persistent=False)
 
     @property
-    def fused(self) -> bool:
-        return self.lowbit is not None
-
-    @property
     def packed_bytes(self) -> int:
         """Memory the substitute's packed form takes (on the fused path, all that it keeps)."""
         extra = sum(v.numel() * v.element_size() for v in self.meta.values() if isinstance(v, torch.Tensor))
@@ -116,13 +128,8 @@ class SubstituteLinear(nn.Module):
         """The full weight the substitute stands for (either path: the same numbers)."""
         return self.lowbit.dequantize(self.meta["scale"].dtype) if self.fused else self.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lowbit is not None:
-            return lowbit.lowbit_linear(x, self.lowbit, self.bias)
-        return F.linear(x, self.weight, self.bias)
 
-
-class StackedSubstitute(nn.Module):
+class StackedSubstitute(_LowBitLinear):
     """Several substitutes that read the same input (q, k and v; gate and up) as one linear with their
     output rows stacked: one launch of the fused kernel (or one matmul) instead of several. A draft step
     is dozens of small launches a layer, and on a fast GPU their count, not the bytes they read, sets its
@@ -149,10 +156,6 @@ class StackedSubstitute(nn.Module):
             self.register_buffer("weight", torch.cat([p.weight for p in parts]), persistent=False)
 
     @property
-    def fused(self) -> bool:
-        return self.lowbit is not None
-
-    @property
     def packed_bytes(self) -> int:
         """What the packed form takes (on the fused path, all that is kept)."""
         return self._packed_bytes
@@ -162,11 +165,6 @@ class StackedSubstitute(nn.Module):
         """Memory held now: the packed stack, or off the fused path only the dequantized one (the parts'
         packed tensors, kept by a SubstituteLinear for saving, are gone)."""
         return self.packed_bytes if self.fused else self.weight.numel() * self.weight.element_size()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lowbit is not None:
-            return lowbit.lowbit_linear(x, self.lowbit, self.bias)
-        return F.linear(x, self.weight, self.bias)
 
 
 def _draft_norms(layer: nn.Module) -> None:
@@ -202,10 +200,8 @@ def merge_launches(layer: nn.Module) -> None:
 def substitute_paths(draft: nn.Module) -> dict[str, int]:
     """How many of a draft's substitutes (counted as the target's linears they stand for) run fused and
     how many dequantized, and the bytes they hold."""
-    subs = [m for m in draft.modules() if isinstance(m, (SubstituteLinear, StackedSubstitute))]
-    count = [getattr(s, "parts", 1) for s in subs]
-    return {"fused": sum(c for s, c in zip(subs, count) if s.fused),
-            "dequantized": sum(c for s, c in zip(subs, count) if not s.fused),
+    subs = [m for m in draft.modules() if isinstance(m, _LowBitLinear)]
+    return {"fused": sum(s.parts for s in subs if s.fused), "dequantized": sum(s.parts for s in subs if not s.fused),
             "packed_bytes": sum(s.packed_bytes for s in subs), "resident_bytes": sum(s.resident_bytes for s in subs)}
 
 
