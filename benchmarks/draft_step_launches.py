@@ -26,9 +26,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes  # noqa: E402
 
-from engine import lowbit, store  # noqa: E402
+from engine import draft_kernels, lowbit, store  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.draft_graph import DraftStep  # noqa: E402
 from engine.substitute import build_draft  # noqa: E402
@@ -65,6 +65,15 @@ class Census(TorchDispatchMode):
         self.ops[self.where][name] += 1
         return out
 
+    def fused(self, name: str, fn):
+        """engine.draft_kernels' `fn` counted as the one kernel it launches on CUDA (here Triton's
+        interpreter runs it, whose host-side copies are not the GPU's launches)."""
+        def counted(*args, **kwargs):
+            self.ops[self.where][name] += 1
+            with _disable_current_modes():
+                return fn(*args, **kwargs)
+        return counted
+
 
 def lowbit_launches(out_features: int, in_features: int, sms: int, rows: int, group: int = 64) -> int:
     """Kernels the fused low-bit linear launches for a 4-bit [out, in] substitute at `rows` rows."""
@@ -75,12 +84,16 @@ def lowbit_launches(out_features: int, in_features: int, sms: int, rows: int, gr
     return 1 + (lowbit.pick_config(rows, w, torch.device("meta"), sms=sms).split_k > 1)
 
 
-def count(merge: bool, width: int, sms: int) -> dict:
+FUSED_KERNELS = ("add_rms_norm", "silu_mul", "rotary_store")
+
+
+def count(merge: bool, width: int, sms: int, fused_ops: bool = False) -> dict:
     config = ModelConfig.from_dict(NARROW)
     torch.manual_seed(0)
     target = random_decoder(config, torch.device("cpu"), torch.bfloat16)
-    kwargs = {"merge": merge} if "merge" in inspect.signature(build_draft).parameters else {}
-    if merge and not kwargs:
+    params = inspect.signature(build_draft).parameters  # older commits (the baseline's) lack some options
+    kwargs = {k: v for k, v in (("merge", merge), ("fused_ops", fused_ops)) if k in params}
+    if (merge and "merge" not in kwargs) or (fused_ops and "fused_ops" not in kwargs):
         return {}
     draft = build_draft(target, 4, 64, layers=[1], fused=False, **kwargs)  # layer 0 resident, 1 substituted
     step = DraftStep(draft, target.new_cache(256), width, use_graph=False)
@@ -89,10 +102,17 @@ def count(merge: bool, width: int, sms: int) -> dict:
     for i, layer in enumerate(draft.layers):
         hooks.append(layer.register_forward_pre_hook(lambda m, a, i=i: setattr(census, "where", f"layer {i}")))
         hooks.append(layer.register_forward_hook(lambda m, a, o: setattr(census, "where", "outside")))
-    with census:
-        step._run()
-    for h in hooks:
-        h.remove()
+    originals = {name: getattr(draft_kernels, name) for name in FUSED_KERNELS}
+    try:
+        for name, fn in originals.items():
+            setattr(draft_kernels, name, census.fused(name, fn))
+        with census:
+            step._run()
+    finally:
+        for name, fn in originals.items():
+            setattr(draft_kernels, name, fn)
+        for h in hooks:
+            h.remove()
 
     # Each substituted projection (known by its weight's shape at the narrow width) counted as the low-bit
     # launches it makes at full size. The resident layer's linears are cuBLAS calls: one launch each.
@@ -109,7 +129,7 @@ def count(merge: bool, width: int, sms: int) -> dict:
     substituted = sum(sub.values()) - linears_narrow + lowbit_kernels
     resident = sum(census.ops["layer 0"].values())
     outside = sum(census.ops["outside"].values())
-    return {"merge": merge, "ops_substituted_layer": dict(sub), "ops_resident_layer": dict(census.ops["layer 0"]),
+    return {"merge": merge, "fused_ops": fused_ops, "ops_substituted_layer": dict(sub), "ops_resident_layer": dict(census.ops["layer 0"]),
             "ops_outside_layers": dict(census.ops["outside"]),
             "substituted_layer_launches": substituted, "of_which_low_bit": lowbit_kernels,
             "resident_layer_launches": resident, "outside_layers_launches": outside,
@@ -151,7 +171,8 @@ def main():
     ap.add_argument("--sms", type=int, default=132, help="the GPU's multiprocessor count (H100 SXM: 132)")
     ap.add_argument("--width", type=int, default=6, help="tree width K: the rows of a draft step")
     args = ap.parse_args()
-    rows = [r for r in (count(False, args.width, args.sms), count(True, args.width, args.sms)) if r]
+    rows = [r for r in (count(False, args.width, args.sms), count(True, args.width, args.sms),
+                        count(True, args.width, args.sms, fused_ops=True)) if r]
     result = {"model": "Qwen2.5-7B layout (28/4 heads, q/k/v bias) at width 448, bf16, counted on the CPU",
               "sms": args.sms, "width": args.width, "configurations": rows}
     if args.time:
@@ -161,7 +182,7 @@ def main():
     with open(os.path.join(args.out, "draft_step_launches.json"), "w") as f:
         json.dump(result, f, indent=2)
     for r in rows:
-        print(f"merge={r['merge']}: substituted layer {r['substituted_layer_launches']} launches "
+        print(f"merge={r['merge']} fused_ops={r.get('fused_ops', False)}: substituted layer {r['substituted_layer_launches']} launches "
               f"({r['of_which_low_bit']} low-bit), resident layer {r['resident_layer_launches']}, outside "
               f"{r['outside_layers_launches']}; a Qwen2.5-7B draft step under 8 GB: "
               f"{r['draft_step_launches_qwen25_7b_8gb']}")

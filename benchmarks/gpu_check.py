@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from engine import lowbit  # noqa: E402
+from engine import draft_kernels, lowbit  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.generate import decode_mask, streamed_bytes  # noqa: E402
 from engine.masks import causal_mask  # noqa: E402
@@ -143,10 +143,24 @@ def draft_path(draft) -> dict:
     """Which path the draft's substitutes run on, and the bytes they hold."""
     paths = substitute_paths(draft)
     kind = "fused" if not paths["dequantized"] else "dequantized" if not paths["fused"] else "mixed"
-    return {"kind": kind, **paths}
+    return {"kind": kind, **paths, "fused_elementwise_ops": bool(getattr(draft, "fused_ops", False))}
 
 
-def float32_identity_check(device, tokens: int = 48, fused: bool | None = None) -> dict:
+def set_fused_ops(draft, on: bool) -> None:
+    """Switch a fused-ops draft's elementwise kernels (engine.draft_kernels) on or off in every layer (its
+    shells carry the flags), and drop its captured steps, so the same substitutes can be timed both ways."""
+    for layer in draft.layers:
+        layer.fused_ops = layer.self_attn.fused_ops = layer.mlp.fused_ops = on
+    draft.__dict__.pop("_draft_steps", None)
+
+
+def _ops(fused_ops: bool | None) -> dict:
+    """build_draft's options for `fused_ops` (None: the device's default; True: merged, on the kernels)."""
+    return {} if fused_ops is None else {"merge": True, "fused_ops": True} if fused_ops else {"fused_ops": False}
+
+
+def float32_identity_check(device, tokens: int = 48, fused: bool | None = None,
+                           fused_ops: bool | None = None) -> dict:
     """The whole GPU path -- streamed layers, captured draft steps, tree verification, commit -- in
     float32 on a small random model: greedy SubSpec must equal plain decoding token for token, and so must
     a seeded sampled answer with auto depth (the position-keyed draws: the int64 hash and the inverse-CDF
@@ -155,7 +169,7 @@ def float32_identity_check(device, tokens: int = 48, fused: bool | None = None) 
     config = ModelConfig.from_dict(dict(TINY, hidden_size=512, intermediate_size=1024, num_hidden_layers=6,
                                         vocab_size=4096, num_attention_heads=8, num_key_value_heads=2))
     target = random_decoder(config, device, torch.float32)
-    draft = build_draft(target, 4, 64, layers=range(2, 6), device=device, fused=fused)
+    draft = build_draft(target, 4, 64, layers=range(2, 6), device=device, fused=fused, **_ops(fused_ops))
     offload(target, 2, device)
     seeded = SamplingParams(temperature=0.8, top_p=0.95, seed=5)
     sampled = identical_check(target, draft, config, device, tokens, seeded, TreeShape(8, 4, auto=True))
@@ -163,14 +177,14 @@ def float32_identity_check(device, tokens: int = 48, fused: bool | None = None) 
             "sampled_auto_depth": sampled}
 
 
-def graph_check(device, fused: bool | None = None) -> dict:
+def graph_check(device, fused: bool | None = None, fused_ops: bool | None = None) -> dict:
     """In float32, the captured fixed-shape draft steps grow exactly the tree the eager steps grow."""
     from engine.generate import prefill
     from engine.sampling import select_tokens
 
     config = ModelConfig.from_dict(dict(TINY, hidden_size=256, intermediate_size=512))
     target = random_decoder(config, device, torch.float32)
-    draft = build_draft(target, 4, 64, device=device, fused=fused)
+    draft = build_draft(target, 4, 64, device=device, fused=fused, **_ops(fused_ops))
     ids = torch.randint(0, config.vocab_size, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     trees = []
     for fixed in (False, True):
@@ -231,8 +245,12 @@ def main():
     ap.add_argument("--only-checks", action="store_true", help="only the float32 correctness checks")
     ap.add_argument("--dequantized-draft", action="store_true",
                     help="substitutes as dequantized weights (the path before the fused low-bit kernel)")
+    ap.add_argument("--fused-ops", action="store_true",
+                    help="the draft merged and on its fused elementwise kernels even off CUDA (interpreted there: "
+                         "checks the script's side-by-side timing); on CUDA they are on by default")
     args = ap.parse_args()
     fused = False if args.dequantized_draft else None  # None: fused wherever it runs
+    fused_ops = True if args.fused_ops else None  # None: the device's default (on CUDA, on)
     suffix = "_dequantized" if args.dequantized_draft else ""
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -245,8 +263,8 @@ def main():
               "vram_cap_gb": args.vram_gb, "depth": shape.depth, "topk": shape.topk, "tree_nodes": shape.nodes}
     t_start = time.perf_counter()
     if args.only_checks:
-        checks = {"float32_identity": float32_identity_check(device, fused=fused),
-                  "graph_vs_eager_float32": graph_check(device, fused)}
+        checks = {"float32_identity": float32_identity_check(device, fused=fused, fused_ops=fused_ops),
+                  "graph_vs_eager_float32": graph_check(device, fused, fused_ops)}
         print(json.dumps(checks, indent=2))
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, f"gpu_checks_float32{suffix}.json"), "w") as f:
@@ -265,7 +283,7 @@ def main():
 
     target = random_decoder(config, device, dtype)
     offloaded = list(range(resident, config.num_layers))
-    draft = build_draft(target, 4, 64, layers=offloaded, device=device, fused=fused)
+    draft = build_draft(target, 4, 64, layers=offloaded, device=device, fused=fused, **_ops(fused_ops))
     result["draft_path"] = draft_path(draft)
     streamer = offload(target, resident, device)
     if device.type == "cuda":
@@ -348,14 +366,24 @@ def main():
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
     result["draft_step_replay"] = draft_step_replay(draft, cache, shape.topk, device)
     print(f"[{time.perf_counter() - t_start:6.1f}s] draft step replay: {result['draft_step_replay']}", flush=True)
+    if getattr(draft, "fused_ops", False):
+        # The same step with the elementwise work as eager ops, side by side: what the fused kernels gain.
+        set_fused_ops(draft, False)
+        result["draft_step_replay_eager_elementwise"] = draft_step_replay(draft, cache, shape.topk, device)
+        set_fused_ops(draft, True)
+        print(f"[{time.perf_counter() - t_start:6.1f}s] the same step, eager elementwise ops: "
+              f"{result['draft_step_replay_eager_elementwise']}", flush=True)
     result["greedy_identical_to_plain"] = identical_check(target, draft, config, device)
-    result["graph_vs_eager_float32"] = graph_check(device, fused)
-    result["float32_identity"] = float32_identity_check(device, fused=fused)
+    result["graph_vs_eager_float32"] = graph_check(device, fused, fused_ops)
+    result["float32_identity"] = float32_identity_check(device, fused=fused, fused_ops=fused_ops)
     print(f"[{time.perf_counter() - t_start:6.1f}s] lossless check: {result['greedy_identical_to_plain']}", flush=True)
     result["streamed_bytes_total"] = streamed_bytes(target)
     # Whether the fused kernel's fast dequantization passed its once-per-device check (and so ran above).
     result["fast_dequant_verified"] = {f"{d} {str(t).removeprefix('torch.')}": ok
                                        for (d, t), ok in lowbit._FAST_VERIFIED.items()}
+    # Whether the draft's fused elementwise kernels passed their once-per-device check (and so ran above).
+    result["draft_kernels_usable"] = {f"{d} {str(t).removeprefix('torch.')}": ok
+                                      for (d, t), ok in draft_kernels._USABLE.items()}
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result, indent=2), flush=True)
 
@@ -368,7 +396,8 @@ def main():
             ("draft substitutes (fused: packed 4-bit read by the kernel)",
              f"{result['draft_path']['kind']}, {result['draft_path']['resident_bytes'] / 1e9:.2f} GB held "
              f"({result['draft_path']['packed_bytes'] / 1e9:.2f} GB packed); fast dequantization verified: "
-             f"{result['fast_dequant_verified'] or 'not used'}"),
+             f"{result['fast_dequant_verified'] or 'not used'}; fused elementwise kernels: "
+             f"{result['draft_path']['fused_elementwise_ops']}"),
             ("streamed per target pass", f"{offloaded_bytes / 1e9:.2f} GB"),
             ("pinned H2D bandwidth", f"{result['h2d_bandwidth_gbps']} GB/s"),
             ("transfer floor (bytes / bandwidth)", f"{floor_s * 1e3:.0f} ms"),
@@ -379,6 +408,10 @@ def main():
             ("  - the captured step alone (replay; kernels a replay)",
              f"{result['draft_step_replay']['ms_per_replay']} ms; "
              f"{result['draft_step_replay'].get('kernels_per_replay', 'n/a')}"),
+            ("  - the same step with eager elementwise ops (no engine.draft_kernels)",
+             f"{result['draft_step_replay_eager_elementwise']['ms_per_replay']} ms; "
+             f"{result['draft_step_replay_eager_elementwise'].get('kernels_per_replay', 'n/a')}"
+             if "draft_step_replay_eager_elementwise" in result else "not run (draft on eager ops)"),
             ("- verify (one target pass over the tree)", f"{med['verify_s'] * 1e3:.0f} ms"),
             ("- overhead (tree, walk, commit)", f"{med['overhead_s'] * 1e3:.0f} ms"),
             ("iteration / transfer floor (goal <= 1.55; published ~2.24)", f"{result['iteration_over_transfer_floor']}"),

@@ -185,7 +185,7 @@ def build_draft_cached(lm, nbits: int = 4, group_size: int = 64, layers=None,
         if i not in hits:
             cache.save_layer(i, layer_substitutes(draft, i))
         if merge:
-            merge_launches(draft.layers[i])
+            merge_launches(draft.layers[i], draft.fused_ops)
         if progress:
             progress(n + 1, len(chosen))
         if cancel is not None and cancel.is_set() and n + 1 < len(chosen):

@@ -341,21 +341,29 @@ if triton is not None:
         _store(y_ptr + (offs // N) * stride_ym + n, acc, ok, ROUND, EMULATE)
 
 
-@functools.lru_cache(maxsize=None)
-def _kernels(interpret: bool):
-    if not interpret or not isinstance(_lowbit_kernel, triton.runtime.JITFunction):
-        return _lowbit_kernel, _splitk_sum_kernel  # compiled (or TRITON_INTERPRET=1 made them all interpreted)
-    # Triton's interpreter on request: a kernel's helpers must be interpreted too, so every @triton.jit
-    # function here is rebound to a copy of this module's globals in which each one is its interpreted twin.
+def interpreted(module_globals: dict, *names: str) -> tuple:
+    """The @triton.jit functions `names` of a module as Triton's interpreter runs them (on CPU tensors). A
+    kernel's helpers must be interpreted too, so every @triton.jit function of the module is rebound to a
+    copy of its globals in which each one is its interpreted twin. Under TRITON_INTERPRET=1 they already
+    are, and come back as they are."""
+    if not all(isinstance(module_globals[n], triton.runtime.JITFunction) for n in names):
+        return tuple(module_globals[n] for n in names)
     from triton.runtime.interpreter import InterpretedFunction
 
-    scope = dict(globals())
-    for name, value in globals().items():
+    scope = dict(module_globals)
+    for name, value in module_globals.items():
         if isinstance(value, triton.runtime.JITFunction):
             fn = value.fn
             scope[name] = InterpretedFunction(
                 types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__))
-    return scope["_lowbit_kernel"], scope["_splitk_sum_kernel"]
+    return tuple(scope[n] for n in names)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(interpret: bool):
+    if not interpret:
+        return _lowbit_kernel, _splitk_sum_kernel
+    return interpreted(globals(), "_lowbit_kernel", "_splitk_sum_kernel")
 
 
 def fast_dequant_applies(x_dtype: torch.dtype, w: LowBitWeight) -> bool:

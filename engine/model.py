@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import draft_kernels
 from .config import ModelConfig
 from .kv_cache import KVCache
 
@@ -131,10 +132,26 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
         self.qkv_proj = None  # q, k and v stacked: only in draft layers (engine.substitute.merge_launches)
+        self.fused_ops = False  # engine.draft_kernels' rotary_store: only in draft layers (merge_launches)
 
     def forward(self, x, cos, sin, mask, cache: KVCache, layer: int, start: int, slots=None):
         T = x.shape[1]
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.fused_ops and self.q_norm is None:
+            # A draft layer: q and k rotated and k and v stored at their slots by one kernel.
+            if self.qkv_proj is not None:
+                q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
+            else:
+                q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            at = slots
+            if at is None:
+                if start + T > cache.capacity:
+                    raise IndexError(f"KV cache full: slot {start + T} > capacity {cache.capacity}")
+                at = torch.arange(start, start + T, device=x.device)
+            q = draft_kernels.rotary_store(q, k, v, cos, sin, cache.k[layer], cache.v[layer], at, H, Hkv, D)
+            keys, values = cache.view(layer, start + T if slots is None else cache.capacity)
+            out = attend(q, keys, values, mask)
+            return self.o_proj(out.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim))
         if self.qkv_proj is not None and self.q_norm is None:
             # A draft layer's stacked substitutes: one launch for q, k and v, and q and k lie side by side
             # in its output, so one rotation covers both (the same numbers, half the launches).
@@ -169,11 +186,16 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.gate_up_proj = None  # gate and up stacked: only in draft layers (merge_launches)
+        self.fused_ops = False  # silu(gate) * up in one kernel (engine.draft_kernels): only in draft layers
 
     def forward(self, x):
         if self.gate_up_proj is not None:
             gate, up = self.gate_up_proj(x).split(self.gate_up_proj.sizes, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+        elif self.fused_ops:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(draft_kernels.silu_mul(gate, up) if self.fused_ops else F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -184,9 +206,15 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
+        self.fused_ops = False  # the residual add and the second norm in one kernel: only in draft layers
 
     def forward(self, h, cos, sin, mask, cache, layer, start, slots=None):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer, start, slots)
+        a = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer, start, slots)
+        if self.fused_ops:
+            norm = self.post_attention_layernorm
+            h, x = draft_kernels.add_rms_norm(h, a, norm.weight, norm.eps)
+            return h + self.mlp(x)
+        h = h + a
         return h + self.mlp(self.post_attention_layernorm(h))
 
 

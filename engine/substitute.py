@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lowbit
+from . import draft_kernels, lowbit
 from .errors import SubspecError
 from .model import LINEAR_NAMES, Decoder, DraftRMSNorm
 
@@ -180,12 +180,27 @@ def merges_launches(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def merge_launches(layer: nn.Module) -> None:
+def fuses_ops(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether a merged draft on `device` runs engine.draft_kernels' fused elementwise kernels by default:
+    on CUDA, once they have been checked there (`draft_kernels.usable`); on a CPU they would interpret."""
+    return torch.device(device).type == "cuda" and draft_kernels.usable(device, dtype)
+
+
+def _fuse_ops(layer: nn.Module) -> None:
+    """A draft layer shell (with its own attention and MLP shells) on the fused elementwise kernels:
+    residual add + norm, rotary + KV store, silu * up."""
+    layer.fused_ops = layer.self_attn.fused_ops = layer.mlp.fused_ops = True
+
+
+def merge_launches(layer: nn.Module, fused_ops: bool = False) -> None:
     """Fewer kernel launches in a substituted draft layer (a shell: the target's own layer is untouched):
     q/k/v become one `qkv_proj` and gate/up one `gate_up_proj` (the model's forward uses them when
-    present), and its two norms run as torch's fused rms_norm. The separate substitutes are dropped, so
-    their memory goes; a substitute cache must be written before this."""
+    present), and its two norms run as torch's fused rms_norm; with `fused_ops`, the elementwise steps
+    between them as engine.draft_kernels' kernels. The separate substitutes are dropped, so their memory
+    goes; a substitute cache must be written before this."""
     _draft_norms(layer)
+    if fused_ops:
+        _fuse_ops(layer)
     attn, mlp = layer.self_attn, layer.mlp
     groups = ((attn, "qkv_proj", ("q_proj", "k_proj", "v_proj")), (mlp, "gate_up_proj", ("gate_proj", "up_proj")))
     for owner, stacked, names in groups:
@@ -220,7 +235,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
                 progress: Callable[[int, int], None] | None = None,
                 device: torch.device | str | None = None,
                 quantized: Mapping[tuple[int, str], tuple[torch.Tensor, dict]] | None = None,
-                fused: bool | None = None, merge: bool | None = None) -> Decoder:
+                fused: bool | None = None, merge: bool | None = None, fused_ops: bool | None = None) -> Decoder:
     """The substitute draft of `target`: layers in `layers` (default: all) get HQQ substitutes for every
     linear; everything else is the target's very modules. Substitutes are built on `device` (default:
     where the weights are); build the draft before offloading the target, from the full weights.
@@ -231,10 +246,19 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
     fused one (on CPU tensors that is Triton's interpreter: slow, for tests). `merge`: each substituted layer
     runs with fewer launches (`merge_launches`: stacked q/k/v and gate/up, fused norms), and so do the
     full-precision layers' norms; off, every linear keeps its own SubstituteLinear (what a substitute cache
-    saves). None: merge on CUDA (`merges_launches`)."""
+    saves). None: merge on CUDA (`merges_launches`). `fused_ops` (merged drafts only): every layer's
+    elementwise steps as engine.draft_kernels' fused kernels; None: on CUDA once checked there (`fuses_ops`),
+    True on a CPU runs them in Triton's interpreter (tests). The draft's `fused_ops` says what was chosen."""
     device = torch.device(device) if device is not None else None
+    where = device if device is not None else target.embed_tokens.weight.device
     if merge is None:
-        merge = merges_launches(device if device is not None else target.embed_tokens.weight.device)
+        merge = merges_launches(where)
+    if fused_ops is None:
+        fused_ops = merge and fuses_ops(where, target.embed_tokens.weight.dtype)
+    elif fused_ops and not merge:
+        raise SubspecError("the fused elementwise kernels run in merged drafts only (merge=True)")
+    elif fused_ops and not draft_kernels.available():
+        raise SubspecError("the fused elementwise kernels need Triton (pip install triton)")
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
     quantized = quantized or {}
     draft = _shell(target)
@@ -246,6 +270,10 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
         for i in set(range(len(target.layers))) - set(chosen):
             draft.layers[i] = _shell(target.layers[i])
             _draft_norms(draft.layers[i])
+            if fused_ops:  # the target's own attention and MLP, in shells that carry the draft's flags
+                draft.layers[i].self_attn = _shell(target.layers[i].self_attn)
+                draft.layers[i].mlp = _shell(target.layers[i].mlp)
+                _fuse_ops(draft.layers[i])
     for n, i in enumerate(chosen):
         layer = _shell(target.layers[i])
         layer.self_attn = _shell(layer.self_attn)
@@ -256,10 +284,11 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
             setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), nbits, group_size, device,
                                                   quantized.get((i, name)), fused))
         if merge:
-            merge_launches(layer)
+            merge_launches(layer, fused_ops)
         draft.layers[i] = layer
         if progress:
             progress(n + 1, len(chosen))
     draft.substituted_layers = tuple(chosen)
+    draft.fused_ops = fused_ops
     draft.streamer = None  # the draft never streams: its offloaded layers are the substitutes
     return draft

@@ -18,8 +18,12 @@ def run_script(name, *args, env=None):
 
 
 def test_gpu_check_runs_on_its_tiny_model(tmp_path):
-    run_script("gpu_check.py", "--tiny", "--out", str(tmp_path))
+    # --fused-ops: the draft as on CUDA by default, on engine.draft_kernels (interpreted here), so the
+    # checks and the side-by-side step timing run the device's path.
+    run_script("gpu_check.py", "--tiny", "--fused-ops", "--out", str(tmp_path))
     out = json.loads((tmp_path / "gpu_check_tiny.json").read_text())
+    assert out["draft_path"]["fused_elementwise_ops"] is True
+    assert out["draft_step_replay_eager_elementwise"]["ms_per_replay"] > 0
     assert out["greedy_identical_to_plain"]["identical"] is True
     assert out["graph_vs_eager_float32"]["same_tree"] is True
     assert out["float32_identity"]["identical"] is True

@@ -29,6 +29,18 @@ def test_merged_draft_layers_launch_less_than_half(census):
     assert merged["draft_step_launches_qwen25_7b_8gb"] < separate["draft_step_launches_qwen25_7b_8gb"] / 2
 
 
+def test_fused_elementwise_kernels_take_a_draft_layer_to_13_launches(census):
+    """engine.draft_kernels on top of merging: residual add + norm, rotary + KV store, silu * up as one
+    kernel each. What is left a substituted layer: a norm, the 7 low-bit launches, the fused three,
+    attention and one residual add."""
+    merged, fused = census.count(True, 6, 132), census.count(True, 6, 132, fused_ops=True)
+    assert fused["ops_substituted_layer"] == {"rms_norm": 1, "linear": 4, "rotary_store": 1, "add_rms_norm": 1,
+                                              "scaled_dot_product_attention": 1, "silu_mul": 1, "add": 1}
+    assert fused["substituted_layer_launches"] == 13 < merged["substituted_layer_launches"]
+    assert fused["resident_layer_launches"] == 13 < merged["resident_layer_launches"]
+    assert fused["draft_step_launches_qwen25_7b_8gb"] < 0.7 * merged["draft_step_launches_qwen25_7b_8gb"]
+
+
 def test_the_census_sees_every_launching_op(census):
     """A merged substituted layer, op by op: nothing a CUDA step would launch is missed or double counted."""
     ops = census.count(True, 6, 132)["ops_substituted_layer"]

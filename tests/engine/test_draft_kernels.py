@@ -1,0 +1,207 @@
+"""engine.draft_kernels: the draft's fused elementwise kernels (Triton's interpreter here) against the eager ops
+they replace, compiled for real GPUs without spilling, and a draft on them: the target untouched, the same
+tree captured-shape or not, and speculative output still exactly the target's."""
+
+import os
+import warnings
+
+import pytest
+import torch
+from tiny_models import make_tiny_checkpoint
+
+pytest.importorskip("triton")
+
+from engine import draft_kernels  # noqa: E402
+from engine.errors import SubspecError  # noqa: E402
+from engine.loading import load_decoder  # noqa: E402
+from engine.model import apply_rotary  # noqa: E402
+from engine.substitute import build_draft  # noqa: E402
+
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+       torch.float16: dict(atol=2e-3, rtol=2e-3)}
+DTYPES = list(TOL)
+
+
+def _rand(gen, *shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_is_the_residual_add_then_rms_norm(dtype):
+    gen = torch.Generator().manual_seed(1)
+    h, d, w = _rand(gen, 1, 5, 200, dtype=dtype), _rand(gen, 1, 5, 200, dtype=dtype), _rand(gen, 200, dtype=dtype)
+    s, out = draft_kernels.add_rms_norm(h, d, w, 1e-5)
+    ref_s, ref_out = draft_kernels.add_rms_norm_reference(h, d, w, 1e-5)
+    assert s.shape == out.shape == h.shape and s.dtype == out.dtype == dtype
+    assert torch.equal(s, ref_s)  # one rounding of an exact sum: the same residual stream
+    torch.testing.assert_close(out, ref_out, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_reads_gate_and_up_from_one_stacked_output(dtype):
+    gen = torch.Generator().manual_seed(2)
+    gu = _rand(gen, 1, 6, 2 * 300, dtype=dtype) * 3
+    gate, up = gu.split(300, dim=-1)  # strided views, as the stacked gate|up substitute gives them
+    out = draft_kernels.silu_mul(gate, up)
+    assert out.shape == (1, 6, 300) and out.is_contiguous()
+    torch.testing.assert_close(out, draft_kernels.silu_mul_reference(gate, up), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_store_rotates_q_and_k_and_stores_k_and_v_only_at_the_slots(dtype):
+    gen = torch.Generator().manual_seed(3)
+    t, heads, kv_heads, d, capacity = 4, 7, 1, 32, 12  # 7 query heads: the padded head block is masked
+    qkv = _rand(gen, 1, t, (heads + 2 * kv_heads) * d, dtype=dtype)
+    q, k, v = qkv.split((heads * d, kv_heads * d, kv_heads * d), dim=-1)
+    pos = torch.tensor([9, 3, 4, 17])
+    freqs = pos.float()[:, None] * (1.0 / 10000 ** (torch.arange(0, d, 2).float() / d))[None]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    sin[:, : d // 2].neg_()  # signed, as engine.model.Rotary gives it
+    cos, sin = cos.to(dtype), sin.to(dtype)
+    kc = torch.full((1, kv_heads, capacity, d), 7.0, dtype=dtype)
+    vc = kc.clone()
+    slots = torch.tensor([10, 2, 3, 0])
+    qo = draft_kernels.rotary_store(q, k, v, cos, sin, kc, vc, slots, heads, kv_heads, d)
+
+    def bhtd(x, n):
+        return x.view(1, t, n, d).transpose(1, 2)
+
+    assert qo.shape == (1, heads, t, d)
+    torch.testing.assert_close(qo, apply_rotary(bhtd(q, heads), cos, sin), **TOL[dtype])
+    torch.testing.assert_close(kc[:, :, slots], apply_rotary(bhtd(k, kv_heads), cos, sin), **TOL[dtype])
+    assert torch.equal(vc[:, :, slots], bhtd(v, kv_heads))
+    others = [i for i in range(capacity) if i not in slots.tolist()]
+    assert (kc[:, :, others] == 7).all() and (vc[:, :, others] == 7).all()
+
+
+def test_rotary_store_refuses_a_head_size_it_cannot_tile():
+    x = torch.zeros(1, 2, 24)
+    with pytest.raises(ValueError, match="power-of-two head size"):
+        draft_kernels.rotary_store(x, x, x, torch.zeros(2, 24), torch.zeros(2, 24), torch.zeros(1, 1, 4, 24),
+                                   torch.zeros(1, 1, 4, 24), torch.tensor([0, 1]), 1, 1, 24)
+
+
+def test_usable_checks_once_and_falls_back_with_a_warning():
+    assert draft_kernels.usable("cpu", torch.float32)
+    key = (torch.device("cpu"), torch.float64)  # a dtype the kernels do not take: the check fails, cleanly
+    draft_kernels._USABLE.pop(key, None)
+    try:
+        with pytest.warns(RuntimeWarning, match="draft uses eager ops"):
+            assert not draft_kernels.usable("cpu", torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not draft_kernels.usable("cpu", torch.float64)  # remembered: no second check or warning
+    finally:
+        draft_kernels._USABLE.pop(key, None)
+
+
+def test_the_kernels_compile_for_real_gpus_without_spilling():
+    """Triton's own ptxas, no GPU: Ampere, Ada and Hopper, in each dtype."""
+    import importlib.util
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("lowbit_sass", os.path.join(root, "benchmarks", "lowbit_sass.py"))
+    sass = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sass)
+
+    def compiled(fn, sig, consts, arch, warps=4):
+        signature = dict(sig, **{k: "constexpr" for k in consts})
+        return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs={}),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+
+    for arch in (80, 89, 90):
+        for dt, rnd in (("bf16", 1), ("fp16", 2), ("fp32", 0)):
+            flags = dict(ROUND=rnd, EMULATE=False)
+            ints = lambda *names: {n: "i32" for n in names}  # noqa: E731
+            kernels = [
+                compiled(draft_kernels._add_rms_norm_kernel,
+                         dict({n: f"*{dt}" for n in ("h_ptr", "d_ptr", "w_ptr", "sum_ptr", "out_ptr")}, eps="fp32",
+                              **ints("N", "stride_h", "stride_d", "stride_s", "stride_o")),
+                         dict(flags, BLOCK=4096), arch, 8),
+                compiled(draft_kernels._silu_mul_kernel,
+                         dict({n: f"*{dt}" for n in ("g_ptr", "u_ptr", "out_ptr")},
+                              **ints("M", "N", "stride_g", "stride_u", "stride_o")), dict(flags, BLOCK=1024), arch),
+                compiled(draft_kernels._rotary_store_kernel,
+                         dict({n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "qo_ptr",
+                                                     "kc_ptr", "vc_ptr")}, slots_ptr="*i64",
+                              **ints("T", "stride_qt", "stride_kt", "stride_vt", "stride_ct", "stride_st",
+                                     "stride_ch", "stride_cs")),
+                         dict(flags, H=28, HKV=4, D=128, HP=32), arch)]
+            for k in kernels:
+                res = sass.resources(k)
+                assert res["local_bytes"] == 0 and res["stack_bytes"] == 0, (arch, dt, res)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    return load_decoder(make_tiny_checkpoint(tmp_path_factory.mktemp("t"), "qwen2"), torch.float32)
+
+
+def test_a_fused_ops_draft_leaves_the_target_as_it_was(target):
+    draft = build_draft(target, 4, 64, layers=[0, 2], merge=True, fused_ops=True)
+    assert draft.fused_ops
+    for i, layer in enumerate(draft.layers):
+        t = target.layers[i]
+        assert layer.fused_ops and layer.self_attn.fused_ops and layer.mlp.fused_ops
+        assert layer is not t and layer.self_attn is not t.self_attn and layer.mlp is not t.mlp
+        assert not (t.fused_ops or t.self_attn.fused_ops or t.mlp.fused_ops)
+    kept = draft.layers[1]  # full precision: the target's own linears, in the draft's shells
+    assert kept.self_attn.q_proj is target.layers[1].self_attn.q_proj and kept.mlp.up_proj is target.layers[1].mlp.up_proj
+    assert not build_draft(target, 4, 64, layers=[0], merge=True).fused_ops  # CPU default: eager ops
+    with pytest.raises(SubspecError, match="merged drafts only"):
+        build_draft(target, 4, 64, layers=[0], merge=False, fused_ops=True)
+
+
+def _logits(draft, target, n=5):
+    cache = target.new_cache(32)
+    tokens = torch.arange(3, 3 + n)
+    mask = torch.triu(torch.full((n, n), torch.finfo(torch.float32).min), 1)
+    return draft(tokens, torch.arange(n), cache, 0, mask)
+
+
+def test_a_fused_ops_draft_computes_what_the_eager_merged_one_does(target):
+    eager = build_draft(target, 4, 64, layers=[0, 2], merge=True, fused_ops=False)
+    fused = build_draft(target, 4, 64, layers=[0, 2], merge=True, fused_ops=True)
+    a, b = _logits(fused, target), _logits(eager, target)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_captured_shape_and_ordinary_steps_grow_the_same_tree_on_fused_ops(target):
+    from engine.speculative import TreeShape, grow_tree
+
+    draft = build_draft(target, 4, 64, layers=[0, 2], merge=True, fused_ops=True)
+    trees = []
+    for fixed in (False, True):
+        cache = target.new_cache(64)
+        prompt = torch.arange(5, 13)
+        target(prompt, torch.arange(8), cache, 0, torch.triu(torch.full((8, 8), torch.finfo(torch.float32).min), 1))
+        cache.commit(8)
+        trees.append(grow_tree(draft, cache, torch.tensor(4), TreeShape(5, 3), 5, [0.0], fixed_shapes=fixed))
+    a, b = trees
+    assert a.size == b.size and torch.equal(a.tokens[: a.size], b.tokens[: b.size])
+    assert torch.equal(a.parents[: a.size], b.parents[: b.size])
+
+
+def test_greedy_subspec_on_a_fused_ops_draft_equals_plain_decoding(tmp_path):
+    """The whole CUDA draft path -- fused low-bit substitutes, merged launches, fused elementwise kernels --
+    run here in Triton's interpreter: the output is exactly the target's."""
+    from tiny_models import make_tiny_model_folder
+
+    from engine.events import summarize
+    from engine.generate import generate_plain
+    from engine.loading import load_model
+    from engine.speculative import TreeShape, generate_subspec
+
+    lm = load_model(make_tiny_model_folder(tmp_path, "qwen2"), "float32", "cpu")
+    draft = build_draft(lm.decoder, 4, 32, layers=[1, 2], fused=True, merge=True, fused_ops=True)
+    ids = lm.encode("the cat sat on")
+    plain = summarize(generate_plain(lm, ids, 24), len(ids), "vanilla")
+    spec = summarize(generate_subspec(lm, draft, ids, 24, shape=TreeShape(6, 3)), len(ids), "subspec")
+    assert spec.token_ids == plain.token_ids
+    assert spec.tau > 1.5
