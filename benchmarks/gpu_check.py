@@ -196,13 +196,15 @@ def graph_check(device, fused: bool | None = None, fused_ops: bool | None = None
             "max_score_difference": float((a.scores - b.scores).abs().max()), "draft_path": draft_path(draft)["kind"]}
 
 
-def draft_step_replay(draft, cache, width: int, device, replays: int = 20) -> dict:
+def draft_step_replay(draft, cache, width: int, device, replays: int = 20, depth: int = 48) -> dict:
     """The captured draft step alone (no beam selection, no host work between steps): ms per replay, and on
     CUDA the kernels one replay runs (count and the costliest, from the profiler), to set against
-    benchmarks/draft_step_launches.py's count and against the bytes the step reads."""
-    from engine.draft_graph import draft_step_for
+    benchmarks/draft_step_launches.py's count and against the bytes the step reads. Over the span a tree of
+    `depth` levels on this context drafts over (engine.draft_graph.draft_span)."""
+    from engine.draft_graph import draft_span, draft_step_for
 
-    step = draft_step_for(draft, cache, width)
+    span = draft_span(cache.length + 1 + depth * width, cache.capacity)
+    step = draft_step_for(draft, cache, width, span)
     run = step.graph.replay if step.graph is not None else step._run
     run()
     sync(device)
@@ -210,7 +212,8 @@ def draft_step_replay(draft, cache, width: int, device, replays: int = 20) -> di
     for _ in range(replays):
         run()
     sync(device)
-    out = {"ms_per_replay": round((time.perf_counter() - t0) * 1e3 / replays, 3), "graph": step.graph is not None}
+    out = {"ms_per_replay": round((time.perf_counter() - t0) * 1e3 / replays, 3), "graph": step.graph is not None,
+           "span": span, "cache_capacity": cache.capacity}
     if device.type != "cuda":
         return out
     try:
@@ -364,12 +367,12 @@ def main():
     result["draft_step_ms"] = round(med["draft_forward_s"] / shape.depth * 1e3, 2)
     result["predicted_tokens_per_s_at_paper_tau"] = round(PAPER_TAU / med["total_s"], 2)
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
-    result["draft_step_replay"] = draft_step_replay(draft, cache, shape.topk, device)
+    result["draft_step_replay"] = draft_step_replay(draft, cache, shape.topk, device, depth=shape.depth)
     print(f"[{time.perf_counter() - t_start:6.1f}s] draft step replay: {result['draft_step_replay']}", flush=True)
     if getattr(draft, "fused_ops", False):
         # The same step with the elementwise work as eager ops, side by side: what the fused kernels gain.
         set_fused_ops(draft, False)
-        result["draft_step_replay_eager_elementwise"] = draft_step_replay(draft, cache, shape.topk, device)
+        result["draft_step_replay_eager_elementwise"] = draft_step_replay(draft, cache, shape.topk, device, depth=shape.depth)
         set_fused_ops(draft, True)
         print(f"[{time.perf_counter() - t_start:6.1f}s] the same step, eager elementwise ops: "
               f"{result['draft_step_replay_eager_elementwise']}", flush=True)

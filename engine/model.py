@@ -117,6 +117,11 @@ def fold_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
     return mask if groups == 1 else mask.repeat(*(1,) * (mask.dim() - 2), groups, 1)
 
 
+def _span(mask: torch.Tensor | None, cache: KVCache) -> int:
+    """With `slots`, attention covers the first mask.shape[-1] cache slots (engine.draft_graph's span)."""
+    return cache.capacity if mask is None else mask.shape[-1]
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -149,7 +154,7 @@ class Attention(nn.Module):
                     raise IndexError(f"KV cache full: slot {start + T} > capacity {cache.capacity}")
                 at = torch.arange(start, start + T, device=x.device)
             q = draft_kernels.rotary_store(q, k, v, cos, sin, cache.k[layer], cache.v[layer], at, H, Hkv, D)
-            keys, values = cache.view(layer, start + T if slots is None else cache.capacity)
+            keys, values = cache.view(layer, start + T if slots is None else _span(mask, cache))
             out = attend(q, keys, values, mask)
             return self.o_proj(out.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim))
         if self.qkv_proj is not None and self.q_norm is None:
@@ -172,9 +177,9 @@ class Attention(nn.Module):
         if slots is None:
             cache.write(layer, start, k, v)
             keys, values = cache.view(layer, start + T)
-        else:  # static shapes: write where `slots` says, attend over the whole cache (the mask hides the rest)
+        else:  # static shapes: write where `slots` says, attend over the mask's span (it hides the rest)
             cache.write_at(layer, slots, k, v)
-            keys, values = cache.view(layer, cache.capacity)
+            keys, values = cache.view(layer, _span(mask, cache))
         out = attend(q, keys, values, mask)
         return self.o_proj(out.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim))
 
@@ -196,7 +201,6 @@ class MLP(nn.Module):
         else:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(draft_kernels.silu_mul(gate, up) if self.fused_ops else F.silu(gate) * up)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -269,8 +273,9 @@ class Decoder(nn.Module):
         `mask` [T, start+T] is additive over all slots up to start+T; None means every one of them is
         visible (one-token decoding). `logits_index` picks the rows to project to the vocabulary (the
         last one for prefill); None projects all. Returns float32 logits [rows, vocab].
-        With `slots` (a device tensor [T]) the KV goes to those slots instead, attention spans the whole
-        cache and `mask` is [T, capacity]: every shape is then fixed, as CUDA graph replay needs.
+        With `slots` (a device tensor [T]) the KV goes to those slots instead, attention spans the
+        first mask.shape[-1] slots (a span, engine.draft_graph) and `mask` is [T, span]: every shape is then
+        fixed, as CUDA graph replay needs.
         """
         dtype = self.embed_tokens.weight.dtype
         h = self.embed_tokens(tokens)[None]  # [B, T, H]

@@ -23,7 +23,7 @@ import torch
 from .errors import SubspecError
 from .events import StepEvent
 from .depth_control import DepthControl, control_for
-from .draft_graph import draft_step_for
+from .draft_graph import draft_span, draft_step_for
 from .generate import Emitter, allocate_cache, check_context, prefill_step, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
@@ -94,7 +94,9 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
     tree = Tree.with_root(root_token, 1 + depth * shape.topk, device)
     frontier = slice(0, 1)
     scores = torch.zeros(1, device=device)
-    step = draft_step_for(draft, cache, shape.topk) if fixed_shapes and depth > 1 else None
+    step = None
+    if fixed_shapes and depth > 1:
+        step = draft_step_for(draft, cache, shape.topk, draft_span(L + 1 + depth * shape.topk, cache.capacity))
     t0 = time.perf_counter()
     for _ in range(depth):
         mask = tree_mask(tree.ancestors, frontier, L, tree.size, depths=tree.depths,

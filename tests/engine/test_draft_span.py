@@ -1,0 +1,81 @@
+"""engine.draft_graph's spans: a fixed-shape draft step attends over the context and tree rounded up to a
+power of two, not the whole cache, and computes what a whole-cache step does."""
+
+import pytest
+import torch
+from tiny_models import make_tiny_checkpoint
+
+from engine.draft_graph import KEPT_STEPS, MIN_SPAN, DraftStep, draft_span, draft_step_for
+from engine.loading import load_decoder
+from engine.masks import causal_mask
+from engine.substitute import build_draft
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    return load_decoder(make_tiny_checkpoint(tmp_path_factory.mktemp("t"), "qwen2"), torch.float32)
+
+
+def test_spans_are_powers_of_two_within_the_cache():
+    assert draft_span(1, 4096) == MIN_SPAN == 256
+    assert draft_span(256, 4096) == 256 and draft_span(257, 4096) == 512
+    assert draft_span(3000, 4096) == 4096 and draft_span(5000, 4096) == 4096  # never past the cache
+    assert draft_span(10, 100) == 100
+
+
+def _prefilled(target, capacity, n=40):
+    cache = target.new_cache(capacity)
+    target(torch.arange(3, 3 + n), torch.arange(n), cache, 0, causal_mask(0, n, torch.float32, "cpu"))
+    cache.commit(n)
+    return cache
+
+
+def test_a_step_over_a_span_computes_what_a_whole_cache_step_does(target):
+    draft = build_draft(target, 4, 64, layers=[1], merge=False)
+    cache = _prefilled(target, 1024)
+    width, n = 3, 40
+    tokens, positions = torch.tensor([5, 9, 11]), torch.tensor([n, n, n])
+    slots = torch.arange(n, n + width)
+    mask = torch.zeros(width, n + width)
+    mask[:, n:] = torch.finfo(torch.float32).min
+    mask[:, n:].fill_diagonal_(0)  # each node sees the context and itself
+    whole = DraftStep(draft, cache, width, use_graph=False)
+    part = DraftStep(draft, cache, width, use_graph=False, span=draft_span(n + width, cache.capacity))
+    assert (whole.span, part.span) == (1024, 256) and part.mask.shape == (width, 256)
+    a = whole(tokens, positions, slots, mask).clone()
+    b = part(tokens, positions, slots, mask)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="spans"):
+        DraftStep(draft, cache, width, use_graph=False, span=2048)
+
+
+def test_steps_are_kept_per_span_most_recent_first_and_dropped_with_their_cache(target):
+    draft = build_draft(target, 4, 64, layers=[1], merge=False)
+    cache = target.new_cache(2048)
+    s256 = draft_step_for(draft, cache, 3, 256)
+    assert draft_step_for(draft, cache, 3, 256) is s256  # reused, not captured again
+    s512 = draft_step_for(draft, cache, 3, 512)
+    assert draft_step_for(draft, cache, 3, 256) is s256  # 256 is now the most recent
+    draft_step_for(draft, cache, 3, 1024)  # a third span: the least recently used (512) goes
+    steps = draft.__dict__["_draft_steps"]
+    assert len(steps) == KEPT_STEPS and s512 not in steps.values() and s256 in steps.values()
+    other = target.new_cache(2048)
+    draft_step_for(draft, other, 3, 256)
+    assert len(steps) == 1  # the old cache's steps point at its memory: all dropped
+
+
+def test_grow_tree_drafts_over_a_span_and_grows_the_ordinary_tree(target):
+    """With a cache much longer than the context, the captured-shape steps run over a 256-slot span and the
+    tree is the one ordinary (whole-prefix) steps grow."""
+    from engine.speculative import TreeShape, grow_tree
+
+    draft = build_draft(target, 4, 64, layers=[0, 2], merge=False)
+    trees = []
+    for fixed in (False, True):
+        cache = _prefilled(target, 1024)
+        trees.append(grow_tree(draft, cache, torch.tensor(4), TreeShape(5, 3), 5, [0.0], fixed_shapes=fixed))
+    spans = [k[1] for k in draft.__dict__["_draft_steps"]]
+    assert spans == [256]
+    a, b = trees
+    assert torch.equal(a.tokens[: a.size], b.tokens[: b.size]) and torch.equal(a.parents[: a.size], b.parents[: b.size])
+    assert torch.allclose(a.scores[: a.size], b.scores[: b.size], rtol=1e-4, atol=1e-4)
