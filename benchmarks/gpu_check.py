@@ -109,6 +109,39 @@ def h2d_bandwidth(device, nbytes=1 << 30, repeats=5) -> float:
     return nbytes / statistics.median(times) / 1e9
 
 
+def device_copy_bandwidth(device, nbytes=1 << 30, repeats=5) -> float:
+    """GB/s of a device-to-device copy (reads and writes counted): about what a kernel streaming weights
+    from the GPU's own memory can reach."""
+    if device.type != "cuda":
+        nbytes = min(nbytes, 1 << 26)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(repeats + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    del src, dst
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def draft_step_bytes(draft, cache, span: int) -> dict:
+    """What one draft step must read from GPU memory: its substitutes (packed), the full-precision layers
+    it shares with the target, the output head, and the KV over its span."""
+    from engine.substitute import _LowBitLinear
+
+    subs = sum(m.resident_bytes for m in draft.modules() if isinstance(m, _LowBitLinear))
+    resident = sum(p.numel() * p.element_size() for i, layer in enumerate(draft.layers)
+                   if i not in draft.substituted_layers for p in layer.parameters())
+    head = draft.output_weight.numel() * draft.output_weight.element_size()
+    kv = cache.k[:, :, :, :span].numel() * cache.k.element_size() * 2
+    return {"substitutes": subs, "resident_layers": resident, "head": head, "kv_span": kv,
+            "total": subs + resident + head + kv}
+
+
 class _NullTokenizer:
     """Random weights have no text: the generation loops only need decode() for stop strings."""
 
@@ -369,6 +402,14 @@ def main():
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
     result["draft_step_replay"] = draft_step_replay(draft, cache, shape.topk, device, depth=shape.depth)
     print(f"[{time.perf_counter() - t_start:6.1f}s] draft step replay: {result['draft_step_replay']}", flush=True)
+    # The step's memory floor: what it reads at the copy bandwidth of the GPU's own memory. The replay's
+    # distance above it is launches, latency and the kernels' own efficiency.
+    step_bytes = draft_step_bytes(draft, cache, result["draft_step_replay"]["span"])
+    result["draft_step_bytes"] = step_bytes
+    result["device_copy_gbps"] = round(device_copy_bandwidth(device), 1)
+    result["draft_step_memory_floor_ms"] = round(step_bytes["total"] / (result["device_copy_gbps"] * 1e9) * 1e3, 3)
+    result["draft_step_replay_over_memory_floor"] = round(
+        result["draft_step_replay"]["ms_per_replay"] / result["draft_step_memory_floor_ms"], 2)
     if getattr(draft, "fused_ops", False):
         # The same step with the elementwise work as eager ops, side by side: what the fused kernels gain.
         set_fused_ops(draft, False)
@@ -411,6 +452,9 @@ def main():
             ("  - the captured step alone (replay; kernels a replay)",
              f"{result['draft_step_replay']['ms_per_replay']} ms; "
              f"{result['draft_step_replay'].get('kernels_per_replay', 'n/a')}"),
+            ("  - the step's memory floor (bytes it reads / device copy bandwidth); replay over it",
+             f"{result['draft_step_memory_floor_ms']} ms ({result['draft_step_bytes']['total'] / 1e9:.2f} GB at "
+             f"{result['device_copy_gbps']} GB/s); {result['draft_step_replay_over_memory_floor']}"),
             ("  - the same step with eager elementwise ops (no engine.draft_kernels)",
              f"{result['draft_step_replay_eager_elementwise']['ms_per_replay']} ms; "
              f"{result['draft_step_replay_eager_elementwise'].get('kernels_per_replay', 'n/a')}"
