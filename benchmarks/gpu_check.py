@@ -426,8 +426,8 @@ def main():
     result["fast_dequant_verified"] = {f"{d} {str(t).removeprefix('torch.')}": ok
                                        for (d, t), ok in lowbit._FAST_VERIFIED.items()}
     # Whether the draft's fused elementwise kernels passed their once-per-device check (and so ran above).
-    result["draft_kernels_usable"] = {f"{d} {str(t).removeprefix('torch.')}": ok
-                                      for (d, t), ok in draft_kernels._USABLE.items()}
+    result["draft_kernels_usable"] = {f"{d} {str(t).removeprefix('torch.')} {'x'.join(map(str, shape))}": ok
+                                      for (d, t, shape), ok in draft_kernels._USABLE.items()}
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result, indent=2), flush=True)
 

@@ -55,9 +55,17 @@ class DraftStep:
             for _ in range(2):  # warm-up: lazy initialisation must not happen inside the capture
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._run()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.logits = self._run()
+        except Exception as e:
+            # Running out of memory inside a capture can surface as the capture's own failure (ending a
+            # broken capture raises anew); say it is memory, so the caller backs off to a shallower tree.
+            if out_of_memory(e) and not isinstance(e, torch.OutOfMemoryError):
+                raise torch.OutOfMemoryError(f"out of GPU memory while capturing a draft step: {e}") from e
+            raise
+        self.graph = graph
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
@@ -71,6 +79,17 @@ class DraftStep:
             return self._run()
         self.graph.replay()
         return self.logits
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error`, or any error it arose from, is CUDA running out of memory."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 MIN_SPAN = 256

@@ -69,32 +69,34 @@ if triton is not None:
     def _rotary_store_kernel(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, slots_ptr, qo_ptr, kc_ptr, vc_ptr,
                              T, stride_qt, stride_kt, stride_vt, stride_ct, stride_st, stride_ch, stride_cs,
                              H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, HP: tl.constexpr,
-                             ROUND: tl.constexpr, EMULATE: tl.constexpr):
+                             DP: tl.constexpr, ROUND: tl.constexpr, EMULATE: tl.constexpr):
         """Token t = program 0, part = program 1: 0 rotates q into qo [H, T, D]; 1 rotates k into the key
         cache at slot slots[t]; 2 copies v into the value cache there. The rotation is the reference's
         x * cos + rotate_half(x) * sin, with rotate_half(x) = roll(x, D/2) and its sign in `sin`
-        (engine.model.Rotary gives it signed)."""
+        (engine.model.Rotary gives it signed). HP, DP: the head count and head size rounded up to powers of
+        two (a block's sides); the extra rows and columns are masked."""
         t = tl.program_id(0)
         part = tl.program_id(1)
         heads = tl.arange(0, HP)[:, None]
-        d = tl.arange(0, D)[None, :]
+        d = tl.arange(0, DP)[None, :]
+        d_ok = d < D
         rolled = (d + D // 2) % D
         if part == 2:
-            ok = heads < HKV
+            ok = (heads < HKV) & d_ok
             slot = tl.load(slots_ptr + t)
             v = tl.load(v_ptr + t * stride_vt + heads * D + d, mask=ok, other=0.0)
             tl.store(vc_ptr + heads * stride_ch + slot * stride_cs + d, v, mask=ok)
         else:
-            cos = tl.load(cos_ptr + t * stride_ct + d).to(tl.float32)
-            sin = tl.load(sin_ptr + t * stride_st + d).to(tl.float32)
+            cos = tl.load(cos_ptr + t * stride_ct + d, mask=d_ok, other=0.0).to(tl.float32)
+            sin = tl.load(sin_ptr + t * stride_st + d, mask=d_ok, other=0.0).to(tl.float32)
             if part == 0:
-                ok = heads < H
+                ok = (heads < H) & d_ok
                 row = q_ptr + t * stride_qt + heads * D
                 x = tl.load(row + d, mask=ok, other=0.0).to(tl.float32)
                 xr = tl.load(row + rolled, mask=ok, other=0.0).to(tl.float32)
                 _store(qo_ptr + heads * (T * D) + t * D + d, x * cos + xr * sin, ok, ROUND, EMULATE)
             else:
-                ok = heads < HKV
+                ok = (heads < HKV) & d_ok
                 slot = tl.load(slots_ptr + t)
                 row = k_ptr + t * stride_kt + heads * D
                 x = tl.load(row + d, mask=ok, other=0.0).to(tl.float32)
@@ -160,8 +162,8 @@ def rotary_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
     [1, kv_heads, capacity, head_dim] at `slots` [T]. q, k, v: [1, T, heads * head_dim] (or kv_heads), each
     token's heads contiguous (views into one stacked q|k|v output are fine); cos, sin: [T, head_dim]."""
     (_, _, kernel), flags, interpret = _launch(q)
-    if head_dim & (head_dim - 1):
-        raise ValueError(f"rotary_store takes a power-of-two head size, not {head_dim}")
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings take an even head size, not {head_dim}")
     q2, k2, v2 = _rows(q), _rows(k), _rows(v)
     t = q2.shape[0]
     cos, sin = _rows(cos), _rows(sin)
@@ -171,7 +173,8 @@ def rotary_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
     kernel[(t, 3)](q2, k2, v2, cos, sin, slots, qo, k_cache, v_cache, t,
                    q2.stride(0), k2.stride(0), v2.stride(0), cos.stride(0), sin.stride(0),
                    k_cache.stride(1), k_cache.stride(2),
-                   H=heads, HKV=kv_heads, D=head_dim, HP=triton.next_power_of_2(heads), **flags,
+                   H=heads, HKV=kv_heads, D=head_dim, HP=triton.next_power_of_2(heads),
+                   DP=triton.next_power_of_2(head_dim), **flags,
                    **({} if interpret else {"num_warps": 4}))
     return qo
 
@@ -187,20 +190,25 @@ def silu_mul_reference(gate, up):
     return F.silu(gate) * up
 
 
-_USABLE: dict[tuple[torch.device, torch.dtype], bool] = {}
+# A small layout for checks made without a model: 6 query heads over 2 KV heads of 16, hidden 96.
+SMALL = (96, 6, 2, 16)
+
+_USABLE: dict[tuple, bool] = {}
 
 
-def usable(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """Whether the kernels run and agree with the eager ops on this device and dtype (checked once; on
-    CPU tensors they interpret, which is for tests: a draft uses them there only when told to)."""
+def usable(device: torch.device | str, dtype: torch.dtype, shape: tuple[int, int, int, int] = SMALL) -> bool:
+    """Whether the kernels compile, run and agree with the eager ops on this device and dtype for a model of
+    `shape` = (hidden size, heads, KV heads, head size): the kernels are compiled per such shape, so that is
+    what is checked (once; on CPU tensors they interpret, which is for tests: a draft uses them there only
+    when told to)."""
     device = torch.device(device)
-    key = (device, dtype)
+    key = (device, dtype, tuple(shape))
     if key in _USABLE:
         return _USABLE[key]
     if not available():
         return False
     try:
-        ok = _self_check(device, dtype)
+        ok = _self_check(device, dtype, shape)
         why = "differ from the eager ops"
     except Exception as e:  # a compiler or driver failure on some card: fall back, say why
         ok, why = False, f"failed ({type(e).__name__}: {e})"
@@ -213,7 +221,7 @@ def usable(device: torch.device | str, dtype: torch.dtype) -> bool:
     return ok
 
 
-def _self_check(device: torch.device, dtype: torch.dtype) -> bool:
+def _self_check(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int]) -> bool:
     from .model import apply_rotary
 
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -222,11 +230,11 @@ def _self_check(device: torch.device, dtype: torch.dtype) -> bool:
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    t, hidden, heads, kv_heads, head_dim, capacity = 3, 96, 6, 2, 16, 8
+    (hidden, heads, kv_heads, head_dim), t, capacity = shape, 3, 8
     h, d, w = rand(1, t, hidden), rand(1, t, hidden), rand(hidden)
     good = all(torch.allclose(a, b, **tol) for a, b in zip(add_rms_norm(h, d, w, 1e-6),
                                                           add_rms_norm_reference(h, d, w, 1e-6)))
-    gu = rand(1, t, 2 * hidden)
+    gu = rand(1, t, 2 * hidden)  # the MLP's width does not change the kernel: the hidden size stands in
     good &= torch.allclose(silu_mul(gu[..., :hidden], gu[..., hidden:]),
                            silu_mul_reference(gu[..., :hidden], gu[..., hidden:]), **tol)
     qkv = rand(1, t, (heads + 2 * kv_heads) * head_dim)

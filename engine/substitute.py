@@ -180,10 +180,15 @@ def merges_launches(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def fuses_ops(device: torch.device | str, dtype: torch.dtype) -> bool:
+def fuses_ops(device: torch.device | str, dtype: torch.dtype, config=None) -> bool:
     """Whether a merged draft on `device` runs engine.draft_kernels' fused elementwise kernels by default:
-    on CUDA, once they have been checked there (`draft_kernels.usable`); on a CPU they would interpret."""
-    return torch.device(device).type == "cuda" and draft_kernels.usable(device, dtype)
+    on CUDA, once they have been checked there for this model's layout (`draft_kernels.usable`); on a
+    CPU they would interpret."""
+    if torch.device(device).type != "cuda":
+        return False
+    shape = draft_kernels.SMALL if config is None else \
+        (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim)
+    return draft_kernels.usable(device, dtype, shape)
 
 
 def _fuse_ops(layer: nn.Module) -> None:
@@ -198,16 +203,16 @@ def merge_launches(layer: nn.Module, fused_ops: bool = False) -> None:
     present), and its two norms run as torch's fused rms_norm; with `fused_ops`, the elementwise steps
     between them as engine.draft_kernels' kernels. The separate substitutes are dropped, so their memory
     goes; a substitute cache must be written before this."""
+    attn, mlp = layer.self_attn, layer.mlp
+    groups = ((attn, "qkv_proj", ("q_proj", "k_proj", "v_proj")), (mlp, "gate_up_proj", ("gate_proj", "up_proj")))
+    for owner, _, names in groups:  # checked before anything changes: a target's own layer stays untouched
+        if not all(isinstance(getattr(owner, n), SubstituteLinear) for n in names):
+            raise SubspecError(f"only substitutes stack: {', '.join(names)} of this layer are not all substitutes")
     _draft_norms(layer)
     if fused_ops:
         _fuse_ops(layer)
-    attn, mlp = layer.self_attn, layer.mlp
-    groups = ((attn, "qkv_proj", ("q_proj", "k_proj", "v_proj")), (mlp, "gate_up_proj", ("gate_proj", "up_proj")))
     for owner, stacked, names in groups:
-        parts = [getattr(owner, n) for n in names]
-        if not all(isinstance(p, SubstituteLinear) for p in parts):
-            raise SubspecError(f"only substitutes stack: {', '.join(names)} of this layer are not all substitutes")
-        setattr(owner, stacked, StackedSubstitute(parts))
+        setattr(owner, stacked, StackedSubstitute([getattr(owner, n) for n in names]))
         for n in names:
             setattr(owner, n, None)
 
@@ -254,7 +259,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
     if merge is None:
         merge = merges_launches(where)
     if fused_ops is None:
-        fused_ops = merge and fuses_ops(where, target.embed_tokens.weight.dtype)
+        fused_ops = merge and fuses_ops(where, target.embed_tokens.weight.dtype, target.config)
     elif fused_ops and not merge:
         raise SubspecError("the fused elementwise kernels run in merged drafts only (merge=True)")
     elif fused_ops and not draft_kernels.available():

@@ -47,10 +47,13 @@ def test_silu_mul_reads_gate_and_up_from_one_stacked_output(dtype):
     torch.testing.assert_close(out, draft_kernels.silu_mul_reference(gate, up), **TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_rotary_store_rotates_q_and_k_and_stores_k_and_v_only_at_the_slots(dtype):
+@pytest.mark.parametrize("dtype,d", [(torch.float32, 32), (torch.bfloat16, 32), (torch.float16, 32),
+                                     (torch.float32, 24), (torch.bfloat16, 80)])
+def test_rotary_store_rotates_q_and_k_and_stores_k_and_v_only_at_the_slots(dtype, d):
+    """7 query heads and head sizes that are not powers of two (24, 80): the padded rows and columns of
+    the kernel's block are masked."""
     gen = torch.Generator().manual_seed(3)
-    t, heads, kv_heads, d, capacity = 4, 7, 1, 32, 12  # 7 query heads: the padded head block is masked
+    t, heads, kv_heads, capacity = 4, 7, 1, 12
     qkv = _rand(gen, 1, t, (heads + 2 * kv_heads) * d, dtype=dtype)
     q, k, v = qkv.split((heads * d, kv_heads * d, kv_heads * d), dim=-1)
     pos = torch.tensor([9, 3, 4, 17])
@@ -75,25 +78,37 @@ def test_rotary_store_rotates_q_and_k_and_stores_k_and_v_only_at_the_slots(dtype
     assert (kc[:, :, others] == 7).all() and (vc[:, :, others] == 7).all()
 
 
-def test_rotary_store_refuses_a_head_size_it_cannot_tile():
-    x = torch.zeros(1, 2, 24)
-    with pytest.raises(ValueError, match="power-of-two head size"):
-        draft_kernels.rotary_store(x, x, x, torch.zeros(2, 24), torch.zeros(2, 24), torch.zeros(1, 1, 4, 24),
-                                   torch.zeros(1, 1, 4, 24), torch.tensor([0, 1]), 1, 1, 24)
+def test_rotary_store_refuses_an_odd_head_size():
+    x = torch.zeros(1, 2, 5)
+    with pytest.raises(ValueError, match="even head size"):
+        draft_kernels.rotary_store(x, x, x, torch.zeros(2, 5), torch.zeros(2, 5), torch.zeros(1, 1, 4, 5),
+                                   torch.zeros(1, 1, 4, 5), torch.tensor([0, 1]), 1, 1, 5)
 
 
-def test_usable_checks_once_and_falls_back_with_a_warning():
+def test_usable_checks_once_per_layout_and_falls_back_with_a_warning():
     assert draft_kernels.usable("cpu", torch.float32)
-    key = (torch.device("cpu"), torch.float64)  # a dtype the kernels do not take: the check fails, cleanly
+    assert draft_kernels.usable("cpu", torch.float32, (120, 5, 1, 24))  # a model's own layout
+    assert (torch.device("cpu"), torch.float32, (120, 5, 1, 24)) in draft_kernels._USABLE
+    key = (torch.device("cpu"), torch.float64, draft_kernels.SMALL)  # a dtype the kernels refuse: it fails cleanly
     draft_kernels._USABLE.pop(key, None)
     try:
-        with pytest.warns(RuntimeWarning, match="draft uses eager ops"):
+        with pytest.warns(RuntimeWarning, match="failed .*draft uses eager ops"):
             assert not draft_kernels.usable("cpu", torch.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert not draft_kernels.usable("cpu", torch.float64)  # remembered: no second check or warning
     finally:
         draft_kernels._USABLE.pop(key, None)
+
+
+def test_a_kernel_that_computes_wrongly_is_caught_by_the_check(monkeypatch):
+    shape = (64, 4, 2, 16)
+    key = (torch.device("cpu"), torch.float32, shape)
+    monkeypatch.setattr(draft_kernels, "silu_mul", lambda g, u: draft_kernels.silu_mul_reference(g, u) * 1.001)
+    monkeypatch.delitem(draft_kernels._USABLE, key, raising=False)
+    with pytest.warns(RuntimeWarning, match="differ from the eager ops"):
+        assert not draft_kernels.usable("cpu", torch.float32, shape)
+    draft_kernels._USABLE.pop(key)
 
 
 def test_the_kernels_compile_for_real_gpus_without_spilling():
@@ -110,8 +125,12 @@ def test_the_kernels_compile_for_real_gpus_without_spilling():
     spec.loader.exec_module(sass)
 
     def compiled(fn, sig, consts, arch, warps=4):
+        """As a launch on a GPU specializes it: pointers and the strides (all multiples of 16 at real
+        sizes) carry Triton's divisibility hint, which gives the vectorized loads."""
         signature = dict(sig, **{k: "constexpr" for k in consts})
-        return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs={}),
+        divisible = [n for n, kind in sig.items() if kind.startswith("*") or n.startswith("stride")]
+        attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+        return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
 
     for arch in (80, 89, 90):
@@ -131,7 +150,13 @@ def test_the_kernels_compile_for_real_gpus_without_spilling():
                                                      "kc_ptr", "vc_ptr")}, slots_ptr="*i64",
                               **ints("T", "stride_qt", "stride_kt", "stride_vt", "stride_ct", "stride_st",
                                      "stride_ch", "stride_cs")),
-                         dict(flags, H=28, HKV=4, D=128, HP=32), arch)]
+                         dict(flags, H=28, HKV=4, D=128, HP=32, DP=128), arch),
+                compiled(draft_kernels._rotary_store_kernel,  # a head size that is not a power of two
+                         dict({n: f"*{dt}" for n in ("q_ptr", "k_ptr", "v_ptr", "cos_ptr", "sin_ptr", "qo_ptr",
+                                                     "kc_ptr", "vc_ptr")}, slots_ptr="*i64",
+                              **ints("T", "stride_qt", "stride_kt", "stride_vt", "stride_ct", "stride_st",
+                                     "stride_ch", "stride_cs")),
+                         dict(flags, H=32, HKV=8, D=80, HP=32, DP=128), arch)]
             for k in kernels:
                 res = sass.resources(k)
                 assert res["local_bytes"] == 0 and res["stack_bytes"] == 0, (arch, dt, res)
@@ -178,14 +203,31 @@ def test_captured_shape_and_ordinary_steps_grow_the_same_tree_on_fused_ops(targe
     draft = build_draft(target, 4, 64, layers=[0, 2], merge=True, fused_ops=True)
     trees = []
     for fixed in (False, True):
-        cache = target.new_cache(64)
+        cache = target.new_cache(1024)  # the captured-shape steps attend over a 256-slot span of it
         prompt = torch.arange(5, 13)
         target(prompt, torch.arange(8), cache, 0, torch.triu(torch.full((8, 8), torch.finfo(torch.float32).min), 1))
         cache.commit(8)
         trees.append(grow_tree(draft, cache, torch.tensor(4), TreeShape(5, 3), 5, [0.0], fixed_shapes=fixed))
+    assert [k[1] for k in draft.__dict__["_draft_steps"]] == [256]
     a, b = trees
     assert a.size == b.size and torch.equal(a.tokens[: a.size], b.tokens[: b.size])
     assert torch.equal(a.parents[: a.size], b.parents[: b.size])
+
+
+def test_a_head_size_that_is_not_a_power_of_two_drafts_on_the_kernels(tmp_path):
+    """Llama with 24-wide heads: the fused draft equals the eager merged one and grows the same tree."""
+    from engine.speculative import TreeShape, grow_tree
+
+    target = load_decoder(make_tiny_checkpoint(tmp_path, "llama-head24"), torch.float32)
+    assert target.config.head_dim == 24
+    fused = build_draft(target, 4, 24, layers=[1, 2], merge=True, fused_ops=True)
+    eager = build_draft(target, 4, 24, layers=[1, 2], merge=True, fused_ops=False)
+    torch.testing.assert_close(_logits(fused, target), _logits(eager, target), rtol=1e-4, atol=1e-4)
+    trees = []
+    for draft in (fused, eager):
+        cache = target.new_cache(512)
+        trees.append(grow_tree(draft, cache, torch.tensor(4), TreeShape(4, 3), 4, [0.0], fixed_shapes=True))
+    assert torch.equal(trees[0].tokens, trees[1].tokens) and torch.equal(trees[0].parents, trees[1].parents)
 
 
 def test_greedy_subspec_on_a_fused_ops_draft_equals_plain_decoding(tmp_path):

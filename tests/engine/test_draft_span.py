@@ -79,3 +79,20 @@ def test_grow_tree_drafts_over_a_span_and_grows_the_ordinary_tree(target):
     a, b = trees
     assert torch.equal(a.tokens[: a.size], b.tokens[: b.size]) and torch.equal(a.parents[: a.size], b.parents[: b.size])
     assert torch.allclose(a.scores[: a.size], b.scores[: b.size], rtol=1e-4, atol=1e-4)
+
+
+def test_running_out_of_memory_inside_a_capture_is_known_through_the_capture_error():
+    """Ending a broken capture raises its own error; the out-of-memory one behind it must still be seen,
+    so that the answer backs off to a shallower tree instead of failing."""
+    from engine.draft_graph import out_of_memory
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        except torch.OutOfMemoryError:
+            raise RuntimeError("operation failed due to a previous error during capture")
+    except RuntimeError as e:
+        capture_error = e
+    assert out_of_memory(capture_error)
+    assert out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))

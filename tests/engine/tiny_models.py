@@ -22,6 +22,8 @@ ARCHS = {
     "llama-linear-rope": ("LlamaConfig", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0,
                                                              "factor": 2.0}}),
     "llama-mha": ("LlamaConfig", {"num_key_value_heads": 4}),
+    # a head size that is not a power of two (open_llama_3b has 100, h2o-danube 80)
+    "llama-head24": ("LlamaConfig", {"head_dim": 24}),
     "qwen2": ("Qwen2Config", {"tie_word_embeddings": False}),
     "qwen2-tied": ("Qwen2Config", {"tie_word_embeddings": True}),
     "qwen3": ("Qwen3Config", {"head_dim": 24, "tie_word_embeddings": False}),
