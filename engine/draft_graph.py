@@ -106,6 +106,16 @@ def draft_span(needed: int, capacity: int) -> int:
     return min(span, capacity)
 
 
+def release_steps(draft: Decoder, keep: KVCache | None = None) -> None:
+    """Drop a draft's captured steps except those bound to `keep`: each holds its cache (and its graph's
+    memory) alive, so an answer that makes a new cache must drop the last answer's steps before
+    allocating, or for a while both KV caches would sit in VRAM (1.8 GB each for a Qwen2.5-7B at 32k)."""
+    steps = draft.__dict__.get("_draft_steps")
+    if steps:
+        for key in [k for k, step in steps.items() if keep is None or step.cache is not keep]:
+            del steps[key]
+
+
 def draft_step_for(draft: Decoder, cache: KVCache, width: int, span: int | None = None) -> DraftStep:
     """The captured step for this draft, cache, width and span (default: the whole cache): captured once,
     and again only if the cache was reallocated or the step was dropped for newer spans."""

@@ -23,7 +23,7 @@ import torch
 from .errors import SubspecError
 from .events import StepEvent
 from .depth_control import DepthControl, control_for
-from .draft_graph import draft_span, draft_step_for
+from .draft_graph import draft_span, draft_step_for, release_steps
 from .generate import Emitter, allocate_cache, check_context, prefill_step, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
@@ -151,6 +151,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
         return
     if cache is not None:
         cache.commit(0)
+    release_steps(draft, keep=cache)  # the last answer's captured steps hold its cache: free it first
     cache, max_new_tokens, note = allocate_cache(target, len(prompt_ids), max_new_tokens, shape.grown + 1, cache)
     emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
     gen = sampling.draws()

@@ -96,3 +96,40 @@ def test_running_out_of_memory_inside_a_capture_is_known_through_the_capture_err
     assert out_of_memory(capture_error)
     assert out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+
+
+def test_a_new_answer_frees_the_last_answers_captured_steps_and_cache_before_allocating(tmp_path, monkeypatch):
+    """Captured steps hold their KV cache alive; a new answer's cache must not be allocated while the old
+    one still sits in memory (two KV caches at once, at a long context, can exhaust an 8 GB card)."""
+    import gc
+    import weakref
+
+    from tiny_models import make_tiny_model_folder
+
+    import engine.speculative as spec
+    from engine.loading import load_model
+
+    lm = load_model(make_tiny_model_folder(tmp_path, "qwen2"), "float32", "cpu")
+    draft = build_draft(lm.decoder, 4, 64, layers=[1])
+    old = lm.decoder.new_cache(512)
+    draft_step_for(draft, old, 3, 256)
+    gone = weakref.ref(old.k)
+    del old
+    real_allocate = spec.allocate_cache
+    seen = []
+
+    def allocate(*args, **kwargs):
+        gc.collect()
+        seen.append((len(draft.__dict__["_draft_steps"]), gone() is None))
+        return real_allocate(*args, **kwargs)
+
+    monkeypatch.setattr(spec, "allocate_cache", allocate)
+    list(spec.generate_subspec(lm, draft, lm.encode("hi"), 4, shape=spec.TreeShape(3, 2)))
+    assert seen == [(0, True)]  # no captured step left and the old cache freed, before the new one is made
+    # A cache given by the caller (a continued conversation) keeps its own steps.
+    kept = lm.decoder.new_cache(512)
+    step = draft_step_for(draft, kept, 2, 256)
+    from engine.draft_graph import release_steps
+
+    release_steps(draft, keep=kept)
+    assert list(draft.__dict__["_draft_steps"].values()) == [step]
