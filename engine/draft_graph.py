@@ -9,7 +9,8 @@ replay. The same function runs eagerly on a CPU, which is how the tests check it
 The span is the context plus the tree rounded up to a power of two (`draft_span`), not the whole cache:
 attention reads every slot it spans, masked or not, so a step over a 32k-slot cache would read all of it
 (1.8 GB of KV for a Qwen2.5-7B, more than half of what its substitutes weigh) however short the chat.
-A step is captured per span in use; the two most recent are kept.
+A step is captured per span and width in use (a tree's root step has one row, the others `topk`); the
+four most recent are kept.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 MIN_SPAN = 256
-KEPT_STEPS = 2
+KEPT_STEPS = 4  # a tree's two widths (its root's one row, then topk) at the current span and the last
 
 
 def draft_span(needed: int, capacity: int) -> int:

@@ -85,8 +85,10 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
     accumulates into timer[0]; the device is synchronized once, at the end, not per step, so the host
     can queue step d+1 while the device still runs step d.
 
-    `fixed_shapes` (default: on CUDA) runs every step after the root's as one replay of a captured
-    fixed-shape step (engine.draft_graph); the result is the same tree."""
+    `fixed_shapes` (default: on CUDA) runs every step as one replay of a captured fixed-shape step
+    (engine.draft_graph): the root's (one row) and the others' (`topk` rows); the result is the same tree.
+    The root's step is captured too: launched op by op it would cost the host a few milliseconds a tree
+    while the GPU, just synchronized by the last verification, waits."""
     L = cache.length
     device = root_token.device
     if fixed_shapes is None:
@@ -94,15 +96,18 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
     tree = Tree.with_root(root_token, 1 + depth * shape.topk, device)
     frontier = slice(0, 1)
     scores = torch.zeros(1, device=device)
-    step = None
-    if fixed_shapes and depth > 1:
-        step = draft_step_for(draft, cache, shape.topk, draft_span(L + 1 + depth * shape.topk, cache.capacity))
+    steps = {}  # rows -> captured step (captured before the clock starts: once per span, not per tree)
+    if fixed_shapes and depth > 0:
+        span = draft_span(L + 1 + depth * shape.topk, cache.capacity)
+        for rows in {1, shape.topk} if depth > 1 else {1}:
+            steps[rows] = draft_step_for(draft, cache, rows, span)
     t0 = time.perf_counter()
     for _ in range(depth):
         mask = tree_mask(tree.ancestors, frontier, L, tree.size, depths=tree.depths,
                          sliding_window=draft.config.sliding_window)
         rows = frontier.stop - frontier.start
-        if step is not None and rows == shape.topk:
+        step = steps.get(rows)
+        if step is not None:
             slots = torch.arange(L + frontier.start, L + frontier.stop, device=device)
             logits = step(tree.tokens[frontier], L + tree.depths[frontier], slots, mask)
         else:

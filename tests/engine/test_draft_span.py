@@ -56,7 +56,8 @@ def test_steps_are_kept_per_span_most_recent_first_and_dropped_with_their_cache(
     assert draft_step_for(draft, cache, 3, 256) is s256  # reused, not captured again
     s512 = draft_step_for(draft, cache, 3, 512)
     assert draft_step_for(draft, cache, 3, 256) is s256  # 256 is now the most recent
-    draft_step_for(draft, cache, 3, 1024)  # a third span: the least recently used (512) goes
+    for width in range(1, KEPT_STEPS):  # more steps than are kept: the least recently used (512) goes
+        draft_step_for(draft, cache, width, 1024)
     steps = draft.__dict__["_draft_steps"]
     assert len(steps) == KEPT_STEPS and s512 not in steps.values() and s256 in steps.values()
     other = target.new_cache(2048)
@@ -74,8 +75,8 @@ def test_grow_tree_drafts_over_a_span_and_grows_the_ordinary_tree(target):
     for fixed in (False, True):
         cache = _prefilled(target, 1024)
         trees.append(grow_tree(draft, cache, torch.tensor(4), TreeShape(5, 3), 5, [0.0], fixed_shapes=fixed))
-    spans = [k[1] for k in draft.__dict__["_draft_steps"]]
-    assert spans == [256]
+    steps = draft.__dict__["_draft_steps"]
+    assert sorted((k[0], k[1]) for k in steps) == [(1, 256), (3, 256)]  # the root step, then the rest
     a, b = trees
     assert torch.equal(a.tokens[: a.size], b.tokens[: b.size]) and torch.equal(a.parents[: a.size], b.parents[: b.size])
     assert torch.allclose(a.scores[: a.size], b.scores[: b.size], rtol=1e-4, atol=1e-4)
