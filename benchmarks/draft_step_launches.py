@@ -84,7 +84,7 @@ def lowbit_launches(out_features: int, in_features: int, sms: int, rows: int, gr
     return 1 + (lowbit.pick_config(rows, w, torch.device("meta"), sms=sms).split_k > 1)
 
 
-FUSED_KERNELS = ("add_rms_norm", "silu_mul", "rotary_store")
+FUSED_KERNELS = ("add_rms_norm", "silu_mul", "rotary_store", "rotary_table")
 
 
 def count(merge: bool, width: int, sms: int, fused_ops: bool = False) -> dict:

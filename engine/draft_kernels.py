@@ -8,6 +8,7 @@ replayed 48 times a tree: on a fast GPU such kernels cost their launch and ramp-
 - `silu_mul`: silu(gate) * up (2 -> 1).
 - `rotary_store`: rotary embedding of q and k, and k and v written to the KV cache at their slots
   (4 for the rotation of the stacked q|k, 2 cache writes -> 1).
+- `rotary_table`: a step's cos and signed sin from its positions (8 -> 1, once a step).
 
 Each computes in float32 and rounds once to the model's dtype, where the eager ops round after every op,
 so the draft may differ from an eager draft in the last bit. That is fine for a draft: its tokens are
@@ -104,13 +105,30 @@ if triton is not None:
                 _store(kc_ptr + heads * stride_ch + slot * stride_cs + d, x * cos + xr * sin, ok, ROUND, EMULATE)
 
 
+    @triton.jit
+    def _rotary_table_kernel(pos_ptr, inv_ptr, cos_ptr, sin_ptr, HALF: tl.constexpr, HP: tl.constexpr,
+                             ROUND: tl.constexpr, EMULATE: tl.constexpr):
+        """Row t of cos and of the signed sin engine.model.Rotary makes: f = position * inv_freq in float32,
+        both halves; sin's first half negated."""
+        t = tl.program_id(0)
+        j = tl.arange(0, HP)
+        ok = j < HALF
+        f = tl.load(pos_ptr + t).to(tl.float32) * tl.load(inv_ptr + j, mask=ok, other=0.0)
+        c, s = tl.cos(f), tl.sin(f)
+        row = t * 2 * HALF
+        _store(cos_ptr + row + j, c, ok, ROUND, EMULATE)
+        _store(cos_ptr + row + HALF + j, c, ok, ROUND, EMULATE)
+        _store(sin_ptr + row + j, -s, ok, ROUND, EMULATE)
+        _store(sin_ptr + row + HALF + j, s, ok, ROUND, EMULATE)
+
+
 def available() -> bool:
     return triton is not None
 
 
 @functools.lru_cache(maxsize=None)
 def _kernels(interpret: bool):
-    names = ("_add_rms_norm_kernel", "_silu_mul_kernel", "_rotary_store_kernel")
+    names = ("_add_rms_norm_kernel", "_silu_mul_kernel", "_rotary_store_kernel", "_rotary_table_kernel")
     if not interpret:
         return tuple(globals()[n] for n in names)
     return lowbit.interpreted(globals(), *names)
@@ -133,7 +151,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def add_rms_norm(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, rms_norm(s) * weight) with s = h + delta: the residual stream and the next sublayer's input."""
-    (kernel, _, _), flags, interpret = _launch(h)
+    (kernel, _, _, _), flags, interpret = _launch(h)
     n = h.shape[-1]
     h2, d2 = _rows(h), _rows(delta)
     s, out = torch.empty_like(h2), torch.empty_like(h2)
@@ -145,7 +163,7 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up; gate and up may be views into one stacked output."""
-    (_, kernel, _), flags, interpret = _launch(gate)
+    (_, kernel, _, _), flags, interpret = _launch(gate)
     g2, u2 = _rows(gate), _rows(up)
     m, n = g2.shape
     out = torch.empty(m, n, dtype=gate.dtype, device=gate.device)
@@ -161,7 +179,7 @@ def rotary_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
     """The rotated q as [1, heads, T, head_dim]; the rotated k and v written into one layer's caches
     [1, kv_heads, capacity, head_dim] at `slots` [T]. q, k, v: [1, T, heads * head_dim] (or kv_heads), each
     token's heads contiguous (views into one stacked q|k|v output are fine); cos, sin: [T, head_dim]."""
-    (_, _, kernel), flags, interpret = _launch(q)
+    (_, _, kernel, _), flags, interpret = _launch(q)
     if head_dim % 2:
         raise ValueError(f"rotary embeddings take an even head size, not {head_dim}")
     q2, k2, v2 = _rows(q), _rows(k), _rows(v)
@@ -177,6 +195,21 @@ def rotary_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
                    DP=triton.next_power_of_2(head_dim), **flags,
                    **({} if interpret else {"num_warps": 4}))
     return qo
+
+
+def rotary_table(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin [T, D] for `positions` [T] (what engine.model.Rotary returns), in one launch."""
+    probe = torch.empty(0, dtype=dtype, device=positions.device)
+    (*_, kernel), flags, interpret = _launch(probe)
+    half = inv_freq.numel()
+    t = positions.numel()
+    cos = torch.empty(t, 2 * half, dtype=dtype, device=positions.device)
+    sin = torch.empty_like(cos)
+    if t:
+        kernel[(t,)](positions.contiguous(), inv_freq, cos, sin, HALF=half, HP=triton.next_power_of_2(half),
+                     **flags, **({} if interpret else {"num_warps": 1}))
+    return cos, sin
 
 
 # --- the eager ops they stand for (the references of `usable` and of the tests) ---
@@ -253,4 +286,12 @@ def _self_check(device: torch.device, dtype: torch.dtype, shape: tuple[int, int,
     untouched = torch.ones(capacity, dtype=torch.bool, device=device)
     untouched[slots] = False
     good &= not kc[:, :, untouched].any() and not vc[:, :, untouched].any()
+    positions = torch.tensor([0, 7, 4000], device=device)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    freqs = torch.cat((positions.float()[:, None] * inv[None],) * 2, dim=-1)
+    sign = torch.ones(head_dim, device=device)
+    sign[: head_dim // 2] = -1
+    table = rotary_table(positions, inv, dtype)
+    good &= torch.allclose(table[0], freqs.cos().to(dtype), **tol)
+    good &= torch.allclose(table[1], (freqs.sin() * sign).to(dtype), **tol)
     return bool(good)

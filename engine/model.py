@@ -9,6 +9,7 @@ Parameter names follow the Hugging Face checkpoints (minus the `model.` prefix) 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,19 @@ class Rotary(nn.Module):
         sin = emb.sin()
         sin[:, : sin.shape[1] // 2].neg_()  # once per forward, instead of negating half of q and of k per layer
         return emb.cos().to(dtype), sin.to(dtype)
+
+
+class DraftRotary(nn.Module):
+    """A target's Rotary (its very inv_freq) computed by one kernel (draft_kernels.rotary_table) where
+    Rotary launches eight: once a draft step. Float32 like the reference; sin and cos may differ from
+    torch's in the last bit, which a draft may."""
+
+    def __init__(self, rotary: Rotary):
+        super().__init__()
+        self.inv_freq = rotary.inv_freq
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return draft_kernels.rotary_table(positions, self.inv_freq, dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -203,6 +217,15 @@ class MLP(nn.Module):
         return self.down_proj(draft_kernels.silu_mul(gate, up) if self.fused_ops else F.silu(gate) * up)
 
 
+class Pending(NamedTuple):
+    """A fused draft layer's output with its last residual add still to do: the residual stream and the
+    MLP's output. The next fused layer adds them in its first norm's kernel (draft_kernels.add_rms_norm),
+    and so does the final norm: one launch fewer a layer. Never seen by the target."""
+
+    h: torch.Tensor
+    delta: torch.Tensor
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -213,12 +236,18 @@ class DecoderLayer(nn.Module):
         self.fused_ops = False  # the residual add and the second norm in one kernel: only in draft layers
 
     def forward(self, h, cos, sin, mask, cache, layer, start, slots=None):
-        a = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer, start, slots)
-        if self.fused_ops:
+        if self.fused_ops:  # a draft layer: each residual add done inside the next norm's kernel
+            if isinstance(h, Pending):
+                h, x = draft_kernels.add_rms_norm(h.h, h.delta, self.input_layernorm.weight, self.input_layernorm.eps)
+            else:
+                x = self.input_layernorm(h)
+            a = self.self_attn(x, cos, sin, mask, cache, layer, start, slots)
             norm = self.post_attention_layernorm
             h, x = draft_kernels.add_rms_norm(h, a, norm.weight, norm.eps)
-            return h + self.mlp(x)
-        h = h + a
+            return Pending(h, self.mlp(x))
+        if isinstance(h, Pending):
+            h = h.h + h.delta
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, layer, start, slots)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -286,8 +315,14 @@ class Decoder(nn.Module):
         with sdpa_kernel(ATTENTION_BACKENDS):
             for i in range(len(self.layers)):
                 h = self.run_layer(i, h, cos, sin, attn_mask, cache, start, slots)
-        h = h[0]
-        if logits_index is not None:
-            h = h[logits_index]
-        h = self.norm(h)
+        if isinstance(h, Pending):  # a fused draft's last layer: its add done in the final norm's kernel
+            h, delta = h.h[0], h.delta[0]
+            if logits_index is not None:
+                h, delta = h[logits_index], delta[logits_index]
+            h = draft_kernels.add_rms_norm(h, delta, self.norm.weight, self.norm.eps)[1]
+        else:
+            h = h[0]
+            if logits_index is not None:
+                h = h[logits_index]
+            h = self.norm(h)
         return F.linear(h, self.output_weight).float()

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import draft_kernels, lowbit
 from .errors import SubspecError
-from .model import LINEAR_NAMES, Decoder, DraftRMSNorm
+from .model import LINEAR_NAMES, Decoder, DraftRMSNorm, DraftRotary
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 
@@ -272,6 +272,8 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
         # Layers kept at full precision are the target's own linears and attention, in a shell whose norms
         # take one launch each (DraftRMSNorm, same weights); so is the final norm.
         draft.norm = DraftRMSNorm(target.norm)
+        if fused_ops:
+            draft.rotary = DraftRotary(target.rotary)  # the same inv_freq, one launch a step
         for i in set(range(len(target.layers))) - set(chosen):
             draft.layers[i] = _shell(target.layers[i])
             _draft_norms(draft.layers[i])

@@ -78,6 +78,23 @@ def test_rotary_store_rotates_q_and_k_and_stores_k_and_v_only_at_the_slots(dtype
     assert (kc[:, :, others] == 7).all() and (vc[:, :, others] == 7).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_table_is_the_targets_rotary(dtype):
+    from engine.config import ModelConfig
+    from engine.model import Rotary
+
+    for head_dim in (16, 24):
+        rotary = Rotary(ModelConfig.from_dict(dict(model_type="llama", vocab_size=10, hidden_size=4 * head_dim,
+                                                   intermediate_size=8, num_hidden_layers=1,
+                                                   num_attention_heads=4, num_key_value_heads=2)))
+        positions = torch.tensor([0, 1, 17, 300, 4095])
+        cos, sin = draft_kernels.rotary_table(positions, rotary.inv_freq, dtype)
+        ref_cos, ref_sin = rotary(positions, dtype)
+        assert cos.shape == sin.shape == (5, head_dim) and cos.dtype == dtype
+        torch.testing.assert_close(cos, ref_cos, **TOL[dtype])
+        torch.testing.assert_close(sin, ref_sin, **TOL[dtype])
+
+
 def test_rotary_store_refuses_an_odd_head_size():
     x = torch.zeros(1, 2, 5)
     with pytest.raises(ValueError, match="even head size"):
@@ -156,10 +173,16 @@ def test_the_kernels_compile_for_real_gpus_without_spilling():
                                                      "kc_ptr", "vc_ptr")}, slots_ptr="*i64",
                               **ints("T", "stride_qt", "stride_kt", "stride_vt", "stride_ct", "stride_st",
                                      "stride_ch", "stride_cs")),
-                         dict(flags, H=32, HKV=8, D=80, HP=32, DP=128), arch)]
-            for k in kernels:
+                         dict(flags, H=32, HKV=8, D=80, HP=32, DP=128), arch),
+                compiled(draft_kernels._rotary_table_kernel,
+                         {"pos_ptr": "*i64", "inv_ptr": "*fp32", "cos_ptr": f"*{dt}", "sin_ptr": f"*{dt}"},
+                         dict(flags, HALF=64, HP=64), arch, 1)]
+            for n, k in enumerate(kernels):
                 res = sass.resources(k)
-                assert res["local_bytes"] == 0 and res["stack_bytes"] == 0, (arch, dt, res)
+                assert res["local_bytes"] == 0, (arch, dt, n, res)
+                # The rotary table's sin and cos are libdevice's: their reduction of huge arguments (past
+                # ~1e5 radians: positions past 100k) keeps a small array on the stack. No other kernel may.
+                assert res["stack_bytes"] <= (64 if n == len(kernels) - 1 else 0), (arch, dt, n, res)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +193,10 @@ def target(tmp_path_factory):
 def test_a_fused_ops_draft_leaves_the_target_as_it_was(target):
     draft = build_draft(target, 4, 64, layers=[0, 2], merge=True, fused_ops=True)
     assert draft.fused_ops
+    from engine.model import DraftRotary, Rotary
+
+    assert isinstance(draft.rotary, DraftRotary) and type(target.rotary) is Rotary
+    assert draft.rotary.inv_freq is target.rotary.inv_freq
     for i, layer in enumerate(draft.layers):
         t = target.layers[i]
         assert layer.fused_ops and layer.self_attn.fused_ops and layer.mlp.fused_ops
