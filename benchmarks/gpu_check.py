@@ -410,6 +410,9 @@ def main():
     result["draft_step_memory_floor_ms"] = round(step_bytes["total"] / (result["device_copy_gbps"] * 1e9) * 1e3, 3)
     result["draft_step_replay_over_memory_floor"] = round(
         result["draft_step_replay"]["ms_per_replay"] / result["draft_step_memory_floor_ms"], 2)
+    # What a tree step costs beyond its replay: beam selection, tree bookkeeping, the mask, the root step
+    # and host gaps (the iteration's draft time per step, less the replay alone).
+    result["draft_step_outside_replay_ms"] = round(result["draft_step_ms"] - result["draft_step_replay"]["ms_per_replay"], 3)
     if getattr(draft, "fused_ops", False):
         # The same step with the elementwise work as eager ops, side by side: what the fused kernels gain.
         set_fused_ops(draft, False)
@@ -452,6 +455,8 @@ def main():
             ("  - the captured step alone (replay; kernels a replay)",
              f"{result['draft_step_replay']['ms_per_replay']} ms; "
              f"{result['draft_step_replay'].get('kernels_per_replay', 'n/a')}"),
+            ("  - a tree step beyond its replay (selection, bookkeeping, host gaps)",
+             f"{result['draft_step_outside_replay_ms']} ms"),
             ("  - the step's memory floor (bytes it reads / device copy bandwidth); replay over it",
              f"{result['draft_step_memory_floor_ms']} ms ({result['draft_step_bytes']['total'] / 1e9:.2f} GB at "
              f"{result['device_copy_gbps']} GB/s); {result['draft_step_replay_over_memory_floor']}"),

@@ -27,6 +27,7 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     step = out["draft_step_bytes"]  # the step's memory floor: what it reads, over the GPU's copy bandwidth
     assert step["total"] == step["substitutes"] + step["resident_layers"] + step["head"] + step["kv_span"] > 0
     assert out["draft_step_memory_floor_ms"] > 0 and out["draft_step_replay_over_memory_floor"] > 0
+    assert "draft_step_outside_replay_ms" in out  # the iteration's step less the replay alone
     assert out["greedy_identical_to_plain"]["identical"] is True
     assert out["graph_vs_eager_float32"]["same_tree"] is True
     assert out["float32_identity"]["identical"] is True
