@@ -179,11 +179,15 @@ def draft_path(draft) -> dict:
     return {"kind": kind, **paths, "fused_elementwise_ops": bool(getattr(draft, "fused_ops", False))}
 
 
-def set_fused_ops(draft, on: bool) -> None:
+def set_fused_ops(draft, target, on: bool) -> None:
     """Switch a fused-ops draft's elementwise kernels (engine.draft_kernels) on or off in every layer (its
-    shells carry the flags), and drop its captured steps, so the same substitutes can be timed both ways."""
+    shells carry the flags) and for its rotary table, and drop its captured steps, so the same substitutes
+    can be timed both ways."""
+    from engine.model import DraftRotary
+
     for layer in draft.layers:
         layer.fused_ops = layer.self_attn.fused_ops = layer.mlp.fused_ops = on
+    draft.rotary = DraftRotary(target.rotary) if on else target.rotary
     draft.__dict__.pop("_draft_steps", None)
 
 
@@ -415,9 +419,9 @@ def main():
     result["draft_step_outside_replay_ms"] = round(result["draft_step_ms"] - result["draft_step_replay"]["ms_per_replay"], 3)
     if getattr(draft, "fused_ops", False):
         # The same step with the elementwise work as eager ops, side by side: what the fused kernels gain.
-        set_fused_ops(draft, False)
+        set_fused_ops(draft, target, False)
         result["draft_step_replay_eager_elementwise"] = draft_step_replay(draft, cache, shape.topk, device, depth=shape.depth)
-        set_fused_ops(draft, True)
+        set_fused_ops(draft, target, True)
         print(f"[{time.perf_counter() - t_start:6.1f}s] the same step, eager elementwise ops: "
               f"{result['draft_step_replay_eager_elementwise']}", flush=True)
     result["greedy_identical_to_plain"] = identical_check(target, draft, config, device)

@@ -57,15 +57,7 @@ class DraftStep:
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self.logits = self._run()
-        except Exception as e:
-            # Running out of memory inside a capture can surface as the capture's own failure (ending a
-            # broken capture raises anew); say it is memory, so the caller backs off to a shallower tree.
-            if out_of_memory(e) and not isinstance(e, torch.OutOfMemoryError):
-                raise torch.OutOfMemoryError(f"out of GPU memory while capturing a draft step: {e}") from e
-            raise
+        self.logits = capture(graph, self._run)
         self.graph = graph
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
@@ -80,6 +72,19 @@ class DraftStep:
             return self._run()
         self.graph.replay()
         return self.logits
+
+
+def capture(graph, fn):
+    """fn() captured into `graph` (torch.cuda.graph), its result returned. Running out of memory inside a
+    capture can surface as the capture's own failure (ending a broken capture raises anew): it is raised as
+    torch.OutOfMemoryError, so the caller backs off to a shallower tree instead of failing the answer."""
+    try:
+        with torch.cuda.graph(graph):
+            return fn()
+    except Exception as e:
+        if out_of_memory(e) and not isinstance(e, torch.OutOfMemoryError):
+            raise torch.OutOfMemoryError(f"out of GPU memory while capturing a draft step: {e}") from e
+        raise
 
 
 def out_of_memory(error: BaseException) -> bool:

@@ -286,7 +286,8 @@ def _self_check(device: torch.device, dtype: torch.dtype, shape: tuple[int, int,
     untouched = torch.ones(capacity, dtype=torch.bool, device=device)
     untouched[slots] = False
     good &= not kc[:, :, untouched].any() and not vc[:, :, untouched].any()
-    positions = torch.tensor([0, 7, 4000], device=device)
+    positions = torch.tensor([0, 7, 4000, 131071, 1_000_000], device=device)  # past 1e5 radians: the
+    # large-argument path of sin and cos (only positions past ~100k reach it)
     inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     freqs = torch.cat((positions.float()[:, None] * inv[None],) * 2, dim=-1)
     sign = torch.ones(head_dim, device=device)

@@ -90,7 +90,7 @@ class DraftRotary(nn.Module):
 
     def __init__(self, rotary: Rotary):
         super().__init__()
-        self.inv_freq = rotary.inv_freq
+        self.register_buffer("inv_freq", rotary.inv_freq, persistent=False)  # the same tensor
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return draft_kernels.rotary_table(positions, self.inv_freq, dtype)

@@ -148,6 +148,18 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
     `cache` (optional) is used instead of a fresh one, so a caller can inspect or continue it.
     `control` (with `shape.auto`): the depth controller to use and update, so that a conversation keeps what
     earlier answers measured; a new one when it is None or was made for another shape."""
+    try:
+        yield from _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_strings, shape,
+                                     prefill_chunk, verifier, cache, control)
+    finally:
+        # The captured draft steps hold this answer's KV cache and their graphs' memory: they go with the
+        # answer (finished, stopped or failed), so that an idle app or a plain answer after this one does
+        # not keep them in VRAM. A cache the caller passed keeps its steps, for its next answer.
+        release_steps(draft, keep=cache)
+
+
+def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_strings, shape, prefill_chunk,
+                      verifier, cache, control) -> Iterator[StepEvent]:
     check_context(lm, len(prompt_ids), max_new_tokens)
     target = lm.decoder
     device = lm.device
@@ -187,6 +199,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
             # committed this iteration (draft and verify rows lie past cache.length), so the same step is
             # simply run again with a shallower tree: the output stays exactly the target's.
             tree = target_tokens = None
+            release_steps(draft)  # the captured steps' graph memory too (recaptured for the next tree)
             free_device_memory()
             smaller = shallower(shape)
             note = (f"{note} " if note else "") + \

@@ -87,10 +87,10 @@ def test_rotary_table_is_the_targets_rotary(dtype):
         rotary = Rotary(ModelConfig.from_dict(dict(model_type="llama", vocab_size=10, hidden_size=4 * head_dim,
                                                    intermediate_size=8, num_hidden_layers=1,
                                                    num_attention_heads=4, num_key_value_heads=2)))
-        positions = torch.tensor([0, 1, 17, 300, 4095])
+        positions = torch.tensor([0, 1, 17, 300, 4095, 131071, 1_000_000])  # past 1e5 radians too
         cos, sin = draft_kernels.rotary_table(positions, rotary.inv_freq, dtype)
         ref_cos, ref_sin = rotary(positions, dtype)
-        assert cos.shape == sin.shape == (5, head_dim) and cos.dtype == dtype
+        assert cos.shape == sin.shape == (7, head_dim) and cos.dtype == dtype
         torch.testing.assert_close(cos, ref_cos, **TOL[dtype])
         torch.testing.assert_close(sin, ref_sin, **TOL[dtype])
 

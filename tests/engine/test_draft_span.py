@@ -127,10 +127,58 @@ def test_a_new_answer_frees_the_last_answers_captured_steps_and_cache_before_all
     monkeypatch.setattr(spec, "allocate_cache", allocate)
     list(spec.generate_subspec(lm, draft, lm.encode("hi"), 4, shape=spec.TreeShape(3, 2)))
     assert seen == [(0, True)]  # no captured step left and the old cache freed, before the new one is made
-    # A cache given by the caller (a continued conversation) keeps its own steps.
-    kept = lm.decoder.new_cache(512)
-    step = draft_step_for(draft, kept, 2, 256)
-    from engine.draft_graph import release_steps
 
+
+def test_captured_steps_go_with_their_answer_unless_the_caller_keeps_the_cache(tmp_path, monkeypatch):
+    """After an answer (finished or abandoned) its steps are gone, so a plain answer or an idle app does not
+    keep its KV cache in VRAM; a cache the caller passed in keeps its steps, and only its own."""
+    from tiny_models import make_tiny_model_folder
+
+    import engine.speculative as spec
+    from engine.draft_graph import release_steps
+    from engine.loading import load_model
+
+    lm = load_model(make_tiny_model_folder(tmp_path, "qwen2"), "float32", "cpu")
+    draft = build_draft(lm.decoder, 4, 64, layers=[1])
+    real_grow = spec.grow_tree
+    monkeypatch.setattr(spec, "grow_tree", lambda *a, **k: real_grow(*a, **{**k, "fixed_shapes": True}))
+    steps = lambda: draft.__dict__.get("_draft_steps", {})  # noqa: E731
+    answer = spec.generate_subspec(lm, draft, lm.encode("hi"), 8, shape=spec.TreeShape(3, 2))
+    next(answer), next(answer)  # prefill, then one tree: its steps are captured
+    assert steps()
+    answer.close()  # the user stops the answer
+    assert not steps()
+    list(spec.generate_subspec(lm, draft, lm.encode("hi"), 4, shape=spec.TreeShape(3, 2)))
+    assert not steps()
+    kept = lm.decoder.new_cache(512)
+    list(spec.generate_subspec(lm, draft, lm.encode("hi"), 4, shape=spec.TreeShape(3, 2), cache=kept))
+    assert steps() and all(step.cache is kept for step in steps().values())
+    other = DraftStep(draft, lm.decoder.new_cache(256), 2, use_graph=False)  # as if left from another cache
+    steps()[other.key] = other
     release_steps(draft, keep=kept)
-    assert list(draft.__dict__["_draft_steps"].values()) == [step]
+    assert steps() and all(step.cache is kept for step in steps().values())
+
+
+def test_running_out_of_memory_while_ending_a_capture_is_raised_as_out_of_memory(monkeypatch):
+    import contextlib
+
+    from engine import draft_graph
+
+    @contextlib.contextmanager
+    def broken_capture(graph):
+        try:
+            yield
+        except Exception:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "graph", broken_capture)
+
+    def run_out():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+
+    with pytest.raises(torch.OutOfMemoryError, match="while capturing a draft step"):
+        draft_graph.capture(None, run_out)
+    with pytest.raises(RuntimeError, match="not permitted") as other:  # any other failure: as it came
+        draft_graph.capture(None, lambda: (_ for _ in ()).throw(RuntimeError("an illegal memory access")))
+    assert not isinstance(other.value, torch.OutOfMemoryError)
+    assert draft_graph.capture(None, lambda: 7) == 7
