@@ -89,6 +89,7 @@ class HardwareDock(QDockWidget):
         system = QGroupBox("System")
         system_layout = QVBoxLayout(system)
         self.cpu_label, self.ram_label, self.measured_label = _label(), _label(), _label()
+        self.draft_label = _label()  # which kernels a draft runs on here (fused on CUDA with Triton)
         self.measure_status = _label()
         self.measure_status.setStyleSheet("color: #8a6d00;")
         self.measure_status.hide()
@@ -96,7 +97,7 @@ class HardwareDock(QDockWidget):
         self.measure_button.setToolTip("Time host-to-device copies and a bf16 matmul on the GPU (a few seconds); "
                                        "the result is kept for this machine and used by the plan")
         self.measure_button.clicked.connect(self.measure)
-        for w in (self.cpu_label, self.ram_label, self.measured_label):
+        for w in (self.cpu_label, self.ram_label, self.measured_label, self.draft_label):
             system_layout.addWidget(w)
         row = QHBoxLayout()
         row.addWidget(self.measure_button)
@@ -212,6 +213,8 @@ class HardwareDock(QDockWidget):
         self.cpu_label.setText(text.cpu_text(profile))
         self.ram_label.setText(text.ram_text(profile))
         self.measured_label.setText(text.measured_text(profile))
+        self.draft_label.setText(text.draft_text(profile))
+        self.draft_label.setVisible(bool(self.draft_label.text()))
         if was_measuring and not (self.host and self.host.measuring):
             self.measure_status.hide()
         self._update_measure_button()

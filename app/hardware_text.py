@@ -82,6 +82,19 @@ def measured_text(profile: dict) -> str:
     return f"Speeds: {', '.join(parts) or 'none'} (measured {m.get('date') or 'on an unknown date'})"
 
 
+def draft_text(profile: dict) -> str:
+    """Which kernels a SubSpec draft runs on here ('' when the profile does not say: an older saved one)."""
+    draft, cuda = profile.get("draft"), profile.get("cuda") or {}
+    if not draft:
+        return ""
+    if cuda.get("available") and draft.get("triton"):
+        return f"Draft: fused low-bit kernels (Triton {draft.get('triton')})."
+    if cuda.get("available"):
+        return ("Draft: Triton is not installed, so substitutes run as dequantized weights and drafting is "
+                "slower. Install it with pip install triton.")
+    return "Draft: substitutes run as dequantized weights on the CPU (the fused kernels need CUDA)."
+
+
 def plan_rows(plan) -> list[tuple[str, str]]:
     """(label, value) lines with the numbers `subspec plan` prints for the same plan."""
     bits = sorted({b for b in plan.substitute_bits if b is not None})

@@ -68,10 +68,10 @@ class ScriptedExchange(QObject):
         QTimer.singleShot(150, self, self._grab)
 
     def _grab(self) -> None:
-        if not self.window.hardware_dock.isHidden() and self.window.hardware_dock.profile is None:
+        if _on_screen(self.window.hardware_dock) and self.window.hardware_dock.profile is None:
             QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # its first probe (a torch import) may lag
             return
-        if not self.window.models_dock.isHidden() and not self.window.models_dock.ready():
+        if _on_screen(self.window.models_dock) and not self.window.models_dock.ready():
             QTimer.singleShot(GRAB_RETRY_MS, self, self._grab)  # the store's scan and the fit badges
             return
         if self.welcome is not None and not self.welcome.probed:
@@ -90,6 +90,13 @@ class ScriptedExchange(QObject):
         if why:
             print(f"error: {why}", file=sys.stderr)
         QApplication.instance().exit(code)
+
+
+def _on_screen(dock) -> bool:
+    """Whether a dock shows: one restored into a tab group behind another tab is neither hidden nor (for
+    Qt) invisible, but nothing of it is on screen and it never scans or probes, so a screenshot waiting for
+    it would wait for ever."""
+    return dock.isVisible() and not dock.visibleRegion().isEmpty()
 
 
 def _print_and_exit(title: str, message: str, details: str) -> None:

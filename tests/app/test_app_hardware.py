@@ -147,10 +147,20 @@ def test_a_machine_without_the_nvidia_driver_is_a_cpu_only_state_not_an_error(ha
     assert dock.no_gpu_label.text() == ("CPU-only: no NVIDIA driver found (NVML library not found). "
                                         "Models run from RAM on the CPU.")
     assert "CUDA is not available" in dock.measured_label.text()
+    assert dock.draft_label.isHidden()  # this profile (like one saved by an older version) does not say
     assert not dock.measure_button.isEnabled()
     assert dock.error_label.isHidden()
     assert dock.plan == expected_plan(dock) and dock.plan.device == "cpu"
     assert dock.plan_form.labelForField(dock.plan_values["VRAM"]).text() == "RAM"
+
+
+def test_the_panel_says_which_kernels_a_draft_runs_on(hardware_window):
+    prof = dict(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)), draft={"triton": None, "fused_kernels": False})
+    _w, dock, _p = hardware_window(prof)
+    assert not dock.draft_label.isHidden()
+    assert "Triton is not installed" in dock.draft_label.text() and "pip install triton" in dock.draft_label.text()
+    dock.set_profile(dict(prof, draft={"triton": "3.7.1", "fused_kernels": True}))
+    assert dock.draft_label.text() == "Draft: fused low-bit kernels (Triton 3.7.1)."
 
 
 def test_the_reserve_slider_recomputes_the_plan(hardware_window):

@@ -76,3 +76,30 @@ def test_no_scripted_deadline_outlives_its_run(qapp, tmp_path, monkeypatch, dial
     live = [t for s in qapp.allWidgets() for x in s.findChildren(ScriptedExchange)
             for t in x.findChildren(QTimer) if t.isActive()]
     assert live == []
+
+
+def test_a_dock_behind_another_tab_is_not_on_screen(qtbot):
+    """A screenshot waits for the docks that show; a dock restored behind another tab is neither hidden nor,
+    for Qt, invisible, yet never scans or probes: waiting for it hung scripted runs (a saved layout with the
+    Models panel tabbed behind Hardware)."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow
+
+    from app.main import _on_screen
+
+    window = QMainWindow()
+    qtbot.addWidget(window)
+    window.setCentralWidget(QLabel("chat"))
+    front, back = QDockWidget("front"), QDockWidget("back")
+    for dock in (front, back):
+        dock.setWidget(QLabel(dock.windowTitle()))
+        window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    window.tabifyDockWidget(back, front)
+    window.resize(800, 600)
+    window.show()
+    front.raise_()
+    qtbot.waitUntil(lambda: _on_screen(front))
+    assert not back.isHidden() and not _on_screen(back)
+    back.raise_()
+    qtbot.waitUntil(lambda: _on_screen(back))
+    assert not _on_screen(front)

@@ -232,6 +232,7 @@ def test_format_cpu_only(monkeypatch):
         "CPU:  AMD Ryzen 7 5800X 8-Core Processor (8 cores, 16 threads)",
         "RAM:  32.0 GiB (20.0 GiB available)",
         "CUDA: not available",
+        "Draft: substitutes run as dequantized weights on the CPU (the fused kernels need CUDA)",
     ]
 
 
@@ -255,7 +256,11 @@ def test_format_two_gpus_with_measurements(monkeypatch):
     assert lines[4] == "RAM:  64.0 GiB (48.0 GiB available)"
     assert lines[5] == ("CUDA: available (NVIDIA GeForce RTX 4090), host-to-device 24.7 GB/s (pinned), "
                         "bf16 matmul 165.4 TFLOP/s")
-    assert len(lines) == 6
+    if profile["draft"]["triton"]:
+        assert lines[6] == f"Draft: fused low-bit kernels (Triton {profile['draft']['triton']})"
+    else:
+        assert "Triton is not installed" in lines[6]
+    assert len(lines) == 7
 
 
 def test_format_gpu_without_pcie_info(monkeypatch):
@@ -310,3 +315,23 @@ def test_measure_on_cuda():
     cuda = hardware.probe(measure=True)["cuda"]
     assert cuda["available"] and cuda["device_name"]
     assert cuda["h2d_bandwidth_gbps"] > 0.5 and cuda["matmul_tflops"] > 0.5
+
+
+def test_the_profile_says_which_kernels_a_draft_runs_on(monkeypatch):
+    """Fused low-bit kernels need CUDA and Triton; without Triton on a GPU the user is told what it costs and
+    how to mend it; on a CPU, why there are none."""
+    from engine import lowbit
+
+    profile = hardware.probe()
+    assert profile["draft"] == {"triton": lowbit.triton.__version__ if lowbit.available() else None,
+                                "fused_kernels": False}  # no CUDA here
+    assert hardware.draft_text(profile).startswith("Draft: substitutes run as dequantized weights on the CPU")
+    assert hardware.draft_text(profile) in hardware.format_profile(profile)
+    on_gpu = dict(profile, cuda=dict(profile["cuda"], available=True))
+    assert hardware.draft_text(dict(on_gpu, draft={"triton": "3.7.1", "fused_kernels": True})) == \
+        "Draft: fused low-bit kernels (Triton 3.7.1)"
+    missing = hardware.draft_text(dict(on_gpu, draft={"triton": None, "fused_kernels": False}))
+    assert "Triton is not installed" in missing and "pip install triton" in missing
+    assert hardware.draft_text({k: v for k, v in profile.items() if k != "draft"}) == ""  # an older profile
+    monkeypatch.setattr(lowbit, "triton", None)
+    assert hardware._probe_draft(True) == {"triton": None, "fused_kernels": False}
