@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from html import escape
 
+from engine.draft_path import draft_text as engine_draft_text  # torch-free
+
 GIB = 1 << 30  # binary units, as the planner and `subspec hardware` count them
 
 
@@ -83,16 +85,10 @@ def measured_text(profile: dict) -> str:
 
 
 def draft_text(profile: dict) -> str:
-    """Which kernels a SubSpec draft runs on here ('' when the profile does not say: an older saved one)."""
-    draft, cuda = profile.get("draft"), profile.get("cuda") or {}
-    if not draft:
-        return ""
-    if cuda.get("available") and draft.get("triton"):
-        return f"Draft: fused low-bit kernels (Triton {draft.get('triton')})."
-    if cuda.get("available"):
-        return ("Draft: Triton is not installed, so substitutes run as dequantized weights and drafting is "
-                "slower. Install it with pip install triton.")
-    return "Draft: substitutes run as dequantized weights on the CPU (the fused kernels need CUDA)."
+    """Which kernels a SubSpec draft runs on here, as `subspec profile` says it ('' when the profile does
+    not say: an older saved one)."""
+    line = engine_draft_text(profile)
+    return f"{line}." if line else ""
 
 
 def plan_rows(plan) -> list[tuple[str, str]]:

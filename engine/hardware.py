@@ -15,6 +15,9 @@ from typing import Any, Callable
 import psutil
 import torch
 
+from . import draft_path
+from .draft_path import draft_text  # noqa: F401  (part of this module's profile words)
+
 _MIB = 1024**2
 _GIB = 1024**3
 
@@ -37,30 +40,8 @@ def probe(measure: bool = False) -> dict:
         "cpu": _probe_cpu(),
         "ram": _probe_ram(),
         "cuda": cuda,
-        "draft": _probe_draft(cuda["available"]),
+        "draft": draft_path.probe(cuda["available"]),
     }
-
-
-def _probe_draft(cuda_available: bool) -> dict:
-    """The path a SubSpec draft's substitutes take here: the fused low-bit and elementwise kernels need CUDA
-    and Triton; without them the substitutes run as dequantized weights (correct, but a slower draft)."""
-    from . import lowbit
-
-    version = getattr(lowbit.triton, "__version__", None) if lowbit.available() else None
-    return {"triton": version, "fused_kernels": bool(cuda_available and version)}
-
-
-def draft_text(profile: dict) -> str:
-    """One line on the draft's kernels for the terminal and the app ('' for a profile that does not say)."""
-    draft, cuda = profile.get("draft"), profile.get("cuda") or {}
-    if not draft:
-        return ""
-    if cuda.get("available") and draft.get("triton"):
-        return f"Draft: fused low-bit kernels (Triton {draft['triton']})"
-    if cuda.get("available"):
-        return ("Draft: Triton is not installed, so substitutes run as dequantized weights and drafting is "
-                "slower (pip install triton)")
-    return "Draft: substitutes run as dequantized weights on the CPU (the fused kernels need CUDA)"
 
 
 def _probe_nvml() -> tuple[list[dict], dict]:
@@ -324,8 +305,9 @@ def format_profile(profile: dict) -> str:
     lines.append(_cpu_line(profile["cpu"]))
     lines.append(_ram_line(profile["ram"]))
     lines.append(_cuda_line(profile["cuda"]))
-    if draft_text(profile):
-        lines.append(draft_text(profile))
+    draft = draft_text(profile)
+    if draft:
+        lines.append(draft)
     return "\n".join(lines)
 
 

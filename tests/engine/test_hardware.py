@@ -334,4 +334,6 @@ def test_the_profile_says_which_kernels_a_draft_runs_on(monkeypatch):
     assert "Triton is not installed" in missing and "pip install triton" in missing
     assert hardware.draft_text({k: v for k, v in profile.items() if k != "draft"}) == ""  # an older profile
     monkeypatch.setattr(lowbit, "triton", None)
-    assert hardware._probe_draft(True) == {"triton": None, "fused_kernels": False}
+    from engine import draft_path
+
+    assert draft_path.probe(True) == {"triton": None, "fused_kernels": False}
