@@ -184,9 +184,10 @@ def set_fused_ops(draft, target, on: bool) -> None:
     shells carry the flags) and for its rotary table, and drop its captured steps, so the same substitutes
     can be timed both ways."""
     from engine.model import DraftRotary
+    from engine.substitute import fuse_layer_ops
 
     for layer in draft.layers:
-        layer.fused_ops = layer.self_attn.fused_ops = layer.mlp.fused_ops = on
+        fuse_layer_ops(layer, on)
     draft.rotary = DraftRotary(target.rotary) if on else target.rotary
     draft.__dict__.pop("_draft_steps", None)
 

@@ -126,20 +126,25 @@ def available() -> bool:
     return triton is not None
 
 
+_NAMES = ("_add_rms_norm_kernel", "_silu_mul_kernel", "_rotary_store_kernel", "_rotary_table_kernel")
+
+
 @functools.lru_cache(maxsize=None)
-def _kernels(interpret: bool):
-    names = ("_add_rms_norm_kernel", "_silu_mul_kernel", "_rotary_store_kernel", "_rotary_table_kernel")
+def _kernels(interpret: bool) -> dict:
+    kernels = lowbit.interpreted(globals(), *_NAMES) if interpret else tuple(globals()[n] for n in _NAMES)
+    return dict(zip(_NAMES, kernels))
+
+
+def _launch(device: torch.device, dtype: torch.dtype, name: str, warps: int = 4):
+    """The kernel `name` for tensors of `dtype` on `device`, and the options every launch of it takes: the
+    rounding constants and, compiled, the warp count (Triton's interpreter takes none)."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"the draft kernels take float32, bfloat16 or float16, not {dtype}")
+    interpret = device.type == "cpu"
+    options = dict(ROUND=_DTYPES.index(dtype), EMULATE=interpret)
     if not interpret:
-        return tuple(globals()[n] for n in names)
-    return lowbit.interpreted(globals(), *names)
-
-
-def _launch(x: torch.Tensor):
-    """(kernels, flags, launch options) for tensors on x's device."""
-    interpret = x.device.type == "cpu"
-    if x.dtype not in _DTYPES:
-        raise ValueError(f"the draft kernels take float32, bfloat16 or float16, not {x.dtype}")
-    return _kernels(interpret), dict(ROUND=_DTYPES.index(x.dtype), EMULATE=interpret), interpret
+        options["num_warps"] = warps
+    return _kernels(interpret)[name], options
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -151,25 +156,25 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def add_rms_norm(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, rms_norm(s) * weight) with s = h + delta: the residual stream and the next sublayer's input."""
-    (kernel, _, _, _), flags, interpret = _launch(h)
     n = h.shape[-1]
+    block = triton.next_power_of_2(n)
+    kernel, options = _launch(h.device, h.dtype, "_add_rms_norm_kernel", warps=8 if block >= 4096 else 4)
     h2, d2 = _rows(h), _rows(delta)
     s, out = torch.empty_like(h2), torch.empty_like(h2)
-    block = triton.next_power_of_2(n)
     kernel[(h2.shape[0],)](h2, d2, weight, s, out, n, eps, h2.stride(0), d2.stride(0), s.stride(0), out.stride(0),
-                           BLOCK=block, **flags, **({} if interpret else {"num_warps": 8 if block >= 4096 else 4}))
+                           BLOCK=block, **options)
     return s.view(h.shape), out.view(h.shape)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up; gate and up may be views into one stacked output."""
-    (_, kernel, _, _), flags, interpret = _launch(gate)
+    kernel, options = _launch(gate.device, gate.dtype, "_silu_mul_kernel")
     g2, u2 = _rows(gate), _rows(up)
     m, n = g2.shape
     out = torch.empty(m, n, dtype=gate.dtype, device=gate.device)
     block = 1024
     kernel[(triton.cdiv(m * n, block),)](g2, u2, out, m, n, g2.stride(0), u2.stride(0), out.stride(0),
-                                         BLOCK=block, **flags, **({} if interpret else {"num_warps": 4}))
+                                         BLOCK=block, **options)
     return out.view(*gate.shape[:-1], n)
 
 
@@ -179,7 +184,7 @@ def rotary_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
     """The rotated q as [1, heads, T, head_dim]; the rotated k and v written into one layer's caches
     [1, kv_heads, capacity, head_dim] at `slots` [T]. q, k, v: [1, T, heads * head_dim] (or kv_heads), each
     token's heads contiguous (views into one stacked q|k|v output are fine); cos, sin: [T, head_dim]."""
-    (_, _, kernel, _), flags, interpret = _launch(q)
+    kernel, options = _launch(q.device, q.dtype, "_rotary_store_kernel")
     if head_dim % 2:
         raise ValueError(f"rotary embeddings take an even head size, not {head_dim}")
     q2, k2, v2 = _rows(q), _rows(k), _rows(v)
@@ -192,23 +197,21 @@ def rotary_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.T
                    q2.stride(0), k2.stride(0), v2.stride(0), cos.stride(0), sin.stride(0),
                    k_cache.stride(1), k_cache.stride(2),
                    H=heads, HKV=kv_heads, D=head_dim, HP=triton.next_power_of_2(heads),
-                   DP=triton.next_power_of_2(head_dim), **flags,
-                   **({} if interpret else {"num_warps": 4}))
+                   DP=triton.next_power_of_2(head_dim), **options)
     return qo
 
 
 def rotary_table(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin [T, D] for `positions` [T] (what engine.model.Rotary returns), in one launch."""
-    probe = torch.empty(0, dtype=dtype, device=positions.device)
-    (*_, kernel), flags, interpret = _launch(probe)
+    kernel, options = _launch(positions.device, dtype, "_rotary_table_kernel", warps=1)
     half = inv_freq.numel()
     t = positions.numel()
     cos = torch.empty(t, 2 * half, dtype=dtype, device=positions.device)
     sin = torch.empty_like(cos)
     if t:
         kernel[(t,)](positions.contiguous(), inv_freq, cos, sin, HALF=half, HP=triton.next_power_of_2(half),
-                     **flags, **({} if interpret else {"num_warps": 1}))
+                     **options)
     return cos, sin
 
 

@@ -158,10 +158,7 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if self.fused_ops and self.q_norm is None:
             # A draft layer: q and k rotated and k and v stored at their slots by one kernel.
-            if self.qkv_proj is not None:
-                q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
-            else:
-                q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = self._qkv(x)
             at = slots
             if at is None:
                 if start + T > cache.capacity:
@@ -179,10 +176,7 @@ class Attention(nn.Module):
             q, k = qk[:, :H], qk[:, H:]
             v = qkv[..., (H + Hkv) * D:].view(1, T, Hkv, D).transpose(1, 2)
         else:
-            if self.qkv_proj is not None:
-                q, k, v = self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
-            else:
-                q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = self._qkv(x)
             q, k, v = q.view(1, T, H, D), k.view(1, T, Hkv, D), v.view(1, T, Hkv, D)
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
@@ -197,6 +191,13 @@ class Attention(nn.Module):
         out = attend(q, keys, values, mask)
         return self.o_proj(out.transpose(1, 2).reshape(1, T, self.num_heads * self.head_dim))
 
+    def _qkv(self, x):
+        """q, k and v [1, T, heads * head_dim]: from the stacked substitute (views of its output) or the three
+        projections."""
+        if self.qkv_proj is not None:
+            return self.qkv_proj(x).split(self.qkv_proj.sizes, dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -210,10 +211,8 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.gate_up_proj is not None:
             gate, up = self.gate_up_proj(x).split(self.gate_up_proj.sizes, dim=-1)
-        elif self.fused_ops:
-            gate, up = self.gate_proj(x), self.up_proj(x)
         else:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(draft_kernels.silu_mul(gate, up) if self.fused_ops else F.silu(gate) * up)
 
 

@@ -191,10 +191,10 @@ def fuses_ops(device: torch.device | str, dtype: torch.dtype, config=None) -> bo
     return draft_kernels.usable(device, dtype, shape)
 
 
-def _fuse_ops(layer: nn.Module) -> None:
-    """A draft layer shell (with its own attention and MLP shells) on the fused elementwise kernels:
-    residual add + norm, rotary + KV store, silu * up."""
-    layer.fused_ops = layer.self_attn.fused_ops = layer.mlp.fused_ops = True
+def fuse_layer_ops(layer: nn.Module, on: bool = True) -> None:
+    """A draft layer shell (with its own attention and MLP shells) on the fused elementwise kernels, or
+    back on eager ops: residual add + norm, rotary + KV store, silu * up."""
+    layer.fused_ops = layer.self_attn.fused_ops = layer.mlp.fused_ops = on
 
 
 def merge_launches(layer: nn.Module, fused_ops: bool = False) -> None:
@@ -210,7 +210,7 @@ def merge_launches(layer: nn.Module, fused_ops: bool = False) -> None:
             raise SubspecError(f"only substitutes stack: {', '.join(names)} of this layer are not all substitutes")
     _draft_norms(layer)
     if fused_ops:
-        _fuse_ops(layer)
+        fuse_layer_ops(layer)
     for owner, stacked, names in groups:
         setattr(owner, stacked, StackedSubstitute([getattr(owner, n) for n in names]))
         for n in names:
@@ -280,7 +280,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
             if fused_ops:  # the target's own attention and MLP, in shells that carry the draft's flags
                 draft.layers[i].self_attn = _shell(target.layers[i].self_attn)
                 draft.layers[i].mlp = _shell(target.layers[i].mlp)
-                _fuse_ops(draft.layers[i])
+                fuse_layer_ops(draft.layers[i])
     for n, i in enumerate(chosen):
         layer = _shell(target.layers[i])
         layer.self_attn = _shell(layer.self_attn)
