@@ -317,14 +317,16 @@ class ModelManager(QObject):
 
     def cancel(self, jid: int) -> None:
         """A running download stops and deletes its partial files; a paused or failed one's files are
-        deleted here; a conversion stops after its current layer (those finished stay cached)."""
+        deleted here; a conversion stops after its current layer (those finished stay cached); an import
+        stops after its current file or tensor and installs nothing."""
         job = self.jobs.get(jid)
         if job is None:
             return
         s = job.snapshot
-        if s["kind"] == "convert":
+        if s["kind"] in ("convert", "import"):
             if s["active"]:
-                self._apply((jid, {"state": "cancelling", "message": "stopping after this layer"}))
+                where = "this layer" if s["kind"] == "convert" else "this file or tensor"
+                self._apply((jid, {"state": "cancelling", "message": f"stopping after {where}"}))
                 job.cancel.set()
             return
         if s["kind"] != "download":
@@ -365,11 +367,17 @@ class ModelManager(QObject):
         jid = self._new_job("import", Path(source).name, name=name or "", state="importing",
                             message=f"checking {source}")
 
+        cancel = self.jobs[jid].cancel
+
         def work():
             from engine import store
+            from engine.gguf_import import ImportCancelled
 
             try:
-                info = store.import_model(source, name, progress=lambda msg: self._report(jid, message=msg))
+                info = store.import_model(source, name, progress=lambda msg: self._report(jid, message=msg),
+                                          cancel=cancel, fraction=lambda f: self._report(jid, fraction=f))
+            except ImportCancelled as exc:
+                self._report(jid, state="cancelled", message=str(exc))
             except Exception as exc:  # noqa: BLE001 - shown on the job's card
                 self._failed(jid, "import", source, f"Import of {source}", exc)
             else:
@@ -446,8 +454,8 @@ class ModelManager(QObject):
     def shutdown(self, timeout_s: float = JOIN_S) -> list[str]:
         """Pause every download (its partial files stay: the next start lists it to resume), stop every
         conversion after its current layer, and join the threads. Returns the names of threads still running
-        after `timeout_s` (an import of a large GGUF cannot be interrupted; the store drops its temporary
-        folder at the next import)."""
+        after `timeout_s` (an import stops after its current file or tensor; a temporary folder left by one
+        that did not is dropped at the next import)."""
         self.closed = True
         for job in self.jobs.values():
             if job.snapshot["active"]:

@@ -274,7 +274,10 @@ class JobCard(Card):
         download = self.kind == "download"
         self.pause_button.setVisible(download and active and state not in ("pausing", "cancelling"))
         self.resume_button.setVisible(download and not active and job["resumable"])
-        self.cancel_button.setVisible(download and (active or job["resumable"]) and state != "cancelling")
+        stoppable = download or (self.kind == "import" and active)
+        self.cancel_button.setVisible(stoppable and (active or job["resumable"]) and state != "cancelling")
+        self.cancel_button.setToolTip("Stop and delete the partial files" if download else
+                                      "Stop the import; nothing is installed")
         self.dismiss_button.setVisible(not active and state != "paused")
         self.detail.setText(text.job_detail(job))
         self.detail.setVisible(bool(self.detail.text()))

@@ -40,6 +40,8 @@ def job_status(job: dict) -> str:
     words = STATE_WORDS.get(job["state"], job["state"].capitalize())
     if job["kind"] == "download" and job["total"] and job["state"] not in ("done", "failed", "cancelled"):
         return f"{words} · {100 * job['done'] / job['total']:.0f}%"
+    if job["kind"] == "import" and job["fraction"] is not None and job["state"] == "importing":
+        return f"{words} · {100 * job['fraction']:.0f}%"
     if job["kind"] == "convert" and job["total"] and job["state"] == "converting":
         return f"{words} · layer {job['done']} of {job['total']}"
     return words

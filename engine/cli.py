@@ -49,9 +49,34 @@ def cmd_models_info(args) -> int:
 
 
 def cmd_models_import(args) -> int:
-    from . import store
+    import signal
+    import threading
 
-    info = store.import_model(args.path, args.name, lambda msg: print(msg, file=sys.stderr, flush=True))
+    from . import store
+    from .gguf_import import ImportCancelled
+
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # stop after the current file or tensor
+    shown = [-1]
+
+    def fraction(f: float) -> None:
+        if round(100 * f) != shown[0]:
+            shown[0] = round(100 * f)
+            print(f"\r{shown[0]}%", end="", file=sys.stderr, flush=True)
+
+    def say(msg: str) -> None:
+        if shown[0] >= 0:  # end the percentage line first
+            print(file=sys.stderr)
+            shown[0] = -1
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        info = store.import_model(args.path, args.name, say, cancel, fraction)
+    except ImportCancelled as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print(f"imported {info.name} ({info.architecture}, {_human_params(info.parameters)} parameters, "
           f"{cli_models.human_bytes(info.size_bytes)}) into {info.path}")
     return 0

@@ -13,12 +13,13 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import SUPPORTED_ARCHITECTURES, ModelConfig
+from .config import ModelConfig
 from .errors import SubspecError
 from .hub import AUX_FILES  # the files of a Hugging Face model folder a model needs at run time
 
@@ -179,8 +180,14 @@ def clean_orphans(max_age_s: float = 3600.0) -> None:
             pass
 
 
-def import_model(source: str | Path, name: str | None = None, progress: Progress | None = None) -> ModelInfo:
-    """Import a Hugging Face model folder or a .gguf file into the store."""
+def import_model(source: str | Path, name: str | None = None, progress: Progress | None = None,
+                 cancel: threading.Event | None = None,
+                 fraction: Callable[[float], None] | None = None) -> ModelInfo:
+    """Import a Hugging Face model folder or a .gguf file into the store. `cancel` is seen between files
+    (a folder) or tensors (a GGUF): ImportCancelled, and nothing is installed. `fraction` gets the share of
+    the bytes done."""
+    from .gguf_import import ImportCancelled, convert_gguf
+
     progress = progress or (lambda _msg: None)
     source = Path(source).expanduser()
     if not source.exists():
@@ -194,13 +201,22 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=models_dir()))
     try:
         if gguf:
-            _convert_gguf(source, tmp, progress)
+            convert_gguf(source, tmp, progress, (lambda p: fraction(p.fraction)) if fraction else None, cancel)
         else:
             _validate_folder(source)
             progress(f"copying {source} ...")
-            for f in source.iterdir():
-                if f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors"):
-                    shutil.copy2(f, tmp / f.name)
+            files = [f for f in source.iterdir() if f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors")]
+            total, done = sum(f.stat().st_size for f in files), 0
+            for f in files:
+                if cancel is not None and cancel.is_set():
+                    raise ImportCancelled(f"import of {source.name} cancelled; nothing was installed")
+                shutil.copy2(f, tmp / f.name)
+                done += f.stat().st_size
+                if fraction is not None and total:
+                    fraction(done / total)
+        if cancel is not None and cancel.is_set():  # the last moment a cancel can still keep it out
+            raise ImportCancelled(f"import of {source.name} cancelled; nothing was installed")
+        progress("checking the model and its tokenizer ...")
         return install_folder(tmp, name, source=str(source))
     finally:
         if tmp.exists():
@@ -232,44 +248,6 @@ def install_folder(folder: Path, name: str, source: str, extra: dict | None = No
     except OSError as exc:
         raise SubspecError(f"a model named {name!r} appeared while installing") from exc
     return get_model(name)
-
-
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
-
-
-def _convert_gguf(path: Path, out: Path, progress: Progress) -> None:
-    """GGUF -> safetensors bf16 + tokenizer + config, through transformers' GGUF loader."""
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-        field = reader.fields["general.architecture"]
-        arch = bytes(field.parts[field.data[0]]).decode()
-    except Exception as exc:  # the GGUF parser raises many types on a damaged file; all mean the same here
-        raise SubspecError(f"corrupt or truncated GGUF file {path.name}: {type(exc).__name__}: {exc}") from exc
-    if arch not in GGUF_ARCHITECTURES:
-        raise SubspecError(f"unsupported architecture {arch!r} in {path.name}; "
-                           f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
-    del reader
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress line says what is happening
-
-    progress(f"converting {path.name} to safetensors bf16 (about 20 s for a small model) ...")
-    folder, fname = str(path.parent), path.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=fname, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True))
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        raise SubspecError(f"transformers could not read {path.name}: {exc}") from exc
-    model = model.to(torch.bfloat16)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # the weights we store are plain bf16
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
 
 
 def default_gguf() -> Path | None:

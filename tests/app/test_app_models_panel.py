@@ -367,6 +367,34 @@ def test_a_broken_gguf_import_is_an_error_and_installs_nothing(window, tmp_path,
     assert not list(store.models_dir().iterdir())  # no temporary folder left either
 
 
+def test_a_gguf_import_shows_progress_and_can_be_cancelled(window, default_model_folder, qtbot, monkeypatch):
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer
+
+    from engine import gguf_import
+
+    # The metadata from the stored copy (parsing it from the GGUF takes 15 s), and each tensor slowed down so
+    # that the cancel lands mid-import.
+    monkeypatch.setattr(gguf_import, "_hf_config_and_tokenizer", lambda _path: (
+        AutoConfig.from_pretrained(default_model_folder), AutoTokenizer.from_pretrained(default_model_folder)))
+    real = gguf.dequantize
+    monkeypatch.setattr(gguf, "dequantize", lambda data, qtype: time.sleep(0.05) or real(data, qtype))
+    monkeypatch.setattr(models_panel, "choose_gguf", lambda _parent: str(store.default_gguf()))
+    dock, manager = window.models_dock, window.model_manager
+    dock.import_gguf_button.click()
+    [jid] = list(manager.jobs)
+    qtbot.waitUntil(lambda: (manager.snapshot(jid)["fraction"] or 0) > 0.05, timeout=WAIT_MS)
+    card = dock.job_cards[jid]
+    assert card.cancel_button.isVisibleTo(card) and "Importing · " in card.state_badge.text()
+    assert "converting 272 tensors" in card.detail.text()
+    card.cancel_button.click()
+    qtbot.waitUntil(lambda: manager.snapshot(jid)["state"] == "cancelled", timeout=WAIT_MS)
+    assert manager.snapshot(jid)["fraction"] < 0.9  # stopped at the next tensor, not at the end
+    assert "nothing was installed" in card.detail.text()
+    assert not card.cancel_button.isVisibleTo(card) and card.dismiss_button.isVisibleTo(card)
+    assert store.list_models() == [] and not list(store.models_dir().iterdir())
+
+
 def test_convert_builds_and_caches_the_substitutes_with_progress(window, repo_folder, qtbot, monkeypatch):
     from engine import convert
 

@@ -1,0 +1,208 @@
+"""GGUF -> a Hugging Face model folder (safetensors bf16, config, tokenizer), one tensor at a time.
+
+transformers' own GGUF path (`from_pretrained(gguf_file=...)`) dequantizes every tensor to float32 into
+one state dict, builds a float32 model from it, and only then can it be cast and saved: for SmolLM2-135M
+that peaks at about 1.3 GB of RAM to write 270 MB, about 4.6 bytes of RAM per byte written (after the
+interpreter's own). At that rate a 7B GGUF (15 GB of bf16) needs well over 32 GB, and running out of
+memory there kills the process: the app, with the user's conversation.
+
+Here the GGUF is read through its memory map and each tensor is dequantized, un-permuted and cast on its
+own, then written into safetensors shards planned up front from the tensors' sizes. RAM holds one shard
+(at most SHARD_BYTES, or one tensor bigger than that) plus one tensor in float32. The arithmetic and the
+names are transformers' and gguf's own (gguf's dequantizer and name table, transformers' tensor
+processor), so the result equals the whole-model conversion bit for bit; the suite checks that on SmolLM2. A cancel is seen
+between tensors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import SubspecError
+
+SHARD_BYTES = 1 << 30  # a shard is written when the next tensor would take it past 1 GiB
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
+OUT_DTYPE_BYTES = 2  # bfloat16
+
+
+class ImportCancelled(SubspecError):
+    """The user stopped an import; nothing was installed."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    done_bytes: int  # bfloat16 bytes written so far
+    total_bytes: int
+    tensors_done: int
+    tensors: int
+
+    @property
+    def fraction(self) -> float:
+        return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+
+
+def read_architecture(path: Path):
+    """(GGUFReader, architecture) of a GGUF file; a file the parser cannot read is a clear error."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+    except Exception as exc:  # the GGUF parser raises many types on a damaged file; all mean the same here
+        raise SubspecError(f"corrupt or truncated GGUF file {path.name}: {type(exc).__name__}: {exc}") from exc
+    if arch not in GGUF_ARCHITECTURES:
+        from .config import SUPPORTED_ARCHITECTURES
+
+        raise SubspecError(f"unsupported architecture {arch!r} in {path.name}; "
+                           f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
+    return reader, arch
+
+
+def _hf_config_and_tokenizer(path: Path):
+    """The model's config and tokenizer from the GGUF's metadata, through transformers (no tensors read)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder, fname = str(path.parent), path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        raise SubspecError(f"transformers could not read {path.name}: {exc}") from exc
+    return config, tokenizer
+
+
+def _name_map(config, arch: str):
+    """GGUF -> HF tensor names for this config, and the tensor processor transformers applies per
+    architecture (Llama's q/k un-permutation).
+
+    The names come from gguf's own table, asked once for every parameter of the model (built on the meta
+    device: no memory). transformers' `get_gguf_hf_weights_map` does the same but asks again for every
+    submodule, rebuilding the table each time: seconds for a 30-layer model, more for deep ones. For the
+    architectures imported here its top-level pass is the whole answer."""
+    import torch
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config.to_dict())
+    gguf_arch = next((key for key, value in MODEL_ARCH_NAMES.items() if value == config.model_type), None)
+    if gguf_arch is None:
+        raise SubspecError(f"the gguf package does not know the {config.model_type!r} architecture")
+    table = get_tensor_name_map(gguf_arch, config.num_hidden_layers)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    names = {}
+    for hf_name in skeleton.state_dict():
+        base, _, suffix = hf_name.rpartition(".")
+        gguf_name = table.get_name(base) if suffix in ("weight", "bias") else None
+        if gguf_name is not None:
+            names[f"{gguf_name}.{suffix}"] = hf_name
+    wanted = set(skeleton.state_dict())
+    if config.tie_word_embeddings:
+        wanted.discard("lm_head.weight")  # saved once, as the embeddings (what save_pretrained writes)
+    config.architectures = [type(skeleton).__name__]  # as a saved model's config.json names it
+    return processor, names, wanted
+
+
+def _shards(tensors: list, limit: int) -> list[list]:
+    """Group (name, gguf tensor) pairs in file order into shards of at most `limit` output bytes (a bigger
+    tensor gets a shard of its own). Sizes are known before anything is dequantized."""
+    shards: list[list] = []
+    size = 0
+    for item in tensors:
+        nbytes = int(item[1].n_elements) * OUT_DTYPE_BYTES
+        if not shards or (size + nbytes > limit and shards[-1]):
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += nbytes
+    return shards
+
+
+def _shard_name(i: int, n: int) -> str:
+    return "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None,
+                 progress: Callable[[Progress], None] | None = None,
+                 cancel: threading.Event | None = None, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write the GGUF at `path` into the (empty) folder `out` as a bf16 Hugging Face model folder.
+    Raises SubspecError on a damaged or unsupported file, ImportCancelled when `cancel` is set (what was
+    written stays in `out`, for the caller to delete)."""
+    import numpy as np
+    import torch
+    from gguf import dequantize
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    say = say or (lambda _m: None)
+    path, out = Path(path), Path(out)
+    reader, arch = read_architecture(path)
+
+    def check_cancel():
+        if cancel is not None and cancel.is_set():
+            raise ImportCancelled(f"import of {path.name} cancelled; nothing was installed")
+
+    hf_logging.disable_progress_bar()  # our own progress says what is happening
+    say(f"reading the metadata and tokenizer of {path.name} ...")
+    config, tokenizer = _hf_config_and_tokenizer(path)
+    check_cancel()
+    processor, names, wanted = _name_map(config, arch)
+    # transformers maps a name after its processor has run; Llama's processor keeps names, so the map is
+    # applied to the GGUF name (checked below: every wanted tensor must be found exactly once).
+    chosen = [(names[t.name], t) for t in reader.tensors if names.get(t.name) in wanted]
+    found = [n for n, _ in chosen]
+    missing = sorted(wanted - set(found))
+    if missing or len(found) != len(set(found)):
+        raise SubspecError(f"{path.name} does not hold the tensors a {config.model_type} model needs "
+                           f"(missing: {', '.join(missing[:4]) or 'none'}; "
+                           f"repeated: {len(found) - len(set(found))})")
+
+    shards = _shards(chosen, shard_bytes)
+    total = sum(int(t.n_elements) for _, t in chosen) * OUT_DTYPE_BYTES
+    say(f"converting {len(chosen)} tensors of {path.name} to bf16 ({total / 2**30:.2f} GB) ...")
+    state = Progress(0, total, 0, len(chosen))
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = _shard_name(i, len(shards))
+        tensors = {}
+        for name, t in shard:
+            check_cancel()
+            try:
+                weights = dequantize(t.data, t.tensor_type)
+            except (ValueError, NotImplementedError, TypeError) as exc:
+                raise SubspecError(f"cannot dequantize {t.name} ({t.tensor_type.name}) in {path.name}: "
+                                   f"{exc}") from exc
+            result = processor.process(weights=weights, name=t.name)
+            if result.name != t.name:  # transformers maps the processed name; ours keep it (see above)
+                raise SubspecError(f"unexpected tensor renaming in {path.name}: {t.name} -> {result.name}")
+            weights = result.weights
+            # float32 first, as transformers' model holds it, then one rounding to bf16 (same bits). An F32
+            # tensor comes back as a read-only view of the memory map: copied, as torch wants writable memory.
+            weights = np.ascontiguousarray(weights, dtype=np.float32)
+            if not weights.flags.writeable:
+                weights = weights.copy()
+            tensors[name] = torch.from_numpy(weights).to(torch.bfloat16)
+            del weights
+            weight_map[name] = fname
+            state = Progress(state.done_bytes + tensors[name].numel() * OUT_DTYPE_BYTES, total,
+                             state.tensors_done + 1, state.tensors)
+            if progress is not None:
+                progress(state)
+        save_file(tensors, str(out / fname), metadata={"format": "pt"})
+        del tensors
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    config.dtype = torch.bfloat16  # what the weights are stored as (config.json's "dtype")
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the stored weights are plain bf16
+    config.save_pretrained(str(out))
+    GenerationConfig.from_model_config(config).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))

@@ -1,0 +1,158 @@
+"""GGUF import, one tensor at a time: the same bits as transformers' whole-model conversion, shards that
+bound the memory held, a cancel between tensors that installs nothing."""
+
+import json
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors import safe_open
+from tiny_models import make_tiny_model_folder
+
+from engine import gguf_import, store
+from engine.gguf_import import ImportCancelled
+
+
+def _stored_tensors(folder) -> dict:
+    from engine.loading import safetensors_files
+
+    out = {}
+    for f in safetensors_files(Path(folder)):
+        with safe_open(str(f), "pt") as st:
+            out.update({k: st.get_tensor(k) for k in st.keys()})
+    return out
+
+
+@pytest.fixture
+def fast_metadata(default_model_folder, monkeypatch):
+    """The config and tokenizer read from the stored default model instead of parsed again from the GGUF
+    (about 15 s a time): the tensors still come from the GGUF."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    monkeypatch.setattr(gguf_import, "_hf_config_and_tokenizer", lambda _path: (
+        AutoConfig.from_pretrained(default_model_folder), AutoTokenizer.from_pretrained(default_model_folder)))
+
+
+def test_the_stored_default_model_has_transformers_own_conversion_bit_for_bit(default_model_folder):
+    """The session's default model was imported by the streaming converter; transformers' loader
+    (dequantize, un-permute, then the float32 model cast to bf16) gives exactly the same tensors."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    gguf = store.default_gguf()
+    config = AutoConfig.from_pretrained(default_model_folder)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    reference = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton)["tensors"]
+    ours = _stored_tensors(default_model_folder)
+    assert config.tie_word_embeddings and "lm_head.weight" not in ours  # saved once, as save_pretrained does
+    assert set(ours) == set(skeleton.state_dict()) - {"lm_head.weight"}
+    for name, tensor in ours.items():
+        want = reference[name].to(torch.bfloat16)
+        assert tensor.dtype == torch.bfloat16 and tensor.shape == want.shape, name
+        assert torch.equal(tensor.view(torch.int16), want.view(torch.int16)), name
+    saved = json.loads((Path(default_model_folder) / "config.json").read_text())
+    assert saved["architectures"] == ["LlamaForCausalLM"] and saved["dtype"] == "bfloat16"
+    assert "quantization_config" not in saved
+
+
+def test_shards_hold_at_most_the_limit_and_load_as_one_model(home, default_model_folder, fast_metadata,
+                                                              monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    limit = 8 << 20
+    written = []
+
+    def recording_save(tensors, path, metadata=None):
+        written.append(sum(t.numel() * t.element_size() for t in tensors.values()))
+        save_file(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr("safetensors.torch.save_file", recording_save)
+    fractions = []
+    out = tmp_path / "out"
+    out.mkdir()
+    gguf_import.convert_gguf(store.default_gguf(), out, progress=lambda p: fractions.append(p.fraction),
+                             shard_bytes=limit)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(shards) == len(written) > 10 and sorted(set(index["weight_map"].values())) == shards
+    embeddings = 49152 * 576 * 2  # bigger than the limit: a shard of its own
+    assert all(size <= limit for size in written if size != embeddings) and embeddings in written
+    assert index["metadata"]["total_size"] == sum(written)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    ours, stored = _stored_tensors(out), _stored_tensors(default_model_folder)
+    assert set(ours) == set(stored) and all(torch.equal(ours[k], stored[k]) for k in ours)
+
+
+def test_shard_plan():
+    tensor = lambda n: SimpleNamespace(n_elements=n)  # noqa: E731 - bf16 out: 2 bytes per element
+    items = [(name, tensor(n)) for name, n in [("a", 10), ("b", 20), ("big", 100), ("c", 5), ("d", 25)]]
+    plan = gguf_import._shards(items, 64)
+    assert [[name for name, _ in shard] for shard in plan] == [["a", "b"], ["big"], ["c", "d"]]
+    assert [gguf_import._shard_name(i, 3) for i in range(3)][-1] == "model-00003-of-00003.safetensors"
+    assert gguf_import._shard_name(0, 1) == "model.safetensors"
+
+
+def test_a_cancel_between_tensors_installs_nothing(home, fast_metadata):
+    cancel = threading.Event()
+    seen = []
+
+    def fraction(f):
+        seen.append(f)
+        if f > 0.3:
+            cancel.set()
+
+    with pytest.raises(ImportCancelled, match="cancelled; nothing was installed"):
+        store.import_model(store.default_gguf(), "half", cancel=cancel, fraction=fraction)
+    assert 0.3 < max(seen) < 0.6  # it stopped at the next tensor, not at the end
+    assert store.list_models() == [] and not list(store.models_dir().iterdir())
+
+
+def test_a_cancelled_folder_import_installs_nothing(home, tmp_path):
+    src = make_tiny_model_folder(tmp_path / "src", "llama")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ImportCancelled):
+        store.import_model(src, "tiny", cancel=cancel)
+    assert not list(store.models_dir().iterdir())
+    fractions = []
+    store.import_model(src, "tiny", fraction=fractions.append)
+    assert fractions and fractions[-1] == 1.0 and [m.name for m in store.list_models()] == ["tiny"]
+
+
+def test_a_gguf_missing_tensors_is_refused(home, fast_metadata, monkeypatch):
+    real = gguf_import.read_architecture
+
+    def without_a_norm(path):
+        reader, arch = real(path)
+        reader.tensors = [t for t in reader.tensors if t.name != "blk.3.ffn_norm.weight"]
+        return reader, arch
+
+    monkeypatch.setattr(gguf_import, "read_architecture", without_a_norm)
+    with pytest.raises(store.SubspecError, match="missing: model.layers.3.post_attention_layernorm.weight"):
+        store.import_model(store.default_gguf(), "holes")
+    assert not list(store.models_dir().iterdir())
+
+
+def test_ctrl_c_stops_a_cli_import_at_the_next_tensor(home, fast_metadata, monkeypatch, capsys):
+    import signal
+
+    import gguf
+
+    from engine import cli
+
+    real, calls = gguf.dequantize, []
+
+    def interrupted_at_the_tenth(data, qtype):
+        calls.append(qtype)
+        if len(calls) == 10:
+            signal.raise_signal(signal.SIGINT)
+        return real(data, qtype)
+
+    monkeypatch.setattr(gguf, "dequantize", interrupted_at_the_tenth)
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["models", "import", str(store.default_gguf()), "--name", "x"]) == 130
+    assert "cancelled; nothing was installed" in capsys.readouterr().err and len(calls) == 10
+    assert store.list_models() == [] and signal.getsignal(signal.SIGINT) is before
