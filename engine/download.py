@@ -32,7 +32,6 @@ from .errors import SubspecError
 
 STATE = "state.json"
 PART = ".part"
-DISK_MARGIN = 64 * 1024 * 1024  # a full disk is worse than a refused download: keep some room
 ORPHAN_AGE_S = 30 * 24 * 3600  # partial downloads nobody resumed for a month are cleaned up
 
 
@@ -334,10 +333,7 @@ class Download:
                 if p.is_file():
                     have += min(p.stat().st_size, f.size)
         need = sum(f.size for f in files) - have
-        free = free_bytes(work)
-        if need + DISK_MARGIN > free:
-            raise SubspecError(f"not enough disk space for {self.repo_id}: it needs {_gb(need)} more "
-                               f"(+{_gb(DISK_MARGIN)} margin) and {work.parent} has {_gb(free)} free")
+        store.check_free_space(work.parent, need, self.repo_id, free_bytes(work))
 
     def _check_architecture(self, work: Path) -> None:
         """Before any weights: a model we cannot run is refused after one small file."""

@@ -165,6 +165,9 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
 
     shards = _shards(chosen, shard_bytes)
     total = sum(int(t.n_elements) for _, t in chosen) * OUT_DTYPE_BYTES
+    from .store import check_free_space
+
+    check_free_space(out.parent, total, path.name)  # bf16 is 3-4x a 4-bit GGUF: say so before writing
     say(f"converting {len(chosen)} tensors of {path.name} to bf16 ({total / 2**30:.2f} GB) ...")
     state = Progress(0, total, 0, len(chosen))
     weight_map = {}

@@ -180,6 +180,17 @@ def clean_orphans(max_age_s: float = 3600.0) -> None:
             pass
 
 
+DISK_MARGIN = 64 * 1024 * 1024  # a full disk is worse than a refused import or download: keep some room
+
+
+def check_free_space(folder: Path, need: int, what: str, free: int | None = None) -> None:
+    """Refuse, before writing anything, work that would fill the disk `folder` is on."""
+    free = shutil.disk_usage(folder).free if free is None else free
+    if need + DISK_MARGIN > free:
+        raise SubspecError(f"not enough disk space for {what}: it needs {need / 1e9:.2f} GB "
+                           f"(+{DISK_MARGIN / 1e9:.2f} GB margin) and {folder} has {free / 1e9:.2f} GB free")
+
+
 def import_model(source: str | Path, name: str | None = None, progress: Progress | None = None,
                  cancel: threading.Event | None = None,
                  fraction: Callable[[float], None] | None = None) -> ModelInfo:
@@ -207,6 +218,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
             progress(f"copying {source} ...")
             files = [f for f in source.iterdir() if f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors")]
             total, done = sum(f.stat().st_size for f in files), 0
+            check_free_space(tmp.parent, total, source.name)
             for f in files:
                 if cancel is not None and cancel.is_set():
                     raise ImportCancelled(f"import of {source.name} cancelled; nothing was installed")

@@ -156,3 +156,18 @@ def test_ctrl_c_stops_a_cli_import_at_the_next_tensor(home, fast_metadata, monke
     assert cli.main(["models", "import", str(store.default_gguf()), "--name", "x"]) == 130
     assert "cancelled; nothing was installed" in capsys.readouterr().err and len(calls) == 10
     assert store.list_models() == [] and signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_import_the_disk_cannot_hold_is_refused_before_writing(home, fast_metadata, monkeypatch, tmp_path):
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=200 * 10**6))
+    with pytest.raises(store.SubspecError, match=r"not enough disk space for SmolLM2-135M-Instruct.Q4_1.gguf: "
+                                                 r"it needs 0.27 GB \(\+0.07 GB margin\) and .* has 0.20 GB free"):
+        store.import_model(store.default_gguf(), "big")
+    src = make_tiny_model_folder(tmp_path / "src", "llama")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=0))
+    with pytest.raises(store.SubspecError, match="not enough disk space for src"):
+        store.import_model(src, "tiny")
+    assert not list(store.models_dir().iterdir())
