@@ -8,7 +8,8 @@ memory there kills the process: the app, with the user's conversation.
 
 Here the GGUF is read through its memory map and each tensor is dequantized, un-permuted and cast on its
 own, then written into safetensors shards planned up front from the tensors' sizes. RAM holds one shard
-(at most SHARD_BYTES, or one tensor bigger than that) plus one tensor in float32. The arithmetic and the
+(at most SHARD_BYTES, or one tensor bigger than that) plus the float32 of one small tensor or of a block of
+a big one's rows. The arithmetic and the
 names are transformers' and gguf's own (gguf's dequantizer and name table, transformers' tensor
 processor), so the result equals the whole-model conversion bit for bit; the suite checks that on SmolLM2. A cancel is seen
 between tensors."""
@@ -26,6 +27,7 @@ from .errors import SubspecError
 SHARD_BYTES = 1 << 30  # a shard is written when the next tensor would take it past 1 GiB
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
 OUT_DTYPE_BYTES = 2  # bfloat16
+ROW_BLOCK_ELEMENTS = 1 << 24  # a big tensor is dequantized 16M values (64 MB of float32) at a time
 
 
 class ImportCancelled(SubspecError):
@@ -127,15 +129,57 @@ def _shard_name(i: int, n: int) -> str:
     return "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
 
 
+def _keeps_rows(processor, name: str) -> bool:
+    """Whether transformers' processor leaves this tensor as it is (then it can be dequantized a block of
+    rows at a time). Llama's un-permutes q and k across heads; the base processor changes nothing."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor, TensorProcessor
+
+    if type(processor) is TensorProcessor:
+        return True
+    return type(processor) is LlamaTensorProcessor and ".attn_q." not in name and ".attn_k." not in name
+
+
+def _to_bf16(t, processor, path: Path):
+    """One GGUF tensor as transformers holds it (float32: dequantized, processed), rounded once to bf16.
+
+    A big tensor the processor keeps as it is is dequantized ROW_BLOCK_ELEMENTS at a time into its bf16
+    result, so the float32 copy of a 152k-row embedding table (2.2 GB for Qwen2.5-7B) is never whole."""
+    import numpy as np
+    import torch
+    from gguf import dequantize
+
+    def dequantized(data):
+        try:
+            w = dequantize(data, t.tensor_type)
+        except (ValueError, NotImplementedError, TypeError) as exc:
+            raise SubspecError(f"cannot dequantize {t.name} ({t.tensor_type.name}) in {path.name}: {exc}") from exc
+        # An F32 tensor comes back as a read-only view of the memory map: copied, as torch wants it writable.
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        return torch.from_numpy(w if w.flags.writeable else w.copy())
+
+    rows = t.data.shape[0] if t.data.ndim == 2 else 0
+    if rows and int(t.n_elements) > ROW_BLOCK_ELEMENTS and _keeps_rows(processor, t.name):
+        step = max(1, ROW_BLOCK_ELEMENTS * rows // int(t.n_elements))
+        first = dequantized(t.data[:step]).to(torch.bfloat16)
+        out = torch.empty((rows, first.shape[1]), dtype=torch.bfloat16)
+        out[:step] = first
+        for r in range(step, rows, step):
+            out[r:r + step] = dequantized(t.data[r:r + step])
+        return out
+    result = processor.process(weights=dequantized(t.data).numpy(), name=t.name)
+    if result.name != t.name:  # transformers maps the processed name; ours keep it (see _name_map)
+        raise SubspecError(f"unexpected tensor renaming in {path.name}: {t.name} -> {result.name}")
+    w = np.ascontiguousarray(result.weights, dtype=np.float32)
+    return torch.from_numpy(w if w.flags.writeable else w.copy()).to(torch.bfloat16)
+
+
 def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None,
                  progress: Callable[[Progress], None] | None = None,
                  cancel: threading.Event | None = None, shard_bytes: int = SHARD_BYTES) -> None:
     """Write the GGUF at `path` into the (empty) folder `out` as a bf16 Hugging Face model folder.
     Raises SubspecError on a damaged or unsupported file, ImportCancelled when `cancel` is set (what was
     written stays in `out`, for the caller to delete)."""
-    import numpy as np
     import torch
-    from gguf import dequantize
     from safetensors.torch import save_file
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
@@ -176,22 +220,7 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
         tensors = {}
         for name, t in shard:
             check_cancel()
-            try:
-                weights = dequantize(t.data, t.tensor_type)
-            except (ValueError, NotImplementedError, TypeError) as exc:
-                raise SubspecError(f"cannot dequantize {t.name} ({t.tensor_type.name}) in {path.name}: "
-                                   f"{exc}") from exc
-            result = processor.process(weights=weights, name=t.name)
-            if result.name != t.name:  # transformers maps the processed name; ours keep it (see above)
-                raise SubspecError(f"unexpected tensor renaming in {path.name}: {t.name} -> {result.name}")
-            weights = result.weights
-            # float32 first, as transformers' model holds it, then one rounding to bf16 (same bits). An F32
-            # tensor comes back as a read-only view of the memory map: copied, as torch wants writable memory.
-            weights = np.ascontiguousarray(weights, dtype=np.float32)
-            if not weights.flags.writeable:
-                weights = weights.copy()
-            tensors[name] = torch.from_numpy(weights).to(torch.bfloat16)
-            del weights
+            tensors[name] = _to_bf16(t, processor, path)
             weight_map[name] = fname
             state = Progress(state.done_bytes + tensors[name].numel() * OUT_DTYPE_BYTES, total,
                              state.tensors_done + 1, state.tensors)

@@ -70,6 +70,13 @@ def test_shards_hold_at_most_the_limit_and_load_as_one_model(home, default_model
         save_file(tensors, path, metadata=metadata)
 
     monkeypatch.setattr("safetensors.torch.save_file", recording_save)
+    # Every tensor over 64k values a block of rows at a time (q and k whole: Llama's un-permutation spans
+    # their rows), against the stored copy converted with the default blocks.
+    import gguf
+
+    monkeypatch.setattr(gguf_import, "ROW_BLOCK_ELEMENTS", 1 << 16)
+    real, blocks = gguf.dequantize, []
+    monkeypatch.setattr(gguf, "dequantize", lambda data, qtype: blocks.append(data.shape) or real(data, qtype))
     fractions = []
     out = tmp_path / "out"
     out.mkdir()
@@ -84,6 +91,7 @@ def test_shards_hold_at_most_the_limit_and_load_as_one_model(home, default_model
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     ours, stored = _stored_tensors(out), _stored_tensors(default_model_folder)
     assert set(ours) == set(stored) and all(torch.equal(ours[k], stored[k]) for k in ours)
+    assert len(blocks) > 4 * len(ours) and max(rows for rows, *_ in blocks) == 576  # q: 576 rows, whole
 
 
 def test_shard_plan():
