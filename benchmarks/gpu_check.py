@@ -33,6 +33,7 @@ from engine.generate import decode_mask, streamed_bytes  # noqa: E402
 from engine.masks import causal_mask  # noqa: E402
 from engine.model import Decoder  # noqa: E402
 from engine.offload import offload  # noqa: E402
+from engine.planner import mask_bytes, masks_bytes  # noqa: E402
 from engine.speculative import TreeShape, grow_tree, verify  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 from engine.substitute import build_draft, substitute_paths  # noqa: E402
@@ -84,11 +85,12 @@ def resident_for_cap(config: ModelConfig, cap_bytes: int, kv_len: int, nodes: in
     embed = c.vocab_size * c.hidden_size * 2 * (1 if c.tie_word_embeddings else 2)
     kv = 2 * c.num_layers * c.num_kv_heads * c.head_dim * kv_len * 2
     work = nodes * c.vocab_size * 4 + (256 << 20)
-    base = embed + kv + 2 * layer + work
+    masks = masks_bytes(c, kv_len, nodes, 2)  # the planner's: they grow with the context, as the KV does
+    base = embed + kv + 2 * layer + masks + work
     r = 0
     while r < c.num_layers and base + (r + 1) * layer + (c.num_layers - r - 1) * sub <= cap_bytes:
         r += 1
-    parts = {"embeddings_lm_head": embed, "kv_cache": kv, "slots": 2 * layer, "workspace": work,
+    parts = {"embeddings_lm_head": embed, "kv_cache": kv, "slots": 2 * layer, "masks": masks, "workspace": work,
              "resident_layers": r * layer, "substitutes_4bit_packed": (c.num_layers - r) * sub}
     if base + (c.num_layers - r) * sub > cap_bytes:
         raise SystemExit(f"does not fit the cap: needs {(base + c.num_layers * sub) / 1e9:.2f} GB")
@@ -383,9 +385,19 @@ def main():
         tree = grow_tree(draft, cache, token, shape, shape.depth, timer)
         sync(device)
         t1 = time.perf_counter()
+        if i == 0 and device.type == "cuda":  # the untimed first pass: what verification allocates at its peak
+            torch.cuda.reset_peak_memory_stats(device)
+            allocated = torch.cuda.memory_allocated(device)
         chosen = verify(target, cache, tree, greedy, None)
         sync(device)
         t2 = time.perf_counter()
+        if i == 0 and device.type == "cuda":
+            # beside the planner's masks of this pass and the float32 logits of the tree (its workspace part)
+            peak = torch.cuda.max_memory_allocated(device) - allocated
+            result["verify_memory"] = {
+                "peak_over_allocated_bytes": peak,
+                "planned_masks_bytes": mask_bytes(config, tree.size, cache.length + tree.size, 2),
+                "logits_bytes": tree.size * config.vocab_size * 4}
         n = tree.size
         from engine.tree import walk
 
@@ -470,6 +482,11 @@ def main():
              f"{result['draft_step_replay_eager_elementwise'].get('kernels_per_replay', 'n/a')}"
              if "draft_step_replay_eager_elementwise" in result else "not run (draft on eager ops)"),
             ("- verify (one target pass over the tree)", f"{med['verify_s'] * 1e3:.0f} ms"),
+            ("  - its peak memory over what was allocated; the planner's masks of it + float32 logits",
+             f"{result['verify_memory']['peak_over_allocated_bytes'] / 1e6:.0f} MB; "
+             f"{result['verify_memory']['planned_masks_bytes'] / 1e6:.0f} + "
+             f"{result['verify_memory']['logits_bytes'] / 1e6:.0f} MB"
+             if "verify_memory" in result else "not measured (CPU)"),
             ("- overhead (tree, walk, commit)", f"{med['overhead_s'] * 1e3:.0f} ms"),
             ("iteration / transfer floor (goal <= 1.55; published ~2.24)", f"{result['iteration_over_transfer_floor']}"),
             (f"predicted tok/s at tau {PAPER_TAU}", f"{result['predicted_tokens_per_s_at_paper_tau']} "

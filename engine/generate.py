@@ -37,8 +37,11 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256) 
         start = cache.length
         n = part.shape[0]
         positions = torch.arange(start, start + n, device=device)
-        mask = causal_mask(start, n, torch.float32, device, window)
+        # In the model's dtype, and freed before the next chunk's is built: a chunk's mask spans the whole
+        # context so far (engine.planner.mask_bytes counts one, with its fold).
+        mask = causal_mask(start, n, decoder.embed_tokens.weight.dtype, device, window)
         logits = decoder(part, positions, cache, start, mask, logits_index=slice(n - 1, n))
+        del mask
         cache.commit(start + n)
     return logits
 

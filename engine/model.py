@@ -126,9 +126,20 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     return out.view(b, heads, t, d)
 
 
-def fold_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
-    """An additive mask [..., T, S] for `attend`'s folded query rows: its rows repeated `groups` times."""
-    return mask if groups == 1 else mask.repeat(*(1,) * (mask.dim() - 2), groups, 1)
+def fold_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An additive mask [..., T, S] for `attend`'s folded query rows: its rows repeated `groups` times
+    ([..., G*T, S], row g*T + t is row t), in `dtype` (default: the mask's own).
+
+    The copy converts as it repeats: one allocation of the folded size, where converting first and then
+    repeating would also hold a converted [T, S] copy (the mask grows with the context). Values are
+    those of mask.to(dtype), bit for bit."""
+    dtype = mask.dtype if dtype is None else dtype
+    if groups == 1:
+        return mask.to(dtype)  # the mask itself when it is already in `dtype`
+    *lead, t, s = mask.shape
+    folded = mask.new_empty((*lead, groups, t, s), dtype=dtype)
+    folded.copy_(mask.unsqueeze(-3).expand(folded.shape))
+    return folded.view(*lead, groups * t, s)
 
 
 def _span(mask: torch.Tensor | None, cache: KVCache) -> int:
@@ -308,9 +319,10 @@ class Decoder(nn.Module):
         dtype = self.embed_tokens.weight.dtype
         h = self.embed_tokens(tokens)[None]  # [B, T, H]
         cos, sin = self.rotary(positions, dtype)
-        # [B, 1, T, S], or [B, 1, G*T, S] folded once here for every layer's `attend`
+        # [B, 1, T, S], or [B, 1, G*T, S] folded once here for every layer's `attend`, in the model's dtype
+        # (SDPA's fused kernels take a mask in the query's dtype). Its size: engine.planner.mask_bytes.
         groups = self.config.num_heads // self.config.num_kv_heads
-        attn_mask = None if mask is None else fold_mask(mask.to(dtype), groups)[None, None]
+        attn_mask = None if mask is None else fold_mask(mask, groups, dtype)[None, None]
         with sdpa_kernel(ATTENTION_BACKENDS):
             for i in range(len(self.layers)):
                 h = self.run_layer(i, h, cos, sin, attn_mask, cache, start, slots)

@@ -17,6 +17,10 @@ resident full-precision layers; finally D and K maximise the paper's cost model
 which is speedup = tau / (D * t_draft / t_target + gamma) with gamma = t_verify / t_target (about 1 under
 offloading: the tree rides on the same weight transfer). Plain decoding is kept whenever it predicts more.
 
+VRAM is predicted part by part (_memory): embeddings, head, norms, resident layers, substitutes, slots,
+the KV cache, the attention masks of a target pass (which grow with the context, as the KV cache does)
+and a workspace. Every plan's sum stays within the budget.
+
 Units: memory in bytes; "GB" in messages and `vram_gb` mean GiB (2**30, what a "8 GB" card holds and what
 torch reports). Bandwidths are in 1e9 bytes/s (GB/s as PCIe and GPU data sheets count them).
 """
@@ -34,11 +38,18 @@ GROUP_SIZE = 64
 MIN_SLOTS = 2
 MIN_KV_LENGTH = 512
 KV_ROUND = 256  # a shortened context is rounded down to a multiple of this
-WORKSPACE_FIXED = 256 << 20  # activations, attention scores, prefill chunks, allocator slack
+WORKSPACE_FIXED = 256 << 20  # activations, attention scores, prefill chunks, allocator slack (not masks)
 MAX_NODES = 400  # tree node budget: 1 + D * K <= MAX_NODES; memory is reserved for this many
 DEPTHS = (0, 1, 2, 4, 8, 16, 24, 32, 48, 64)
 TOPKS = (1, 2, 4, 6, 8)
 SUBSTITUTE_BITS = (2, 3, 4, 8)
+# Attention masks (mask_bytes). A forward's mask has a row per new token and a column per cache slot, so it
+# grows with the context: unlike the rest of the workspace it is no fixed amount.
+PREFILL_CHUNK = 256  # engine.generate.prefill's chunk: a prompt runs in forwards of this many rows
+MASK_ALIGN = 8  # elements: the row stride SDPA's memory-efficient kernel needs in a mask (see mask_bytes)
+# engine.draft_graph keeps up to four captured draft steps: a tree's root step (1 row) and its
+# topk-row step, at the current span and the one before.
+DRAFT_STEP_ROWS = 2 * (1 + max(TOPKS))
 
 # Hardware defaults when the profile has no measurement.
 PCIE_X16_GBPS = {1: 3.0, 2: 6.0, 3: 12.0, 4: 25.0, 5: 50.0, 6: 100.0}  # effective host-to-device, x16
@@ -183,6 +194,45 @@ def slots_bytes(config: ModelConfig, slots: int, dtype_bytes: int = 2) -> int:
     return slots * layer_linear_bytes(config, dtype_bytes)
 
 
+def mask_bytes(config: ModelConfig, rows: int, columns: int, dtype_bytes: int = 2,
+               built_bytes: int | None = None, sdpa_copy: bool = True) -> int:
+    """Peak bytes of the additive attention masks of one target forward over `rows` new tokens attending
+    to `columns` cache slots. All three parts are live together while the layers run:
+    - the mask as its caller built it, [rows, columns] of `built_bytes` each (default: the model's dtype,
+      as engine.tree.tree_mask builds it for verification and drafting and engine.generate.prefill its
+      causal masks; a captured draft step's input is float32, 4), held by the caller for the whole forward;
+    - its fold (engine.model.fold_mask, made once per forward for every layer): the rows repeated for
+      each of the G = heads / kv_heads query heads that read one KV head, [G * rows, columns] in the
+      model's dtype; none when G = 1 and the mask already is in that dtype (it then is the mask itself);
+    - an allowance, conservative: on CUDA, SDPA's memory-efficient kernel needs a mask's rows at a stride
+      that is a multiple of MASK_ALIGN elements; otherwise it pads the fold into a copy in every layer's
+      call (aten's preprocess_mask / pad_bias: [G * rows, columns + up to 8], freed after the call). The
+      stride is the context length, which changes every pass, so one copy is always counted (plans for
+      the CPU too, which makes none; `sdpa_copy=False` leaves it out, for comparing with what a CPU does).
+    A builder's own temporary (a boolean [rows, columns], for a sliding window) is freed before the fold is
+    made and is no larger than the fold (or, where there is none, the padded copy): it never sets the peak."""
+    groups = config.num_heads // config.num_kv_heads
+    built_bytes = dtype_bytes if built_bytes is None else built_bytes
+    built = rows * columns * built_bytes
+    folded = 0 if groups == 1 and built_bytes == dtype_bytes else groups * rows * columns * dtype_bytes
+    padded = groups * rows * (columns + MASK_ALIGN) * dtype_bytes if sdpa_copy else 0
+    return built + folded + padded
+
+
+def masks_bytes(config: ModelConfig, kv_length: int, nodes: int, dtype_bytes: int = 2) -> int:
+    """The attention masks at their peak over every slot of the cache (kv_length + nodes, the longest
+    context): the larger of a prompt chunk's (PREFILL_CHUNK rows) and the tree's verification (`nodes`
+    rows); with a tree, plus the masks the captured draft steps keep from pass to pass (engine.draft_graph:
+    each a float32 [rows, span] input and, in its CUDA graph's memory, its fold and padded copy)."""
+    columns = kv_length + nodes
+    prefill = mask_bytes(config, min(PREFILL_CHUNK, columns), columns, dtype_bytes)
+    if nodes == 1:  # plain decoding: one token, no mask (a sliding window's is one row)
+        return prefill
+    verify = mask_bytes(config, nodes, columns, dtype_bytes)
+    draft = mask_bytes(config, DRAFT_STEP_ROWS, columns, dtype_bytes, built_bytes=4)
+    return max(prefill, verify) + draft
+
+
 # ---------------------------------------------------------------------------------------------------
 # A layout and its memory.
 
@@ -206,6 +256,7 @@ def _memory(config: ModelConfig, layout: _Layout, dtype_bytes: int) -> dict:
         "substitutes": sum(substitute_layer_bytes(config, b, dtype_bytes) for b in layout.bits),
         "slots": slots_bytes(config, layout.slots, dtype_bytes),
         "kv_cache": kv_cache_bytes(config, layout.kv_length + layout.nodes, dtype_bytes),
+        "masks": masks_bytes(config, layout.kv_length, layout.nodes, dtype_bytes),
         "workspace": workspace_bytes(config, layout.nodes),
     }
 
@@ -216,13 +267,19 @@ def _vram(config: ModelConfig, layout: _Layout, dtype_bytes: int) -> int:
 
 def _longest_kv(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int) -> int | None:
     """The layout's kv_length if it fits, else the longest multiple of KV_ROUND (>= MIN_KV_LENGTH) that
-    fits, else None."""
-    if _vram(config, layout, dtype_bytes) <= budget:
+    fits, else None.
+
+    A token of context costs a KV row and a column of every mask. Memory is convex in the length (the
+    masks' peak is the larger of a few lines), so the line through the asked length with the cost of its
+    next token promises at least what fits: solve it, then step down until the exact sum fits."""
+    asked = _vram(config, layout, dtype_bytes)
+    if asked <= budget:
         return layout.kv_length
-    kv = kv_cache_bytes(config, layout.kv_length + layout.nodes, dtype_bytes)
-    without_kv = _vram(config, layout, dtype_bytes) - kv
-    rows = (budget - without_kv) // kv_cache_bytes(config, 1, dtype_bytes) - layout.nodes
-    length = min(layout.kv_length, rows // KV_ROUND * KV_ROUND)
+    per_token = _vram(config, replace(layout, kv_length=layout.kv_length + 1), dtype_bytes) - asked
+    length = layout.kv_length - -(-(asked - budget) // per_token)  # minus the tokens too many, rounded up
+    length = min(layout.kv_length, length // KV_ROUND * KV_ROUND)
+    while length >= MIN_KV_LENGTH and _vram(config, replace(layout, kv_length=length), dtype_bytes) > budget:
+        length -= KV_ROUND
     return length if length >= MIN_KV_LENGTH else None
 
 
@@ -467,7 +524,8 @@ def _refuse(config: ModelConfig, budget: int, dtype_bytes: int) -> None:
         f"{_model_name(config)} does not fit: SubSpec needs at least {_gb(need)} of VRAM "
         f"(4-bit substitutes {_gb(memory['substitutes'])}, embeddings and head "
         f"{_gb(memory['embeddings'] + memory['lm_head'])}, {MIN_SLOTS} streaming slots {_gb(memory['slots'])}, "
-        f"KV cache for {MIN_KV_LENGTH} tokens and workspace {_gb(memory['kv_cache'] + memory['workspace'])}) "
+        f"KV cache for {MIN_KV_LENGTH} tokens, attention masks and workspace "
+        f"{_gb(memory['kv_cache'] + memory['masks'] + memory['workspace'])}) "
         f"and the budget is {_gb(budget)}: needs {_gb(missing)} more.", missing)
 
 
@@ -557,7 +615,9 @@ def make_plan(config: ModelConfig, hardware: dict, vram_gb: float | None = None,
                        f"(the planner would choose {chosen.resident}).")
     elif forced:
         reasons.append(f"Resident layers: all {layers}, as asked; it fits the budget.")
-    _explain_layout(config, layout, kind, budget, dtype_bytes, kv_length, forced, reasons)
+    # with the tree chosen: the masks it names are the plan's (fewer nodes than reserved, smaller masks)
+    _explain_layout(config, replace(layout, nodes=shape.nodes), kind, budget, dtype_bytes, kv_length, forced,
+                    reasons)
     host = layout.offloaded * layer_linear_bytes(config, dtype_bytes)
     if host:
         _check_pinned_ram(hardware, host, reasons)
@@ -617,10 +677,12 @@ def _explain_layout(config: ModelConfig, layout: _Layout, kind: str, budget: int
                        f"through {layout.slots} slots of {_gb(full)} every target pass.")
     if layout.kv_length < kv_length:
         reasons.append(f"Context: shortened to {layout.kv_length} tokens (asked {kv_length}): a longer KV cache "
-                       f"does not fit the {_gb(budget)} budget.")
+                       f"and the attention masks that grow with it do not fit the {_gb(budget)} budget.")
     else:
+        masks = masks_bytes(config, layout.kv_length, layout.nodes, dtype_bytes)
         reasons.append(f"Context: {layout.kv_length} tokens of KV cache "
-                       f"({_gb(kv_cache_bytes(config, layout.kv_length, dtype_bytes))}).")
+                       f"({_gb(kv_cache_bytes(config, layout.kv_length, dtype_bytes))}); attention masks over "
+                       f"it take {_gb(masks)} at their peak.")
 
 
 def _explain_shape(layout: _Layout, kind: str, shape: _Shape, baseline: float, drafting: dict,
@@ -664,7 +726,8 @@ def _cpu_plan(config: ModelConfig, hardware: dict, kv_length: int, reserve_gb: f
             raise PlanError(f"{_model_name(config)} needs {_gb(need)} of RAM to run on the CPU and "
                             f"{_gb(budget)} is available: needs {_gb(need - budget)} more RAM.", need - budget, "RAM")
         layout = replace(layout, kv_length=length)
-        reasons.append(f"RAM: the model, its KV cache and workspace take {_gb(_vram(config, layout, dtype_bytes))} "
+        reasons.append(f"RAM: the model, its KV cache, attention masks and workspace take "
+                       f"{_gb(_vram(config, layout, dtype_bytes))} "
                        f"of the {_gb(budget)} available (after a {reserve_gb:g} GB reserve).")
     if layout.kv_length < kv_length:
         reasons.append(f"Context: shortened to {layout.kv_length} tokens (asked {kv_length}): RAM is short.")

@@ -94,6 +94,7 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
     if fixed_shapes is None:
         fixed_shapes = device.type == "cuda"
     tree = Tree.with_root(root_token, 1 + depth * shape.topk, device)
+    dtype = draft.embed_tokens.weight.dtype  # masks in the model's dtype: no converted copy per step
     frontier = slice(0, 1)
     scores = torch.zeros(1, device=device)
     steps = {}  # rows -> captured step (captured before the clock starts: once per span, not per tree)
@@ -103,8 +104,7 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
             steps[rows] = draft_step_for(draft, cache, rows, span)
     t0 = time.perf_counter()
     for _ in range(depth):
-        mask = tree_mask(tree.ancestors, frontier, L, tree.size, depths=tree.depths,
-                         sliding_window=draft.config.sliding_window)
+        mask = tree_mask(tree.ancestors, frontier, L, tree.size, dtype, tree.depths, draft.config.sliding_window)
         rows = frontier.stop - frontier.start
         step = steps.get(rows)
         if step is not None:
@@ -128,8 +128,10 @@ def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams
            draws: Draws | None) -> torch.Tensor:
     """The target's token at every node of the tree, in one pass: [N] on the device."""
     L, n = cache.length, tree.size
-    mask = tree_mask(tree.ancestors, slice(0, n), L, n, depths=tree.depths,
-                     sliding_window=target.config.sliding_window)
+    # In the model's dtype: a float32 mask would be held beside its converted fold for the whole pass
+    # (the largest mask of all: n rows over the whole context; engine.planner.mask_bytes counts it).
+    mask = tree_mask(tree.ancestors, slice(0, n), L, n, target.embed_tokens.weight.dtype, tree.depths,
+                     target.config.sliding_window)
     positions = L + tree.depths[:n]
     logits = target(tree.tokens[:n], positions, cache, L, mask)
     return select_tokens(logits, sampling, draws, positions)

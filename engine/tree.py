@@ -74,16 +74,21 @@ def tree_mask(ancestors: torch.Tensor, rows: slice, committed: int, visible_node
     prefix (all visible) and to tree nodes [0, visible_nodes) (visible when an ancestor or self).
 
     With a sliding window (and the tree's `depths`), keys more than `sliding_window - 1` positions behind
-    a node are hidden too, as in causal attention."""
-    visible = torch.ones(rows.stop - rows.start, committed + visible_nodes, dtype=torch.bool,
-                         device=ancestors.device)
-    visible[:, committed:] = ancestors[rows, :visible_nodes]
+    a node are hidden too, as in causal attention.
+
+    Pass the model's dtype: the caller holds the mask through the whole forward, beside its fold, and it
+    grows with the context (a float32 one would be twice a bf16 one). Built in place, zeros then the
+    hidden entries: the prefix is visible to every node, so only the tree's columns need the ancestor test,
+    and no boolean matrix as wide as the context is made (one is, for a sliding window). Every row sees at
+    least itself, so no row is all hidden."""
+    hidden = torch.finfo(dtype).min
+    mask = torch.zeros(rows.stop - rows.start, committed + visible_nodes, dtype=dtype, device=ancestors.device)
+    mask[:, committed:].masked_fill_(~ancestors[rows, :visible_nodes], hidden)
     if sliding_window is not None:
         q = committed + depths[rows][:, None]
         k = torch.cat((torch.arange(committed, device=depths.device), committed + depths[:visible_nodes]))
-        visible &= k[None, :] > q - sliding_window
-    mask = torch.zeros(visible.shape, dtype=dtype, device=ancestors.device)
-    return mask.masked_fill_(~visible, torch.finfo(dtype).min)
+        mask.masked_fill_(k[None, :] <= q - sliding_window, hidden)
+    return mask
 
 
 def positions(depths: torch.Tensor, committed: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.model import attend
+from engine.model import attend, fold_mask
 
 
 def _case(heads, kv_heads, t, s, dtype, seed=0):
@@ -43,6 +43,42 @@ def test_no_mask_is_grouped_attention_over_everything():
     q, k, v, _ = _case(8, 2, 1, 12, torch.float32)
     torch.testing.assert_close(attend(q, k, v, None),
                                F.scaled_dot_product_attention(q, k, v, enable_gqa=True), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_fold_converts_while_it_repeats_bit_for_bit(dtype, groups):
+    _, _, _, mask = _case(6, 2, 5, 30, torch.float32)
+    folded = fold_mask(mask[0, 0], groups, dtype)
+    assert folded.dtype == dtype and torch.equal(folded, mask[0, 0].to(dtype).repeat(groups, 1))
+    assert torch.equal(fold_mask(mask, groups, dtype), mask.to(dtype).repeat(1, 1, groups, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("window", [None, 3])
+def test_a_tree_mask_built_in_the_models_dtype_attends_exactly_as_a_converted_float32_one(dtype, window):
+    """Verification builds its mask in the model's dtype: hidden is that dtype's minimum instead of
+    float32's minimum rounded to it (-inf). Every row sees itself, so both hide exactly the same keys,
+    and attention gives the same numbers bit for bit (SDPA's CPU kernels; Decoder.forward's backends)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from engine.model import ATTENTION_BACKENDS
+    from engine.tree import Tree, tree_mask
+
+    g = torch.Generator().manual_seed(1)
+    tree = Tree.with_root(5, 40, "cpu")
+    while tree.size < 40:
+        k = min(3, 40 - tree.size)
+        tree.add(torch.randint(0, tree.size, (k,), generator=g), torch.randint(0, 9, (k,), generator=g))
+    for committed in (0, 7, 300):
+        new = tree_mask(tree.ancestors, slice(0, 40), committed, 40, dtype, tree.depths, window)
+        old = tree_mask(tree.ancestors, slice(0, 40), committed, 40, torch.float32, tree.depths, window).to(dtype)
+        assert torch.isinf(old).any() and not torch.isinf(new).any()
+        q = torch.randn(1, 8, 40, 16, generator=g).to(dtype)
+        k, v = (torch.randn(1, 2, committed + 40, 16, generator=g).mul(3).to(dtype) for _ in range(2))
+        for backends in (ATTENTION_BACKENDS, [SDPBackend.MATH]):
+            with sdpa_kernel(backends):
+                assert torch.equal(attend(q, k, v, new[None, None]), attend(q, k, v, old[None, None]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -7,14 +7,19 @@ from real_configs import LLAMA_3_70B, LLAMA_31_8B, QWEN25_7B, QWEN25_14B, QWEN25
 
 from engine.config import ModelConfig
 from engine.errors import SubspecError
+from engine import planner
 from engine.planner import (
     GIB,
+    KV_ROUND,
+    MAX_NODES,
     PlanError,
     embedding_bytes,
     kv_cache_bytes,
     layer_linear_bytes,
     layer_linear_params,
     make_plan,
+    mask_bytes,
+    masks_bytes,
     predicted_tau,
     substitute_layer_bytes,
 )
@@ -73,6 +78,14 @@ def test_memory_formulas():
     assert substitute_layer_bytes(c, 8) == pytest.approx(weights * (1 + 4 / 64) + 2 * (q + 2 * kv), abs=1)
     assert kv_cache_bytes(c, 4096) == 2 * 28 * 4 * 128 * 4096 * 2
     assert embedding_bytes(c) == 152064 * 3584 * 2
+    # a 400-node verification at a 32k context: the bf16 tree mask, its fold for the 7 query heads of each
+    # KV head, and SDPA's padded copy of the fold (the rows padded to a multiple of 8 slots)
+    rows, columns = 400, 32768 + 400
+    assert mask_bytes(c, rows, columns) == rows * columns * 2 + 7 * rows * columns * 2 + 7 * rows * (columns + 8) * 2
+    assert mask_bytes(c, rows, columns, sdpa_copy=False) == rows * columns * 2 * (1 + 7)
+    assert mask_bytes(c, rows, columns) > planner.WORKSPACE_FIXED  # more than the whole fixed workspace
+    # a prompt chunk's float32 causal mask, folded to bf16
+    assert mask_bytes(c, 256, columns, built_bytes=4, sdpa_copy=False) == 256 * columns * (4 + 7 * 2)
 
 
 def test_tau_model_is_calibrated_on_the_paper_and_prefers_8_bit():
@@ -84,13 +97,14 @@ def test_tau_model_is_calibrated_on_the_paper_and_prefers_8_bit():
     assert predicted_tau(0, 6, 1.0) == 1.0
 
 
+@pytest.mark.parametrize("context", [4096, 32768, 131072])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_plan_fits_its_budget_or_is_refused_with_the_shortfall(name):
+def test_every_plan_fits_its_budget_or_is_refused_with_the_shortfall(name, context):
     c = config(name)
     fitted = []
     for gb in BUDGETS:
         try:
-            plan = make_plan(c, gpu_profile(total_gb=32), vram_gb=gb)
+            plan = make_plan(c, gpu_profile(total_gb=32), vram_gb=gb, context=context)
         except PlanError as exc:
             assert exc.missing_bytes > 0
             assert "needs" in str(exc) and "more" in str(exc)
@@ -100,6 +114,7 @@ def test_every_plan_fits_its_budget_or_is_refused_with_the_shortfall(name):
         assert plan.budget_bytes == int((gb - 0.5) * GIB)
         assert 0 < plan.predicted_vram_bytes <= plan.budget_bytes
         assert plan.predicted_vram_bytes == sum(plan.memory.values())
+        assert plan.memory["masks"] == masks_bytes(c, plan.kv_length, plan.nodes)
         assert plan.resident_layers + plan.offloaded_layers == c.num_layers
         assert len(plan.substitute_bits) == c.num_layers
         assert plan.substitute_bits[: plan.resident_layers] == [None] * plan.resident_layers
@@ -185,7 +200,8 @@ def test_cpu_only_never_gets_a_deep_tree():
         assert plan.device == "cpu"
         assert plan.method == "vanilla" or plan.depth <= 4
         assert plan.offloaded_layers == 0 and plan.offloaded_bytes_per_pass == 0
-        assert plan.predicted_host_bytes <= plan.budget_bytes
+        assert plan.predicted_host_bytes == sum(plan.memory.values()) <= plan.budget_bytes
+        assert plan.memory["masks"] == masks_bytes(config(name), plan.kv_length, 1) > 0
         assert any("no CUDA" in r for r in plan.reasons)
 
 
@@ -220,6 +236,33 @@ def test_short_memory_shortens_the_context_and_says_so():
     assert any("shortened" in r for r in plan.reasons)
     capped = make_plan(config("llama-3-70b"), gpu_profile(total_gb=80), vram_gb=80, context=100000)
     assert capped.kv_length <= 8192
+
+
+@pytest.mark.parametrize("name, context, gbs", [("qwen2.5-7b", 32768, (8, 10, 12, 16)),
+                                                ("llama-3.1-8b", 131072, (8, 12, 16, 24, 32))])
+def test_long_contexts_count_their_attention_masks_and_still_fit(name, context, gbs):
+    """The masks of a target pass grow with the context: at 32k or 128k they are hundreds of MB, more than
+    the fixed workspace, and the plan must hold them within the budget."""
+    c = config(name)
+    for gb in gbs:
+        plan = make_plan(c, gpu_profile(total_gb=80), vram_gb=gb, context=context)
+        masks = plan.memory["masks"]
+        assert masks == masks_bytes(c, plan.kv_length, plan.nodes)
+        assert masks >= mask_bytes(c, plan.nodes, plan.kv_length + plan.nodes)  # verification's at least
+        assert plan.predicted_vram_bytes == sum(plan.memory.values()) <= plan.budget_bytes
+        assert any("attention masks" in r for r in plan.reasons)
+        if plan.kv_length == context:
+            assert masks > 200 * 2**20, gb
+        else:
+            # shortened: the longest multiple of KV_ROUND that fits with the tree's reserve, masks included
+            assert plan.kv_length % KV_ROUND == 0
+            smallest = planner._with_substitutes(c, 0, plan.kv_length)
+            assert planner._vram(c, smallest, 2) <= plan.budget_bytes
+            longer = planner._with_substitutes(c, 0, plan.kv_length + KV_ROUND)
+            assert planner._vram(c, longer, 2) > plan.budget_bytes
+            # without the masks a longer context would have seemed to fit
+            assert planner._vram(c, longer, 2) - masks_bytes(c, plan.kv_length + KV_ROUND, MAX_NODES) \
+                <= plan.budget_bytes, gb
 
 
 def test_bandwidth_comes_from_measurement_then_pcie_then_default():

@@ -34,6 +34,19 @@ def test_mask_sees_prefix_and_ancestors_only():
     assert (m[m != 0] == torch.finfo(torch.float32).min).all()
 
 
+def test_mask_in_the_models_dtype_hides_the_same_keys_with_its_own_minimum():
+    t = _small_tree()
+    reference = tree_mask(t.ancestors, slice(0, 6), committed=4, visible_nodes=6)
+    for dtype in (torch.bfloat16, torch.float16):
+        m = tree_mask(t.ancestors, slice(0, 6), committed=4, visible_nodes=6, dtype=dtype)
+        assert m.dtype == dtype and torch.equal(m == 0, reference == 0)
+        assert (m[m != 0] == torch.finfo(dtype).min).all()  # finite: never -inf
+        assert (m == 0).any(dim=-1).all()  # every node sees itself at least: no row is all hidden
+    windowed = tree_mask(t.ancestors, slice(0, 6), 4, 6, torch.bfloat16, t.depths, sliding_window=3)
+    assert (windowed == 0).int().tolist()[3] == [0, 0, 0, 0] + [1, 1, 0, 1, 0, 0]  # at position 6: keys 4..6
+    assert (windowed == 0).any(dim=-1).all()
+
+
 def test_walk_accepts_while_child_then_bonus():
     t = _small_tree()
     tokens, parents = t.tokens.tolist(), t.parents.tolist()
