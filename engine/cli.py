@@ -157,6 +157,13 @@ def _plan_config(target: str):
     p = Path(target).expanduser()
     if p.is_file():
         return ModelConfig.from_file(p), p.name  # plan from config.json alone, before downloading weights
+    if not p.exists() and target.count("/") == 1 and all(target.split("/")):
+        # A hub repo id: the catalogue's config (offline), else the repo's config.json (a few KB)
+        from . import hub
+        from .catalogue import CATALOGUE
+
+        known = next((e for e in CATALOGUE if e.repo_id.lower() == target.lower()), None)
+        return ModelConfig.from_dict(known.config if known else hub.remote_config(target)), target
     folder, name = resolve_model(target)
     return ModelConfig.from_file(folder), name
 
@@ -452,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     pl = sub.add_parser("plan", help="how a model would run here: split, substitute bits, tree, predicted speed")
-    pl.add_argument("model", help="a store name, a model folder or a config.json (no weights needed)")
+    pl.add_argument("model", help="a store name, a model folder, a config.json or a hub repo id (no weights "
+                                  "needed: the catalogue's models offline, others' config.json from the hub)")
     pl.add_argument("--vram-gb", type=float, help="plan for this much VRAM instead of what is free")
     pl.add_argument("--reserve-gb", type=float, default=0.5, help="VRAM left for other programs (default 0.5)")
     pl.add_argument("--context", type=int, default=4096)

@@ -90,6 +90,23 @@ def test_plan_from_config_json_alone(tmp_path):
     assert r.returncode == 0 and "vanilla on cpu" in r.stdout
 
 
+def test_plan_from_a_hub_repo_id_before_anything_is_downloaded(tmp_path, monkeypatch, capsys):
+    from engine import cli, hub
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(QWEN25_7B))
+    from_file = json.loads(run("plan", str(cfg), "--vram-gb", "8", "--json").stdout)
+    r = run("plan", "qwen/Qwen2.5-7B-Instruct", "--vram-gb", "8", "--json")  # the catalogue's, offline
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["memory"] == from_file["memory"]
+    asked = []
+    monkeypatch.setattr(hub, "remote_config", lambda repo_id: asked.append(repo_id) or dict(QWEN25_7B))
+    assert cli.main(["plan", "someone/a-finetune", "--vram-gb", "8", "--json"]) == 0
+    assert asked == ["someone/a-finetune"] and json.loads(capsys.readouterr().out)["memory"] == from_file["memory"]
+    r = run("plan", "nobody/nothing", "--vram-gb", "8", env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+
+
 def test_plan_refuses_a_model_that_cannot_fit(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(QWEN25_32B))
