@@ -51,6 +51,13 @@ MASK_ALIGN = 8  # elements: the row stride SDPA's memory-efficient kernel needs 
 # topk-row step, at the current span and the one before.
 DRAFT_STEP_ROWS = 2 * (1 + max(TOPKS))
 
+# Sampling (engine.sampling.select_tokens) warps at most SAMPLE_CHUNK_ELEMENTS logits at a time (a block of
+# rows); top-p's softmax, sort (values and int64 indices), cumulative sums and scatter hold 29 bytes per
+# value at their peak on the CPU (tests/engine/test_sampling.py measures it). CUDA's segmented sort adds
+# double buffers for keys and indices (12 more): 48 is that, rounded up.
+SAMPLE_CHUNK_ELEMENTS = 1 << 21  # engine.sampling's (a test checks they agree)
+SAMPLING_BYTES_PER_VALUE = 48
+
 # Hardware defaults when the profile has no measurement.
 PCIE_X16_GBPS = {1: 3.0, 2: 6.0, 3: 12.0, 4: 25.0, 5: 50.0, 6: 100.0}  # effective host-to-device, x16
 DEFAULT_LINK_GBPS = 25.0  # PCIe 4.0 x16
@@ -184,10 +191,15 @@ def norm_bytes(config: ModelConfig, dtype_bytes: int = 2) -> int:
     return (config.num_layers * per_layer + config.hidden_size) * dtype_bytes
 
 
-def workspace_bytes(config: ModelConfig, nodes: int) -> int:
-    """The verification logits of the tree in float32 (nodes * vocab * 4) plus a fixed 256 MiB for
+def workspace_bytes(config: ModelConfig, nodes: int, dtype_bytes: int = 2) -> int:
+    """The verification logits of the tree in float32 (nodes * vocab * 4), plus the larger of what comes
+    beside them (the projection in the model's dtype, converted by Decoder.forward's .float(); sampling's
+    temporaries for one block of rows, engine.sampling.select_tokens), plus a fixed 256 MiB for
     activations and allocator slack."""
-    return nodes * config.vocab_size * 4 + WORKSPACE_FIXED
+    vocab = config.vocab_size
+    projection = nodes * vocab * dtype_bytes if dtype_bytes != 4 else 0  # float32: .float() is no copy
+    sampling = min(nodes, max(1, SAMPLE_CHUNK_ELEMENTS // vocab)) * vocab * SAMPLING_BYTES_PER_VALUE
+    return nodes * vocab * 4 + max(projection, sampling) + WORKSPACE_FIXED
 
 
 def slots_bytes(config: ModelConfig, slots: int, dtype_bytes: int = 2) -> int:
@@ -257,7 +269,7 @@ def _memory(config: ModelConfig, layout: _Layout, dtype_bytes: int) -> dict:
         "slots": slots_bytes(config, layout.slots, dtype_bytes),
         "kv_cache": kv_cache_bytes(config, layout.kv_length + layout.nodes, dtype_bytes),
         "masks": masks_bytes(config, layout.kv_length, layout.nodes, dtype_bytes),
-        "workspace": workspace_bytes(config, layout.nodes),
+        "workspace": workspace_bytes(config, layout.nodes, dtype_bytes),
     }
 
 

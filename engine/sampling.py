@@ -19,6 +19,9 @@ import torch
 
 from .errors import SubspecError
 
+# Sampling warps this many logits at a time at most (a block of rows); engine.planner mirrors it.
+SAMPLE_CHUNK_ELEMENTS = 1 << 21
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -106,8 +109,15 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | N
         return logits.argmax(-1)
     if draws is None or positions is None:
         raise ValueError("sampling needs the answer's draws and each row's position")
-    cdf = warp(logits, params).cumsum(-1)
-    target = draws.uniforms(positions.to(cdf.device)).to(cdf.dtype) * cdf[:, -1]
-    # The first token whose cumulative probability exceeds the target: never a zero-probability token.
-    token = torch.searchsorted(cdf, target[:, None].contiguous(), right=True)[:, 0]
-    return token.clamp_(max=logits.shape[-1] - 1)
+    uniforms = draws.uniforms(positions.to(logits.device))
+    tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    # A block of rows at a time: warping makes several [rows, V] temporaries (about 2 GB for a 400-node
+    # tree over a 152k vocabulary at once); each row's draw depends on that row alone.
+    step = max(1, SAMPLE_CHUNK_ELEMENTS // logits.shape[-1])
+    for r in range(0, logits.shape[0], step):
+        cdf = warp(logits[r:r + step], params).cumsum(-1)
+        target = uniforms[r:r + step].to(cdf.dtype) * cdf[:, -1]
+        # The first token whose cumulative probability exceeds the target: never a zero-probability token.
+        tokens[r:r + step] = torch.searchsorted(cdf, target[:, None].contiguous(), right=True)[:, 0]
+        del cdf
+    return tokens.clamp_(max=logits.shape[-1] - 1)

@@ -33,8 +33,9 @@ class MaskLedger(TorchDispatchMode):
     """Live and peak bytes of the mask-shaped tensors (at least 2 dims, the last >= MIN_COLUMNS) that ops
     make under it. Attention's own outputs (its result and softmax statistics) are not masks."""
 
-    def __init__(self):
+    def __init__(self, min_columns: int = MIN_COLUMNS):
         super().__init__()
+        self.min_columns = min_columns
         self.storages = {}  # data_ptr -> [tensors alive on it, bytes]
         self.live = self.peak = 0
 
@@ -48,7 +49,7 @@ class MaskLedger(TorchDispatchMode):
             key = t.untyped_storage().data_ptr()
             if key not in self.storages:
                 fresh = key not in inputs and key != 0 and "scaled_dot_product" not in func.__name__
-                if not (fresh and t.dim() >= 2 and t.shape[-1] >= MIN_COLUMNS):
+                if not (fresh and t.dim() >= 2 and t.shape[-1] >= self.min_columns):
                     continue
                 nbytes = t.untyped_storage().nbytes()
                 self.storages[key] = [0, nbytes]

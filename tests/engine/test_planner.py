@@ -86,6 +86,12 @@ def test_memory_formulas():
     assert mask_bytes(c, rows, columns) > planner.WORKSPACE_FIXED  # more than the whole fixed workspace
     # a prompt chunk's float32 causal mask, folded to bf16
     assert mask_bytes(c, 256, columns, built_bytes=4, sdpa_copy=False) == 256 * columns * (4 + 7 * 2)
+    # verification's float32 logits, beside the bf16 projection they come from (more than sampling's block
+    # of 13 rows at 48 bytes a value), and the fixed part
+    v = 152064
+    assert planner.workspace_bytes(c, 400) == 400 * v * 4 + 400 * v * 2 + planner.WORKSPACE_FIXED
+    assert planner.workspace_bytes(c, 7) == 7 * v * 4 + 7 * v * 48 + planner.WORKSPACE_FIXED  # sampling's
+    assert planner.workspace_bytes(c, 400, 4) == 400 * v * 4 + 13 * v * 48 + planner.WORKSPACE_FIXED
 
 
 def test_tau_model_is_calibrated_on_the_paper_and_prefers_8_bit():

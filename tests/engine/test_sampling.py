@@ -77,3 +77,40 @@ def test_sampling_without_positions_is_a_clear_error():
 def test_bad_parameters_are_user_errors(kwargs):
     with pytest.raises(SubspecError):
         SamplingParams(**kwargs)
+
+
+PARAMS = [SamplingParams(0.7, 1.0), SamplingParams(0.7, 0.9), SamplingParams(1.0, 0.95, 40), SamplingParams(1.3, 1.0, 7)]
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_sampling_a_block_of_rows_at_a_time_draws_the_same_tokens(params, monkeypatch):
+    from engine import sampling
+
+    logits = torch.randn(61, 3000, generator=torch.Generator().manual_seed(5)) * 4
+    positions = torch.arange(100, 161)
+    whole = select_tokens(logits, params, sampling.Draws(11), positions)
+    for rows in (1, 7, 60):
+        monkeypatch.setattr(sampling, "SAMPLE_CHUNK_ELEMENTS", rows * 3000)
+        assert torch.equal(select_tokens(logits, params, sampling.Draws(11), positions), whole)
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_sampling_memory_stays_within_the_planners_term(params, monkeypatch):
+    """What warping holds at its peak, measured: it does not grow with the tree's rows, and per value of a
+    block it is within what engine.planner.workspace_bytes counts (29 bytes measured with top-p)."""
+    from test_mask_memory import MaskLedger
+
+    from engine import planner, sampling
+
+    assert planner.SAMPLE_CHUNK_ELEMENTS == sampling.SAMPLE_CHUNK_ELEMENTS
+    vocab, block = 3000, 8
+    monkeypatch.setattr(sampling, "SAMPLE_CHUNK_ELEMENTS", block * vocab)
+    logits = torch.randn(64, vocab, generator=torch.Generator().manual_seed(1)) * 4
+    peaks = []
+    for rows in (block, 64):
+        with MaskLedger(min_columns=vocab) as ledger:
+            select_tokens(logits[:rows], params, sampling.Draws(3), torch.arange(rows))
+        peaks.append(ledger.peak)
+    assert peaks[0] == peaks[1] > 0  # 64 rows hold what one block does
+    per_value = peaks[1] / (block * vocab)
+    assert per_value <= (29 if params.top_p < 1 else 9) <= planner.SAMPLING_BYTES_PER_VALUE
