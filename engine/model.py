@@ -126,18 +126,26 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
     return out.view(b, heads, t, d)
 
 
-def fold_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+# SDPA's memory-efficient CUDA kernel wants a mask's rows at a stride that is a multiple of this many
+# elements; otherwise every layer's call pads the mask into a copy first (aten's preprocess_mask/pad_bias).
+MASK_ALIGN = 8
+
+
+def fold_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype | None = None, align: int = 1) -> torch.Tensor:
     """An additive mask [..., T, S] for `attend`'s folded query rows: its rows repeated `groups` times
-    ([..., G*T, S], row g*T + t is row t), in `dtype` (default: the mask's own).
+    ([..., G*T, S], row g*T + t is row t), in `dtype` (default: the mask's own), its rows at a stride that
+    is a multiple of `align` (MASK_ALIGN on CUDA, so that no layer copies it; 1 elsewhere: the CPU's
+    kernels run slower on a strided mask).
 
     The copy converts as it repeats: one allocation of the folded size, where converting first and then
     repeating would also hold a converted [T, S] copy (the mask grows with the context). Values are
     those of mask.to(dtype), bit for bit."""
     dtype = mask.dtype if dtype is None else dtype
-    if groups == 1:
-        return mask.to(dtype)  # the mask itself when it is already in `dtype`
     *lead, t, s = mask.shape
-    folded = mask.new_empty((*lead, groups, t, s), dtype=dtype)
+    if groups == 1 and mask.stride(-2) % align == 0:
+        return mask.to(dtype)  # the mask itself when it is already in `dtype`
+    stride = -(-s // align) * align
+    folded = mask.new_empty((*lead, groups, t, stride), dtype=dtype)[..., :s]
     folded.copy_(mask.unsqueeze(-3).expand(folded.shape))
     return folded.view(*lead, groups * t, s)
 
@@ -322,7 +330,8 @@ class Decoder(nn.Module):
         # [B, 1, T, S], or [B, 1, G*T, S] folded once here for every layer's `attend`, in the model's dtype
         # (SDPA's fused kernels take a mask in the query's dtype). Its size: engine.planner.mask_bytes.
         groups = self.config.num_heads // self.config.num_kv_heads
-        attn_mask = None if mask is None else fold_mask(mask, groups, dtype)[None, None]
+        align = MASK_ALIGN if h.device.type == "cuda" else 1
+        attn_mask = None if mask is None else fold_mask(mask, groups, dtype, align)[None, None]
         with sdpa_kernel(ATTENTION_BACKENDS):
             for i in range(len(self.layers)):
                 h = self.run_layer(i, h, cos, sin, attn_mask, cache, start, slots)

@@ -46,7 +46,7 @@ SUBSTITUTE_BITS = (2, 3, 4, 8)
 # Attention masks (mask_bytes). A forward's mask has a row per new token and a column per cache slot, so it
 # grows with the context: unlike the rest of the workspace it is no fixed amount.
 PREFILL_CHUNK = 256  # engine.generate.prefill's chunk: a prompt runs in forwards of this many rows
-MASK_ALIGN = 8  # elements: the row stride SDPA's memory-efficient kernel needs in a mask (see mask_bytes)
+MASK_ALIGN = 8  # elements: engine.model.MASK_ALIGN, the row stride of a fold on CUDA (see mask_bytes)
 # engine.draft_graph keeps up to four captured draft steps: a tree's root step (1 row) and its
 # topk-row step, at the current span and the one before.
 DRAFT_STEP_ROWS = 2 * (1 + max(TOPKS))
@@ -207,7 +207,7 @@ def slots_bytes(config: ModelConfig, slots: int, dtype_bytes: int = 2) -> int:
 
 
 def mask_bytes(config: ModelConfig, rows: int, columns: int, dtype_bytes: int = 2,
-               built_bytes: int | None = None, sdpa_copy: bool = True) -> int:
+               built_bytes: int | None = None, sdpa_copy: bool = True, align: int = MASK_ALIGN) -> int:
     """Peak bytes of the additive attention masks of one target forward over `rows` new tokens attending
     to `columns` cache slots. All three parts are live together while the layers run:
     - the mask as its caller built it, [rows, columns] of `built_bytes` each (default: the model's dtype,
@@ -215,18 +215,22 @@ def mask_bytes(config: ModelConfig, rows: int, columns: int, dtype_bytes: int = 
       causal masks; a captured draft step's input is float32, 4), held by the caller for the whole forward;
     - its fold (engine.model.fold_mask, made once per forward for every layer): the rows repeated for
       each of the G = heads / kv_heads query heads that read one KV head, [G * rows, columns] in the
-      model's dtype; none when G = 1 and the mask already is in that dtype (it then is the mask itself);
+      model's dtype, each row at a stride of `columns` rounded up to `align` (MASK_ALIGN on CUDA, 1 on
+      the CPU); none when G = 1 and the mask already is in that dtype and aligned (it is the mask itself);
     - an allowance, conservative: on CUDA, SDPA's memory-efficient kernel needs a mask's rows at a stride
-      that is a multiple of MASK_ALIGN elements; otherwise it pads the fold into a copy in every layer's
+      that is a multiple of MASK_ALIGN elements; otherwise it pads the mask into a copy in every layer's
       call (aten's preprocess_mask / pad_bias: [G * rows, columns + up to 8], freed after the call). The
-      stride is the context length, which changes every pass, so one copy is always counted (plans for
-      the CPU too, which makes none; `sdpa_copy=False` leaves it out, for comparing with what a CPU does).
+      fold is made aligned on CUDA so that this should not happen, but that is unverified without a GPU
+      (benchmarks/gpu_check.py's verify_memory will say), so one copy is still counted (`sdpa_copy=False`
+      leaves it out, for comparing with what a CPU does).
     A builder's own temporary (a boolean [rows, columns], for a sliding window) is freed before the fold is
     made and is no larger than the fold (or, where there is none, the padded copy): it never sets the peak."""
     groups = config.num_heads // config.num_kv_heads
     built_bytes = dtype_bytes if built_bytes is None else built_bytes
     built = rows * columns * built_bytes
-    folded = 0 if groups == 1 and built_bytes == dtype_bytes else groups * rows * columns * dtype_bytes
+    stride = -(-columns // align) * align
+    aligned_already = built_bytes == dtype_bytes and stride == columns
+    folded = 0 if groups == 1 and aligned_already else groups * rows * stride * dtype_bytes
     padded = groups * rows * (columns + MASK_ALIGN) * dtype_bytes if sdpa_copy else 0
     return built + folded + padded
 

@@ -54,6 +54,24 @@ def test_fold_converts_while_it_repeats_bit_for_bit(dtype, groups):
     assert torch.equal(fold_mask(mask, groups, dtype), mask.to(dtype).repeat(1, 1, groups, 1))
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("slots", [30, 32])
+def test_an_aligned_fold_has_rows_at_a_multiple_of_8_and_attends_the_same(groups, slots):
+    """On CUDA the fold's rows sit at a stride that is a multiple of MASK_ALIGN, so SDPA's memory-efficient
+    kernel need not pad it into a copy in every layer; the values and the attention are the same."""
+    from engine.model import MASK_ALIGN
+
+    q, k, v, mask = _case(6, 2, 5, slots, torch.float32)
+    plain, aligned = fold_mask(mask, groups, torch.float32), fold_mask(mask, groups, torch.float32, MASK_ALIGN)
+    assert torch.equal(aligned, plain) and aligned.shape == plain.shape
+    assert all(st % MASK_ALIGN == 0 for st in aligned.stride()[:-1]) and aligned.stride(-1) == 1
+    if groups == 1 and slots % MASK_ALIGN == 0:
+        assert aligned is mask  # already aligned: no copy
+    heads = 2 * groups
+    q = torch.randn(1, heads, 5, 16)
+    assert torch.equal(attend(q, k, v, aligned), attend(q, k, v, plain))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("window", [None, 3])
 def test_a_tree_mask_built_in_the_models_dtype_attends_exactly_as_a_converted_float32_one(dtype, window):

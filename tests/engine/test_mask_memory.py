@@ -114,7 +114,7 @@ def test_verification_holds_the_masks_the_planner_counts(target):
         verify(decoder, cache, tree, SamplingParams(), None)
     columns = committed + nodes
     # What the CPU holds is exactly the mask and its fold; on CUDA SDPA may add a padded copy.
-    assert ledger.peak == mask_bytes(decoder.config, nodes, columns, dtype_bytes, sdpa_copy=False)
+    assert ledger.peak == mask_bytes(decoder.config, nodes, columns, dtype_bytes, sdpa_copy=False, align=1)
     assert ledger.peak < mask_bytes(decoder.config, nodes, columns, dtype_bytes)
     assert ledger.live == 0
 
@@ -126,7 +126,7 @@ def test_prefill_holds_the_masks_the_planner_counts(target):
     with MaskLedger() as ledger:
         prefill(decoder, cache, [3 + i % 90 for i in range(prompt)], chunk)
     # The last chunk's causal mask in the model's dtype and its fold; the earlier chunks' are freed first.
-    assert ledger.peak == mask_bytes(decoder.config, chunk, prompt, dtype_bytes, sdpa_copy=False)
+    assert ledger.peak == mask_bytes(decoder.config, chunk, prompt, dtype_bytes, sdpa_copy=False, align=1)
     assert ledger.live == 0
 
 
