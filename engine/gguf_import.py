@@ -9,10 +9,9 @@ memory there kills the process: the app, with the user's conversation.
 Here the GGUF is read through its memory map and each tensor is dequantized, un-permuted and cast on its
 own, then written into safetensors shards planned up front from the tensors' sizes. RAM holds one shard
 (at most SHARD_BYTES, or one tensor bigger than that) plus the float32 of one small tensor or of a block of
-a big one's rows. The arithmetic and the
-names are transformers' and gguf's own (gguf's dequantizer and name table, transformers' tensor
-processor), so the result equals the whole-model conversion bit for bit; the suite checks that on SmolLM2. A cancel is seen
-between tensors."""
+a big one's rows. The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and
+name table, transformers' tensor processor), so the result equals the whole-model conversion bit for bit;
+the suite checks that on SmolLM2. A cancel is seen between tensors."""
 
 from __future__ import annotations
 
