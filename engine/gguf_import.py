@@ -1,10 +1,10 @@
 """GGUF -> a Hugging Face model folder (safetensors bf16, config, tokenizer), one tensor at a time.
 
 transformers' own GGUF path (`from_pretrained(gguf_file=...)`) dequantizes every tensor to float32 into
-one state dict, builds a float32 model from it, and only then can it be cast and saved: for SmolLM2-135M
-that peaks at about 1.3 GB of RAM to write 270 MB, about 4.6 bytes of RAM per byte written (after the
-interpreter's own). At that rate a 7B GGUF (15 GB of bf16) needs well over 32 GB, and running out of
-memory there kills the process: the app, with the user's conversation.
+one state dict, builds a float32 model from it, and only then can it be cast and saved: on a 0.9B GGUF
+(benchmarks/gguf_import_memory.py) that peaked at 4.45 GiB against 1.97 GiB here, and it grows with the
+model (about 30 GiB for a 7B's 15 GB of bf16, extrapolated). Running out of memory there kills the
+process: the app, with the user's conversation.
 
 Here the GGUF is read through its memory map and each tensor is dequantized, un-permuted and cast on its
 own, then written into safetensors shards planned up front from the tensors' sizes. RAM holds one shard
