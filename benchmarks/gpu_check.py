@@ -392,7 +392,7 @@ def main():
         sync(device)
         t2 = time.perf_counter()
         if i == 0 and device.type == "cuda":
-            # beside the planner's masks of this pass and the float32 logits of the tree (its workspace part)
+            # beside the planner's masks of this pass and the bf16 logits of the tree (its workspace part)
             peak = torch.cuda.max_memory_allocated(device) - allocated
             result["verify_memory"] = {
                 "peak_over_allocated_bytes": peak,
@@ -401,7 +401,7 @@ def main():
                 # a peak within this (plus the logits) says the allowance can go
                 "planned_masks_without_sdpa_copy_bytes": mask_bytes(config, tree.size, cache.length + tree.size, 2,
                                                                     sdpa_copy=False),
-                "logits_bytes": tree.size * config.vocab_size * 4}
+                "logits_bytes": tree.size * config.vocab_size * 2}  # bf16: verify keeps the model's dtype
         n = tree.size
         from engine.tree import walk
 
@@ -487,7 +487,7 @@ def main():
              if "draft_step_replay_eager_elementwise" in result else "not run (draft on eager ops)"),
             ("- verify (one target pass over the tree)", f"{med['verify_s'] * 1e3:.0f} ms"),
             ("  - its peak memory over what was allocated; the planner's masks of it (without SDPA's copy) + "
-             "float32 logits",
+             "bf16 logits",
              f"{result['verify_memory']['peak_over_allocated_bytes'] / 1e6:.0f} MB; "
              f"{result['verify_memory']['planned_masks_bytes'] / 1e6:.0f} "
              f"({result['verify_memory']['planned_masks_without_sdpa_copy_bytes'] / 1e6:.0f}) + "

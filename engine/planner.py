@@ -52,9 +52,9 @@ MASK_ALIGN = 8  # elements: engine.model.MASK_ALIGN, the row stride of a fold on
 DRAFT_STEP_ROWS = 2 * (1 + max(TOPKS))
 
 # Sampling (engine.sampling.select_tokens) warps at most SAMPLE_CHUNK_ELEMENTS logits at a time (a block of
-# rows); top-p's softmax, sort (values and int64 indices), cumulative sums and scatter hold 29 bytes per
-# value at their peak on the CPU (tests/engine/test_sampling.py measures it). CUDA's segmented sort adds
-# double buffers for keys and indices (12 more): 48 is that, rounded up.
+# rows); the block's float32 cast (4 bytes a value) and top-p's softmax, sort (values and int64 indices),
+# cumulative sums and scatter hold 33 bytes per value at their peak on the CPU (tests/engine/test_sampling.py
+# measures it). CUDA's segmented sort adds double buffers for keys and indices (12 more): 48 rounds that up.
 SAMPLE_CHUNK_ELEMENTS = 1 << 21  # engine.sampling's (a test checks they agree)
 SAMPLING_BYTES_PER_VALUE = 48
 
@@ -192,14 +192,12 @@ def norm_bytes(config: ModelConfig, dtype_bytes: int = 2) -> int:
 
 
 def workspace_bytes(config: ModelConfig, nodes: int, dtype_bytes: int = 2) -> int:
-    """The verification logits of the tree in float32 (nodes * vocab * 4), plus the larger of what comes
-    beside them (the projection in the model's dtype, converted by Decoder.forward's .float(); sampling's
-    temporaries for one block of rows, engine.sampling.select_tokens), plus a fixed 256 MiB for
-    activations and allocator slack."""
+    """The verification logits of the tree in the model's dtype (engine.speculative.verify keeps them so),
+    plus sampling's temporaries for one block of rows (engine.sampling.select_tokens, which casts a block
+    at a time to float32), plus a fixed 256 MiB for activations and allocator slack."""
     vocab = config.vocab_size
-    projection = nodes * vocab * dtype_bytes if dtype_bytes != 4 else 0  # float32: .float() is no copy
     sampling = min(nodes, max(1, SAMPLE_CHUNK_ELEMENTS // vocab)) * vocab * SAMPLING_BYTES_PER_VALUE
-    return nodes * vocab * 4 + max(projection, sampling) + WORKSPACE_FIXED
+    return nodes * vocab * dtype_bytes + sampling + WORKSPACE_FIXED
 
 
 def slots_bytes(config: ModelConfig, slots: int, dtype_bytes: int = 2) -> int:
@@ -260,7 +258,7 @@ class _Layout:
     bits: tuple  # substitute bits per offloaded layer (in layer order); () = no draft substitutes
     kv_length: int
     slots: int
-    nodes: int  # KV scratch rows and float32 logits reserved for the tree
+    nodes: int  # KV scratch rows and verification logits reserved for the tree
 
 
 def _memory(config: ModelConfig, layout: _Layout, dtype_bytes: int) -> dict:
@@ -285,18 +283,21 @@ def _longest_kv(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: 
     """The layout's kv_length if it fits, else the longest multiple of KV_ROUND (>= MIN_KV_LENGTH) that
     fits, else None.
 
-    A token of context costs a KV row and a column of every mask. Memory is convex in the length (the
-    masks' peak is the larger of a few lines), so the line through the asked length with the cost of its
-    next token promises at least what fits: solve it, then step down until the exact sum fits."""
-    asked = _vram(config, layout, dtype_bytes)
-    if asked <= budget:
+    A token of context costs a KV row and a column of every mask (whose rows are padded to a multiple of
+    MASK_ALIGN, so the cost per token is not constant); memory only grows with the length, so a binary
+    search over the multiples of KV_ROUND finds the longest that fits."""
+    def fits(length: int) -> bool:
+        return _vram(config, replace(layout, kv_length=length), dtype_bytes) <= budget
+
+    if fits(layout.kv_length):
         return layout.kv_length
-    per_token = _vram(config, replace(layout, kv_length=layout.kv_length + 1), dtype_bytes) - asked
-    length = layout.kv_length - -(-(asked - budget) // per_token)  # minus the tokens too many, rounded up
-    length = min(layout.kv_length, length // KV_ROUND * KV_ROUND)
-    while length >= MIN_KV_LENGTH and _vram(config, replace(layout, kv_length=length), dtype_bytes) > budget:
-        length -= KV_ROUND
-    return length if length >= MIN_KV_LENGTH else None
+    lo, hi = -(-MIN_KV_LENGTH // KV_ROUND), layout.kv_length // KV_ROUND  # in units of KV_ROUND
+    if lo > hi or not fits(lo * KV_ROUND):
+        return None
+    while lo < hi:  # fits(lo), and nothing above hi is a candidate
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid * KV_ROUND) else (lo, mid - 1)
+    return lo * KV_ROUND
 
 
 def _with_substitutes(config: ModelConfig, resident: int, kv_length: int) -> _Layout:

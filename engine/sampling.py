@@ -101,7 +101,8 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | None,
                   positions: torch.Tensor | None = None) -> torch.Tensor:
-    """One token per row of logits [N, V], on the logits' device. Returns [N] int64.
+    """One token per row of logits [N, V] (float32, or the model's dtype: the same tokens as its float32
+    cast), on the logits' device. Returns [N] int64.
 
     Sampling (not greedy) needs `draws` and the position of each row's input token ([N] int64): the
     token drawn for a row is the one that follows that position."""
@@ -115,7 +116,7 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | N
     # tree over a 152k vocabulary at once); each row's draw depends on that row alone.
     step = max(1, SAMPLE_CHUNK_ELEMENTS // logits.shape[-1])
     for r in range(0, logits.shape[0], step):
-        cdf = warp(logits[r:r + step], params).cumsum(-1)
+        cdf = warp(logits[r:r + step].float(), params).cumsum(-1)  # logits may come in the model's dtype
         target = uniforms[r:r + step].to(cdf.dtype) * cdf[:, -1]
         # The first token whose cumulative probability exceeds the target: never a zero-probability token.
         tokens[r:r + step] = torch.searchsorted(cdf, target[:, None].contiguous(), right=True)[:, 0]

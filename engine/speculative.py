@@ -133,7 +133,8 @@ def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams
     mask = tree_mask(tree.ancestors, slice(0, n), L, n, target.embed_tokens.weight.dtype, tree.depths,
                      target.config.sliding_window)
     positions = L + tree.depths[:n]
-    logits = target(tree.tokens[:n], positions, cache, L, mask)
+    # In the model's dtype: argmax is the same on it, and sampling casts a block of rows at a time
+    logits = target(tree.tokens[:n], positions, cache, L, mask, float_logits=False)
     return select_tokens(logits, sampling, draws, positions)
 
 

@@ -79,7 +79,8 @@ def test_bad_parameters_are_user_errors(kwargs):
         SamplingParams(**kwargs)
 
 
-PARAMS = [SamplingParams(0.7, 1.0), SamplingParams(0.7, 0.9), SamplingParams(1.0, 0.95, 40), SamplingParams(1.3, 1.0, 7)]
+PARAMS = [SamplingParams(0.7, 1.0), SamplingParams(0.7, 0.9), SamplingParams(1.0, 0.95, 40),
+          SamplingParams(1.3, 1.0, 7)]
 
 
 @pytest.mark.parametrize("params", PARAMS)
@@ -94,8 +95,23 @@ def test_sampling_a_block_of_rows_at_a_time_draws_the_same_tokens(params, monkey
         assert torch.equal(select_tokens(logits, params, sampling.Draws(11), positions), whole)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_logits_in_the_models_dtype_select_what_their_float32_cast_does(dtype):
+    """Verification hands its logits over in the model's dtype (no float32 copy of the whole tree):
+    greedy and every sampler pick exactly what they pick from the float32 cast."""
+    from engine import sampling
+
+    logits = (torch.randn(40, 2000, generator=torch.Generator().manual_seed(2)) * 5).to(dtype)
+    positions = torch.arange(40)
+    for params in [SamplingParams()] + PARAMS:
+        draws = sampling.Draws(9)
+        assert torch.equal(select_tokens(logits, params, draws, positions),
+                           select_tokens(logits.float(), params, draws, positions))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("params", PARAMS)
-def test_sampling_memory_stays_within_the_planners_term(params, monkeypatch):
+def test_sampling_memory_stays_within_the_planners_term(params, dtype, monkeypatch):
     """What warping holds at its peak, measured: it does not grow with the tree's rows, and per value of a
     block it is within what engine.planner.workspace_bytes counts (29 bytes measured with top-p)."""
     from test_mask_memory import MaskLedger
@@ -105,7 +121,7 @@ def test_sampling_memory_stays_within_the_planners_term(params, monkeypatch):
     assert planner.SAMPLE_CHUNK_ELEMENTS == sampling.SAMPLE_CHUNK_ELEMENTS
     vocab, block = 3000, 8
     monkeypatch.setattr(sampling, "SAMPLE_CHUNK_ELEMENTS", block * vocab)
-    logits = torch.randn(64, vocab, generator=torch.Generator().manual_seed(1)) * 4
+    logits = (torch.randn(64, vocab, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
     peaks = []
     for rows in (block, 64):
         with MaskLedger(min_columns=vocab) as ledger:
@@ -113,4 +129,5 @@ def test_sampling_memory_stays_within_the_planners_term(params, monkeypatch):
         peaks.append(ledger.peak)
     assert peaks[0] == peaks[1] > 0  # 64 rows hold what one block does
     per_value = peaks[1] / (block * vocab)
-    assert per_value <= (29 if params.top_p < 1 else 9) <= planner.SAMPLING_BYTES_PER_VALUE
+    cast = 4 if dtype != torch.float32 else 0  # the block's float32 copy
+    assert per_value <= (29 if params.top_p < 1 else 9) + cast <= planner.SAMPLING_BYTES_PER_VALUE
