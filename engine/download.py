@@ -131,9 +131,13 @@ def partial_downloads() -> list[PartialDownload]:
         state = _read_state(folder) if folder.is_dir() else None
         if state is None:
             continue
-        have = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name != STATE)
+        try:
+            have = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name != STATE)
+            mtime = folder.stat().st_mtime
+        except FileNotFoundError:  # discarded or installed by another thread while listed: gone, not partial
+            continue
         out.append(PartialDownload(state["repo_id"], state["commit"], state["name"], str(folder),
-                                   min(have, state["total"]), state["total"], folder.stat().st_mtime))
+                                   min(have, state["total"]), state["total"], mtime))
     return out
 
 

@@ -256,6 +256,27 @@ def test_remove_a_partial_download_by_repo_id(hub, capsys):
     assert download.partial_downloads() == []
 
 
+def test_a_partial_discarded_while_it_is_listed_is_skipped(hub, monkeypatch):
+    """The app lists partial downloads on one thread while Discard deletes one on another: the listing
+    skips a folder that goes away under it instead of failing (seen in the suite under load)."""
+    import shutil
+
+    hub.faults = [Fault(hub.weights, "status", after=MIB + i, status=500) for i in range(10)]
+    hub.faults.insert(0, Fault(hub.weights, "close", after=MIB))
+    with pytest.raises(SubspecError):
+        fetch()
+    [partial] = download.partial_downloads()
+    real = download._read_state
+
+    def read_then_deleted(folder):
+        state = real(folder)
+        shutil.rmtree(folder)  # the other thread's Discard, between the state file and the listing
+        return state
+
+    monkeypatch.setattr(download, "_read_state", read_then_deleted)
+    assert download.partial_downloads() == [] and not Path(partial.folder).exists()
+
+
 def test_unsupported_architecture_is_refused_before_the_weights(hub, repo_folder):
     files = dict(hub.repos["org/tiny"].files)
     config = json.loads(files["config.json"])
