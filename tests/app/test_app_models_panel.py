@@ -395,6 +395,23 @@ def test_a_gguf_import_shows_progress_and_can_be_cancelled(window, default_model
     assert store.list_models() == [] and not list(store.models_dir().iterdir())
 
 
+def test_a_cancel_that_comes_after_the_last_step_says_the_model_is_installed(window, repo_folder, qtbot,
+                                                                             monkeypatch):
+    manager = window.model_manager
+    real = store.install_folder
+
+    def cancelled_while_installing(*args, **kwargs):
+        [job] = manager.jobs.values()
+        job.cancel.set()  # what Cancel does, too late for the import to stop
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "install_folder", cancelled_while_installing)
+    jid = manager.import_model(str(repo_folder), "late")
+    qtbot.waitUntil(lambda: manager.snapshot(jid)["state"] == "done", timeout=WAIT_MS)
+    assert "the cancel came after the last step" in manager.snapshot(jid)["message"]
+    assert [m.name for m in store.list_models()] == ["late"]
+
+
 def test_convert_builds_and_caches_the_substitutes_with_progress(window, repo_folder, qtbot, monkeypatch):
     from engine import convert
 

@@ -179,3 +179,21 @@ def test_an_import_the_disk_cannot_hold_is_refused_before_writing(home, fast_met
     with pytest.raises(store.SubspecError, match="not enough disk space for src"):
         store.import_model(src, "tiny")
     assert not list(store.models_dir().iterdir())
+
+
+def test_a_tensor_shaped_unlike_its_config_is_refused_before_writing(home, fast_metadata, monkeypatch):
+    import numpy as np
+
+    real = gguf_import.read_architecture
+
+    def short_embeddings(path):
+        reader, arch = real(path)
+        reader.tensors = [t._replace(shape=np.array([576, 100])) if t.name == "token_embd.weight" else t
+                          for t in reader.tensors]
+        return reader, arch
+
+    monkeypatch.setattr(gguf_import, "read_architecture", short_embeddings)
+    with pytest.raises(store.SubspecError, match=r"token_embd.weight is \[100, 576\] but its config makes "
+                                                 r"model.embed_tokens.weight \[49152, 576\]"):
+        store.import_model(store.default_gguf(), "odd")
+    assert not list(store.models_dir().iterdir())
