@@ -7,9 +7,9 @@ model (about 30 GiB for a 7B's 15 GB of bf16, extrapolated). Running out of memo
 process: the app, with the user's conversation.
 
 Here the GGUF is read through its memory map and each tensor is dequantized, un-permuted and cast on its
-own, then written into safetensors shards planned up front from the tensors' sizes. RAM holds one shard
-(at most SHARD_BYTES, or one tensor bigger than that) plus the float32 of one small tensor or of a block of
-a big one's rows. The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and
+own, then written straight into safetensors shards planned up front from the tensors' sizes (each file's
+header first, then its tensors block by block). RAM holds the float32 and bf16 of one tensor, or of a
+block of a big one's rows: about 100 MB whatever the model's size, beside the GGUF's parsed metadata. The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and
 name table, transformers' tensor processor), so the result equals the whole-model conversion bit for bit;
 the suite checks that on SmolLM2. A cancel is seen between tensors."""
 
@@ -23,7 +23,7 @@ from typing import Callable
 
 from .errors import SubspecError
 
-SHARD_BYTES = 1 << 30  # a shard is written when the next tensor would take it past 1 GiB
+SHARD_BYTES = 1 << 30  # a new file when the next tensor would take one past 1 GiB (a bigger tensor: its own)
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
 OUT_DTYPE_BYTES = 2  # bfloat16
 ROW_BLOCK_ELEMENTS = 1 << 24  # a big tensor is dequantized 16M values (64 MB of float32) at a time
@@ -139,11 +139,13 @@ def _keeps_rows(processor, name: str) -> bool:
     return type(processor) is LlamaTensorProcessor and ".attn_q." not in name and ".attn_k." not in name
 
 
-def _to_bf16(t, processor, path: Path):
-    """One GGUF tensor as transformers holds it (float32: dequantized, processed), rounded once to bf16.
+def _bf16_blocks(t, processor, path: Path):
+    """One GGUF tensor as transformers holds it (float32: dequantized, processed), rounded once to bf16,
+    yielded as consecutive blocks of rows.
 
-    A big tensor the processor keeps as it is is dequantized ROW_BLOCK_ELEMENTS at a time into its bf16
-    result, so the float32 copy of a 152k-row embedding table (2.2 GB for Qwen2.5-7B) is never whole."""
+    A big tensor the processor keeps as it is comes ROW_BLOCK_ELEMENTS at a time, so neither its float32
+    nor its bf16 is ever whole (a 152k-row embedding table: 2.2 GB and 1.1 GB for Qwen2.5-7B); any other
+    tensor (Llama's q and k, un-permuted across their rows; small ones) comes whole."""
     import numpy as np
     import torch
     from gguf import dequantize
@@ -160,17 +162,42 @@ def _to_bf16(t, processor, path: Path):
     rows = t.data.shape[0] if t.data.ndim == 2 else 0
     if rows and int(t.n_elements) > ROW_BLOCK_ELEMENTS and _keeps_rows(processor, t.name):
         step = max(1, ROW_BLOCK_ELEMENTS * rows // int(t.n_elements))
-        first = dequantized(t.data[:step]).to(torch.bfloat16)
-        out = torch.empty((rows, first.shape[1]), dtype=torch.bfloat16)
-        out[:step] = first
-        for r in range(step, rows, step):
-            out[r:r + step] = dequantized(t.data[r:r + step])
-        return out
+        for r in range(0, rows, step):
+            yield dequantized(t.data[r:r + step]).to(torch.bfloat16)
+        return
     result = processor.process(weights=dequantized(t.data).numpy(), name=t.name)
     if result.name != t.name:  # transformers maps the processed name; ours keep it (see _name_map)
         raise SubspecError(f"unexpected tensor renaming in {path.name}: {t.name} -> {result.name}")
     w = np.ascontiguousarray(result.weights, dtype=np.float32)
-    return torch.from_numpy(w if w.flags.writeable else w.copy()).to(torch.bfloat16)
+    yield torch.from_numpy(w if w.flags.writeable else w.copy()).to(torch.bfloat16)
+
+
+def _write_shard(file: Path, shard: list, shapes: dict, blocks: Callable, on_tensor: Callable) -> None:
+    """A safetensors file written as it is converted: its header first (every shape and offset is known
+    from the GGUF), then each tensor's bytes block by block, so no tensor needs to be whole in memory.
+    The format: an 8-byte little-endian header length, the JSON header (padded with spaces to a multiple
+    of 8), then the data; offsets are relative to the data's start."""
+    import torch
+
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, t in shard:
+        nbytes = int(t.n_elements) * OUT_DTYPE_BYTES
+        header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(file, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for name, t in shard:
+            written = 0
+            for block in blocks(t):
+                data = block.contiguous().view(torch.int16).numpy()  # bf16 bits, as safetensors stores them
+                f.write(data.data)
+                written += data.nbytes
+            begin, end = header[name]["data_offsets"]
+            if written != end - begin:  # the header promised these bytes
+                raise SubspecError(f"{t.name}: converted to {written} bytes, expected {end - begin}")
+            on_tensor(name, written)
 
 
 def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None,
@@ -180,7 +207,6 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
     Raises SubspecError on a damaged or unsupported file, ImportCancelled when `cancel` is set (what was
     written stays in `out`, for the caller to delete)."""
     import torch
-    from safetensors.torch import save_file
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
 
@@ -221,19 +247,20 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
     say(f"converting {len(chosen)} tensors of {path.name} to bf16 ({total / 1e9:.2f} GB) ...")
     state = Progress(0, total, 0, len(chosen))
     weight_map = {}
+    def on_tensor(name: str, nbytes: int) -> None:
+        nonlocal state
+        state = Progress(state.done_bytes + nbytes, total, state.tensors_done + 1, state.tensors)
+        if progress is not None:
+            progress(state)
+
+    def blocks(t):
+        check_cancel()
+        return _bf16_blocks(t, processor, path)
+
     for i, shard in enumerate(shards):
         fname = _shard_name(i, len(shards))
-        tensors = {}
-        for name, t in shard:
-            check_cancel()
-            tensors[name] = _to_bf16(t, processor, path)
-            weight_map[name] = fname
-            state = Progress(state.done_bytes + tensors[name].numel() * OUT_DTYPE_BYTES, total,
-                             state.tensors_done + 1, state.tensors)
-            if progress is not None:
-                progress(state)
-        save_file(tensors, str(out / fname), metadata={"format": "pt"})
-        del tensors
+        weight_map.update((name, fname) for name, _ in shard)
+        _write_shard(out / fname, shard, shapes, blocks, on_tensor)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
