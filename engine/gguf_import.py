@@ -8,8 +8,9 @@ process: the app, with the user's conversation.
 
 Here the GGUF is read through its memory map and each tensor is dequantized, un-permuted and cast on its
 own, then written straight into safetensors shards planned up front from the tensors' sizes (each file's
-header first, then its tensors block by block). RAM holds the float32 and bf16 of one tensor, or of a
-block of a big one's rows: about 100 MB whatever the model's size, beside the GGUF's parsed metadata. The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and
+header first, then its tensors block by block). Beside the GGUF's parsed metadata, RAM holds one block
+of rows (16M values: 64 MB of float32 and 32 MB of bf16) or one small tensor; only Llama's q and k
+projections come whole, as their un-permutation spans all their rows (a 70B's q: 268 MB of float32). The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and
 name table, transformers' tensor processor), so the result equals the whole-model conversion bit for bit;
 the suite checks that on SmolLM2. A cancel is seen between tensors."""
 
