@@ -97,6 +97,26 @@ def resident_for_cap(config: ModelConfig, cap_bytes: int, kv_len: int, nodes: in
     return r, parts
 
 
+def verify_memory(config: ModelConfig, nodes: int, committed: int, peak_bytes: int) -> dict:
+    """Verification's measured peak (over what was allocated before it), beside the planner's masks for
+    that pass, with and without the allowance for SDPA's padded copy (which the aligned fold should
+    avoid: a peak within the smaller count plus the logits says the allowance can go), and its logits."""
+    columns = committed + nodes
+    return {"peak_over_allocated_bytes": peak_bytes,
+            "planned_masks_bytes": mask_bytes(config, nodes, columns, 2),
+            "planned_masks_without_sdpa_copy_bytes": mask_bytes(config, nodes, columns, 2, sdpa_copy=False),
+            "logits_bytes": nodes * config.vocab_size * 2}  # bf16: verify keeps the model's dtype
+
+
+def verify_memory_text(vm: dict | None) -> str:
+    if vm is None:
+        return "not measured (CPU)"
+    if "error" in vm:
+        return f"not measured ({vm['error']})"
+    return (f"{vm['peak_over_allocated_bytes'] / 1e6:.0f} MB; {vm['planned_masks_bytes'] / 1e6:.0f} "
+            f"({vm['planned_masks_without_sdpa_copy_bytes'] / 1e6:.0f}) + {vm['logits_bytes'] / 1e6:.0f} MB")
+
+
 def h2d_bandwidth(device, nbytes=1 << 30, repeats=5) -> float:
     host = torch.empty(nbytes, dtype=torch.uint8).pin_memory() if device.type == "cuda" else torch.empty(nbytes, dtype=torch.uint8)
     dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
@@ -385,23 +405,19 @@ def main():
         tree = grow_tree(draft, cache, token, shape, shape.depth, timer)
         sync(device)
         t1 = time.perf_counter()
-        if i == 0 and device.type == "cuda":  # the untimed first pass: what verification allocates at its peak
+        measure_memory = i == 0 and device.type == "cuda"  # the untimed first pass: verification's peak
+        if measure_memory:
             torch.cuda.reset_peak_memory_stats(device)
             allocated = torch.cuda.memory_allocated(device)
         chosen = verify(target, cache, tree, greedy, None)
         sync(device)
         t2 = time.perf_counter()
-        if i == 0 and device.type == "cuda":
-            # beside the planner's masks of this pass and the bf16 logits of the tree (its workspace part)
-            peak = torch.cuda.max_memory_allocated(device) - allocated
-            result["verify_memory"] = {
-                "peak_over_allocated_bytes": peak,
-                "planned_masks_bytes": mask_bytes(config, tree.size, cache.length + tree.size, 2),
-                # the same without the allowance for SDPA's padded copy, which the aligned fold should avoid:
-                # a peak within this (plus the logits) says the allowance can go
-                "planned_masks_without_sdpa_copy_bytes": mask_bytes(config, tree.size, cache.length + tree.size, 2,
-                                                                    sdpa_copy=False),
-                "logits_bytes": tree.size * config.vocab_size * 2}  # bf16: verify keeps the model's dtype
+        if measure_memory:
+            try:  # a report: a failure here must not lose the run's timings
+                result["verify_memory"] = verify_memory(config, tree.size, cache.length,
+                                                        torch.cuda.max_memory_allocated(device) - allocated)
+            except Exception as exc:  # noqa: BLE001
+                result["verify_memory"] = {"error": f"{type(exc).__name__}: {exc}"}
         n = tree.size
         from engine.tree import walk
 
@@ -487,12 +503,7 @@ def main():
              if "draft_step_replay_eager_elementwise" in result else "not run (draft on eager ops)"),
             ("- verify (one target pass over the tree)", f"{med['verify_s'] * 1e3:.0f} ms"),
             ("  - its peak memory over what was allocated; the planner's masks of it (without SDPA's copy) + "
-             "bf16 logits",
-             f"{result['verify_memory']['peak_over_allocated_bytes'] / 1e6:.0f} MB; "
-             f"{result['verify_memory']['planned_masks_bytes'] / 1e6:.0f} "
-             f"({result['verify_memory']['planned_masks_without_sdpa_copy_bytes'] / 1e6:.0f}) + "
-             f"{result['verify_memory']['logits_bytes'] / 1e6:.0f} MB"
-             if "verify_memory" in result else "not measured (CPU)"),
+             "bf16 logits", verify_memory_text(result.get("verify_memory"))),
             ("- overhead (tree, walk, commit)", f"{med['overhead_s'] * 1e3:.0f} ms"),
             ("iteration / transfer floor (goal <= 1.55; published ~2.24)", f"{result['iteration_over_transfer_floor']}"),
             (f"predicted tok/s at tau {PAPER_TAU}", f"{result['predicted_tokens_per_s_at_paper_tau']} "

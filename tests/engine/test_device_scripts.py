@@ -53,3 +53,22 @@ def test_lowbit_kernel_check_runs_in_tritons_interpreter(tmp_path):
     assert len(out["shapes"]) == 7
     for shape in out["shapes"].values():
         assert shape["max_abs_error_vs_fp32_reference"] <= 1e-2
+
+
+def test_gpu_checks_verify_memory_report_cannot_lose_the_run():
+    """The CUDA-only measurement of verification's peak memory runs first on a device: its numbers come
+    from the planner, and a failure is reported in the table instead of ending the run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    from engine.planner import mask_bytes
+
+    config = gpu_check.ModelConfig.from_dict(gpu_check.QWEN25_7B)
+    vm = gpu_check.verify_memory(config, 289, 1000, 600_000_000)
+    assert vm["planned_masks_bytes"] == mask_bytes(config, 289, 1289) > vm["planned_masks_without_sdpa_copy_bytes"]
+    assert vm["logits_bytes"] == 289 * 152064 * 2
+    assert gpu_check.verify_memory_text(vm).startswith("600 MB; ")
+    assert gpu_check.verify_memory_text(None) == "not measured (CPU)"
+    assert gpu_check.verify_memory_text({"error": "RuntimeError: x"}) == "not measured (RuntimeError: x)"
