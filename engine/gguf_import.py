@@ -2,7 +2,7 @@
 
 transformers' own GGUF path (`from_pretrained(gguf_file=...)`) dequantizes every tensor to float32 into
 one state dict, builds a float32 model from it, and only then can it be cast and saved: on a 0.9B GGUF
-(benchmarks/gguf_import_memory.py) that peaked at 4.45 GiB against 1.97 GiB here, and it grows with the
+(benchmarks/gguf_import_memory.py) that peaked at 4.45 GiB against 1.17 GiB here, and it grows with the
 model (about 30 GiB for a 7B's 15 GB of bf16, extrapolated). Running out of memory there kills the
 process: the app, with the user's conversation.
 
@@ -10,9 +10,10 @@ Here the GGUF is read through its memory map and each tensor is dequantized, un-
 own, then written straight into safetensors shards planned up front from the tensors' sizes (each file's
 header first, then its tensors block by block). Beside the GGUF's parsed metadata, RAM holds one block
 of rows (16M values: 64 MB of float32 and 32 MB of bf16) or one small tensor; only Llama's q and k
-projections come whole, as their un-permutation spans all their rows (a 70B's q: 268 MB of float32). The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and
-name table, transformers' tensor processor), so the result equals the whole-model conversion bit for bit;
-the suite checks that on SmolLM2. A cancel is seen between tensors."""
+projections come whole, as their un-permutation spans all their rows (a 70B's q: 268 MB of float32).
+The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and name table,
+transformers' tensor processor), so the result equals the whole-model conversion bit for bit; the suite
+checks that on SmolLM2. A cancel is seen between tensors."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ ROW_BLOCK_ELEMENTS = 1 << 24  # a big tensor is dequantized 16M values (64 MB of
 
 class ImportCancelled(SubspecError):
     """The user stopped an import; nothing was installed."""
+
+
+def check_cancel(cancel: threading.Event | None, source: Path) -> None:
+    """ImportCancelled when the user has asked the import of `source` to stop."""
+    if cancel is not None and cancel.is_set():
+        raise ImportCancelled(f"import of {source.name} cancelled; nothing was installed")
+
+
+def _out_bytes(t) -> int:
+    """A GGUF tensor's size once converted (bf16), known before it is read."""
+    return int(t.n_elements) * OUT_DTYPE_BYTES
 
 
 @dataclass(frozen=True)
@@ -78,8 +90,8 @@ def _hf_config_and_tokenizer(path: Path):
 
 
 def _name_map(config, arch: str):
-    """GGUF -> HF tensor names for this config, and the tensor processor transformers applies per
-    architecture (Llama's q/k un-permutation).
+    """(the tensor processor transformers applies per architecture (Llama's q/k un-permutation), GGUF ->
+    HF tensor names, {HF name: shape} of every tensor the saved model holds) for this config.
 
     The names come from gguf's own table, asked once for every parameter of the model (built on the meta
     device: no memory). transformers' `get_gguf_hf_weights_map` does the same but asks again for every
@@ -97,18 +109,17 @@ def _name_map(config, arch: str):
     table = get_tensor_name_map(gguf_arch, config.num_hidden_layers)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
+    params = skeleton.state_dict()
     names = {}
-    for hf_name in skeleton.state_dict():
+    for hf_name in params:
         base, _, suffix = hf_name.rpartition(".")
         gguf_name = table.get_name(base) if suffix in ("weight", "bias") else None
         if gguf_name is not None:
             names[f"{gguf_name}.{suffix}"] = hf_name
-    wanted = set(skeleton.state_dict())
     if config.tie_word_embeddings:
-        wanted.discard("lm_head.weight")  # saved once, as the embeddings (what save_pretrained writes)
+        params.pop("lm_head.weight", None)  # saved once, as the embeddings (what save_pretrained writes)
     config.architectures = [type(skeleton).__name__]  # as a saved model's config.json names it
-    shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items() if name in wanted}
-    return processor, names, shapes
+    return processor, names, {name: tuple(t.shape) for name, t in params.items()}
 
 
 def _shards(tensors: list, limit: int) -> list[list]:
@@ -117,7 +128,7 @@ def _shards(tensors: list, limit: int) -> list[list]:
     shards: list[list] = []
     size = 0
     for item in tensors:
-        nbytes = int(item[1].n_elements) * OUT_DTYPE_BYTES
+        nbytes = _out_bytes(item[1])
         if not shards or (size + nbytes > limit and shards[-1]):
             shards.append([])
             size = 0
@@ -151,14 +162,16 @@ def _bf16_blocks(t, processor, path: Path):
     import torch
     from gguf import dequantize
 
-    def dequantized(data):
-        try:
-            w = dequantize(data, t.tensor_type)
-        except (ValueError, NotImplementedError, TypeError) as exc:
-            raise SubspecError(f"cannot dequantize {t.name} ({t.tensor_type.name}) in {path.name}: {exc}") from exc
+    def float32(w) -> torch.Tensor:
         # An F32 tensor comes back as a read-only view of the memory map: copied, as torch wants it writable.
         w = np.ascontiguousarray(w, dtype=np.float32)
         return torch.from_numpy(w if w.flags.writeable else w.copy())
+
+    def dequantized(data) -> torch.Tensor:
+        try:
+            return float32(dequantize(data, t.tensor_type))
+        except (ValueError, NotImplementedError, TypeError) as exc:
+            raise SubspecError(f"cannot dequantize {t.name} ({t.tensor_type.name}) in {path.name}: {exc}") from exc
 
     rows = t.data.shape[0] if t.data.ndim == 2 else 0
     if rows and int(t.n_elements) > ROW_BLOCK_ELEMENTS and _keeps_rows(processor, t.name):
@@ -169,8 +182,7 @@ def _bf16_blocks(t, processor, path: Path):
     result = processor.process(weights=dequantized(t.data).numpy(), name=t.name)
     if result.name != t.name:  # transformers maps the processed name; ours keep it (see _name_map)
         raise SubspecError(f"unexpected tensor renaming in {path.name}: {t.name} -> {result.name}")
-    w = np.ascontiguousarray(result.weights, dtype=np.float32)
-    yield torch.from_numpy(w if w.flags.writeable else w.copy()).to(torch.bfloat16)
+    yield float32(result.weights).to(torch.bfloat16)
 
 
 def _write_shard(file: Path, shard: list, shapes: dict, blocks: Callable, on_tensor: Callable) -> None:
@@ -182,7 +194,7 @@ def _write_shard(file: Path, shard: list, shapes: dict, blocks: Callable, on_ten
 
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, t in shard:
-        nbytes = int(t.n_elements) * OUT_DTYPE_BYTES
+        nbytes = _out_bytes(t)
         header[name] = {"dtype": "BF16", "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -215,22 +227,17 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
     path, out = Path(path), Path(out)
     reader, arch = read_architecture(path)
 
-    def check_cancel():
-        if cancel is not None and cancel.is_set():
-            raise ImportCancelled(f"import of {path.name} cancelled; nothing was installed")
-
     hf_logging.disable_progress_bar()  # our own progress says what is happening
-    check_cancel()
+    check_cancel(cancel, path)
     say(f"reading the metadata and tokenizer of {path.name} ...")
     config, tokenizer = _hf_config_and_tokenizer(path)
-    check_cancel()
+    check_cancel(cancel, path)
     processor, names, shapes = _name_map(config, arch)
-    wanted = set(shapes)
     # transformers maps a name after its processor has run; Llama's processor keeps names, so the map is
     # applied to the GGUF name (checked below: every wanted tensor must be found exactly once).
-    chosen = [(names[t.name], t) for t in reader.tensors if names.get(t.name) in wanted]
+    chosen = [(names[t.name], t) for t in reader.tensors if names.get(t.name) in shapes]
     found = [n for n, _ in chosen]
-    missing = sorted(wanted - set(found))
+    missing = sorted(set(shapes) - set(found))
     if missing or len(found) != len(set(found)):
         raise SubspecError(f"{path.name} does not hold the tensors a {config.model_type} model needs "
                            f"(missing: {', '.join(missing[:4]) or 'none'}; "
@@ -241,13 +248,14 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
             raise SubspecError(f"{path.name}: {t.name} is {list(reversed(t.shape.tolist()))} but its "
                                f"config makes {name} {list(shapes[name])}")
     shards = _shards(chosen, shard_bytes)
-    total = sum(int(t.n_elements) for _, t in chosen) * OUT_DTYPE_BYTES
+    total = sum(_out_bytes(t) for _, t in chosen)
     from .store import check_free_space
 
     check_free_space(out.parent, total, path.name)  # bf16 is 3-4x a 4-bit GGUF: say so before writing
     say(f"converting {len(chosen)} tensors of {path.name} to bf16 ({total / 1e9:.2f} GB) ...")
     state = Progress(0, total, 0, len(chosen))
     weight_map = {}
+
     def on_tensor(name: str, nbytes: int) -> None:
         nonlocal state
         state = Progress(state.done_bytes + nbytes, total, state.tensors_done + 1, state.tensors)
@@ -255,7 +263,7 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
             progress(state)
 
     def blocks(t):
-        check_cancel()
+        check_cancel(cancel, path)
         return _bf16_blocks(t, processor, path)
 
     for i, shard in enumerate(shards):

@@ -16,7 +16,7 @@ import psutil
 import torch
 
 from . import draft_path
-from .draft_path import draft_text  # noqa: F401  (part of this module's profile words)
+from .draft_path import draft_text  # the profile's draft line, here beside the others
 
 _MIB = 1024**2
 _GIB = 1024**3

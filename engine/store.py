@@ -197,7 +197,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
     """Import a Hugging Face model folder or a .gguf file into the store. `cancel` is seen between files
     (a folder) or tensors (a GGUF): ImportCancelled, and nothing is installed. `fraction` gets the share of
     the bytes done."""
-    from .gguf_import import ImportCancelled, convert_gguf
+    from .gguf_import import check_cancel, convert_gguf
 
     progress = progress or (lambda _msg: None)
     source = Path(source).expanduser()
@@ -216,23 +216,26 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
         else:
             _validate_folder(source)
             progress(f"copying {source} ...")
-            files = [f for f in source.iterdir() if f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors")]
+            files = [f for f in source.iterdir() if _model_file(f)]
             total, done = sum(f.stat().st_size for f in files), 0
             check_free_space(tmp.parent, total, source.name)
             for f in files:
-                if cancel is not None and cancel.is_set():
-                    raise ImportCancelled(f"import of {source.name} cancelled; nothing was installed")
+                check_cancel(cancel, source)
                 shutil.copy2(f, tmp / f.name)
                 done += f.stat().st_size
                 if fraction is not None and total:
                     fraction(done / total)
-        if cancel is not None and cancel.is_set():  # the last moment a cancel can still keep it out
-            raise ImportCancelled(f"import of {source.name} cancelled; nothing was installed")
+        check_cancel(cancel, source)  # the last moment a cancel can still keep it out
         progress("checking the model and its tokenizer ...")
         return install_folder(tmp, name, source=str(source))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _model_file(f: Path) -> bool:
+    """Whether a model folder's file is one a model needs: its weights and the small files beside them."""
+    return f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors")
 
 
 def install_folder(folder: Path, name: str, source: str, extra: dict | None = None) -> ModelInfo:
@@ -245,7 +248,7 @@ def install_folder(folder: Path, name: str, source: str, extra: dict | None = No
 
     load_tokenizer(folder)  # a model whose tokenizer cannot load is not usable: fail the install now
     for f in folder.iterdir():
-        if not (f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors")):
+        if not _model_file(f):
             shutil.rmtree(f) if f.is_dir() else f.unlink()
     info = ModelInfo(name=name, path="", architecture=config.architecture,
                      parameters=config.parameter_count, dtype=_stored_dtype(folder),
