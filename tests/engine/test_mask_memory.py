@@ -146,3 +146,14 @@ def test_a_whole_subspec_answer_stays_within_the_planned_masks(arch, tmp_path):
     kv_length = len(ids) + 30  # the cache's slots: prompt, answer and the tree's scratch rows
     planned = masks_bytes(lm.config, kv_length, shape.nodes, 4)
     assert 0 < ledger.peak <= planned
+
+
+def test_the_planners_mirrored_constants_agree_with_the_engine():
+    """The planner is torch-free, so it keeps its own copies of the engine's numbers it counts with."""
+    import inspect
+
+    from engine import generate, model, planner, speculative
+
+    assert planner.MASK_ALIGN == model.MASK_ALIGN
+    assert planner.PREFILL_CHUNK == inspect.signature(generate.prefill).parameters["chunk"].default
+    assert planner.PREFILL_CHUNK == inspect.signature(speculative.generate_subspec).parameters["prefill_chunk"].default
