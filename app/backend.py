@@ -43,7 +43,6 @@ EngineFactory = Callable[..., Backend]
 class TorchBackend:
     """The real engine. Torch is imported here, on the worker thread, so the window shows at once."""
 
-    DRAFT_BITS = 4
     DRAFT_GROUP_SIZE = 64
     # Auto depth's measurements (engine.depth_control.DepthControl) for this model and draft, kept across
     # the chat's answers so a conversation does not explore again on every answer. A load makes a new
@@ -69,14 +68,15 @@ class TorchBackend:
         self.config = self._read_config(folder)
         self.plan_profile = None
         self.notes: list[str] = []  # what this load changed from what was asked, for the status bar and panel
+        bits = None  # the plan's substitute bits per streamed layer (8-bit where memory allows)
         if torch.cuda.is_available():
             free_device_memory()  # the previous model's cached blocks would read as VRAM in use
-            resident = self._planned_resident_layers(folder, progress, resident_layers, reserve_gb)
+            resident, bits = self._planned_split(folder, progress, resident_layers, reserve_gb)
         else:
             # Nothing to plan on a CPU; an explicit override still streams layers (slower, as asked).
             resident = resident_layers
         progress(f"Loading {name} …")
-        self.lm = load_model(folder, name=name, resident_layers=resident)
+        self.lm = load_model(folder, name=name, resident_layers=resident, substitute_bits=bits)
         self.notes += self.lm.notes  # e.g. it backed off after running out of VRAM
         for note in self.notes:
             progress(note)
@@ -103,10 +103,11 @@ class TorchBackend:
         except (OSError, ValueError):
             return None  # a GGUF-imported folder may lack one; the panel then shows no plan
 
-    def _planned_resident_layers(self, folder, progress: Progress, forced: int | None,
-                                 reserve_gb: float | None) -> int | None:
-        """On a GPU the planner decides how many layers stay resident under the free VRAM; the rest
-        stream from RAM. A model that cannot fit at all is a user error the window shows."""
+    def _planned_split(self, folder, progress: Progress, forced: int | None,
+                       reserve_gb: float | None) -> tuple[int | None, dict | None]:
+        """On a GPU the planner decides how many layers stay resident under the free VRAM (the rest stream
+        from RAM) and the bits of the streamed layers' substitutes, which the draft is built with.
+        A model that cannot fit at all is a user error the window shows."""
         from engine.config import ModelConfig
         from engine.hardware import probe
         from engine.planner import PlanError, make_plan
@@ -125,9 +126,9 @@ class TorchBackend:
         if plan is None:
             plan = make_plan(config, self.plan_profile, **options)
         if plan.device != "cuda" or not plan.offloaded_layers:
-            return None
+            return None, None
         progress(f"Plan: {plan.resident_layers} layers on the GPU, {plan.offloaded_layers} streamed from RAM …")
-        return plan.resident_layers
+        return plan.resident_layers, plan.draft_bits
 
     def get_draft(self):
         """Built on the first SubSpec request and kept for this model: it takes seconds, and many users
@@ -136,7 +137,8 @@ class TorchBackend:
             def report(done, total):
                 self.progress(f"Building the SubSpec draft: layer {done}/{total} …")
 
-            self.draft = self.lm.build_draft(self.DRAFT_BITS, self.DRAFT_GROUP_SIZE, progress=report)
+            # At the plan's bits (the load's `substitute_bits`), else engine.loading's default width.
+            self.draft = self.lm.build_draft(None, self.DRAFT_GROUP_SIZE, progress=report)
             self.control = self.api_control = None  # timings measured with another draft do not hold
             self.progress(self.name)
         return self.draft

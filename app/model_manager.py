@@ -391,9 +391,10 @@ class ModelManager(QObject):
         self.jobs[jid].thread = self._start(work, "models-import")
         return jid
 
-    def convert(self, name: str, nbits: int = 4, group_size: int = 64, dtype: str | None = None) -> int:
-        """Build and cache a stored model's substitutes (engine.convert). `dtype`: what the app's loads
-        compute in (None: bfloat16 with CUDA, float32 without, as engine.loading's "auto")."""
+    def convert(self, name: str, nbits: int | None = None, group_size: int = 64, dtype: str | None = None) -> int:
+        """Build and cache a stored model's substitutes (engine.convert). `nbits`: one width for every layer,
+        or None for what the app's loads here will use (the plan's: 8-bit where VRAM allows). `dtype`: what
+        the app's loads compute in (None: bfloat16 with CUDA, float32 without, as engine.loading's "auto")."""
         for jid, job in self.jobs.items():
             if job.snapshot["kind"] == "convert" and job.snapshot["name"] == name and job.snapshot["active"]:
                 return jid
@@ -403,6 +404,7 @@ class ModelManager(QObject):
 
         def work():
             from engine import convert, store
+            from engine.substitute import bits_label
 
             try:
                 compute = dtype
@@ -411,19 +413,21 @@ class ModelManager(QObject):
 
                     compute = "bfloat16" if torch.cuda.is_available() else "float32"
                 info = store.get_model(name)
+                bits = convert.planned_bits(info.path) if nbits is None else nbits
+                label = bits_label(bits) if isinstance(bits, dict) else f"{bits}-bit"
 
                 def progress(done, total):
                     self._report(jid, done=done, total=total, fraction=done / total if total else None,
-                                 message=f"building {nbits}-bit substitutes: layer {done} of {total}")
+                                 message=f"building {label} substitutes: layer {done} of {total}")
 
-                cache = convert.convert(info.path, nbits, group_size, progress, cancel, dtype=compute)
+                caches = convert.convert(info.path, bits, group_size, progress, cancel, dtype=compute)
             except convert.ConvertCancelled as exc:
                 self._report(jid, state="cancelled", message=str(exc))
             except Exception as exc:  # noqa: BLE001 - shown on the model's card
                 self._failed(jid, "convert", name, f"Building the substitutes of {name}", exc)
             else:
-                self._report(jid, state="done", fraction=1.0,
-                             message=f"{len(cache.cached_layers())} layers of substitutes cached")
+                layers = len({i for c in caches for i in c.cached_layers()})
+                self._report(jid, state="done", fraction=1.0, message=f"{layers} layers of substitutes cached")
             self._emit(self._rescan_request, None)
 
         self.jobs[jid].thread = self._start(work, f"convert-{name}")

@@ -110,10 +110,18 @@ def _sampling(args):
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
 
 
+def _draft_label(lm, args) -> str:
+    """The draft's substitute widths as built ("4-bit", or "8/4-bit" when a plan mixes them)."""
+    from .substitute import bits_label
+
+    return bits_label(lm.draft_bits(args.substitute_bits))
+
+
 def _draft(lm, args):
+    label = _draft_label(lm, args)
+
     def progress(done, total):
-        print(f"\rbuilding {args.substitute_bits}-bit substitutes: layer {done}/{total}", end="",
-              file=sys.stderr, flush=True)
+        print(f"\rbuilding {label} substitutes: layer {done}/{total}", end="", file=sys.stderr, flush=True)
 
     draft = lm.build_draft(args.substitute_bits, args.group_size, progress=progress)
     print(file=sys.stderr)
@@ -125,28 +133,33 @@ def _load(args):
     from .store import resolve_model
 
     folder, name = resolve_model(args.model)
-    resident = args.resident_layers
+    resident, bits = args.resident_layers, None
     if args.vram_gb is not None and resident is None:
-        resident = _planned_resident_layers(folder, args)
-    lm = load_model(folder, dtype=args.dtype, device=args.device, name=name, resident_layers=resident)
+        resident, bits = _planned_split(folder, args)
+    lm = load_model(folder, dtype=args.dtype, device=args.device, name=name, resident_layers=resident,
+                    substitute_bits=bits)
     for note in lm.notes:
         print(f"note: {note}", file=sys.stderr)
     return lm
 
 
-def _planned_resident_layers(folder, args) -> int | None:
-    """--vram-gb: a software cap like the paper's capped GPU; the planner decides the split under it."""
+def _planned_split(folder, args) -> tuple[int | None, dict | None]:
+    """--vram-gb: a software cap like the paper's capped GPU; the planner decides the split under it, and
+    the substitute bits of the streamed layers (8-bit where the cap leaves room)."""
     from .config import ModelConfig
     from .hardware import probe
     from .planner import make_plan
+    from .substitute import bits_label
 
     plan = make_plan(ModelConfig.from_file(folder), probe(), vram_gb=args.vram_gb)
     if plan.device != "cuda":
         print("note: no CUDA GPU, so --vram-gb has nothing to cap; every layer stays in RAM", file=sys.stderr)
-        return None
+        return None, None
+    bits = plan.draft_bits
+    drafted = f", {bits_label(bits)} substitutes" if bits else ""
     print(f"plan under {args.vram_gb} GB: {plan.resident_layers} resident layers, "
-          f"{plan.offloaded_layers} streamed", file=sys.stderr)
-    return plan.resident_layers
+          f"{plan.offloaded_layers} streamed{drafted}", file=sys.stderr)
+    return plan.resident_layers, bits
 
 
 def cmd_profile(args) -> int:
@@ -229,7 +242,7 @@ def cmd_generate(args) -> int:
         events = generate_subspec(lm, draft, prompt_ids, args.max_new_tokens, sampling, stops, shape)
         extra = {"depth": shape.depth, "auto_depth": shape.auto, "topk": shape.topk, "tree_nodes": shape.nodes,
                  "draft_temperature": shape.draft_temperature,
-                 "substitute_bits": args.substitute_bits, "group_size": args.group_size}
+                 "substitute_bits": _draft_label(lm, args), "group_size": args.group_size}
     else:
         events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops)
     events = _notes(events) if args.json else _notes(_echo(events))
@@ -262,7 +275,7 @@ def cmd_bench(args) -> int:
     sampling = _sampling(args)
     lm = _load(args)
     meta = {"model": lm.name, "prompts": str(args.prompts), "conversations": len(conversations),
-            "turns": args.turns, "max_new_tokens": args.max_new_tokens, "substitute_bits": args.substitute_bits,
+            "turns": args.turns, "max_new_tokens": args.max_new_tokens, "substitute_bits": _draft_label(lm, args),
             "group_size": args.group_size, "draft_temperature": args.draft_temperature,
             "temperature": args.temperature, "device": str(lm.device),
             "dtype": str(lm.decoder.embed_tokens.weight.dtype)}
@@ -408,7 +421,9 @@ def _subspec_options(p, sweep: bool) -> None:
         p.add_argument("--budget", type=int, default=0,
                        help="nodes verified per pass: grow the beam, verify its most likely N (0: all)")
     p.add_argument("--draft-temperature", type=float, default=0.2, help="sharpening of the draft (default 0.2)")
-    p.add_argument("--substitute-bits", type=int, default=4, help="HQQ bits of the substitutes (default 4)")
+    p.add_argument("--substitute-bits", type=int, choices=(2, 3, 4, 8),
+                   help="HQQ bits of every substitute (default: the plan's under --vram-gb, 8-bit where "
+                        "memory allows; 4 otherwise)")
     p.add_argument("--group-size", type=int, default=64, help="HQQ group size (default 64)")
 
 

@@ -131,28 +131,34 @@ def cmd_catalogue(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .convert import ConvertCancelled, convert
+    from .convert import ConvertCancelled, convert, planned_bits
     from .store import get_model
+    from .substitute import bits_label
 
     info = get_model(args.name)
     cancel = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # stop after the current layer
     started = time.perf_counter()
 
+    bits = planned_bits(info.path) if args.bits is None else args.bits
+    label = bits_label(bits) if isinstance(bits, dict) else f"{bits}-bit"
+
     def progress(done, total):
-        print(f"\rbuilding {args.bits}-bit g{args.group_size} substitutes: layer {done}/{total}", end="",
+        print(f"\rbuilding {label} g{args.group_size} substitutes: layer {done}/{total}", end="",
               file=sys.stderr, flush=True)
 
     try:
-        cache = convert(info.path, args.bits, args.group_size, progress, cancel, dtype=args.dtype)
+        caches = convert(info.path, bits, args.group_size, progress, cancel, dtype=args.dtype)
     except ConvertCancelled as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
     print(file=sys.stderr)
-    print(f"cached {len(cache.cached_layers())} layers of substitutes ({human_bytes(cache.size_bytes)}) in "
-          f"{cache.folder} in {time.perf_counter() - started:.1f} s")
+    for cache in caches:
+        print(f"cached {len(cache.cached_layers())} layers of substitutes ({human_bytes(cache.size_bytes)}) in "
+              f"{cache.folder}")
+    print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -219,7 +225,9 @@ def add_commands(msub) -> None:
     m = msub.add_parser("convert", help="build a model's substitutes once and cache them (Ctrl-C stops; "
                                         "finished layers stay cached)")
     m.add_argument("name")
-    m.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
+    m.add_argument("--bits", type=int, choices=(2, 3, 4, 8),
+                   help="one width for every layer (default: what loads here use: the plan's, 8-bit for the "
+                        "streamed layers where VRAM allows, else 4)")
     m.add_argument("--group-size", type=int, default=64)
     m.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                    help="compute dtype the substitutes are built for (auto: what loads use here, "

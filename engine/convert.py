@@ -162,28 +162,32 @@ def layer_substitutes(draft, layer: int) -> dict:
     return out
 
 
-def build_draft_cached(lm, nbits: int = 4, group_size: int = 64, layers=None,
+def build_draft_cached(lm, nbits=4, group_size: int = 64, layers=None,
                        progress: Callable[[int, int], None] | None = None,
                        cancel: threading.Event | None = None, use_cache: bool = True):
     """`lm.decoder`'s draft, its substitutes read from the cache where present, built (and cached)
-    where not. `cancel` is checked between layers; what was finished stays cached."""
-    from .substitute import build_draft, merge_launches, merges_launches
+    where not. `nbits`: one width, or {layer: bits} (a plan's mixed draft: each width has its own
+    cache). `cancel` is checked between layers; what was finished stays cached."""
+    from .substitute import build_draft, layer_bits, merge_launches, merges_launches
 
     target = lm.decoder
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
+    bits = layer_bits(nbits, chosen)
     if not use_cache:
-        return build_draft(target, nbits, group_size, chosen, progress, lm.device)
-    cache = SubstituteCache.for_model(lm.path, nbits, group_size, lm.dtype)
-    quantized = cache.load(chosen, lm.device)
+        return build_draft(target, bits, group_size, chosen, progress, lm.device)
+    caches = {b: SubstituteCache.for_model(lm.path, b, group_size, lm.dtype) for b in sorted(set(bits.values()))}
+    quantized = {}
+    for b, cache in caches.items():
+        quantized.update(cache.load([i for i in chosen if bits[i] == b], lm.device))
     hits = {i for i, _ in quantized}
     merge = merges_launches(lm.device)
-    draft = build_draft(target, nbits, group_size, [], None, lm.device, merge=merge)  # shares every target module
+    draft = build_draft(target, bits, group_size, [], None, lm.device, merge=merge)  # shares every target module
     for n, i in enumerate(chosen):
         # One layer at a time, so that each finished layer is cached before the next one starts.
-        draft.layers[i] = build_draft(target, nbits, group_size, [i], None, lm.device,
+        draft.layers[i] = build_draft(target, bits, group_size, [i], None, lm.device,
                                       quantized=quantized, merge=False).layers[i]
         if i not in hits:
-            cache.save_layer(i, layer_substitutes(draft, i))
+            caches[bits[i]].save_layer(i, layer_substitutes(draft, i))
         if merge:
             merge_launches(draft.layers[i], draft.fused_ops)
         if progress:
@@ -192,25 +196,50 @@ def build_draft_cached(lm, nbits: int = 4, group_size: int = 64, layers=None,
             raise ConvertCancelled(f"conversion cancelled after {n + 1}/{len(chosen)} layers; "
                                    f"those stay cached")
     draft.substituted_layers = tuple(chosen)
+    draft.substitute_bits = bits
     return draft
 
 
-def convert(model_folder: Path, nbits: int = 4, group_size: int = 64,
+def planned_bits(model_folder: Path, hardware: dict | None = None, layers: int | None = None) -> dict[int, int]:
+    """{layer: bits} for every layer, as a load here would build its draft: the plan's bits for the layers it
+    streams (8-bit where memory allows) and engine.loading's default width for the rest (a hardware panel
+    override or an out-of-memory back-off may stream them too). Without CUDA there is no plan: the default
+    width everywhere. `hardware`: a profile (default: probe this machine)."""
+    from .config import ModelConfig
+    from .hardware import probe
+    from .loading import DEFAULT_DRAFT_BITS
+    from .planner import PlanError, make_plan
+
+    config = ModelConfig.from_file(model_folder)
+    bits = {i: DEFAULT_DRAFT_BITS for i in range(config.num_layers if layers is None else layers)}
+    hardware = probe() if hardware is None else hardware
+    if (hardware.get("cuda") or {}).get("available"):
+        try:
+            bits.update(make_plan(config, hardware).draft_bits or {})
+        except PlanError:
+            pass  # does not fit here at all: the default width, for a machine where it does
+    return bits
+
+
+def convert(model_folder: Path, nbits=None, group_size: int = 64,
             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-            dtype: str = "auto") -> SubstituteCache:
-    """Build and cache every layer's substitutes of a stored model (`subspec models convert`). `dtype`
-    "auto" is what loads compute in here (bfloat16 with CUDA, float32 without): hqq quantizes in the
-    compute dtype, so a cache built for another dtype would not be found."""
+            dtype: str = "auto") -> list[SubstituteCache]:
+    """Build and cache every layer's substitutes of a stored model (`subspec models convert`): `nbits` for
+    all, or {layer: bits}, or None for what a load here will use (`planned_bits`). Returns the caches
+    written, one per width. `dtype` "auto" is what loads compute in here (bfloat16 with CUDA, float32
+    without): hqq quantizes in the compute dtype, so a cache built for another dtype would not be found."""
     import torch
 
     from .loading import load_model
 
     if dtype == "auto":
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-
+    if nbits is None:
+        nbits = planned_bits(model_folder)
     lm = load_model(model_folder, dtype=dtype, device="cpu")
-    build_draft_cached(lm, nbits, group_size, None, progress, cancel)
-    return SubstituteCache.for_model(lm.path, nbits, group_size, lm.dtype)
+    draft = build_draft_cached(lm, nbits, group_size, None, progress, cancel)
+    return [SubstituteCache.for_model(lm.path, b, group_size, lm.dtype)
+            for b in sorted(set(draft.substitute_bits.values()), reverse=True)]
 
 
 def caches_for(model_folder: Path) -> list[Path]:

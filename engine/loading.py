@@ -18,6 +18,7 @@ from .config import ModelConfig
 from .errors import SubspecError
 from .model import Decoder, rope_inverse_frequencies
 
+DEFAULT_DRAFT_BITS = 4  # the paper's substitutes; a plan raises layers to 8-bit where memory allows
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -126,21 +127,32 @@ class LoadedModel:
     device: torch.device
     resident_layers: int | None = None  # None: every layer resident
     notes: list = field(default_factory=list)  # what loading had to change (e.g. backing off after an OOM)
+    # The plan's substitute bits for the offloaded layers ({layer: bits}: 8-bit where its memory allows);
+    # None: DEFAULT_DRAFT_BITS for every substituted layer.
+    substitute_bits: dict | None = None
 
     @property
     def offloaded_layers(self) -> list[int]:
         n = self.config.num_layers
         return list(range(n if self.resident_layers is None else self.resident_layers, n))
 
-    def build_draft(self, nbits: int = 4, group_size: int = 64, progress=None, cache: bool = True,
+    def draft_bits(self, nbits: int | None = None) -> dict[int, int]:
+        """{layer: bits} of the draft's substitutes: `nbits` for every substituted layer when given, else
+        the plan's (`substitute_bits`), else DEFAULT_DRAFT_BITS. Substituted: the offloaded layers, or every
+        layer when nothing is offloaded (the draft must differ from the target somewhere to be cheaper)."""
+        layers = self.offloaded_layers or list(range(self.config.num_layers))
+        if nbits is None and self.substitute_bits and set(self.substitute_bits) == set(layers):
+            return {i: self.substitute_bits[i] for i in layers}
+        return {i: DEFAULT_DRAFT_BITS if nbits is None else nbits for i in layers}
+
+    def build_draft(self, nbits: int | None = None, group_size: int = 64, progress=None, cache: bool = True,
                     cancel=None) -> Decoder:
-        """The substitute draft: substitutes for the offloaded layers, or for every layer when nothing
-        is offloaded (the draft must differ from the target somewhere to be cheaper). With `cache`, the
-        substitutes come from (and go to) the on-disk substitute cache (convert.py)."""
+        """The substitute draft, at `draft_bits(nbits)`. With `cache`, the substitutes come from (and go to)
+        the on-disk substitute cache (convert.py)."""
         from .convert import build_draft_cached
 
-        layers = self.offloaded_layers or None
-        return build_draft_cached(self, nbits, group_size, layers, progress, cancel, use_cache=cache)
+        bits = self.draft_bits(nbits)
+        return build_draft_cached(self, bits, group_size, sorted(bits), progress, cancel, use_cache=cache)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -198,10 +210,15 @@ def free_device_memory() -> None:
 
 
 def load_model(folder: str | Path, dtype: str = "auto", device: str | None = None,
-               name: str | None = None, resident_layers: int | None = None) -> LoadedModel:
+               name: str | None = None, resident_layers: int | None = None,
+               substitute_bits: dict | None = None) -> LoadedModel:
     """Load a model folder. dtype 'auto' computes in float32 on the CPU (fastest there) and in the
     stored half precision on a GPU. With `resident_layers` below the layer count, the other layers'
-    linear weights stay in host memory and stream to the device at every forward pass."""
+    linear weights stay in host memory and stream to the device at every forward pass.
+
+    `substitute_bits`: the plan's {layer: bits} for the offloaded layers, which the draft is then built
+    with. A load that had to stream more layers than asked (out of memory) drops it: the plan's 8-bit
+    layers were paid for with memory that turned out not to be there, so the draft goes back to 4-bit."""
     folder = Path(folder)
     dev = torch.device(device) if device else default_device()
     if dtype == "auto":
@@ -229,8 +246,12 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
             free_device_memory()
             notes.append(f"out of GPU memory with {resident} resident layers; retried with {resident // 2}")
             resident //= 2
+    asked = layers if resident_layers is None else resident_layers
+    if substitute_bits and resident != asked:
+        notes.append(f"the draft uses {DEFAULT_DRAFT_BITS}-bit substitutes, not the plan's wider ones")
+        substitute_bits = None
     lm = LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev,
-                     None if resident == layers else resident, notes)
+                     None if resident == layers else resident, notes, dict(substitute_bits or {}) or None)
     return lm
 
 

@@ -122,6 +122,12 @@ class Plan:
     reasons: list = field(default_factory=list)  # one human sentence per choice
 
     @property
+    def draft_bits(self) -> dict[int, int] | None:
+        """{layer: bits} of the substitutes the draft is built with (engine.loading's `substitute_bits`);
+        None when the plan has no draft."""
+        return {i: b for i, b in enumerate(self.substitute_bits) if b is not None} or None
+
+    @property
     def speedup(self) -> float:
         return self.predicted_tokens_per_s / self.baseline_tokens_per_s if self.baseline_tokens_per_s else 1.0
 

@@ -235,15 +235,36 @@ def _shell(module: nn.Module) -> nn.Module:
     return new
 
 
-def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
+def layer_bits(nbits: int | Mapping[int, int], layers: Iterable[int]) -> dict[int, int]:
+    """{layer: bits} for every layer in `layers`: `nbits` is one width for all, or a plan's per-layer
+    choice ({layer: bits}, e.g. 8-bit where memory allows: they align far better). Unknown widths and
+    layers the mapping leaves out are refused, so a draft is never silently built at another width."""
+    layers = list(layers)
+    bits = {i: nbits for i in layers} if isinstance(nbits, int) else {i: nbits.get(i) for i in layers}
+    missing = sorted(i for i, b in bits.items() if b is None)
+    if missing:
+        raise SubspecError(f"no substitute bits given for layers {missing}")
+    wrong = sorted({b for b in bits.values() if b not in SUPPORTED_BITS})
+    if wrong:
+        raise SubspecError(f"substitute bits must be one of {SUPPORTED_BITS}, got {wrong[0]}")
+    return bits
+
+
+def bits_label(bits: Mapping[int, int]) -> str:
+    """"4-bit", or "8/4-bit" for a mixed draft (widest first)."""
+    return "/".join(str(b) for b in sorted(set(bits.values()), reverse=True)) + "-bit" if bits else "no"
+
+
+def build_draft(target: Decoder, nbits: int | Mapping[int, int] = 4, group_size: int = 64,
                 layers: Iterable[int] | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 device: torch.device | str | None = None,
                 quantized: Mapping[tuple[int, str], tuple[torch.Tensor, dict]] | None = None,
                 fused: bool | None = None, merge: bool | None = None, fused_ops: bool | None = None) -> Decoder:
     """The substitute draft of `target`: layers in `layers` (default: all) get HQQ substitutes for every
-    linear; everything else is the target's very modules. Substitutes are built on `device` (default:
-    where the weights are); build the draft before offloading the target, from the full weights.
+    linear; everything else is the target's very modules. `nbits`: one width for all, or {layer: bits}
+    (`layer_bits`). Substitutes are built on `device` (default: where the weights are); build the draft
+    before offloading the target, from the full weights.
 
     `quantized`: hqq tensors already made, {(layer index, linear name in LINEAR_NAMES): (packed, meta)}
     (e.g. a substitute cache's); those linears are not quantized again. `fused`: None picks the fused
@@ -265,6 +286,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
     elif fused_ops and not draft_kernels.available():
         raise SubspecError("the fused elementwise kernels need Triton (pip install triton)")
     chosen = sorted(set(range(len(target.layers)) if layers is None else layers))
+    bits = layer_bits(nbits, chosen)
     quantized = quantized or {}
     draft = _shell(target)
     draft.layers = nn.ModuleList(target.layers)  # same layer objects unless substituted below
@@ -288,7 +310,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
         for name in LINEAR_NAMES:
             owner_name, leaf = name.split(".")
             owner = getattr(layer, owner_name)
-            setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), nbits, group_size, device,
+            setattr(owner, leaf, SubstituteLinear(getattr(owner, leaf), bits[i], group_size, device,
                                                   quantized.get((i, name)), fused))
         if merge:
             merge_launches(layer, fused_ops)
@@ -296,6 +318,7 @@ def build_draft(target: Decoder, nbits: int = 4, group_size: int = 64,
         if progress:
             progress(n + 1, len(chosen))
     draft.substituted_layers = tuple(chosen)
+    draft.substitute_bits = bits
     draft.fused_ops = fused_ops
     draft.streamer = None  # the draft never streams: its offloaded layers are the substitutes
     return draft

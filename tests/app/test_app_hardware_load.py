@@ -22,11 +22,17 @@ GIB = 1 << 30
 class FakeLM:
     """What TorchBackend and the worker read of a LoadedModel; records the split it was loaded with."""
 
-    def __init__(self, resident_layers):
+    def __init__(self, resident_layers, substitute_bits=None):
         self.resident_layers = resident_layers
+        self.substitute_bits = substitute_bits
         self.config = ModelConfig.from_dict(QWEN25_7B)
         self.notes = []
         self.tokenizer = SimpleNamespace(chat_template="x")
+        self.drafts = []
+
+    def build_draft(self, nbits, group_size, progress=None):
+        self.drafts.append(nbits)
+        return SimpleNamespace()
 
 
 @pytest.fixture
@@ -38,9 +44,9 @@ def fake_gpu(monkeypatch, tmp_path):
     FakeNVML([gpu]).install(monkeypatch)
     loads = []
 
-    def fake_load(folder, name=None, resident_layers=None, **_):
+    def fake_load(folder, name=None, resident_layers=None, substitute_bits=None, **_):
         loads.append(resident_layers)
-        return FakeLM(resident_layers)
+        return FakeLM(resident_layers, substitute_bits)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     # The real _probe_cuda would ask torch for a device name; the link speeds stay unmeasured (None).
@@ -68,6 +74,18 @@ def test_each_load_probes_again_and_plans_for_the_free_vram_it_finds(fake_gpu):
     assert loads == [planned(first.plan_profile), planned(second.plan_profile)]
     assert loads[1] < loads[0]  # less free VRAM, fewer resident layers
     assert second.resident_layers == loads[1]
+
+
+def test_the_load_carries_the_plans_substitute_bits_and_the_draft_is_built_with_them(fake_gpu):
+    """The plan spends spare VRAM on 8-bit substitutes (they align far better): the load gets the plan's
+    {layer: bits}, and the draft is built at them (None: the load's plan, not one width for all)."""
+    _gpu, loads = fake_gpu
+    backend = TorchBackend("qwen", lambda _m: None)
+    plan = make_plan(ModelConfig.from_dict(QWEN25_7B), backend.plan_profile)
+    assert backend.lm.substitute_bits == plan.draft_bits
+    assert sorted(plan.draft_bits) == list(range(plan.resident_layers, 28)) and 8 in plan.draft_bits.values()
+    backend.get_draft()
+    assert backend.lm.drafts == [None]
 
 
 def test_an_override_and_a_reserve_reach_the_plan_and_the_load(fake_gpu):

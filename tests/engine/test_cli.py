@@ -113,3 +113,24 @@ def test_plan_refuses_a_model_that_cannot_fit(tmp_path):
     r = run("plan", str(cfg), "--vram-gb", "8")
     assert r.returncode == 2
     assert "does not fit" in r.stderr and "more" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_vram_cap_plans_the_split_and_the_substitute_bits_the_load_follows(tmp_path, monkeypatch, capsys):
+    """`generate`/`bench --vram-gb G` on a GPU: the load gets the plan's resident layers and its per-layer
+    substitute bits (a fake 24 GB card here; the load itself is not run)."""
+    from types import SimpleNamespace
+
+    from engine import cli, hardware
+    from engine.config import ModelConfig
+    from engine.planner import make_plan
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN25_7B))
+    gpu = {"index": 0, "name": "fake", "total_bytes": 24 * 2**30, "free_bytes": 24 * 2**30, "used_bytes": 0,
+           "pcie": {"gen_current": 4, "gen_max": 4, "width_current": 16, "width_max": 16}}
+    profile = {"gpus": [gpu], "cuda": {"available": True, "h2d_bandwidth_gbps": None, "matmul_tflops": None},
+               "ram": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30}}
+    monkeypatch.setattr(hardware, "probe", lambda measure=False: profile)
+    resident, bits = cli._planned_split(tmp_path, SimpleNamespace(vram_gb=12.0))
+    plan = make_plan(ModelConfig.from_dict(QWEN25_7B), profile, vram_gb=12.0)
+    assert (resident, bits) == (plan.resident_layers, plan.draft_bits) and 8 in bits.values()
+    assert "8-bit substitutes" in capsys.readouterr().err

@@ -131,3 +131,45 @@ def test_a_plain_folder_is_hashed_once_until_its_weights_change(home, tmp_path, 
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert convert.weights_hash(folder) != first and len(hashed) == 3
+
+
+def test_a_mixed_draft_caches_each_width_apart_and_reads_both_back(home, tiny_folder, count_quantize):
+    bits = {0: 8, 1: 4, 2: 8}  # a plan's: the first layers it streams at 8-bit
+    lm = load_model(tiny_folder, dtype="float32", device="cpu", substitute_bits=bits)
+    first = lm.build_draft(None, 32)
+    assert len(count_quantize) == 3 * 7 and first.substitute_bits == bits
+    assert SubstituteCache.for_model(tiny_folder, 8, 32, torch.float32).cached_layers() == [0, 2]
+    assert SubstituteCache.for_model(tiny_folder, 4, 32, torch.float32).cached_layers() == [1]
+    again = load_model(tiny_folder, dtype="float32", device="cpu", substitute_bits=bits).build_draft(None, 32)
+    assert len(count_quantize) == 3 * 7  # every layer from its width's cache
+    fresh = build_draft_cached(lm, bits, 32, use_cache=False)
+    ids = [1, 5, 9, 13]
+    assert torch.equal(draft_logits(lm, fresh, ids), draft_logits(lm, again, ids))
+
+
+def fake_gpu_profile(gb: float) -> dict:
+    gpu = {"index": 0, "name": f"fake {gb} GB", "total_bytes": int(gb * 2**30), "free_bytes": int(gb * 2**30),
+           "used_bytes": 0, "pcie": {"gen_current": 4, "gen_max": 4, "width_current": 16, "width_max": 16}}
+    return {"gpus": [gpu], "cuda": {"available": True, "h2d_bandwidth_gbps": None, "matmul_tflops": None},
+            "ram": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30}}
+
+
+def test_convert_builds_the_widths_a_load_here_would_use(tmp_path):
+    """`models convert` (and the app's Build substitutes) by default build the plan's bits for the layers it
+    streams and 4-bit for the rest; without CUDA, 4-bit everywhere."""
+    from real_configs import QWEN25_7B
+
+    from engine.config import ModelConfig
+    from engine.planner import make_plan
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN25_7B))
+    profile = fake_gpu_profile(12)
+    plan = make_plan(ModelConfig.from_dict(QWEN25_7B), profile)
+    bits = convert.planned_bits(tmp_path, profile)
+    assert sorted(bits) == list(range(28))
+    assert {i: bits[i] for i in plan.draft_bits} == plan.draft_bits and 8 in plan.draft_bits.values()
+    assert all(bits[i] == 4 for i in range(28) if i not in plan.draft_bits)
+    no_cuda = {**profile, "cuda": {"available": False}}
+    assert set(convert.planned_bits(tmp_path, no_cuda).values()) == {4}
+    too_small = fake_gpu_profile(1)  # cannot run here at all: the default width, for where it can
+    assert set(convert.planned_bits(tmp_path, too_small).values()) == {4}

@@ -106,3 +106,49 @@ def test_out_of_memory_with_everything_streamed_is_a_clear_error(folder, monkeyp
     monkeypatch.setattr(loading, "load_decoder", always)
     with pytest.raises(SubspecError, match="even with every decoder layer streamed"):
         load_model(folder, "float32", "cpu", resident_layers=1)
+
+
+def substitute_widths(draft) -> dict[int, set[int]]:
+    from engine.substitute import SubstituteLinear
+
+    return {i: {m.nbits for m in draft.layers[i].modules() if isinstance(m, SubstituteLinear)}
+            for i in draft.substituted_layers}
+
+
+def test_the_draft_follows_the_plans_bits_per_streamed_layer(folder, resident):
+    """A plan raises some streamed layers' substitutes to 8-bit: the draft is built with exactly those
+    widths (not one width for all), and its greedy output is still the target's."""
+    off = load_model(folder, "float32", "cpu", resident_layers=1, substitute_bits={1: 8, 2: 4})
+    assert off.draft_bits() == {1: 8, 2: 4}
+    assert off.draft_bits(4) == {1: 4, 2: 4}  # an explicit width (--substitute-bits) overrides the plan
+    draft = off.build_draft(None, 64, cache=False)
+    assert draft.substitute_bits == {1: 8, 2: 4} and substitute_widths(draft) == {1: {8}, 2: {4}}
+    ids = resident.encode("mixed widths")
+    plain = summarize(generate_plain(resident, ids, 24), len(ids), "v")
+    spec = summarize(generate_subspec(off, draft, ids, 24, shape=TreeShape(5, 3)), len(ids), "s")
+    assert spec.token_ids == plain.token_ids and spec.tau > 1
+
+
+def test_a_load_that_backed_off_builds_a_4_bit_draft_and_says_so(folder, monkeypatch):
+    """The plan paid for its 8-bit layers with VRAM that was not there: after backing off, the draft goes
+    back to 4-bit for every streamed layer (the plan's map no longer matches the split anyway)."""
+    import engine.loading as loading
+
+    real, calls = loading.load_decoder, []
+
+    def flaky(path, dtype, device):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(path, dtype, device)
+
+    monkeypatch.setattr(loading, "load_decoder", flaky)
+    lm = load_model(folder, "float32", "cpu", substitute_bits={0: 8, 1: 8, 2: 8})
+    assert lm.offloaded_layers == [1, 2] and lm.substitute_bits is None
+    assert lm.notes[-1] == "the draft uses 4-bit substitutes, not the plan's wider ones"
+    assert lm.draft_bits() == {1: 4, 2: 4}
+
+
+def test_plan_bits_for_other_layers_than_the_streamed_ones_are_not_used(folder):
+    lm = load_model(folder, "float32", "cpu", resident_layers=2, substitute_bits={1: 8, 2: 8})
+    assert lm.draft_bits() == {2: 4}  # the map was made for another split: the default width

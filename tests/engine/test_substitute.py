@@ -262,3 +262,22 @@ def test_drafts_merge_launches_by_default_only_on_cuda(target):
 
     assert merges_launches("cuda") and merges_launches(torch.device("cuda", 0)) and not merges_launches("cpu")
     assert build_draft(target, 4, 64, layers=[0]).layers[0].self_attn.qkv_proj is None  # CPU: separate
+
+
+def test_per_layer_bits_build_each_layer_at_its_width(target):
+    """A plan's mixed draft ({layer: bits}): each layer is exactly what a one-width build gives it."""
+    from engine.substitute import bits_label, layer_bits
+
+    mixed = build_draft(target, {0: 8, 2: 4}, 64, layers=[0, 2], merge=False)
+    assert mixed.substitute_bits == {0: 8, 2: 4}
+    for i, bits in ((0, 8), (2, 4)):
+        alone = build_draft(target, bits, 64, layers=[i], merge=False)
+        got = [m for m in mixed.layers[i].modules() if isinstance(m, SubstituteLinear)]
+        want = [m for m in alone.layers[i].modules() if isinstance(m, SubstituteLinear)]
+        assert [m.nbits for m in got] == [bits] * 7
+        assert all(torch.equal(a.packed, b.packed) and torch.equal(a.weight, b.weight) for a, b in zip(got, want))
+    assert bits_label(mixed.substitute_bits) == "8/4-bit" and bits_label({1: 4}) == "4-bit"
+    with pytest.raises(SubspecError, match=r"no substitute bits given for layers \[2\]"):
+        layer_bits({0: 8}, [0, 2])
+    with pytest.raises(SubspecError, match="must be one of"):
+        layer_bits({0: 8, 2: 5}, [0, 2])
