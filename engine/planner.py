@@ -76,7 +76,12 @@ LAYER_OVERHEAD_S = 0.15e-3
 # probability m; acceptance is geometric: tau = (1 - a**(D+1)) / (1 - a), a = 1 - m, where
 #   m(K, bits) = (MISS_FLOOR + MISS_4BIT * e) * (6 / K) ** WIDTH_EXPONENT
 # and e is the mean over all decoder layers of the relative error of its substitute (4-bit = 1, resident
-# = 0). The floor is what even a near-exact draft misses (near-ties of the target, beam false positives,
+# = 0), weighted by depth: layer i (from 0) counts i + 1 (LAYER_WEIGHT). Where the precision sits matters:
+# SmolLM2 at D48 K6 (greedy, the first 10 MT-Bench prompts, 64 tokens) drafted tau 9.4 all 4-bit, 10.2 with
+# its first 15 of 30 layers 8-bit and 17.5 with its last 15, 30.0 all 8-bit; 9.7 with the first 6 layers
+# exact, 12.6 with the last 6; 13.1 with the last 7 at 8-bit (benchmarks/substitute_placement.py). Calibrated
+# on its all-4 and all-8-bit tau, linear weights predict those five mixed drafts as 11.7, 20.3, 9.7, 12.9,
+# 13.5; an unweighted mean as 15.0, 15.0, 11.1, 11.1, 11.4. The floor is what even a near-exact draft misses (near-ties of the target, beam false positives,
 # answers ending inside the tree): it is set so that an all-8-bit draft reproduces the best measured
 # 8-bit tau (SmolLM2, D48 K6: 35.6 -> m 0.014), and MISS_FLOOR + MISS_4BIT so that all-4-bit gives tau 28
 # at D48 K6 (the paper: 28.35 for Qwen2.5-7B at 8 GB). The relative errors of 8-, 3- and 4-bit are the
@@ -315,12 +320,13 @@ def _with_substitutes(config: ModelConfig, resident: int, kv_length: int) -> _La
 
 
 def _grow(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int, forced: bool) -> _Layout:
-    """Spend what is left: first 8-bit substitutes, then (unless the user fixed it) resident layers."""
+    """Spend what is left: first 8-bit substitutes, for the last layers (nearest the output, where precision
+    aligns the draft most: see the tau model), then (unless the user fixed it) resident layers."""
     spare = budget - _vram(config, layout, dtype_bytes)
     upgrade = substitute_layer_bytes(config, 8, dtype_bytes) - substitute_layer_bytes(config, 4, dtype_bytes)
     eights = max(0, min(layout.offloaded, spare // upgrade))
     spare -= eights * upgrade
-    layout = replace(layout, bits=(8,) * eights + (4,) * (layout.offloaded - eights))
+    layout = replace(layout, bits=(4,) * (layout.offloaded - eights) + (8,) * eights)
     if forced or eights < layout.offloaded:
         return layout
     promote = layer_linear_bytes(config, dtype_bytes) - substitute_layer_bytes(config, 8, dtype_bytes)
@@ -399,9 +405,17 @@ def t_draft(config: ModelConfig, layout: _Layout, topk: int, speeds: _Speeds, dt
     return time + _head_time(config, topk, dtype_bytes, speeds)
 
 
-def draft_error(config: ModelConfig, bits) -> float:
-    """Mean relative error of the draft's decoder layers: 4-bit = 1, resident (exact) = 0."""
-    return sum(SUBSTITUTE_ERROR[b] for b in bits) / config.num_layers
+def layer_weight(config: ModelConfig, index: int) -> float:
+    """Layer `index`'s share of the draft's error (the shares sum to 1): it grows with depth, as measured
+    (see the tau model's constants): precision near the output keeps the draft aligned."""
+    n = config.num_layers
+    return (index + 1) / (n * (n + 1) / 2)
+
+
+def draft_error(config: ModelConfig, bits, resident: int = 0) -> float:
+    """Depth-weighted mean relative error of the draft's decoder layers: 4-bit = 1, resident (exact) = 0.
+    `bits`: the substitutes of the offloaded layers, which follow the `resident` first ones."""
+    return sum(layer_weight(config, resident + j) * SUBSTITUTE_ERROR[b] for j, b in enumerate(bits))
 
 
 def predicted_tau(depth: int, topk: int, error: float) -> float:
@@ -435,7 +449,7 @@ def best_shape(config: ModelConfig, layout: _Layout, speeds: _Speeds, dtype_byte
     tau / (D * t_draft + t_verify(nodes)). Ties keep the smaller tree. Without substitutes while layers
     are offloaded there is no draft: D = 0."""
     has_draft = bool(layout.bits) or layout.offloaded == 0
-    error = draft_error(config, layout.bits)
+    error = draft_error(config, layout.bits, layout.resident)
     best = None
     for depth in DEPTHS:
         if depth > max_depth or (depth and not has_draft):
@@ -685,9 +699,11 @@ def _explain_layout(config: ModelConfig, layout: _Layout, kind: str, budget: int
             reasons.append(f"Substitutes: HQQ group {GROUP_SIZE}, 4-bit by default ({_gb(sub4)} per layer), "
                            f"for the {layout.offloaded} offloaded layers: the draft is the target with these.")
             if eights:
-                reasons.append(f"8-bit: {eights} of {layout.offloaded} substitutes raised to 8-bit "
+                which = "all" if eights == layout.offloaded else f"the last {eights}"
+                reasons.append(f"8-bit: {which} of {layout.offloaded} substitutes raised to 8-bit "
                                f"(+{_gb(sub8 - sub4)} each), the first use of spare memory: 8-bit drafts align "
-                               f"far better (SmolLM2 at D48 K6: tau 35.6 with 8-bit, 6.8 with 4-bit).")
+                               f"far better, most of all near the output (SmolLM2 at D48 K6: tau 9.4 all "
+                               f"4-bit, 17.5 with the last half 8-bit, 10.2 with the first half, 30.0 all 8-bit).")
             else:
                 reasons.append(f"8-bit: no room to raise a substitute to 8-bit (+{_gb(sub8 - sub4)} each).")
         if not forced:

@@ -13,6 +13,7 @@ from engine.planner import (
     KV_ROUND,
     MAX_NODES,
     PlanError,
+    draft_error,
     embedding_bytes,
     kv_cache_bytes,
     layer_linear_bytes,
@@ -101,6 +102,26 @@ def test_tau_model_is_calibrated_on_the_paper_and_prefers_8_bit():
     assert predicted_tau(48, 6, 3.4) < predicted_tau(48, 6, 1.0) < eight
     assert predicted_tau(48, 1, 1.0) < predicted_tau(48, 6, 1.0) < predicted_tau(48, 8, 1.0)
     assert predicted_tau(0, 6, 1.0) == 1.0
+
+
+def test_8_bit_goes_to_the_last_streamed_layers_where_it_aligns_the_draft_most():
+    """Measured on SmolLM2 (benchmarks/substitute_placement.py): the last half at 8-bit drafted tau 17.5,
+    the first half 10.2. The plan raises the last streamed layers, and its tau model weights depth so
+    that the same number of 8-bit layers predicts more at the end than at the start."""
+    c = config("qwen2.5-7b")
+    plan = make_plan(c, gpu_profile(total_gb=32), vram_gb=8)
+    bits = plan.substitute_bits[plan.resident_layers:]
+    eights = bits.count(8)
+    assert 0 < eights < len(bits)  # a partly 8-bit draft at 8 GB
+    assert bits == [4] * (len(bits) - eights) + [8] * eights
+    assert any(f"the last {eights} of" in r for r in plan.reasons)
+    last = draft_error(c, bits)
+    first = draft_error(c, sorted(bits, reverse=True))
+    assert last < first < draft_error(c, [4] * len(bits)) == pytest.approx(1.0)
+    assert draft_error(c, [8] * c.num_layers) == pytest.approx(0.02)  # the calibration's ends are unchanged
+    assert sum(planner.layer_weight(c, i) for i in range(c.num_layers)) == pytest.approx(1.0)
+    # resident layers (exact) are the first ones: they count least
+    assert draft_error(c, [4] * 20, resident=8) == pytest.approx(1 - sum(range(1, 9)) / sum(range(1, 29)))
 
 
 @pytest.mark.parametrize("context", [4096, 32768, 131072])
