@@ -140,7 +140,7 @@ def test_the_draft_is_built_once_per_model_with_progress():
     backend.name, backend.draft, backend.progress = "tiny", None, progress.append
     backend.lm = SimpleNamespace(build_draft=build_draft)
     assert backend.get_draft() == "draft" and backend.get_draft() == "draft"
-    assert built == [(4, 64)]
+    assert built == [(None, 64)]  # None: the load's widths (the plan's per layer, else 4-bit)
     assert progress == ["Building the SubSpec draft: layer 1/2 …", "Building the SubSpec draft: layer 2/2 …",
                         "tiny"]
 
