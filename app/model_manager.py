@@ -414,7 +414,7 @@ class ModelManager(QObject):
                     compute = "bfloat16" if torch.cuda.is_available() else "float32"
                 info = store.get_model(name)
                 bits = convert.planned_bits(info.path) if nbits is None else nbits
-                label = bits_label(bits) if isinstance(bits, dict) else f"{bits}-bit"
+                label = bits_label(bits)
 
                 def progress(done, total):
                     self._report(jid, done=done, total=total, fraction=done / total if total else None,

@@ -141,7 +141,7 @@ def cmd_convert(args) -> int:
     started = time.perf_counter()
 
     bits = planned_bits(info.path) if args.bits is None else args.bits
-    label = bits_label(bits) if isinstance(bits, dict) else f"{bits}-bit"
+    label = bits_label(bits)
 
     def progress(done, total):
         print(f"\rbuilding {label} g{args.group_size} substitutes: layer {done}/{total}", end="",

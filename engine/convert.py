@@ -200,7 +200,7 @@ def build_draft_cached(lm, nbits=4, group_size: int = 64, layers=None,
     return draft
 
 
-def planned_bits(model_folder: Path, hardware: dict | None = None, layers: int | None = None) -> dict[int, int]:
+def planned_bits(model_folder: Path, hardware: dict | None = None) -> dict[int, int]:
     """{layer: bits} for every layer, as a load here would build its draft: the plan's bits for the layers it
     streams (8-bit where memory allows) and engine.loading's default width for the rest (a hardware panel
     override or an out-of-memory back-off may stream them too). Without CUDA there is no plan: the default
@@ -211,7 +211,7 @@ def planned_bits(model_folder: Path, hardware: dict | None = None, layers: int |
     from .planner import PlanError, make_plan
 
     config = ModelConfig.from_file(model_folder)
-    bits = {i: DEFAULT_DRAFT_BITS for i in range(config.num_layers if layers is None else layers)}
+    bits = {i: DEFAULT_DRAFT_BITS for i in range(config.num_layers)}
     hardware = probe() if hardware is None else hardware
     if (hardware.get("cuda") or {}).get("available"):
         try:
@@ -221,11 +221,11 @@ def planned_bits(model_folder: Path, hardware: dict | None = None, layers: int |
     return bits
 
 
-def convert(model_folder: Path, nbits=None, group_size: int = 64,
+def convert(model_folder: Path, nbits, group_size: int = 64,
             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
             dtype: str = "auto") -> list[SubstituteCache]:
     """Build and cache every layer's substitutes of a stored model (`subspec models convert`): `nbits` for
-    all, or {layer: bits}, or None for what a load here will use (`planned_bits`). Returns the caches
+    all, or {layer: bits} (`planned_bits`: what a load here will use). Returns the caches
     written, one per width. `dtype` "auto" is what loads compute in here (bfloat16 with CUDA, float32
     without): hqq quantizes in the compute dtype, so a cache built for another dtype would not be found."""
     import torch
@@ -234,8 +234,6 @@ def convert(model_folder: Path, nbits=None, group_size: int = 64,
 
     if dtype == "auto":
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    if nbits is None:
-        nbits = planned_bits(model_folder)
     lm = load_model(model_folder, dtype=dtype, device="cpu")
     draft = build_draft_cached(lm, nbits, group_size, None, progress, cancel)
     return [SubstituteCache.for_model(lm.path, b, group_size, lm.dtype)

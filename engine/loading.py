@@ -251,7 +251,8 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
         notes.append(f"the draft uses {DEFAULT_DRAFT_BITS}-bit substitutes, not the plan's wider ones")
         substitute_bits = None
     lm = LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev,
-                     None if resident == layers else resident, notes, dict(substitute_bits or {}) or None)
+                     None if resident == layers else resident, notes,
+                     dict(substitute_bits) if substitute_bits else None)
     return lm
 
 

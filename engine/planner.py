@@ -76,12 +76,13 @@ LAYER_OVERHEAD_S = 0.15e-3
 # probability m; acceptance is geometric: tau = (1 - a**(D+1)) / (1 - a), a = 1 - m, where
 #   m(K, bits) = (MISS_FLOOR + MISS_4BIT * e) * (6 / K) ** WIDTH_EXPONENT
 # and e is the mean over all decoder layers of the relative error of its substitute (4-bit = 1, resident
-# = 0), weighted by depth: layer i (from 0) counts i + 1 (LAYER_WEIGHT). Where the precision sits matters:
+# = 0), weighted by depth: layer i (from 0) counts i + 1 (layer_weight). Where the precision sits matters:
 # SmolLM2 at D48 K6 (greedy, the first 10 MT-Bench prompts, 64 tokens) drafted tau 9.4 all 4-bit, 10.2 with
 # its first 15 of 30 layers 8-bit and 17.5 with its last 15, 30.0 all 8-bit; 9.7 with the first 6 layers
 # exact, 12.6 with the last 6; 13.1 with the last 7 at 8-bit (benchmarks/substitute_placement.py). Calibrated
 # on its all-4 and all-8-bit tau, linear weights predict those five mixed drafts as 11.7, 20.3, 9.7, 12.9,
-# 13.5; an unweighted mean as 15.0, 15.0, 11.1, 11.1, 11.4. The floor is what even a near-exact draft misses (near-ties of the target, beam false positives,
+# 13.5; an unweighted mean as 15.0, 15.0, 11.1, 11.1, 11.4.
+# The floor is what even a near-exact draft misses (near-ties of the target, beam false positives,
 # answers ending inside the tree): it is set so that an all-8-bit draft reproduces the best measured
 # 8-bit tau (SmolLM2, D48 K6: 35.6 -> m 0.014), and MISS_FLOOR + MISS_4BIT so that all-4-bit gives tau 28
 # at D48 K6 (the paper: 28.35 for Qwen2.5-7B at 8 GB). The relative errors of 8-, 3- and 4-bit are the

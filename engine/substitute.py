@@ -250,8 +250,10 @@ def layer_bits(nbits: int | Mapping[int, int], layers: Iterable[int]) -> dict[in
     return bits
 
 
-def bits_label(bits: Mapping[int, int]) -> str:
-    """"4-bit", or "8/4-bit" for a mixed draft (widest first)."""
+def bits_label(bits: int | Mapping[int, int]) -> str:
+    """"4-bit" (one width, or a map of one), or "8/4-bit" for a mixed draft (widest first)."""
+    if isinstance(bits, int):
+        return f"{bits}-bit"
     return "/".join(str(b) for b in sorted(set(bits.values()), reverse=True)) + "-bit" if bits else "no"
 
 

@@ -276,7 +276,7 @@ def test_per_layer_bits_build_each_layer_at_its_width(target):
         want = [m for m in alone.layers[i].modules() if isinstance(m, SubstituteLinear)]
         assert [m.nbits for m in got] == [bits] * 7
         assert all(torch.equal(a.packed, b.packed) and torch.equal(a.weight, b.weight) for a, b in zip(got, want))
-    assert bits_label(mixed.substitute_bits) == "8/4-bit" and bits_label({1: 4}) == "4-bit"
+    assert bits_label(mixed.substitute_bits) == "8/4-bit" and bits_label({1: 4}) == bits_label(4) == "4-bit"
     with pytest.raises(SubspecError, match=r"no substitute bits given for layers \[2\]"):
         layer_bits({0: 8}, [0, 2])
     with pytest.raises(SubspecError, match="must be one of"):
