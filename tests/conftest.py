@@ -1,6 +1,8 @@
 """Suite-wide set-up: no hub, no telemetry, a throwaway model store, and shared tiny models."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -9,6 +11,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # One store for the whole session, so the default model is imported (about 20 s) once per run.
 SESSION_HOME = tempfile.mkdtemp(prefix="subspec-test-home-")
 os.environ["SUBSPEC_HOME"] = SESSION_HOME
+# The store holds the imported default model (about 300 MB): left behind, every run of the suite would keep
+# its copy, and CI on this machine once ran out of disk that way.
+atexit.register(shutil.rmtree, SESSION_HOME, ignore_errors=True)
 
 import pytest  # noqa: E402
 
