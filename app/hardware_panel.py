@@ -122,7 +122,8 @@ class HardwareDock(QDockWidget):
         self.resident_spin = QSpinBox()
         self.resident_spin.setRange(AUTO, 0)
         self.resident_spin.setSpecialValueText("auto")
-        self.resident_spin.setToolTip("Force how many decoder layers stay in VRAM; checked against the budget")
+        self.resident_spin.setToolTip("Force how many decoder layers stay in VRAM in full precision (the last ones, "
+                                      "where an exact layer aligns the draft most); checked against the budget")
         self.resident_spin.valueChanged.connect(self._replan)
         self.apply_button = QPushButton("Reload")
         self.apply_button.setToolTip("Load the model again with this reserve and these resident layers; "

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from engine import draft_kernels, lowbit  # noqa: E402
-from engine.config import ModelConfig  # noqa: E402
+from engine.config import ModelConfig, streamed_layers  # noqa: E402
 from engine.generate import decode_mask, streamed_bytes  # noqa: E402
 from engine.masks import causal_mask  # noqa: E402
 from engine.model import Decoder  # noqa: E402
@@ -345,7 +345,7 @@ def main():
     print(f"[{time.perf_counter() - t_start:6.1f}s] pinned H2D: {result['h2d_bandwidth_gbps']} GB/s", flush=True)
 
     target = random_decoder(config, device, dtype)
-    offloaded = list(range(resident, config.num_layers))
+    offloaded = streamed_layers(config.num_layers, resident)
     draft = build_draft(target, 4, 64, layers=offloaded, device=device, fused=fused, **_ops(fused_ops))
     result["draft_path"] = draft_path(draft)
     streamer = offload(target, resident, device)

@@ -6,6 +6,9 @@ unweighted mean predict for each mixed draft, calibrated on this run's all-4-bit
 
     .venv/bin/python benchmarks/substitute_placement.py --prompts ../shared/benchmarks/mt_bench.jsonl
         [--limit 10] [--max-new-tokens 64] [--out benchmarks/results/substitute_placement_cpu.json]
+    .venv/bin/python benchmarks/substitute_placement.py --prompts ../shared/benchmarks/mt_bench.jsonl \
+        --variants "all 8-bit,8-bit + first 6 exact,8-bit + last 6 exact" --max-new-tokens 256 \
+        --out benchmarks/results/resident_placement_cpu.json
 
 About 15 minutes on 2 CPU cores (the draft is dequantized on the CPU; only tau matters here).
 """
@@ -40,6 +43,11 @@ def variants(n: int) -> dict[str, dict[int, int]]:
         "last 7 8-bit": {i: 8 if i >= n - 7 else 4 for i in range(n)},
         "first 6 exact": {i: 4 for i in range(6, n)},
         "last 6 exact": {i: 4 for i in range(n - 6)},
+        # Where resident (exact) layers belong once every streamed layer is 8-bit, as in the planner's
+        # larger budgets; run these with more new tokens (--variants ... --max-new-tokens 256): at tau ~30
+        # 64 tokens are two passes a prompt and cap the measurement.
+        "8-bit + first 6 exact": {i: 8 for i in range(6, n)},
+        "8-bit + last 6 exact": {i: 8 for i in range(n - 6)},
     }
 
 
@@ -69,14 +77,21 @@ def main():
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", default="benchmarks/results/substitute_placement_cpu.json")
+    ap.add_argument("--variants", help="comma-separated names to run (default: the first seven)")
     args = ap.parse_args()
 
     folder, name = resolve_model(args.model)
     lm = load_model(folder, dtype="float32", device="cpu", name=name)
     n = lm.config.num_layers
     prompts = [turns[0] for turns in read_prompts(args.prompts, args.limit)]
+    every = variants(n)
+    names = args.variants.split(",") if args.variants else list(every)[:7]
+    unknown = [v for v in names if v not in every]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; known: {list(every)}")
+    chosen = {v: every[v] for v in names}
     results = {}
-    for label, bits in variants(n).items():
+    for label, bits in chosen.items():
         draft = build_draft_cached(lm, bits, 64, layers=sorted(bits))
         emitted = passes = 0
         t0 = time.perf_counter()
@@ -91,20 +106,22 @@ def main():
     # The planner's miss model m = floor + slope * e, calibrated on this run's all-4-bit (e = 1) and
     # all-8-bit (e = SUBSTITUTE_ERROR[8]) drafts; then each mixed draft's tau as the depth-weighted
     # (linear, the planner's) and the unweighted mean error predict it.
-    m4, m8 = miss_of_tau(results["all 4-bit"]["tau"]), miss_of_tau(results["all 8-bit"]["tau"])
-    slope = (m4 - m8) / (1 - SUBSTITUTE_ERROR[8])
-    floor = m4 - slope
-    for label, bits in variants(n).items():
-        for key, power in (("predicted_depth_weighted", 1), ("predicted_unweighted", 0)):
-            results[label][key] = round(tau_of_miss(floor + slope * error(bits, n, power)), 1)
+    if "all 4-bit" in results and "all 8-bit" in results:
+        m4, m8 = miss_of_tau(results["all 4-bit"]["tau"]), miss_of_tau(results["all 8-bit"]["tau"])
+        slope = (m4 - m8) / (1 - SUBSTITUTE_ERROR[8])
+        floor = m4 - slope
+        for label, bits in chosen.items():
+            for key, power in (("predicted_depth_weighted", 1), ("predicted_unweighted", 0)):
+                results[label][key] = round(tau_of_miss(floor + slope * error(bits, n, power)), 1)
     setup = {"model": name, "prompts": args.prompts, "limit": args.limit, "max_new_tokens": args.max_new_tokens,
              "depth": DEPTH, "topk": WIDTH, "group_size": 64, "greedy": True, "layers": n, "dtype": "float32"}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"setup": setup, "results": results}, f, indent=2)
     for label, r in results.items():
-        print(f"{label:18} measured {r['tau']:6.2f}  depth-weighted {r['predicted_depth_weighted']:5.1f}  "
-              f"unweighted {r['predicted_unweighted']:5.1f}")
+        if "predicted_depth_weighted" in r:
+            print(f"{label:18} measured {r['tau']:6.2f}  depth-weighted {r['predicted_depth_weighted']:5.1f}  "
+                  f"unweighted {r['predicted_unweighted']:5.1f}")
 
 
 if __name__ == "__main__":

@@ -366,7 +366,7 @@ def _model_options(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resident-layers", type=int,
-                   help="keep only the first N decoder layers on the device and stream the others' weights "
+                   help="keep only the last N decoder layers on the device and stream the others' weights "
                         "from host memory each pass (default: all resident)")
     p.add_argument("--vram-gb", type=float,
                    help="software VRAM cap: the planner chooses the resident layers under it")

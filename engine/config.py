@@ -113,6 +113,18 @@ class ModelConfig:
         return self.num_layers * layer + v * h * (1 if self.tie_word_embeddings else 2) + h
 
 
+def streamed_layers(num_layers: int, resident: int) -> list[int]:
+    """The decoder layers whose weights stream from host memory when `resident` stay on the device: the
+    first ones. Resident layers are the LAST: they are exact in the draft too (shared with the target), and
+    exactness near the output aligns the draft most (SmolLM2, D48 K6, 4-bit substitutes: tau 12.6 with its
+    last 6 of 30 layers exact against 9.7 with its first 6; benchmarks/substitute_placement.py). For the
+    target the order is free: prefetch is cyclic, so the resident layers' compute hides the next pass's
+    first copies wherever they sit."""
+    if not 0 <= resident <= num_layers:
+        raise SubspecError(f"resident layers must be between 0 and {num_layers}, got {resident}")
+    return list(range(num_layers - resident))
+
+
 def _rope_parameters(raw: dict) -> dict:
     """Both spellings: transformers 5 `rope_parameters`, older `rope_theta` + `rope_scaling`."""
     params = dict(raw.get("rope_parameters") or {})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, streamed_layers
 from .errors import SubspecError
 from .model import Decoder, rope_inverse_frequencies
 
@@ -134,7 +134,7 @@ class LoadedModel:
     @property
     def offloaded_layers(self) -> list[int]:
         n = self.config.num_layers
-        return list(range(n if self.resident_layers is None else self.resident_layers, n))
+        return streamed_layers(n, n if self.resident_layers is None else self.resident_layers)
 
     def draft_bits(self, nbits: int | None = None) -> dict[int, int]:
         """{layer: bits} of the draft's substitutes: `nbits` for every substituted layer when given, else
@@ -257,7 +257,7 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
 
 
 def _place(folder: Path, dtype: torch.dtype, device: torch.device, resident: int, all_resident: bool) -> Decoder:
-    """Load the weights: all on the device, or the first `resident` layers there and the rest streamed."""
+    """Load the weights: all on the device, or the last `resident` layers there and the others streamed."""
     if all_resident:
         return load_decoder(folder, dtype, device)
     from .offload import offload

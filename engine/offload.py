@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import streamed_layers
 from .errors import SubspecError
 from .model import LINEAR_NAMES, Decoder
 
@@ -163,12 +164,11 @@ def _move_resident(decoder: Decoder, device: torch.device, offloaded: set[int]) 
 
 def offload(decoder: Decoder, resident_layers: int, device: torch.device | str, slots: int = 2
             ) -> LayerStreamer | None:
-    """Keep the first `resident_layers` decoder layers resident on `device` and stream the rest."""
-    n = len(decoder.layers)
-    if not 0 <= resident_layers <= n:
-        raise SubspecError(f"resident layers must be between 0 and {n}, got {resident_layers}")
+    """Keep the last `resident_layers` decoder layers resident on `device` and stream the others
+    (engine.config.streamed_layers says why the last)."""
+    streamed = streamed_layers(len(decoder.layers), resident_layers)
     device = torch.device(device)
-    if resident_layers == n:
+    if not streamed:
         _move_resident(decoder, device, set())
         return None
-    return LayerStreamer(decoder, list(range(resident_layers, n)), device, slots)
+    return LayerStreamer(decoder, streamed, device, slots)

@@ -2,7 +2,8 @@
 a single weight is downloaded. Pure arithmetic: no torch, no GPU.
 
 What it decides (for the runtime of engine/offload.py):
-- which decoder layers stay resident in full precision (the first `resident_layers`), the rest being
+- which decoder layers stay resident in full precision (the last `resident_layers`: engine.config.
+  streamed_layers says why), the others being
   offloaded: their linear weights sit in pinned host RAM and stream into `slots` GPU buffers every target
   pass, while an HQQ substitute of each (group 64) stays on the GPU for the draft;
 - the substitute bits of each offloaded layer (4, raised to 8 where memory allows);
@@ -81,7 +82,8 @@ LAYER_OVERHEAD_S = 0.15e-3
 # its first 15 of 30 layers 8-bit and 17.5 with its last 15, 30.0 all 8-bit; 9.7 with the first 6 layers
 # exact, 12.6 with the last 6; 13.1 with the last 7 at 8-bit (benchmarks/substitute_placement.py). Calibrated
 # on its all-4 and all-8-bit tau, linear weights predict those five mixed drafts as 11.7, 20.3, 9.7, 12.9,
-# 13.5; an unweighted mean as 15.0, 15.0, 11.1, 11.1, 11.4.
+# 13.5; an unweighted mean as 15.0, 15.0, 11.1, 11.1, 11.4. Hence 8-bit goes to the last streamed layers
+# and the resident (exact) layers are the last of all (engine.config.streamed_layers).
 # The floor is what even a near-exact draft misses (near-ties of the target, beam false positives,
 # answers ending inside the tree): it is set so that an all-8-bit draft reproduces the best measured
 # 8-bit tau (SmolLM2, D48 K6: 35.6 -> m 0.014), and MISS_FLOOR + MISS_4BIT so that all-4-bit gives tau 28
@@ -109,7 +111,7 @@ class PlanError(SubspecError):
 class Plan:
     method: str  # "subspec" | "vanilla"
     device: str  # "cuda" | "cpu"
-    resident_layers: int  # the first `resident_layers` decoder layers, full precision on the device
+    resident_layers: int  # the last `resident_layers` decoder layers, full precision on the device
     offloaded_layers: int
     substitute_bits: list  # per decoder layer: None (resident) or the bits of its substitute
     kv_length: int  # committed context tokens; the cache also holds `nodes` scratch rows
@@ -265,7 +267,7 @@ def masks_bytes(config: ModelConfig, kv_length: int, nodes: int, dtype_bytes: in
 
 @dataclass(frozen=True)
 class _Layout:
-    resident: int  # the first `resident` layers, full precision on the device
+    resident: int  # the last `resident` layers, full precision on the device
     offloaded: int  # the other layers, streamed through the slots
     bits: tuple  # substitute bits per offloaded layer (in layer order); () = no draft substitutes
     kv_length: int
@@ -321,7 +323,7 @@ def _with_substitutes(config: ModelConfig, resident: int, kv_length: int) -> _La
 
 
 def _grow(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int, forced: bool) -> _Layout:
-    """Spend what is left: first 8-bit substitutes, for the last layers (nearest the output, where precision
+    """Spend what is left: first 8-bit substitutes, for the last streamed layers (nearest the output, where precision
     aligns the draft most: see the tau model), then (unless the user fixed it) resident layers."""
     spare = budget - _vram(config, layout, dtype_bytes)
     upgrade = substitute_layer_bytes(config, 8, dtype_bytes) - substitute_layer_bytes(config, 4, dtype_bytes)
@@ -413,10 +415,10 @@ def layer_weight(config: ModelConfig, index: int) -> float:
     return (index + 1) / (n * (n + 1) / 2)
 
 
-def draft_error(config: ModelConfig, bits, resident: int = 0) -> float:
+def draft_error(config: ModelConfig, bits) -> float:
     """Depth-weighted mean relative error of the draft's decoder layers: 4-bit = 1, resident (exact) = 0.
-    `bits`: the substitutes of the offloaded layers, which follow the `resident` first ones."""
-    return sum(layer_weight(config, resident + j) * SUBSTITUTE_ERROR[b] for j, b in enumerate(bits))
+    `bits`: the substitutes of the offloaded layers, which are the first ones (the resident layers follow)."""
+    return sum(layer_weight(config, j) * SUBSTITUTE_ERROR[b] for j, b in enumerate(bits))
 
 
 def predicted_tau(depth: int, topk: int, error: float) -> float:
@@ -450,7 +452,7 @@ def best_shape(config: ModelConfig, layout: _Layout, speeds: _Speeds, dtype_byte
     tau / (D * t_draft + t_verify(nodes)). Ties keep the smaller tree. Without substitutes while layers
     are offloaded there is no draft: D = 0."""
     has_draft = bool(layout.bits) or layout.offloaded == 0
-    error = draft_error(config, layout.bits, layout.resident)
+    error = draft_error(config, layout.bits)
     best = None
     for depth in DEPTHS:
         if depth > max_depth or (depth and not has_draft):
@@ -668,7 +670,7 @@ def make_plan(config: ModelConfig, hardware: dict, vram_gb: float | None = None,
         device="cuda",
         resident_layers=layout.resident,
         offloaded_layers=layout.offloaded,
-        substitute_bits=[None] * layout.resident + (list(layout.bits) or [None] * layout.offloaded),
+        substitute_bits=(list(layout.bits) or [None] * layout.offloaded) + [None] * layout.resident,
         kv_length=layout.kv_length,
         slots=layout.slots,
         depth=shape.depth,
@@ -709,8 +711,9 @@ def _explain_layout(config: ModelConfig, layout: _Layout, kind: str, budget: int
                 reasons.append(f"8-bit: no room to raise a substitute to 8-bit (+{_gb(sub8 - sub4)} each).")
         if not forced:
             if layout.resident:
-                reasons.append(f"Resident layers: the first {layout.resident} stay in VRAM in full precision "
-                               f"({_gb(full)} each), shared by draft and target; that many fewer to stream.")
+                reasons.append(f"Resident layers: the last {layout.resident} stay in VRAM in full precision "
+                               f"({_gb(full)} each), shared by draft and target; that many fewer to stream, and "
+                               f"exact layers near the output align the draft most.")
             else:
                 reasons.append("Resident layers: none; no memory left after the substitutes.")
         reasons.append(f"Streaming: {layout.offloaded} layers ({_gb(layout.offloaded * full)}) from pinned RAM "

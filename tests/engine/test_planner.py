@@ -110,7 +110,7 @@ def test_8_bit_goes_to_the_last_streamed_layers_where_it_aligns_the_draft_most()
     that the same number of 8-bit layers predicts more at the end than at the start."""
     c = config("qwen2.5-7b")
     plan = make_plan(c, gpu_profile(total_gb=32), vram_gb=8)
-    bits = plan.substitute_bits[plan.resident_layers:]
+    bits = plan.substitute_bits[: plan.offloaded_layers]
     eights = bits.count(8)
     assert 0 < eights < len(bits)  # a partly 8-bit draft at 8 GB
     assert bits == [4] * (len(bits) - eights) + [8] * eights
@@ -120,8 +120,8 @@ def test_8_bit_goes_to_the_last_streamed_layers_where_it_aligns_the_draft_most()
     assert last < first < draft_error(c, [4] * len(bits)) == pytest.approx(1.0)
     assert draft_error(c, [8] * c.num_layers) == pytest.approx(0.02)  # the calibration's ends are unchanged
     assert sum(planner.layer_weight(c, i) for i in range(c.num_layers)) == pytest.approx(1.0)
-    # resident layers (exact) are the first ones: they count least
-    assert draft_error(c, [4] * 20, resident=8) == pytest.approx(1 - sum(range(1, 9)) / sum(range(1, 29)))
+    # resident layers (exact) are the last ones, where exactness counts most: 8 of 28 take 43% of the error
+    assert draft_error(c, [4] * 20) == pytest.approx(sum(range(1, 21)) / sum(range(1, 29)))
 
 
 @pytest.mark.parametrize("context", [4096, 32768, 131072])
@@ -144,12 +144,12 @@ def test_every_plan_fits_its_budget_or_is_refused_with_the_shortfall(name, conte
         assert plan.memory["masks"] == masks_bytes(c, plan.kv_length, plan.nodes)
         assert plan.resident_layers + plan.offloaded_layers == c.num_layers
         assert len(plan.substitute_bits) == c.num_layers
-        assert plan.substitute_bits[: plan.resident_layers] == [None] * plan.resident_layers
+        assert plan.substitute_bits[plan.offloaded_layers:] == [None] * plan.resident_layers
         assert plan.kv_length >= 512
         assert plan.predicted_tokens_per_s > 0 and plan.reasons
         if plan.method == "subspec":
             assert plan.slots >= 2 and plan.depth > 0 and 1 + plan.depth * plan.topk <= 400
-            assert all(b in (4, 8) for b in plan.substitute_bits[plan.resident_layers:])
+            assert all(b in (4, 8) for b in plan.substitute_bits[: plan.offloaded_layers])
         else:
             assert plan.depth == 0
         if plan.offloaded_layers:
@@ -200,7 +200,8 @@ def test_spare_memory_goes_to_8_bit_before_resident_layers():
     assert tight.resident_layers == 0 and 0 < tight.substitute_bits.count(8) < c.num_layers
     roomy = make_plan(c, gpu_profile(), vram_gb=12)
     assert roomy.resident_layers > 0
-    assert roomy.substitute_bits[roomy.resident_layers:] == [8] * roomy.offloaded_layers
+    assert roomy.substitute_bits == [8] * roomy.offloaded_layers + [None] * roomy.resident_layers
+    assert any(f"the last {roomy.resident_layers} stay in VRAM" in r for r in roomy.reasons)
 
 
 def test_gpu_offloading_picks_a_deep_tree_for_a_7b_model_on_8_gb():
