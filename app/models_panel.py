@@ -455,7 +455,8 @@ class ModelsDock(QDockWidget):
         self.import_folder_button.clicked.connect(self.import_folder)
         self.import_gguf_button = QPushButton("Import GGUF …")
         self.import_gguf_button.setToolTip("A .gguf file (Llama, Mistral, Qwen2, Qwen3), converted to bf16 "
-                                           "safetensors")
+                                           "safetensors; for a split one (…-00001-of-00003.gguf), any part, "
+                                           "with the others beside it")
         self.import_gguf_button.clicked.connect(self.import_gguf)
         row.addWidget(self.import_folder_button)
         row.addWidget(self.import_gguf_button)

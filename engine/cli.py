@@ -440,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("name")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models_info)
-    m = msub.add_parser("import", help="import a Hugging Face model folder or a .gguf file")
+    m = msub.add_parser("import", help="import a Hugging Face model folder or a .gguf file "
+                                         "(for a split GGUF, any of its parts)")
     m.add_argument("path")
     m.add_argument("--name")
     m.set_defaults(func=cmd_models_import)

@@ -13,11 +13,16 @@ of rows (16M values: 64 MB of float32 and 32 MB of bf16) or one small tensor; on
 projections come whole, as their un-permutation spans all their rows (a 70B's q: 268 MB of float32).
 The arithmetic and the names are transformers' and gguf's own (gguf's dequantizer and name table,
 transformers' tensor processor), so the result equals the whole-model conversion bit for bit; the suite
-checks that on SmolLM2. A cancel is seen between tensors."""
+checks that on SmolLM2. A cancel is seen between tensors.
+
+A split GGUF (llama.cpp's gguf-split, or its converter's --split-max-size: NAME-00001-of-00003.gguf and so
+on, the usual way big models are published) is imported whole from whichever part is picked: the first
+part holds the metadata, every part some of the tensors."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ SHARD_BYTES = 1 << 30  # a new file when the next tensor would take one past 1 G
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
 OUT_DTYPE_BYTES = 2  # bfloat16
 ROW_BLOCK_ELEMENTS = 1 << 24  # a big tensor is dequantized 16M values (64 MB of float32) at a time
+SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 
 class ImportCancelled(SubspecError):
@@ -58,15 +64,94 @@ class Progress:
         return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
 
 
-def read_architecture(path: Path):
-    """(GGUFReader, architecture) of a GGUF file; a file the parser cannot read is a clear error."""
+def _reader(path: Path):
+    """A GGUFReader over `path`; a file the parser cannot read is a clear error."""
     try:
         from gguf import GGUFReader
 
-        reader = GGUFReader(str(path))
+        return GGUFReader(str(path))
+    except Exception as exc:  # the GGUF parser raises many types on a damaged file; all mean the same here
+        raise SubspecError(f"corrupt or truncated GGUF file {path.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _field(reader, key: str, path: Path):
+    """A scalar metadata value, or None where the file does not have it."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    try:
+        return field.contents()
+    except Exception as exc:
+        raise SubspecError(f"corrupt GGUF metadata {key} in {path.name}: {exc}") from exc
+
+
+def split_parts(path: Path) -> list[Path]:
+    """Every file of the GGUF `path` belongs to, in order: [path] for a single file, all the parts of a
+    split one (NAME-0000i-of-0000n.gguf, whichever part was picked). A missing part is refused up front,
+    before the hours a big conversion takes."""
+    path = Path(path)
+    match = SPLIT_NAME.match(path.name)
+    if match is None:
+        return [path]
+    count = int(match["count"])
+    if not 1 <= int(match["no"]) <= count:
+        raise SubspecError(f"{path.name}: part {int(match['no'])} of {count} does not exist")
+    width_no, width_count = len(match["no"]), len(match["count"])
+    parts = [path.with_name(f"{match['stem']}-{i:0{width_no}d}-of-{count:0{width_count}d}.gguf")
+             for i in range(1, count + 1)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise SubspecError(f"{path.name} is one of {count} parts of a split GGUF, and {len(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} not in {path.parent}: "
+                           f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}. "
+                           f"Download every part into the same folder.")
+    return parts
+
+
+def model_name(path: Path) -> str:
+    """The store's name for a GGUF: the file's stem without its quantization (.Q4_K_M) or part suffix."""
+    path = Path(path)
+    match = SPLIT_NAME.match(path.name)
+    stem = match["stem"] if match else path.stem
+    return stem.split(".Q")[0]
+
+
+def read_parts(path: Path):
+    """([(GGUFReader, part path)] in order, architecture) of the (possibly split) GGUF at `path`. The parts
+    must agree with their metadata: each its own split.no, the count, the total of tensors."""
+    parts = split_parts(path)
+    reader, arch = read_architecture(parts[0])
+    readers = [(reader, parts[0])] + [(_reader(p), p) for p in parts[1:]]
+    declared = _field(reader, "split.count", parts[0])
+    if declared is None and len(parts) == 1:
+        return readers, arch
+    if declared is None:
+        raise SubspecError(f"{parts[0].name} is named as the first of {len(parts)} parts of a split GGUF, but its "
+                           f"metadata has no split.count: not a split llama.cpp can write")
+    if declared != len(parts):
+        if len(parts) == 1:
+            raise SubspecError(f"{path.name} is the first of {declared} parts of a split GGUF, but its name does "
+                               f"not say so (parts are named NAME-00001-of-{declared:05d}.gguf and so on): "
+                               f"give the parts back their names, all in one folder")
+        raise SubspecError(f"{parts[0].name} says the GGUF has {declared} parts; its name says {len(parts)}")
+    for i, (r, p) in enumerate(readers):
+        if _field(r, "split.no", p) != i:
+            raise SubspecError(f"{p.name} is not part {i + 1} of this split GGUF (its metadata says part "
+                               f"{_field(r, 'split.no', p)} counting from 0)")
+    total = _field(reader, "split.tensors.count", parts[0])
+    found = sum(len(r.tensors) for r, _ in readers)
+    if total is not None and found != total:
+        raise SubspecError(f"the {len(parts)} parts of {parts[0].name} hold {found} tensors; the first says {total}")
+    return readers, arch
+
+
+def read_architecture(path: Path):
+    """(GGUFReader, architecture) of a GGUF file; a file the parser cannot read is a clear error."""
+    reader = _reader(path)
+    try:
         field = reader.fields["general.architecture"]
         arch = bytes(field.parts[field.data[0]]).decode()
-    except Exception as exc:  # the GGUF parser raises many types on a damaged file; all mean the same here
+    except Exception as exc:
         raise SubspecError(f"corrupt or truncated GGUF file {path.name}: {type(exc).__name__}: {exc}") from exc
     if arch not in GGUF_ARCHITECTURES:
         from .config import SUPPORTED_ARCHITECTURES
@@ -225,17 +310,26 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
 
     say = say or (lambda _m: None)
     path, out = Path(path), Path(out)
-    reader, arch = read_architecture(path)
+    readers, arch = read_parts(path)
+    first = readers[0][1]
+    tensors = [(t, p) for reader, p in readers for t in reader.tensors]
+    part_of = {t.name: p for t, p in tensors}
 
     hf_logging.disable_progress_bar()  # our own progress says what is happening
     check_cancel(cancel, path)
-    say(f"reading the metadata and tokenizer of {path.name} ...")
-    config, tokenizer = _hf_config_and_tokenizer(path)
+    if len(readers) > 1:
+        say(f"{path.name} is one of {len(readers)} parts; importing them all")
+    say(f"reading the metadata and tokenizer of {first.name} ...")
+    config, tokenizer = _hf_config_and_tokenizer(first)
+    # transformers decides tied embeddings by whether the file it reads holds output.weight; in a split
+    # GGUF that file is only the first part, and the head may sit in a later one. The same rule over all
+    # the parts (a model taken for tied would silently drop its head and answer through the embeddings).
+    config.tie_word_embeddings = all(t.name != "output.weight" for t, _ in tensors)
     check_cancel(cancel, path)
     processor, names, shapes = _name_map(config, arch)
     # transformers maps a name after its processor has run; Llama's processor keeps names, so the map is
     # applied to the GGUF name (checked below: every wanted tensor must be found exactly once).
-    chosen = [(names[t.name], t) for t in reader.tensors if names.get(t.name) in shapes]
+    chosen = [(names[t.name], t) for t, _ in tensors if names.get(t.name) in shapes]
     found = [n for n, _ in chosen]
     missing = sorted(set(shapes) - set(found))
     if missing or len(found) != len(set(found)):
@@ -264,7 +358,7 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
 
     def blocks(t):
         check_cancel(cancel, path)
-        return _bf16_blocks(t, processor, path)
+        return _bf16_blocks(t, processor, part_of[t.name])
 
     for i, shard in enumerate(shards):
         fname = _shard_name(i, len(shards))

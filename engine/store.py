@@ -197,7 +197,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
     """Import a Hugging Face model folder or a .gguf file into the store. `cancel` is seen between files
     (a folder) or tensors (a GGUF): ImportCancelled, and nothing is installed. `fraction` gets the share of
     the bytes done."""
-    from .gguf_import import check_cancel, convert_gguf
+    from .gguf_import import check_cancel, convert_gguf, model_name
 
     progress = progress or (lambda _msg: None)
     source = Path(source).expanduser()
@@ -206,7 +206,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
     gguf = source.is_file() and source.suffix.lower() == ".gguf"
     if source.is_file() and not gguf:
         raise SubspecError(f"{source} is neither a model folder nor a .gguf file")
-    name = name or (source.stem.split(".Q")[0] if gguf else source.name)
+    name = name or (model_name(source) if gguf else source.name)
     check_new_name(name)
     clean_orphans()
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=models_dir()))
