@@ -77,7 +77,7 @@ def cmd_download(args) -> int:
     from .download import Download, DownloadCancelled
 
     job = Download(args.repo_id, revision=args.revision, name=args.name, token=args.token,
-                   on_progress=_ProgressLine())
+                   on_progress=_ProgressLine(), gguf=args.gguf)
     # Ctrl-C pauses (the partial files stay; the same command resumes). The download runs on a thread so
     # that the signal lands here at once, not after a blocking read.
     result: dict = {}
@@ -214,8 +214,12 @@ def add_commands(msub) -> None:
     m = msub.add_parser("download", help="download a model from the hub (resumes; Ctrl-C pauses)")
     m.add_argument("repo_id", help="like Qwen/Qwen2.5-7B-Instruct")
     m.add_argument("--revision", help="a branch, tag or commit (default: main)")
-    m.add_argument("--name", help="the name in the store (default: the repo's name)")
+    m.add_argument("--name", help="the name in the store (default: the repo's name; a GGUF's file name)")
     m.add_argument("--token", help="for gated or private models (default: HF_TOKEN or `hf auth login`)")
+    m.add_argument("--gguf", metavar="QUANT",
+                   help="for a repo of GGUF files: which one, by name or a part of it such as Q8_0 (every part "
+                        "of a split one is downloaded); it is converted to bf16 once verified. Without it, "
+                        "such a repo lists its GGUFs")
     m.set_defaults(func=cmd_download)
     m = msub.add_parser("catalogue", help="recommended models and whether each fits this machine")
     m.add_argument("--vram-gb", type=float, help="plan for a GPU of this many GB instead of this machine's")

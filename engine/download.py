@@ -10,6 +10,11 @@ finished, verified files under their names, the file in flight as `<name>.part`,
 recording what was verified. A later run of the same repo and commit picks up where the last one stopped
 with an HTTP Range request. Nothing appears in the model list until every file is verified and the folder
 has been renamed into the store's models in one step.
+
+A repo of GGUF files (what most big models are published as) is downloaded one GGUF at a time, every part
+of a split one, the chosen label in `state.json`; once verified it is converted into the store like an
+imported GGUF (engine/gguf_import.py) and the GGUF files are deleted. Each label has its own folder, so a
+paused Q8_0 survives downloading a Q4_K_M of the same repo.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class RetryPolicy:
 class DownloadProgress:
     """One snapshot for a progress bar: the file in flight and the whole model."""
     repo_id: str
-    state: str  # resolving | downloading | retrying | verifying | installing | done
+    state: str  # resolving | downloading | retrying | verifying | installing (a GGUF: converting) | done
     file: str = ""
     file_done: int = 0
     file_size: int = 0
@@ -89,8 +94,14 @@ def downloads_dir() -> Path:
     return d
 
 
-def work_folder(repo_id: str, commit: str) -> Path:
-    return downloads_dir() / f"{repo_id.replace('/', '--')}@{commit[:12]}"
+def work_folder(repo_id: str, commit: str, gguf: str | None = None) -> Path:
+    label = "" if gguf is None else "#" + gguf.replace("/", "--")
+    return downloads_dir() / f"{repo_id.replace('/', '--')}@{commit[:12]}{label}"
+
+
+def _local(work: Path, f: hub.RemoteFile) -> Path:
+    """Where a remote file lives in its download folder: flat (a GGUF may sit in a subfolder of its repo)."""
+    return work / f.name.rpartition("/")[2]
 
 
 def free_bytes(path: Path) -> int:
@@ -106,6 +117,7 @@ class PartialDownload:
     have_bytes: int
     total_bytes: int
     updated: float
+    gguf: str | None = None  # the GGUF label of a GGUF download (resume with it)
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -137,7 +149,7 @@ def partial_downloads() -> list[PartialDownload]:
         except FileNotFoundError:  # discarded or installed by another thread while listed: gone, not partial
             continue
         out.append(PartialDownload(state["repo_id"], state["commit"], state["name"], str(folder),
-                                   min(have, state["total"]), state["total"], mtime))
+                                   min(have, state["total"]), state["total"], mtime, state.get("gguf")))
     return out
 
 
@@ -171,9 +183,9 @@ def _try_lock(folder: Path):
     return fh
 
 
-def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None) -> None:
-    """Partial downloads of an older commit of the repo being downloaded now, downloads nobody resumed
-    for a month, and folders without a state file (killed before writing it) are removed."""
+def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None, gguf: str | None = None) -> None:
+    """Partial downloads of an older commit of the repo (and GGUF label) being downloaded now, downloads
+    nobody resumed for a month, and folders without a state file (killed before writing it) are removed."""
     now = time.time()
     for folder in downloads_dir().iterdir():
         if not folder.is_dir() or folder == keep:
@@ -183,7 +195,8 @@ def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None) 
             stale = now - folder.stat().st_mtime > ORPHAN_AGE_S
         except OSError:
             continue
-        superseded = state is not None and state.get("repo_id") == superseded_repo
+        superseded = (state is not None and state.get("repo_id") == superseded_repo
+                      and state.get("gguf") == gguf)
         if superseded or stale or (state is None and now - folder.stat().st_mtime > 3600):
             lock = _try_lock(folder)
             if lock is None:
@@ -238,6 +251,7 @@ class Download:
     name: str | None = None
     token: str | None = None
     on_progress: Callable[[DownloadProgress], None] | None = None
+    gguf: str | None = None  # for a repo of GGUF files: which one (hub.gguf_files: a label, or part of one)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     progress_interval_s: float = 0.1
 
@@ -280,11 +294,19 @@ class Download:
         try:
             self._emit(state="resolving", message=f"asking {hub.endpoint()} about {self.repo_id}", force=True)
             remote = hub.remote_model(self.repo_id, self.revision, self.token)
-            files = hub.needed_files(remote)
-            name = self.name or self.repo_id.split("/")[1]
+            label = None
+            if self.gguf:
+                from .gguf_import import model_name
+
+                files = hub.gguf_files(remote, self.gguf)
+                label = next(k for k, v in hub.gguf_sets(remote).items() if v == files)
+                name = self.name or model_name(Path(files[0].name))
+            else:
+                files = hub.needed_files(remote)
+                name = self.name or self.repo_id.split("/")[1]
             store.check_new_name(name)
-            work = work_folder(self.repo_id, remote.commit)
-            clean_orphans(keep=work, superseded_repo=self.repo_id)
+            work = work_folder(self.repo_id, remote.commit, label)
+            clean_orphans(keep=work, superseded_repo=self.repo_id, gguf=label)
             work.mkdir(parents=True, exist_ok=True)
             lock = _try_lock(work)
             if lock is None:
@@ -294,27 +316,30 @@ class Download:
             verified: dict[str, str] = state.get("verified", {})
             total = sum(f.size for f in files)
             state = {"repo_id": self.repo_id, "commit": remote.commit, "name": name, "total": total,
-                     "verified": verified}
+                     "verified": verified, **({"gguf": label} if label else {})}
             _write_state(work, state)
             self._check_disk(work, files)
-            done = sum(f.size for f in files if f.name in verified and (work / f.name).is_file())
+            done = sum(f.size for f in files if f.name in verified and _local(work, f).is_file())
             self._emit(state="downloading", total=total, done=done, force=True)
-            for f in files:
-                if f.name in verified and (work / f.name).is_file():
+            for i, f in enumerate(files):
+                if f.name in verified and _local(work, f).is_file():
                     continue
                 done = self._fetch(remote, f, work, done)
                 verified[f.name] = f.checksum  # `state` holds this very dict
                 _write_state(work, state)
-                if f.name == "config.json":
-                    self._check_architecture(work)
-            self._emit(state="installing", message=f"checking and installing {name}", force=True)
-            try:
-                info = store.install_folder(work, name, source=f"hf://{self.repo_id}@{remote.commit}",
-                                            extra={"repo_id": self.repo_id, "commit": remote.commit,
-                                                   "checksums": verified})
-            except SubspecError:
-                self._discard = True  # verified but unusable here: keeping it would only fill the disk
-                raise
+                if f.name == "config.json" or (label and i == 0):
+                    self._check_architecture(work, _local(work, f) if label else None)
+            extra = {"repo_id": self.repo_id, "commit": remote.commit, "checksums": verified}
+            source = f"hf://{self.repo_id}@{remote.commit}"
+            if label:
+                info = self._convert(work, _local(work, files[0]), name, label, total, f"{source}/{label}", extra)
+            else:
+                self._emit(state="installing", message=f"checking and installing {name}", force=True)
+                try:
+                    info = store.install_folder(work, name, source=source, extra=extra)
+                except SubspecError:
+                    self._discard = True  # verified but unusable here: keeping it would only fill the disk
+                    raise
             self._emit(state="done", done=total, message=f"installed {info.name}", force=True)
             return info
         except DownloadCancelled as exc:
@@ -333,24 +358,49 @@ class Download:
     def _check_disk(self, work: Path, files: list[hub.RemoteFile]) -> None:
         have = 0
         for f in files:
-            for p in (work / f.name, work / (f.name + PART)):
+            for p in (_local(work, f), work / (_local(work, f).name + PART)):
                 if p.is_file():
                     have += min(p.stat().st_size, f.size)
         need = sum(f.size for f in files) - have
         store.check_free_space(work.parent, need, self.repo_id, free_bytes(work))
 
-    def _check_architecture(self, work: Path) -> None:
-        """Before any weights: a model we cannot run is refused after one small file."""
+    def _check_architecture(self, work: Path, gguf: Path | None = None) -> None:
+        """Before any weights: a model we cannot run is refused after one small file (a split GGUF: after
+        its first part, which holds the metadata)."""
         from .config import ModelConfig
+        from .gguf_import import read_architecture
 
         try:
-            ModelConfig.from_file(work)
+            ModelConfig.from_file(work) if gguf is None else read_architecture(gguf)
         except SubspecError as exc:
             self._discard = True
             raise SubspecError(f"{self.repo_id}: {exc}") from exc
 
+    def _convert(self, work: Path, first: Path, name: str, label: str, total: int, source: str,
+                 extra: dict) -> store.ModelInfo:
+        """The verified GGUF into the store (bf16 safetensors, as an import), then its files deleted. A
+        pause or cancel stops at the next tensor; paused, the GGUF stays for a resume to convert again."""
+        from .gguf_import import ImportCancelled
+
+        self._emit(state="installing", message=f"converting {label} to bf16", done=0, force=True)
+        try:
+            info = store.import_model(first, name, progress=lambda m: self._emit(message=m, force=True),
+                                      cancel=self._stop, fraction=lambda f: self._emit(done=int(f * total)),
+                                      origin=source, extra=extra)
+        except ImportCancelled as exc:
+            raise DownloadCancelled("stopped", kept=True) from exc
+        except SubspecError as exc:
+            if self._discard:
+                raise
+            # Kept: the architecture was checked after the first part, so this is most likely the disk (bf16
+            # is 2-4x a quantized GGUF); downloading it again would cost far more than freeing space.
+            raise SubspecError(f"{exc}. The downloaded GGUF is kept in {work}: run the download again to "
+                               f"convert it, or discard the partial download") from exc
+        shutil.rmtree(work, ignore_errors=True)
+        return info
+
     def _fetch(self, remote: hub.RemoteModel, f: hub.RemoteFile, work: Path, done: int) -> int:
-        part = work / (f.name + PART)
+        part = work / (_local(work, f).name + PART)
         url = hub.file_url(remote.repo_id, remote.commit, f.name)
         headers = {**hub.auth_headers(self.token), "Accept-Encoding": "identity"}
         failures = 0
@@ -388,7 +438,7 @@ class Download:
             part.unlink(missing_ok=True)
             raise SubspecError(f"{f.name} does not match the hub's checksum ({f.checksum}); the corrupt "
                                f"file was deleted and nothing was installed: run the download again")
-        os.replace(part, work / f.name)
+        os.replace(part, _local(work, f))
         return done + f.size
 
     def _stream(self, url: str, headers: dict, part: Path, have: int, f: hub.RemoteFile, done: int) -> int:

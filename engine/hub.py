@@ -143,14 +143,64 @@ def needed_files(model: RemoteModel) -> list[RemoteFile]:
     """What a model needs to run here: safetensors weights and the small files beside them."""
     weights = [f for f in model.files if f.name.endswith(".safetensors") and "/" not in f.name]
     if not weights:
-        other = sorted({f.name.rsplit(".", 1)[-1] for f in model.files if f.name.endswith((".bin", ".pt",
-                                                                                          ".gguf"))})
+        if gguf_sets(model):
+            raise GGUFChoiceNeeded(model)
+        other = sorted({f.name.rsplit(".", 1)[-1] for f in model.files if f.name.endswith((".bin", ".pt"))})
         hint = f" (it has {', '.join('.' + o for o in other)} files; look for a safetensors version)" if other else ""
         raise SubspecError(f"{model.repo_id} has no safetensors weights{hint}")
     aux = [f for f in model.files if f.name in AUX_FILES]
     if not any(f.name == "config.json" for f in aux):
         raise SubspecError(f"{model.repo_id} has no config.json")
     return sorted(aux, key=lambda f: (f.name != "config.json", f.name)) + sorted(weights, key=lambda f: f.name)
+
+
+def gguf_sets(model: RemoteModel) -> dict[str, list[RemoteFile]]:
+    """A repo's GGUF models, {label: files}: a single file, or every part of a split one in order, under
+    its path without the part suffix and ".gguf" (e.g. "Qwen2.5-7B-Instruct-Q8_0"). Vision projectors
+    (mmproj) are not language models and are left out."""
+    from .gguf_import import SPLIT_NAME
+
+    sets: dict[str, list[RemoteFile]] = {}
+    for f in model.files:
+        folder, _, base = f.name.rpartition("/")
+        if not base.lower().endswith(".gguf") or base.lower().startswith("mmproj"):
+            continue
+        match = SPLIT_NAME.match(base)
+        label = (folder + "/" if folder else "") + (match["stem"] if match else base[: -len(".gguf")])
+        sets.setdefault(label, []).append(f)
+    return {label: sorted(files, key=lambda f: f.name) for label, files in sorted(sets.items())}
+
+
+class GGUFChoiceNeeded(SubspecError):
+    """A repo of GGUF files only: which one to download must be chosen (`choices`: {label: total bytes})."""
+
+    def __init__(self, model: RemoteModel, asked: str | None = None):
+        self.repo_id = model.repo_id
+        self.choices = {label: sum(f.size for f in files) for label, files in gguf_sets(model).items()}
+        listed = ", ".join(f"{label} ({size / 1e9:.1f} GB)" for label, size in self.choices.items())
+        why = (f"no single GGUF of {model.repo_id} matches {asked!r}" if asked else
+               f"{model.repo_id} has GGUF files, no safetensors: choose one")
+        super().__init__(f"{why} (--gguf NAME, a label or a part of one such as Q8_0): {listed}")
+
+
+def gguf_files(model: RemoteModel, choice: str) -> list[RemoteFile]:
+    """The files of the GGUF `choice` names: its label, or a part of exactly one label, any case ("q8_0").
+    Refused (GGUFChoiceNeeded, listing the labels) when it names none or several; a split GGUF whose
+    parts are not all on the hub is refused too."""
+    from .gguf_import import SPLIT_NAME
+
+    sets = gguf_sets(model)
+    want = choice.lower()
+    exact = [label for label in sets if label.lower() == want]
+    found = exact or [label for label in sets if want in label.lower()]
+    if len(found) != 1:
+        raise GGUFChoiceNeeded(model, choice)
+    files = sets[found[0]]
+    match = SPLIT_NAME.match(files[0].name.rpartition("/")[2])
+    if match and len(files) != int(match["count"]):
+        raise SubspecError(f"{model.repo_id}: {found[0]} is split in {int(match['count'])} parts but the hub has "
+                           f"{len(files)} of them")
+    return files
 
 
 def remote_config(repo_id: str, revision: str = "main", token_: str | None = None,

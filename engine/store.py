@@ -193,10 +193,12 @@ def check_free_space(folder: Path, need: int, what: str, free: int | None = None
 
 def import_model(source: str | Path, name: str | None = None, progress: Progress | None = None,
                  cancel: threading.Event | None = None,
-                 fraction: Callable[[float], None] | None = None) -> ModelInfo:
+                 fraction: Callable[[float], None] | None = None,
+                 origin: str | None = None, extra: dict | None = None) -> ModelInfo:
     """Import a Hugging Face model folder or a .gguf file into the store. `cancel` is seen between files
     (a folder) or tensors (a GGUF): ImportCancelled, and nothing is installed. `fraction` gets the share of
-    the bytes done."""
+    the bytes done. `origin` and `extra` go to the manifest (a download's hub address and checksums;
+    default: the source path)."""
     from .gguf_import import check_cancel, convert_gguf, model_name
 
     progress = progress or (lambda _msg: None)
@@ -227,7 +229,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
                     fraction(done / total)
         check_cancel(cancel, source)  # the last moment a cancel can still keep it out
         progress("checking the model and its tokenizer ...")
-        return install_folder(tmp, name, source=str(source))
+        return install_folder(tmp, name, source=origin or str(source), extra=extra)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""A repo of GGUF files (how most big models are published) downloads one GGUF, every part of a split one,
+verified like any download, and is converted into the store; against the loopback hub (tests/fake_hub.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_hub import FakeHub, Repo
+from test_download import FAST_RETRY
+from test_gguf_import import _stored_tensors
+from test_gguf_split import write_gguf
+
+from engine import download, gguf_import, hub as hub_api, store
+from engine.download import Download, DownloadCancelled
+from engine.errors import SubspecError
+
+QUANT = "SmolLM2-135M-Instruct-Q4_1"
+PARTS = [f"{QUANT}-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+OTHER = "Q8_0/SmolLM2-135M-Instruct-Q8_0.gguf"  # another GGUF in a subfolder: listed, never fetched here
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory, default_model_folder):
+    folder = tmp_path_factory.mktemp("gguf-repo")
+    written = write_gguf(store.default_gguf(), folder / f"{QUANT}.gguf", max_tensors=100)
+    assert [p.name for p in written] == PARTS
+    return {p.name: p.read_bytes() for p in written}
+
+
+@pytest.fixture
+def gguf_hub(parts, tmp_path, monkeypatch, default_model_folder):
+    import huggingface_hub.constants
+    from transformers import AutoConfig, AutoTokenizer
+
+    files = {**parts, OTHER: b"\0" * 20_000, "mmproj-SmolLM2-f16.gguf": b"\0" * 20_000, "README.md": b"# GGUFs\n"}
+    server = FakeHub({"org/smol-gguf": Repo(files)}).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("SUBSPEC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # The config and tokenizer from the stored default model instead of parsed again from the first part
+    # (about 15 s; test_gguf_split covers that path): the tensors still come from the downloaded GGUF.
+    monkeypatch.setattr(gguf_import, "_hf_config_and_tokenizer", lambda _path: (
+        AutoConfig.from_pretrained(default_model_folder), AutoTokenizer.from_pretrained(default_model_folder)))
+    yield server
+    server.stop()
+
+
+def fetch(**kw):
+    return Download("org/smol-gguf", retry=FAST_RETRY, **kw).run()
+
+
+def test_a_gguf_repo_without_a_choice_lists_its_ggufs_and_fetches_nothing(gguf_hub):
+    with pytest.raises(hub_api.GGUFChoiceNeeded) as caught:
+        fetch()
+    assert caught.value.choices == {"Q8_0/SmolLM2-135M-Instruct-Q8_0": 20_000, QUANT: sum(
+        len(gguf_hub.repos["org/smol-gguf"].files[p]) for p in PARTS)}  # the vision projector is left out
+    assert "--gguf" in str(caught.value) and "Q4_1" in str(caught.value)
+    with pytest.raises(hub_api.GGUFChoiceNeeded, match="no single GGUF of org/smol-gguf matches 'SmolLM2'"):
+        fetch(gguf="SmolLM2")  # both labels hold it
+    assert not any(gguf_hub.bytes_sent(p) for p in PARTS)
+    assert store.list_models() == [] and download.partial_downloads() == []
+
+
+def test_a_split_gguf_downloads_verifies_converts_and_leaves_nothing_behind(gguf_hub, default_model_folder):
+    states = []
+    info = fetch(gguf="q4_1", on_progress=lambda p: states.append((p.state, p.message)))
+    assert info.name == QUANT and [m.name for m in store.list_models()] == [QUANT]
+    ours, single = _stored_tensors(info.path), _stored_tensors(default_model_folder)
+    assert set(ours) == set(single) and all(a.equal(single[k]) for k, a in ours.items())
+    manifest = json.loads((Path(info.path) / store.MANIFEST).read_text())
+    assert manifest["repo_id"] == "org/smol-gguf" and manifest["source"].endswith("/" + QUANT)
+    assert sorted(manifest["checksums"]) == PARTS and manifest["checksums"][PARTS[0]].startswith("sha256:")
+    assert any(s == "installing" and "converting" in m for s, m in states)
+    assert not list(download.downloads_dir().iterdir())  # the GGUF is deleted once converted
+    assert all(gguf_hub.resent(p) == 0 for p in PARTS) and gguf_hub.bytes_sent(OTHER) == 0
+
+
+def test_a_pause_while_converting_keeps_the_gguf_and_a_resume_only_converts(gguf_hub):
+    job = Download("org/smol-gguf", retry=FAST_RETRY, gguf="Q4_1")
+
+    def progress(p):
+        if p.state == "installing" and p.total and p.done > 0.3 * p.total:
+            job.pause()
+
+    job.on_progress = progress
+    with pytest.raises(DownloadCancelled, match="paused") as caught:
+        job.run()
+    assert caught.value.kept and store.list_models() == []
+    [partial] = download.partial_downloads()
+    assert partial.gguf == QUANT and partial.have_bytes == partial.total_bytes
+    sent = sum(gguf_hub.bytes_sent(p) for p in PARTS)
+    info = fetch(gguf="Q4_1")
+    assert info.name == QUANT and sum(gguf_hub.bytes_sent(p) for p in PARTS) == sent  # nothing fetched again
+    assert download.partial_downloads() == []
+
+
+def test_a_split_gguf_missing_a_part_on_the_hub_is_refused(gguf_hub):
+    del gguf_hub.repos["org/smol-gguf"].files[PARTS[1]]
+    with pytest.raises(SubspecError, match="split in 3 parts but the hub has 2"):
+        fetch(gguf="Q4_1")
+    assert not any(gguf_hub.bytes_sent(p) for p in PARTS)
+
+
+def test_gguf_sets_group_parts_keep_folders_and_skip_projectors():
+    f = lambda name: hub_api.RemoteFile(name, 1, None, "x")  # noqa: E731
+    model = hub_api.RemoteModel("o/r", "c" * 40, tuple(f(n) for n in (
+        "a-Q4_K_M.gguf", "big/a-Q8_0-00002-of-00002.gguf", "big/a-Q8_0-00001-of-00002.gguf", "mmproj-a.gguf",
+        "README.md")), False)
+    sets = hub_api.gguf_sets(model)
+    assert list(sets) == ["a-Q4_K_M", "big/a-Q8_0"]
+    assert [x.name for x in sets["big/a-Q8_0"]] == ["big/a-Q8_0-00001-of-00002.gguf", "big/a-Q8_0-00002-of-00002.gguf"]
+    assert [x.name for x in hub_api.gguf_files(model, "q8")] == [x.name for x in sets["big/a-Q8_0"]]
+    assert hub_api.gguf_files(model, "a-Q4_K_M")[0].name == "a-Q4_K_M.gguf"
+    with pytest.raises(hub_api.GGUFChoiceNeeded):
+        hub_api.gguf_files(model, "Q5")
