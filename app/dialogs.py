@@ -1,4 +1,4 @@
-"""Dialogs: the one used for engine failures and uncaught exceptions, and two small questions (tests
+"""Dialogs: the one used for engine failures and uncaught exceptions, and three small questions (tests
 replace these functions, since a modal dialog would block them)."""
 
 from __future__ import annotations
@@ -117,6 +117,12 @@ def ask_text(parent: QWidget | None, title: str, label: str, text: str = "") -> 
     """A line of text from the user, or None when cancelled."""
     value, ok = QInputDialog.getText(parent, title, label, text=text)
     return value if ok else None
+
+
+def choose_item(parent: QWidget | None, title: str, label: str, items: list[str]) -> int | None:
+    """The index of the item the user picked from a list, or None when cancelled."""
+    value, ok = QInputDialog.getItem(parent, title, label, items, 0, False)
+    return items.index(value) if ok and value in items else None
 
 
 def confirm(parent: QWidget | None, title: str, question: str) -> bool:

@@ -72,7 +72,11 @@ class ModelManager(QObject):
     config_found = Signal(object)
     # Something was installed, removed or failed: {"kind", "ok", "name", "message"}. The window shows it.
     notice = Signal(object)
+    # A repo of GGUF files only, asked for without a choice: {"repo_id", "revision", "choices": {label: bytes}}.
+    # Its job is gone; the panel asks which GGUF and downloads that one.
+    gguf_choice_needed = Signal(object)
     _update = Signal(object)  # (job id, changes) from a worker thread
+    _gguf_choice = Signal(object)
     _scanned = Signal(object)
     _searched = Signal(object)
     _configured = Signal(object)
@@ -99,6 +103,7 @@ class ModelManager(QObject):
         self._searched.connect(self._on_searched)
         self._configured.connect(self._on_configured)
         self._noticed.connect(self.notice)
+        self._gguf_choice.connect(self._on_gguf_choice)
         self._rescan_request.connect(self._on_rescan_request)  # a bound slot: queued to this (GUI) thread
 
     # --- threads ----------------------------------------------------------------------------------------
@@ -237,26 +242,39 @@ class ModelManager(QObject):
         job = self.jobs.get(jid)
         return dict(job.snapshot) if job else None
 
-    def download_job(self, repo_id: str) -> int | None:
-        """The job of this repo that is running, paused or failed (not one that finished or was cancelled)."""
+    def download_job(self, repo_id: str, gguf: str | None = None) -> int | None:
+        """The job of this repo (and, given, this GGUF) that is running, paused or failed (not one that
+        finished or was cancelled)."""
         for jid, job in self.jobs.items():
             s = job.snapshot
             if s["kind"] == "download" and s["repo_id"].lower() == repo_id.lower() and \
-                    s["state"] not in ("done", "cancelled"):
+                    s["state"] not in ("done", "cancelled") and (gguf is None or s.get("gguf") == gguf):
                 return jid
         return None
 
-    def download(self, repo_id: str, revision: str | None = None, name: str | None = None) -> int:
+    def download(self, repo_id: str, revision: str | None = None, name: str | None = None,
+                 gguf: str | None = None) -> int:
         """Start (or, when its partial files are there, resume) a download; returns its job id. A repo
-        already downloading is not started twice: its job id comes back (a paused or failed one resumes)."""
-        existing = self.download_job(repo_id)
+        already downloading is not started twice: its job id comes back (a paused or failed one resumes).
+        `gguf`: which GGUF of a repo of GGUF files (a label of engine.hub.gguf_sets); without it such a repo
+        ends its job at once and `gguf_choice_needed` lists the choices."""
+        existing = self.download_job(repo_id, gguf)
         if existing is not None:
             if not self.jobs[existing].snapshot["active"]:
                 self.resume(existing)
             return existing
-        jid = self._new_job("download", repo_id, repo_id=repo_id, revision=revision, name=name or "")
+        title = f"{repo_id} · {gguf}" if gguf else repo_id
+        jid = self._new_job("download", title, repo_id=repo_id, revision=revision, name=name or "", gguf=gguf)
         self._run_download(jid)
         return jid
+
+    @Slot(object)
+    def _on_gguf_choice(self, item) -> None:
+        jid, choice = item
+        job = self.jobs.pop(jid, None)
+        if job is not None:
+            self.job_removed.emit(jid)
+        self.gguf_choice_needed.emit(choice)
 
     def resume(self, jid: int) -> None:
         job = self.jobs.get(jid)
@@ -276,26 +294,34 @@ class ModelManager(QObject):
                          fraction=p.fraction if p.total else None, bytes_per_s=p.bytes_per_s, eta_s=p.eta_s,
                          message=p.message)
 
+        gguf = snap.get("gguf")
         job = Download(repo_id, revision=snap["revision"], name=snap["name"] or None, token=self.token,
-                       on_progress=progress)
+                       on_progress=progress, gguf=gguf)
         self.jobs[jid].download = job
 
         def work():
             from engine.download import DownloadCancelled, partial_downloads
+            from engine.hub import GGUFChoiceNeeded
 
             try:
                 info = job.run()
+            except GGUFChoiceNeeded as exc:
+                if gguf is None:  # nothing was fetched: the panel asks which GGUF
+                    self._emit(self._gguf_choice, (jid, {"repo_id": repo_id, "revision": snap["revision"],
+                                                         "choices": exc.choices}))
+                    return
+                self._failed(jid, "download", repo_id, f"Download of {repo_id}", exc, bytes_per_s=0.0, eta_s=None)
             except DownloadCancelled as exc:
                 changes = {"state": "paused" if exc.kept else "cancelled", "message": str(exc),
                            "bytes_per_s": 0.0, "eta_s": None, "resumable": exc.kept}
                 if exc.kept:  # pin the commit the partial files belong to, so a resume continues them
                     for p in partial_downloads():
-                        if p.repo_id == repo_id:
+                        if p.repo_id == repo_id and p.gguf == gguf:
                             changes.update(revision=p.commit, name=p.name, done=p.have_bytes, total=p.total_bytes,
                                            fraction=p.have_bytes / p.total_bytes if p.total_bytes else None)
                 self._report(jid, **changes)
             except Exception as exc:  # noqa: BLE001 - shown on the job's card; the thread ends cleanly
-                kept = [p for p in partial_downloads() if p.repo_id == repo_id]
+                kept = [p for p in partial_downloads() if p.repo_id == repo_id and p.gguf == gguf]
                 changes = {"bytes_per_s": 0.0, "eta_s": None, "resumable": bool(kept)}
                 if kept:
                     changes.update(revision=kept[0].commit, name=kept[0].name)

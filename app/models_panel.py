@@ -10,6 +10,8 @@ panel's, on its thread.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QMainWindow,
                                QProgressBar, QPushButton, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout,
@@ -370,6 +372,7 @@ class ModelsDock(QDockWidget):
         manager.search_done.connect(self._on_search_done)
         manager.config_found.connect(self._on_config_found)
         manager.notice.connect(self._on_notice)
+        manager.gguf_choice_needed.connect(self._choose_gguf)
         self.visibilityChanged.connect(self._on_visibility)
         if manager.last_inventory is not None:
             self.set_inventory(manager.last_inventory)
@@ -659,17 +662,31 @@ class ModelsDock(QDockWidget):
             name = answer.strip()
         return name
 
-    def download(self, repo_id: str, revision: str | None = None, name: str | None = None) -> int | None:
-        if self.manager.download_job(repo_id) is None:
-            name = self._free_name(name or repo_id.split("/")[-1])
+    def download(self, repo_id: str, revision: str | None = None, name: str | None = None,
+                 gguf: str | None = None) -> int | None:
+        if self.manager.download_job(repo_id, gguf) is None:
+            from engine.gguf_import import model_name
+
+            default = model_name(Path(gguf + ".gguf")) if gguf else repo_id.split("/")[-1]
+            name = self._free_name(name or default)
             if name is None:
                 return None
-        jid = self.manager.download(repo_id, revision, name)
+        jid = self.manager.download(repo_id, revision, name, gguf)
         self.tabs.setCurrentIndex(2)
         return jid
 
+    def _choose_gguf(self, choice: dict) -> None:
+        """A repo of GGUF files only: which one (LM Studio's quantization list), then its download."""
+        labels = list(choice["choices"])
+        items = [f"{label}  ({text.human_bytes(size)})" for label, size in choice["choices"].items()]
+        picked = dialogs.choose_item(self, "Choose a GGUF", f"{choice['repo_id']} has only GGUF files, no "
+                                     "safetensors weights.\nDownload which one? It is converted to bf16 once "
+                                     "verified,\nabout 2-4x its size on disk.", items)
+        if picked is not None:
+            self.download(choice["repo_id"], choice["revision"], None, labels[picked])
+
     def resume_partial(self, partial: dict) -> None:
-        self.download(partial["repo_id"], partial["commit"], partial["name"])
+        self.download(partial["repo_id"], partial["commit"], partial["name"], partial.get("gguf"))
 
     def discard_partial(self, partial: dict) -> None:
         if dialogs.confirm(self, "Discard download",

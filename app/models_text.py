@@ -95,8 +95,10 @@ def source_text(model: dict) -> str:
 
 def default_import_name(path: str) -> str:
     """The store's own default (engine.store.import_model): a GGUF file's stem before its quantization
-    suffix, a folder's name."""
+    and part suffixes, a folder's name."""
     from pathlib import Path
 
+    from engine.gguf_import import model_name
+
     p = Path(path)
-    return p.stem.split(".Q")[0] if p.suffix.lower() == ".gguf" else p.name
+    return model_name(p) if p.suffix.lower() == ".gguf" else p.name

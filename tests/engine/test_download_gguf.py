@@ -114,3 +114,13 @@ def test_gguf_sets_group_parts_keep_folders_and_skip_projectors():
     assert hub_api.gguf_files(model, "a-Q4_K_M")[0].name == "a-Q4_K_M.gguf"
     with pytest.raises(hub_api.GGUFChoiceNeeded):
         hub_api.gguf_files(model, "Q5")
+
+
+def test_the_cli_lists_the_ggufs_then_downloads_the_one_named(gguf_hub, capsys):
+    from engine import cli
+
+    assert cli.main(["models", "download", "org/smol-gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "choose one" in err and "--gguf" in err and f"{QUANT} (0.1 GB)" in err and "Q8_0" in err
+    assert cli.main(["models", "download", "org/smol-gguf", "--gguf", "Q4_1"]) == 0
+    assert f"installed {QUANT}" in capsys.readouterr().out
