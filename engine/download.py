@@ -318,17 +318,20 @@ class Download:
             state = {"repo_id": self.repo_id, "commit": remote.commit, "name": name, "total": total,
                      "verified": verified, **({"gguf": label} if label else {})}
             _write_state(work, state)
-            self._check_disk(work, files)
+            if label:
+                self._check_gguf(remote, files, work, verified)
+            else:
+                self._check_disk(work, files)
             done = sum(f.size for f in files if f.name in verified and _local(work, f).is_file())
             self._emit(state="downloading", total=total, done=done, force=True)
-            for i, f in enumerate(files):
+            for f in files:
                 if f.name in verified and _local(work, f).is_file():
                     continue
                 done = self._fetch(remote, f, work, done)
                 verified[f.name] = f.checksum  # `state` holds this very dict
                 _write_state(work, state)
-                if f.name == "config.json" or (label and i == 0):
-                    self._check_architecture(work, _local(work, f) if label else None)
+                if f.name == "config.json":
+                    self._check_architecture(work)
             extra = {"repo_id": self.repo_id, "commit": remote.commit, "checksums": verified}
             source = f"hf://{self.repo_id}@{remote.commit}"
             if label:
@@ -364,14 +367,86 @@ class Download:
         need = sum(f.size for f in files) - have
         store.check_free_space(work.parent, need, self.repo_id, free_bytes(work))
 
-    def _check_architecture(self, work: Path, gguf: Path | None = None) -> None:
-        """Before any weights: a model we cannot run is refused after one small file (a split GGUF: after
-        its first part, which holds the metadata)."""
+    def _check_gguf(self, remote: hub.RemoteModel, files: list[hub.RemoteFile], work: Path, verified: dict) -> None:
+        """Before any weights: every part's header (one request each, stopped after a few MB): an
+        unsupported architecture or a split that does not add up is refused, and the disk must hold what
+        is left to download plus the bf16 conversion (the GGUF goes once converted)."""
+        from .gguf_header import file_chunks, read_header
+        from .gguf_import import GGUF_ARCHITECTURES, OUT_DTYPE_BYTES
+
+        headers = []
+        for f in files:
+            self._emit(state="resolving", message=f"reading the header of {f.name}", force=True)
+            local = _local(work, f)
+            if f.name in verified and local.is_file():
+                headers.append(read_header(file_chunks(local)(), f.name))
+            else:
+                headers.append(self._remote_header(remote, f))
+        arch = headers[0].architecture
+        if arch not in GGUF_ARCHITECTURES:
+            self._discard = True
+            raise SubspecError(f"{self.repo_id}: {files[0].name} is a {arch!r} model; supported: "
+                               f"{', '.join(sorted(GGUF_ARCHITECTURES))}. Nothing was downloaded")
+        declared = headers[0].metadata.get("split.count", 1)
+        if declared != len(files):
+            raise SubspecError(f"{self.repo_id}: {files[0].name} says the GGUF has {declared} parts; the hub "
+                               f"lists {len(files)}")
+        converted = sum(h.elements for h in headers) * OUT_DTYPE_BYTES
+        left = 0
+        for f in files:
+            done = _local(work, f)
+            part = work / (done.name + PART)
+            have = f.size if f.name in verified and done.is_file() else (part.stat().st_size if part.is_file() else 0)
+            left += f.size - min(have, f.size)
+        store.check_free_space(work.parent, left + converted,
+                               f"{self.repo_id} ({_gb(left)} to download, then {_gb(converted)} once converted "
+                               f"to bf16)", free_bytes(work))
+
+    def _remote_header(self, remote: hub.RemoteModel, f: hub.RemoteFile):
+        """A GGUF's header straight from the hub: the body is read only as far as the header goes."""
+        import httpx2
+
+        from .gguf_header import read_header
+
+        url = hub.file_url(remote.repo_id, remote.commit, f.name)
+        headers = {**hub.auth_headers(self.token), "Accept-Encoding": "identity"}
+        timeout = httpx2.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s)
+        from huggingface_hub.utils import get_session
+
+        for attempt in range(1, self.retry.tries + 1):
+            if self._stop.is_set():
+                raise DownloadCancelled("stopped", kept=True)
+            try:
+                with get_session().stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as r:
+                    self._remember_socket(r)
+                    if r.status_code in (401, 403):
+                        raise SubspecError(f"{self.repo_id}: access denied ({r.status_code}); a gated or private "
+                                           f"model needs a token (--token, HF_TOKEN or `hf auth login`)")
+                    if r.status_code == 429 or r.status_code >= 500:
+                        raise _Retryable(f"the server answered {r.status_code}")
+                    if r.status_code != 200:
+                        raise SubspecError(f"{self.repo_id}: unexpected answer {r.status_code} for {f.name}")
+                    return read_header(r.iter_bytes(), f.name)
+            except (_Retryable, httpx2.TransportError) as exc:
+                if self._stop.is_set():
+                    raise DownloadCancelled("stopped", kept=True) from exc
+                if attempt == self.retry.tries:
+                    raise SubspecError(f"{self.repo_id}: could not read the header of {f.name} ({exc}); "
+                                       f"run the download again") from exc
+                if self._stop.wait(self.retry.delay(attempt)):
+                    raise DownloadCancelled("stopped", kept=True) from exc
+            finally:
+                with self._lock:
+                    self._socket = None
+        raise AssertionError("unreachable")
+
+    def _check_architecture(self, work: Path) -> None:
+        """Before any weights: a model we cannot run is refused after one small file (a GGUF: from its
+        header, `_check_gguf`)."""
         from .config import ModelConfig
-        from .gguf_import import read_architecture
 
         try:
-            ModelConfig.from_file(work) if gguf is None else read_architecture(gguf)
+            ModelConfig.from_file(work)
         except SubspecError as exc:
             self._discard = True
             raise SubspecError(f"{self.repo_id}: {exc}") from exc

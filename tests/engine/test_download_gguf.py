@@ -73,7 +73,12 @@ def test_a_split_gguf_downloads_verifies_converts_and_leaves_nothing_behind(gguf
     assert sorted(manifest["checksums"]) == PARTS and manifest["checksums"][PARTS[0]].startswith("sha256:")
     assert any(s == "installing" and "converting" in m for s, m in states)
     assert not list(download.downloads_dir().iterdir())  # the GGUF is deleted once converted
-    assert all(gguf_hub.resent(p) == 0 for p in PARTS) and gguf_hub.bytes_sent(OTHER) == 0
+    # Each part: its header read first (a request cut off after a few MB), then the whole file once.
+    for p in PARTS:
+        header, whole = gguf_hub.requests_for(p)
+        size = len(gguf_hub.repos["org/smol-gguf"].files[p])
+        assert header.start == 0 and header.nbytes < min(size, 16 << 20) and (whole.start, whole.nbytes) == (0, size)
+    assert gguf_hub.bytes_sent(OTHER) == 0
 
 
 def test_a_pause_while_converting_keeps_the_gguf_and_a_resume_only_converts(gguf_hub):
@@ -124,3 +129,40 @@ def test_the_cli_lists_the_ggufs_then_downloads_the_one_named(gguf_hub, capsys):
     assert "choose one" in err and "--gguf" in err and f"{QUANT} (0.1 GB)" in err and "Q8_0" in err
     assert cli.main(["models", "download", "org/smol-gguf", "--gguf", "Q4_1"]) == 0
     assert f"installed {QUANT}" in capsys.readouterr().out
+
+
+def test_an_unsupported_architecture_is_refused_from_the_header_before_any_weights(gguf_hub, tmp_path):
+    [gemma] = write_gguf(store.default_gguf(), tmp_path / "gemma-Q4_1.gguf", arch="gemma")
+    gguf_hub.repos["org/smol-gguf"].files[gemma.name] = gemma.read_bytes()
+    with pytest.raises(SubspecError, match="is a 'gemma' model; supported: .*Nothing was downloaded"):
+        fetch(gguf="gemma")
+    [header] = gguf_hub.requests_for(gemma.name)
+    assert header.nbytes < 16 << 20 and download.partial_downloads() == []
+
+
+def test_the_disk_must_hold_the_download_and_its_bf16_conversion(gguf_hub, monkeypatch):
+    size = sum(len(gguf_hub.repos["org/smol-gguf"].files[p]) for p in PARTS)
+    converted = 2 * 134_515_008  # SmolLM2's elements in bf16: more than the 4-bit GGUF
+    monkeypatch.setattr(download, "free_bytes", lambda _p: size + converted // 2 + store.DISK_MARGIN)
+    with pytest.raises(SubspecError, match=r"not enough disk space .* then 0\.27 GB once converted to bf16"):
+        fetch(gguf="Q4_1")
+    assert all(len(gguf_hub.requests_for(p)) == 1 for p in PARTS)  # the headers only
+
+
+def test_the_header_parser_reads_what_ggufs_own_reader_does(tmp_path):
+    from gguf import GGUFReader
+
+    from engine.gguf_header import file_chunks, read_header
+
+    path = store.default_gguf()
+    header = read_header(file_chunks(path, block=4096)(), path.name)
+    reader = GGUFReader(str(path))
+    assert header.tensors == {t.name: int(t.n_elements) for t in reader.tensors}
+    assert header.architecture == "llama" and header.metadata["llama.block_count"] == 30
+    assert "tokenizer.ggml.tokens" not in header.metadata  # arrays are skipped, not kept
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: 1 << 20])
+    with pytest.raises(SubspecError, match="header ends early"):
+        read_header(file_chunks(cut)(), cut.name)
+    with pytest.raises(SubspecError, match="not a GGUF"):
+        read_header(iter([b"PK\x03\x04" + b"\0" * 64]), "model.zip")

@@ -14,14 +14,16 @@ from engine import gguf_import, store
 from engine.errors import SubspecError
 
 
-def write_gguf(source: Path, out: Path, max_tensors: int = 0, head: np.ndarray | None = None) -> list[Path]:
+def write_gguf(source: Path, out: Path, max_tensors: int = 0, head: np.ndarray | None = None,
+               arch: str | None = None) -> list[Path]:
     """The GGUF at `source` written again as `out` (split every `max_tensors` tensors when given), with every
     metadata field and tensor as they are; `head` adds an F16 output.weight after the others (an untied
-    model whose head lands in the last part). Returns the files written, in order."""
+    model whose head lands in the last part), `arch` another general.architecture. Returns the files
+    written, in order."""
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
     reader = GGUFReader(str(source))
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    arch = arch or bytes(reader.fields["general.architecture"].parts[-1]).decode()
     writer = GGUFWriter(str(out), arch, split_max_tensors=max_tensors)
     for field in reader.fields.values():
         if field.name == "general.architecture" or field.name.startswith("GGUF."):

@@ -1,0 +1,116 @@
+"""A GGUF file's header (metadata and tensor table) read from a stream of bytes: what a download needs to
+know before fetching gigabytes, through one HTTP request that stops after the header (a few MB: mostly the
+tokenizer's vocabulary). The format (ggml's docs/gguf.md, little-endian):
+
+    magic "GGUF", u32 version (2 or 3), u64 tensor count, u64 metadata count,
+    metadata: key (u64 length + UTF-8), u32 type, value (scalar, string, or array: u32 type, u64 count, items),
+    tensors: name, u32 dimension count, u64 dimensions, u32 ggml type, u64 offset.
+
+Only scalars and strings are kept; arrays (the vocabulary, its merges) are skipped as they stream by."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .errors import SubspecError
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+STRING, ARRAY = 8, 9
+MAX_STRING = 1 << 26  # a longer "string" means a damaged or hostile header
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    metadata: dict  # scalars and strings only
+    tensors: dict  # name -> number of elements
+
+    @property
+    def architecture(self) -> str | None:
+        return self.metadata.get("general.architecture")
+
+    @property
+    def elements(self) -> int:
+        return sum(self.tensors.values())
+
+
+class _Stream:
+    """Exact reads over an iterator of byte chunks (an HTTP body, or a file read in blocks)."""
+
+    def __init__(self, chunks: Iterator[bytes], name: str):
+        self.chunks, self.name = chunks, name
+        self.buf, self.pos = b"", 0
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n:
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
+                raise SubspecError(f"{self.name}: the GGUF header ends early (truncated or not a GGUF)") from None
+            self.buf = self.buf[self.pos:] + chunk
+            self.pos = 0
+        out = self.buf[self.pos: self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        if n > MAX_STRING:
+            raise SubspecError(f"{self.name}: a GGUF string of {n} bytes; the header is damaged")
+        return self.read(n).decode("utf-8", errors="replace")
+
+
+def _value(s: _Stream, kind: int, keep: bool = True):
+    if kind in _SCALARS:
+        return s.unpack(_SCALARS[kind])
+    if kind == STRING:
+        return s.string()
+    if kind == ARRAY:
+        item, count = s.unpack("<I"), s.unpack("<Q")
+        if item in _SCALARS:  # skipped in one read
+            s.read(struct.calcsize(_SCALARS[item]) * count)
+        else:
+            for _ in range(count):
+                _value(s, item, keep=False)
+        return None
+    raise SubspecError(f"{s.name}: unknown GGUF value type {kind}; the header is damaged")
+
+
+def read_header(chunks: Iterator[bytes], name: str) -> GGUFHeader:
+    """The header of the GGUF whose bytes `chunks` yields, from its first byte; reads no further."""
+    s = _Stream(iter(chunks), name)
+    if s.read(4) != b"GGUF":
+        raise SubspecError(f"{name} is not a GGUF file")
+    version = s.unpack("<I")
+    if version not in (2, 3):
+        raise SubspecError(f"{name}: GGUF version {version} is not supported (big-endian or too new)")
+    tensors_count, kv_count = s.unpack("<Q"), s.unpack("<Q")
+    metadata = {}
+    for _ in range(kv_count):
+        key, kind = s.string(), s.unpack("<I")
+        value = _value(s, kind)
+        if value is not None:
+            metadata[key] = value
+    tensors = {}
+    for _ in range(tensors_count):
+        tname, dims = s.string(), s.unpack("<I")
+        elements = 1
+        for _ in range(dims):
+            elements *= s.unpack("<Q")
+        s.unpack("<I")  # ggml type
+        s.unpack("<Q")  # offset
+        tensors[tname] = elements
+    return GGUFHeader(metadata, tensors)
+
+
+def file_chunks(path, block: int = 1 << 20) -> Callable[[], Iterator[bytes]]:
+    """A local file's bytes in blocks (the same parser on a file as on a download)."""
+    def gen():
+        with open(path, "rb") as f:
+            while chunk := f.read(block):
+                yield chunk
+    return gen
