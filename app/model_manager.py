@@ -26,6 +26,7 @@ from engine.errors import SubspecError
 
 log = logging.getLogger("subspec.app")
 
+ANY_GGUF = object()  # download_job: a job of any GGUF label (or none)
 ACTIVE = frozenset({"queued", "resolving", "downloading", "retrying", "verifying", "installing", "importing",
                     "converting", "pausing", "cancelling"})
 JOIN_S = 30.0  # a paused download stops within a second, a conversion after its current layer
@@ -242,15 +243,21 @@ class ModelManager(QObject):
         job = self.jobs.get(jid)
         return dict(job.snapshot) if job else None
 
-    def download_job(self, repo_id: str, gguf: str | None = None) -> int | None:
-        """The job of this repo (and, given, this GGUF) that is running, paused or failed (not one that
-        finished or was cancelled)."""
+    def download_job(self, repo_id: str, gguf=ANY_GGUF) -> int | None:
+        """The job of this repo that is running, paused or failed (not one that finished or was cancelled):
+        of this GGUF label (None: the repo's safetensors download), by default of any."""
         for jid, job in self.jobs.items():
             s = job.snapshot
             if s["kind"] == "download" and s["repo_id"].lower() == repo_id.lower() and \
-                    s["state"] not in ("done", "cancelled") and (gguf is None or s.get("gguf") == gguf):
+                    s["state"] not in ("done", "cancelled") and (gguf is ANY_GGUF or s.get("gguf") == gguf):
                 return jid
         return None
+
+    def pending_names(self) -> set[str]:
+        """The store names downloads and imports still running or paused will install under."""
+        return {j.snapshot["name"] for j in self.jobs.values()
+                if j.snapshot["kind"] in ("download", "import") and j.snapshot["name"]
+                and j.snapshot["state"] not in ("done", "cancelled", "failed")}
 
     def download(self, repo_id: str, revision: str | None = None, name: str | None = None,
                  gguf: str | None = None) -> int:
@@ -363,7 +370,7 @@ class ModelManager(QObject):
             return
         self.dismiss(jid)
         if s["resumable"]:
-            self.discard_partial(s["repo_id"])
+            self.discard_partial(s["repo_id"], s.get("gguf"))
 
     def dismiss(self, jid: int) -> None:
         """Forget a finished, failed or paused job (a paused one's files stay, listed as a partial)."""
@@ -374,12 +381,13 @@ class ModelManager(QObject):
             if job.snapshot["resumable"]:
                 self.rescan()  # its files now show among the partial downloads
 
-    def discard_partial(self, repo_id: str) -> None:
+    def discard_partial(self, repo_id: str, gguf: str | None = None) -> None:
+        """Delete the partial files of this repo's download (of this GGUF label; None: its safetensors one)."""
         def work():
             from engine.download import discard_partial
 
             try:
-                discard_partial(repo_id)
+                discard_partial(repo_id, gguf)
             except OSError as exc:
                 self._notify({"kind": "discard", "ok": False, "name": repo_id,
                               "message": f"Could not delete the partial download of {repo_id}: {exc}"})

@@ -289,8 +289,9 @@ class JobCard(Card):
 
 class PartialCard(Card):
     def __init__(self, partial: dict, panel: ModelsDock):
-        super().__init__(partial["repo_id"])
+        super().__init__(partial["repo_id"] + (f" · {partial['gguf']}" if partial.get("gguf") else ""))
         self.repo_id = partial["repo_id"]
+        self.gguf = partial.get("gguf")
         self.badge("Paused", "cpu")
         self.resume_button = self.button("Resume", lambda: panel.resume_partial(partial),
                                          "Continue this download where it stopped")
@@ -591,8 +592,10 @@ class ModelsDock(QDockWidget):
             self.downloads.layout_.removeWidget(card)
             card.deleteLater()
         # A download this session paused or failed has its own card already.
-        own = {j.snapshot["repo_id"].lower() for j in self.manager.jobs.values() if j.snapshot["kind"] == "download"}
-        self.partial_cards = [PartialCard(p, self) for p in partials if p["repo_id"].lower() not in own]
+        own = {(j.snapshot["repo_id"].lower(), j.snapshot.get("gguf")) for j in self.manager.jobs.values()
+               if j.snapshot["kind"] == "download"}
+        self.partial_cards = [PartialCard(p, self) for p in partials
+                              if (p["repo_id"].lower(), p.get("gguf")) not in own]
         at = self.downloads.layout_.indexOf(self.partials_header) + 1
         for i, card in enumerate(self.partial_cards):
             self.downloads.layout_.insertWidget(at + i, card)
@@ -630,13 +633,14 @@ class ModelsDock(QDockWidget):
         else:
             card.update_job(job)
         if job["kind"] == "download" and job["repo_id"]:
-            self.partial_cards = [p for p in self.partial_cards if not self._drop_partial(p, job["repo_id"])]
+            self.partial_cards = [p for p in self.partial_cards
+                                  if not self._drop_partial(p, job["repo_id"], job.get("gguf"))]
             self.partials_header.setVisible(bool(self.partial_cards))
         self._update_downloads_tab()
         self._refresh_actions()
 
-    def _drop_partial(self, card: PartialCard, repo_id: str) -> bool:
-        if card.repo_id.lower() != repo_id.lower():
+    def _drop_partial(self, card: PartialCard, repo_id: str, gguf: str | None) -> bool:
+        if card.repo_id.lower() != repo_id.lower() or card.gguf != gguf:
             return False
         self.downloads.layout_.removeWidget(card)
         card.deleteLater()
@@ -651,8 +655,9 @@ class ModelsDock(QDockWidget):
 
     # --- actions ----------------------------------------------------------------------------------------
     def _free_name(self, default: str) -> str | None:
-        """`default`, or when a model has that name already, another one from the user (None: cancelled)."""
-        names = set(self.manager.installed_names())
+        """`default`, or when a model has that name already (or a download or import will install one
+        under it), another one from the user (None: cancelled)."""
+        names = set(self.manager.installed_names()) | self.manager.pending_names()
         name = default
         while name in names:
             answer = dialogs.ask_text(self, "Name in use", f"A model named {name} is installed already. "
@@ -664,7 +669,7 @@ class ModelsDock(QDockWidget):
 
     def download(self, repo_id: str, revision: str | None = None, name: str | None = None,
                  gguf: str | None = None) -> int | None:
-        if self.manager.download_job(repo_id, gguf) is None:
+        if self.manager.download_job(repo_id, gguf) is None:  # None: only the repo's choice-less download
             from engine.gguf_import import model_name
 
             default = model_name(Path(gguf + ".gguf")) if gguf else repo_id.split("/")[-1]
@@ -692,7 +697,7 @@ class ModelsDock(QDockWidget):
         if dialogs.confirm(self, "Discard download",
                            f"Delete the {text.human_bytes(partial['have_bytes'])} already downloaded of "
                            f"{partial['repo_id']}?"):
-            self.manager.discard_partial(partial["repo_id"])
+            self.manager.discard_partial(partial["repo_id"], partial.get("gguf"))
 
     def search(self) -> None:
         query = self.query.text().strip()

@@ -153,11 +153,20 @@ def partial_downloads() -> list[PartialDownload]:
     return out
 
 
-def discard_partial(repo_id: str) -> int:
-    """Delete every partial download of `repo_id`; returns the bytes freed."""
+ANY = object()  # discard_partial's "every GGUF label of the repo, and its safetensors download"
+
+
+def discard_partial(repo_id: str, gguf=ANY) -> int:
+    """Delete the partial downloads of `repo_id` (of one GGUF label, None: its safetensors one; by default
+    all of them); returns the bytes freed. A download running right now (its folder locked) is left alone."""
     freed = 0
     for p in partial_downloads():
-        if p.repo_id == repo_id:
+        if p.repo_id != repo_id or (gguf is not ANY and p.gguf != gguf):
+            continue
+        lock = _try_lock(Path(p.folder))
+        if lock is None:
+            continue
+        with lock:
             freed += store.folder_size(Path(p.folder))
             shutil.rmtree(p.folder, ignore_errors=True)
     return freed
@@ -371,6 +380,16 @@ class Download:
         """Before any weights: every part's header (one request each, stopped after a few MB): an
         unsupported architecture or a split that does not add up is refused, and the disk must hold what
         is left to download plus the bf16 conversion (the GGUF goes once converted)."""
+        # Until a byte of the GGUF is here, a refusal leaves nothing worth resuming: its folder goes too.
+        fresh = not any(_local(work, f).is_file() or (work / (_local(work, f).name + PART)).is_file() for f in files)
+        try:
+            self._check_gguf_headers(remote, files, work, verified)
+        except SubspecError:
+            self._discard = self._discard or fresh
+            raise
+
+    def _check_gguf_headers(self, remote: hub.RemoteModel, files: list[hub.RemoteFile], work: Path,
+                            verified: dict) -> None:
         from .gguf_header import file_chunks, read_header
         from .gguf_import import GGUF_ARCHITECTURES, OUT_DTYPE_BYTES
 
@@ -467,10 +486,14 @@ class Download:
         except SubspecError as exc:
             if self._discard:
                 raise
-            # Kept: the architecture was checked after the first part, so this is most likely the disk (bf16
-            # is 2-4x a quantized GGUF); downloading it again would cost far more than freeing space.
-            raise SubspecError(f"{exc}. The downloaded GGUF is kept in {work}: run the download again to "
-                               f"convert it, or discard the partial download") from exc
+            # Kept either way: downloading it again would cost far more than the space it holds. Only a
+            # full disk is worth another try as it is.
+            size = _gb(store.folder_size(work))
+            hint = ("free some space and run the download again: it converts without downloading" if
+                    "disk space" in str(exc) or "disk is full" in str(exc) else
+                    f"this GGUF cannot be converted here; discard the partial download to free {size} "
+                    f"(`subspec models remove {self.repo_id}`, or Discard in the app)")
+            raise SubspecError(f"{exc}. The downloaded GGUF ({size}) is kept in {work}: {hint}") from exc
         shutil.rmtree(work, ignore_errors=True)
         return info
 

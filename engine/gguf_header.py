@@ -19,6 +19,7 @@ from .errors import SubspecError
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
 MAX_STRING = 1 << 26  # a longer "string" means a damaged or hostile header
+MAX_ITEMS = 1 << 26  # so does a longer array (a vocabulary has a few hundred thousand entries)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def _value(s: _Stream, kind: int, keep: bool = True):
         return s.string()
     if kind == ARRAY:
         item, count = s.unpack("<I"), s.unpack("<Q")
+        if count > MAX_ITEMS:
+            raise SubspecError(f"{s.name}: a GGUF array of {count} items; the header is damaged")
         if item in _SCALARS:  # skipped in one read
             s.read(struct.calcsize(_SCALARS[item]) * count)
         else:

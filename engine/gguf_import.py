@@ -34,7 +34,7 @@ SHARD_BYTES = 1 << 30  # a new file when the next tensor would take one past 1 G
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
 OUT_DTYPE_BYTES = 2  # bfloat16
 ROW_BLOCK_ELEMENTS = 1 << 24  # a big tensor is dequantized 16M values (64 MB of float32) at a time
-SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})(?P<suffix>\.gguf)$", re.IGNORECASE)
 
 
 class ImportCancelled(SubspecError):
@@ -97,7 +97,7 @@ def split_parts(path: Path) -> list[Path]:
     if not 1 <= int(match["no"]) <= count:
         raise SubspecError(f"{path.name}: part {int(match['no'])} of {count} does not exist")
     width_no, width_count = len(match["no"]), len(match["count"])
-    parts = [path.with_name(f"{match['stem']}-{i:0{width_no}d}-of-{count:0{width_count}d}.gguf")
+    parts = [path.with_name(f"{match['stem']}-{i:0{width_no}d}-of-{count:0{width_count}d}{match['suffix']}")
              for i in range(1, count + 1)]
     missing = [p.name for p in parts if not p.is_file()]
     if missing:

@@ -74,3 +74,23 @@ def test_cancelling_the_choice_starts_nothing(window, gguf_hub, qtbot, monkeypat
     qtbot.wait(200)
     assert job(window, "org/smol-gguf") is None and not dock.job_cards
     assert store.list_models() == [] and download.partial_downloads() == []
+
+
+def test_two_paused_ggufs_of_one_repo_are_two_cards_and_discarding_one_keeps_the_other(
+        window, gguf_hub, qtbot, monkeypatch):
+    for label in ("SmolLM2-135M-Instruct-Q4_1", "SmolLM2-135M-Instruct-Q8_0"):
+        folder = download.work_folder("org/smol-gguf", "c" * 40, label)
+        folder.mkdir(parents=True)
+        (folder / "x.gguf.part").write_bytes(b"\0" * 1000)
+        download._write_state(folder, {"repo_id": "org/smol-gguf", "commit": "c" * 40, "name": label,
+                                       "total": 2000, "verified": {}, "gguf": label})
+    dock = window.models_dock
+    window.model_manager.rescan()
+    qtbot.waitUntil(lambda: len(dock.partial_cards) == 2, timeout=5000)
+    titles = sorted(c.title.text() for c in dock.partial_cards)
+    assert titles == ["org/smol-gguf · SmolLM2-135M-Instruct-Q4_1", "org/smol-gguf · SmolLM2-135M-Instruct-Q8_0"]
+    monkeypatch.setattr(app_dialogs, "confirm", lambda *_a: True)
+    next(c for c in dock.partial_cards if c.gguf.endswith("Q8_0")).discard_button.click()
+    qtbot.waitUntil(lambda: len(dock.partial_cards) == 1, timeout=5000)
+    assert [p.gguf for p in download.partial_downloads()] == ["SmolLM2-135M-Instruct-Q4_1"]
+    assert dock.partial_cards[0].gguf == "SmolLM2-135M-Instruct-Q4_1"

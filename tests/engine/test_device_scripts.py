@@ -72,3 +72,16 @@ def test_gpu_checks_verify_memory_report_cannot_lose_the_run():
     assert gpu_check.verify_memory_text(vm).startswith("600 MB; ")
     assert gpu_check.verify_memory_text(None) == "not measured (CPU)"
     assert gpu_check.verify_memory_text({"error": "RuntimeError: x"}) == "not measured (RuntimeError: x)"
+
+
+def test_gpu_checks_identity_run_drafts_the_streamed_layers_on_eager_ops_too():
+    """The device run's float32 identity check with the draft on eager ops (what a GPU without the fused
+    kernels gets): its substitutes are the streamed layers, so the draft's full-precision layers are the
+    resident ones and never meet a streamed weight."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    out = gpu_check.float32_identity_check(torch.device("cpu"), tokens=12, fused=False, fused_ops=False)
+    assert out["identical"] is True and out["sampled_auto_depth"]["identical"] is True

@@ -166,3 +166,25 @@ def test_the_header_parser_reads_what_ggufs_own_reader_does(tmp_path):
         read_header(file_chunks(cut)(), cut.name)
     with pytest.raises(SubspecError, match="not a GGUF"):
         read_header(iter([b"PK\x03\x04" + b"\0" * 64]), "model.zip")
+
+
+def test_discarding_one_gguf_keeps_the_others_and_never_touches_a_running_download(gguf_hub):
+    def partial(label):
+        folder = download.work_folder("org/smol-gguf", "c" * 40, label)
+        folder.mkdir(parents=True)
+        (folder / "x.gguf.part").write_bytes(b"\0" * 1000)
+        download._write_state(folder, {"repo_id": "org/smol-gguf", "commit": "c" * 40, "name": label,
+                                       "total": 2000, "verified": {}, "gguf": label})
+        return folder
+
+    q4, q8, f16 = partial("a-Q4_1"), partial("a-Q8_0"), partial("a-F16")
+    assert sorted(p.gguf for p in download.partial_downloads()) == ["a-F16", "a-Q4_1", "a-Q8_0"]
+    assert download.discard_partial("org/smol-gguf", "a-Q8_0") > 0
+    assert not q8.exists() and q4.exists() and f16.exists()
+    running = download._try_lock(q4)  # a download holds its folder's lock while it runs
+    try:
+        download.discard_partial("org/smol-gguf")  # every label: the running one stays
+        assert q4.exists() and not f16.exists()
+    finally:
+        running.close()
+    assert download.discard_partial("org/smol-gguf") > 0 and download.partial_downloads() == []
