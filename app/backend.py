@@ -164,7 +164,12 @@ class TorchBackend:
             raise SubspecError(f"model {self.name} has no chat template, so it cannot be used for chat")
         sampling = SamplingParams(temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
                                   seed=p["seed"])
-        ids = self.encode(messages, bool(p["continue_final"]))
+        from engine.context_window import fit_conversation
+
+        # A conversation longer than the context keeps going on its latest turns (the user is told).
+        limit = self.lm.config.max_position_embeddings
+        ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"])), messages,
+                                        limit - int(p["max_new_tokens"]))
         stops = tuple(p["stop"])
         if p["method"] == "subspec":
             from engine.speculative import TreeShape, generate_subspec
@@ -178,6 +183,9 @@ class TorchBackend:
             from engine.generate import generate_plain
 
             events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops)
+        if dropped:
+            events = _noted(events, f"the conversation is longer than {self.name}'s context of {limit} tokens: "
+                                    f"its first {dropped} messages were left out of this answer's prompt")
         return len(ids), events
 
     def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling, stops: tuple,
@@ -207,6 +215,22 @@ class TorchBackend:
         tokenizer = self.lm.tokenizer
         rendered = tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
         return list(tokenizer.encode(rendered, add_special_tokens=False))
+
+
+def _noted(events: Iterator[StepEvent], note: str) -> Iterator[StepEvent]:
+    """`events` with `note` on the first one (where the app's status bar and the answer's notes find it)."""
+    from dataclasses import replace
+
+    first = True
+    try:
+        for ev in events:
+            if first:
+                ev, first = replace(ev, note="; ".join(n for n in (note, ev.note) if n)), False
+            yield ev
+    finally:
+        close = getattr(events, "close", None)
+        if close:
+            close()  # the worker closes this generator to free the KV cache at once: pass that on
 
 
 def torch_backend(model: str, progress: Progress, **options) -> Backend:

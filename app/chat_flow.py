@@ -165,8 +165,11 @@ class ChatFlow:
 
     def _explain(self, message: str) -> str:
         if CONTEXT_ERROR in message:
-            return (f"This conversation is too long for {self.model_name}: {message}. Shorten the message, "
-                    f"or start a new conversation (Ctrl+N).")
+            # Earlier turns are left out of a prompt that outgrows the context (app.backend); this is the
+            # latest message itself not fitting, with room for an answer.
+            return (f"This message is too long for {self.model_name}: {message}. Earlier turns are left out "
+                    f"when a conversation outgrows the context, but this message alone does not fit with "
+                    f"room for an answer: shorten it.")
         return message
 
     def _undo_turn(self) -> None:

@@ -32,6 +32,8 @@ def format_answer_stats(stats: dict) -> str:
 def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None, text: str = "") -> None:
     if finish_reason in END_NOTES:
         transcript.add_note(END_NOTES[finish_reason])
+    for note in (stats or {}).get("notes", []):  # what the engine changed to answer (e.g. a rolling context)
+        transcript.add_note(note)
     if stats and "new_tokens" in stats:
         transcript.add_stats(format_answer_stats(stats), copy_text=text or None)
     if stats and "compare" in stats:

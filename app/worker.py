@@ -106,6 +106,7 @@ class EngineWorker(QObject):
             return
         stopped = False
         events = None
+        notes: list[str] = []  # what the engine changed to answer (kept with the answer's stats)
 
         def relay(evs):
             nonlocal stopped
@@ -113,6 +114,8 @@ class EngineWorker(QObject):
                 stopped = True
                 return
             for ev in evs:
+                if ev.note:
+                    notes.append(ev.note)
                 self.step.emit(asdict(ev))
                 if ev.text:
                     self.token.emit(ev.text)
@@ -140,6 +143,8 @@ class EngineWorker(QObject):
         summary = {k: v for k, v in result.as_json().items() if k != "token_ids"}
         if stopped:
             summary["finish_reason"] = "stopped"
+        if notes:
+            summary["notes"] = notes
         self.finished.emit(summary)
 
     @property

@@ -211,3 +211,36 @@ def test_a_reload_starts_a_new_depth_control(qapp, tmp_path):
     assert worker.engine.control is None
     worker.generate(messages, AUTO)
     assert worker.engine.control is not control and worker.engine.control.passes == summaries[-1]["iterations"]
+
+
+def test_a_conversation_longer_than_the_context_answers_on_its_latest_turns_and_says_so(smollm2, monkeypatch):
+    """SmolLM2 with its context cut to 512 tokens: a 12-turn chat (about 1,100 tokens) is answered on its
+    latest turns, the system message kept, exactly as if the earlier turns had never been said; the first
+    event says how many messages were left out, and the worker keeps that note with the answer."""
+    from dataclasses import replace
+
+    from engine.events import summarize
+    from engine.generate import generate_plain
+    from engine.sampling import SamplingParams
+
+    backend = TorchBackend.__new__(TorchBackend)
+    backend.name = "SmolLM2"
+    backend.lm = smollm2
+    monkeypatch.setattr(smollm2.decoder, "config", replace(smollm2.config, max_position_embeddings=512))
+    msgs = [{"role": "system", "content": "You are terse."}]
+    for i in range(12):
+        msgs += [{"role": "user", "content": f"question {i}: " + "why " * 30},
+                 {"role": "assistant", "content": f"answer {i}: " + "because " * 30}]
+    msgs.append({"role": "user", "content": "Name a colour."})
+    prompt_tokens, events = backend.stream(msgs, {"max_new_tokens": 8, "temperature": 0, "method": "vanilla"})
+    events = list(events)
+    assert prompt_tokens <= 512 - 8
+    note = events[0].note
+    assert note.startswith("the conversation is longer than SmolLM2's context of 512 tokens: its first ")
+    dropped = int(note.split("its first ")[1].split()[0])
+    assert dropped > 0 and dropped % 2 == 0 and not any(ev.note for ev in events[1:])
+    kept = msgs[:1] + msgs[1 + dropped:]
+    ids = smollm2.encode_messages(kept)
+    assert len(ids) == prompt_tokens
+    want = summarize(generate_plain(smollm2, ids, 8, SamplingParams(temperature=0)), len(ids), "vanilla")
+    assert [t for ev in events for t in ev.token_ids] == list(want.token_ids)

@@ -115,7 +115,7 @@ def test_a_message_too_long_for_the_context_is_explained_in_the_window(qtbot, ma
         window.send_button.click()
     assert dialogs.shown == []  # bad input, not a fault: no modal dialog
     text = window.transcript.toPlainText()
-    assert "too long for FakeLM-1M" in text and CONTEXT_ERROR in text and "new conversation" in text
+    assert "too long for FakeLM-1M" in text and CONTEXT_ERROR in text and "shorten it" in text
     assert window.prompt.toPlainText() == long_text.strip() and window.conversation is None
     assert window.send_button.isEnabled() and not window.busy
     window.prompt.setPlainText("short")

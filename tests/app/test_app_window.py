@@ -214,3 +214,11 @@ def test_an_engine_note_shows_in_the_status_bar(qtbot, make_window):
         send(qtbot, window)
     assert window.statusBar().currentMessage() == note
     assert blocker.args[0]["text"] == recorded_answer()  # the answer itself is untouched
+    # The note stays with the answer: under it now, and again when the conversation is opened later.
+    assert blocker.args[0]["notes"] == [note]
+    assert f"[{note}]" in window.transcript.toPlainText()
+    conversation = window.conversation.id
+    window.new_conversation()
+    assert f"[{note}]" not in window.transcript.toPlainText()
+    window.open_conversation(conversation)
+    assert f"[{note}]" in window.transcript.toPlainText()
