@@ -119,6 +119,14 @@ def ask_text(parent: QWidget | None, title: str, label: str, text: str = "") -> 
     return value if ok else None
 
 
+def ask_save_path(parent: QWidget | None, title: str, name: str, filters: str) -> str | None:
+    """A file to write, or None when cancelled."""
+    from PySide6.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(parent, title, name, filters)
+    return path or None
+
+
 def choose_item(parent: QWidget | None, title: str, label: str, items: list[str]) -> int | None:
     """The index of the item the user picked from a list, or None when cancelled."""
     value, ok = QInputDialog.getItem(parent, title, label, items, 0, False)

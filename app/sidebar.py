@@ -45,8 +45,11 @@ class ConversationSidebar(QWidget):
         self.rename_button.clicked.connect(self.rename)
         self.delete_button = QPushButton("Delete")
         self.delete_button.clicked.connect(self.delete)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setToolTip("Save this conversation as Markdown (.md) or JSON (.json)")
+        self.export_button.clicked.connect(self.export)
         buttons = QHBoxLayout()
-        for button in (self.new_button, self.rename_button, self.delete_button):
+        for button in (self.new_button, self.rename_button, self.export_button, self.delete_button):
             buttons.addWidget(button)
         layout = QVBoxLayout()
         layout.setContentsMargins(6, 6, 0, 6)
@@ -108,6 +111,22 @@ class ConversationSidebar(QWidget):
         self.refresh()
         self.deleted.emit(cid)
 
+    def export(self) -> None:
+        cid = self.current_id()
+        conv = self.store.get(cid) if cid is not None else None
+        if conv is None:
+            return
+        from . import export
+
+        path = dialogs.ask_save_path(self, "Export conversation", export.default_name(conv) + ".md",
+                                     "Markdown (*.md);;JSON (*.json)")
+        if not path:
+            return
+        try:
+            export.export(conv, self.store.messages(cid), path)
+        except OSError as exc:
+            dialogs.show_error(self, "Export failed", f"Could not write {path}: {exc.strerror or exc}")
+
     def _label(self, conv: Conversation) -> str:
         return f"{conv.title or UNTITLED}\n{_when(conv.updated)}"
 
@@ -121,3 +140,4 @@ class ConversationSidebar(QWidget):
         has = self.list.currentItem() is not None
         self.rename_button.setEnabled(has)
         self.delete_button.setEnabled(has)
+        self.export_button.setEnabled(has)

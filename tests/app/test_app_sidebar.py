@@ -122,3 +122,40 @@ def test_the_sidebar_is_locked_while_answering(qtbot, make_window):
         window.stop()
         gate.set()
     assert window.sidebar.isEnabled()
+
+
+def test_export_writes_markdown_or_json_and_a_failure_is_a_dialog(qtbot, two_chats, monkeypatch, tmp_path, dialogs):
+    import json
+
+    window, france, _italy = two_chats
+    select(window, france)
+    window.store.update(france, system_prompt="Answer in one sentence.")
+    asked = []
+
+    def save_to(path):
+        def ask(_parent, _title, name, filters):
+            asked.append((name, filters))
+            return str(path)
+        return ask
+
+    monkeypatch.setattr(app_dialogs, "ask_save_path", save_to(tmp_path / "france"))
+    window.sidebar.export_button.click()
+    assert asked[-1][0] == "What-is-the-capital-of-France.md" and "*.json" in asked[-1][1]
+    md = (tmp_path / "france.md").read_text()  # no suffix given: Markdown
+    assert md.startswith(f"# {PROMPT}\n") and "**System prompt**\n\nAnswer in one sentence." in md
+    assert f"## You\n\n{PROMPT}\n" in md and f"## FakeLM-1M\n\n{recorded_answer()}\n" in md
+    assert "7 tokens at" in md and "plain decoding" in md
+
+    monkeypatch.setattr(app_dialogs, "ask_save_path", save_to(tmp_path / "france.json"))
+    window.sidebar.export_button.click()
+    data = json.loads((tmp_path / "france.json").read_text())
+    assert [(m["role"], m["content"]) for m in data["messages"]] == [
+        ("system", "Answer in one sentence."), ("user", PROMPT), ("assistant", recorded_answer())]
+    assert data["messages"][2]["stats"]["new_tokens"] == 7 and data["settings"]["preset"] == "greedy"
+
+    monkeypatch.setattr(app_dialogs, "ask_save_path", save_to(tmp_path / "missing" / "x.md"))
+    window.sidebar.export_button.click()
+    assert dialogs.shown and "Export failed" in str(dialogs.shown[-1])
+    assert not (tmp_path / "missing").exists()
+    monkeypatch.setattr(app_dialogs, "ask_save_path", lambda *_a: None)  # cancelled: nothing happens
+    window.sidebar.export_button.click()

@@ -1,0 +1,70 @@
+"""A conversation written out for elsewhere: Markdown to read or share, JSON (an OpenAI-style message list
+with each answer's settings and speed) to feed another tool. No Qt: the sidebar asks where, this writes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .conversations import Conversation, Message
+
+UNTITLED = "Untitled conversation"
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def to_markdown(conv: Conversation, messages: list[Message]) -> str:
+    lines = [f"# {conv.title or UNTITLED}", "", f"*{_when(conv.created)}*", ""]
+    if conv.system_prompt:
+        lines += ["**System prompt**", "", conv.system_prompt, ""]
+    for m in messages:
+        stats = m.stats or {}
+        who = "You" if m.role == "user" else stats.get("model") or "Assistant"
+        lines += [f"## {who}", "", m.content, ""]
+        if m.role == "assistant":
+            facts = []
+            if "new_tokens" in stats:
+                facts.append(f"{stats['new_tokens']} tokens at {stats.get('tokens_per_s', 0):.1f} tok/s")
+            if stats.get("method"):
+                facts.append("SubSpec" if stats["method"] == "subspec" else "plain decoding")
+            if not m.complete:
+                facts.append("incomplete")
+            facts += stats.get("notes", [])
+            if facts:
+                lines += [f"*{' · '.join(facts)}*", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_json(conv: Conversation, messages: list[Message]) -> str:
+    data = {"title": conv.title, "created": conv.created, "updated": conv.updated,
+            "system_prompt": conv.system_prompt,
+            "settings": {"preset": conv.preset, "temperature": conv.temperature, "top_p": conv.top_p},
+            "messages": ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else [])
+            + [{"role": m.role, "content": m.content, "created": m.created, "complete": m.complete,
+                **({"stats": m.stats} if m.stats else {})} for m in messages]}
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def export(conv: Conversation, messages: list[Message], path: str | Path) -> Path:
+    """Write the conversation to `path`: JSON for a .json name, else Markdown (.md added when there is no
+    suffix). Written to a temporary name and renamed, so a failed write never leaves half a file."""
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".md")
+    text = to_json(conv, messages) if path.suffix.lower() == ".json" else to_markdown(conv, messages)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def default_name(conv: Conversation) -> str:
+    """A file name from the title: letters, digits, spaces and dashes kept, at most 60 characters."""
+    title = "".join(c if c.isalnum() or c in " -_" else " " for c in (conv.title or "conversation"))
+    return "-".join(title.split())[:60] or "conversation"
