@@ -121,14 +121,17 @@ def test_gguf_sets_group_parts_keep_folders_and_skip_projectors():
         hub_api.gguf_files(model, "Q5")
 
 
-def test_the_cli_lists_the_ggufs_then_downloads_the_one_named(gguf_hub, capsys):
+def test_the_cli_lists_the_ggufs_and_passes_the_choice_on(gguf_hub, capsys, monkeypatch):
     from engine import cli
 
     assert cli.main(["models", "download", "org/smol-gguf"]) == 2
     err = capsys.readouterr().err
     assert "choose one" in err and "--gguf" in err and f"{QUANT} (0.1 GB)" in err and "Q8_0" in err
+    asked = []
+    monkeypatch.setattr(Download, "run", lambda self: asked.append(self.gguf) or store.ModelInfo(
+        QUANT, "/x", "llama", 1, "bfloat16", 1, "hf://org/smol-gguf", ""))  # the download itself: tested above
     assert cli.main(["models", "download", "org/smol-gguf", "--gguf", "Q4_1"]) == 0
-    assert f"installed {QUANT}" in capsys.readouterr().out
+    assert asked == ["Q4_1"] and f"installed {QUANT}" in capsys.readouterr().out
 
 
 def test_an_unsupported_architecture_is_refused_from_the_header_before_any_weights(gguf_hub, tmp_path):
