@@ -188,9 +188,12 @@ def _plan_config(target: str):
         if known:
             return ModelConfig.from_dict(known.config), target
         try:
-            raw = hub.remote_config(target)
+            raw = hub.remote_config(target, gguf=True)
         except SubspecError as exc:  # a mistyped path reads as a repo id too: say both
             raise SubspecError(f"{target} is no file or folder here, and as a hub repo: {exc}") from exc
+        if "_gguf" in raw:
+            print(f"note: {target} has GGUF files only; planned from {raw['_gguf']}'s header, for the bf16 "
+                  f"model a download converts it to", file=sys.stderr)
         return ModelConfig.from_dict(raw), target
     folder, name = resolve_model(target)
     return ModelConfig.from_file(folder), name

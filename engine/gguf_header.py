@@ -26,6 +26,7 @@ MAX_ITEMS = 1 << 26  # so does a longer array (a vocabulary has a few hundred th
 class GGUFHeader:
     metadata: dict  # scalars and strings only
     tensors: dict  # name -> number of elements
+    shapes: dict  # name -> dimensions, innermost first (GGUF's order)
 
     @property
     def architecture(self) -> str | None:
@@ -34,6 +35,38 @@ class GGUFHeader:
     @property
     def elements(self) -> int:
         return sum(self.tensors.values())
+
+
+def config_from_header(header: GGUFHeader, name: str) -> dict:
+    """The fields of a Hugging Face config.json the planner needs, from a GGUF's metadata and tensor table
+    (llama.cpp's keys: <arch>.block_count, .embedding_length, ...): a GGUF-only repo planned before any
+    weights come. Only the first part's header is needed (it holds the metadata and the embeddings)."""
+    arch = header.architecture
+    meta = header.metadata
+
+    def key(k, default=None):
+        value = meta.get(f"{arch}.{k}", default)
+        if value is None:
+            raise SubspecError(f"{name}: its GGUF metadata has no {arch}.{k}")
+        return value
+
+    embed = header.shapes.get("token_embd.weight")
+    vocab = meta.get(f"{arch}.vocab_size") or (embed[1] if embed and len(embed) == 2 else None)
+    if vocab is None:
+        raise SubspecError(f"{name}: its GGUF says neither {arch}.vocab_size nor the embeddings' shape")
+    heads = key("attention.head_count")
+    config = {"model_type": arch, "vocab_size": int(vocab), "hidden_size": key("embedding_length"),
+              "intermediate_size": key("feed_forward_length"), "num_hidden_layers": key("block_count"),
+              "num_attention_heads": heads, "num_key_value_heads": key("attention.head_count_kv", heads),
+              "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+              "rope_theta": key("rope.freq_base", 10000.0),
+              "max_position_embeddings": key("context_length", 4096),
+              # A split GGUF may hold the head in a later part, unseen here: counted untied then (the
+              # larger plan, never one that does not fit).
+              "tie_word_embeddings": "output.weight" not in header.tensors and meta.get("split.count", 1) == 1}
+    if f"{arch}.attention.key_length" in meta:
+        config["head_dim"] = meta[f"{arch}.attention.key_length"]
+    return config
 
 
 class _Stream:
@@ -98,16 +131,17 @@ def read_header(chunks: Iterator[bytes], name: str) -> GGUFHeader:
         value = _value(s, kind)
         if value is not None:
             metadata[key] = value
-    tensors = {}
+    tensors, shapes = {}, {}
     for _ in range(tensors_count):
         tname, dims = s.string(), s.unpack("<I")
-        elements = 1
-        for _ in range(dims):
-            elements *= s.unpack("<Q")
+        shape = tuple(s.unpack("<Q") for _ in range(dims))
         s.unpack("<I")  # ggml type
         s.unpack("<Q")  # offset
-        tensors[tname] = elements
-    return GGUFHeader(metadata, tensors)
+        elements = 1
+        for d in shape:
+            elements *= d
+        tensors[tname], shapes[tname] = elements, shape
+    return GGUFHeader(metadata, tensors, shapes)
 
 
 def file_chunks(path, block: int = 1 << 20) -> Callable[[], Iterator[bytes]]:

@@ -204,9 +204,10 @@ def gguf_files(model: RemoteModel, choice: str) -> list[RemoteFile]:
 
 
 def remote_config(repo_id: str, revision: str = "main", token_: str | None = None,
-                  timeout_s: float = 15.0) -> dict:
+                  timeout_s: float = 15.0, gguf: bool = False) -> dict:
     """A repo's config.json (a few KB): enough for the planner to say whether the model fits here,
-    before anything big is downloaded."""
+    before anything big is downloaded. With `gguf`, a repo of GGUF files only answers from the header of
+    its smallest GGUF instead (a few MB: mostly the vocabulary; `remote_gguf_config`)."""
     import json
 
     import httpx2
@@ -220,6 +221,8 @@ def remote_config(repo_id: str, revision: str = "main", token_: str | None = Non
     if r.status_code in (401, 403):
         raise SubspecError(f"{repo_id} is gated or private: its config.json needs a token")
     if r.status_code == 404:
+        if gguf:
+            return remote_gguf_config(repo_id, revision, token_, timeout_s)
         raise SubspecError(f"{repo_id} has no config.json")
     if r.status_code != 200:
         raise SubspecError(f"the hub answered {r.status_code} for {repo_id}/config.json")
@@ -230,6 +233,30 @@ def remote_config(repo_id: str, revision: str = "main", token_: str | None = Non
     if not isinstance(config, dict):
         raise SubspecError(f"{repo_id}/config.json is not a JSON object")
     return config
+
+
+def remote_gguf_config(repo_id: str, revision: str = "main", token_: str | None = None,
+                       timeout_s: float = 15.0) -> dict:
+    """config.json's fields (engine.gguf_header.config_from_header) from the header of the first part of a
+    repo's smallest GGUF, read through one request cut off after it. "_gguf" names the file read."""
+    from huggingface_hub.utils import get_session
+
+    from .gguf_header import config_from_header, read_header
+
+    model = remote_model(repo_id, None if revision == "main" else revision, token_)
+    sets = gguf_sets(model)
+    if not sets:
+        raise SubspecError(f"{repo_id} has no config.json and no GGUF files")
+    first = min(sets.values(), key=lambda files: sum(f.size for f in files))[0]
+    try:
+        with get_session().stream("GET", file_url(repo_id, model.commit, first.name), headers=auth_headers(token_),
+                                  timeout=timeout_s, follow_redirects=True) as r:
+            if r.status_code != 200:
+                raise SubspecError(f"the hub answered {r.status_code} for {repo_id}/{first.name}")
+            header = read_header(r.iter_bytes(), first.name)
+    except _hub_exceptions() as exc:
+        raise _hub_error(exc, repo_id) from exc
+    return {**config_from_header(header, first.name), "_gguf": first.name}
 
 
 def file_url(repo_id: str, commit: str, name: str) -> str:

@@ -191,3 +191,27 @@ def test_discarding_one_gguf_keeps_the_others_and_never_touches_a_running_downlo
     finally:
         running.close()
     assert download.discard_partial("org/smol-gguf") > 0 and download.partial_downloads() == []
+
+
+def test_a_gguf_only_repo_is_planned_from_its_smallest_ggufs_header(gguf_hub, default_model_folder, capsys):
+    """`subspec plan ORG/REPO` before downloading: a repo without config.json answers from a GGUF header
+    (one request cut off after it), the same model shape as the default model's own config.json."""
+    from engine import cli
+    from engine.config import ModelConfig
+
+    gguf_hub.repos["org/smol-single"] = Repo({"SmolLM2-135M-Instruct.Q4_1.gguf": store.default_gguf().read_bytes(),
+                                               "README.md": b"# one GGUF\n"})
+    raw = hub_api.remote_config("org/smol-single", gguf=True)
+    assert raw["_gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    ours, theirs = ModelConfig.from_dict(raw), ModelConfig.from_file(default_model_folder)
+    fields = ("architecture", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+              "num_kv_heads", "head_dim", "max_position_embeddings", "tie_word_embeddings", "qkv_bias")
+    assert {f: getattr(ours, f) for f in fields} == {f: getattr(theirs, f) for f in fields}
+    [request] = gguf_hub.requests_for("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert request.nbytes < 16 << 20
+    with pytest.raises(SubspecError, match="has no config.json"):
+        hub_api.remote_config("org/smol-single")  # a search's fit badge does not read headers
+    assert cli.main(["plan", "org/smol-single", "--vram-gb", "8"]) == 0
+    out = capsys.readouterr()
+    assert "GGUF files only; planned from SmolLM2-135M-Instruct.Q4_1.gguf's header" in out.err
+    assert "org/smol-single: " in out.out
