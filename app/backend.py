@@ -49,6 +49,9 @@ class TorchBackend:
     # backend, a draft build or another tree shape a new controller.
     control = None
     api_control = None  # the same for the API's requests (another workload: kept apart from the chat's)
+    # On a GPU, the KV cache length the plan reserved memory for: the chat's context (its rolling window)
+    # stays within it. None: the model's own context (a CPU, where memory is not planned).
+    context_tokens: int | None = None
 
     def __init__(self, model: str, progress: Progress, resident_layers: int | None = None,
                  reserve_gb: float | None = None):
@@ -125,6 +128,8 @@ class TorchBackend:
                 self.notes.append(f"{forced} resident layers no longer fit ({exc}); loaded with the plan's choice")
         if plan is None:
             plan = make_plan(config, self.plan_profile, **options)
+        if plan.device == "cuda":
+            self.context_tokens = plan.kv_length
         if plan.device != "cuda" or not plan.offloaded_layers:
             return None, None
         progress(f"Plan: {plan.resident_layers} layers on the GPU, {plan.offloaded_layers} streamed from RAM …")
@@ -166,8 +171,9 @@ class TorchBackend:
                                   seed=p["seed"])
         from engine.context_window import fit_conversation
 
-        # A conversation longer than the context keeps going on its latest turns (the user is told).
-        limit = self.lm.config.max_position_embeddings
+        # A conversation longer than the context keeps going on its latest turns (the user is told). On a
+        # GPU the context is what the plan reserved KV memory for, not the model's whole window.
+        limit = min(self.lm.config.max_position_embeddings, self.context_tokens or 1 << 62)
         ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"])), messages,
                                         limit - int(p["max_new_tokens"]))
         stops = tuple(p["stop"])

@@ -168,8 +168,9 @@ class ChatFlow:
             # Earlier turns are left out of a prompt that outgrows the context (app.backend); this is the
             # latest message itself not fitting, with room for an answer.
             return (f"This message is too long for {self.model_name}: {message}. Earlier turns are left out "
-                    f"when a conversation outgrows the context, but this message alone does not fit with "
-                    f"room for an answer: shorten it.")
+                    f"when a conversation outgrows the context, but this message (with the system prompt, "
+                    f"and the answer being continued, if any) does not fit with room for an answer: "
+                    f"shorten it.")
         return message
 
     def _undo_turn(self) -> None:

@@ -119,12 +119,12 @@ def ask_text(parent: QWidget | None, title: str, label: str, text: str = "") -> 
     return value if ok else None
 
 
-def ask_save_path(parent: QWidget | None, title: str, name: str, filters: str) -> str | None:
-    """A file to write, or None when cancelled."""
+def ask_save_path(parent: QWidget | None, title: str, name: str, filters: str) -> tuple[str, str] | None:
+    """(a file to write, the filter chosen), or None when cancelled."""
     from PySide6.QtWidgets import QFileDialog
 
-    path, _ = QFileDialog.getSaveFileName(parent, title, name, filters)
-    return path or None
+    path, chosen = QFileDialog.getSaveFileName(parent, title, name, filters)
+    return (path, chosen) if path else None
 
 
 def choose_item(parent: QWidget | None, title: str, label: str, items: list[str]) -> int | None:

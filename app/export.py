@@ -48,16 +48,24 @@ def to_json(conv: Conversation, messages: list[Message]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def export(conv: Conversation, messages: list[Message], path: str | Path) -> Path:
-    """Write the conversation to `path`: JSON for a .json name, else Markdown (.md added when there is no
-    suffix). Written to a temporary name and renamed, so a failed write never leaves half a file."""
+def target(path: str | Path, chosen_filter: str = "") -> Path:
+    """The file an export writes: `path` as given, or with the chosen filter's suffix when it has none
+    (.json for the JSON filter, else .md)."""
     path = Path(path)
     if not path.suffix:
-        path = path.with_suffix(".md")
+        path = path.with_suffix(".json" if "json" in chosen_filter.lower() else ".md")
+    return path
+
+
+def export(conv: Conversation, messages: list[Message], path: str | Path) -> Path:
+    """Write the conversation to `path`: JSON for a .json name, else Markdown. Written to a temporary
+    name and renamed, so a failed write never leaves half a file; text that cannot be UTF-8 (a lone
+    surrogate pasted in) is replaced, not a failure."""
+    path = Path(path)
     text = to_json(conv, messages) if path.suffix.lower() == ".json" else to_markdown(conv, messages)
     tmp = path.with_name(path.name + ".part")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="replace")
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

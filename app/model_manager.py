@@ -253,6 +253,11 @@ class ModelManager(QObject):
                 return jid
         return None
 
+    def downloading(self, repo_id: str) -> bool:
+        """Whether any download of this repo (any GGUF label) is running now."""
+        return any(j.snapshot["kind"] == "download" and j.snapshot["active"]
+                   and j.snapshot["repo_id"].lower() == repo_id.lower() for j in self.jobs.values())
+
     def pending_names(self) -> set[str]:
         """The store names downloads and imports still running or paused will install under."""
         return {j.snapshot["name"] for j in self.jobs.values()

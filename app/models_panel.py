@@ -233,8 +233,7 @@ def _set_action(button: QPushButton, repo_id: str, panel: ModelsDock) -> None:
     if panel.installed_repo(repo_id):
         button.setText("Installed")
         button.setEnabled(False)
-    elif panel.manager.download_job(repo_id) is not None and \
-            panel.manager.jobs[panel.manager.download_job(repo_id)].snapshot["active"]:
+    elif panel.manager.downloading(repo_id):
         button.setText("Downloading …")
         button.setEnabled(False)
     else:
@@ -660,8 +659,9 @@ class ModelsDock(QDockWidget):
         names = set(self.manager.installed_names()) | self.manager.pending_names()
         name = default
         while name in names:
-            answer = dialogs.ask_text(self, "Name in use", f"A model named {name} is installed already. "
-                                      "Install the new one as:", f"{default}-2")
+            answer = dialogs.ask_text(self, "Name in use", f"A model named {name} is installed already, or "
+                                      "a download or import will install one. Install the new one as:",
+                                      f"{default}-2")
             if not answer:
                 return None
             name = answer.strip()

@@ -118,9 +118,14 @@ class ConversationSidebar(QWidget):
             return
         from . import export
 
-        path = dialogs.ask_save_path(self, "Export conversation", export.default_name(conv) + ".md",
-                                     "Markdown (*.md);;JSON (*.json)")
-        if not path:
+        answer = dialogs.ask_save_path(self, "Export conversation", export.default_name(conv) + ".md",
+                                       "Markdown (*.md);;JSON (*.json)")
+        if not answer:
+            return
+        path = export.target(*answer)
+        # The dialog asked about the name as typed; a suffix added here names another file, maybe one there.
+        if str(path) != answer[0] and path.exists() and not dialogs.confirm(
+                self, "Replace file", f"{path.name} exists already. Replace it?"):
             return
         try:
             export.export(conv, self.store.messages(cid), path)

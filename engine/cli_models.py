@@ -197,8 +197,13 @@ def cmd_du(args) -> int:
 def remove_partial(repo_id: str) -> int:
     from .download import discard_partial
 
+    from .download import partial_downloads
+
+    had = [p for p in partial_downloads() if p.repo_id == repo_id]
     freed = discard_partial(repo_id)
     if not freed:
+        if had:
+            raise SubspecError(f"the partial download of {repo_id} is running right now: stop it first")
         raise SubspecError(f"no model and no partial download named {repo_id!r}")
     print(f"removed the partial download of {repo_id} ({human_bytes(freed)} freed)")
     return 0

@@ -163,7 +163,10 @@ def discard_partial(repo_id: str, gguf=ANY) -> int:
     for p in partial_downloads():
         if p.repo_id != repo_id or (gguf is not ANY and p.gguf != gguf):
             continue
-        lock = _try_lock(Path(p.folder))
+        try:
+            lock = _try_lock(Path(p.folder))
+        except OSError:  # gone since it was listed (installed or discarded meanwhile)
+            continue
         if lock is None:
             continue
         with lock:
@@ -384,6 +387,8 @@ class Download:
         fresh = not any(_local(work, f).is_file() or (work / (_local(work, f).name + PART)).is_file() for f in files)
         try:
             self._check_gguf_headers(remote, files, work, verified)
+        except DownloadCancelled:
+            raise  # a pause stays a pause (it is a SubspecError too)
         except SubspecError:
             self._discard = self._discard or fresh
             raise
@@ -491,8 +496,9 @@ class Download:
             size = _gb(store.folder_size(work))
             hint = ("free some space and run the download again: it converts without downloading" if
                     "disk space" in str(exc) or "disk is full" in str(exc) else
-                    f"this GGUF cannot be converted here; discard the partial download to free {size} "
-                    f"(`subspec models remove {self.repo_id}`, or Discard in the app)")
+                    f"this GGUF cannot be converted here; discard it to free {size} (Discard in the app's "
+                    f"Downloads, or `subspec models remove {self.repo_id}`, which removes every partial "
+                    f"download of that repo)")
             raise SubspecError(f"{exc}. The downloaded GGUF ({size}) is kept in {work}: {hint}") from exc
         shutil.rmtree(work, ignore_errors=True)
         return info

@@ -20,6 +20,7 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 STRING, ARRAY = 8, 9
 MAX_STRING = 1 << 26  # a longer "string" means a damaged or hostile header
 MAX_ITEMS = 1 << 26  # so does a longer array (a vocabulary has a few hundred thousand entries)
+MAX_HEADER = 256 << 20  # and a header past this (a 256k-token vocabulary with its merges is about 10 MB)
 
 
 @dataclass(frozen=True)
@@ -43,40 +44,49 @@ def config_from_header(header: GGUFHeader, name: str) -> dict:
     weights come. Only the first part's header is needed (it holds the metadata and the embeddings)."""
     arch = header.architecture
     meta = header.metadata
+    if not isinstance(arch, str) or not arch:
+        raise SubspecError(f"{name}: its GGUF metadata names no general.architecture")
 
-    def key(k, default=None):
+    def key(k, default=None, kind=int):
         value = meta.get(f"{arch}.{k}", default)
         if value is None:
             raise SubspecError(f"{name}: its GGUF metadata has no {arch}.{k}")
+        if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise SubspecError(f"{name}: its GGUF metadata {arch}.{k} is {value!r}, not a positive count")
+        if kind is float and (not isinstance(value, (int, float)) or value <= 0):
+            raise SubspecError(f"{name}: its GGUF metadata {arch}.{k} is {value!r}, not a positive number")
         return value
 
     embed = header.shapes.get("token_embd.weight")
     vocab = meta.get(f"{arch}.vocab_size") or (embed[1] if embed and len(embed) == 2 else None)
-    if vocab is None:
+    if not isinstance(vocab, int) or vocab <= 0:
         raise SubspecError(f"{name}: its GGUF says neither {arch}.vocab_size nor the embeddings' shape")
     heads = key("attention.head_count")
     config = {"model_type": arch, "vocab_size": int(vocab), "hidden_size": key("embedding_length"),
               "intermediate_size": key("feed_forward_length"), "num_hidden_layers": key("block_count"),
               "num_attention_heads": heads, "num_key_value_heads": key("attention.head_count_kv", heads),
-              "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
-              "rope_theta": key("rope.freq_base", 10000.0),
+              "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6, float),
+              "rope_theta": key("rope.freq_base", 10000.0, float),
               "max_position_embeddings": key("context_length", 4096),
               # A split GGUF may hold the head in a later part, unseen here: counted untied then (the
               # larger plan, never one that does not fit).
               "tie_word_embeddings": "output.weight" not in header.tensors and meta.get("split.count", 1) == 1}
     if f"{arch}.attention.key_length" in meta:
-        config["head_dim"] = meta[f"{arch}.attention.key_length"]
+        config["head_dim"] = key("attention.key_length")
     return config
 
 
 class _Stream:
     """Exact reads over an iterator of byte chunks (an HTTP body, or a file read in blocks)."""
 
-    def __init__(self, chunks: Iterator[bytes], name: str):
-        self.chunks, self.name = chunks, name
-        self.buf, self.pos = b"", 0
+    def __init__(self, chunks: Iterator[bytes], name: str, limit: int = MAX_HEADER):
+        self.chunks, self.name, self.limit = chunks, name, limit
+        self.buf, self.pos, self.consumed = b"", 0, 0
 
     def read(self, n: int) -> bytes:
+        self.consumed += n
+        if self.consumed > self.limit:
+            raise SubspecError(f"{self.name}: the GGUF header goes on past {self.limit >> 20} MB; it is damaged")
         while len(self.buf) - self.pos < n:
             try:
                 chunk = next(self.chunks)
@@ -116,9 +126,10 @@ def _value(s: _Stream, kind: int, keep: bool = True):
     raise SubspecError(f"{s.name}: unknown GGUF value type {kind}; the header is damaged")
 
 
-def read_header(chunks: Iterator[bytes], name: str) -> GGUFHeader:
-    """The header of the GGUF whose bytes `chunks` yields, from its first byte; reads no further."""
-    s = _Stream(iter(chunks), name)
+def read_header(chunks: Iterator[bytes], name: str, limit: int = MAX_HEADER) -> GGUFHeader:
+    """The header of the GGUF whose bytes `chunks` yields, from its first byte; reads no further, and
+    refuses a header longer than `limit` bytes."""
+    s = _Stream(iter(chunks), name, limit)
     if s.read(4) != b"GGUF":
         raise SubspecError(f"{name} is not a GGUF file")
     version = s.unpack("<I")

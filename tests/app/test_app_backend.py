@@ -213,10 +213,13 @@ def test_a_reload_starts_a_new_depth_control(qapp, tmp_path):
     assert worker.engine.control is not control and worker.engine.control.passes == summaries[-1]["iterations"]
 
 
-def test_a_conversation_longer_than_the_context_answers_on_its_latest_turns_and_says_so(smollm2, monkeypatch):
-    """SmolLM2 with its context cut to 512 tokens: a 12-turn chat (about 1,100 tokens) is answered on its
-    latest turns, the system message kept, exactly as if the earlier turns had never been said; the first
-    event says how many messages were left out, and the worker keeps that note with the answer."""
+@pytest.mark.parametrize("limited_by", ["model", "plan"])
+def test_a_conversation_longer_than_the_context_answers_on_its_latest_turns_and_says_so(smollm2, monkeypatch,
+                                                                                     limited_by):
+    """SmolLM2 with its context cut to 512 tokens (its own window, or on a GPU the KV cache its plan
+    reserved): a 12-turn chat (about 1,100 tokens) is answered on its latest turns, the system message kept,
+    exactly as if the earlier turns had never been said; the first event says how many messages were left
+    out, and the worker keeps that note with the answer."""
     from dataclasses import replace
 
     from engine.events import summarize
@@ -226,7 +229,10 @@ def test_a_conversation_longer_than_the_context_answers_on_its_latest_turns_and_
     backend = TorchBackend.__new__(TorchBackend)
     backend.name = "SmolLM2"
     backend.lm = smollm2
-    monkeypatch.setattr(smollm2.decoder, "config", replace(smollm2.config, max_position_embeddings=512))
+    if limited_by == "model":
+        monkeypatch.setattr(smollm2.decoder, "config", replace(smollm2.config, max_position_embeddings=512))
+    else:
+        backend.context_tokens = 512
     msgs = [{"role": "system", "content": "You are terse."}]
     for i in range(12):
         msgs += [{"role": "user", "content": f"question {i}: " + "why " * 30},

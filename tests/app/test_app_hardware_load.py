@@ -83,6 +83,7 @@ def test_the_load_carries_the_plans_substitute_bits_and_the_draft_is_built_with_
     backend = TorchBackend("qwen", lambda _m: None)
     plan = make_plan(ModelConfig.from_dict(QWEN25_7B), backend.plan_profile)
     assert backend.lm.substitute_bits == plan.draft_bits
+    assert backend.context_tokens == plan.kv_length  # the chat's rolling window stays within the plan's KV
     assert sorted(plan.draft_bits) == list(range(28 - plan.resident_layers)) and 8 in plan.draft_bits.values()
     backend.get_draft()
     assert backend.lm.drafts == [None]

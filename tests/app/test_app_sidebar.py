@@ -132,10 +132,10 @@ def test_export_writes_markdown_or_json_and_a_failure_is_a_dialog(qtbot, two_cha
     window.store.update(france, system_prompt="Answer in one sentence.")
     asked = []
 
-    def save_to(path):
+    def save_to(path, chosen="Markdown (*.md)"):
         def ask(_parent, _title, name, filters):
             asked.append((name, filters))
-            return str(path)
+            return str(path), chosen
         return ask
 
     monkeypatch.setattr(app_dialogs, "ask_save_path", save_to(tmp_path / "france"))
@@ -152,6 +152,16 @@ def test_export_writes_markdown_or_json_and_a_failure_is_a_dialog(qtbot, two_cha
     assert [(m["role"], m["content"]) for m in data["messages"]] == [
         ("system", "Answer in one sentence."), ("user", PROMPT), ("assistant", recorded_answer())]
     assert data["messages"][2]["stats"]["new_tokens"] == 7 and data["settings"]["preset"] == "greedy"
+
+    # No suffix typed with the JSON filter chosen: JSON; the file that suffix names exists, so asked first.
+    monkeypatch.setattr(app_dialogs, "ask_save_path", save_to(tmp_path / "france", "JSON (*.json)"))
+    questions = []
+    monkeypatch.setattr(app_dialogs, "confirm", lambda _p, _t, q: questions.append(q) or False)
+    window.sidebar.export_button.click()
+    assert questions == ["france.json exists already. Replace it?"]
+    (tmp_path / "france.json").unlink()
+    window.sidebar.export_button.click()
+    assert json.loads((tmp_path / "france.json").read_text())["title"] == PROMPT and len(questions) == 1
 
     monkeypatch.setattr(app_dialogs, "ask_save_path", save_to(tmp_path / "missing" / "x.md"))
     window.sidebar.export_button.click()

@@ -169,6 +169,25 @@ def test_the_header_parser_reads_what_ggufs_own_reader_does(tmp_path):
         read_header(file_chunks(cut)(), cut.name)
     with pytest.raises(SubspecError, match="not a GGUF"):
         read_header(iter([b"PK\x03\x04" + b"\0" * 64]), "model.zip")
+    with pytest.raises(SubspecError, match="goes on past 1 MB"):
+        read_header(file_chunks(path)(), path.name, limit=1 << 20)
+
+
+def test_a_gguf_header_with_odd_metadata_is_a_clear_error():
+    from dataclasses import replace
+
+    from engine.gguf_header import config_from_header, file_chunks, read_header
+
+    path = store.default_gguf()
+    header = read_header(file_chunks(path)(), path.name)
+    assert config_from_header(header, "x")["num_hidden_layers"] == 30
+    for key, value, message in (("general.architecture", None, "names no general.architecture"),
+                                ("llama.block_count", "30", "block_count is '30', not a positive count"),
+                                ("llama.attention.head_count", 0, "head_count is 0"),
+                                ("llama.rope.freq_base", "fast", "freq_base is 'fast', not a positive number")):
+        meta = {**header.metadata, key: value}
+        with pytest.raises(SubspecError, match=message):
+            config_from_header(replace(header, metadata=meta), "x")
 
 
 def test_discarding_one_gguf_keeps_the_others_and_never_touches_a_running_download(gguf_hub):
@@ -215,3 +234,17 @@ def test_a_gguf_only_repo_is_planned_from_its_smallest_ggufs_header(gguf_hub, de
     out = capsys.readouterr()
     assert "GGUF files only; planned from SmolLM2-135M-Instruct.Q4_1.gguf's header" in out.err
     assert "org/smol-single: " in out.out
+
+
+def test_a_pause_while_reading_the_headers_stays_a_pause(gguf_hub, monkeypatch):
+    job = Download("org/smol-gguf", retry=FAST_RETRY, gguf="Q4_1")
+    real = Download._remote_header
+
+    def pausing(self, remote, f):
+        self.pause()
+        return real(self, remote, f)  # sees the stop and raises DownloadCancelled(kept=True)
+
+    monkeypatch.setattr(Download, "_remote_header", pausing)
+    with pytest.raises(DownloadCancelled, match="paused") as caught:
+        job.run()
+    assert caught.value.kept  # not turned into a cancel that deletes the folder
