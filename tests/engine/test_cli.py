@@ -100,7 +100,7 @@ def test_plan_from_a_hub_repo_id_before_anything_is_downloaded(tmp_path, monkeyp
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["memory"] == from_file["memory"]
     asked = []
-    monkeypatch.setattr(hub, "remote_config", lambda repo_id: asked.append(repo_id) or dict(QWEN25_7B))
+    monkeypatch.setattr(hub, "remote_config", lambda repo_id, **_kw: asked.append(repo_id) or dict(QWEN25_7B))
     assert cli.main(["plan", "someone/a-finetune", "--vram-gb", "8", "--json"]) == 0
     assert asked == ["someone/a-finetune"] and json.loads(capsys.readouterr().out)["memory"] == from_file["memory"]
     r = run("plan", "nobody/nothing", "--vram-gb", "8", env={"HF_HUB_OFFLINE": "1"})

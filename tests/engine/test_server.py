@@ -428,9 +428,21 @@ def test_serve_rejects_bad_options_with_exit_2(capsys):
     assert cli_main(["serve", "--queue", "0"]) == 2
 
 
+def _sigint_state(pid: int) -> str:
+    """SIGINT in a process's blocked and ignored signal masks (/proc), for a failure message."""
+    try:
+        status = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+    except OSError as exc:
+        return f"unknown ({exc})"
+    bit = 1 << (signal.SIGINT - 1)
+    return ", ".join(f"{k} {'has' if int(status.get(k, '0'), 16) & bit else 'lacks'} SIGINT"
+                     for k in ("SigBlk", "SigIgn", "SigCgt"))
+
+
 def test_subspec_serve_command(folder):
     proc = subprocess.Popen([sys.executable, "-m", "engine", "serve", str(folder), "--port", "0", "--api-key", "k"],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"})
     # A hung server fails the test instead of hanging it; generous, since a loaded 2-core machine once took
     # over 30 s to shut a healthy one down.
     watchdog = threading.Timer(300, proc.kill)
@@ -447,7 +459,14 @@ def test_subspec_serve_command(folder):
                                       max_tokens=4, temperature=0)
         assert r.usage.completion_tokens == 4
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(120) == 0
+        try:
+            code = proc.wait(120)
+        except subprocess.TimeoutExpired:  # say where it hangs: faulthandler dumps every thread on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            rest = proc.stderr.read()
+            pytest.fail(f"the server did not stop on SIGINT; its mask {_sigint_state(proc.pid)}; "
+                        f"stderr after the request:\n{rest[-6000:]}")
+        assert code == 0
     finally:
         watchdog.cancel()
         if proc.poll() is None:
