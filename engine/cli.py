@@ -313,6 +313,12 @@ def cmd_serve(args) -> int:
     if not is_loopback(args.host) and not api_key:
         print(f"warning: listening on {args.host} without an API key: anyone who can reach this machine can "
               "use the model (set --api-key)", file=sys.stderr)
+    import signal
+
+    def terminate(*_):  # `kill`, systemd, docker stop: the same clean stop as Ctrl+C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     print(f"serving {backend.name} ({backend.method}) at {server.url}/v1 - Ctrl+C stops", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
@@ -320,6 +326,7 @@ def cmd_serve(args) -> int:
         print("\nshutting down", file=sys.stderr)
     finally:
         server.close()
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
