@@ -310,8 +310,7 @@ class Download:
             if self.gguf:
                 from .gguf_import import model_name
 
-                files = hub.gguf_files(remote, self.gguf)
-                label = next(k for k, v in hub.gguf_sets(remote).items() if v == files)
+                label, files = hub.gguf_files(remote, self.gguf)
                 name = self.name or model_name(Path(files[0].name))
             else:
                 files = hub.needed_files(remote)
@@ -370,13 +369,18 @@ class Download:
             if lock is not None:
                 lock.close()
 
-    def _check_disk(self, work: Path, files: list[hub.RemoteFile]) -> None:
+    @staticmethod
+    def _have_bytes(work: Path, files: list[hub.RemoteFile]) -> int:
+        """Bytes of `files` already here, finished or in flight (.part)."""
         have = 0
         for f in files:
             for p in (_local(work, f), work / (_local(work, f).name + PART)):
                 if p.is_file():
                     have += min(p.stat().st_size, f.size)
-        need = sum(f.size for f in files) - have
+        return have
+
+    def _check_disk(self, work: Path, files: list[hub.RemoteFile]) -> None:
+        need = sum(f.size for f in files) - self._have_bytes(work, files)
         store.check_free_space(work.parent, need, self.repo_id, free_bytes(work))
 
     def _check_gguf(self, remote: hub.RemoteModel, files: list[hub.RemoteFile], work: Path, verified: dict) -> None:
@@ -384,7 +388,7 @@ class Download:
         unsupported architecture or a split that does not add up is refused, and the disk must hold what
         is left to download plus the bf16 conversion (the GGUF goes once converted)."""
         # Until a byte of the GGUF is here, a refusal leaves nothing worth resuming: its folder goes too.
-        fresh = not any(_local(work, f).is_file() or (work / (_local(work, f).name + PART)).is_file() for f in files)
+        fresh = self._have_bytes(work, files) == 0
         try:
             self._check_gguf_headers(remote, files, work, verified)
         except DownloadCancelled:
@@ -416,12 +420,7 @@ class Download:
             raise SubspecError(f"{self.repo_id}: {files[0].name} says the GGUF has {declared} parts; the hub "
                                f"lists {len(files)}")
         converted = sum(h.elements for h in headers) * OUT_DTYPE_BYTES
-        left = 0
-        for f in files:
-            done = _local(work, f)
-            part = work / (done.name + PART)
-            have = f.size if f.name in verified and done.is_file() else (part.stat().st_size if part.is_file() else 0)
-            left += f.size - min(have, f.size)
+        left = sum(f.size for f in files) - self._have_bytes(work, files)
         store.check_free_space(work.parent, left + converted,
                                f"{self.repo_id} ({_gb(left)} to download, then {_gb(converted)} once converted "
                                f"to bf16)", free_bytes(work))
@@ -429,14 +428,13 @@ class Download:
     def _remote_header(self, remote: hub.RemoteModel, f: hub.RemoteFile):
         """A GGUF's header straight from the hub: the body is read only as far as the header goes."""
         import httpx2
+        from huggingface_hub.utils import get_session
 
         from .gguf_header import read_header
 
         url = hub.file_url(remote.repo_id, remote.commit, f.name)
         headers = {**hub.auth_headers(self.token), "Accept-Encoding": "identity"}
         timeout = httpx2.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s)
-        from huggingface_hub.utils import get_session
-
         for attempt in range(1, self.retry.tries + 1):
             if self._stop.is_set():
                 raise DownloadCancelled("stopped", kept=True)

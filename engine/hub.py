@@ -183,8 +183,8 @@ class GGUFChoiceNeeded(SubspecError):
         super().__init__(f"{why} (--gguf NAME, a label or a part of one such as Q8_0): {listed}")
 
 
-def gguf_files(model: RemoteModel, choice: str) -> list[RemoteFile]:
-    """The files of the GGUF `choice` names: its label, or a part of exactly one label, any case ("q8_0").
+def gguf_files(model: RemoteModel, choice: str) -> tuple[str, list[RemoteFile]]:
+    """(label, files) of the GGUF `choice` names: its label, or a part of exactly one label, any case ("q8_0").
     Refused (GGUFChoiceNeeded, listing the labels) when it names none or several; a split GGUF whose
     parts are not all on the hub is refused too."""
     from .gguf_import import SPLIT_NAME
@@ -200,7 +200,7 @@ def gguf_files(model: RemoteModel, choice: str) -> list[RemoteFile]:
     if match and len(files) != int(match["count"]):
         raise SubspecError(f"{model.repo_id}: {found[0]} is split in {int(match['count'])} parts but the hub has "
                            f"{len(files)} of them")
-    return files
+    return found[0], files
 
 
 def remote_config(repo_id: str, revision: str = "main", token_: str | None = None,
