@@ -35,6 +35,19 @@ def default_model_folder():
     return info.path
 
 
+@pytest.fixture
+def fast_metadata(default_model_folder, monkeypatch):
+    """GGUF imports read the config and tokenizer from the stored default model instead of parsing them
+    again from the GGUF (about 15 s a time): the tensors still come from the GGUF. For SmolLM2's GGUF and
+    copies of it (split, or served by the loopback hub)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from engine import gguf_import
+
+    monkeypatch.setattr(gguf_import, "_hf_config_and_tokenizer", lambda _path: (
+        AutoConfig.from_pretrained(default_model_folder), AutoTokenizer.from_pretrained(default_model_folder)))
+
+
 @pytest.fixture(scope="session")
 def smollm2(default_model_folder):
     """The real SmolLM2-135M-Instruct, float32 compute over the stored bf16 weights."""

@@ -245,6 +245,18 @@ def _handler(hub: FakeHub):
     return Handler
 
 
+def serve_hub(monkeypatch, repos: dict[str, Repo]) -> FakeHub:
+    """A started FakeHub that huggingface_hub and our downloader talk to for this test (HF_ENDPOINT, no
+    token, online even under the suite's HF_HUB_OFFLINE). The caller stops it."""
+    import huggingface_hub.constants
+
+    server = FakeHub(repos).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return server
+
+
 def repo_from_folder(folder: Path, **kw) -> Repo:
     return Repo({f.name: f.read_bytes() for f in sorted(Path(folder).iterdir()) if f.is_file()}, **kw)
 

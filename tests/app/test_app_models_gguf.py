@@ -5,39 +5,31 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_hub import FakeHub, Repo
+from fake_hub import Repo, serve_hub
 import test_app_models_panel
 from test_app_models_panel import job, wait_state
 
 import app.dialogs as app_dialogs
-from engine import download, gguf_import, store
+from engine import download, store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from test_gguf_split import write_gguf  # noqa: E402
+from test_gguf_split import SPLIT_STEM, write_split_default  # noqa: E402
 
-QUANT = "SmolLM2-135M-Instruct-Q4_1"
+QUANT = SPLIT_STEM
 window = test_app_models_panel.window  # the Models panel's window fixture, shared
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory, default_model_folder):
-    folder = tmp_path_factory.mktemp("gguf-repo")
-    return {p.name: p.read_bytes() for p in write_gguf(store.default_gguf(), folder / f"{QUANT}.gguf", 100)}
+    return {p.name: p.read_bytes() for p in write_split_default(tmp_path_factory.mktemp("gguf-repo"))}
 
 
 @pytest.fixture
-def gguf_hub(parts, monkeypatch, default_model_folder):
-    import huggingface_hub.constants
-    from transformers import AutoConfig, AutoTokenizer
-
-    server = FakeHub({"org/smol-gguf": Repo({**parts, "SmolLM2-135M-Instruct-F16.gguf": b"\0" * 30_000})}).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    # The config and tokenizer from the stored default model (the tensors still come from the download):
-    # parsing them from the GGUF takes about 15 s and is covered by tests/engine/test_gguf_split.py.
-    monkeypatch.setattr(gguf_import, "_hf_config_and_tokenizer", lambda _path: (
-        AutoConfig.from_pretrained(default_model_folder), AutoTokenizer.from_pretrained(default_model_folder)))
+def gguf_hub(parts, monkeypatch, fast_metadata):
+    # fast_metadata: the config and tokenizer from the stored default model (the tensors still come from
+    # the download); parsing them from the GGUF takes about 15 s and tests/engine/test_gguf_split.py does it.
+    files = {**parts, "SmolLM2-135M-Instruct-F16.gguf": b"\0" * 30_000}
+    server = serve_hub(monkeypatch, {"org/smol-gguf": Repo(files)})
     yield server
     server.stop()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from app_fakes import FakeBackend, factory_for
-from fake_hub import FakeHub, make_model_repo, repo_from_folder
+from fake_hub import make_model_repo, repo_from_folder, serve_hub
 from PySide6.QtGui import QImage
 from test_app_hardware import FakeProber, gpu, profile
 
@@ -35,13 +35,8 @@ def repo_folder(tmp_path_factory):
 
 @pytest.fixture
 def hub(repo_folder, monkeypatch):
-    import huggingface_hub.constants
-
-    server = FakeHub({"org/tiny": repo_from_folder(repo_folder, downloads=10),
-                      "org/tiny-chat": repo_from_folder(repo_folder, downloads=3)}).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    server = serve_hub(monkeypatch, {"org/tiny": repo_from_folder(repo_folder, downloads=10),
+                                     "org/tiny-chat": repo_from_folder(repo_folder, downloads=3)})
     server.weights = "model.safetensors"
     server.weights_size = len(server.repos["org/tiny"].files[server.weights])
     yield server

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_hub import Fault, FakeHub, make_model_repo, repo_from_folder
+from fake_hub import Fault, make_model_repo, repo_from_folder, serve_hub
 
 from engine import cli, download, store
 from engine.download import Download, DownloadCancelled, RetryPolicy
@@ -31,13 +31,8 @@ def repo_folder(tmp_path_factory):
 
 @pytest.fixture
 def hub(repo_folder, tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    server = FakeHub({"org/tiny": repo_from_folder(repo_folder, downloads=10)}).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    server = serve_hub(monkeypatch, {"org/tiny": repo_from_folder(repo_folder, downloads=10)})
     monkeypatch.setenv("SUBSPEC_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     server.weights = "model.safetensors"
     server.weights_size = len(server.repos["org/tiny"].files["model.safetensors"])
     yield server

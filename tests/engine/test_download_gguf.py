@@ -5,43 +5,32 @@ import json
 from pathlib import Path
 
 import pytest
-from fake_hub import FakeHub, Repo
+from fake_hub import Repo, serve_hub
 from test_download import FAST_RETRY
 from test_gguf_import import _stored_tensors
-from test_gguf_split import write_gguf
+from test_gguf_split import SPLIT_STEM, write_gguf, write_split_default
 
-from engine import download, gguf_import, hub as hub_api, store
+from engine import download, hub as hub_api, store
 from engine.download import Download, DownloadCancelled
 from engine.errors import SubspecError
 
-QUANT = "SmolLM2-135M-Instruct-Q4_1"
+QUANT = SPLIT_STEM
 PARTS = [f"{QUANT}-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
 OTHER = "Q8_0/SmolLM2-135M-Instruct-Q8_0.gguf"  # another GGUF in a subfolder: listed, never fetched here
 
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory, default_model_folder):
-    folder = tmp_path_factory.mktemp("gguf-repo")
-    written = write_gguf(store.default_gguf(), folder / f"{QUANT}.gguf", max_tensors=100)
-    assert [p.name for p in written] == PARTS
-    return {p.name: p.read_bytes() for p in written}
+    return {p.name: p.read_bytes() for p in write_split_default(tmp_path_factory.mktemp("gguf-repo"))}
 
 
 @pytest.fixture
-def gguf_hub(parts, tmp_path, monkeypatch, default_model_folder):
-    import huggingface_hub.constants
-    from transformers import AutoConfig, AutoTokenizer
-
+def gguf_hub(parts, tmp_path, monkeypatch, fast_metadata):
+    # fast_metadata: the config and tokenizer from the stored default model instead of parsed again from the
+    # first part (about 15 s; test_gguf_split covers that path): the tensors still come from the download.
     files = {**parts, OTHER: b"\0" * 20_000, "mmproj-SmolLM2-f16.gguf": b"\0" * 20_000, "README.md": b"# GGUFs\n"}
-    server = FakeHub({"org/smol-gguf": Repo(files)}).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    server = serve_hub(monkeypatch, {"org/smol-gguf": Repo(files)})
     monkeypatch.setenv("SUBSPEC_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    # The config and tokenizer from the stored default model instead of parsed again from the first part
-    # (about 15 s; test_gguf_split covers that path): the tensors still come from the downloaded GGUF.
-    monkeypatch.setattr(gguf_import, "_hf_config_and_tokenizer", lambda _path: (
-        AutoConfig.from_pretrained(default_model_folder), AutoTokenizer.from_pretrained(default_model_folder)))
     yield server
     server.stop()
 
@@ -115,8 +104,9 @@ def test_gguf_sets_group_parts_keep_folders_and_skip_projectors():
     sets = hub_api.gguf_sets(model)
     assert list(sets) == ["a-Q4_K_M", "big/a-Q8_0"]
     assert [x.name for x in sets["big/a-Q8_0"]] == ["big/a-Q8_0-00001-of-00002.gguf", "big/a-Q8_0-00002-of-00002.gguf"]
-    assert [x.name for x in hub_api.gguf_files(model, "q8")] == [x.name for x in sets["big/a-Q8_0"]]
-    assert hub_api.gguf_files(model, "a-Q4_K_M")[0].name == "a-Q4_K_M.gguf"
+    label, files = hub_api.gguf_files(model, "q8")
+    assert label == "big/a-Q8_0" and [x.name for x in files] == [x.name for x in sets["big/a-Q8_0"]]
+    assert hub_api.gguf_files(model, "a-Q4_K_M")[1][0].name == "a-Q4_K_M.gguf"
     with pytest.raises(hub_api.GGUFChoiceNeeded):
         hub_api.gguf_files(model, "Q5")
 

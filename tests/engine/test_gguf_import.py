@@ -26,16 +26,6 @@ def _stored_tensors(folder) -> dict:
     return out
 
 
-@pytest.fixture
-def fast_metadata(default_model_folder, monkeypatch):
-    """The config and tokenizer read from the stored default model instead of parsed again from the GGUF
-    (about 15 s a time): the tensors still come from the GGUF."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    monkeypatch.setattr(gguf_import, "_hf_config_and_tokenizer", lambda _path: (
-        AutoConfig.from_pretrained(default_model_folder), AutoTokenizer.from_pretrained(default_model_folder)))
-
-
 def test_the_stored_default_model_has_transformers_own_conversion_bit_for_bit(default_model_folder):
     """The session's default model was imported by the streaming converter; transformers' loader
     (dequantize, un-permute, then the float32 model cast to bf16) gives exactly the same tensors."""

@@ -45,11 +45,20 @@ def write_gguf(source: Path, out: Path, max_tensors: int = 0, head: np.ndarray |
     return sorted(out.parent.glob(f"{out.stem}*.gguf"))
 
 
+SPLIT_STEM = "SmolLM2-135M-Instruct-Q4_1"
+
+
+def write_split_default(folder: Path) -> list[Path]:
+    """The default model's GGUF as three parts in `folder` ({SPLIT_STEM}-0000i-of-00003.gguf)."""
+    parts = write_gguf(store.default_gguf(), folder / f"{SPLIT_STEM}.gguf", max_tensors=100)
+    assert [p.name for p in parts] == [f"{SPLIT_STEM}-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    return parts
+
+
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory, default_model_folder):
     folder = tmp_path_factory.mktemp("split")
-    parts = write_gguf(store.default_gguf(), folder / "SmolLM2-135M-Instruct-Q4_1.gguf", max_tensors=100)
-    assert [p.name for p in parts] == [f"SmolLM2-135M-Instruct-Q4_1-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    write_split_default(folder)
     return folder
 
 
