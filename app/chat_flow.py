@@ -131,6 +131,12 @@ class ChatFlow:
         stats = {k: v for k, v in summary.items() if k != "text"}
         if self._turn and self._turn.kind == "continue":
             stats["continued"] = True
+            # The stats describe the part just written, but what the engine changed to write the earlier
+            # part (a rolling context, a shallower tree) is still true of the answer: keep those notes.
+            earlier = (self._turn.extended.stats or {}).get("notes", [])
+            notes = earlier + [n for n in stats.get("notes", []) if n not in earlier]
+            if notes:
+                stats["notes"] = notes
         # A stopped answer is kept, in the history too: the user saw it, so the model should too.
         self.writer.finish(text, stats)
         self._measured[self.writer.id] = {**stats, "temperature": self._request.get("temperature")}

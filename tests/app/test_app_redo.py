@@ -128,3 +128,27 @@ def test_redo_buttons_follow_the_conversation(qtbot, make_window):
     assert all(b.isEnabled() for b in actions.buttons())
     window.new_conversation()
     assert not any(b.isEnabled() for b in actions.buttons())
+
+
+def test_continue_keeps_the_notes_of_the_part_it_continues(qtbot, make_window):
+    """The first part was written with earlier turns left out; continuing it does not make that untrue."""
+    from dataclasses import replace
+
+    first_note = "2 earlier messages were left out: the conversation is longer than the context."
+    calls = itertools.count()
+
+    def events():
+        evs = numbered_answers()()
+        if next(calls) == 0:
+            evs[1] = replace(evs[1], note=first_note)
+        return evs
+
+    window = make_window(FakeBackend(events=events))
+    answer(qtbot, window)
+    click(qtbot, window, window.chat_actions.continue_)
+    [_user, extended] = window.store.messages(window.conversation.id)
+    assert extended.stats["continued"] is True and extended.stats["notes"] == [first_note]
+    conversation = window.conversation.id
+    window.new_conversation()
+    window.open_conversation(conversation)
+    assert f"[{first_note}]" in window.transcript.toPlainText()
