@@ -97,6 +97,11 @@ class TorchBackend:
         resident = self.lm.resident_layers
         return self.lm.config.num_layers if resident is None else resident
 
+    @property
+    def context_limit(self) -> int:
+        """Prompt plus answer, in tokens: the model's own context, on a GPU within the plan's KV cache."""
+        return min(self.lm.config.max_position_embeddings, self.context_tokens or 1 << 62)
+
     @staticmethod
     def _read_config(folder) -> dict | None:
         import json
@@ -173,7 +178,7 @@ class TorchBackend:
 
         # A conversation longer than the context keeps going on its latest turns (the user is told). On a
         # GPU the context is what the plan reserved KV memory for, not the model's whole window.
-        limit = min(self.lm.config.max_position_embeddings, self.context_tokens or 1 << 62)
+        limit = self.context_limit
         ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"])), messages,
                                         limit - int(p["max_new_tokens"]))
         stops = tuple(p["stop"])

@@ -18,6 +18,7 @@ from .api_server import ApiSwitch
 from .backend import DEFAULT_PARAMS
 from .chat_flow import ChatFlow
 from .compare import CompareJob
+from .context_meter import ContextMeter
 from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
 from .conversations import AnswerWriter, Conversation, ConversationStore
 from .hardware_panel import HardwareDock
@@ -27,7 +28,7 @@ from .model_picker import ModelPicker
 from .models_panel import ModelsDock
 from .sidebar import ConversationSidebar
 from .stats import StatsDock
-from .turns import Turn, replay
+from .turns import Turn, last_of, replay
 from .widgets import NoticeBar, PromptEdit, Transcript
 from .worker import EngineHost
 
@@ -201,6 +202,8 @@ class MainWindow(ChatFlow, QMainWindow):
         self.load_progress.hide()
         self.statusBar().addWidget(self.model_label, 1)
         self.statusBar().addWidget(self.load_progress)
+        self.context_meter = ContextMeter()
+        self.statusBar().addPermanentWidget(self.context_meter)
         self.statusBar().addPermanentWidget(self.stats_label)
         self.prompt.setFocus()
 
@@ -254,6 +257,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.system_prompt.clear()
         self.sidebar.refresh(None)
         self.settings.remove("last_conversation")
+        self.context_meter.show_usage(None)
         self.prompt.setFocus()
         self._update_controls()
 
@@ -265,7 +269,10 @@ class MainWindow(ChatFlow, QMainWindow):
         self.set_editing(False)
         self.conversation = conv
         self.transcript.clear()
-        self.history = replay(self.transcript, self.store.messages(cid))
+        messages = self.store.messages(cid)
+        self.history = replay(self.transcript, messages)
+        last = last_of(messages, "assistant")
+        self.context_meter.show_usage(last.stats if last else None)
         self.sampling.set_values(conv.preset, conv.temperature, conv.top_p)
         self.system_prompt.setText(conv.system_prompt)
         self.sidebar.refresh(cid)

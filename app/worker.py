@@ -145,6 +145,9 @@ class EngineWorker(QObject):
             summary["finish_reason"] = "stopped"
         if notes:
             summary["notes"] = notes
+        context = getattr(self._engine, "context_limit", None)
+        if context:  # the context the prompt was fitted into: the window's context meter
+            summary["context_tokens"] = int(context)
         self.finished.emit(summary)
 
     @property

@@ -91,8 +91,10 @@ class FakeBackend:
     def __init__(self, name="FakeLM-1M", events=recorded_events, delay_s=0.0, fail_on_call=(),
                  fail_after=0, gate: threading.Event | None = None, capabilities=None,
                  fail_error: Exception | None = None, step_ms: dict | None = None,
-                 method_events: dict | None = None):
+                 method_events: dict | None = None, context_limit: int | None = None):
         self.name = name
+        if context_limit is not None:  # the context the worker reports with each answer (the meter's)
+            self.context_limit = context_limit
         self.capabilities = capabilities or {"cuda": False, "subspec": True}
         self.events = events
         self.delay_s = delay_s

@@ -110,9 +110,13 @@ def test_end_to_end_with_the_real_default_model(default_model_folder, tmp_path):
     import sqlite3
 
     db = sqlite3.connect(str(tmp_path / "home" / "conversations.db"))
-    rows = db.execute("select role, content, complete from messages order by id").fetchall()
+    rows = db.execute("select role, content, complete, stats_json from messages order by id").fetchall()
     assert [r[0] for r in rows] == ["user", "assistant"] and rows[1][2] == 1
     assert "Paris" in rows[1][1]  # SmolLM2's greedy answer to the scripted question
+    import json
+
+    stats = json.loads(rows[1][3])  # the context meter's numbers: SmolLM2's own 8192-token window on a CPU
+    assert stats["context_tokens"] == 8192 and 0 < stats["prompt_tokens"] + stats["new_tokens"] < 8192
 
 
 def test_api_requests_with_subspec_give_the_plain_answer(tmp_path):
@@ -240,7 +244,7 @@ def test_a_conversation_longer_than_the_context_answers_on_its_latest_turns_and_
     msgs.append({"role": "user", "content": "Name a colour."})
     prompt_tokens, events = backend.stream(msgs, {"max_new_tokens": 8, "temperature": 0, "method": "vanilla"})
     events = list(events)
-    assert prompt_tokens <= 512 - 8
+    assert prompt_tokens <= 512 - 8 and backend.context_limit == 512  # the limit the worker reports
     note = events[0].note
     assert note.startswith("the conversation is longer than SmolLM2's context of 512 tokens: its first ")
     dropped = int(note.split("its first ")[1].split()[0])
