@@ -169,30 +169,57 @@ def discard_partial(repo_id: str, gguf=ANY) -> int:
             continue
         if lock is None:
             continue
-        with lock:
-            freed += store.folder_size(Path(p.folder))
-            shutil.rmtree(p.folder, ignore_errors=True)
+        freed += store.folder_size(Path(p.folder))
+        _remove_locked(Path(p.folder), lock)
     return freed
 
 
-LOCK = ".lock"
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(folder: Path) -> Path:
+    """A download folder's lock file, beside the folder rather than in it: Windows can neither rename nor
+    delete a folder that holds an open file, and a folder is renamed into the store (or deleted) while its
+    lock is held."""
+    return folder.with_name(folder.name + LOCK_SUFFIX)
 
 
 def _try_lock(folder: Path):
     """An exclusive lock on a download folder, or None when another process holds it (two processes
-    appending to one .part file would corrupt it). Released when the returned file is closed; on
-    systems without fcntl (Windows) there is no cross-process lock."""
+    appending to one .part file would corrupt it). Held by an open file, so a killed process lets go:
+    flock on POSIX, a one-byte msvcrt lock on Windows. Let go with `_release`."""
+    fh = open(lock_path(folder), "a+b")
     try:
-        import fcntl
-    except ImportError:
-        return open(folder / LOCK, "a")
-    fh = open(folder / LOCK, "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            fh.seek(0)
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
         return None
     return fh
+
+
+def _release(lock, folder: Path) -> None:
+    """Let go of `folder`'s lock; its lock file goes too once the folder is gone (installed or deleted).
+    (A process that opened the lock file just before it was removed could lock the removed file; that
+    needs a third process on the same download in the same instant, and costs at worst a refused resume.)"""
+    lock.close()
+    if not folder.exists():
+        lock_path(folder).unlink(missing_ok=True)
+
+
+def _remove_locked(folder: Path, lock) -> None:
+    """Delete a download folder whose lock we hold, then let go of the lock."""
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        _release(lock, folder)
 
 
 def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None, gguf: str | None = None) -> None:
@@ -200,6 +227,11 @@ def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None, 
     nobody resumed for a month, and folders without a state file (killed before writing it) are removed."""
     now = time.time()
     for folder in downloads_dir().iterdir():
+        if folder.name.endswith(LOCK_SUFFIX) and folder.is_file():
+            owner = folder.with_name(folder.name[:-len(LOCK_SUFFIX)])
+            if not owner.exists() and owner != keep:
+                folder.unlink(missing_ok=True)  # left by a process killed after its folder went
+            continue
         if not folder.is_dir() or folder == keep:
             continue
         state = _read_state(folder)
@@ -213,8 +245,7 @@ def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None, 
             lock = _try_lock(folder)
             if lock is None:
                 continue  # another process is downloading into it right now
-            with lock:
-                shutil.rmtree(folder, ignore_errors=True)
+            _remove_locked(folder, lock)
 
 
 def file_checksum_ok(path: Path, remote: hub.RemoteFile, cancelled: Callable[[], bool] = lambda: False) -> bool:
@@ -302,7 +333,7 @@ class Download:
 
     # --- the download -------------------------------------------------------------------------------
     def run(self) -> store.ModelInfo:
-        work = lock = None
+        work = lock = locked = None
         try:
             self._emit(state="resolving", message=f"asking {hub.endpoint()} about {self.repo_id}", force=True)
             remote = hub.remote_model(self.repo_id, self.revision, self.token)
@@ -319,7 +350,7 @@ class Download:
             work = work_folder(self.repo_id, remote.commit, label)
             clean_orphans(keep=work, superseded_repo=self.repo_id, gguf=label)
             work.mkdir(parents=True, exist_ok=True)
-            lock = _try_lock(work)
+            lock, locked = _try_lock(work), work
             if lock is None:
                 work = None  # not ours to delete on cancel
                 raise SubspecError(f"{self.repo_id} is already being downloaded by another process")
@@ -367,7 +398,7 @@ class Download:
             raise
         finally:
             if lock is not None:
-                lock.close()
+                _release(lock, locked)
 
     @staticmethod
     def _have_bytes(work: Path, files: list[hub.RemoteFile]) -> int:

@@ -368,7 +368,7 @@ def test_a_second_process_on_the_same_download_is_refused(hub):
     work.mkdir(parents=True)
     other = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; fh = open(sys.argv[1], 'a'); fcntl.flock(fh, fcntl.LOCK_EX); "
-        "print('locked', flush=True); time.sleep(30)"), str(work / download.LOCK)],
+        "print('locked', flush=True); time.sleep(30)"), str(download.lock_path(work))],
         stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "locked"
@@ -380,6 +380,52 @@ def test_a_second_process_on_the_same_download_is_refused(hub):
         other.wait()
     fetch()
     assert listed() == ["tiny"]
+
+
+def test_a_finished_download_leaves_no_lock_file_behind(hub):
+    """The lock sits beside its folder (Windows can neither rename nor delete a folder holding an open
+    file, and the folder is installed or deleted under the lock); it goes when the folder goes (for a
+    cancel: test_cancel_takes_effect_within_a_second_and_leaves_nothing)."""
+    fetch()
+    assert listed() == ["tiny"] and list(download.downloads_dir().iterdir()) == []
+
+
+def test_on_windows_the_lock_is_msvcrts(monkeypatch, tmp_path):
+    """Without fcntl the lock is msvcrt's one-byte lock at the start of the lock file. A stand-in msvcrt
+    (built on flock, which conflicts between two open files as msvcrt's does) checks the glue: a second
+    lock is refused while the first is held, a discard leaves a held download alone, and once let go the
+    folder can be locked again."""
+    import fcntl
+    import types
+
+    calls = []
+
+    def locking(fd, mode, nbytes):
+        calls.append((os.lseek(fd, 0, os.SEEK_CUR), mode, nbytes))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises OSError (BlockingIOError) when held
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_NBLCK=2, locking=locking))
+    folder = tmp_path / "org--tiny@abc"
+    folder.mkdir()
+    first = download._try_lock(folder)
+    assert first is not None and download._try_lock(folder) is None
+    assert calls == [(0, 2, 1), (0, 2, 1)]
+    download._release(first, folder)
+    assert download.lock_path(folder).exists()  # the folder is still there: a later resume locks it
+    again = download._try_lock(folder)
+    assert again is not None
+    download._remove_locked(folder, again)
+    assert not folder.exists() and not download.lock_path(folder).exists()
+
+
+def test_a_lock_file_whose_folder_is_gone_is_cleaned_up(hub):
+    """A process killed between deleting (or installing) its folder and removing its lock file."""
+    stale = download.lock_path(download.downloads_dir() / "org--gone@abc")
+    download.downloads_dir().mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"")
+    fetch()
+    assert not stale.exists()
 
 
 def test_a_repos_config_alone_says_whether_it_fits(hub):
