@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
+from . import theme
+
 
 def _button(text: str, tip: str) -> QPushButton:
     b = QPushButton(text)
@@ -24,7 +26,7 @@ class ChatActions(QWidget):
                                "Compare with plain decoding: run the last prompt again, greedy, with "
                                "SubSpec and without, and show both speeds")
         self.edit_label = QLabel("Editing your last message · Esc cancels")
-        self.edit_label.setStyleSheet("color: #8a6d00;")
+        theme.set_tone(self.edit_label, "warning")
         self.edit_label.hide()
         layout = QHBoxLayout()
         layout.setContentsMargins(0, 0, 0, 0)

@@ -199,6 +199,8 @@ class ChatFlow:
         self.model_label.setText(self.model_name or "No model loaded")  # a draft build may have used it
         last = last_of(self._saved(), "assistant")  # a failed redo put the old answer back
         self.context_meter.show_usage(last.stats if last else None)
+        if self._restyle_pending:
+            self._on_theme_changed()
         self.sidebar.refresh()
         self._update_controls()
 

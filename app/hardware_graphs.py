@@ -11,8 +11,9 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from . import theme
 from .hardware_text import GIB, gib
-from .stats import RingBuffer
+from .stats import RingBuffer, style_plot
 
 REDRAW_MS = 50
 PLOT_HEIGHT = 110
@@ -86,8 +87,8 @@ class MemoryHistory:
 
 
 def _plot(title: str) -> pg.PlotWidget:
-    widget = pg.PlotWidget(background="w")
-    widget.setTitle(title, color="#333", size="9pt")
+    widget = pg.PlotWidget()
+    style_plot(widget, title)
     widget.showGrid(x=True, y=True, alpha=0.2)
     widget.setMenuEnabled(False)
     widget.setMouseEnabled(x=False, y=False)
@@ -118,6 +119,11 @@ class MemoryGraphs(QWidget):
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
         self.timer.timeout.connect(self._redraw)
+        theme.notifier.changed.connect(self._restyle)
+
+    def _restyle(self, _colors=None) -> None:
+        for widget in (self.vram_plot, self.ram_plot):
+            style_plot(widget)
 
     def add_reading(self, reading: dict) -> None:
         self.history.add(reading)

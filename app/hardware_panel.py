@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QDockWidget, QFormLayout, QGroupBox, QHBoxLayout,
 from engine.errors import SubspecError
 
 from . import hardware_text as text
+from . import theme
 from .hardware_graphs import MemoryGraphs
 from .hardware_host import HardwareHost, MemorySampler, Prober
 
@@ -81,7 +82,7 @@ class HardwareDock(QDockWidget):
         self.gpu_labels: list[QLabel] = []
         self.gpu_bars: list[QProgressBar] = []
         self.no_gpu_label = _label()
-        self.no_gpu_label.setStyleSheet("color: #555;")
+        theme.set_tone(self.no_gpu_label, "muted")
         self.no_gpu_label.setText("Probing the hardware …")
         self.gpu_layout.addWidget(self.no_gpu_label)
         layout.addWidget(gpu_group)
@@ -91,7 +92,7 @@ class HardwareDock(QDockWidget):
         self.cpu_label, self.ram_label, self.measured_label = _label(), _label(), _label()
         self.draft_label = _label()  # which kernels a draft runs on here (fused on CUDA with Triton)
         self.measure_status = _label()
-        self.measure_status.setStyleSheet("color: #8a6d00;")
+        theme.set_tone(self.measure_status, "warning")
         self.measure_status.hide()
         self.measure_button = QPushButton("Measure")
         self.measure_button.setToolTip("Time host-to-device copies and a bf16 matmul on the GPU (a few seconds); "
@@ -140,10 +141,10 @@ class HardwareDock(QDockWidget):
         controls.addRow("Resident layers", resident_row)
         plan_layout.addLayout(controls)
         self.plan_note = _label()
-        self.plan_note.setStyleSheet("color: #555;")
+        theme.set_tone(self.plan_note, "muted")
         plan_layout.addWidget(self.plan_note)
         self.error_label = _label()
-        self.error_label.setStyleSheet("color: #b00020;")
+        theme.set_tone(self.error_label, "error")
         self.error_label.hide()
         plan_layout.addWidget(self.error_label)
         self.plan_form = QFormLayout()

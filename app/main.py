@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QApplication
 
 from engine.store import DEFAULT_MODEL
 
-from . import dialogs, first_run, logs
+from . import dialogs, first_run, logs, theme
 from .backend import EngineFactory
 from .main_window import MainWindow
 from .paths import APP_NAME
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the side panel to show: decoding stats (default), the hardware panel or the models "
                         "panel; "
                         "welcome: the first-run dialog (with --screenshot, the picture is of the dialog)")
+    p.add_argument("--appearance", choices=theme.SCHEMES,
+                   help="light or dark for this run (not saved; View > Appearance saves a choice)")
     return p
 
 
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     logs.watch(host)
     app.aboutToQuit.connect(host.shutdown)
     window = MainWindow(host, on_error=_print_and_exit if unattended else None)
+    if args.appearance:
+        theme.apply(args.appearance)  # after the window, which applies the saved one
     if args.screenshot:
         # The picture should not depend on a layout saved earlier (on a small screen, say, or offscreen,
         # where restoring clamps the window to an 800 px wide virtual screen).

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
 from engine.store import DEFAULT_MODEL
 
-from . import dialogs
+from . import dialogs, theme
 from .actions import ChatActions
 from .api_server import ApiSwitch
 from .backend import DEFAULT_PARAMS
@@ -23,6 +23,7 @@ from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
 from .conversations import AnswerWriter, Conversation, ConversationStore
 from .hardware_panel import HardwareDock
 from .help_menu import add_help_menu
+from .view_menu import add_view_menu, saved_scheme
 from .model_manager import ModelManager
 from .model_picker import ModelPicker
 from .models_panel import ModelsDock
@@ -72,6 +73,9 @@ class MainWindow(ChatFlow, QMainWindow):
         self._on_error = on_error
         self.setWindowTitle("SubSpec Studio")
         self.resize(*self.DEFAULT_SIZE)
+        self._restyle_pending = False  # the appearance changed mid-answer: redraw the transcript after it
+        theme.apply(saved_scheme(self.settings))
+        theme.notifier.changed.connect(self._on_theme_changed)
         self._build()
         host.capabilities.connect(self.method.apply_capabilities)
         host.model_info.connect(self.hardware_dock.set_model)
@@ -190,6 +194,7 @@ class MainWindow(ChatFlow, QMainWindow):
         # API requests decode like the chat: SubSpec with its tree when the switch is on.
         self.method.changed.connect(lambda: self.api.set_decoding(self.method.params()))
         self.api.set_decoding(self.method.params())
+        self.view_menu = add_view_menu(self, self.settings)
         self.help_menu = add_help_menu(self)
 
         self.model_label = QLabel("No model loaded")
@@ -371,6 +376,24 @@ class MainWindow(ChatFlow, QMainWindow):
             self._on_error(title, message, "")
         else:
             dialogs.show_error(self, title, message)
+
+    def changeEvent(self, event: QEvent) -> None:
+        # The system switched between light and dark while the app follows it: restyle what we color.
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.ApplicationPaletteChange,
+                            QEvent.Type.ThemeChange):
+            theme.refresh()
+        super().changeEvent(event)
+
+    def _on_theme_changed(self, _colors=None) -> None:
+        """The transcript was drawn in the old colors: draw the conversation again (after the answer, when
+        one is streaming: a redraw now would lose its open state)."""
+        if self.busy:
+            self._restyle_pending = True
+            return
+        self._restyle_pending = False
+        if self.conversation is not None:
+            self.transcript.clear()
+            self.history = replay(self.transcript, self.store.messages(self.conversation.id))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.setValue("geometry", self.saveGeometry())

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from PySide6.QtGui import (QColor, QFont, QFontDatabase, QTextBlockFormat, QTextCharFormat, QTextCursor,
                            QTextDocument)
 
+from . import theme
+
 COPY_SCHEME = "subspec-copy"  # an href scheme of our own, so a link in model text cannot reach the shell
 FEATURES = QTextDocument.MarkdownFeature.MarkdownDialectGitHub | QTextDocument.MarkdownFeature.MarkdownNoHTML
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
-CODE_BACKGROUND = "#f3f4f6"
 CODE_BLOCK = "code-block"  # a block property marking code lines, so notes are not appended inside them
 
 
@@ -71,14 +72,14 @@ def link_format(href: str) -> QTextCharFormat:
     f = QTextCharFormat()
     f.setAnchor(True)
     f.setAnchorHref(href)
-    f.setForeground(QColor("#1f5fa8"))
+    f.setForeground(QColor(theme.colors().link))
     f.setFontUnderline(True)
     return f
 
 
 def _code_block_format() -> QTextBlockFormat:
     f = QTextBlockFormat()
-    f.setBackground(QColor(CODE_BACKGROUND))
+    f.setBackground(QColor(theme.colors().code_background))
     f.setNonBreakableLines(True)
     f.setLeftMargin(6)
     f.setRightMargin(6)
@@ -115,7 +116,7 @@ def render(cursor: QTextCursor, text: str, copies: list[str]) -> None:
         header.setTopMargin(4)
         _fresh_block(cursor, header)
         label = QTextCharFormat()
-        label.setForeground(QColor("#777777"))
+        label.setForeground(QColor(theme.colors().note))
         if segment.language:
             cursor.insertText(segment.language + "  ", label)
         copies.append(segment.text)

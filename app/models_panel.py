@@ -17,17 +17,14 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QHBoxLayout, QL
                                QProgressBar, QPushButton, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout,
                                QWidget)
 
-from . import dialogs
+from . import dialogs, theme
 from . import models_text as text
 from .model_manager import ModelManager
 
 WIDTH = 560  # wide enough for a repo id, its badge and two buttons on one line
-BADGE_STYLE = {"good": ("#1b5e20", "#e3f2e5"), "cpu": ("#7a5200", "#fdf1d8"), "bad": ("#8e1b1b", "#fbe3e3"),
-               "neutral": ("#455a64", "#eceff1"), "info": ("#0d47a1", "#e3ecfa")}
-CARD_STYLE = ("QFrame#card { background: palette(base); border: 1px solid #d3d6db; border-radius: 6px; }"
-              "QFrame#card QLabel { background: transparent; }")
-MUTED = "color: #5f6368;"
-ERROR = "color: #b00020;"
+# Label tones (app.theme colors them, light or dark)
+MUTED = "muted"
+ERROR = "error"
 
 
 def choose_folder(parent: QWidget | None) -> str | None:
@@ -41,12 +38,12 @@ def choose_gguf(parent: QWidget | None) -> str | None:
     return path or None
 
 
-def _label(text_: str = "", style: str = "", wrap: bool = True, rich: bool = False) -> QLabel:
+def _label(text_: str = "", tone: str = "", wrap: bool = True, rich: bool = False) -> QLabel:
     label = QLabel(text_)
     label.setWordWrap(wrap)
     label.setTextFormat(Qt.TextFormat.RichText if rich else Qt.TextFormat.PlainText)
-    if style:
-        label.setStyleSheet(style)
+    if tone:
+        theme.set_tone(label, tone)
     return label
 
 
@@ -68,10 +65,8 @@ class Badge(QLabel):
 
     def set(self, text_: str, kind: str) -> None:
         self.kind = kind
-        fg, bg = BADGE_STYLE[kind]
         self.setText(text_)
-        self.setStyleSheet(f"color: {fg}; background: {bg}; border-radius: 8px; padding: 1px 8px; "
-                           f"font-weight: 600;")
+        theme.set_badge(self, kind)
         self.setVisible(bool(text_))
 
 
@@ -83,7 +78,7 @@ class Card(QFrame):
     def __init__(self, title: str):
         super().__init__()
         self.setObjectName("card")
-        self.setStyleSheet(CARD_STYLE)
+        theme.style_card(self)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.body = QVBoxLayout(self)
         self.body.setContentsMargins(12, 9, 12, 10)
@@ -125,8 +120,8 @@ class Card(QFrame):
         self.body.addWidget(bar)
         return bar
 
-    def line(self, text_: str = "", style: str = MUTED, rich: bool = False) -> QLabel:
-        label = _label(text_, style, rich=rich)
+    def line(self, text_: str = "", tone: str = MUTED, rich: bool = False) -> QLabel:
+        label = _label(text_, tone, rich=rich)
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.body.addWidget(label)
         return label
@@ -173,8 +168,8 @@ class CardList(QScrollArea):
 
 
 def _section(text_: str) -> QLabel:
-    label = _label(text_.upper(), "color: #5f6368; font-weight: 600; letter-spacing: 1px; padding-top: 6px;",
-                   wrap=False)
+    label = _label(text_.upper(), wrap=False)
+    theme.set_tone(label, MUTED, "font-weight: 600; letter-spacing: 1px; padding-top: 6px;")
     return label
 
 
@@ -559,7 +554,7 @@ class ModelsDock(QDockWidget):
 
     def _on_notice(self, notice: dict) -> None:
         self.notice.setText(notice["message"])
-        self.notice.setStyleSheet("color: #1b5e20;" if notice["ok"] else ERROR)
+        theme.set_tone(self.notice, "ok" if notice["ok"] else ERROR)
         self.notice.show()
 
     # --- the store --------------------------------------------------------------------------------------
@@ -571,9 +566,9 @@ class ModelsDock(QDockWidget):
         models = inventory.get("models", [])
         if inventory.get("error"):
             self.summary.setText(f"Cannot read the model store: {inventory['error']}")
-            self.summary.setStyleSheet(ERROR)
+            theme.set_tone(self.summary, ERROR)
         else:
-            self.summary.setStyleSheet(MUTED)
+            theme.set_tone(self.summary, MUTED)
             self.summary.setText(
                 f"{text.count_text(len(models), 'model')} installed · {text.human_bytes(inventory['total_bytes'])} "
                 f"used · {text.human_bytes(inventory['free_bytes'])} free in {inventory['root']}")
@@ -703,7 +698,7 @@ class ModelsDock(QDockWidget):
         query = self.query.text().strip()
         if not query:
             return
-        self.search_status.setStyleSheet(MUTED)
+        theme.set_tone(self.search_status, MUTED)
         self.search_status.setText(f"Searching for “{query}” …")
         self.search_status.show()
         self.search_button.setEnabled(False)
@@ -712,12 +707,12 @@ class ModelsDock(QDockWidget):
     def _on_search_done(self, result: dict) -> None:
         self.search_button.setEnabled(True)
         if result["error"]:
-            self.search_status.setStyleSheet(ERROR)
+            theme.set_tone(self.search_status, ERROR)
             self.search_status.setText(result["error"])
             self.results.set_items([])
             return
         hits = result["hits"]
-        self.search_status.setStyleSheet(MUTED)
+        theme.set_tone(self.search_status, MUTED)
         self.search_status.setText(f"{text.count_text(len(hits), 'model')} for “{result['query']}”, most "
                                    "downloaded first" if hits else f"No text-generation models match "
                                    f"“{result['query']}”.")

@@ -11,6 +11,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QDockWidget, QLabel, QVBoxLayout, QWidget
 
+from . import theme
+
 REDRAW_MS = 50
 SPEEDUP_TITLE = "Speedup over plain"
 CAPACITY = 1024  # the last this many decode steps are plotted
@@ -110,9 +112,19 @@ DEPTH_TIP = ("depth N: the draft tree depth of the latest pass (with auto depth,
              "plain pass: the latest pass decoded without drafting")
 
 
+def style_plot(widget: pg.PlotWidget, title: str | None = None) -> None:
+    """Background, title and axis text in the appearance's colors (app.theme); `title`: a new one, else
+    the plot's own again (after the appearance changed)."""
+    c = theme.colors()
+    widget.setBackground(c.plot_background)
+    widget.setTitle(widget.plotItem.titleLabel.text if title is None else title, color=c.plot_text, size="9pt")
+    for side in ("left", "bottom"):
+        widget.getAxis(side).setTextPen(c.plot_text)
+
+
 def _plot(title: str, color: str) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
-    widget = pg.PlotWidget(background="w")
-    widget.setTitle(title, color="#333", size="9pt")
+    widget = pg.PlotWidget()
+    style_plot(widget, title)
     widget.showGrid(x=True, y=True, alpha=0.2)
     widget.setMenuEnabled(False)
     widget.setMouseEnabled(x=False, y=False)
@@ -146,12 +158,17 @@ class StatsDock(QDockWidget):
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
         self.timer.timeout.connect(self._redraw)
+        theme.notifier.changed.connect(self._restyle)
+
+    def _restyle(self, _colors=None) -> None:
+        for widget in self.plots:
+            style_plot(widget)
 
     def begin_answer(self, baseline: float | None = None) -> None:
         """`baseline`: plain decoding's tok/s for this model, when measured, for the speedup plot."""
         self.stats.reset(baseline)
         title = SPEEDUP_TITLE if self.stats.baseline else SPEEDUP_TITLE + " (not measured yet)"
-        self.plots[3].setTitle(title, color="#333", size="9pt")
+        style_plot(self.plots[3], title)
         self._mark_dirty()
 
     def add_step(self, step: dict) -> None:

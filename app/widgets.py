@@ -7,7 +7,7 @@ from PySide6.QtGui import (QColor, QDesktopServices, QFont, QGuiApplication, QKe
                            QTextCharFormat, QTextCursor)
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser, QWidget
 
-from . import markdown
+from . import markdown, theme
 
 
 def _char_format(color: str | None = None, bold: bool = False, italic: bool = False) -> QTextCharFormat:
@@ -26,12 +26,28 @@ class Transcript(QTextBrowser):
     a half-written list or code block only takes its shape once more text has come."""
 
     RENDER_MS = 100  # ~10 Hz: smooth to read, and a long answer is not re-laid out per token
-    USER = _char_format("#1f5fa8", bold=True)
-    ASSISTANT = _char_format("#2e7d32", bold=True)
     BODY = _char_format()
-    NOTE = _char_format("#777777", italic=True)
-    ERROR = _char_format("#c62828")
-    STATS = _char_format("#8a8a8a")
+
+    # Asked for at each use: the colors follow the appearance (app.theme), light or dark.
+    @property
+    def USER(self) -> QTextCharFormat:
+        return _char_format(theme.colors().user, bold=True)
+
+    @property
+    def ASSISTANT(self) -> QTextCharFormat:
+        return _char_format(theme.colors().assistant, bold=True)
+
+    @property
+    def NOTE(self) -> QTextCharFormat:
+        return _char_format(theme.colors().note, italic=True)
+
+    @property
+    def ERROR(self) -> QTextCharFormat:
+        return _char_format(theme.colors().error)
+
+    @property
+    def STATS(self) -> QTextCharFormat:
+        return _char_format(theme.colors().stats)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -192,7 +208,7 @@ class NoticeBar(QWidget):
         layout.addWidget(self.button)
         self.setLayout(layout)
         self.setAutoFillBackground(True)
-        self.setStyleSheet("NoticeBar { background: #fff6d5; border: 1px solid #e6d38a; border-radius: 4px; }")
+        theme.style_notice(self)
         self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
         self.hide()
 

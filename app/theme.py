@@ -1,0 +1,184 @@
+"""Light and dark appearance: every color the app chooses itself comes from here.
+
+Qt draws its own widgets from the palette, which follows the system's dark mode on Windows and macOS; the
+colors the app adds (names in the transcript, code blocks, notes, badges, the notice bar, the graphs) must
+follow it too, or a dark system gets light code blocks under light text. So the app never names a color
+where it uses one: text formats ask `colors()` when they are made, styled widgets get their style sheet
+through `style()` (and again from here when the appearance changes), and whatever drew with the old
+colors (the transcript, the graphs) listens to `notifier.changed` and draws again.
+
+Appearance is "system" (follow the OS: Qt's own style and palette), "light" or "dark" (Qt's Fusion style
+with a palette of ours, the same on every platform).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication, QWidget
+
+SCHEMES = ("system", "light", "dark")
+TONES = ("muted", "error", "warning", "ok")
+SETTING = "appearance"  # QSettings key
+
+
+@dataclass(frozen=True)
+class Colors:
+    dark: bool
+    user: str  # "You" in the transcript
+    assistant: str  # the model's name in the transcript
+    note: str  # notes under an answer, a code block's language
+    error: str
+    stats: str  # the grey line under an answer
+    link: str
+    code_background: str
+    muted: str  # secondary text in the panels
+    warning: str  # "editing your last message", a measurement under way
+    ok: str
+    notice_background: str
+    notice_border: str
+    card_border: str
+    plot_background: str
+    plot_text: str
+    badges: dict  # kind -> (text, background)
+
+
+LIGHT = Colors(
+    dark=False, user="#1f5fa8", assistant="#2e7d32", note="#707070", error="#c62828", stats="#707070",
+    link="#1f5fa8", code_background="#f3f4f6", muted="#5f6368", warning="#7a5f00", ok="#1b5e20",
+    notice_background="#fff6d5", notice_border="#e6d38a", card_border="#d3d6db", plot_background="#ffffff",
+    plot_text="#333333",
+    badges={"good": ("#1b5e20", "#e3f2e5"), "cpu": ("#7a5200", "#fdf1d8"), "bad": ("#8e1b1b", "#fbe3e3"),
+            "neutral": ("#455a64", "#eceff1"), "info": ("#0d47a1", "#e3ecfa")})
+
+DARK = Colors(
+    dark=True, user="#82b1ff", assistant="#81c784", note="#a6a6a6", error="#ff8a80", stats="#9e9e9e",
+    link="#8ab4f8", code_background="#2f3237", muted="#a8adb3", warning="#e6c35c", ok="#81c784",
+    notice_background="#3a3322", notice_border="#7a6a30", card_border="#4a4e54", plot_background="#1e1f22",
+    plot_text="#d0d0d0",
+    badges={"good": ("#a5d6a7", "#1f3a22"), "cpu": ("#ffd27f", "#3d3115"), "bad": ("#ff9e9e", "#4a1f1f"),
+            "neutral": ("#c0ccd2", "#2e363b"), "info": ("#9cc7ff", "#1b2b47")})
+
+
+def is_dark(palette: QPalette | None = None) -> bool:
+    """Whether `palette` (the application's) draws light text on dark windows."""
+    palette = palette or QApplication.palette()
+    return palette.color(QPalette.ColorRole.Window).lightness() < 128
+
+
+def colors() -> Colors:
+    return DARK if is_dark() else LIGHT
+
+
+def dark_palette() -> QPalette:
+    p = QPalette()
+    role, group = QPalette.ColorRole, QPalette.ColorGroup
+    for r, c in ((role.Window, "#2b2d30"), (role.WindowText, "#e6e6e6"), (role.Base, "#1e1f22"),
+                 (role.AlternateBase, "#26282b"), (role.ToolTipBase, "#2b2d30"), (role.ToolTipText, "#e6e6e6"),
+                 (role.PlaceholderText, "#8c8c8c"), (role.Text, "#e6e6e6"), (role.Button, "#35373b"),
+                 (role.ButtonText, "#e6e6e6"), (role.BrightText, "#ff6e6e"), (role.Light, "#4a4d52"),
+                 (role.Midlight, "#3d4045"), (role.Mid, "#2f3236"), (role.Dark, "#1a1b1e"),
+                 (role.Shadow, "#000000"), (role.Highlight, "#3d6fb6"), (role.HighlightedText, "#ffffff"),
+                 (role.Link, "#8ab4f8"), (role.LinkVisited, "#c58af9")):
+        p.setColor(r, QColor(c))
+    for r in (role.WindowText, role.Text, role.ButtonText):
+        p.setColor(group.Disabled, r, QColor("#7a7a7a"))
+    p.setColor(group.Disabled, role.Base, QColor("#26282b"))
+    p.setColor(group.Disabled, role.Button, QColor("#2d2f33"))
+    return p
+
+
+def _badge(c: Colors, kind: str) -> str:
+    fg, bg = c.badges[kind]
+    return f"color: {fg}; background: {bg}; border-radius: 8px; padding: 1px 8px; font-weight: 600;"
+
+
+def _card(c: Colors) -> str:
+    return (f"QFrame#card {{ background: palette(base); border: 1px solid {c.card_border}; border-radius: 6px; }}"
+            f"QFrame#card QLabel {{ background: transparent; }}")
+
+
+def _notice(c: Colors) -> str:
+    return (f"NoticeBar {{ background: {c.notice_background}; border: 1px solid {c.notice_border}; "
+            f"border-radius: 4px; }}")
+
+
+# Widgets styled from the colors, with what makes their style sheet: restyled when the appearance changes.
+# Style sheets per widget, not one for the application: an application style sheet changes the metrics
+# of every spin box and combo box (the toolbar no longer fit).
+_styled: dict[int, tuple[QWidget, Callable[[Colors], str]]] = {}
+
+
+def style(widget: QWidget, make: Callable[[Colors], str]) -> None:
+    """Gives `widget` the style sheet `make(colors)`, now and whenever the appearance changes."""
+    key = id(widget)
+    if key not in _styled:
+        widget.destroyed.connect(lambda _obj=None, k=key: _styled.pop(k, None))
+    _styled[key] = (widget, make)
+    widget.setStyleSheet(make(colors()))
+
+
+def set_tone(widget: QWidget, tone: str, extra: str = "") -> None:
+    """The text color of a label: "muted", "error", "warning", "ok", or "" for the palette's own; `extra`:
+    more of its style sheet (a weight, a padding)."""
+    if tone and tone not in TONES:
+        raise ValueError(f"unknown tone {tone!r}")
+    widget.setProperty("tone", tone)  # what a test (or a reader) asks: which tone, not which color
+    style(widget, lambda c: (f"color: {getattr(c, tone)}; " if tone else "") + extra)
+
+
+def set_badge(widget: QWidget, kind: str) -> None:
+    widget.setProperty("badge", kind)
+    style(widget, lambda c: _badge(c, kind))
+
+
+def style_card(widget: QWidget) -> None:
+    style(widget, _card)
+
+
+def style_notice(widget: QWidget) -> None:
+    style(widget, _notice)
+
+
+class _Notifier(QObject):
+    changed = Signal(object)  # Colors: whatever drew with the old colors draws again
+
+
+notifier = _Notifier()
+_system: tuple[str, QPalette] | None = None  # Qt's own style and palette, for going back to "system"
+_applied: Colors | None = None
+
+
+def apply(scheme: str) -> None:
+    """Switches the whole application to `scheme` (one of SCHEMES) at once."""
+    global _system
+    if scheme not in SCHEMES:
+        raise ValueError(f"appearance must be one of {', '.join(SCHEMES)}, not {scheme!r}")
+    app = QApplication.instance()
+    if _system is None:
+        _system = (app.style().name(), QPalette(app.palette()))
+    if scheme == "system":
+        app.setStyle(_system[0])
+        app.setPalette(_system[1])
+    else:
+        app.setStyle("Fusion")
+        app.setPalette(dark_palette() if scheme == "dark" else app.style().standardPalette())
+    refresh()
+
+
+def refresh() -> None:
+    """Restyles the app for the palette in force; also called when the system's own theme changes."""
+    global _applied
+    now = colors()
+    if now == _applied:
+        return
+    _applied = now
+    for key, (widget, make) in list(_styled.items()):
+        try:
+            widget.setStyleSheet(make(now))
+        except RuntimeError:  # its C++ side is gone (destroyed() had no chance to say so)
+            _styled.pop(key, None)
+    notifier.changed.emit(now)
