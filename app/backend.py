@@ -107,7 +107,7 @@ class TorchBackend:
         import json
 
         try:
-            return json.loads((Path(folder) / "config.json").read_text())
+            return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None  # a GGUF-imported folder may lack one; the panel then shows no plan
 

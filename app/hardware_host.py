@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import time
 import traceback
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+from engine.files import replace
 
 CACHE_FILE = "hardware.json"
 MEASURED_KEYS = ("h2d_bandwidth_gbps", "matmul_tflops")
@@ -49,7 +50,7 @@ def machine_key(profile: dict) -> str:
 
 def read_cache(path: Path | None = None) -> dict:
     try:
-        data = json.loads((path or cache_path()).read_text())
+        data = json.loads((path or cache_path()).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}  # never measured, or a damaged file: measuring again rewrites it
     machines = data.get("machines") if isinstance(data, dict) else None
@@ -62,8 +63,8 @@ def write_cache(key: str, entry: dict, path: Path | None = None) -> None:
     machines[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"machines": machines}, indent=2))
-    os.replace(tmp, path)  # a crash mid-write leaves the old file, not half a JSON
+    tmp.write_text(json.dumps({"machines": machines}, indent=2), encoding="utf-8")
+    replace(tmp, path)  # a crash mid-write leaves the old file, not half a JSON
 
 
 def with_measurements(profile: dict, cached: dict | None) -> dict:

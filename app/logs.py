@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+import threading
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -27,6 +28,21 @@ BACKUPS = 4  # subspec-studio.log.1 ... .4: at most 5 MiB in all
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 log = logging.getLogger("subspec")
+
+
+class _RotatingFile(RotatingFileHandler):
+    """A rotating log that goes on in the same file when it cannot rotate: on Windows a second copy of the
+    app holding the file open makes the rename fail, and logging would report that on stderr, which in a
+    windowed app is this very log. It tries again at the next record."""
+
+    def doRollover(self) -> None:
+        try:
+            super().doRollover()
+        except OSError:
+            if self.stream is None:
+                self.stream = self._open()
+
+
 _handler: RotatingFileHandler | None = None
 
 
@@ -37,7 +53,7 @@ def setup(directory: Path | None = None, max_bytes: int = MAX_BYTES, backups: in
     directory = directory or log_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOG_FILE
-    handler = RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler = _RotatingFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(logging.INFO)
     root = logging.getLogger()
@@ -108,13 +124,22 @@ class _LogStream:
     def __init__(self, logger: logging.Logger):
         self.logger = logger
         self.pending = ""
+        self._inside = threading.local()
 
     def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            if line.strip():
-                self.logger.info(line)
+        # logging reports its own failures (a full disk, say) on stderr, which is this stream: what is
+        # written while a line is being logged is dropped, or every record would recurse until the stack ends.
+        if getattr(self._inside, "active", False):
+            return len(text)
+        self._inside.active = True
+        try:
+            self.pending += text
+            *lines, self.pending = self.pending.split("\n")
+            for line in lines:
+                if line.strip():
+                    self.logger.info(line)
+        finally:
+            self._inside.active = False
         return len(text)
 
     def flush(self) -> None:

@@ -88,7 +88,7 @@ class EngineWorker(QObject):
                 self._engine = self._factory(model, self.progress.emit)
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything a load raises
             names = self.list_models()  # a first load may have imported the default model meanwhile
-            if isinstance(exc, SubspecError) and not names and os.sep not in model:
+            if isinstance(exc, SubspecError) and not names and os.sep not in model and "/" not in model:
                 self.missing_model.emit(str(exc))
             else:
                 self._fail(exc)

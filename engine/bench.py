@@ -25,8 +25,8 @@ def read_prompts(path: str | Path, limit: int | None = None, turns: int = 1) -> 
     if turns not in (1, 2):
         raise SubspecError("--turns must be 1 or 2")
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # Notepad writes a BOM
+    except (OSError, UnicodeDecodeError) as exc:  # a missing file, or one that is not UTF-8 text
         raise SubspecError(f"cannot read prompts file {path}: {exc}") from exc
     out = []
     for n, line in enumerate(lines, 1):

@@ -286,7 +286,7 @@ def cmd_bench(args) -> int:
     def progress(done, rows):
         print(f"conversation {done}/{len(conversations)} done", file=sys.stderr, flush=True)
         if args.json_out:  # saved after every conversation: a long run that is stopped keeps its numbers
-            with open(args.json_out, "w") as f:
+            with open(args.json_out, "w", encoding="utf-8") as f:
                 json.dump({"setup": {**meta, "completed": done}, "results": rows}, f, indent=2)
 
     rows = run_bench(lm, conversations, methods, list(shapes.values()), args.max_new_tokens, lambda: _draft(lm, args),

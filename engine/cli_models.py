@@ -48,7 +48,7 @@ class _ProgressLine:
     """One self-overwriting line on stderr; plain lines when stderr is not a terminal."""
 
     def __init__(self):
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr is not None and sys.stderr.isatty()
         self.last_state = ""
         self.last_print = 0.0
 

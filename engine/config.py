@@ -96,8 +96,8 @@ class ModelConfig:
         if not path.is_file():
             raise SubspecError(f"no config.json in {path.parent}: not a Hugging Face model folder")
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:  # ValueError's two kinds
             raise SubspecError(f"cannot read {path}: {exc}") from exc
         return cls.from_dict(raw)
 

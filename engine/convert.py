@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import store
+from . import files as fs, store
 from .errors import SubspecError
 
 FORMAT = 1  # bump when the file layout changes: old caches are then simply not found
@@ -70,7 +69,7 @@ def weights_hash(folder: Path) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -78,8 +77,8 @@ def _read_json(path: Path) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")  # a kill mid-write leaves the old file whole
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    fs.replace(tmp, path)
 
 
 def _hqq_version() -> str:
@@ -142,7 +141,7 @@ class SubstituteCache:
                 for name, s in substitutes.items()}
         tmp = self._path(layer).with_suffix(".tmp")
         torch.save(data, tmp)
-        os.replace(tmp, self._path(layer))
+        fs.replace(tmp, self._path(layer))
 
     @property
     def size_bytes(self) -> int:
@@ -250,5 +249,5 @@ def remove_caches(model_folder: Path) -> int:
     freed = 0
     for p in caches_for(model_folder):
         freed += store.folder_size(p)
-        shutil.rmtree(p, ignore_errors=True)
+        fs.rmtree(p, ignore_errors=True)
     return freed

@@ -20,9 +20,9 @@ paused Q8_0 survives downloading a Q4_K_M of the same repo.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
-import os
 import shutil
 import socket
 import threading
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import hub, store
+from . import files as fs, hub, store
 from .errors import SubspecError
 
 STATE = "state.json"
@@ -125,15 +125,15 @@ class PartialDownload:
 
 def _read_state(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / STATE).read_text())
+        return json.loads((folder / STATE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
 
 def _write_state(folder: Path, state: dict) -> None:
     tmp = folder / (STATE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, folder / STATE)  # a kill mid-write must not leave a torn state file
+    tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    fs.replace(tmp, folder / STATE)  # a kill mid-write must not leave a torn state file
 
 
 def partial_downloads() -> list[PartialDownload]:
@@ -188,7 +188,10 @@ def _try_lock(folder: Path):
     """An exclusive lock on a download folder, or None when another process holds it (two processes
     appending to one .part file would corrupt it). Held by an open file, so a killed process lets go:
     flock on POSIX, a one-byte msvcrt lock on Windows. Let go with `_release`."""
-    fh = open(lock_path(folder), "a+b")
+    try:
+        fh = open(lock_path(folder), "a+b")
+    except OSError:  # Windows: the file is being deleted by the download that just finished
+        return None
     try:
         try:
             import fcntl
@@ -209,15 +212,28 @@ def _release(lock, folder: Path) -> None:
     """Let go of `folder`'s lock; its lock file goes too once the folder is gone (installed or deleted).
     (A process that opened the lock file just before it was removed could lock the removed file; that
     needs a third process on the same download in the same instant, and costs at worst a refused resume.)"""
+    try:
+        import msvcrt
+    except ImportError:
+        pass
+    else:  # closing releases the lock too, but Windows may do that late: a resume right after would fail
+        try:
+            lock.seek(0)
+            msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
+        except OSError:
+            pass
     lock.close()
     if not folder.exists():
-        lock_path(folder).unlink(missing_ok=True)
+        try:
+            lock_path(folder).unlink(missing_ok=True)
+        except OSError:  # Windows: another process has it open this instant; clean_orphans gets it later
+            pass
 
 
 def _remove_locked(folder: Path, lock) -> None:
     """Delete a download folder whose lock we hold, then let go of the lock."""
     try:
-        shutil.rmtree(folder, ignore_errors=True)
+        fs.rmtree(folder, ignore_errors=True)
     finally:
         _release(lock, folder)
 
@@ -230,7 +246,10 @@ def clean_orphans(keep: Path | None = None, superseded_repo: str | None = None, 
         if folder.name.endswith(LOCK_SUFFIX) and folder.is_file():
             owner = folder.with_name(folder.name[:-len(LOCK_SUFFIX)])
             if not owner.exists() and owner != keep:
-                folder.unlink(missing_ok=True)  # left by a process killed after its folder went
+                try:
+                    folder.unlink(missing_ok=True)  # left by a process killed after its folder went
+                except OSError:  # Windows: held open this instant by a process about to let go
+                    pass
             continue
         if not folder.is_dir() or folder == keep:
             continue
@@ -382,6 +401,9 @@ class Download:
                 self._emit(state="installing", message=f"checking and installing {name}", force=True)
                 try:
                     info = store.install_folder(work, name, source=source, extra=extra)
+                except store.InstallMoveError as exc:  # the files are fine: the next try only installs
+                    raise SubspecError(f"{exc}. The verified download is kept in {work}; run the download "
+                                       f"again (with --name for another name) to install it") from exc
                 except SubspecError:
                     self._discard = True  # verified but unusable here: keeping it would only fill the disk
                     raise
@@ -389,12 +411,13 @@ class Download:
             return info
         except DownloadCancelled as exc:
             if self._discard and work is not None:
-                shutil.rmtree(work, ignore_errors=True)
+                gc.collect()  # a GGUF still memory-mapped in a reference cycle cannot be deleted on Windows
+                fs.rmtree(work, ignore_errors=True)
             raise DownloadCancelled("download cancelled; partial files deleted" if self._discard else
                                     "download paused; run it again to resume", kept=not self._discard) from exc
         except SubspecError:
             if self._discard and work is not None:
-                shutil.rmtree(work, ignore_errors=True)
+                fs.rmtree(work, ignore_errors=True)
             raise
         finally:
             if lock is not None:
@@ -511,25 +534,33 @@ class Download:
         from .gguf_import import ImportCancelled
 
         self._emit(state="installing", message=f"converting {label} to bf16", done=0, force=True)
+        cancelled = False
         try:
             info = store.import_model(first, name, progress=lambda m: self._emit(message=m, force=True),
                                       cancel=self._stop, fraction=lambda f: self._emit(done=int(f * total)),
                                       origin=source, extra=extra)
-        except ImportCancelled as exc:
-            raise DownloadCancelled("stopped", kept=True) from exc
+        except ImportCancelled:
+            # Raised below, not here: chained, the exception would keep the converter's frames alive,
+            # and with them its memory maps of the GGUF, which Windows then refuses to delete on a cancel.
+            cancelled = True
         except SubspecError as exc:
             if self._discard:
                 raise
             # Kept either way: downloading it again would cost far more than the space it holds. Only a
             # full disk is worth another try as it is.
             size = _gb(store.folder_size(work))
-            hint = ("free some space and run the download again: it converts without downloading" if
-                    "disk space" in str(exc) or "disk is full" in str(exc) else
+            retry = (isinstance(exc, store.InstallMoveError) or "disk space" in str(exc)
+                     or "disk is full" in str(exc))
+            hint = ("free some space if that is what it says, and run the download again: it converts "
+                    "without downloading" if retry else
                     f"this GGUF cannot be converted here; discard it to free {size} (Discard in the app's "
                     f"Downloads, or `subspec models remove {self.repo_id}`, which removes every partial "
                     f"download of that repo)")
             raise SubspecError(f"{exc}. The downloaded GGUF ({size}) is kept in {work}: {hint}") from exc
-        shutil.rmtree(work, ignore_errors=True)
+        if cancelled:
+            raise DownloadCancelled("stopped", kept=True)
+        gc.collect()  # as above: the converter's maps of the GGUF must be gone before it is deleted
+        fs.rmtree(work, ignore_errors=True)
         return info
 
     def _fetch(self, remote: hub.RemoteModel, f: hub.RemoteFile, work: Path, done: int) -> int:
@@ -571,7 +602,7 @@ class Download:
             part.unlink(missing_ok=True)
             raise SubspecError(f"{f.name} does not match the hub's checksum ({f.checksum}); the corrupt "
                                f"file was deleted and nothing was installed: run the download again")
-        os.replace(part, _local(work, f))
+        fs.replace(part, _local(work, f))
         return done + f.size
 
     def _stream(self, url: str, headers: dict, part: Path, have: int, f: hub.RemoteFile, done: int) -> int:

@@ -366,7 +366,7 @@ def convert_gguf(path: Path, out: Path, say: Callable[[str], None] | None = None
         _write_shard(out / fname, shard, shapes, blocks, on_tensor)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
 
     config.dtype = torch.bfloat16  # what the weights are stored as (config.json's "dtype")
     if hasattr(config, "quantization_config"):

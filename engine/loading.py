@@ -26,7 +26,7 @@ def safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise SubspecError(f"bad shard index {index}: {exc}") from exc
         files = [folder / n for n in names]
@@ -174,7 +174,7 @@ class LoadedModel:
         gen = self.path / "generation_config.json"
         if gen.is_file():
             try:
-                eos = json.loads(gen.read_text()).get("eos_token_id")
+                eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
                 ids.update(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
             except (OSError, json.JSONDecodeError):
                 pass

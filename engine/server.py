@@ -17,6 +17,7 @@ import dataclasses
 import hmac
 import json
 import math
+import os
 import queue
 import select
 import socket
@@ -689,6 +690,10 @@ class SubspecServer(ThreadingHTTPServer):
 
     daemon_threads = True
     ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+    # SO_REUSEADDR lets a restarted server bind a port with connections still in TIME_WAIT, on POSIX. On
+    # Windows it lets a second server bind a port another is listening on (both then answer at random), so
+    # there the port is taken exclusively instead, and a busy port is the error it should be.
+    allow_reuse_address = os.name != "nt"
 
     def __init__(self, backend: Backend, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  api_key: str | None = None, queue_size: int = DEFAULT_QUEUE, quiet: bool = True):
@@ -706,6 +711,8 @@ class SubspecServer(ThreadingHTTPServer):
             raise
 
     def server_bind(self):
+        if os.name == "nt" and hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
         # HTTPServer.server_bind resolves the host's FQDN, a DNS lookup that can stall start-up.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import files as fs
 from .config import ModelConfig
 from .errors import SubspecError
 from .hub import AUX_FILES  # the files of a Hugging Face model folder a model needs at run time
@@ -45,6 +46,11 @@ def models_dir() -> Path:
     d = store_root() / "models"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+class InstallMoveError(SubspecError):
+    """A checked model folder could not be renamed into the store (a name taken meanwhile, a file held
+    open): the folder is fine, so a download keeps it for the next try instead of discarding it."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def folder_size(folder: Path) -> int:
 
 def read_manifest(folder: Path) -> dict | None:
     try:
-        raw = json.loads((folder / MANIFEST).read_text())
+        raw = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         return raw if isinstance(raw, dict) else None
     except (OSError, json.JSONDecodeError):
         return None
@@ -129,7 +135,7 @@ def resolve_model(name_or_path: str) -> tuple[Path, str]:
     p = Path(name_or_path).expanduser()
     if p.is_dir() and (p / "config.json").is_file():
         return p, p.name
-    if p.is_dir() or os.sep in name_or_path:
+    if p.is_dir() or os.sep in name_or_path or "/" in name_or_path:  # a Qt dialog's C:/x/y too
         raise SubspecError(f"{name_or_path} is not a model folder (no config.json)")
     ensure_default_model()
     info = get_model(name_or_path)
@@ -138,7 +144,7 @@ def resolve_model(name_or_path: str) -> tuple[Path, str]:
 
 def remove_model(name: str) -> ModelInfo:
     info = get_model(name)
-    shutil.rmtree(info.path)
+    fs.rmtree(info.path)  # a model copied from a read-only source keeps the attribute (Windows)
     return info
 
 
@@ -175,7 +181,7 @@ def clean_orphans(max_age_s: float = 3600.0) -> None:
     for d in models_dir().glob(TMP_PREFIX + "*"):
         try:
             if now - d.stat().st_mtime > max_age_s:
-                shutil.rmtree(d, ignore_errors=True)
+                fs.rmtree(d, ignore_errors=True)
         except OSError:
             pass
 
@@ -223,7 +229,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
             check_free_space(tmp.parent, total, source.name)
             for f in files:
                 check_cancel(cancel, source)
-                shutil.copy2(f, tmp / f.name)
+                shutil.copyfile(f, tmp / f.name)  # not its mode: a read-only source would stay so
                 done += f.stat().st_size
                 if fraction is not None and total:
                     fraction(done / total)
@@ -232,7 +238,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
         return install_folder(tmp, name, source=origin or str(source), extra=extra)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            fs.rmtree(tmp, ignore_errors=True)
 
 
 def _model_file(f: Path) -> bool:
@@ -251,19 +257,26 @@ def install_folder(folder: Path, name: str, source: str, extra: dict | None = No
     load_tokenizer(folder)  # a model whose tokenizer cannot load is not usable: fail the install now
     for f in folder.iterdir():
         if not _model_file(f):
-            shutil.rmtree(f) if f.is_dir() else f.unlink()
+            fs.rmtree(f) if f.is_dir() else f.unlink()
     info = ModelInfo(name=name, path="", architecture=config.architecture,
                      parameters=config.parameter_count, dtype=_stored_dtype(folder),
                      size_bytes=folder_size(folder), source=source,
                      imported=time.strftime("%Y-%m-%dT%H:%M:%S"),
                      repo_id=(extra or {}).get("repo_id", ""), commit=(extra or {}).get("commit", ""))
     manifest = {**(extra or {}), **{k: v for k, v in info.as_json().items() if k not in ("name", "path")}}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     final = models_dir() / name
+    if final.exists():
+        raise InstallMoveError(f"a model named {name!r} appeared while installing; install it under another name")
     try:
-        os.rename(folder, final)
+        # A scanner may hold a file just written for a moment (Windows): wait it out rather than fail.
+        fs.retry_shared(lambda: os.rename(folder, final))
     except OSError as exc:
-        raise SubspecError(f"a model named {name!r} appeared while installing") from exc
+        if final.exists():
+            raise InstallMoveError(f"a model named {name!r} appeared while installing; "
+                                   f"install it under another name") from exc
+        raise InstallMoveError(f"could not move {name} into the store: {exc} (another program may have one "
+                               f"of its files open)") from exc
     return get_model(name)
 
 

@@ -160,3 +160,25 @@ def test_the_bundle_launcher_is_both_commands(monkeypatch, argv0, args, expect):
     launch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch)
     assert launch.main() == 0 and calls == [expect]
+
+
+def test_the_bundles_command_line_has_streams_even_when_windowed(monkeypatch):
+    """PyInstaller's console=False build has sys.stdout and sys.stderr None; the command line prints
+    progress (and its errors) and must not crash on the first print."""
+    import engine.cli
+
+    printed = []
+
+    def cli(argv):
+        print("downloading", file=sys.stderr)
+        printed.append(sys.stderr.isatty())
+        return 0
+
+    monkeypatch.setattr(engine.cli, "main", cli)
+    monkeypatch.setattr("sys.argv", ["/opt/x/subspec-studio", "--cli", "models", "list"])
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", None)
+    spec = importlib.util.spec_from_file_location("launch", PACKAGING / "launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    assert launch.main() == 0 and printed == [False] and sys.stdout is not None

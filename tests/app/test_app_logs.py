@@ -66,6 +66,48 @@ def test_a_missing_stderr_is_sent_to_the_log(tmp_path, monkeypatch):
     assert "subspec.stderr [MainThread] partial line" in path.read_text()
 
 
+def test_a_log_that_cannot_rotate_goes_on_in_the_same_file(tmp_path, monkeypatch):
+    """Windows: another copy of the app has the file open, so the rename fails. Without the fallback,
+    logging reports the failure on stderr, which in a windowed app is this log, and recurses."""
+    monkeypatch.setattr(sys, "stderr", None)  # a windowed app on Windows: stderr is the log
+    path = logs.setup(tmp_path, max_bytes=2000, backups=2)
+
+    def busy(*_args):
+        raise PermissionError(13, "The process cannot access the file because it is being used")
+
+    monkeypatch.setattr(logs._handler, "rotate", busy)
+    for i in range(100):
+        logs.log.info("line %03d %s", i, "x" * 40)
+    logs._handler.flush()
+    text = path.read_text()
+    assert "line 000" in text and "line 099" in text  # nothing lost, no rotation, no recursion
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["subspec-studio.log"]
+
+
+def test_what_logging_writes_to_a_missing_stderr_while_logging_is_dropped(tmp_path, monkeypatch):
+    """A handler that fails reports it on sys.stderr; in a windowed app that is the log itself."""
+    monkeypatch.setattr(sys, "stderr", None)
+    logs.setup(tmp_path)
+    failures = []
+
+    class Broken(logging.Handler):
+        def emit(self, record):  # as logging's own handlers do: a failure goes to handleError
+            failures.append(record.getMessage())
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError:
+                self.handleError(record)
+
+    broken = Broken()
+    logging.getLogger().addHandler(broken)
+    try:
+        logs.log.info("one record")  # handleError prints the traceback to sys.stderr, a _LogStream
+    finally:
+        logging.getLogger().removeHandler(broken)
+    # The report of the first failure reached the log (and failed too), but nothing reported the report.
+    assert failures[0] == "one record" and failures.count("--- Logging error ---") == 1
+
+
 def test_a_scripted_run_logs_its_start_and_the_load(qapp, tmp_path, monkeypatch, dialogs, subspec_home):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     assert main(["--model", "fake-model", "--screenshot", str(tmp_path / "w.png")], factory_for(FakeBackend())) == 0

@@ -134,3 +134,22 @@ def test_vram_cap_plans_the_split_and_the_substitute_bits_the_load_follows(tmp_p
     plan = make_plan(ModelConfig.from_dict(QWEN25_7B), profile, vram_gb=12.0)
     assert (resident, bits) == (plan.resident_layers, plan.draft_bits) and 8 in bits.values()
     assert "8-bit substitutes" in capsys.readouterr().err
+
+
+def test_prompt_files_and_configs_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """Windows reads text as cp1252 unless told: a prompt with a curly quote or an emoji must come through,
+    a Notepad BOM must not break the first line, and a file that is not UTF-8 is a clear error."""
+    from engine.bench import read_prompts
+    from engine.config import ModelConfig
+    from engine.errors import SubspecError
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes("\ufeff".encode() + json.dumps({"prompt": "Say “hi” 👋"}, ensure_ascii=False).encode())
+    assert read_prompts(prompts) == [["Say “hi” 👋"]]
+    prompts.write_bytes('{"prompt": "caf\xe9"}'.encode("cp1252"))
+    with pytest.raises(SubspecError, match="cannot read prompts file"):
+        read_prompts(prompts)
+    config = tmp_path / "config.json"
+    config.write_bytes(b'{"model_type": "llama", "_name": "caf\xe9"}')  # latin-1, not UTF-8
+    with pytest.raises(SubspecError, match="cannot read"):
+        ModelConfig.from_file(config)

@@ -402,16 +402,20 @@ def test_on_windows_the_lock_is_msvcrts(monkeypatch, tmp_path):
 
     def locking(fd, mode, nbytes):
         calls.append((os.lseek(fd, 0, os.SEEK_CUR), mode, nbytes))
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises OSError (BlockingIOError) when held
+        if mode == 0:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises OSError (BlockingIOError) when held
 
     monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError, as on Windows
-    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_NBLCK=2, locking=locking))
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_UNLCK=0, LK_NBLCK=2, locking=locking))
     folder = tmp_path / "org--tiny@abc"
     folder.mkdir()
     first = download._try_lock(folder)
     assert first is not None and download._try_lock(folder) is None
     assert calls == [(0, 2, 1), (0, 2, 1)]
     download._release(first, folder)
+    assert calls[-1] == (0, 0, 1)  # unlocked before closing: Windows may release a closed file's lock late
     assert download.lock_path(folder).exists()  # the folder is still there: a later resume locks it
     again = download._try_lock(folder)
     assert again is not None

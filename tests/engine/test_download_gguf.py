@@ -2,6 +2,7 @@
 verified like any download, and is converted into the store; against the loopback hub (tests/fake_hub.py)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,52 @@ def test_a_pause_while_converting_keeps_the_gguf_and_a_resume_only_converts(gguf
     info = fetch(gguf="Q4_1")
     assert info.name == QUANT and sum(gguf_hub.bytes_sent(p) for p in PARTS) == sent  # nothing fetched again
     assert download.partial_downloads() == []
+
+
+def test_a_cancel_while_converting_deletes_the_gguf_and_holds_no_map_of_it(gguf_hub):
+    """Windows cannot delete a file that is memory-mapped: the converter's maps of the GGUF must be gone
+    when a cancel deletes the folder. Chained to the converter's exception they were not (its frames hold
+    the readers), so the cancel is raised on its own."""
+    import gc
+
+    from engine.gguf_import import ImportCancelled
+
+    job = Download("org/smol-gguf", retry=FAST_RETRY, gguf="Q4_1")
+
+    def progress(p):
+        if p.state == "installing" and p.total and p.done > 0.3 * p.total:
+            job.cancel()
+
+    job.on_progress = progress
+    with pytest.raises(DownloadCancelled, match="cancelled") as caught:
+        job.run()
+    chain, e = [], caught.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    assert not any(isinstance(x, ImportCancelled) for x in chain)
+    gc.collect()
+    maps = [line for line in Path("/proc/self/maps").read_text().splitlines() if ".gguf" in line]
+    assert maps == [] and not list(download.downloads_dir().iterdir()) and store.list_models() == []
+
+
+def test_a_download_that_cannot_be_moved_into_the_store_is_kept_for_the_next_try(gguf_hub, monkeypatch):
+    """The rename into the store fails (Windows: a scanner holds a file of it for longer than we wait, or
+    the name was taken meanwhile): the verified GGUF is kept and the next run only converts."""
+    real_rename = os.rename
+
+    def refused(src, dst):
+        raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+
+    monkeypatch.setattr(os, "rename", refused)
+    with pytest.raises(SubspecError, match="could not move .* into the store.*kept in") as caught:
+        fetch(gguf="Q4_1")
+    assert "run the download again" in str(caught.value) and store.list_models() == []
+    [partial] = download.partial_downloads()
+    assert partial.have_bytes == partial.total_bytes
+    sent = sum(gguf_hub.bytes_sent(p) for p in PARTS)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert fetch(gguf="Q4_1").name == QUANT and sum(gguf_hub.bytes_sent(p) for p in PARTS) == sent
 
 
 def test_a_split_gguf_missing_a_part_on_the_hub_is_refused(gguf_hub):
