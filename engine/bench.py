@@ -35,8 +35,8 @@ def read_prompts(path: str | Path, limit: int | None = None, turns: int = 1) -> 
         try:
             row = json.loads(line)
             user_turns = row["turns"] if "turns" in row else [row["prompt"]]
-            if not user_turns or not all(isinstance(t, str) for t in user_turns):
-                raise ValueError("turns must be strings")
+            if not isinstance(user_turns, list) or not user_turns or not all(isinstance(t, str) for t in user_turns):
+                raise ValueError("'turns' must be a list of strings")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise SubspecError(f"{path.name} line {n}: expected JSON with 'turns' or 'prompt' ({exc})") from exc
         out.append(user_turns[:turns])

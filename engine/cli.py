@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 
 from . import cli_models
@@ -133,6 +135,15 @@ def _load(args):
     from .store import resolve_model
 
     folder, name = resolve_model(args.model)
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SubspecError(f"--device {args.device}: no CUDA GPU here (torch {torch.__version__}"
+                               f"{', built without CUDA' if torch.version.cuda is None else ''})")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise SubspecError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     resident, bits = args.resident_layers, None
     if args.vram_gb is not None and resident is None:
         resident, bits = _planned_split(folder, args)
@@ -166,6 +177,9 @@ def cmd_profile(args) -> int:
     from .hardware import format_profile, probe
 
     profile = probe(measure=args.measure)
+    if args.measure and not profile["cuda"]["available"]:
+        print("note: --measure times CUDA copies and matmuls; without a CUDA GPU there is nothing to measure",
+              file=sys.stderr)
     print(json.dumps(profile, indent=2) if args.json else format_profile(profile))
     return 0
 
@@ -177,6 +191,14 @@ def _plan_config(target: str):
     from .store import resolve_model
 
     p = Path(target).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":  # its header holds the shapes: plan before importing
+        from .gguf_header import config_from_header, file_chunks, read_header
+
+        from .gguf_import import split_parts
+
+        first = split_parts(p)[0]  # the metadata is in the first part of a split GGUF
+        return ModelConfig.from_dict(config_from_header(read_header(file_chunks(first)(), first.name), first.name)), \
+            p.name
     if p.is_file():
         return ModelConfig.from_file(p), p.name  # plan from config.json alone, before downloading weights
     if not p.exists() and target.count("/") == 1 and all(target.split("/")):
@@ -219,7 +241,8 @@ def cmd_plan(args) -> int:
           f"{'/'.join(map(str, bits)) or '-'}, context {plan.kv_length}, slots {plan.slots}")
     print(f"  tree depth {plan.depth} x width {plan.topk}, predicted tau {plan.predicted_tau:.1f}")
     gib = 2**30  # the planner's GB are GiB
-    print(f"  predicted {'VRAM' if plan.device == 'cuda' else 'RAM'} {plan.predicted_vram_bytes / gib:.2f} GB of "
+    used = plan.predicted_vram_bytes if plan.device == "cuda" else plan.predicted_host_bytes
+    print(f"  predicted {'VRAM' if plan.device == 'cuda' else 'RAM'} {used / gib:.2f} GB of "
           f"{plan.budget_bytes / gib:.2f} GB, "
           f"predicted {plan.predicted_tokens_per_s:.1f} tok/s ({plan.speedup:.1f}x plain)")
     for reason in plan.reasons:
@@ -234,8 +257,12 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 0:
         raise SubspecError("--max-new-tokens must be >= 0")
+    if args.system and not args.chat:
+        raise SubspecError("--system is part of the chat template: drop --no-chat, or put it in the prompt")
     sampling = _sampling(args)
-    shape = _shape(args)
+    shape = _shape(args) if args.method == "subspec" else None
+    if args.method != "subspec":
+        _say_ignored(args)
     lm = _load(args)
     prompt_ids = lm.encode(args.prompt, chat=args.chat, system=args.system)
     stops = tuple(args.stop or ())
@@ -252,7 +279,7 @@ def cmd_generate(args) -> int:
     depths: list[int] = []
     events = _depths(events, depths)
     result = summarize(events, len(prompt_ids), args.method, extra=extra)
-    if shape.auto and args.method == "subspec":
+    if shape is not None and shape.auto:
         result.extra["mean_depth"] = round(sum(depths) / len(depths), 2) if depths else 0.0
     if args.json:
         print(json.dumps(result.as_json(), ensure_ascii=False))
@@ -269,8 +296,24 @@ def cmd_bench(args) -> int:
 
     from .bench import format_table, read_prompts, run_bench
 
-    conversations = read_prompts(args.prompts, args.limit, args.turns)
+    if args.max_new_tokens < 0:
+        raise SubspecError("--max-new-tokens must be >= 0")
+    if args.limit is not None and args.limit < 1:
+        raise SubspecError(f"--limit must be >= 1 (leave it out for every prompt), got {args.limit}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ("vanilla", "subspec")]
+    if not methods or unknown:
+        raise SubspecError(f"--methods takes vanilla, subspec or both, comma-separated; got {args.methods!r}")
+    for flag, values in (("--depth", args.depth), ("--topk", args.topk), ("--budget", args.budget)):
+        if not values:
+            raise SubspecError(f"{flag} needs at least one value")
+    conversations = read_prompts(args.prompts, args.limit, args.turns)
+    if args.json_out:  # checked now, not after an hour of measuring
+        try:
+            with open(args.json_out, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise SubspecError(f"cannot write --json-out {args.json_out}: {exc.strerror or exc}") from None
     shapes = {}
     for d, k, b in itertools.product(args.depth, args.topk, args.budget):
         shape = _shape(args, d, k, b)
@@ -374,12 +417,58 @@ def _notes(events):
 
 def _model_options(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--resident-layers", type=int,
                    help="keep only the last N decoder layers on the device and stream the others' weights "
                         "from host memory each pass (default: all resident)")
-    p.add_argument("--vram-gb", type=float,
+    p.add_argument("--vram-gb", type=_positive,
                    help="software VRAM cap: the planner chooses the resident layers under it")
+
+
+def _number(text: str, low: float, inclusive: bool, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    return _number(text, 0.0, False, "a number > 0")
+
+
+def _non_negative(text: str) -> float:
+    return _number(text, 0.0, True, "a number >= 0")
+
+
+def _group_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 8 or value % 8:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 8 (64 is the paper's), got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+# The drafting options and their defaults (as _subspec_options sets them for generate and serve).
+SUBSPEC_DEFAULTS = {"depth": (48, False), "topk": 6, "budget": 0, "draft_temperature": 0.2, "substitute_bits": None,
+                    "group_size": 64}
+
+
+def _say_ignored(args) -> None:
+    """Drafting options given to plain decoding: said, not silently dropped."""
+    given = [f"--{k.replace('_', '-')}" for k, v in SUBSPEC_DEFAULTS.items() if getattr(args, k) != v]
+    if given:
+        print(f"note: {', '.join(given)} only apply to --method subspec; decoding plainly", file=sys.stderr)
 
 
 def _depth(text: str) -> tuple[int, bool]:
@@ -430,11 +519,12 @@ def _subspec_options(p, sweep: bool) -> None:
         p.add_argument("--topk", type=int, default=6, help="draft tree width (default 6)")
         p.add_argument("--budget", type=int, default=0,
                        help="nodes verified per pass: grow the beam, verify its most likely N (0: all)")
-    p.add_argument("--draft-temperature", type=float, default=0.2, help="sharpening of the draft (default 0.2)")
+    p.add_argument("--draft-temperature", type=_positive, default=0.2, help="sharpening of the draft (default 0.2)")
     p.add_argument("--substitute-bits", type=int, choices=(2, 3, 4, 8),
                    help="HQQ bits of every substitute (default: the plan's under --vram-gb, 8-bit where "
                         "memory allows; 4 otherwise)")
-    p.add_argument("--group-size", type=int, default=64, help="HQQ group size (default 64)")
+    p.add_argument("--group-size", type=_group_size, default=64,
+                   help="HQQ group size, a multiple of 8 (default 64)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,12 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the model's chat template (default: on)")
     g.add_argument("--system", help="system prompt (chat mode)")
     g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--temperature", type=_non_negative, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--method", choices=["vanilla", "subspec"], default="vanilla")
+    g.add_argument("--method", choices=["vanilla", "subspec"], default="vanilla",
+                   help="vanilla: plain decoding (default); subspec: the substitute draft and a tree")
     _model_options(g)
     _subspec_options(g, sweep=False)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -481,15 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure plain decoding and SubSpec side by side on a prompt set")
     b.add_argument("model")
     b.add_argument("--prompts", required=True, help="JSON lines with 'turns' (MT-Bench) or 'prompt'")
-    b.add_argument("--limit", type=int)
+    b.add_argument("--limit", type=int, help="the first N prompts (default: all)")
     b.add_argument("--turns", type=int, default=1, choices=[1, 2])
-    b.add_argument("--methods", default="vanilla,subspec")
+    b.add_argument("--methods", default="vanilla,subspec", help="vanilla, subspec or both (default both)")
     b.add_argument("--max-new-tokens", type=int, default=128)
-    b.add_argument("--temperature", type=float, default=0.0)
+    b.add_argument("--temperature", type=_non_negative, default=0.0)
     b.add_argument("--top-p", type=float, default=1.0)
     b.add_argument("--top-k", type=int, default=0)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--json-out")
+    b.add_argument("--json-out", help="write the results here as JSON (after every conversation)")
     _model_options(b)
     _subspec_options(b, sweep=True)
     b.set_defaults(func=cmd_bench)
@@ -500,10 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     pl = sub.add_parser("plan", help="how a model would run here: split, substitute bits, tree, predicted speed")
-    pl.add_argument("model", help="a store name, a model folder, a config.json or a hub repo id (no weights "
-                                  "needed: the catalogue's models offline, others' config.json from the hub)")
-    pl.add_argument("--vram-gb", type=float, help="plan for this much VRAM instead of what is free")
-    pl.add_argument("--reserve-gb", type=float, default=0.5, help="VRAM left for other programs (default 0.5)")
+    pl.add_argument("model", help="a store name, a model folder, a config.json, a .gguf file or a hub repo id "
+                                  "(no weights needed: the catalogue's models offline, others' config.json "
+                                  "from the hub)")
+    pl.add_argument("--vram-gb", type=_positive, help="plan for this much VRAM instead of what is free")
+    pl.add_argument("--reserve-gb", type=_non_negative, default=0.5,
+                    help="VRAM left for other programs (default 0.5)")
     pl.add_argument("--context", type=int, default=4096)
     pl.add_argument("--resident-layers", type=int, help="force the split (checked against the budget)")
     pl.add_argument("--json", action="store_true")

@@ -45,6 +45,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
+        if not isinstance(raw, dict):
+            raise SubspecError(f"a model config is a JSON object; this one is a {type(raw).__name__}")
         arch = raw.get("model_type")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise SubspecError(

@@ -596,7 +596,7 @@ def make_plan(config: ModelConfig, hardware: dict, vram_gb: float | None = None,
         raise SubspecError(f"context must be at least 1 token, got {context}")
     if dtype_bytes not in (1, 2, 4):
         raise SubspecError(f"dtype_bytes must be 1, 2 or 4, got {dtype_bytes}")
-    if reserve_gb < 0 or (vram_gb is not None and vram_gb <= 0):
+    if not (0 <= reserve_gb < math.inf) or (vram_gb is not None and not 0 < vram_gb < math.inf):
         raise SubspecError("vram_gb must be positive and reserve_gb not negative")
     if resident_layers is not None and not 0 <= resident_layers <= layers:
         raise SubspecError(f"resident_layers must be between 0 and {layers}, got {resident_layers}")
@@ -757,7 +757,8 @@ def _cpu_plan(config: ModelConfig, hardware: dict, kv_length: int, reserve_gb: f
     layers = config.num_layers
     reasons.append("Device: no CUDA; the model runs from RAM on the CPU and nothing is streamed.")
     if resident_layers not in (None, layers):
-        reasons.append(f"Resident layers: {resident_layers} asked, ignored: without a GPU every layer stays in RAM.")
+        reasons.append(f"Resident layers: {resident_layers} asked; without a GPU the plan keeps every layer in RAM "
+                       f"(a forced split still streams the others there, slower: a test of the streaming path).")
     layout = _Layout(layers, 0, (), kv_length, 0, 1)
     budget = _ram_budget(hardware, reserve_gb)
     if budget is None:

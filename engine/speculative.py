@@ -14,6 +14,7 @@ length are overwritten by the target's pass, and rejected rows are simply left b
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
@@ -47,10 +48,11 @@ class TreeShape:
     def __post_init__(self):
         if self.depth < 0 or self.topk < 1:
             raise SubspecError(f"depth must be >= 0 and width >= 1, got depth {self.depth}, width {self.topk}")
-        if self.draft_temperature <= 0:
-            raise SubspecError(f"draft temperature must be > 0, got {self.draft_temperature}")
+        if not 0 < self.draft_temperature < math.inf:  # NaN fails every comparison
+            raise SubspecError(f"draft temperature must be a number > 0, got {self.draft_temperature}")
         if self.budget is not None and self.budget < 1:
-            raise SubspecError(f"tree budget must be >= 1 node, got {self.budget}")
+            raise SubspecError(f"tree budget must be >= 1 node (0 on the command line: the whole beam), "
+                               f"got {self.budget}")
 
     @property
     def grown(self) -> int:

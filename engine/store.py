@@ -208,6 +208,8 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
     from .gguf_import import check_cancel, convert_gguf, model_name
 
     progress = progress or (lambda _msg: None)
+    if not str(source).strip():
+        raise SubspecError("no path given: import a model folder or a .gguf file")
     source = Path(source).expanduser()
     if not source.exists():
         raise SubspecError(f"{source} does not exist")

@@ -32,6 +32,8 @@ def hqq_quantize(weight: torch.Tensor, nbits: int = 4, group_size: int = 64, axi
 
     if nbits not in SUPPORTED_BITS:
         raise SubspecError(f"substitute bits must be one of {SUPPORTED_BITS}, got {nbits}")
+    if group_size < 8 or group_size % 8:
+        raise SubspecError(f"HQQ group size must be a positive multiple of 8, got {group_size}")
     if weight.numel() % group_size:
         raise SubspecError(f"group size {group_size} does not divide a weight of shape {tuple(weight.shape)}")
     params = BaseQuantizeConfig(nbits=nbits, group_size=group_size, axis=axis)["weight_quant_params"]

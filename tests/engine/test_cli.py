@@ -153,3 +153,82 @@ def test_prompt_files_and_configs_are_read_as_utf8_whatever_the_locale(tmp_path)
     config.write_bytes(b'{"model_type": "llama", "_name": "caf\xe9"}')  # latin-1, not UTF-8
     with pytest.raises(SubspecError, match="cannot read"):
         ModelConfig.from_file(config)
+
+
+def main_in_process(capsys, *args) -> tuple[int, str, str]:
+    """engine.cli.main here (no interpreter start): argparse's errors exit 2 by SystemExit."""
+    from engine import cli
+
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+GEN = ("generate", "SmolLM2-135M-Instruct", "--prompt", "hi")
+BENCH = ("bench", "SmolLM2-135M-Instruct", "--prompts")
+
+
+@pytest.mark.parametrize("args,message", [
+    (GEN + ("--temperature", "nan"), "must be a number >= 0"),
+    (GEN + ("--temperature", "inf"), "must be a number >= 0"),
+    (GEN + ("--method", "subspec", "--draft-temperature", "nan"), "must be a number > 0"),
+    (GEN + ("--method", "subspec", "--group-size", "0"), "positive multiple of 8"),
+    (GEN + ("--method", "subspec", "--group-size", "-64"), "positive multiple of 8"),
+    (GEN + ("--device", "bogus"), "expected cpu, cuda or cuda:N"),
+    (GEN + ("--device", "cuda"), "no CUDA GPU here"),
+    (GEN + ("--no-chat", "--system", "be brief"), "--system is part of the chat template"),
+    (("models", "convert", "SmolLM2-135M-Instruct", "--group-size", "0"), "positive multiple of 8"),
+    (("plan", "SmolLM2-135M-Instruct", "--vram-gb", "nan"), "must be a number > 0"),
+    (("plan", "SmolLM2-135M-Instruct", "--vram-gb", "inf"), "must be a number > 0"),
+    (("plan", "SmolLM2-135M-Instruct", "--reserve-gb", "nan"), "must be a number >= 0"),
+    (("models", "catalogue", "--vram-gb", "inf"), "must be a number > 0"),
+    (("models", "import", ""), "no path given"),
+    (BENCH + ("{prompts}", "--max-new-tokens", "-1"), "--max-new-tokens must be >= 0"),
+    (BENCH + ("{prompts}", "--limit", "-1"), "--limit must be >= 1"),
+    (BENCH + ("{prompts}", "--methods", ""), "--methods takes vanilla, subspec or both"),
+    (BENCH + ("{prompts}", "--methods", "vanila"), "--methods takes vanilla, subspec or both"),
+    (BENCH + ("{prompts}", "--depth", ","), "--depth needs at least one value"),
+    (BENCH + ("{prompts}", "--json-out", "/nonexistent/dir/x.json"), "cannot write --json-out"),
+    (BENCH + ("{bad_turns}",), "'turns' must be a list of strings"),
+])
+def test_more_bad_input_is_one_clear_line_and_exit_2(default_model_folder, tmp_path, capsys, args, message):
+    """Found by trying the command line as a user would: each of these was a traceback (NaN through the
+    planner, a group size of 0 dividing by zero, --device cuda without CUDA after loading), accepted and
+    ignored (bench --limit -1 ran one prompt, --methods '' ran every prompt to print nothing), or lost an
+    hour of measurements (an unwritable --json-out found after the run)."""
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "t.jsonl").write_text('{"turns": "hi"}\n')
+    args = [a.format(prompts=tmp_path / "p.jsonl", bad_turns=tmp_path / "t.jsonl") for a in args]
+    code, _out, err = main_in_process(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_config_that_is_not_an_object_is_refused(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    code, _out, err = main_in_process(capsys, "plan", str(tmp_path))
+    assert code == 2 and "a model config is a JSON object; this one is a list" in err
+
+
+def test_plan_reads_a_local_ggufs_header_and_says_the_ram_it_needs(default_model_folder, capsys):
+    """A .gguf is planned from its header before importing it (as a hub GGUF is); on a CPU the text gives the
+    RAM the model takes, as the JSON does (it printed the VRAM figure: 0)."""
+    from engine import store
+
+    code, out, err = main_in_process(capsys, "plan", str(store.default_gguf()), "--json")
+    assert code == 0, err
+    from_gguf = json.loads(out)
+    code, out, _err = main_in_process(capsys, "plan", str(default_model_folder), "--json")
+    from_folder = json.loads(out)
+    assert from_gguf["predicted_host_bytes"] == from_folder["predicted_host_bytes"] > 0
+    code, out, _err = main_in_process(capsys, "plan", str(default_model_folder))
+    ram = from_folder["predicted_host_bytes"] / 2**30
+    assert f"predicted RAM {ram:.2f} GB of" in out
+
+
+def test_drafting_options_given_to_plain_decoding_are_said_to_be_ignored(default_model_folder, capsys):
+    code, out, err = main_in_process(capsys, *GEN, "--max-new-tokens", "2", "--depth", "8", "--device", "cpu",
+                                     "--json")
+    assert code == 0 and "note: --depth only apply to --method subspec" in err and json.loads(out)["method"] == "vanilla"
