@@ -94,9 +94,19 @@ def downloads_dir() -> Path:
     return d
 
 
+FOLDER_NAME_MAX = 64  # Windows paths stop at 260 characters unless long paths are switched on
+
+
 def work_folder(repo_id: str, commit: str, gguf: str | None = None) -> Path:
+    """A download's folder: readable (repo, commit, GGUF label) and, past FOLDER_NAME_MAX characters, cut
+    and made unique by a hash. A repo id of up to 96 characters, a GGUF label that repeats the file's
+    stem, then that file's name inside would pass 260 (state.json has the full names)."""
     label = "" if gguf is None else "#" + gguf.replace("/", "--")
-    return downloads_dir() / f"{repo_id.replace('/', '--')}@{commit[:12]}{label}"
+    name = f"{repo_id.replace('/', '--')}@{commit[:12]}{label}"
+    if len(name) > FOLDER_NAME_MAX and not (downloads_dir() / name).is_dir():  # (one an older version began)
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = f"{name[:FOLDER_NAME_MAX - 13]}~{digest}"
+    return downloads_dir() / name
 
 
 def _local(work: Path, f: hub.RemoteFile) -> Path:

@@ -450,3 +450,17 @@ def test_a_repos_config_alone_says_whether_it_fits(hub):
     assert hub_api.remote_config("org/tiny", token_=hub.token)["model_type"] == "llama"
     with pytest.raises(SubspecError, match="no config.json"):
         hub_api.remote_config("org/nope")
+
+
+def test_a_long_repo_and_label_make_a_short_unique_folder(hub):
+    """Windows' 260-character paths: bartowski/nvidia_Llama-3_1-Nemotron-Ultra-253B-v1-GGUF's Q4_K_M came to
+    295 with its file inside. Short names stay readable as they were; a folder an older version began
+    under a long name is still the one resumed."""
+    repo = "bartowski/nvidia_Llama-3_1-Nemotron-Ultra-253B-v1-GGUF"
+    label = "nvidia_Llama-3_1-Nemotron-Ultra-253B-v1-Q4_K_M/nvidia_Llama-3_1-Nemotron-Ultra-253B-v1-Q4_K_M"
+    a, b = download.work_folder(repo, "a" * 40, label), download.work_folder(repo, "b" * 40, label)
+    assert len(a.name) == download.FOLDER_NAME_MAX and a != b and a.name.startswith("bartowski--nvidia_Llama")
+    assert download.work_folder("org/tiny", "c" * 40).name == "org--tiny@cccccccccccc"
+    legacy = download.downloads_dir() / f"{repo.replace('/', '--')}@{'a' * 12}#{label.replace('/', '--')}"
+    legacy.mkdir(parents=True)
+    assert download.work_folder(repo, "a" * 40, label) == legacy
