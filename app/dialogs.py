@@ -127,6 +127,16 @@ def ask_save_path(parent: QWidget | None, title: str, name: str, filters: str) -
     return (path, chosen) if path else None
 
 
+def choose_files(parent: QWidget | None, title: str) -> list[str]:
+    """Files the user picked (none when cancelled)."""
+    from PySide6.QtWidgets import QFileDialog
+
+    paths, _ = QFileDialog.getOpenFileNames(parent, title, "", "Text files (*.txt *.md *.py *.json *.csv *.log "
+                                            "*.c *.cpp *.h *.js *.ts *.rs *.go *.java *.sh *.toml *.yaml *.yml "
+                                            "*.html *.css *.sql *.xml);;All files (*)")
+    return list(paths)
+
+
 def choose_item(parent: QWidget | None, title: str, label: str, items: list[str]) -> int | None:
     """The index of the item the user picked from a list, or None when cancelled."""
     value, ok = QInputDialog.getItem(parent, title, label, items, 0, False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut, QTextCursor
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
@@ -15,6 +15,7 @@ from engine.store import DEFAULT_MODEL
 from . import dialogs, theme
 from .actions import ChatActions
 from .api_server import ApiSwitch
+from .attachments import attach
 from .backend import DEFAULT_PARAMS
 from .chat_flow import ChatFlow
 from .compare import CompareJob
@@ -129,11 +130,16 @@ class MainWindow(ChatFlow, QMainWindow):
         self.prompt.setFixedHeight(84)
         self.prompt.submitted.connect(self.send)
         self.prompt.stop_requested.connect(self.stop)
+        self.prompt.files_dropped.connect(self.attach_files)
         self.send_button = QPushButton("Send")
         self.send_button.setDefault(True)
         self.send_button.clicked.connect(self.send)
         self.stop_button = QPushButton("Stop")
         self.stop_button.clicked.connect(self.stop)
+        self.attach_button = QPushButton("Attach…")
+        self.attach_button.setToolTip("Put text files (code, notes, logs) into your message, each as a block "
+                                      "under its name; or drop them on the message box")
+        self.attach_button.clicked.connect(lambda: self.attach_files())
         # Esc stops wherever the focus is (the prompt box handles it too, for when it has the focus).
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
         QShortcut(QKeySequence.StandardKey.New, self, self.new_conversation)
@@ -141,6 +147,7 @@ class MainWindow(ChatFlow, QMainWindow):
         buttons.addWidget(self.send_button)
         buttons.addWidget(self.stop_button)
         buttons.addStretch()
+        buttons.addWidget(self.attach_button)
         row = QHBoxLayout()
         row.addWidget(self.prompt, 1)
         row.addLayout(buttons)
@@ -283,6 +290,21 @@ class MainWindow(ChatFlow, QMainWindow):
         self.sidebar.refresh(cid)
         self.settings.setValue("last_conversation", cid)
         self._update_controls()
+
+    def attach_files(self, paths: list[str] | None = None) -> None:
+        """Text files into the message box (Attach… asks which; a drop gives them): what will be sent is
+        there to read and edit before sending. Files that cannot be attached are said, the others go in."""
+        if paths is None:
+            paths = dialogs.choose_files(self, "Attach text files")
+        if not paths:
+            return
+        text, refused = attach(self.prompt.toPlainText(), paths)
+        if text != self.prompt.toPlainText():
+            self.prompt.setPlainText(text)
+            self.prompt.moveCursor(QTextCursor.MoveOperation.End)
+        self.prompt.setFocus()
+        if refused:
+            dialogs.show_error(self, "Attach", "\n".join(refused))
 
     def _on_deleted(self, cid: int) -> None:
         if self.conversation and self.conversation.id == cid:

@@ -220,15 +220,41 @@ class NoticeBar(QWidget):
 
 
 class PromptEdit(QPlainTextEdit):
-    """Enter submits, Shift+Enter inserts a newline, Esc asks to stop."""
+    """Enter submits, Shift+Enter inserts a newline, Esc asks to stop. Files dropped on it are attached
+    (files_dropped); dropped text is inserted as usual."""
 
     submitted = Signal()
     stop_requested = Signal()
+    files_dropped = Signal(list)  # local paths
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setPlaceholderText("Message the model …")
+        self.setPlaceholderText("Message the model … (drop a text file here to attach it)")
         self.setTabChangesFocus(True)
+
+    @staticmethod
+    def _files(mime) -> list[str]:
+        return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+
+    def dragEnterEvent(self, event) -> None:
+        if self._files(event.mimeData()):
+            event.acceptProposedAction()
+            return
+        super().dragEnterEvent(event)
+
+    def dragMoveEvent(self, event) -> None:
+        if self._files(event.mimeData()):
+            event.acceptProposedAction()
+            return
+        super().dragMoveEvent(event)
+
+    def dropEvent(self, event) -> None:
+        files = self._files(event.mimeData())
+        if files:
+            event.acceptProposedAction()
+            self.files_dropped.emit(files)
+            return
+        super().dropEvent(event)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         key = event.key()
