@@ -113,6 +113,15 @@ def _show_unexpected(message: str, details: str) -> None:
         _showing = False
 
 
+def show_info(parent: QWidget | None, title: str, text: str) -> None:
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Information)
+    box.setWindowTitle(title)
+    box.setText(text)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.exec()
+
+
 def ask_text(parent: QWidget | None, title: str, label: str, text: str = "") -> str | None:
     """A line of text from the user, or None when cancelled."""
     value, ok = QInputDialog.getText(parent, title, label, text=text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QMainWindow, QMenu
 
-from . import first_run, logs
+from . import dialogs, first_run, logs, shortcuts
 
 
 def add_help_menu(window: QMainWindow) -> QMenu:
@@ -13,6 +13,9 @@ def add_help_menu(window: QMainWindow) -> QMenu:
     welcome = menu.addAction("Welcome and recommended model…")
     welcome.setObjectName("welcome")
     welcome.triggered.connect(lambda: first_run.show_welcome(window))
+    keys = menu.addAction("Keyboard shortcuts")
+    keys.setObjectName("keyboard_shortcuts")
+    keys.triggered.connect(lambda: dialogs.show_info(window, "Keyboard shortcuts", shortcuts.describe()))
     open_logs = menu.addAction("Open logs folder")
     open_logs.setObjectName("open_logs")
     open_logs.setToolTip("The app's log files, for a bug report")

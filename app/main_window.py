@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QPro
 
 from engine.store import DEFAULT_MODEL
 
-from . import dialogs, theme
+from . import dialogs, shortcuts, theme
 from .actions import ChatActions
 from .api_server import ApiSwitch
 from .attachments import attach
@@ -143,6 +143,7 @@ class MainWindow(ChatFlow, QMainWindow):
         # Esc stops wherever the focus is (the prompt box handles it too, for when it has the focus).
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
         QShortcut(QKeySequence.StandardKey.New, self, self.new_conversation)
+        shortcuts.install(self)
         buttons = QVBoxLayout()
         buttons.addWidget(self.send_button)
         buttons.addWidget(self.stop_button)
@@ -290,6 +291,13 @@ class MainWindow(ChatFlow, QMainWindow):
         self.sidebar.refresh(cid)
         self.settings.setValue("last_conversation", cid)
         self._update_controls()
+
+    def focus_search(self) -> None:
+        self.sidebar.search.setFocus()
+        self.sidebar.search.selectAll()
+
+    def focus_prompt(self) -> None:
+        self.prompt.setFocus()
 
     def attach_files(self, paths: list[str] | None = None) -> None:
         """Text files into the message box (Attach… asks which; a drop gives them): what will be sent is

@@ -26,6 +26,7 @@ class DialogRecorder:
         class FakeBox:
             class Icon:
                 Critical = 3
+                Information = 1
 
             class ButtonRole:
                 ActionRole = 3
