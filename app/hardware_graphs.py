@@ -18,13 +18,17 @@ from .stats import RingBuffer, style_plot
 REDRAW_MS = 50
 PLOT_HEIGHT = 110
 CAPACITY = 480  # two minutes of readings at the busy rate (app.hardware_panel.SAMPLE_BUSY_MS)
-GPU_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 PROCESS, SYSTEM = "this app", "system"
-RAM_COLORS = {PROCESS: "#d62728", SYSTEM: "#7f7f7f"}
+RAM_SERIES = {PROCESS: 3, SYSTEM: 7}  # which of the appearance's graph colors (app.theme) each RAM line takes
 
 
 def gpu_color(index: int) -> str:
-    return GPU_COLORS[index % len(GPU_COLORS)]
+    series = theme.colors().series
+    return series[index % len(series)]
+
+
+def ram_color(name: str) -> str:
+    return theme.colors().series[RAM_SERIES[name]]
 
 
 class Series:
@@ -74,8 +78,8 @@ class MemoryHistory:
             return [(None, "Waiting for the first reading …")]
         parts = [(gpu_color(g["index"]), f"GPU {g['index']}: {gib(g['used_bytes'])} of {gib(g['total_bytes'])} VRAM")
                  for g in r["gpus"]]
-        parts.append((RAM_COLORS[SYSTEM], f"RAM: {gib(r['ram_used_bytes'])} of {gib(r['ram_total_bytes'])} used"))
-        parts.append((RAM_COLORS[PROCESS], f"{gib(r['process_bytes'])} by this app"))
+        parts.append((ram_color(SYSTEM), f"RAM: {gib(r['ram_used_bytes'])} of {gib(r['ram_total_bytes'])} used"))
+        parts.append((ram_color(PROCESS), f"{gib(r['process_bytes'])} by this app"))
         return parts
 
     def summary(self) -> str:
@@ -109,8 +113,8 @@ class MemoryGraphs(QWidget):
         self.vram_plot.hide()  # until a reading has a GPU: a CPU-only machine shows RAM alone
         self.ram_plot = _plot("RAM used (GiB) vs seconds")
         self.vram_curves: dict[int, pg.PlotDataItem] = {}
-        self.ram_curves = {name: self.ram_plot.plot(pen=pg.mkPen(color, width=1.5))
-                           for name, color in RAM_COLORS.items()}
+        self.ram_curves = {name: self.ram_plot.plot(pen=pg.mkPen(ram_color(name), width=1.5))
+                           for name in RAM_SERIES}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.summary)
@@ -124,6 +128,11 @@ class MemoryGraphs(QWidget):
     def _restyle(self, _colors=None) -> None:
         for widget in (self.vram_plot, self.ram_plot):
             style_plot(widget)
+        for index, curve in self.vram_curves.items():
+            curve.setPen(pg.mkPen(gpu_color(index), width=1.5))
+        for name, curve in self.ram_curves.items():
+            curve.setPen(pg.mkPen(ram_color(name), width=1.5))
+        self.summary.setText(self.history.summary_html())  # its legend marks
 
     def add_reading(self, reading: dict) -> None:
         self.history.add(reading)

@@ -421,6 +421,7 @@ class MainWindow(ChatFlow, QMainWindow):
             self._restyle_pending = True
             return
         self._restyle_pending = False
+        self.transcript.restyle()
         if self.conversation is not None:
             self.transcript.clear()
             self.history = replay(self.transcript, self.store.messages(self.conversation.id))

@@ -104,13 +104,49 @@ def _fresh_block(cursor: QTextCursor, fmt: QTextBlockFormat) -> None:
         cursor.setCharFormat(QTextCharFormat())
 
 
+def _keep_first_quote(doc: QTextDocument, start: int, text: str) -> None:
+    """insertMarkdown merges the first block it makes into the block the cursor is in, which keeps that
+    block's format: a quote that opens a paragraph lost its indent and read as plain text. The quote's own
+    format, as Qt's importer makes it, is put back."""
+    if not text.lstrip().startswith(">"):
+        return
+    scratch = QTextDocument()
+    scratch.setMarkdown(text, FEATURES)
+    QTextCursor(doc.findBlock(start)).setBlockFormat(scratch.begin().blockFormat())
+
+
+def _shade_inline_code(doc: QTextDocument, start: int, end: int) -> None:
+    """Inline `code` comes from Qt's importer in a fixed-pitch font only: given the code blocks' shade too,
+    so it stands out from prose in both appearances."""
+    spans = []  # gathered first: changing a format while walking the fragments would change the walk
+    block = doc.findBlock(start)
+    while block.isValid() and block.position() < end:
+        it = block.begin()
+        while not it.atEnd():
+            fragment = it.fragment()
+            if fragment.charFormat().fontFixedPitch():
+                spans.append((fragment.position(), fragment.length()))
+            it += 1
+        block = block.next()
+    shaded = QTextCharFormat()
+    shaded.setBackground(QColor(theme.colors().code_background))
+    for position, length in spans:
+        cursor = QTextCursor(doc)
+        cursor.setPosition(position)
+        cursor.setPosition(position + length, QTextCursor.MoveMode.KeepAnchor)
+        cursor.mergeCharFormat(shaded)
+
+
 def render(cursor: QTextCursor, text: str, copies: list[str]) -> None:
     """Inserts `text` at `cursor` (the document's end); each code block's text is appended to `copies`
     and its "Copy" link points at that entry."""
     for segment in split_fences(text):
         if not segment.is_code:
             _fresh_block(cursor, QTextBlockFormat())
+            start = cursor.position()
             cursor.insertMarkdown(segment.text, FEATURES)
+            _keep_first_quote(cursor.document(), start, segment.text)
+            _shade_inline_code(cursor.document(), start, cursor.position())
             continue
         header = QTextBlockFormat()
         header.setTopMargin(4)

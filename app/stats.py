@@ -122,14 +122,17 @@ def style_plot(widget: pg.PlotWidget, title: str | None = None) -> None:
         widget.getAxis(side).setTextPen(c.plot_text)
 
 
-def _plot(title: str, color: str) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
+PLOT_SERIES = (0, 2, 3, 4)  # the four plots' line colors, as indexes into the appearance's graph colors
+
+
+def _plot(title: str, series: int) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
     widget = pg.PlotWidget()
     style_plot(widget, title)
     widget.showGrid(x=True, y=True, alpha=0.2)
     widget.setMenuEnabled(False)
     widget.setMouseEnabled(x=False, y=False)
     widget.setMinimumHeight(80)
-    curve = widget.plot(pen=pg.mkPen(color, width=1.5))
+    curve = widget.plot(pen=pg.mkPen(theme.colors().series[series], width=1.5))
     return widget, curve
 
 
@@ -143,8 +146,8 @@ class StatsDock(QDockWidget):
         self.summary = QLabel(self.stats.summary())
         self.summary.setContentsMargins(4, 2, 4, 2)
         self.summary.setToolTip(DEPTH_TIP)
-        plots = [_plot("Accepted length per step", "#1f77b4"), _plot("Running τ", "#2ca02c"),
-                 _plot("Decode tok/s", "#d62728"), _plot(SPEEDUP_TITLE, "#9467bd")]
+        titles = ("Accepted length per step", "Running τ", "Decode tok/s", SPEEDUP_TITLE)
+        plots = [_plot(title, series) for title, series in zip(titles, PLOT_SERIES)]
         self.plots = [widget for widget, _c in plots]
         self.curves = [curve for _w, curve in plots]
         layout = QVBoxLayout()
@@ -161,8 +164,9 @@ class StatsDock(QDockWidget):
         theme.notifier.changed.connect(self._restyle)
 
     def _restyle(self, _colors=None) -> None:
-        for widget in self.plots:
+        for widget, curve, series in zip(self.plots, self.curves, PLOT_SERIES):
             style_plot(widget)
+            curve.setPen(pg.mkPen(theme.colors().series[series], width=1.5))
 
     def begin_answer(self, baseline: float | None = None) -> None:
         """`baseline`: plain decoding's tok/s for this model, when measured, for the speedup plot."""

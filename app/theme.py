@@ -43,14 +43,17 @@ class Colors:
     card_border: str
     plot_background: str
     plot_text: str
+    series: tuple  # graph lines, in order (the stats plots, then the GPUs of the hardware graphs)
+    card_background: str
     badges: dict  # kind -> (text, background)
 
 
 LIGHT = Colors(
     dark=False, user="#1f5fa8", assistant="#2e7d32", note="#707070", error="#c62828", stats="#707070",
-    link="#1f5fa8", code_background="#f3f4f6", muted="#5f6368", warning="#7a5f00", ok="#1b5e20",
+    link="#1f5fa8", code_background="#eceff3", muted="#5f6368", warning="#7a5f00", ok="#1b5e20",
     notice_background="#fff6d5", notice_border="#e6d38a", card_border="#d3d6db", plot_background="#ffffff",
-    plot_text="#333333",
+    plot_text="#333333", card_background="#ffffff",
+    series=("#1f5fa8", "#b35900", "#1e7b34", "#c62828", "#6a3fa0", "#7a4a2e", "#a8206f", "#5f6368"),
     badges={"good": ("#1b5e20", "#e3f2e5"), "cpu": ("#7a5200", "#fdf1d8"), "bad": ("#8e1b1b", "#fbe3e3"),
             "neutral": ("#455a64", "#eceff1"), "info": ("#0d47a1", "#e3ecfa")})
 
@@ -58,7 +61,8 @@ DARK = Colors(
     dark=True, user="#82b1ff", assistant="#81c784", note="#a6a6a6", error="#ff8a80", stats="#9e9e9e",
     link="#8ab4f8", code_background="#2f3237", muted="#a8adb3", warning="#e6c35c", ok="#81c784",
     notice_background="#3a3322", notice_border="#7a6a30", card_border="#4a4e54", plot_background="#1e1f22",
-    plot_text="#d0d0d0",
+    plot_text="#d0d0d0", card_background="#303338",
+    series=("#6fa8ff", "#ffa657", "#7ee787", "#ff7b72", "#d2a8ff", "#e3b27a", "#ff8ad8", "#b0b4b8"),
     badges={"good": ("#a5d6a7", "#1f3a22"), "cpu": ("#ffd27f", "#3d3115"), "bad": ("#ff9e9e", "#4a1f1f"),
             "neutral": ("#c0ccd2", "#2e363b"), "info": ("#9cc7ff", "#1b2b47")})
 
@@ -85,7 +89,7 @@ def dark_palette() -> QPalette:
                  (role.Link, "#8ab4f8"), (role.LinkVisited, "#c58af9")):
         p.setColor(r, QColor(c))
     for r in (role.WindowText, role.Text, role.ButtonText):
-        p.setColor(group.Disabled, r, QColor("#7a7a7a"))
+        p.setColor(group.Disabled, r, QColor("#8a8a8a"))
     p.setColor(group.Disabled, role.Base, QColor("#26282b"))
     p.setColor(group.Disabled, role.Button, QColor("#2d2f33"))
     return p
@@ -93,11 +97,15 @@ def dark_palette() -> QPalette:
 
 def _badge(c: Colors, kind: str) -> str:
     fg, bg = c.badges[kind]
-    return f"color: {fg}; background: {bg}; border-radius: 8px; padding: 1px 8px; font-weight: 600;"
+    edge = QColor(fg)
+    edge.setAlphaF(0.35)  # a pastel pill on a pale window needs an edge to be seen
+    return (f"color: {fg}; background: {bg}; border: 1px solid {edge.name(QColor.NameFormat.HexArgb)}; "
+            f"border-radius: 8px; padding: 0px 7px; font-weight: 600;")
 
 
 def _card(c: Colors) -> str:
-    return (f"QFrame#card {{ background: palette(base); border: 1px solid {c.card_border}; border-radius: 6px; }}"
+    return (f"QFrame#card {{ background: {c.card_background}; border: 1px solid {c.card_border}; "
+            f"border-radius: 6px; }}"
             f"QFrame#card QLabel {{ background: transparent; }}")
 
 

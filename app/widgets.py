@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import (QColor, QDesktopServices, QFont, QGuiApplication, QKeyEvent, QTextBlockFormat,
-                           QTextCharFormat, QTextCursor)
+from PySide6.QtGui import (QColor, QDesktopServices, QFont, QGuiApplication, QKeyEvent, QPalette,
+                           QTextBlockFormat, QTextCharFormat, QTextCursor)
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser, QWidget
 
 from . import markdown, theme
@@ -52,6 +52,7 @@ class Transcript(QTextBrowser):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setOpenLinks(False)  # links are handled in _on_anchor: copy actions, and the web in a browser
+        self.restyle()
         self.anchorClicked.connect(self._on_anchor)
         self.document().setDocumentMargin(10)
         self.setPlaceholderText("Ask anything. Enter sends, Shift+Enter adds a line, Esc stops.")
@@ -64,6 +65,13 @@ class Transcript(QTextBrowser):
         self._timer.setSingleShot(True)
         self._timer.setInterval(self.RENDER_MS)
         self._timer.timeout.connect(self._render)
+
+    def restyle(self) -> None:
+        """Links in answers in the appearance's link color, the one the Copy links use (Qt's importer gives
+        Markdown links the palette's, pure blue in Fusion's light palette)."""
+        palette = self.palette()
+        palette.setColor(QPalette.ColorRole.Link, QColor(theme.colors().link))
+        self.setPalette(palette)
 
     def clear(self) -> None:
         self._timer.stop()

@@ -10,7 +10,7 @@ import pynvml
 import pytest
 from fake_nvml import FakeNVML, card
 
-from app.hardware_graphs import PROCESS, RAM_COLORS, SYSTEM, MemoryHistory, gpu_color
+from app.hardware_graphs import PROCESS, SYSTEM, MemoryHistory, gpu_color, ram_color
 from app.hardware_host import MemorySampler
 from app.hardware_panel import SAMPLE_BUSY_MS, SAMPLE_IDLE_MS, HardwareDock
 
@@ -87,7 +87,7 @@ def test_history_keeps_series_per_gpu_relative_to_the_newest_reading():
     # The label under the graphs is also their legend: each line's color before its numbers.
     html = history.summary_html()
     assert f"color:{gpu_color(1)}'>&#9632;</span> GPU 1: 0.5 GiB" in html
-    assert f"color:{RAM_COLORS[PROCESS]}'>&#9632;</span> 4.0 GiB by this app" in html
+    assert f"color:{ram_color(PROCESS)}'>&#9632;</span> 4.0 GiB by this app" in html
 
 
 # The dock

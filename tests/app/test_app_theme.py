@@ -46,6 +46,7 @@ def test_every_color_we_choose_reads_on_what_it_is_drawn_on(qapp, scheme):
     assert contrast(role("Text"), c.code_background) >= 7
     for tone in theme.TONES:  # labels in the panels, on the window's color and on a card's
         assert contrast(getattr(c, tone), role("Window")) >= 4.5 and contrast(getattr(c, tone), role("Base")) >= 4.5
+        assert contrast(getattr(c, tone), c.card_background) >= 4.5, tone
     assert contrast(role("WindowText"), c.notice_background) >= 7
     assert contrast(c.plot_text, c.plot_background) >= 4.5
     for kind, (fg, bg) in c.badges.items():
@@ -130,3 +131,36 @@ def test_a_bad_saved_appearance_falls_back_to_the_system(qtbot, make_window):
     assert again.findChild(QAction, "appearance_system").isChecked() and not theme.is_dark()
     with pytest.raises(ValueError, match="appearance must be one of"):
         theme.apply("sepia")
+
+
+def test_quotes_inline_code_and_links_look_like_what_they_are(qtbot, make_window):
+    """Found looking at the screens: a quote opening an answer lost its indent (insertMarkdown merges its first
+    block into the one it starts in), inline code was marked by its font alone, and Markdown links were
+    Fusion's pure blue beside our own Copy links."""
+    from app.widgets import Transcript
+
+    theme.apply("dark")
+    t = Transcript()
+    t.begin_assistant("M", "> a quote first\n\nthen `code` and [a link](https://example.org)")
+    t.end_answer()
+    doc = t.document()
+    quote = doc.find("a quote first")
+    assert QTextCursor(quote).blockFormat().leftMargin() > 0
+    code = doc.find("code")
+    assert code.charFormat().fontFixedPitch()
+    assert code.charFormat().background().color().name() == theme.DARK.code_background
+    assert t.palette().color(QPalette.ColorRole.Link).name() == theme.DARK.link
+    theme.apply("light")
+    t.restyle()  # (the window calls this when the appearance changes)
+    assert t.palette().color(QPalette.ColorRole.Link).name() == theme.LIGHT.link
+
+
+def test_graph_lines_follow_the_appearance(qtbot, make_window):
+    window = make_window(FakeBackend())
+    pen = window.stats_dock.curves[0].opts["pen"]
+    assert pen.color().name() == theme.LIGHT.series[0]
+    choose(window, "dark")
+    assert window.stats_dock.curves[0].opts["pen"].color().name() == theme.DARK.series[0]
+    for c in (theme.LIGHT, theme.DARK):
+        for line in c.series:
+            assert contrast(line, c.plot_background) >= 3, line  # a graph line (WCAG: 3 for graphics)
