@@ -31,6 +31,11 @@ def read_text_file(path: str | Path, max_bytes: int = MAX_BYTES) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise AttachmentError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with its BOM (PowerShell 5's `>` writes it)
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise AttachmentError(f"{path.name} is not valid UTF-16 text") from None
     if b"\0" in data[:SNIFF_BYTES]:
         raise AttachmentError(f"{path.name} is not a text file (the models here read text only)")
     try:

@@ -11,6 +11,7 @@ from . import dialogs
 from .compare import CompareJob, format_comparison, reusable
 from .conversations import AnswerWriter, Message, title_from
 from .turns import Turn, end_answer, format_stats, history_of, last_of, replay
+from .widgets import replace_text
 
 CONTEXT_ERROR = "exceeds the model's context"
 
@@ -59,7 +60,9 @@ class ChatFlow:
         last_user = last_of(self._saved(), "user") if self.conversation and not self.busy else None
         if last_user is None:
             return
-        self.prompt.setPlainText(last_user.content)
+        if not self.editing:  # a draft in the box comes back when the edit is cancelled
+            self._draft = self.prompt.toPlainText()
+        replace_text(self.prompt, last_user.content)
         self.set_editing(True)
         self.prompt.setFocus()
 
@@ -89,7 +92,8 @@ class ChatFlow:
             self.host.stop()
         elif self.editing:
             self.set_editing(False)
-            self.prompt.clear()
+            replace_text(self.prompt, self._draft)
+            self._draft = ""
 
     # Answers
 
@@ -99,6 +103,7 @@ class ChatFlow:
         self.writer = AnswerWriter(self.store, cid, self.ANSWER_SAVE_INTERVAL_S, extend=turn.extended)
         saved = [m for m in self._saved() if m.id != self.writer.id]
         self.history = history_of(saved + ([turn.extended] if turn.extended else []))
+        self._draft = ""  # sent or resent: an edit's set-aside draft is not coming back
         if turn.kind != "send":
             self.transcript.clear()
             replay(self.transcript, saved)
@@ -154,9 +159,11 @@ class ChatFlow:
             self.busy = False
             if self._compare is not None:
                 self._compare = None
+                self._restyle_now()
                 self.transcript.add_error(f"Comparison failed: {message}")
             else:
                 self._undo_turn()
+                self._restyle_now()  # before the error line, which a later redraw (from the store) would drop
                 self.transcript.add_error(self._explain(message))
             self.stats_label.setText("")
             self._after_request()
@@ -168,6 +175,11 @@ class ChatFlow:
             self._on_error("Engine error", message, details)
         else:
             dialogs.show_error(self, "Engine error", message, details)
+
+    def _restyle_now(self) -> None:
+        """The appearance changed during the request: redraw the transcript now that it is over."""
+        if self._restyle_pending and not self.busy:
+            self._on_theme_changed()
 
     def _explain(self, message: str) -> str:
         if CONTEXT_ERROR in message:
@@ -199,8 +211,7 @@ class ChatFlow:
         self.model_label.setText(self.model_name or "No model loaded")  # a draft build may have used it
         last = last_of(self._saved(), "assistant")  # a failed redo put the old answer back
         self.context_meter.show_usage(last.stats if last else None)
-        if self._restyle_pending:
-            self._on_theme_changed()
+        self._restyle_now()
         self.sidebar.refresh()
         self._update_controls()
 

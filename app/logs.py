@@ -10,6 +10,7 @@ all (writing to it would raise), so those streams are pointed at the log too.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 import threading
@@ -36,9 +37,18 @@ class _RotatingFile(RotatingFileHandler):
     windowed app is this very log. It tries again at the next record."""
 
     def doRollover(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+        # The backups shift before the live file is renamed: if that rename is going to fail, shifting
+        # them would lose one each try. So the rename is tried first, undone, and rotation only then done.
+        trial = self.baseFilename + ".rotating"
         try:
+            os.rename(self.baseFilename, trial)
+            os.rename(trial, self.baseFilename)
             super().doRollover()
         except OSError:
+            self.maxBytes = 0  # rotation off for this run: another copy holds the file, and will rotate it
             if self.stream is None:
                 self.stream = self._open()
 

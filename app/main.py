@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Slot
+from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication
 
 from engine.store import DEFAULT_MODEL
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     window = MainWindow(host, on_error=_print_and_exit if unattended else None)
     if args.appearance:
         theme.apply(args.appearance)  # after the window, which applies the saved one
+        window.view_menu.findChild(QAction, f"appearance_{args.appearance}").setChecked(True)
     if args.screenshot:
         # The picture should not depend on a layout saved earlier (on a small screen, say, or offscreen,
         # where restoring clamps the window to an 800 px wide virtual screen).

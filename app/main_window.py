@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut, QTextCursor
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
@@ -31,7 +31,7 @@ from .models_panel import ModelsDock
 from .sidebar import ConversationSidebar
 from .stats import StatsDock
 from .turns import Turn, last_of, replay
-from .widgets import NoticeBar, PromptEdit, Transcript
+from .widgets import NoticeBar, PromptEdit, Transcript, replace_text
 from .worker import EngineHost
 
 ErrorHandler = Callable[[str, str, str], None]  # title, message, details
@@ -63,6 +63,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self._requested_model: str | None = None
         self.busy = False
         self.editing = False  # the prompt box holds the last user message, to replace it
+        self._draft = ""  # what the box held when an edit began: back in it if the edit is cancelled
         self.writer: AnswerWriter | None = None
         self._turn: Turn | None = None  # the request in flight and what it changed
         self._compare: CompareJob | None = None  # a speed comparison in flight
@@ -308,8 +309,7 @@ class MainWindow(ChatFlow, QMainWindow):
             return
         text, refused = attach(self.prompt.toPlainText(), paths)
         if text != self.prompt.toPlainText():
-            self.prompt.setPlainText(text)
-            self.prompt.moveCursor(QTextCursor.MoveOperation.End)
+            replace_text(self.prompt, text)  # Ctrl+Z takes the files out again
         self.prompt.setFocus()
         if refused:
             dialogs.show_error(self, "Attach", "\n".join(refused))

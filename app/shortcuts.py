@@ -13,7 +13,8 @@ SHORTCUTS = (
     ("Ctrl+L", "Go to the message box", "focus_prompt"),
     ("Ctrl+O", "Attach text files to the message", "attach_files"),
     ("Ctrl+R", "Regenerate the last answer", "regenerate"),
-    ("Ctrl+E", "Edit your last message and send it again", "begin_edit"),
+    # Not Ctrl+E: in Qt's one-line fields on Linux that is "end of line", and the field would take it.
+    ("Ctrl+Shift+E", "Edit your last message and send it again", "begin_edit"),
 )
 LISTED = (("Enter", "Send"), ("Shift+Enter", "A new line in the message"), ("Ctrl+N", "New conversation"),
           *((keys, what) for keys, what, _ in SHORTCUTS), ("Esc", "Stop the answer; cancel an edit"))

@@ -227,6 +227,15 @@ class NoticeBar(QWidget):
         self.show()
 
 
+def replace_text(box: QPlainTextEdit, text: str) -> None:
+    """The box's whole text replaced as one edit that Ctrl+Z undoes (setPlainText clears the undo history:
+    a draft replaced by accident would be gone)."""
+    cursor = box.textCursor()
+    cursor.select(QTextCursor.SelectionType.Document)
+    cursor.insertText(text)
+    box.setTextCursor(cursor)
+
+
 class PromptEdit(QPlainTextEdit):
     """Enter submits, Shift+Enter inserts a newline, Esc asks to stop. Files dropped on it are attached
     (files_dropped); dropped text is inserted as usual."""

@@ -412,8 +412,9 @@ class Download:
                 try:
                     info = store.install_folder(work, name, source=source, extra=extra)
                 except store.InstallMoveError as exc:  # the files are fine: the next try only installs
+                    _write_state(work, state)  # the install's clean-up took the state file with the extras
                     raise SubspecError(f"{exc}. The verified download is kept in {work}; run the download "
-                                       f"again (with --name for another name) to install it") from exc
+                                       f"again to install it") from exc
                 except SubspecError:
                     self._discard = True  # verified but unusable here: keeping it would only fill the disk
                     raise

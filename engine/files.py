@@ -42,18 +42,22 @@ def replace(src: Path | str, dst: Path | str) -> None:
     retry_shared(lambda: os.replace(src, dst))
 
 
-def _clear_read_only(function, path, _exc_info) -> None:
-    os.chmod(path, stat.S_IWRITE)
-    function(path)
-
-
 def rmtree(path: Path | str, ignore_errors: bool = False) -> None:
-    """shutil.rmtree that also deletes read-only files (Windows refuses those)."""
-    try:
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=lambda f, p, _e: _clear_read_only(f, p, None))
-        else:
-            shutil.rmtree(path, onerror=_clear_read_only)
-    except OSError:
+    """shutil.rmtree that also deletes read-only files (Windows refuses those). Only a delete refused for
+    permission is retried, on the file itself: anything else (a symlinked folder, which shutil will not
+    follow) fails as shutil's would, or is skipped with `ignore_errors`, the rest deleted either way."""
+    def handle(function, failed_path, exc) -> None:
+        if function in (os.unlink, os.remove, os.rmdir) and isinstance(exc, PermissionError):
+            try:
+                os.chmod(failed_path, stat.S_IWRITE)
+                function(failed_path)
+                return
+            except OSError as again:
+                exc = again
         if not ignore_errors:
-            raise
+            raise exc
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=handle)
+    else:
+        shutil.rmtree(path, onerror=lambda function, p, info: handle(function, p, info[1]))

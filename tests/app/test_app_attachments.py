@@ -31,6 +31,8 @@ def test_what_the_models_cannot_read_is_refused_with_the_reason(tmp_path):
         else:
             raise AssertionError(f"{name} was attached")
     assert read_text_file(tmp_path / "bom.txt") == "hello"  # Notepad's BOM is not part of the text
+    (tmp_path / "ps.txt").write_bytes("héllo\r\n".encode("utf-16"))  # PowerShell 5's `>`: UTF-16, a BOM
+    assert read_text_file(tmp_path / "ps.txt") == "héllo\r\n"
     text, refused = attach("keep me", [str(tmp_path / "img.png"), str(tmp_path / "bom.txt")])
     assert text == "keep me\n\nbom.txt:\n```\nhello\n```\n" and len(refused) == 1
 

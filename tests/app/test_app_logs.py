@@ -67,21 +67,31 @@ def test_a_missing_stderr_is_sent_to_the_log(tmp_path, monkeypatch):
 
 
 def test_a_log_that_cannot_rotate_goes_on_in_the_same_file(tmp_path, monkeypatch):
-    """Windows: another copy of the app has the file open, so the rename fails. Without the fallback,
-    logging reports the failure on stderr, which in a windowed app is this log, and recurses."""
+    """Windows: another copy of the app has the file open, so renaming it fails. Without the fallback,
+    logging reports the failure on stderr, which in a windowed app is this log, and recurses; and the
+    backups, shifted before the failing rename, were lost one a try."""
+    import os
+
     monkeypatch.setattr(sys, "stderr", None)  # a windowed app on Windows: stderr is the log
+    for n in (1, 2):
+        (tmp_path / f"subspec-studio.log.{n}").write_text(f"backup {n}\n")
     path = logs.setup(tmp_path, max_bytes=2000, backups=2)
+    real_rename = os.rename
 
-    def busy(*_args):
-        raise PermissionError(13, "The process cannot access the file because it is being used")
+    def held_open(src, dst):
+        if str(src) == str(path):
+            raise PermissionError(13, "The process cannot access the file because it is being used")
+        return real_rename(src, dst)
 
-    monkeypatch.setattr(logs._handler, "rotate", busy)
+    monkeypatch.setattr(os, "rename", held_open)
     for i in range(100):
         logs.log.info("line %03d %s", i, "x" * 40)
     logs._handler.flush()
     text = path.read_text()
-    assert "line 000" in text and "line 099" in text  # nothing lost, no rotation, no recursion
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["subspec-studio.log"]
+    assert "line 000" in text and "line 099" in text  # nothing lost, no recursion
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "subspec-studio.log", "subspec-studio.log.1", "subspec-studio.log.2"]
+    assert [(tmp_path / f"subspec-studio.log.{n}").read_text() for n in (1, 2)] == ["backup 1\n", "backup 2\n"]
 
 
 def test_what_logging_writes_to_a_missing_stderr_while_logging_is_dropped(tmp_path, monkeypatch):

@@ -152,3 +152,18 @@ def test_continue_keeps_the_notes_of_the_part_it_continues(qtbot, make_window):
     window.new_conversation()
     window.open_conversation(conversation)
     assert f"[{first_note}]" in window.transcript.toPlainText()
+
+
+def test_an_edit_keeps_the_draft_it_replaced_and_undo_works(qtbot, make_window):
+    """Edit (Ctrl+Shift+E) with a half-typed message in the box: Esc cancels the edit and gives the draft
+    back; and the replaced text is one Ctrl+Z away (it was gone for good)."""
+    window = make_window(FakeBackend(events=numbered_answers()))
+    answer(qtbot, window)
+    qtbot.keyClicks(window.prompt, "half a thought")
+    window.chat_actions.edit.click()
+    assert window.editing and window.prompt.toPlainText() == PROMPT
+    window.prompt.undo()
+    assert window.prompt.toPlainText() == "half a thought"
+    window.prompt.redo()
+    qtbot.keyClick(window.prompt, Qt.Key.Key_Escape)
+    assert not window.editing and window.prompt.toPlainText() == "half a thought"

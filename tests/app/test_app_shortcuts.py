@@ -27,7 +27,7 @@ def test_the_shortcuts_work(qtbot, make_window, monkeypatch):
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         press(qtbot, window, "Ctrl+R")  # regenerate: a second call, the same history
     assert len(window.backend.calls) == 2 and window.backend.calls[1][0] == window.backend.calls[0][0]
-    press(qtbot, window, "Ctrl+E")
+    press(qtbot, window, "Ctrl+Shift+E")
     assert window.editing and window.prompt.toPlainText() == PROMPT
     asked = []
     monkeypatch.setattr(app_dialogs, "choose_files", lambda parent, title: asked.append(title) or [])

@@ -164,3 +164,23 @@ def test_graph_lines_follow_the_appearance(qtbot, make_window):
     for c in (theme.LIGHT, theme.DARK):
         for line in c.series:
             assert contrast(line, c.plot_background) >= 3, line  # a graph line (WCAG: 3 for graphics)
+
+
+def test_an_error_line_survives_a_redraw_put_off_until_the_request_ended(qtbot, make_window, dialogs):
+    """The appearance changed mid-answer and the answer failed: the redraw (from the store) comes before the
+    error line, which is not stored, instead of wiping it."""
+    from engine.errors import SubspecError
+
+    gate = threading.Event()
+    window = make_window(FakeBackend(events=markdown_events, gate=gate, fail_on_call={1}, fail_after=2,
+                                     fail_error=SubspecError("the GPU fell over")))
+    gate.set()
+    answer(qtbot, window)
+    gate.clear()  # the regenerate holds after its first token
+    with qtbot.waitSignal(window.host.token, timeout=5000):
+        window.chat_actions.regenerate.click()
+    choose(window, "dark")
+    with qtbot.waitSignal(window.host.failed, timeout=5000):
+        gate.set()
+    assert "the GPU fell over" in window.transcript.toPlainText()
+    assert drawn_colors(window)["code"] == theme.DARK.code_background

@@ -464,3 +464,22 @@ def test_a_long_repo_and_label_make_a_short_unique_folder(hub):
     legacy = download.downloads_dir() / f"{repo.replace('/', '--')}@{'a' * 12}#{label.replace('/', '--')}"
     legacy.mkdir(parents=True)
     assert download.work_folder(repo, "a" * 40, label) == legacy
+
+
+def test_a_download_that_cannot_be_moved_into_the_store_is_resumed_by_installing(hub, monkeypatch):
+    """The rename into the store fails (Windows: a scanner holding a file longer than we wait): the verified
+    files are kept with their state, listed as a partial download, and the next run only installs."""
+    real_rename = os.rename
+
+    def refused(src, dst):
+        raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+
+    monkeypatch.setattr(os, "rename", refused)
+    with pytest.raises(SubspecError, match="could not move tiny into the store.*kept in"):
+        fetch()
+    [partial] = download.partial_downloads()
+    assert partial.have_bytes == partial.total_bytes and listed() == []
+    sent = hub.bytes_sent(hub.weights)
+    monkeypatch.setattr(os, "rename", real_rename)
+    fetch()
+    assert listed() == ["tiny"] and hub.bytes_sent(hub.weights) == sent  # nothing downloaded again

@@ -55,3 +55,18 @@ def test_rmtree_deletes_read_only_files(tmp_path, monkeypatch):
         import shutil
 
         shutil.rmtree(folder)
+
+
+def test_rmtree_never_reaches_through_a_symlink(tmp_path):
+    """shutil refuses to delete a symlinked folder; so do we, and the folder it points to is untouched
+    (a retry that chmod-ed whatever failed made the user's real folder write-only)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "keep.txt").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    mode = real.stat().st_mode
+    with pytest.raises(OSError):
+        files.rmtree(link)
+    files.rmtree(link, ignore_errors=True)
+    assert (real / "keep.txt").read_text() == "mine" and real.stat().st_mode == mode
