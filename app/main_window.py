@@ -422,9 +422,12 @@ class MainWindow(ChatFlow, QMainWindow):
             return
         self._restyle_pending = False
         self.transcript.restyle()
+        errors = list(self.transcript.trailing_errors)  # not in the store: kept across the redraw
+        self.transcript.clear()
         if self.conversation is not None:
-            self.transcript.clear()
             self.history = replay(self.transcript, self.store.messages(self.conversation.id))
+        for error in errors:
+            self.transcript.add_error(error)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.setValue("geometry", self.saveGeometry())

@@ -57,6 +57,7 @@ class Transcript(QTextBrowser):
         self.document().setDocumentMargin(10)
         self.setPlaceholderText("Ask anything. Enter sends, Shift+Enter adds a line, Esc stops.")
         self.copies: list[str] = []  # what each "Copy" link copies, by index
+        self.trailing_errors: list[str] = []  # error lines after the last turn
         self.renders = 0
         self._body: str | None = None  # the streaming answer's Markdown; None when no answer is open
         self._body_start = 0
@@ -77,14 +78,17 @@ class Transcript(QTextBrowser):
         self._timer.stop()
         self._body = None
         self.copies = []
+        self.trailing_errors = []
         super().clear()
 
     def add_user(self, text: str) -> None:
+        self.trailing_errors = []
         self._begin_turn("You", self.USER)
         self._insert(text, self.BODY)
 
     def begin_assistant(self, name: str, text: str = "") -> None:
         """Opens an answer; `text` is what it already says (a continued answer)."""
+        self.trailing_errors = []
         self._begin_turn(name, self.ASSISTANT)
         self._body = ""
         self._body_start = self._end_cursor().position()
@@ -140,6 +144,8 @@ class Transcript(QTextBrowser):
             block.setTopMargin(8)
             self._end_cursor().insertBlock(block, self.ERROR)
         self._insert(f"\N{WARNING SIGN} {text}", self.ERROR)
+        # Not stored with the conversation: a redraw from the store puts these back (app.main_window).
+        self.trailing_errors.append(text)
 
     def copy(self, index: int) -> None:
         if 0 <= index < len(self.copies):

@@ -184,3 +184,18 @@ def test_an_error_line_survives_a_redraw_put_off_until_the_request_ended(qtbot, 
         gate.set()
     assert "the GPU fell over" in window.transcript.toPlainText()
     assert drawn_colors(window)["code"] == theme.DARK.code_background
+
+
+def test_an_error_line_on_screen_survives_a_switch_while_idle(qtbot, make_window, dialogs):
+    """A redraw comes from the store, which does not hold error lines: those after the last turn come back."""
+    from app_fakes import CONTEXT_ERROR
+
+    window = make_window(FakeBackend(events=markdown_events, fail_on_call={1}))
+    answer(qtbot, window)
+    with qtbot.waitSignal(window.host.failed, timeout=5000):
+        qtbot.keyClicks(window.prompt, "x" * 10)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    assert CONTEXT_ERROR in window.transcript.toPlainText()
+    choose(window, "dark")
+    assert CONTEXT_ERROR in window.transcript.toPlainText()
+    assert window.transcript.toPlainText().count("\N{WARNING SIGN}") == 1
