@@ -292,9 +292,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import itertools
-
-    from .bench import format_table, read_prompts, run_bench
+    from .bench import read_prompts
 
     if args.max_new_tokens < 0:
         raise SubspecError("--max-new-tokens must be >= 0")
@@ -308,12 +306,29 @@ def cmd_bench(args) -> int:
         if not values:
             raise SubspecError(f"{flag} needs at least one value")
     conversations = read_prompts(args.prompts, args.limit, args.turns)
+    created = None
     if args.json_out:  # checked now, not after an hour of measuring
+        from pathlib import Path
+
+        existed = Path(args.json_out).exists()
         try:
             with open(args.json_out, "a", encoding="utf-8"):
                 pass
         except OSError as exc:
             raise SubspecError(f"cannot write --json-out {args.json_out}: {exc.strerror or exc}") from None
+        created = None if existed else Path(args.json_out)
+    try:
+        return _run_bench(args, conversations, methods)
+    finally:
+        if created is not None and created.is_file() and created.stat().st_size == 0:
+            created.unlink()  # the check's empty file, when the run ended before its first result
+
+
+def _run_bench(args, conversations, methods) -> int:
+    import itertools
+
+    from .bench import format_table, run_bench
+
     shapes = {}
     for d, k, b in itertools.product(args.depth, args.topk, args.budget):
         shape = _shape(args, d, k, b)

@@ -232,3 +232,11 @@ def test_drafting_options_given_to_plain_decoding_are_said_to_be_ignored(default
     code, out, err = main_in_process(capsys, *GEN, "--max-new-tokens", "2", "--depth", "8", "--device", "cpu",
                                      "--json")
     assert code == 0 and "note: --depth only apply to --method subspec" in err and json.loads(out)["method"] == "vanilla"
+
+
+def test_a_bench_that_fails_before_its_first_result_leaves_no_empty_json_out(tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    out = tmp_path / "results.json"
+    code, _o, err = main_in_process(capsys, "bench", "no-such-model", "--prompts", str(tmp_path / "p.jsonl"),
+                                    "--json-out", str(out))
+    assert code == 2 and "no model named" in err and not out.exists()
