@@ -156,21 +156,24 @@ class _Notifier(QObject):
 
 
 notifier = _Notifier()
-_system: tuple[str, QPalette] | None = None  # Qt's own style and palette, for going back to "system"
+_system_style: str | None = None  # Qt's own style, for going back to "system"
 _applied: Colors | None = None
 
 
 def apply(scheme: str) -> None:
     """Switches the whole application to `scheme` (one of SCHEMES) at once."""
-    global _system
+    global _system_style
     if scheme not in SCHEMES:
         raise ValueError(f"appearance must be one of {', '.join(SCHEMES)}, not {scheme!r}")
     app = QApplication.instance()
-    if _system is None:
-        _system = (app.style().name(), QPalette(app.palette()))
+    if _system_style is None:
+        _system_style = app.style().name()
     if scheme == "system":
-        app.setStyle(_system[0])
-        app.setPalette(_system[1])
+        if app.style().name() != _system_style:
+            app.setStyle(_system_style)
+        # An empty palette unsets ours: Qt goes back to the platform's and follows its light/dark changes
+        # again. A copy of the palette would pin it, and the app would stop following the system.
+        app.setPalette(QPalette())
     else:
         app.setStyle("Fusion")
         app.setPalette(dark_palette() if scheme == "dark" else app.style().standardPalette())

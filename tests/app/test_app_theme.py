@@ -98,6 +98,8 @@ def test_view_appearance_restyles_the_open_conversation_and_is_kept(qtbot, make_
     assert theme.is_dark() and second.findChild(QAction, "appearance_dark").isChecked()
     choose(window, "system")  # offscreen, the system's palette is light
     assert not theme.is_dark() and drawn_colors(window) == light
+    # Not pinned to a palette of ours: Qt keeps following the system's light/dark changes.
+    assert not QApplication.testAttribute(Qt.ApplicationAttribute.AA_SetPalette)
     assert theme.LIGHT.notice_background in notice.styleSheet()
 
 
