@@ -96,6 +96,7 @@ class MainWindow(ChatFlow, QMainWindow):
         # A download finishing or failing is news with the Models panel closed too.
         self.model_manager.notice.connect(lambda n: self.statusBar().showMessage(n["message"], 15_000))
         host.missing_model.connect(self._on_missing_model)
+        host.unloaded.connect(self._on_unloaded)
         host.list_models()  # queued before the first load, so the menu fills while the model loads
         self._restore()
         self._update_controls()
@@ -203,6 +204,12 @@ class MainWindow(ChatFlow, QMainWindow):
         # API requests decode like the chat: SubSpec with its tree when the switch is on.
         self.method.changed.connect(lambda: self.api.set_decoding(self.method.params()))
         self.api.set_decoding(self.method.params())
+        self.model_menu = self.menuBar().addMenu("&Model")
+        self.unload_action = self.model_menu.addAction("Unload model")
+        self.unload_action.setObjectName("unload_model")
+        self.unload_action.setToolTip("Let the model go and free its memory (RAM, and VRAM for other programs); "
+                                      "load one again from the model menu")
+        self.unload_action.triggered.connect(self.unload_model)
         self.view_menu = add_view_menu(self, self.settings)
         self.help_menu = add_help_menu(self)
 
@@ -351,6 +358,28 @@ class MainWindow(ChatFlow, QMainWindow):
             return
         self.load_model(name)
 
+    def unload_model(self) -> None:
+        """Model > Unload: the conversation stays; sending waits until a model is loaded again."""
+        if self.busy or self.loading or self.model_name is None:
+            return
+        self.api.stop()  # it serves the loaded model
+        self._requested_model = self.model_name
+        self.model_name = None
+        self.loading = True  # until the worker says the memory is free: nothing else may start meanwhile
+        self.model_label.setText("Unloading …")
+        self.hardware_dock.set_model(None)
+        self._update_controls()
+        self.host.unload()
+
+    def _on_unloaded(self) -> None:
+        self.loading = False
+        self.picker.set_current(None)
+        self.models_dock.set_loaded_model(None)
+        self.model_label.setText("No model loaded")
+        self.notice.show_notice(f"{self._requested_model} is unloaded and its memory free. Pick a model in the "
+                                f"menu, or load it again.", "Load again")
+        self._update_controls()
+
     def _on_loaded(self, name: str) -> None:
         self.model_name = name
         self.loading = False
@@ -400,6 +429,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.chat_actions.edit.setEnabled(idle and any(m.role == "user" for m in saved))
         self.hardware_dock.set_engine_busy(self.busy or self.loading)
         self.api.set_available(ready and idle and not self.loading)
+        self.unload_action.setEnabled(ready and idle and not self.loading)
 
     def _on_api_failed(self, title: str, message: str) -> None:
         if self._on_error:

@@ -6,8 +6,10 @@ QVariantMap/QVariantList, which drops non-string keys and turns tuples into list
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 import threading
 import traceback
 from dataclasses import asdict
@@ -44,6 +46,18 @@ def describe_model(engine: Backend, options: dict | None = None) -> dict:
             "notes": [str(n) for n in getattr(engine, "notes", None) or []]}
 
 
+def _trim_heap() -> None:
+    """glibc keeps freed memory for the process (most of a model's tensors come from its heap, past its
+    mmap threshold): hand it back to the system, so that unloading shows as free RAM. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # musl and others: no malloc_trim
+            pass
+
+
 class EngineWorker(QObject):
     capabilities = Signal(object)  # dict {"cuda": bool, "subspec": bool}, just before `loaded`
     model_info = Signal(object)  # dict (describe_model) for the hardware panel, just before `loaded`
@@ -56,6 +70,7 @@ class EngineWorker(QObject):
     models = Signal(object)  # list[str]: the store's model names
     missing_model = Signal(str)  # a load failed because no model is installed at all; the error
     api_served = Signal(object)  # dict: an API request (app.api_server) answered to its end
+    unloaded = Signal()  # the model is gone and its memory freed
 
     def __init__(self, engine_factory: EngineFactory | None = None,
                  stop_event: threading.Event | None = None, model_lister: ModelLister | None = None):
@@ -98,6 +113,18 @@ class EngineWorker(QObject):
         self.capabilities.emit({k: bool(v) for k, v in caps.items()})
         self.model_info.emit(describe_model(self._engine, options))
         self.loaded.emit(self._engine.name)
+
+    @Slot()
+    def unload(self) -> None:
+        """Let the model go and give its memory back (RAM, and VRAM to the driver: other programs see it)."""
+        self._engine = None
+        gc.collect()
+        if "torch" in sys.modules:  # nothing of torch to free if no model ever loaded it
+            from engine.loading import free_device_memory
+
+            free_device_memory()
+        _trim_heap()
+        self.unloaded.emit()
 
     @Slot(object, object)
     def generate(self, messages: list[dict], params: dict) -> None:
@@ -206,7 +233,9 @@ class EngineHost(QObject):
     models = Signal(object)
     missing_model = Signal(str)
     api_served = Signal(object)
+    unloaded = Signal()
     _load = Signal(str, object)
+    _unload = Signal()
     _list = Signal()
     _generate = Signal(object, object)
     _serve = Signal(object)
@@ -224,8 +253,9 @@ class EngineHost(QObject):
         self._list.connect(self.worker.list_models)
         self._generate.connect(self.worker.generate)
         self._serve.connect(self.worker.serve)
+        self._unload.connect(self.worker.unload)
         for name in ("capabilities", "model_info", "loaded", "progress", "token", "step", "finished", "failed",
-                     "models", "missing_model", "api_served"):
+                     "models", "missing_model", "api_served", "unloaded"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()
@@ -233,6 +263,10 @@ class EngineHost(QObject):
     def load(self, model: str, options: dict | None = None) -> None:
         """`options`: see EngineWorker.load."""
         self._load.emit(model, dict(options or {}))
+
+    def unload(self) -> None:
+        """The answer arrives as `unloaded`."""
+        self._unload.emit()
 
     def list_models(self) -> None:
         """The answer arrives as `models`."""
