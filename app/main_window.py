@@ -64,6 +64,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.busy = False
         self.editing = False  # the prompt box holds the last user message, to replace it
         self._draft = ""  # what the box held when an edit began: back in it if the edit is cancelled
+        self._unloaded: tuple[str, dict] | None = None  # Model > Unload: the name and load options, for Load again
         self.writer: AnswerWriter | None = None
         self._turn: Turn | None = None  # the request in flight and what it changed
         self._compare: CompareJob | None = None  # a speed comparison in flight
@@ -363,7 +364,9 @@ class MainWindow(ChatFlow, QMainWindow):
         if self.busy or self.loading or self.model_name is None:
             return
         self.api.stop()  # it serves the loaded model
-        self._requested_model = self.model_name
+        # Load again asks for what was asked before (a folder's path, not its display name), with the
+        # layout it was loaded with (the hardware panel forgets it with the model).
+        self._unloaded = (self.model_name, dict(self.hardware_dock.loaded_options))
         self.model_name = None
         self.loading = True  # until the worker says the memory is free: nothing else may start meanwhile
         self.model_label.setText("Unloading …")
@@ -376,11 +379,12 @@ class MainWindow(ChatFlow, QMainWindow):
         self.picker.set_current(None)
         self.models_dock.set_loaded_model(None)
         self.model_label.setText("No model loaded")
-        self.notice.show_notice(f"{self._requested_model} is unloaded and its memory free. Pick a model in the "
+        self.notice.show_notice(f"{self._unloaded[0]} is unloaded and its memory free. Pick a model in the "
                                 f"menu, or load it again.", "Load again")
         self._update_controls()
 
     def _on_loaded(self, name: str) -> None:
+        self._unloaded = None
         self.model_name = name
         self.loading = False
         self.load_progress.hide()
@@ -411,7 +415,8 @@ class MainWindow(ChatFlow, QMainWindow):
     def _retry_load(self) -> None:
         if not self.loading and not self.busy:
             self.notice.hide()
-            self.load_model(self._requested_model or DEFAULT_MODEL)
+            options, self._unloaded = (self._unloaded[1] if self._unloaded else None), None
+            self.load_model(self._requested_model or DEFAULT_MODEL, options)
 
     def _update_controls(self) -> None:
         ready = self.model_name is not None

@@ -124,6 +124,7 @@ class Transcript(QTextBrowser):
     def add_stats(self, text: str, copy_text: str | None = None) -> None:
         """A small grey line under an answer, with a link copying the answer when there is one."""
         self.end_answer()
+        self.trailing_errors = []  # a stored line now follows them: they are no longer the latest
         cursor = self._end_cursor()
         cursor.insertBlock(QTextBlockFormat(), self.STATS)
         fmt = QTextCharFormat(self.STATS)

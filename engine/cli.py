@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 
@@ -310,7 +311,7 @@ def cmd_bench(args) -> int:
     if args.json_out:  # checked now, not after an hour of measuring
         from pathlib import Path
 
-        existed = Path(args.json_out).exists()
+        existed = os.path.lexists(args.json_out)  # a link to a file yet to be made is the user's too
         try:
             with open(args.json_out, "a", encoding="utf-8"):
                 pass

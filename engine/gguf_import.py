@@ -21,6 +21,8 @@ part holds the metadata, every part some of the tensors."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
 import threading
@@ -161,14 +163,53 @@ def read_architecture(path: Path):
     return reader, arch
 
 
+_METADATA_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _metadata_parsed_once():
+    """transformers parses a GGUF's whole metadata for AutoConfig and again for AutoTokenizer (to choose the
+    tokenizer's class): 3-6 s each on SmolLM2's 49k-token vocabulary, more on bigger ones. Within this
+    block each file's metadata is parsed once and handed out as copies (callers may change what they get).
+    The patch is transformers' own module attribute, which both look up when called; if a version moves
+    it, this does nothing and both parse as before. One import at a time holds it (the lock), so a patch
+    is never saved as the original by another."""
+    with _METADATA_LOCK:
+        try:
+            from transformers import modeling_gguf_pytorch_utils as module
+        except ImportError:
+            yield
+            return
+        original = getattr(module, "load_gguf_checkpoint", None)
+        if original is None:
+            yield
+            return
+        parsed: dict[str, dict] = {}
+
+        def once(path, return_tensors=False, **kwargs):
+            if return_tensors or kwargs:
+                return original(path, return_tensors=return_tensors, **kwargs)
+            key = str(path)
+            if key not in parsed:
+                parsed[key] = original(path, return_tensors=False)
+            return copy.deepcopy(parsed[key])
+
+        module.load_gguf_checkpoint = once
+        try:
+            yield
+        finally:
+            module.load_gguf_checkpoint = original
+
+
 def _hf_config_and_tokenizer(path: Path):
     """The model's config and tokenizer from the GGUF's metadata, through transformers (no tensors read)."""
     from transformers import AutoConfig, AutoTokenizer
 
     folder, fname = str(path.parent), path.name
     try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=fname)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        with _metadata_parsed_once():
+            config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise SubspecError(f"transformers could not read {path.name}: {exc}") from exc
     return config, tokenizer

@@ -3,12 +3,14 @@ back (Load again, or the model menu)."""
 
 import threading
 
-from app_fakes import PROMPT, FakeBackend
+from app_fakes import PROMPT, FakeBackend, factory_for
 from PySide6.QtCore import Qt
 
 
 def test_unload_frees_the_model_and_load_again_brings_it_back(qtbot, make_window):
-    window = make_window(FakeBackend())
+    loads, options = [], []
+    backend = FakeBackend()
+    window = make_window(backend, factory=factory_for(backend, loads=loads, load_options=options))
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         qtbot.keyClicks(window.prompt, PROMPT)
         qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
@@ -23,6 +25,21 @@ def test_unload_frees_the_model_and_load_again_brings_it_back(qtbot, make_window
     with qtbot.waitSignal(window.host.loaded, timeout=5000):
         window.notice.button.click()
     assert window.model_name == "FakeLM-1M" and window.send_button.isEnabled() and window.notice.isHidden()
+    # What was asked for the first time (a folder's path, say; not the display name), as it was loaded.
+    assert loads == ["fake-model", "fake-model"] and options[1] == options[0]
+
+
+def test_load_again_keeps_the_layout_it_was_loaded_with(qtbot, make_window):
+    loads, options = [], []
+    backend = FakeBackend()
+    window = make_window(backend, factory=factory_for(backend, loads=loads, load_options=options))
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.load_model("/home/u/models/my-folder", {"resident_layers": 3})
+    with qtbot.waitSignal(window.host.unloaded, timeout=5000):
+        window.unload_action.trigger()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.notice.button.click()
+    assert loads[-1] == "/home/u/models/my-folder" and options[-1]["resident_layers"] == 3
 
 
 def test_no_unload_while_an_answer_is_being_written(qtbot, make_window):

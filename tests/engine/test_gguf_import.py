@@ -193,3 +193,29 @@ def test_a_tensor_shaped_unlike_its_config_is_refused_before_writing(home, fast_
                                                  r"model.embed_tokens.weight \[49152, 576\]"):
         store.import_model(store.default_gguf(), "odd")
     assert not list(store.models_dir().iterdir())
+
+
+def test_the_metadata_is_parsed_once_and_gives_what_two_parses_give(monkeypatch):
+    """AutoConfig and AutoTokenizer each parsed SmolLM2's whole GGUF metadata (3-6 s each); inside the
+    import they share one parse. The config and the tokenizer are the same as transformers' own, and its
+    function is back in place afterwards."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as module
+
+    gguf = store.default_gguf()
+    real = module.load_gguf_checkpoint
+    calls = []
+
+    def counted(path, return_tensors=False, **kwargs):
+        calls.append(str(path))
+        return real(path, return_tensors=return_tensors, **kwargs)
+
+    monkeypatch.setattr(module, "load_gguf_checkpoint", counted)
+    config, tokenizer = gguf_import._hf_config_and_tokenizer(gguf)
+    assert calls == [str(gguf)] and module.load_gguf_checkpoint is counted
+    theirs = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    their_tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    assert len(calls) == 3  # without it: one parse each
+    assert config.to_dict() == theirs.to_dict()
+    assert tokenizer.get_vocab() == their_tokenizer.get_vocab()
+    assert tokenizer.chat_template == their_tokenizer.chat_template
