@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import sys
 
-from . import cli_models
+from . import cli_models, cli_types
 from .errors import SubspecError
 
 
@@ -355,8 +353,6 @@ def _run_bench(args, conversations, methods) -> int:
 
 
 def cmd_serve(args) -> int:
-    import os
-
     from .server import SubspecServer, is_loopback
 
     if not 0 <= args.port <= 65535:
@@ -433,49 +429,15 @@ def _notes(events):
 
 def _model_options(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--device", type=cli_types.device, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--resident-layers", type=int,
                    help="keep only the last N decoder layers on the device and stream the others' weights "
                         "from host memory each pass (default: all resident)")
-    p.add_argument("--vram-gb", type=_positive,
+    p.add_argument("--vram-gb", type=cli_types.positive,
                    help="software VRAM cap: the planner chooses the resident layers under it")
 
 
-def _number(text: str, low: float, inclusive: bool, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < low or (value == low and not inclusive):
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    return _number(text, 0.0, False, "a number > 0")
-
-
-def _non_negative(text: str) -> float:
-    return _number(text, 0.0, True, "a number >= 0")
-
-
-def _group_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 8 or value % 8:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 8 (64 is the paper's), got {value}")
-    return value
-
-
-def _device(text: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-    return text
-
-
-# The drafting options and their defaults (as _subspec_options sets them for generate and serve).
+# The drafting options' defaults for generate and serve (_subspec_options), and what _say_ignored compares with.
 SUBSPEC_DEFAULTS = {"depth": (48, False), "topk": 6, "budget": 0, "draft_temperature": 0.2, "substitute_bits": None,
                     "group_size": 64}
 
@@ -529,17 +491,18 @@ def _subspec_options(p, sweep: bool) -> None:
         p.add_argument("--budget", type=_int_list, default=[0],
                        help="nodes verified per pass, e.g. 289 (0: the whole beam, 1 + depth x width)")
     else:
-        p.add_argument("--depth", type=_depth, default=(48, False),
+        p.add_argument("--depth", type=_depth, default=SUBSPEC_DEFAULTS["depth"],
                        help="draft tree depth (default 48); auto or autoN: each pass uses the depth that measured "
                             "fastest, up to N (default 48), plain decoding included")
-        p.add_argument("--topk", type=int, default=6, help="draft tree width (default 6)")
-        p.add_argument("--budget", type=int, default=0,
+        p.add_argument("--topk", type=int, default=SUBSPEC_DEFAULTS["topk"], help="draft tree width (default 6)")
+        p.add_argument("--budget", type=int, default=SUBSPEC_DEFAULTS["budget"],
                        help="nodes verified per pass: grow the beam, verify its most likely N (0: all)")
-    p.add_argument("--draft-temperature", type=_positive, default=0.2, help="sharpening of the draft (default 0.2)")
+    p.add_argument("--draft-temperature", type=cli_types.positive, default=SUBSPEC_DEFAULTS["draft_temperature"],
+                   help="sharpening of the draft (default 0.2)")
     p.add_argument("--substitute-bits", type=int, choices=(2, 3, 4, 8),
                    help="HQQ bits of every substitute (default: the plan's under --vram-gb, 8-bit where "
                         "memory allows; 4 otherwise)")
-    p.add_argument("--group-size", type=_group_size, default=64,
+    p.add_argument("--group-size", type=cli_types.group_size, default=SUBSPEC_DEFAULTS["group_size"],
                    help="HQQ group size, a multiple of 8 (default 64)")
 
 
@@ -573,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the model's chat template (default: on)")
     g.add_argument("--system", help="system prompt (chat mode)")
     g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=_non_negative, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--temperature", type=cli_types.non_negative, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--seed", type=int)
@@ -592,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--turns", type=int, default=1, choices=[1, 2])
     b.add_argument("--methods", default="vanilla,subspec", help="vanilla, subspec or both (default both)")
     b.add_argument("--max-new-tokens", type=int, default=128)
-    b.add_argument("--temperature", type=_non_negative, default=0.0)
+    b.add_argument("--temperature", type=cli_types.non_negative, default=0.0)
     b.add_argument("--top-p", type=float, default=1.0)
     b.add_argument("--top-k", type=int, default=0)
     b.add_argument("--seed", type=int, default=0)
@@ -610,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("model", help="a store name, a model folder, a config.json, a .gguf file or a hub repo id "
                                   "(no weights needed: the catalogue's models offline, others' config.json "
                                   "from the hub)")
-    pl.add_argument("--vram-gb", type=_positive, help="plan for this much VRAM instead of what is free")
-    pl.add_argument("--reserve-gb", type=_non_negative, default=0.5,
+    pl.add_argument("--vram-gb", type=cli_types.positive, help="plan for this much VRAM instead of what is free")
+    pl.add_argument("--reserve-gb", type=cli_types.non_negative, default=0.5,
                     help="VRAM left for other programs (default 0.5)")
     pl.add_argument("--context", type=int, default=4096)
     pl.add_argument("--resident-layers", type=int, help="force the split (checked against the budget)")

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+from . import cli_types
 from .errors import SubspecError
 
 
@@ -209,24 +210,6 @@ def remove_partial(repo_id: str) -> int:
     return 0
 
 
-def _positive_gb(text: str) -> float:
-    from .cli import _positive  # (engine.cli imports this module: looked up when parsing)
-
-    return _positive(text)
-
-
-def _non_negative_gb(text: str) -> float:
-    from .cli import _non_negative
-
-    return _non_negative(text)
-
-
-def _group_size(text: str) -> int:
-    from .cli import _group_size as group_size
-
-    return group_size(text)
-
-
 def add_commands(msub) -> None:
     m = msub.add_parser("search", help="search the Hugging Face hub for text-generation models")
     m.add_argument("query")
@@ -245,8 +228,8 @@ def add_commands(msub) -> None:
                         "such a repo lists its GGUFs")
     m.set_defaults(func=cmd_download)
     m = msub.add_parser("catalogue", help="recommended models and whether each fits this machine")
-    m.add_argument("--vram-gb", type=_positive_gb, help="plan for a GPU of this many GB instead of this machine's")
-    m.add_argument("--reserve-gb", type=_non_negative_gb, default=0.5, help="VRAM kept free for other programs")
+    m.add_argument("--vram-gb", type=cli_types.positive, help="plan for a GPU of this many GB instead of this machine's")
+    m.add_argument("--reserve-gb", type=cli_types.non_negative, default=0.5, help="VRAM kept free for other programs")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_catalogue)
     m = msub.add_parser("convert", help="build a model's substitutes once and cache them (Ctrl-C stops; "
@@ -255,7 +238,7 @@ def add_commands(msub) -> None:
     m.add_argument("--bits", type=int, choices=(2, 3, 4, 8),
                    help="one width for every layer (default: what loads here use: the plan's, 8-bit for the "
                         "streamed layers where VRAM allows, else 4)")
-    m.add_argument("--group-size", type=_group_size, default=64, help="HQQ group size, a multiple of 8 (default 64)")
+    m.add_argument("--group-size", type=cli_types.group_size, default=64, help="HQQ group size, a multiple of 8 (default 64)")
     m.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                    help="compute dtype the substitutes are built for (auto: what loads use here, "
                         "bfloat16 with CUDA, float32 without)")
