@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from engine.files import replace
+
 from .conversations import Conversation, Message
 
 UNTITLED = "Untitled conversation"
@@ -66,7 +68,7 @@ def export(conv: Conversation, messages: list[Message], path: str | Path) -> Pat
     tmp = path.with_name(path.name + ".part")
     try:
         tmp.write_text(text, encoding="utf-8", errors="replace")
-        tmp.replace(path)
+        replace(tmp, path)  # engine.files: waits out an editor or a scanner holding the old file (Windows)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -118,11 +118,12 @@ class EngineWorker(QObject):
     def unload(self) -> None:
         """Let the model go and give its memory back (RAM, and VRAM to the driver: other programs see it)."""
         self._engine = None
-        gc.collect()
         if "torch" in sys.modules:  # nothing of torch to free if no model ever loaded it
             from engine.loading import free_device_memory
 
-            free_device_memory()
+            free_device_memory()  # collects, then empties the CUDA cache
+        else:
+            gc.collect()
         _trim_heap()
         self.unloaded.emit()
 
