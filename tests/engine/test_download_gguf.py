@@ -71,17 +71,22 @@ def test_a_split_gguf_downloads_verifies_converts_and_leaves_nothing_behind(gguf
     assert gguf_hub.bytes_sent(OTHER) == 0
 
 
-def test_a_pause_while_converting_keeps_the_gguf_and_a_resume_only_converts(gguf_hub):
+def stopped_while_converting(how: str, match: str) -> DownloadCancelled:
+    """The Q4_1 download, paused or cancelled (`how`) a third of the way through its conversion."""
     job = Download("org/smol-gguf", retry=FAST_RETRY, gguf="Q4_1")
 
     def progress(p):
         if p.state == "installing" and p.total and p.done > 0.3 * p.total:
-            job.pause()
+            getattr(job, how)()
 
     job.on_progress = progress
-    with pytest.raises(DownloadCancelled, match="paused") as caught:
+    with pytest.raises(DownloadCancelled, match=match) as caught:
         job.run()
-    assert caught.value.kept and store.list_models() == []
+    return caught.value
+
+
+def test_a_pause_while_converting_keeps_the_gguf_and_a_resume_only_converts(gguf_hub):
+    assert stopped_while_converting("pause", "paused").kept and store.list_models() == []
     [partial] = download.partial_downloads()
     assert partial.gguf == QUANT and partial.have_bytes == partial.total_bytes
     sent = sum(gguf_hub.bytes_sent(p) for p in PARTS)
@@ -98,16 +103,7 @@ def test_a_cancel_while_converting_deletes_the_gguf_and_holds_no_map_of_it(gguf_
 
     from engine.gguf_import import ImportCancelled
 
-    job = Download("org/smol-gguf", retry=FAST_RETRY, gguf="Q4_1")
-
-    def progress(p):
-        if p.state == "installing" and p.total and p.done > 0.3 * p.total:
-            job.cancel()
-
-    job.on_progress = progress
-    with pytest.raises(DownloadCancelled, match="cancelled") as caught:
-        job.run()
-    chain, e = [], caught.value
+    chain, e = [], stopped_while_converting("cancel", "cancelled")
     while e is not None:
         chain.append(e)
         e = e.__cause__ or e.__context__
