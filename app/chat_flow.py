@@ -209,8 +209,7 @@ class ChatFlow:
 
     def _after_request(self) -> None:
         self.model_label.setText(self.model_name or "No model loaded")  # a draft build may have used it
-        last = last_of(self._saved(), "assistant")  # a failed redo put the old answer back
-        self.context_meter.show_usage(last.stats if last else None)
+        self.context_meter.show_latest(self._saved())  # a failed redo put the old answer back
         self._restyle_now()
         self.sidebar.refresh()
         self._update_controls()

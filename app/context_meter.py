@@ -27,6 +27,11 @@ class ContextMeter(QProgressBar):
         self.setTextVisible(True)
         self.show_usage(None)
 
+    def show_latest(self, messages) -> None:
+        """From a conversation's messages (app.conversations.Message): its last answer's usage."""
+        last = next((m for m in reversed(messages) if m.role == "assistant"), None)
+        self.show_usage(last.stats if last else None)
+
     def show_usage(self, stats: dict | None) -> None:
         usage = context_usage(stats)
         if usage is None:

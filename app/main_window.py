@@ -24,13 +24,13 @@ from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
 from .conversations import AnswerWriter, Conversation, ConversationStore
 from .hardware_panel import HardwareDock
 from .help_menu import add_help_menu
-from .view_menu import add_view_menu, saved_scheme
 from .model_manager import ModelManager
 from .model_picker import ModelPicker
 from .models_panel import ModelsDock
 from .sidebar import ConversationSidebar
 from .stats import StatsDock
-from .turns import Turn, last_of, replay
+from .turns import Turn, replay
+from .view_menu import add_view_menu, saved_scheme
 from .widgets import NoticeBar, PromptEdit, Transcript, replace_text
 from .worker import EngineHost
 
@@ -293,8 +293,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.transcript.clear()
         messages = self.store.messages(cid)
         self.history = replay(self.transcript, messages)
-        last = last_of(messages, "assistant")
-        self.context_meter.show_usage(last.stats if last else None)
+        self.context_meter.show_latest(messages)
         self.sampling.set_values(conv.preset, conv.temperature, conv.top_p)
         self.system_prompt.setText(conv.system_prompt)
         self.sidebar.refresh(cid)
@@ -375,13 +374,10 @@ class MainWindow(ChatFlow, QMainWindow):
         self.host.unload()
 
     def _on_unloaded(self) -> None:
-        self.loading = False
-        self.picker.set_current(None)
+        self._load_failed()  # the same state: no model, the menu free to pick one
         self.models_dock.set_loaded_model(None)
-        self.model_label.setText("No model loaded")
         self.notice.show_notice(f"{self._unloaded[0]} is unloaded and its memory free. Pick a model in the "
                                 f"menu, or load it again.", "Load again")
-        self._update_controls()
 
     def _on_loaded(self, name: str) -> None:
         self._unloaded = None
