@@ -240,6 +240,13 @@ def _release(lock, folder: Path) -> None:
             pass
 
 
+def _delete_work(work: Path) -> None:
+    """Delete a download's folder, ours (locked) and done with. A converted GGUF still memory-mapped in a
+    reference cycle cannot be deleted on Windows: collected first."""
+    gc.collect()
+    fs.rmtree(work, ignore_errors=True)
+
+
 def _remove_locked(folder: Path, lock) -> None:
     """Delete a download folder whose lock we hold, then let go of the lock."""
     try:
@@ -362,7 +369,7 @@ class Download:
 
     # --- the download -------------------------------------------------------------------------------
     def run(self) -> store.ModelInfo:
-        work = lock = locked = None
+        work = lock = None
         try:
             self._emit(state="resolving", message=f"asking {hub.endpoint()} about {self.repo_id}", force=True)
             remote = hub.remote_model(self.repo_id, self.revision, self.token)
@@ -379,7 +386,7 @@ class Download:
             work = work_folder(self.repo_id, remote.commit, label)
             clean_orphans(keep=work, superseded_repo=self.repo_id, gguf=label)
             work.mkdir(parents=True, exist_ok=True)
-            lock, locked = _try_lock(work), work
+            lock = _try_lock(work)
             if lock is None:
                 work = None  # not ours to delete on cancel
                 raise SubspecError(f"{self.repo_id} is already being downloaded by another process")
@@ -422,17 +429,16 @@ class Download:
             return info
         except DownloadCancelled as exc:
             if self._discard and work is not None:
-                gc.collect()  # a GGUF still memory-mapped in a reference cycle cannot be deleted on Windows
-                fs.rmtree(work, ignore_errors=True)
+                _delete_work(work)
             raise DownloadCancelled("download cancelled; partial files deleted" if self._discard else
                                     "download paused; run it again to resume", kept=not self._discard) from exc
         except SubspecError:
             if self._discard and work is not None:
-                fs.rmtree(work, ignore_errors=True)
+                _delete_work(work)
             raise
         finally:
-            if lock is not None:
-                _release(lock, locked)
+            if lock is not None:  # (then `work` is the folder it locks)
+                _release(lock, work)
 
     @staticmethod
     def _have_bytes(work: Path, files: list[hub.RemoteFile]) -> int:
@@ -570,8 +576,7 @@ class Download:
             raise SubspecError(f"{exc}. The downloaded GGUF ({size}) is kept in {work}: {hint}") from exc
         if cancelled:
             raise DownloadCancelled("stopped", kept=True)
-        gc.collect()  # as above: the converter's maps of the GGUF must be gone before it is deleted
-        fs.rmtree(work, ignore_errors=True)
+        _delete_work(work)
         return info
 
     def _fetch(self, remote: hub.RemoteModel, f: hub.RemoteFile, work: Path, done: int) -> int:
