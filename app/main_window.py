@@ -385,7 +385,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.loading = False
         self.load_progress.hide()
         self.notice.hide()
-        self.picker.set_current(name)
+        self.picker.set_current(name, self._requested_model)
         self.model_label.setText(name)
         self._update_controls()
 

@@ -23,6 +23,9 @@ class ModelPicker(QObject):
         toolbar.addWidget(self.combo)
         self.current: str | None = None  # the loaded model
         self._names: list[str] = []
+        # Models opened from a folder outside the store this session: their display name -> what loads them
+        # (the folder's path). They stay in the menu after another model or an unload replaces them.
+        self._opened: dict[str, str] = {}
         # `activated` fires on a user's pick only, never on the programmatic changes made below.
         self.combo.activated.connect(self._activated)
         self._fill()
@@ -34,14 +37,18 @@ class ModelPicker(QObject):
         self._names = list(names)
         self._fill()
 
-    def set_current(self, name: str | None) -> None:
+    def set_current(self, name: str | None, requested: str | None = None) -> None:
+        """`requested`: what was asked to load `name` (a folder's path for a model outside the store)."""
         self.current = name
+        if name and requested and requested != name:
+            self._opened[name] = requested
         self._fill()
 
     def _fill(self) -> None:
         names = list(self._names)
-        if self.current and self.current not in names:
-            names.insert(0, self.current)  # a model opened from a folder, outside the store
+        # Models opened from a folder, outside the store (the loaded one even without a path to load it by).
+        outside = [n for n in [*self._opened, self.current] if n and n not in names]
+        names[:0] = list(dict.fromkeys(outside))
         self.combo.blockSignals(True)
         try:
             self.combo.clear()
@@ -56,4 +63,5 @@ class ModelPicker(QObject):
     def _activated(self, index: int) -> None:
         name = self.combo.itemText(index)
         if name and name != NONE and name != self.current:
-            self.chosen.emit(name)
+            # A store model's name is what loads it; a folder's model by its path.
+            self.chosen.emit(name if name in self._names else self._opened.get(name, name))

@@ -2,6 +2,7 @@
 model's context."""
 
 import threading
+from pathlib import Path
 
 from app_fakes import CONTEXT_ERROR, FAKE_MODELS, PROMPT, FakeBackend, recorded_answer
 from PySide6.QtCore import Qt
@@ -122,3 +123,28 @@ def test_a_message_too_long_for_the_context_is_explained_in_the_window(qtbot, ma
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         window.send_button.click()
     assert [m["content"] for m in window.history] == ["short", recorded_answer()]
+
+
+def test_a_model_opened_from_a_folder_stays_in_the_menu_and_loads_by_its_path(qtbot, make_window):
+    """A folder outside the store shows under its display name; after another model or an unload replaced
+    it, picking it again loads the folder (its display name would not resolve)."""
+    loads = []
+    backends = {"my-folder": FakeBackend(name="MyFolderLM"), "FakeLM-2M": FakeBackend(name="FakeLM-2M")}
+
+    def factory(model, progress, **options):
+        loads.append(model)
+        return backends[Path(model).name] if model.startswith("/") else backends.get(model, FakeBackend())
+
+    window = make_window(factory=factory)
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.load_model("/home/u/models/my-folder")
+    assert window.picker.names() == ["MyFolderLM", *FAKE_MODELS]
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        pick(window, "FakeLM-2M")
+    with qtbot.waitSignal(window.host.unloaded, timeout=5000):
+        window.unload_action.trigger()
+    assert window.picker.names() == ["MyFolderLM", *FAKE_MODELS] and window.picker.combo.currentIndex() == -1
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        pick(window, "MyFolderLM")
+    assert loads[-1] == "/home/u/models/my-folder" and window.model_name == "MyFolderLM"
+    assert window.picker.combo.currentText() == "MyFolderLM"
