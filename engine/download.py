@@ -23,6 +23,7 @@ import errno
 import gc
 import hashlib
 import json
+import os
 import shutil
 import socket
 import threading
@@ -198,30 +199,45 @@ def _try_lock(folder: Path):
     """An exclusive lock on a download folder, or None when another process holds it (two processes
     appending to one .part file would corrupt it). Held by an open file, so a killed process lets go:
     flock on POSIX, a one-byte msvcrt lock on Windows. Let go with `_release`."""
-    try:
-        fh = open(lock_path(folder), "a+b")
-    except OSError:  # Windows: the file is being deleted by the download that just finished
-        return None
-    try:
+    for _ in range(3):
         try:
-            import fcntl
-        except ImportError:  # Windows
-            import msvcrt
+            fh = open(lock_path(folder), "a+b")
+        except OSError:  # Windows: the file is being deleted by the download that just finished
+            return None
+        try:
+            try:
+                import fcntl
+            except ImportError:  # Windows
+                import msvcrt
 
-            fh.seek(0)
-            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+                return fh  # (Windows cannot delete a file that is open, so it is the one at the path)
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        except OSError:
+            fh.close()
+            return None
+        # A download that finished between our open and our lock removed the lock file: we hold a lock on a
+        # file no one else can open, and the next process would lock a new one. Only the file still at the
+        # path counts; open that one.
+        if _same_file(fh, lock_path(folder)):
+            return fh
         fh.close()
-        return None
-    return fh
+    return None
+
+
+def _same_file(fh, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fh.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _release(lock, folder: Path) -> None:
     """Let go of `folder`'s lock; its lock file goes too once the folder is gone (installed or deleted).
-    (A process that opened the lock file just before it was removed could lock the removed file; that
-    needs a third process on the same download in the same instant, and costs at worst a refused resume.)"""
+    (A process that opened the lock file just before it was removed notices: `_try_lock` checks that the
+    file it locked is still the one at the path.)"""
     try:
         import msvcrt
     except ImportError:

@@ -423,6 +423,29 @@ def test_on_windows_the_lock_is_msvcrts(monkeypatch, tmp_path):
     assert not folder.exists() and not download.lock_path(folder).exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX's")
+def test_a_lock_on_a_lock_file_removed_meanwhile_is_not_trusted(tmp_path, monkeypatch):
+    """A download finishing between another process's open and lock of its lock file removes the file: that
+    process must not keep a lock on a file no one else can open (a third would lock a new one as well)."""
+    import fcntl
+
+    folder = tmp_path / "org--tiny@abc"
+    folder.mkdir()
+    real, calls = fcntl.flock, []
+
+    def racing(fh, op):
+        if not calls:
+            download.lock_path(folder).unlink()  # the finishing download's _release, this very instant
+        calls.append(op)
+        return real(fh, op)
+
+    monkeypatch.setattr(fcntl, "flock", racing)
+    lock = download._try_lock(folder)
+    assert lock is not None and len(calls) == 2  # the second try locked the file now at the path
+    assert download._try_lock(folder) is None  # so a third process is refused
+    download._release(lock, folder)
+
+
 def test_a_lock_file_whose_folder_is_gone_is_cleaned_up(hub):
     """A process killed between deleting (or installing) its folder and removing its lock file."""
     stale = download.lock_path(download.downloads_dir() / "org--gone@abc")
