@@ -195,6 +195,8 @@ class MainWindow(ChatFlow, QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.models_dock)
         self.tabifyDockWidget(self.stats_dock, self.models_dock)
         self.models_dock.hide()
+        for dock in (self.stats_dock, self.hardware_dock, self.models_dock):
+            theme.style_dock(dock)  # its float and close buttons readable on a dark window too
         models_action = self.models_dock.toggleViewAction()
         models_action.setText("Models")
         models_action.setToolTip("Download, import, convert and delete models")

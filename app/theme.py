@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from PySide6.QtCore import QObject, Signal
-from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QApplication, QWidget
+from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPen, QPixmap
+from PySide6.QtWidgets import QApplication, QDockWidget, QProxyStyle, QStyle, QWidget
 
 SCHEMES = ("system", "light", "dark")
 TONES = ("muted", "error", "warning", "ok")
@@ -151,13 +151,88 @@ def style_notice(widget: QWidget) -> None:
     style(widget, _notice)
 
 
+_SP = QStyle.StandardPixmap
+_DOCK_ICONS = {_SP.SP_DockWidgetCloseButton: "close", _SP.SP_TitleBarCloseButton: "close",
+               _SP.SP_TitleBarNormalButton: "float"}
+
+
+def dock_icon(kind: str, color: str) -> QIcon:
+    """A dock title bar's "close" or "float" button in `color`, drawn at the sizes Qt asks for."""
+    icon = QIcon()
+    for size in (10, 12, 16, 20, 24, 32):  # Fusion asks for about 10 (a 14-pixel button less its margins)
+        pixmap = QPixmap(size, size)
+        pixmap.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pixmap)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        width = max(1, round(size / 10))
+        painter.setPen(QPen(QColor(color), width))
+        half = width / 2  # lines on pixel centers: crisp, not smeared over two pixels
+        if kind == "close":
+            painter.setPen(QPen(QColor(color), width * 1.4))  # a diagonal of width 1 reads as a faint gray
+            lo, hi = round(size * 0.2) + half, round(size * 0.8) - half
+            painter.drawLine(QPointF(lo, lo), QPointF(hi, hi))
+            painter.drawLine(QPointF(hi, lo), QPointF(lo, hi))
+        else:  # two overlapping windows: "take this out of the main window"
+            side, shift, lo = round(size * 0.5), round(size * 0.2), round(size * 0.1)
+            painter.drawRect(QRectF(lo + shift + half, lo + half, side, side))
+            painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_Clear)  # the front one hides
+            painter.fillRect(QRectF(lo + half, lo + shift + half, side, side), Qt.GlobalColor.transparent)
+            painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceOver)
+            painter.drawRect(QRectF(lo + half, lo + shift + half, side, side))
+        painter.end()
+        icon.addPixmap(pixmap)
+    return icon
+
+
+class _DockButtons(QProxyStyle):
+    """Fusion's dock float and close buttons are fixed grays, next to invisible on a dark window: these are
+    drawn in the palette's text color. Set on the dock alone (its contents keep the application's style:
+    the dock asks its own style for the buttons' icons)."""
+
+    def __init__(self, base: str, color: str):
+        super().__init__(base)
+        self._icons = {kind: dock_icon(kind, color) for kind in set(_DOCK_ICONS.values())}
+
+    def standardIcon(self, standard_icon, option=None, widget=None):
+        kind = _DOCK_ICONS.get(standard_icon)
+        if kind is None:
+            return super().standardIcon(standard_icon, option, widget)
+        return self._icons[kind]
+
+
+_docks: dict[int, QDockWidget] = {}
+
+
+def style_dock(dock: QDockWidget) -> None:
+    """The dock's title bar buttons in the palette's text color, now and whenever the appearance changes
+    (under Fusion; a platform style draws its own, for its own palette)."""
+    key = id(dock)
+    if key not in _docks:
+        dock.destroyed.connect(lambda _obj=None, k=key: _docks.pop(k, None))
+    _docks[key] = dock
+    _style_dock(dock)
+
+
+def _style_dock(dock: QDockWidget) -> None:
+    app_style = QApplication.instance().style()
+    old = dock.style() if isinstance(dock.style(), _DockButtons) else None
+    if app_style.name().lower() == "fusion":
+        new = _DockButtons("Fusion", QApplication.palette().color(QPalette.ColorRole.WindowText).name())
+        new.setParent(dock)  # a widget does not own the style it is given; this way it goes with the dock
+        dock.setStyle(new)
+    elif old is not None:
+        dock.setStyle(app_style)  # back to the application's
+    if old is not None:
+        old.deleteLater()
+
+
 class _Notifier(QObject):
     changed = Signal(object)  # Colors: whatever drew with the old colors draws again
 
 
 notifier = _Notifier()
 _system_style: str | None = None  # Qt's own style, for going back to "system"
-_applied: Colors | None = None
+_applied: tuple[Colors, str] | None = None  # the colors and Qt style last applied
 
 
 def apply(scheme: str) -> None:
@@ -184,9 +259,15 @@ def refresh() -> None:
     """Restyles the app for the palette in force; also called when the system's own theme changes."""
     global _applied
     now = colors()
-    if now == _applied:
+    style_name = QApplication.instance().style().name()
+    if (now, style_name) == _applied:
         return
-    _applied = now
+    _applied = now, style_name
+    for key, dock in list(_docks.items()):
+        try:
+            _style_dock(dock)
+        except RuntimeError:  # its C++ side is gone
+            _docks.pop(key, None)
     for key, (widget, make) in list(_styled.items()):
         try:
             widget.setStyleSheet(make(now))

@@ -201,3 +201,39 @@ def test_an_error_line_on_screen_survives_a_switch_while_idle(qtbot, make_window
     choose(window, "dark")
     assert CONTEXT_ERROR in window.transcript.toPlainText()
     assert window.transcript.toPlainText().count("\N{WARNING SIGN}") == 1
+
+
+def strongest_contrast(icon, background: str) -> float:
+    """The highest contrast of any opaque-enough pixel of `icon` (at 16 px) against `background`."""
+    from PySide6.QtGui import QColor
+
+    image, best, back = icon.pixmap(16, 16).toImage(), 1.0, QColor(background)
+    for y in range(image.height()):
+        for x in range(image.width()):
+            pixel = image.pixelColor(x, y)
+            if pixel.alphaF() < 0.5:
+                continue
+            a = pixel.alphaF()  # over the background, as drawn
+            over = QColor.fromRgbF(*(a * getattr(pixel, c + "F")() + (1 - a) * getattr(back, c + "F")()
+                                     for c in ("red", "green", "blue")))
+            best = max(best, contrast(over.name(), background))
+    return best
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_docks_float_and_close_buttons_read_on_the_window(qtbot, make_window, scheme):
+    """Fusion draws them in fixed grays, all but invisible on a dark window (3:1: WCAG's minimum for
+    controls)."""
+    from PySide6.QtWidgets import QAbstractButton
+
+    window = make_window(FakeBackend())
+    choose(window, scheme)
+    for dock in (window.stats_dock, window.hardware_dock, window.models_dock):
+        buttons = [b for b in dock.findChildren(QAbstractButton) if b.parent() is dock]
+        assert len(buttons) == 2, dock.objectName()  # float and close
+        for button in buttons:
+            assert strongest_contrast(button.icon(), role("Window")) >= 3, (dock.windowTitle(), scheme)
+    # Only the title bar: the dock's contents keep the application's style (its spin boxes, its metrics).
+    assert window.hardware_dock.widget().style() is QApplication.style()
+    choose(window, "system")  # back: the dock follows (offscreen, the system's style is Fusion too)
+    assert strongest_contrast(window.stats_dock.findChildren(QAbstractButton)[0].icon(), role("Window")) >= 3
