@@ -18,14 +18,19 @@ class TextStream:
     def push(self, token_ids) -> tuple[int, str]:
         """Add tokens; returns (how many of them to keep, new final text). After a stop string is seen,
         `stopped` is True and the tokens after the one that completed it are dropped."""
-        kept = 0
-        for tid in token_ids:
-            self.ids.append(int(tid))
-            kept += 1
-            if self.stop_strings and self._find_stop(self._decode()) is not None:
-                self.stopped = True
-                break
-        text = self._decode()
+        before = len(self.ids)
+        self.ids.extend(int(t) for t in token_ids)
+        kept = len(self.ids) - before
+        text = self._decode()  # once per push: a whole decode costs more the longer the answer is
+        if self.stop_strings and self._find_stop(text) is not None:
+            # A stop string is in the new tokens (once per answer): keep only up to the token completing it.
+            extra, self.ids = self.ids[before:], self.ids[:before]
+            for kept, tid in enumerate(extra, 1):
+                self.ids.append(tid)
+                text = self._decode()
+                if self._find_stop(text) is not None:
+                    break
+            self.stopped = True
         if self.stopped:
             cut = self._find_stop(text)
             return kept, self._take(text[:cut])

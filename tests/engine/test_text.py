@@ -43,3 +43,24 @@ def test_emitter_stop_string_in_a_block_keeps_tokens_up_to_it():
     t1 = e.emit(ids("one\n"))[1]
     kept, t2 = e.emit(ids("\ntwo"))
     assert t1 + t2 == "one" and e.finished == "stop" and kept == ids("\n")
+
+
+class CountingTokenizer(CharTokenizer):
+    def __init__(self):
+        self.calls = 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        self.calls += 1
+        return super().decode(ids, skip_special_tokens)
+
+
+def test_a_block_of_tokens_is_decoded_once_with_stop_strings_too():
+    """A whole decode costs more the longer the answer is; a speculative step pushes tens of tokens, and
+    decoding after each of them (when stop strings are set, as most API clients send) cost milliseconds a
+    token on long answers. Only the block that completes a stop string is walked token by token."""
+    tokenizer = CountingTokenizer()
+    stream = TextStream(tokenizer, ["</s>", "\n\nUser:"])
+    text = "".join(stream.push(ids(block))[1] for block in ("Hello there, ", "how are you ", "today?"))
+    assert text == "Hello there, how are you today?" and tokenizer.calls == 3
+    kept, tail = stream.push(ids(" Fine.\n\nUser: more"))
+    assert stream.stopped and tail == " Fine." and kept == len(" Fine.\n\nUser:")
