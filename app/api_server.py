@@ -32,10 +32,13 @@ class ApiCall:
     The worker calls put() per StepEvent, put(exc) on an error, end() last; it stops between two steps
     once `cancel` is set (the client went away, or the server is stopping)."""
 
-    def __init__(self, prompt_ids: list, max_tokens: int, sampling, stops: tuple, decoding: dict | None = None):
+    def __init__(self, prompt_ids: list, max_tokens: int, sampling, stops: tuple, decoding: dict | None = None,
+                 cancel: threading.Event | None = None):
         self.prompt_ids, self.max_tokens, self.sampling, self.stops = prompt_ids, max_tokens, sampling, stops
         self.decoding = decoding or {"method": "vanilla"}  # the window's method when the request came
-        self.cancel = threading.Event()
+        # The server's own cancel for the request: a client gone while this waits behind a chat answer is
+        # skipped by the worker (the server only notices between events, and there are none yet).
+        self.cancel = cancel if cancel is not None else threading.Event()
         self._items: queue.Queue = queue.Queue()
 
     def put(self, item) -> None:
@@ -60,9 +63,11 @@ class ApiBridge:
         # The chat's decoding method, replaced (never mutated) from the GUI thread, read by relay threads.
         self.decoding: dict = {"method": "vanilla"}
 
-    def __call__(self, prompt_ids, max_tokens, sampling, stops):
+    accepts_cancel = True  # engine.server passes each request's cancel event
+
+    def __call__(self, prompt_ids, max_tokens, sampling, stops, cancel: threading.Event | None = None):
         # A generator from the first line, so the server's closing() always reaches the finally below.
-        call = ApiCall(list(prompt_ids), max_tokens, sampling, tuple(stops), self.decoding)
+        call = ApiCall(list(prompt_ids), max_tokens, sampling, tuple(stops), self.decoding, cancel)
         try:
             with self._lock:
                 if self._closed:
@@ -108,7 +113,9 @@ class LocalApi:
             self.bridge.decoding = dict(decoding)
         # Backend copies the tokenizer for the server's handler threads; the caller makes sure the worker
         # is idle meanwhile (the switch only turns on between answers).
-        backend = Backend(engine.lm, generate=self.bridge, name=engine.name)
+        # Requests decode like the chat (the bridge's `decoding`): their usage says which method that was.
+        backend = Backend(engine.lm, generate=self.bridge, name=engine.name,
+                          method=lambda: self.bridge.decoding.get("method", "vanilla"))
         self.server = SubspecServer(backend, API_HOST, port, quiet=True)
         self.server.start()
 

@@ -362,7 +362,8 @@ def cmd_serve(args) -> int:
     api_key = args.api_key or os.environ.get("SUBSPEC_API_KEY") or None
     backend = _serve_backend(args)
     try:
-        server = SubspecServer(backend, args.host, args.port, api_key, args.queue, quiet=False)
+        server = SubspecServer(backend, args.host, args.port, api_key, args.queue, quiet=False,
+                               cors_origins=tuple(args.cors_origin or ()))
     except OSError as exc:
         raise SubspecError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     if not is_loopback(args.host) and not api_key:
@@ -588,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SUBSPEC_API_KEY, else none)")
     sv.add_argument("--method", choices=["vanilla", "subspec"],
                     help="decoding method (default: subspec on CUDA, vanilla on the CPU)")
+    sv.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                    help="let web pages at ORIGIN (e.g. https://chat.example.com; '*': any) call the API from a "
+                         "browser; pages on this machine (localhost) and desktop apps may already. Repeatable")
     sv.add_argument("--queue", type=int, default=16,
                     help="requests that may wait while one generates; beyond that, 429 (default 16)")
     _model_options(sv)

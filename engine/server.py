@@ -43,11 +43,20 @@ DEFAULT_QUEUE = 16
 # cache for a 32k context and running for minutes.
 DEFAULT_MAX_TOKENS = 2048
 MAX_BODY_BYTES = 8 << 20
+DRAIN_BYTES = 64 << 20  # an oversized body is read and dropped up to this, so its client gets to see the 413
+# Web pages allowed to call the API from a browser without being named (as Ollama allows): this machine's
+# own pages and desktop shells' schemes. Any other origin is refused: the app's server has no API key, so
+# an arbitrary website could otherwise use the model (or, through requests a browser sends without asking,
+# keep it busy).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+APP_SCHEMES = ("app", "file", "tauri", "vscode-webview", "vscode-file")
 POLL_S = 0.2  # how often a waiting handler checks that its client is still connected
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
-# (prompt_ids, max_tokens, sampling, stop_strings) -> events; injectable so tests can slow it down.
+# (prompt_ids, max_tokens, sampling, stop_strings) -> events; injectable so tests can slow it down. One with
+# `accepts_cancel = True` is also given the request's cancel event (cancel=...): it may wait before its first
+# event (the app's bridge waits for the app's worker), and a client gone meanwhile should cost nothing.
 GenerateFn = Callable[[list, int, SamplingParams, tuple], Iterator[StepEvent]]
 
 
@@ -147,6 +156,17 @@ def _reject_unsupported(body: dict) -> None:
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise bad("only response_format {\"type\": \"text\"} is supported", "response_format")
+    if body.get("logit_bias"):
+        raise bad("logit_bias is not supported", "logit_bias")
+    if body.get("suffix"):  # fill-in-the-middle: an answer ignoring the suffix would look right and be wrong
+        raise bad("suffix (fill-in-the-middle) is not supported", "suffix")
+    if body.get("best_of") not in (None, 1):
+        raise bad("only best_of = 1 is supported", "best_of")
+    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("repetition_penalty", 1)):
+        value = body.get(name)  # clients send the neutral value by default: that is what decoding does
+        if value is not None and (not _is_number(value) or value != neutral):
+            raise bad(f"{name} is not supported (decoding gives the model's own distribution); send "
+                      f"{neutral} or leave it out", name)
 
 
 def _content(value, i: int) -> str:
@@ -202,7 +222,9 @@ class Backend:
     SubSpec runs when a draft is given; plain decoding otherwise."""
 
     def __init__(self, lm, draft=None, shape: TreeShape = TreeShape(), generate: GenerateFn | None = None,
-                 name: str | None = None):
+                 name: str | None = None, method: Callable[[], str] | None = None):
+        """`method`: says which method the next request decodes with, where `generate` decides that itself
+        (the app's bridge decodes like its chat, switch and all); by default, whether there is a draft."""
         self.lm = lm
         self.draft = draft
         self.shape = shape
@@ -211,6 +233,7 @@ class Backend:
         self.control = control_for(shape)
         self.name = name or lm.name
         self.method = "subspec" if draft is not None else "vanilla"
+        self._method_now = method
         self.baseline_tokens_per_s: float | None = None
         self.created = int(time.time())
         self._generate = generate or self._default_generate
@@ -223,7 +246,13 @@ class Backend:
     def context(self) -> int:
         return self.lm.config.max_position_embeddings
 
-    def generate(self, req: GenRequest) -> Iterator[StepEvent]:
+    def method_now(self) -> str:
+        """The method the next request decodes with (what its usage reports)."""
+        return self._method_now() if self._method_now else self.method
+
+    def generate(self, req: GenRequest, cancel: threading.Event | None = None) -> Iterator[StepEvent]:
+        if getattr(self._generate, "accepts_cancel", False):
+            return self._generate(req.prompt_ids, req.max_tokens, req.sampling, req.stops, cancel=cancel)
         return self._generate(req.prompt_ids, req.max_tokens, req.sampling, req.stops)
 
     def _default_generate(self, prompt_ids, max_tokens, sampling, stops):
@@ -323,7 +352,8 @@ class Worker:
             if self._stopping.is_set():
                 raise _shutting_down()
             if not job.cancel.is_set():
-                job.events.put(summarize(self._relay(job), len(job.request.prompt_ids), self.backend.method))
+                method = self.backend.method_now()
+                job.events.put(summarize(self._relay(job), len(job.request.prompt_ids), method))
         except ApiError as err:
             job.events.put(err)
         except SubspecError as exc:
@@ -333,7 +363,7 @@ class Worker:
             job.events.put(ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
 
     def _relay(self, job: Job) -> Iterator[StepEvent]:
-        with contextlib.closing(self.backend.generate(job.request)) as events:
+        with contextlib.closing(self.backend.generate(job.request, job.cancel)) as events:
             for ev in events:
                 job.events.put(ev)
                 yield ev
@@ -422,11 +452,43 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        self._cors_headers()
         if self.close_connection or not getattr(self, "_body_read", True):
             self.close_connection = True  # an unread request body would be parsed as the next request
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self._responded = True
+
+    def _cors_headers(self) -> None:
+        origin = getattr(self, "_cors_origin", None)
+        if origin:  # a page allowed to read our answers (browsers hide them from any other)
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Vary", "Origin")
+
+    def _check_origin(self) -> None:
+        """A browser names the page making the request (Origin); non-browser clients send none."""
+        origin = self.headers.get("Origin")
+        self._cors_origin = None
+        if not origin:
+            return
+        if not origin_allowed(origin, self.server.cors_origins):
+            raise ApiError(403, f"requests from web pages at {origin} are not allowed; to allow them, start "
+                                f"the server with --cors-origin {origin}", code="origin_not_allowed")
+        self._cors_origin = origin
+
+    def _preflight(self) -> None:
+        """A browser's OPTIONS before a request with a JSON body or an Authorization header (it carries no
+        key, so it is answered before the key is checked)."""
+        self.send_response(204)
+        self._cors_headers()
+        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
+        asked = self.headers.get("Access-Control-Request-Headers")
+        self.send_header("Access-Control-Allow-Headers", asked or "Authorization, Content-Type")
+        self.send_header("Access-Control-Max-Age", "600")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
         self._responded = True
 
     def _send_api_error(self, err: ApiError) -> None:
@@ -438,8 +500,17 @@ class Handler(BaseHTTPRequestHandler):
         self._body_read = not self._has_body()
         self._checked_at = time.monotonic()
         try:
-            self._check_auth()
+            self._check_origin()
+            if self.command == "OPTIONS":
+                return self._preflight()
             path = self.path.split("?", 1)[0].rstrip("/")
+            if path in ("", "/health"):  # liveness, without a key: says nothing about the model
+                if path not in routes:
+                    raise self._no_route(path)
+                return routes[path]()
+            self._check_auth()
+            if not path.startswith("/v1/") and ("/v1" + path in self.server.ROUTES or path.startswith("/models/")):
+                path = "/v1" + path  # llama.cpp answers without the /v1 too, and clients use both
             handler = routes.get(path) or self._model_route(path)
             if handler is None:
                 raise self._no_route(path)
@@ -458,14 +529,14 @@ class Handler(BaseHTTPRequestHandler):
     def _no_route(self, path: str) -> ApiError:
         if path in self.server.ROUTES:
             return ApiError(405, f"{self.command} is not allowed on {path}", code="method_not_allowed")
-        return ApiError(404, f"unknown path {self.command} {path}", code="not_found")
+        return ApiError(404, f"unknown path {self.command} {path or '/'}", code="not_found")
 
     def _has_body(self) -> bool:
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         return chunked or self.headers.get("Content-Length", "0").strip() not in ("", "0")
 
     def _model_route(self, path: str):
-        if self.command == "GET" and path.startswith("/v1/models/"):
+        if self.command in ("GET", "HEAD") and path.startswith("/v1/models/"):
             return lambda: self._get_model(path.removeprefix("/v1/models/"))
         return None
 
@@ -490,10 +561,20 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # where this request ends is unknown
                 raise bad("bad Content-Length header") from None
             if n > MAX_BODY_BYTES:
+                self._drain(n)
                 raise ApiError(413, f"the request body exceeds {MAX_BODY_BYTES} bytes")
             data = self.rfile.read(n)
         self._body_read = True
         return data
+
+    def _drain(self, n: int) -> None:
+        """Read and drop an oversized body (up to DRAIN_BYTES): a client that sends its whole body before
+        reading would otherwise get a broken pipe instead of the 413. The connection closes after."""
+        self.close_connection = True
+        left = min(n, DRAIN_BYTES)
+        with contextlib.suppress(OSError):
+            while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                left -= len(chunk)
 
     def _read_chunked(self) -> bytes:
         data = b""
@@ -527,7 +608,9 @@ class Handler(BaseHTTPRequestHandler):
     # ---- HTTP verbs
 
     def do_GET(self):
-        self._dispatch({"/v1/models": self._list_models})
+        self._dispatch({"": self._health, "/health": self._health, "/v1/models": self._list_models})
+
+    do_HEAD = do_GET  # the same answers without their bodies (_send_json leaves them out)
 
     def do_POST(self):
         self._dispatch({"/v1/chat/completions": self._chat, "/v1/completions": self._completion})
@@ -535,13 +618,16 @@ class Handler(BaseHTTPRequestHandler):
     def _not_allowed(self):
         self._dispatch({})
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # (OPTIONS: a browser's preflight, any path)
 
     # ---- endpoints
 
     def _model_card(self) -> dict:
         b = self.server.backend
         return {"id": b.name, "object": "model", "created": b.created, "owned_by": "subspec-studio"}
+
+    def _health(self):
+        self._send_json(200, {"status": "ok"})
 
     def _list_models(self):
         self._send_json(200, {"object": "list", "data": [self._model_card()]})
@@ -567,8 +653,8 @@ class Handler(BaseHTTPRequestHandler):
     def _check_common(self, body: dict) -> None:
         model = body.get("model")
         if model is not None and model != self.server.backend.name:
-            raise bad(f"unknown model {model!r}; this server serves {self.server.backend.name!r}", "model",
-                      "model_not_found")
+            raise ApiError(404, f"unknown model {model!r}; this server serves {self.server.backend.name!r}",
+                           param="model", code="model_not_found")
         _reject_unsupported(body)
 
     def _prompt(self, value) -> str | list:
@@ -666,6 +752,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
+        self._cors_headers()
         if self._chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
@@ -689,16 +776,19 @@ class SubspecServer(ThreadingHTTPServer):
     `serve_forever()` on the caller's. `close()` stops both."""
 
     daemon_threads = True
-    ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+    ROUTES = ("", "/health", "/v1/models", "/v1/chat/completions", "/v1/completions")
     # SO_REUSEADDR lets a restarted server bind a port with connections still in TIME_WAIT, on POSIX. On
     # Windows it lets a second server bind a port another is listening on (both then answer at random), so
     # there the port is taken exclusively instead, and a busy port is the error it should be.
     allow_reuse_address = os.name != "nt"
 
     def __init__(self, backend: Backend, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                 api_key: str | None = None, queue_size: int = DEFAULT_QUEUE, quiet: bool = True):
+                 api_key: str | None = None, queue_size: int = DEFAULT_QUEUE, quiet: bool = True,
+                 cors_origins: tuple[str, ...] = ()):
+        """`cors_origins`: web page origins allowed besides this machine's own ("*": any)."""
         self.backend = backend
         self.api_key = api_key or None
+        self.cors_origins = tuple(cors_origins)
         self.quiet = quiet
         if ":" in host:
             self.address_family = socket.AF_INET6
@@ -740,6 +830,23 @@ class SubspecServer(ThreadingHTTPServer):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a browser page at `origin` (its Origin header) may call the API: one of `allowed` (or any,
+    with "*"), a page served from this machine, or a desktop shell's scheme."""
+    from urllib.parse import urlsplit
+
+    if "*" in allowed or origin.rstrip("/") in {a.rstrip("/") for a in allowed}:
+        return True
+    try:
+        parts = urlsplit(origin)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme in ("http", "https"):
+        return host in LOCAL_HOSTS
+    return parts.scheme in APP_SCHEMES
 
 
 def is_loopback(host: str) -> bool:

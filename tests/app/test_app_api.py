@@ -187,13 +187,34 @@ def test_api_requests_decode_like_the_chat(qtbot, api_window):
     assert window.method.toggle.isChecked()  # on by default on a GPU
     window.method.depth.setValue(24)
     turn_on(window)
-    chat(window.api.url, max_tokens=16)
+    methods = [chat(window.api.url, max_tokens=16)["usage"]["subspec"]["method"]]
     window.method.toggle.setChecked(False)
-    chat(window.api.url, max_tokens=16)
+    methods.append(chat(window.api.url, max_tokens=16)["usage"]["subspec"]["method"])
     window.method.toggle.setChecked(True)
     window.method.width.setValue(4)
     window.method.auto.setChecked(False)
-    chat(window.api.url, max_tokens=16)
+    methods.append(chat(window.api.url, max_tokens=16)["usage"]["subspec"]["method"])
+    assert methods == ["subspec", "vanilla", "subspec"]  # what the usage says is what decoded it
     assert window.backend.api_decoding == [{"method": "subspec", "depth": 24, "width": 6, "auto": True},
                                            {"method": "vanilla"},
                                            {"method": "subspec", "depth": 24, "width": 4, "auto": False}]
+
+
+def test_a_request_whose_client_left_while_it_waited_is_never_run(qtbot, api_window):
+    """The server only notices a client gone between two events; a request queued behind a chat answer has
+    none yet, so the worker used to run it (a whole prefill, for no one) once the chat was done."""
+    gate = threading.Event()
+    window = api_window(backend=FakeBackend(gate=gate))
+    port = turn_on(window)
+    with qtbot.waitSignal(window.host.token, timeout=5000):
+        send(qtbot, window)  # held after its first token until the gate opens
+    body = json.dumps({"messages": [{"role": "user", "content": "go"}]}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        qtbot.wait(300)  # queued behind the chat answer
+    qtbot.wait(600)  # the server polls its waiting clients (engine.server.POLL_S)
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        gate.set()
+    assert chat(window.api.url, max_tokens=4)["usage"]["completion_tokens"] == 4  # still serving, and
+    assert len(window.backend.api_calls) == 1  # only that request ran

@@ -248,8 +248,15 @@ BAD = [
     ("/v1/chat/completions", _chat_body(stream="yes"), "stream"),
     ("/v1/chat/completions", _chat_body(stop=5), "stop"),
     ("/v1/chat/completions", _chat_body(seed="x"), "seed"),
-    ("/v1/chat/completions", _chat_body(model="gpt-4o"), "model"),
     ("/v1/chat/completions", _chat_body(n=2), "n"),
+    # Accepted and ignored, these would answer something else than asked (a penalized, biased or
+    # fill-in-the-middle answer looks right and is not): refused, their neutral values accepted (below).
+    ("/v1/chat/completions", _chat_body(presence_penalty=0.5), "presence_penalty"),
+    ("/v1/chat/completions", _chat_body(frequency_penalty="1"), "frequency_penalty"),
+    ("/v1/chat/completions", _chat_body(repetition_penalty=1.1), "repetition_penalty"),
+    ("/v1/chat/completions", _chat_body(logit_bias={"42": -100}), "logit_bias"),
+    ("/v1/completions", {"prompt": "def f(", "suffix": "    return x"}, "suffix"),
+    ("/v1/completions", {"prompt": "hi", "best_of": 3}, "best_of"),
     ("/v1/completions", {"prompt": 5}, "prompt"),
     ("/v1/completions", {"prompt": [99999]}, "prompt"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
@@ -273,9 +280,12 @@ def test_malformed_json_wrong_paths_and_methods(server, lm):
     assert raw(server, "POST", "/nothing", b"{}")[0] == 404
     status, out = raw(server, "GET", "/v1/chat/completions")
     assert status == 405 and out["error"]["code"] == "method_not_allowed"
-    with pytest.raises(openai.BadRequestError) as exc:
+    with pytest.raises(openai.NotFoundError) as exc:  # as OpenAI and Ollama answer it
         chat(client(server), "gpt-4o", "hi")
-    assert exc.value.status_code == 400 and exc.value.body["code"] == "model_not_found"
+    assert exc.value.status_code == 404 and exc.value.body["code"] == "model_not_found"
+    neutral = _chat_body(model=lm.name, max_tokens=2, presence_penalty=0, frequency_penalty=0.0,
+                         repetition_penalty=1, logit_bias={}, best_of=1)
+    assert raw(server, "POST", "/v1/chat/completions", json.dumps(neutral))[0] == 200
     assert chat(client(server), lm.name, "hi", max_tokens=3).usage.completion_tokens == 3  # still serving
 
 
@@ -447,7 +457,8 @@ SERVE = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_subspec_serve_command(folder, stop):
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", str(folder), "--port", "0", "--api-key", "k"],
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", str(folder), "--port", "0", "--api-key", "k",
+                             "--cors-origin", "https://chat.example"],
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"})
     # A hung server fails the test instead of hanging it; generous, since a loaded 2-core machine once took
@@ -465,6 +476,12 @@ def test_subspec_serve_command(folder, stop):
         r = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
                                       max_tokens=4, temperature=0)
         assert r.usage.completion_tokens == 4
+        host, port = re.match(r"http://(.+):(\d+)/v1", url).groups()
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", "/v1/models", headers={"Origin": "https://chat.example", "Authorization": "Bearer k"})
+        answer = conn.getresponse()
+        assert answer.status == 200 and answer.getheader("Access-Control-Allow-Origin") == "https://chat.example"
+        conn.close()
         proc.send_signal(stop)
         try:
             code = proc.wait(120)
@@ -479,3 +496,79 @@ def test_subspec_serve_command(folder, stop):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- browsers, probes, oversized bodies
+
+
+def test_browser_pages_on_this_machine_may_call_the_api_and_others_are_refused(lm):
+    """A page from another origin is allowed by the browser only after an OPTIONS preflight (which carries
+    no key) and only reads answers carrying Access-Control-Allow-Origin. Pages served from this machine and
+    desktop shells are allowed, as Ollama allows them; any other origin gets 403 (the app's server has no
+    key: a website must not use the model), unless named with cors_origins (--cors-origin)."""
+    body = json.dumps(_chat_body(model=lm.name, max_tokens=2))
+    with SubspecServer(Backend(lm), port=0, api_key="sekret", cors_origins=("https://chat.example",)).start() as srv:
+        host, port = srv.server_address[:2]
+        for origin in ("http://localhost:3000", "http://127.0.0.1:8080", "vscode-webview://abc",
+                       "https://chat.example"):
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            conn.request("OPTIONS", "/v1/chat/completions", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type"})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 204 and r.getheader("Access-Control-Allow-Origin") == origin, origin
+            assert "POST" in r.getheader("Access-Control-Allow-Methods")
+            assert r.getheader("Access-Control-Allow-Headers") == "authorization,content-type"
+            conn.request("POST", "/v1/chat/completions", body=body, headers={
+                "Origin": origin, "Content-Type": "application/json", "Authorization": "Bearer sekret"})
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("Access-Control-Allow-Origin") == origin, origin
+            r.read()
+            conn.close()
+        for origin in ("https://evil.example", "http://localhost.evil.example", "null"):
+            status, out = raw(srv, "POST", "/v1/chat/completions", body,
+                              {"Origin": origin, "Authorization": "Bearer sekret"})
+            assert status == 403 and out["error"]["code"] == "origin_not_allowed", origin
+            assert f"--cors-origin {origin}" in out["error"]["message"]
+        status, _ = raw(srv, "GET", "/v1/models", headers={"Origin": "http://localhost:5173"})
+        assert status == 401  # an allowed page still needs the key
+    # Streamed answers carry the header too (a browser reads them as they come).
+    with SubspecServer(Backend(lm), port=0, cors_origins=("*",)).start() as srv:
+        host, port = srv.server_address[:2]
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps({**json.loads(body), "stream": True}),
+                     headers={"Origin": "https://anywhere.example", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 200 and r.getheader("Access-Control-Allow-Origin") == "https://anywhere.example"
+        assert b"[DONE]" in r.read()
+        conn.close()
+
+
+def test_health_root_head_and_paths_without_v1(lm):
+    with SubspecServer(Backend(lm), port=0, api_key="sekret").start() as srv:
+        assert raw(srv, "GET", "/") == (200, {"status": "ok"})  # liveness needs no key
+        assert raw(srv, "GET", "/health") == (200, {"status": "ok"})
+        host, port = srv.server_address[:2]
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("HEAD", "/")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b"" and int(r.getheader("Content-Length")) > 0
+        conn.close()
+        assert raw(srv, "GET", "/models")[0] == 401  # everything else needs the key, /v1 or not
+        key = {"Authorization": "Bearer sekret"}
+        assert raw(srv, "GET", "/models", headers=key)[1]["data"][0]["id"] == lm.name
+        status, out = raw(srv, "POST", "/chat/completions", json.dumps(_chat_body(model=lm.name, max_tokens=2)), key)
+        assert status == 200 and out["usage"]["completion_tokens"] == 2
+        status, out = raw(srv, "GET", "/nothing", headers=key)
+        assert status == 404 and "GET /nothing" in out["error"]["message"]
+
+
+def test_an_oversized_body_is_answered_413_even_to_a_client_that_sends_it_all_first(server):
+    """http.client (like many scripts' clients) writes the whole body before reading: the server used to
+    answer and close at once, and such a client got a broken pipe instead of the error."""
+    from engine.server import MAX_BODY_BYTES
+
+    status, out = raw(server, "POST", "/v1/chat/completions", b"x" * (MAX_BODY_BYTES + 1),
+                      {"Content-Type": "application/json"})
+    assert status == 413 and "exceeds" in out["error"]["message"]
