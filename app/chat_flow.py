@@ -7,6 +7,8 @@ was; the history the model sees is re-read from the store after every change, so
 
 from __future__ import annotations
 
+import sqlite3
+
 from . import dialogs
 from .compare import CompareJob, format_comparison, reusable
 from .conversations import AnswerWriter, Message, title_from
@@ -25,21 +27,29 @@ class ChatFlow:
         text = self.prompt.toPlainText().strip()
         if not text or self.busy or self.model_name is None:
             return
-        self.prompt.clear()
         turn = Turn("edit" if self.editing else "send", text=text)
+        try:
+            if self.editing:
+                last_user = last_of(self._saved(), "user")
+                if last_user is not None:
+                    turn.removed = self.store.delete_from(self.conversation.id, last_user.id)
+            turn.created = self.conversation is None
+            if turn.created:
+                self.conversation = self.store.create(title_from(text), self.system_prompt.text(),
+                                                      **self.sampling.values())
+            else:
+                self._save_conversation_settings()
+            turn.user_id = self.store.add_message(self.conversation.id, "user", text)
+        except sqlite3.Error as exc:
+            # Nothing is lost: the message stays in the box (it is cleared only once saved), and whatever
+            # this turn had already changed in the store is put back.
+            self._not_saved(turn, exc)
+            return
+        if turn.created:
+            self.settings.setValue("last_conversation", self.conversation.id)
+        self.prompt.clear()
         if self.editing:
             self.set_editing(False)
-            last_user = last_of(self._saved(), "user")
-            if last_user is not None:
-                turn.removed = self.store.delete_from(self.conversation.id, last_user.id)
-        turn.created = self.conversation is None
-        if turn.created:
-            self.conversation = self.store.create(title_from(text), self.system_prompt.text(),
-                                                  **self.sampling.values())
-            self.settings.setValue("last_conversation", self.conversation.id)
-        else:
-            self._save_conversation_settings()
-        turn.user_id = self.store.add_message(self.conversation.id, "user", text)
         if turn.kind == "send":
             self.transcript.add_user(text)  # the rest of the transcript stands: no need to redraw it
         self._start(turn)
@@ -48,7 +58,12 @@ class ChatFlow:
         last = self._last_answer()
         if last is None:
             return
-        self._start(Turn("regenerate", removed=self.store.delete_from(self.conversation.id, last.id)))
+        try:
+            removed = self.store.delete_from(self.conversation.id, last.id)
+        except sqlite3.Error as exc:
+            self._not_saved(None, exc)
+            return
+        self._start(Turn("regenerate", removed=removed))
 
     def continue_answer(self) -> None:
         last = self._last_answer()
@@ -99,8 +114,15 @@ class ChatFlow:
 
     def _start(self, turn: Turn) -> None:
         cid = self.conversation.id
+        try:
+            self.writer = AnswerWriter(self.store, cid, self.ANSWER_SAVE_INTERVAL_S, extend=turn.extended,
+                                       on_error=self._answer_not_saved)
+        except sqlite3.Error as exc:
+            self._not_saved(turn, exc)
+            if turn.text and not self.prompt.toPlainText().strip():
+                replace_text(self.prompt, turn.text)  # ready to send again
+            return
         self._turn = turn
-        self.writer = AnswerWriter(self.store, cid, self.ANSWER_SAVE_INTERVAL_S, extend=turn.extended)
         saved = [m for m in self._saved() if m.id != self.writer.id]
         self.history = history_of(saved + ([turn.extended] if turn.extended else []))
         self._draft = ""  # sent or resent: an edit's set-aside draft is not coming back
@@ -122,8 +144,8 @@ class ChatFlow:
 
     def _on_token(self, text: str) -> None:
         if self.busy and self.writer is not None:
+            self.transcript.append_text(text)  # on screen whatever happens to the write
             self.writer.append(text)
-            self.transcript.append_text(text)
 
     def _on_finished(self, summary: dict) -> None:
         if self._compare is not None:
@@ -143,7 +165,8 @@ class ChatFlow:
             if notes:
                 stats["notes"] = notes
         # A stopped answer is kept, in the history too: the user saw it, so the model should too.
-        self.writer.finish(text, stats)
+        saved = self.writer.finish(text, stats)
+        error = self.writer.error
         self._measured[self.writer.id] = {**stats, "temperature": self._request.get("temperature")}
         if stats.get("method") == "vanilla" and stats.get("new_tokens", 0) >= 2 and stats["tokens_per_s"] > 0:
             self.plain_speeds[self.model_name] = stats["tokens_per_s"]
@@ -153,6 +176,45 @@ class ChatFlow:
         self.history = history_of(self._saved())
         self.stats_label.setText(format_stats(summary))
         self._after_request()
+        if not saved:
+            self.transcript.add_error(f"This answer could not be saved ({error}); it is on screen until you "
+                                      f"open another conversation. Copy it to keep it.")
+
+    # Saving failed (a full disk, a database another program holds)
+
+    def _not_saved(self, turn: Turn | None, exc: sqlite3.Error) -> None:
+        """A request could not be saved before it started: put back what it changed, say so; a typed
+        message is still in the box."""
+        if turn is not None and self.conversation is not None:
+            try:
+                turn.undo(self.store, self.conversation.id, None)
+            except sqlite3.Error:
+                pass  # the store refuses writes: nothing of the turn went in after the one that failed
+            if turn.created:
+                self.conversation = None
+                self.settings.remove("last_conversation")
+        self.transcript.clear()
+        self.history = replay(self.transcript, self._saved()) if self.conversation else []
+        self.sidebar.refresh(self.conversation.id if self.conversation else None)
+        self._update_controls()
+        if getattr(self.store, "read_only", False):
+            why = "the conversations file is open read-only in this session (see the message at start-up)"
+        else:
+            why = f"{exc}. Free some disk space (or close the program holding the file) and try again"
+        kept = " Your message is still in the box." if turn is not None and turn.text else ""
+        self._report("Could not save", f"The conversation could not be saved: {why}.{kept}")
+
+    def _answer_not_saved(self, exc: sqlite3.Error) -> None:
+        """A write of the answer being written failed: it goes on on screen, and its text is written at the
+        next try (once a second) or at its end."""
+        self.statusBar().showMessage(f"The answer cannot be saved right now ({exc}); it goes on on screen and "
+                                     f"is saved as soon as writing works again.", 60_000)
+
+    def _report(self, title: str, message: str) -> None:
+        if self._on_error:
+            self._on_error(title, message, "")
+        else:
+            dialogs.show_error(self, title, message)
 
     def _on_failed(self, message: str, details: str) -> None:
         if self.busy:

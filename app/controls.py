@@ -105,9 +105,10 @@ class MethodControls(QObject):
     def set_tree(self, tree: dict) -> None:
         """Shows saved tree settings. A tree saved before auto depth existed has no "auto": it stays a
         fixed-depth tree."""
-        self.depth.setValue(int(tree.get("depth", DEFAULT_DEPTH)))
-        self.width.setValue(int(tree.get("width", DEFAULT_WIDTH)))
-        self.auto.setChecked(bool(tree.get("auto", False)))
+        self.depth.setValue(_bounded(tree.get("depth", DEFAULT_DEPTH), self.depth))
+        self.width.setValue(_bounded(tree.get("width", DEFAULT_WIDTH), self.width))
+        auto = tree.get("auto", False)
+        self.auto.setChecked(auto is True or auto in (1, "true"))  # ("no" is a true string)
 
     def save(self, settings, key: str = "decoding") -> None:
         """Into QSettings, as JSON (an INI file would hand booleans back as strings)."""
@@ -122,8 +123,16 @@ class MethodControls(QObject):
         if isinstance(tree, dict):
             try:
                 self.set_tree(tree)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 pass
+
+
+def _bounded(value, box) -> int:
+    """A saved number for a spin box, clamped to its range (an edited settings file may say 1e999)."""
+    number = float(value)  # TypeError/ValueError: unreadable, left to the caller
+    if number != number:
+        raise ValueError("NaN")
+    return int(min(max(number, box.minimum()), box.maximum()))
 
 
 class SamplingControls(QObject):

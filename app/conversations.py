@@ -7,10 +7,11 @@ only lose the last transactions on a power cut, never corrupt the file) and keep
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +41,10 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 """
 
+# PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
+# tables may mean more than this version knows, and writing to them could break that app's data.
+SCHEMA_VERSION = 1
+
 SETTINGS = ("title", "system_prompt", "preset", "temperature", "top_p")
 
 
@@ -53,6 +58,14 @@ class Conversation:
     preset: str
     temperature: float
     top_p: float
+
+
+# Named, not SELECT *: a newer app may add columns.
+CONVERSATION_COLUMNS = ", ".join(f.name for f in fields(Conversation))
+
+
+class NewerStoreError(sqlite3.DatabaseError):
+    """The file was written by a newer version of the app."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +90,41 @@ def title_from(text: str) -> str:
 
 
 class ConversationStore:
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, read_only: bool = False):
+        """`read_only`: open an existing file without ever writing to it (a newer app's, or one this user
+        cannot write). Raises sqlite3.DatabaseError for a file that is not a readable database
+        (NewerStoreError for a newer app's); `open_store` decides what to do then."""
         self.path = Path(path) if path else default_path()
+        self.read_only = read_only
+        if read_only:
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            self._check_readable()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path))
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        with self.db:
-            self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise NewerStoreError(f"{self.path} was written by a newer version of SubSpec Studio "
+                                      f"(format {version}; this one knows {SCHEMA_VERSION})")
+            with self.db:
+                self.db.executescript(SCHEMA)
+                if version < SCHEMA_VERSION:
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._check_readable()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _check_readable(self) -> None:
+        """A damaged file (a disk error, a copy cut short) can open and fail only when a page is read; this
+        finds that now, at start-up, rather than as an error in the middle of a conversation."""
+        problem = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({problem})")
 
     def close(self) -> None:
         self.db.close()
@@ -102,17 +141,17 @@ class ConversationStore:
         return self.get(cur.lastrowid)
 
     def get(self, cid: int) -> Conversation | None:
-        row = self.db.execute("SELECT * FROM conversations WHERE id = ?", (cid,)).fetchone()
+        row = self.db.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (cid,)).fetchone()
         return Conversation(*row) if row else None
 
     def conversations(self, search: str = "") -> list[Conversation]:
         """Newest activity first; `search` matches titles and message text, case-insensitively."""
         if not search.strip():
-            rows = self.db.execute("SELECT * FROM conversations ORDER BY updated DESC, id DESC")
+            rows = self.db.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations ORDER BY updated DESC, id DESC")
         else:
             pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             rows = self.db.execute(
-                "SELECT * FROM conversations c WHERE c.title LIKE ?1 ESCAPE '\\' OR EXISTS ("
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.title LIKE ?1 ESCAPE '\\' OR EXISTS ("
                 " SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content LIKE ?1 ESCAPE '\\')"
                 " ORDER BY updated DESC, id DESC", (pattern,))
         return [Conversation(*row) for row in rows]
@@ -179,21 +218,57 @@ class ConversationStore:
                 for i, role, content, created, stats, complete in rows]
 
 
+def open_store(path: str | Path | None = None) -> tuple[ConversationStore, str | None]:
+    """The conversations, and what the user must be told about them (None: nothing). The app starts
+    whatever the file's state: a damaged file is moved aside (kept, for recovery) and a new one begun; a
+    newer app's file, or one that cannot be written, is opened read-only; failing even that, this session's
+    conversations live in memory."""
+    path = Path(path) if path else default_path()
+    try:
+        return ConversationStore(path), None
+    except NewerStoreError as exc:
+        why = f"{exc}. Your conversations can be read here, but nothing new is saved; use the newer version."
+    except sqlite3.OperationalError as exc:  # cannot be written or opened (permissions, a full disk, a lock)
+        why = f"{path} cannot be written ({exc}). Your conversations can be read, but nothing new is saved."
+    except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+        aside = path.with_name(f"{path.name}.broken-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        try:
+            for suffix in ("", "-wal", "-shm"):  # the write-ahead log belongs to the file it was written for
+                part = path.with_name(path.name + suffix)
+                if part.exists():
+                    part.rename(aside.with_name(aside.name + suffix))
+            return ConversationStore(path), (f"The conversations file was damaged ({exc}) and could not be "
+                                             f"read. It was kept as {aside} and a new one begun.")
+        except (OSError, sqlite3.Error) as again:
+            why = f"{path} is damaged ({exc}) and could not be set aside ({again})."
+    try:
+        return ConversationStore(path, read_only=True), why
+    except (sqlite3.Error, OSError):
+        return ConversationStore(":memory:"), (why.split(". Your")[0] + ". This session's conversations are "
+                                               "kept in memory only and are lost when the app closes.")
+
+
 def _json(stats: dict | None) -> str | None:
     return json.dumps(stats) if stats is not None else None
 
 
 class AnswerWriter:
     """A streaming answer's row: created empty with complete=0 and rewritten at most every `interval_s`,
-    so a crash loses about a second of text; a per-token write would cost a transaction per token."""
+    so a crash loses about a second of text; a per-token write would cost a transaction per token.
+
+    A write that fails (a full disk) loses nothing: the text stays here, the next flush tries again, and
+    `on_error` hears of the first failure only (not once per token)."""
 
     def __init__(self, store: ConversationStore, cid: int, interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, extend: Message | None = None):
+                 clock: Callable[[], float] = time.monotonic, extend: Message | None = None,
+                 on_error: Callable[[sqlite3.Error], None] | None = None):
         """`extend`: a saved answer to continue in place instead of starting a new row."""
         self.store = store
         self.cid = cid
         self.interval_s = interval_s
         self.clock = clock
+        self.on_error = on_error
+        self.error: sqlite3.Error | None = None  # the last write that failed, until one succeeds
         if extend is None:
             self.id = store.add_message(cid, "assistant", "", complete=False)
             self.parts: list[str] = []
@@ -213,14 +288,30 @@ class AnswerWriter:
             self.flush()
 
     def flush(self) -> None:
+        self._last = self.clock()  # a failed write waits for the next interval too
         if self._written != len(self.parts):
-            self.store.update_message(self.id, self.text, complete=False)
-            self._written = len(self.parts)
-        self._last = self.clock()
+            self._write(lambda: self.store.update_message(self.id, self.text, complete=False))
+            if self.error is None:
+                self._written = len(self.parts)
 
-    def finish(self, text: str, stats: dict) -> None:
-        self.store.update_message(self.id, text, complete=True, stats=stats)
-        self.store.touch(self.cid)
+    def finish(self, text: str, stats: dict) -> bool:
+        """The whole answer, complete; False when it could not be written (`error` says why)."""
+        def write():
+            self.store.update_message(self.id, text, complete=True, stats=stats)
+            self.store.touch(self.cid)
+        self._write(write)
+        return self.error is None
+
+    def _write(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except sqlite3.Error as exc:
+            first = self.error is None
+            self.error = exc
+            if first and self.on_error is not None:
+                self.on_error(exc)
+        else:
+            self.error = None
 
     def discard(self) -> None:
         self.store.delete_message(self.id)

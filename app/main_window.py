@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from PySide6.QtCore import QEvent, QSettings, Qt, QTimer
+from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
@@ -21,7 +21,7 @@ from .chat_flow import ChatFlow
 from .compare import CompareJob
 from .context_meter import ContextMeter
 from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
-from .conversations import AnswerWriter, Conversation, ConversationStore
+from .conversations import AnswerWriter, Conversation, ConversationStore, open_store
 from .hardware_panel import HardwareDock
 from .help_menu import add_help_menu
 from .model_manager import ModelManager
@@ -54,7 +54,10 @@ class MainWindow(ChatFlow, QMainWindow):
         super().__init__()
         self.host = host
         self.params = {**DEFAULT_PARAMS, **(params or {})}
-        self.store = store or ConversationStore()
+        store_problem = None  # a damaged, newer or unwritable conversations file: said once the window shows
+        if store is None:
+            store, store_problem = open_store()
+        self.store = store
         self.settings = settings or default_settings()
         self.conversation: Conversation | None = None  # None: a new chat, saved on its first message
         self.history: list[dict] = []  # the conversation as the model sees it (without the system prompt)
@@ -100,6 +103,8 @@ class MainWindow(ChatFlow, QMainWindow):
         host.unloaded.connect(self._on_unloaded)
         host.list_models()  # queued before the first load, so the menu fills while the model loads
         self._restore()
+        if store_problem:
+            QTimer.singleShot(0, lambda: self._report("Conversations", store_problem))
         self._update_controls()
 
     def _build(self) -> None:
@@ -232,15 +237,19 @@ class MainWindow(ChatFlow, QMainWindow):
         self.prompt.setFocus()
 
     def _restore(self) -> None:
+        # An edited (or damaged) settings file must not stop the app from starting: Qt takes only bytes
+        # here, and SQLite only 64-bit ids.
         geometry = self.settings.value("geometry")
-        if geometry is not None:
+        if isinstance(geometry, QByteArray):
             self.restoreGeometry(geometry)
         state = self.settings.value("state")
-        if state is not None:
+        if isinstance(state, QByteArray):
             self.restoreState(state)
         try:
             last = int(self.settings.value("last_conversation", 0))
         except (TypeError, ValueError):
+            last = 0
+        if not 0 < last < 2**63:
             last = 0
         if last and self.store.get(last) is not None:
             self.open_conversation(last)

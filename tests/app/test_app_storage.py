@@ -1,0 +1,211 @@
+"""The user's data when the disk or the files misbehave: a full disk while sending or mid-answer, a damaged
+or newer conversations file, an unwritable one, and a settings file with garbage in it. The app starts
+and nothing typed or written is lost without the user being told."""
+
+import sqlite3
+
+import pytest
+from app_fakes import PROMPT, recorded_answer
+from PySide6.QtCore import Qt
+
+from app import conversations
+from app.conversations import AnswerWriter, ConversationStore, open_store
+
+FULL = sqlite3.OperationalError("database or disk is full")
+
+
+def send(qtbot, window, text=PROMPT):
+    qtbot.keyClicks(window.prompt, text)
+    qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+
+
+def failing(monkeypatch, store, name, when=lambda: True):
+    """Makes store.<name> raise "disk full" while `when()` holds."""
+    real = getattr(store, name)
+
+    def write(*args, **kwargs):
+        if when():
+            raise FULL
+        return real(*args, **kwargs)
+    monkeypatch.setattr(store, name, write)
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def test_a_message_that_cannot_be_saved_stays_in_the_box(qtbot, make_window, dialogs, monkeypatch):
+    window = make_window()
+    failing(monkeypatch, window.store, "add_message")
+    send(qtbot, window, "my long careful question")
+    assert window.prompt.toPlainText() == "my long careful question"  # the box was emptied before the write
+    assert not window.busy and window.send_button.isEnabled()
+    [shown] = dialogs.shown
+    assert shown["title"] == "Could not save" and "database or disk is full" in shown["text"]
+    assert "still in the box" in shown["text"]
+    assert window.store.conversations() == [] and window.conversation is None  # nothing half-made left
+    monkeypatch.undo()  # the disk has room again: the same message goes
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    assert [m.role for m in window.store.messages(window.conversation.id)] == ["user", "assistant"]
+
+
+def test_a_regenerate_that_cannot_be_saved_changes_nothing(qtbot, make_window, dialogs, monkeypatch):
+    window = make_window()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window)
+    before = window.store.messages(window.conversation.id)
+    failing(monkeypatch, window.store, "add_message")  # the new answer's row
+    window.chat_actions.regenerate.click()
+    assert not window.busy and dialogs.shown[-1]["title"] == "Could not save"
+    assert window.store.messages(window.conversation.id) == before  # the old answer was put back
+    assert recorded_answer() in window.transcript.toPlainText()
+
+
+def test_a_full_disk_mid_answer_shows_all_of_it_says_so_once_and_frees_the_window(qtbot, make_window, dialogs,
+                                                                                 monkeypatch):
+    window = make_window()
+    window.ANSWER_SAVE_INTERVAL_S = 0  # a write per token: every one of them fails
+    failing(monkeypatch, conversations.ConversationStore, "update_message", lambda: True)
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window)
+    assert recorded_answer() in window.transcript.toPlainText()  # every token reached the screen
+    assert dialogs.shown == []  # said in the status bar, once; not a dialog per token
+    assert "could not be saved" in window.transcript.toPlainText()  # and at its end, under the answer
+    assert window.writer is None and not window.busy and window.send_button.isEnabled()
+    monkeypatch.undo()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window, "again")
+    assert window.store.messages(window.conversation.id)[-1].content == recorded_answer()
+
+
+class FlakyStore:
+    """Writes fail while `full` is set."""
+
+    def __init__(self):
+        self.full, self.rows = False, {}
+
+    def add_message(self, cid, role, content, complete=True, stats=None):
+        self.rows[1] = (content, complete)
+        return 1
+
+    def update_message(self, mid, content, complete, stats=None):
+        if self.full:
+            raise FULL
+        self.rows[mid] = (content, complete)
+
+    def touch(self, cid):
+        if self.full:
+            raise FULL
+
+
+def test_the_answer_writer_keeps_the_text_until_a_write_works_and_reports_once():
+    store, errors, now = FlakyStore(), [], [0.0]
+    writer = AnswerWriter(store, 7, interval_s=1.0, clock=lambda: now[0], on_error=errors.append)
+    store.full = True
+    for i, word in enumerate(["a", "b", "c", "d"]):
+        now[0] = i + 1.0
+        writer.append(word)
+    assert errors == [FULL] and writer.error is FULL and store.rows[1] == ("", False)
+    store.full = False
+    now[0] = 10.0
+    writer.append("e")  # the next try writes everything kept meanwhile
+    assert store.rows[1] == ("abcde", False) and writer.error is None
+    store.full = True
+    assert writer.finish("abcde", {}) is False and len(errors) == 2  # failing again: said again
+    store.full = False
+    assert writer.finish("abcde", {}) is True and store.rows[1] == ("abcde", True)
+
+
+# ---------------------------------------------------------------- the conversations file
+
+
+def dialog_about_conversations(qtbot, dialogs) -> str:
+    qtbot.waitUntil(lambda: any(d["title"] == "Conversations" for d in dialogs.shown), timeout=3000)
+    return next(d["text"] for d in dialogs.shown if d["title"] == "Conversations")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_conversations_file_is_kept_aside_and_a_new_one_begun(qtbot, make_window, dialogs,
+                                                                       subspec_home, damage):
+    db = subspec_home / conversations.DB_NAME
+    if damage == "garbage":
+        subspec_home.mkdir(parents=True)
+        db.write_bytes(b"this is not a database" * 100)
+    else:  # a copy cut short: it opens, and fails when a lost page is read
+        store = ConversationStore(db)
+        for i in range(300):
+            store.add_message(store.create(f"chat {i}").id, "user", "x" * 2000)
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.close()
+        with open(db, "r+b") as f:
+            f.truncate(db.stat().st_size // 2)
+    original = db.read_bytes()
+    window = make_window()
+    text = dialog_about_conversations(qtbot, dialogs)
+    [aside] = subspec_home.glob(f"{conversations.DB_NAME}.broken-*")
+    assert str(aside) in text and aside.read_bytes() == original  # kept, for whoever can recover it
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window)  # and the app works on a new file
+    assert len(ConversationStore(db).conversations()) == 1
+
+
+def test_a_newer_apps_file_is_read_but_never_written(qtbot, make_window, dialogs, subspec_home):
+    db = subspec_home / conversations.DB_NAME
+    store = ConversationStore(db)
+    store.add_message(store.create("from the newer app").id, "user", "hello")
+    store.db.execute("ALTER TABLE conversations ADD COLUMN folder TEXT")  # what a newer version might add
+    store.db.execute("PRAGMA user_version = 99")
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    original = db.read_bytes()
+    window = make_window()
+    assert "newer version" in dialog_about_conversations(qtbot, dialogs)
+    assert [c.title for c in window.store.conversations()] == ["from the newer app"]  # readable
+    window.new_conversation()
+    send(qtbot, window, "a new question")
+    assert dialogs.shown[-1]["title"] == "Could not save" and "read-only" in dialogs.shown[-1]["text"]
+    assert window.prompt.toPlainText() == "a new question"
+    window.close()
+    assert db.read_bytes() == original
+
+
+def test_an_unwritable_file_is_opened_read_only_and_failing_that_kept_in_memory(tmp_path, monkeypatch):
+    path = tmp_path / conversations.DB_NAME
+    ConversationStore(path).create("kept")
+    real = ConversationStore.__init__
+
+    def no_writes(self, path=None, read_only=False):
+        if not read_only and str(path) != ":memory:":
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        real(self, path, read_only)
+    monkeypatch.setattr(ConversationStore, "__init__", no_writes)
+    store, problem = open_store(path)
+    assert store.read_only and [c.title for c in store.conversations()] == ["kept"]
+    assert "cannot be written" in problem and "nothing new is saved" in problem
+    store, problem = open_store(tmp_path / "elsewhere" / conversations.DB_NAME)  # not even readable
+    assert store.path.name == ":memory:" and "memory only" in problem
+    store.create("this session's")  # still usable
+    assert len(store.conversations()) == 1
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("ini", [
+    "geometry=not a geometry",
+    "geometry=12345\nstate=@Invalid()",
+    "last_conversation=99999999999999999999",
+    'decoding="{\\"depth\\": 5e9, \\"width\\": 1e999}"',
+    'decoding="{\\"depth\\": 1e400, \\"auto\\": \\"no\\"}"',
+    'decoding="{\\"depth\\": 100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000}"',
+])
+def test_a_settings_file_with_garbage_does_not_stop_the_app(qtbot, make_window, subspec_home, ini):
+    subspec_home.mkdir(parents=True)
+    (subspec_home / "studio.ini").write_text("[General]\n" + ini + "\n", encoding="utf-8")
+    window = make_window()
+    assert window.isVisible() and window.conversation is None
+    method = window.method
+    assert method.depth.minimum() <= method.depth.value() <= method.depth.maximum()
+    assert method.width.minimum() <= method.width.value() <= method.width.maximum()
+    if '"auto": "no"' in ini.replace('\\"', '"'):
+        assert not method.auto.isChecked()
