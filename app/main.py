@@ -11,12 +11,13 @@ from PySide6.QtCore import QObject, QTimer, Slot
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication
 
-from engine.store import DEFAULT_MODEL
+from engine.store import DEFAULT_MODEL, store_root
 
 from . import dialogs, first_run, logs, theme
 from .backend import EngineFactory
 from .main_window import MainWindow
 from .paths import APP_NAME
+from .single_instance import SingleInstance
 from .worker import EngineHost
 
 DEMO_PROMPT = "What is the capital of France?"
@@ -102,6 +103,16 @@ def _on_screen(dock) -> bool:
     return dock.isVisible() and not dock.visibleRegion().isEmpty()
 
 
+def bring_to_front(window: MainWindow) -> None:
+    """What a second launch asks for: the existing window, restored if minimized, on top and focused."""
+    if window.isMinimized():
+        window.showNormal()
+    else:
+        window.show()  # hidden (closed to a tray, say) or already normal: shown as it was
+    window.raise_()
+    window.activateWindow()
+
+
 def _print_and_exit(title: str, message: str, details: str) -> None:
     """Error handling for unattended runs: a modal dialog there would wait forever."""
     print(f"error: {title}: {message}\n{details}", file=sys.stderr)
@@ -135,10 +146,22 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
         sys.excepthook = _scripted_excepthook
     else:
         dialogs.install_excepthook()
+    # One window per data folder: a second copy would overwrite the first's conversations and settings.
+    # Scripted runs skip it, so a screenshot can be taken while the app is open.
+    instance = None if unattended else SingleInstance(store_root())
+    if instance is not None and instance.elsewhere:
+        message = "SubSpec Studio is already running"
+        if instance.notify():  # it can fail: that copy runs on another machine sharing the folder, say
+            message += "; its window was brought to the front"
+        print(message, file=sys.stderr)
+        logs.log.info("%s; exiting", message)
+        return 0
     host = EngineHost(engine_factory)
     logs.watch(host)
     app.aboutToQuit.connect(host.shutdown)
     window = MainWindow(host, on_error=_print_and_exit if unattended else None)
+    if instance is not None:
+        instance.activated.connect(lambda: bring_to_front(window))
     if args.appearance:
         theme.apply(args.appearance)  # after the window, which applies the saved one
         window.view_menu.findChild(QAction, f"appearance_{args.appearance}").setChecked(True)
@@ -169,6 +192,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     if welcome is not None:
         welcome.close()  # its own top-level window: closing the main one would not hide it
     window.close()  # a scripted run ends with the window still open; this joins the engine thread
+    if instance is not None:
+        instance.release()  # last: closing the window above still writes to the data folder
     return code
 
 
