@@ -12,7 +12,7 @@ import sqlite3
 from . import dialogs
 from .compare import CompareJob, format_comparison, reusable
 from .conversations import AnswerWriter, Message, title_from
-from .turns import Turn, end_answer, format_stats, history_of, last_of, replay
+from .turns import Turn, end_answer, format_stats, history_of, last_of
 from .widgets import replace_text
 
 CONTEXT_ERROR = "exceeds the model's context"
@@ -128,7 +128,7 @@ class ChatFlow:
         self._draft = ""  # sent or resent: an edit's set-aside draft is not coming back
         if turn.kind != "send":
             self.transcript.clear()
-            replay(self.transcript, saved)
+            self._replay(saved)
         self.transcript.begin_assistant(self.model_name, turn.extended.content if turn.extended else "")
         self.busy = True
         self.stats_dock.begin_answer(self.plain_speeds.get(self.model_name))
@@ -194,7 +194,7 @@ class ChatFlow:
                 self.conversation = None
                 self.settings.remove("last_conversation")
         self.transcript.clear()
-        self.history = replay(self.transcript, self._saved()) if self.conversation else []
+        self.history = self._replay(self._saved()) if self.conversation else []
         self.sidebar.refresh(self.conversation.id if self.conversation else None)
         self._update_controls()
         if getattr(self.store, "read_only", False):
@@ -263,7 +263,7 @@ class ChatFlow:
             self.conversation = None
             self.settings.remove("last_conversation")
         self.transcript.clear()
-        self.history = replay(self.transcript, self._saved()) if self.conversation else []
+        self.history = self._replay(self._saved()) if self.conversation else []
         self.sidebar.refresh(self.conversation.id if self.conversation else None)
         if turn.text and not self.prompt.toPlainText().strip():
             self.prompt.setPlainText(turn.text)  # ready to send again

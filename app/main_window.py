@@ -47,6 +47,9 @@ def default_settings() -> QSettings:
 
 class MainWindow(ChatFlow, QMainWindow):
     ANSWER_SAVE_INTERVAL_S = 1.0  # how much of a streaming answer a crash may lose
+    # A long conversation opens on its latest messages (laying out thousands takes seconds); "Show them"
+    # at the top shows the rest.
+    SHOWN_MESSAGES = 200
     DEFAULT_SIZE = (1240, 760)
 
     def __init__(self, host: EngineHost, params: dict | None = None, on_error: ErrorHandler | None = None,
@@ -67,6 +70,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.busy = False
         self.editing = False  # the prompt box holds the last user message, to replace it
         self._draft = ""  # what the box held when an edit began: back in it if the edit is cancelled
+        self._show_all: int | None = None  # the conversation whose earlier messages were asked for
         self._unloaded: tuple[str, dict] | None = None  # Model > Unload: the name and load options, for Load again
         self.writer: AnswerWriter | None = None
         self._turn: Turn | None = None  # the request in flight and what it changed
@@ -127,6 +131,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.system_prompt.setPlaceholderText("System prompt (optional, saved with the conversation)")
         self.system_prompt.editingFinished.connect(self._save_conversation_settings)
         self.transcript = Transcript()
+        self.transcript.earlier_requested.connect(self._show_earlier)
         self.notice = NoticeBar()
         self.notice.button.clicked.connect(self._retry_load)
         self.chat_actions = ChatActions()
@@ -294,6 +299,20 @@ class MainWindow(ChatFlow, QMainWindow):
         self.prompt.setFocus()
         self._update_controls()
 
+    def _replay(self, messages: list) -> list[dict]:
+        """The open conversation's messages into the (cleared) transcript: its latest SHOWN_MESSAGES, unless
+        "Show them" asked for all; returns them all as the model's history."""
+        everything = self.conversation is not None and self._show_all == self.conversation.id
+        return replay(self.transcript, messages, None if everything else self.SHOWN_MESSAGES)
+
+    def _show_earlier(self) -> None:
+        if self.busy or self.conversation is None:
+            return  # (the link is not followed mid-answer: the transcript is being written)
+        self._show_all = self.conversation.id
+        self.transcript.clear()
+        self.history = self._replay(self._saved())
+        self.transcript.verticalScrollBar().setValue(0)  # where the link was: the oldest message
+
     def open_conversation(self, cid: int) -> None:
         conv = self.store.get(cid)
         if self.busy or conv is None:
@@ -301,9 +320,10 @@ class MainWindow(ChatFlow, QMainWindow):
             return
         self.set_editing(False)
         self.conversation = conv
+        self._show_all = None  # opened again: from its latest messages
         self.transcript.clear()
         messages = self.store.messages(cid)
-        self.history = replay(self.transcript, messages)
+        self.history = self._replay(messages)
         self.context_meter.show_latest(messages)
         self.sampling.set_values(conv.preset, conv.temperature, conv.top_p)
         self.system_prompt.setText(conv.system_prompt)
@@ -467,7 +487,7 @@ class MainWindow(ChatFlow, QMainWindow):
         errors = list(self.transcript.trailing_errors)  # not in the store: kept across the redraw
         self.transcript.clear()
         if self.conversation is not None:
-            self.history = replay(self.transcript, self.store.messages(self.conversation.id))
+            self.history = self._replay(self.store.messages(self.conversation.id))
         for error in errors:
             self.transcript.add_error(error)
 

@@ -15,6 +15,7 @@ from PySide6.QtGui import (QColor, QFont, QFontDatabase, QTextBlockFormat, QText
 
 from . import theme
 
+EARLIER_SCHEME = "subspec-earlier"  # the transcript's "show the earlier messages" link
 COPY_SCHEME = "subspec-copy"  # an href scheme of our own, so a link in model text cannot reach the shell
 FEATURES = QTextDocument.MarkdownFeature.MarkdownDialectGitHub | QTextDocument.MarkdownFeature.MarkdownNoHTML
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")

@@ -41,16 +41,22 @@ def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | 
     transcript.end_answer()
 
 
-def replay(transcript: Transcript, messages: list[Message]) -> list[dict]:
-    """Shows saved messages; returns them as the model's history. An answer cut off by a crash (never
-    marked complete) is shown, and kept in the history, as far as it got."""
-    for m in messages:
-        if m.role == "user":
-            transcript.add_user(m.content)
-        else:
-            stats = m.stats or {}
-            transcript.begin_assistant(stats.get("model", "Assistant"), m.content)
-            end_answer(transcript, stats.get("finish_reason") if m.complete else "interrupted", stats, m.content)
+def replay(transcript: Transcript, messages: list[Message], keep: int | None = None) -> list[dict]:
+    """Shows saved messages (the last `keep` of them, with a line offering the earlier ones); returns all
+    of them as the model's history. An answer cut off by a crash (never marked complete) is shown, and kept
+    in the history, as far as it got."""
+    shown = messages if keep is None or len(messages) <= keep else messages[-keep:]
+    with transcript.batch():  # laid out once, not edit by edit
+        if len(shown) < len(messages):
+            transcript.add_earlier(len(messages) - len(shown))
+        for m in shown:
+            if m.role == "user":
+                transcript.add_user(m.content)
+            else:
+                stats = m.stats or {}
+                transcript.begin_assistant(stats.get("model", "Assistant"), m.content)
+                end_answer(transcript, stats.get("finish_reason") if m.complete else "interrupted", stats,
+                           m.content)
     return history_of(messages)
 
 

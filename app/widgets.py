@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import (QColor, QDesktopServices, QFont, QGuiApplication, QKeyEvent, QPalette,
-                           QTextBlockFormat, QTextCharFormat, QTextCursor)
+                           QTextBlockFormat, QTextCharFormat, QTextCursor, QTextDocument, QTextDocumentFragment)
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser, QWidget
 
 from . import markdown, theme
@@ -26,6 +28,7 @@ class Transcript(QTextBrowser):
     a half-written list or code block only takes its shape once more text has come."""
 
     RENDER_MS = 100  # ~10 Hz: smooth to read, and a long answer is not re-laid out per token
+    earlier_requested = Signal()  # "Show them" above a long conversation's latest messages
     BODY = _char_format()
 
     # Asked for at each use: the colors follow the appearance (app.theme), light or dark.
@@ -66,6 +69,45 @@ class Transcript(QTextBrowser):
         self._timer.setSingleShot(True)
         self._timer.setInterval(self.RENDER_MS)
         self._timer.timeout.connect(self._render)
+        self._batch: QTextDocument | None = None  # where turns go during batch(): a document no view lays out
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Many turns at once (a conversation opened or redrawn): they are written into a detached document,
+        which no view lays out as it grows, and that goes into the transcript in one insertion. Written
+        straight into the view, each of a long conversation's ten-odd edits per message was laid out on
+        its own (3,000 messages: over 5 s)."""
+        live = self.document()
+        if self._batch is not None or not live.isEmpty():  # nested (the outer one collects), or appended to
+            yield  # a transcript that has turns already: written as they come
+            return
+        doc = QTextDocument()
+        doc.setDefaultFont(live.defaultFont())
+        doc.setDefaultStyleSheet(live.defaultStyleSheet())
+        doc.setDocumentMargin(live.documentMargin())
+        doc.setIndentWidth(live.indentWidth())
+        self._batch = doc
+        try:
+            yield
+        finally:
+            self._batch = None
+            if not doc.isEmpty():
+                self._append_document(doc)
+
+    def _append_document(self, doc: QTextDocument) -> None:
+        fragment = QTextDocumentFragment(doc)
+        cursor = self._end_cursor()
+        bar = self.verticalScrollBar()
+        follow = bar.value() >= bar.maximum() - 4
+        # The first block would keep the (empty) live document's format: take the batch's.
+        cursor.setBlockFormat(doc.begin().blockFormat())
+        cursor.setBlockCharFormat(doc.begin().charFormat())
+        cursor.insertFragment(fragment)
+        if follow:
+            bar.setValue(bar.maximum())
+
+    def _doc(self) -> QTextDocument:
+        return self._batch if self._batch is not None else self.document()
 
     def restyle(self) -> None:
         """Links in answers in the appearance's link color, the one the Copy links use (Qt's importer gives
@@ -137,10 +179,17 @@ class Transcript(QTextBrowser):
             self._insert(" · ", fmt)
             self._insert("Copy", link)
 
+    def add_earlier(self, count: int) -> None:
+        """The line above a long conversation's latest messages: how many earlier ones are not shown, and a
+        link that shows them (`earlier_requested`)."""
+        fmt = QTextCharFormat(self.STATS)
+        self._insert(f"{count} earlier message{'s' if count != 1 else ''} not shown · ", fmt)
+        self._insert("Show them", markdown.link_format(f"{markdown.EARLIER_SCHEME}:"))
+
     def add_error(self, text: str) -> None:
         """On a line of its own: after a failed redo the transcript ends with the restored answer."""
         self.end_answer()
-        if not self.document().isEmpty():
+        if not self._doc().isEmpty():
             block = QTextBlockFormat()
             block.setTopMargin(8)
             self._end_cursor().insertBlock(block, self.ERROR)
@@ -157,7 +206,9 @@ class Transcript(QTextBrowser):
         return None
 
     def _on_anchor(self, url: QUrl) -> None:
-        if url.scheme() == markdown.COPY_SCHEME:
+        if url.scheme() == markdown.EARLIER_SCHEME:
+            self.earlier_requested.emit()
+        elif url.scheme() == markdown.COPY_SCHEME:
             try:
                 self.copy(int(url.path()))
             except ValueError:
@@ -170,7 +221,7 @@ class Transcript(QTextBrowser):
             return
         bar = self.verticalScrollBar()
         follow = bar.value() >= bar.maximum() - 4
-        cursor = QTextCursor(self.document())
+        cursor = QTextCursor(self._doc())
         cursor.setPosition(self._body_start)
         cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
         cursor.beginEditBlock()
@@ -186,7 +237,7 @@ class Transcript(QTextBrowser):
         self.end_answer()
         cursor = self._end_cursor()
         block = QTextBlockFormat()
-        if not self.document().isEmpty():
+        if not self._doc().isEmpty():
             block.setTopMargin(14)
             cursor.insertBlock(block, fmt)
         else:
@@ -202,7 +253,7 @@ class Transcript(QTextBrowser):
             bar.setValue(bar.maximum())
 
     def _end_cursor(self) -> QTextCursor:
-        cursor = QTextCursor(self.document())
+        cursor = QTextCursor(self._doc())
         cursor.movePosition(QTextCursor.MoveOperation.End)
         return cursor
 
