@@ -250,6 +250,9 @@ class MainWindow(ChatFlow, QMainWindow):
         state = self.settings.value("state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
+        splitter = self.settings.value("splitter")  # the sidebar's width (saveState covers only the docks)
+        if isinstance(splitter, QByteArray):
+            self.splitter.restoreState(splitter)
         try:
             last = int(self.settings.value("last_conversation", 0))
         except (TypeError, ValueError):
@@ -494,6 +497,7 @@ class MainWindow(ChatFlow, QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("state", self.saveState())
+        self.settings.setValue("splitter", self.splitter.saveState())
         if self.writer is not None:
             self.writer.flush()  # kept as far as it got, marked incomplete (complete=0)
             self.writer = None

@@ -144,9 +144,13 @@ def test_system_prompt_and_sampling_are_saved_and_sent(qtbot, make_window):
     assert again.sampling.values() == {"preset": "custom", "temperature": 0.3, "top_p": 0.9}
 
 
-def test_window_geometry_is_restored(qtbot, make_window):
+def test_window_geometry_and_the_sidebars_width_are_restored(qtbot, make_window):
     window = make_window()
-    window.resize(700, 500)
+    window.resize(760, 500)
+    window.splitter.setSizes([300, 400])
+    sidebar = window.splitter.sizes()[0]
+    assert sidebar != 230
     window.close()
     again = make_window()
-    assert (again.width(), again.height()) == (700, 500)
+    assert (again.width(), again.height()) == (760, 500)
+    assert again.splitter.sizes()[0] == sidebar
