@@ -63,6 +63,9 @@ class ScriptedExchange(QObject):
     @Slot(str)
     def _send(self, _name: str) -> None:
         self.window.host.loaded.disconnect(self._send)  # once: a later model switch must not resend
+        # In a conversation of its own: the one reopened from the last session is the user's (and a
+        # screenshot must not show it, nor the model answer with it as history).
+        self.window.new_conversation()
         self.window.prompt.setPlainText(DEMO_PROMPT)
         self.window.send()
 

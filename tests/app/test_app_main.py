@@ -32,6 +32,25 @@ def test_screenshot_run_answers_saves_a_png_and_exits_0(qapp, tmp_path, monkeypa
     assert dialogs.shown == []
 
 
+def test_a_screenshot_run_leaves_the_last_conversation_alone(qapp, tmp_path, monkeypatch, dialogs):
+    """It used to send the demo prompt into the conversation reopened from the last session: the user's
+    conversation grew a turn, the model answered with it as history, and the picture showed it."""
+    from app.conversations import ConversationStore
+    from app.main_window import default_settings
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    store = ConversationStore()
+    mine = store.create("my private chat").id
+    store.add_message(mine, "user", "my private question")
+    settings = default_settings()
+    settings.setValue("last_conversation", mine)
+    settings.sync()
+    backend = FakeBackend()
+    assert main(["--screenshot", str(tmp_path / "shot.png")], factory_for(backend)) == 0
+    assert backend.calls[0][0] == [{"role": "user", "content": DEMO_PROMPT}]
+    assert [m.content for m in store.messages(mine)] == ["my private question"]
+
+
 def test_screenshot_run_exits_1_on_an_engine_error_without_a_dialog(qapp, tmp_path, monkeypatch, dialogs,
                                                                      capsys):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
