@@ -88,6 +88,12 @@ class SingleInstance(QObject):
     def notify(self) -> bool:
         """Ask the instance holding the lock to show its window; whether the message got there (it cannot
         when that copy runs on another machine sharing the folder, or has not started listening yet)."""
+        if os.name == "nt":
+            # Windows lets only the foreground process (this launch, just started by the user) give the
+            # focus away; without this the other window's taskbar button would only flash.
+            import ctypes
+
+            ctypes.windll.user32.AllowSetForegroundWindow(-1)  # ASFW_ANY
         socket = QLocalSocket()
         socket.connectToServer(self.name)
         if not socket.waitForConnected(WAIT_MS):
