@@ -1,7 +1,11 @@
-"""Live decoding statistics: step events go into ring buffers; a ~20 Hz timer redraws the plots.
+"""Live decoding statistics: step events go into ring buffers; a 5 Hz timer redraws the plots.
 
 A redraw per token would cost more than the token itself on a fast GPU (hundreds of steps a second), so
-events only append to the buffers and mark them dirty; the timer runs only while there is news.
+events only append to the buffers and mark them dirty; the timer runs only while there is news, and only
+while the dock is on screen. Painting four plots costs tens of milliseconds (their axes most of it): at
+20 Hz it took most of the GUI thread whatever the token rate, so the plots are redrawn 5 times a second,
+their x range grows in steps of X_CHUNK and their y range only changes when its ceiling does (a range
+change repaints the axes).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from PySide6.QtWidgets import QDockWidget, QLabel, QVBoxLayout, QWidget
 
 from . import theme
 
-REDRAW_MS = 50
+REDRAW_MS = 200
+X_CHUNK = 64  # the x axis grows this many steps at a time
 SPEEDUP_TITLE = "Speedup over plain"
 CAPACITY = 1024  # the last this many decode steps are plotted
 
@@ -103,6 +108,17 @@ class StepStats:
         return text
 
 
+def ceiling(value: float, floor: float = 1.5) -> float:
+    """A round top for a y axis at least `value` (1, 1.5, 2, 3, 4, 5, 6, 8 times a power of ten): it stays
+    put while the data moves a little."""
+    value = max(value, floor)
+    scale = 10 ** np.floor(np.log10(value))
+    for step in (1, 1.5, 2, 3, 4, 5, 6, 8, 10):
+        if step * scale >= value:
+            return float(step * scale)
+    return float(10 * scale)
+
+
 def depth_text(depth: int) -> str:
     """A SubSpec pass's tree depth as the panel shows it."""
     return f"depth {depth}" if depth > 0 else "plain pass"
@@ -132,6 +148,9 @@ def _plot(title: str, series: int) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
     widget.setMenuEnabled(False)
     widget.setMouseEnabled(x=False, y=False)
     widget.setMinimumHeight(80)
+    widget.plotItem.vb.disableAutoRange()  # set by the dock, in steps (an auto range moves every redraw)
+    widget.setXRange(0, X_CHUNK, padding=0)
+    widget.setYRange(0, ceiling(0), padding=0)
     curve = widget.plot(pen=pg.mkPen(theme.colors().series[series], width=1.5))
     return widget, curve
 
@@ -145,6 +164,7 @@ class StatsDock(QDockWidget):
         self._dirty = False
         self.summary = QLabel(self.stats.summary())
         self.summary.setContentsMargins(4, 2, 4, 2)
+        self.summary.setWordWrap(True)  # a longer line must not widen the dock (and re-lay out the chat)
         self.summary.setToolTip(DEPTH_TIP)
         titles = ("Accepted length per step", "Running τ", "Decode tok/s", SPEEDUP_TITLE)
         plots = [_plot(title, series) for title, series in zip(titles, PLOT_SERIES)]
@@ -161,7 +181,13 @@ class StatsDock(QDockWidget):
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
         self.timer.timeout.connect(self._redraw)
+        self._ranges: list[tuple] = [(0.0, float(X_CHUNK), ceiling(0))] * len(self.plots)  # x from, x to, y top
+        self.visibilityChanged.connect(self._on_visibility)
         theme.notifier.changed.connect(self._restyle)
+
+    def _on_visibility(self, visible: bool) -> None:
+        if visible and self._dirty:
+            self.timer.start()  # what came while it was hidden (or behind another tab)
 
     def _restyle(self, _colors=None) -> None:
         for widget, curve, series in zip(self.plots, self.curves, PLOT_SERIES):
@@ -185,14 +211,17 @@ class StatsDock(QDockWidget):
             self.timer.start()
 
     def _redraw(self) -> None:
-        if not self._dirty:
-            self.timer.stop()  # idle: no wake-ups until the next event
+        if not self._dirty or not self.isVisible():
+            self.timer.stop()  # idle, or not on screen (shown again: _on_visibility): no wake-ups meanwhile
             return
         self._dirty = False
         self.redraws += 1
         x = self.stats.iteration.values()
+        if len(x):  # both ends on X_CHUNK steps (the start moves once the ring buffer is full)
+            start = float(X_CHUNK * (int(x[0]) // X_CHUNK))
+            span = X_CHUNK * (int(x[-1]) // X_CHUNK + 1) - start
         series = (self.stats.accepted, self.stats.tau, self.stats.tokens_per_s, self.stats.speedup)
-        for plot, curve, buf in zip(self.plots, self.curves, series):
+        for i, (plot, curve, buf) in enumerate(zip(self.plots, self.curves, series)):
             y = buf.values()
             if len(y) != len(x):  # no baseline for the speedup: nothing to draw
                 x_, y = x[:0], y[:0]
@@ -200,5 +229,10 @@ class StatsDock(QDockWidget):
                 x_ = x
             curve.setData(x_, y)
             # From 0, so a flat tau of 1 does not fill the plot as if it were a big number.
-            plot.setYRange(0, max(float(y.max()) * 1.15 if len(y) else 0.0, 1.5), padding=0)
+            x_range = (start, start + span) if len(x) else self._ranges[i][:2]
+            ranges = (*x_range, ceiling(float(y.max()) * 1.15 if len(y) else 0.0))
+            if ranges != self._ranges[i]:
+                plot.setXRange(ranges[0], ranges[1], padding=0)
+                plot.setYRange(0, ranges[2], padding=0)
+                self._ranges[i] = ranges
         self.summary.setText(self.stats.summary())

@@ -88,6 +88,7 @@ def test_the_dock_shows_the_depth_auto_depth_used(qtbot, make_window, depths, sh
 def dock(qtbot):
     d = StatsDock()
     qtbot.addWidget(d)
+    d.show()  # (a dock off screen does not redraw)
     return d
 
 
@@ -127,3 +128,36 @@ def test_the_window_feeds_the_dock_from_step_events(qtbot, make_window):
         qtbot.keyClicks(window.prompt, "again")
         qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
     assert stats.iteration.values().tolist() == [1, 2, 3]
+
+
+def test_a_dock_off_screen_does_not_redraw_and_catches_up_when_shown(qtbot, dock):
+    """Painting the plots is most of the GUI thread's work while an answer streams: none of it while the
+    dock is closed or behind another tab."""
+    dock.hide()
+    dock.begin_answer()
+    for i in range(1, 50):
+        dock.add_step({"iteration": i, "token_ids": (1, 2), "accepted": 1, "step_ms": 5.0})
+    qtbot.wait(3 * REDRAW_MS)
+    assert dock.redraws == 0 and not dock.timer.isActive()
+    dock.show()
+    qtbot.waitUntil(lambda: dock.redraws == 1, timeout=2000)
+    assert dock.curves[0].getData()[0].tolist() == list(range(1, 50))
+
+
+def test_axis_ranges_move_in_steps_not_every_redraw(qtbot, dock, monkeypatch):
+    """A range change repaints the axes, the costliest part of a plot: the x range grows in X_CHUNK steps
+    and the y range only moves when its round ceiling does."""
+    from app.stats import X_CHUNK, ceiling
+
+    assert [ceiling(v) for v in (0, 1.2, 1.6, 2.5, 7, 9.9, 10, 23, 260)] == [1.5, 1.5, 2, 3, 8, 10, 10, 30, 300]
+    changes = []
+    for plot in dock.plots:
+        monkeypatch.setattr(plot, "setXRange", lambda *a, **k: changes.append(a))
+    dock.begin_answer()
+    rng = np.random.default_rng(0)
+    for i in range(1, 301):
+        dock.add_step({"iteration": i, "token_ids": (1,) * int(rng.integers(1, 4)), "accepted": 1,
+                       "step_ms": float(rng.uniform(20, 30))})
+        dock._redraw()  # a redraw per step: the worst case
+    assert dock.redraws == 300
+    assert len(changes) <= 4 * (300 // X_CHUNK + 3)  # per plot: each new x chunk, a few ceilings
