@@ -60,6 +60,43 @@ def split_fences(text: str) -> list[Segment]:
     return [s for s in out if s.is_code or s.text.strip()]
 
 
+# A line that may continue the block above it across a blank line: a list item, a quote, a table row, or
+# anything indented (a list item's next paragraph, indented code).
+CONTINUES = re.compile(r"^(?:[ \t]|[-*+](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$)|>|\|)")
+# A thematic break: insertMarkdown draws none as the last block of a piece, and two as the first.
+RULE = re.compile(r"^ {0,3}(?:[-*_][ \t]*){3,}$")
+
+
+def stable_prefix(text: str, start: int = 0) -> tuple[int, bool]:
+    """How much of a streaming answer no later text can change as `render` draws it: the longest prefix,
+    from `start` (itself one) on, that ends where a new top-level block begins on a complete line. Such a
+    place: a fence opening (the prose before it is a segment of its own), the line after a fence closing,
+    or a line after a blank line that cannot continue the block above (CONTINUES). Rendering the prefix
+    and the rest apart draws what rendering them together does (render's `continues`), so a streaming
+    answer re-renders only its tail (a whole re-render per redraw made a long answer's cost grow with its
+    square). Returns (its length, whether the rest continues a prose segment)."""
+    best, offset, fence, blank_before, prose, continues = start, start, None, False, False, False
+    rule = False  # the last text line was a thematic break
+    lines = text[start:].split("\n")
+    for line in lines[:-1]:  # the last line may still grow: never a boundary
+        if fence is None:
+            opening = FENCE.match(line)
+            if opening:
+                best, continues, fence, prose = offset, False, opening.group(1), False
+            elif (blank_before and prose and not rule and line.strip() and not CONTINUES.match(line)
+                  and not RULE.match(line)):
+                # (Not at a segment's first text: a leading blank line there draws an empty block.)
+                best, continues = offset, True
+            blank_before = not line.strip()
+            if line.strip():
+                prose, rule = True, bool(RULE.match(line))
+        elif line.strip().startswith(fence[0] * len(fence)) and not line.strip().strip(fence[0]):
+            fence, blank_before = None, False
+            best, continues = offset + len(line) + 1, False  # the code block is complete
+        offset += len(line) + 1
+    return best, continues
+
+
 def code_char_format() -> QTextCharFormat:
     f = QTextCharFormat()
     font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
@@ -116,6 +153,15 @@ def _keep_first_quote(doc: QTextDocument, start: int, text: str) -> None:
     QTextCursor(doc.findBlock(start)).setBlockFormat(scratch.begin().blockFormat())
 
 
+def _as_a_later_block(doc: QTextDocument, start: int, text: str) -> None:
+    """insertMarkdown gives its first block the format of the block it is inserted into (see
+    _keep_first_quote); text continuing a prose segment gets, as there, the format Qt's importer gives a
+    block that follows another (a paragraph's spacing, a heading's level)."""
+    scratch = QTextDocument()
+    scratch.setMarkdown("x\n\n" + text.lstrip("\n").split("\n\n", 1)[0], FEATURES)
+    QTextCursor(doc.findBlock(start)).setBlockFormat(scratch.begin().next().blockFormat())
+
+
 def _shade_inline_code(doc: QTextDocument, start: int, end: int) -> None:
     """Inline `code` comes from Qt's importer in a fixed-pitch font only: given the code blocks' shade too,
     so it stands out from prose in both appearances."""
@@ -138,15 +184,18 @@ def _shade_inline_code(doc: QTextDocument, start: int, end: int) -> None:
         cursor.mergeCharFormat(shaded)
 
 
-def render(cursor: QTextCursor, text: str, copies: list[str]) -> None:
+def render(cursor: QTextCursor, text: str, copies: list[str], continues: bool = False) -> None:
     """Inserts `text` at `cursor` (the document's end); each code block's text is appended to `copies`
-    and its "Copy" link points at that entry."""
-    for segment in split_fences(text):
+    and its "Copy" link points at that entry. `continues`: `text` goes on a prose segment drawn before it
+    (stable_prefix), so its first block is not the first of its Markdown."""
+    for i, segment in enumerate(split_fences(text)):
         if not segment.is_code:
             _fresh_block(cursor, QTextBlockFormat())
             start = cursor.position()
             cursor.insertMarkdown(segment.text, FEATURES)
             _keep_first_quote(cursor.document(), start, segment.text)
+            if continues and i == 0:
+                _as_a_later_block(cursor.document(), start, segment.text)
             _shade_inline_code(cursor.document(), start, cursor.position())
             continue
         header = QTextBlockFormat()

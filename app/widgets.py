@@ -65,6 +65,9 @@ class Transcript(QTextBrowser):
         self._body: str | None = None  # the streaming answer's Markdown; None when no answer is open
         self._body_start = 0
         self._copies_mark = 0
+        # The streaming answer drawn for good: its characters, their end, its copies, and whether what follows
+        # continues a prose segment (markdown.stable_prefix).
+        self._stable = (0, 0, 0, False)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(self.RENDER_MS)
@@ -135,9 +138,10 @@ class Transcript(QTextBrowser):
         self._body = ""
         self._body_start = self._end_cursor().position()
         self._copies_mark = len(self.copies)
+        self._stable = (0, self._body_start, self._copies_mark, False)  # see _render
         if text:
             self._body = text
-            self._render()
+            self._render(whole=True)
 
     def append_text(self, text: str) -> None:
         if self._body is None:
@@ -152,7 +156,7 @@ class Transcript(QTextBrowser):
         if self._body is None:
             return
         self._timer.stop()
-        self._render()
+        self._render(whole=True)  # the answer as a reopened conversation shows it
         self._body = None
 
     def add_note(self, text: str) -> None:
@@ -216,18 +220,29 @@ class Transcript(QTextBrowser):
         elif url.scheme() in ("http", "https"):
             QDesktopServices.openUrl(url)
 
-    def _render(self) -> None:
+    def _render(self, whole: bool = False) -> None:
+        """Redraws the streaming answer from its last stable point on (markdown.stable_prefix): what comes
+        before it is drawn for good. `whole`: from its start (at its end, and for a saved answer), which
+        draws the same; and it drops the formats the partial redraws left in the document."""
         if self._body is None:
             return
+        if whole:
+            self._stable = (0, self._body_start, self._copies_mark, False)
+        done, position, copies, continues = self._stable
         bar = self.verticalScrollBar()
         follow = bar.value() >= bar.maximum() - 4
         cursor = QTextCursor(self._doc())
-        cursor.setPosition(self._body_start)
+        cursor.setPosition(position)
         cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
         cursor.beginEditBlock()
         cursor.removeSelectedText()
-        del self.copies[self._copies_mark:]
-        markdown.render(cursor, self._body, self.copies)
+        del self.copies[copies:]
+        stable, then = markdown.stable_prefix(self._body, done)
+        if stable > done and not whole:
+            markdown.render(cursor, self._body[done:stable], self.copies, continues)
+            done, continues = stable, then
+            self._stable = (done, cursor.position(), len(self.copies), continues)
+        markdown.render(cursor, self._body[done:], self.copies, continues)
         cursor.endEditBlock()
         self.renders += 1
         if follow:

@@ -1,6 +1,7 @@
 """Answers as Markdown: code blocks in a monospace block with a Copy link, a copy link per answer, no
 HTML, and a streaming answer re-rendered by a timer rather than per token."""
 
+import pytest
 from app_fakes import PROMPT, FakeBackend, endless_events, markdown_events
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QGuiApplication, QTextCursor
@@ -104,3 +105,58 @@ def test_a_streamed_answer_renders_a_few_times_not_once_per_token(qtbot, make_wi
     renders = window.transcript.renders
     assert 1 <= renders < 60  # 300 tokens over well under a few seconds
     assert window.transcript.toPlainText().count("w299") == 1
+
+
+ANSWERS = [
+    "Intro with **bold** and `code`.\n\nSecond paragraph.\n\n# Heading\n\nText after it.\n\n- a\n- b\n\n  more of b\n\n"
+    "After the list.\n\n1. one\n2. two\n\n3. three\n\n> a quote\n\n> more quote\n\nEnd.\n",
+    "Here:\n\n```python\ndef f():\n    return 1\n```\n\nAnd then\n\n```\nplain\n```\nafter the fence\n\n| a | b |\n"
+    "|---|---|\n| 1 | 2 |\n\nDone.\n",
+    "> starts with a quote\n\nthen text\n\n    indented code\n\nnormal\n\n---\n\nAfter the rule\nSetext\n===\n\nx\n",
+    "- item\n\n  ```js\n  let x = 1;\n  ```\n\n- item 2\n\nPara [link](http://e.x) and ~~strike~~.\n\n***\n\n"
+    "* star list\n* two\n\nfin\n",
+]
+
+
+@pytest.mark.parametrize("answer", ANSWERS, ids=["blocks", "fences", "rules", "nested"])
+def test_a_streamed_answer_redrawn_from_its_stable_part_looks_like_one_drawn_whole(qapp, answer):
+    """Each redraw draws only the tail after markdown.stable_prefix; after every complete line the
+    transcript must be what drawing the whole text so far gives, and at the end exactly that."""
+    import random
+
+    rng, streamed, body = random.Random(0), Transcript(), ""
+    streamed.begin_assistant("M")
+    while len(body) < len(answer):
+        piece = answer[len(body):len(body) + rng.randint(1, 7)]
+        body += piece
+        streamed.append_text(piece)
+        streamed._render()  # a timer tick
+        if body.endswith("\n"):  # (mid-line, Qt's importer reads a half-typed "1." or "- " its own way)
+            whole = Transcript()
+            whole.begin_assistant("M", body)
+            assert streamed.toHtml() == whole.toHtml(), repr(body[-60:])
+    streamed.end_answer()
+    whole = Transcript()
+    whole.begin_assistant("M", answer)
+    whole.end_answer()
+    assert streamed.toHtml() == whole.toHtml() and streamed.copies == whole.copies
+
+
+def test_a_long_answer_is_redrawn_from_its_tail_not_from_its_start(qapp, monkeypatch):
+    """A whole re-render per redraw made a long answer cost its length squared (and left Qt a format per
+    redraw per list item: tens of MB for one long answer)."""
+    from app import markdown
+
+    drawn = []
+    real = markdown.render
+    monkeypatch.setattr(markdown, "render", lambda cursor, text, *a: (drawn.append(len(text)), real(cursor, text, *a)))
+    view = Transcript()
+    view.begin_assistant("M")
+    paragraph = "A sentence of the answer, and another one after it. " * 3 + "\n\n"
+    for _ in range(300):
+        view.append_text(paragraph)
+        view._render()
+    total = 300 * len(paragraph)
+    assert sum(drawn) < 3 * total  # each paragraph drawn about twice (as tail, then for good), not 150 times
+    view.end_answer()  # and once more whole, at the end
+    assert drawn[-1] == total
