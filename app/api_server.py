@@ -62,12 +62,21 @@ class ApiBridge:
         self._closed = False
         # The chat's decoding method, replaced (never mutated) from the GUI thread, read by relay threads.
         self.decoding: dict = {"method": "vanilla"}
+        self._next: dict | None = None  # what next_method() said the next request decodes with
+
+    def next_method(self) -> str:
+        """The method the next request decodes with, taken now and used by it (engine.server's model
+        thread asks just before it starts the request, on the thread that then runs it): what its usage
+        reports is what decoded it, even if the window's switch moves in between."""
+        self._next = self.decoding
+        return self._next.get("method", "vanilla")
 
     accepts_cancel = True  # engine.server passes each request's cancel event
 
     def __call__(self, prompt_ids, max_tokens, sampling, stops, cancel: threading.Event | None = None):
         # A generator from the first line, so the server's closing() always reaches the finally below.
-        call = ApiCall(list(prompt_ids), max_tokens, sampling, tuple(stops), self.decoding, cancel)
+        decoding, self._next = self._next or self.decoding, None
+        call = ApiCall(list(prompt_ids), max_tokens, sampling, tuple(stops), decoding, cancel)
         try:
             with self._lock:
                 if self._closed:
@@ -114,8 +123,7 @@ class LocalApi:
         # Backend copies the tokenizer for the server's handler threads; the caller makes sure the worker
         # is idle meanwhile (the switch only turns on between answers).
         # Requests decode like the chat (the bridge's `decoding`): their usage says which method that was.
-        backend = Backend(engine.lm, generate=self.bridge, name=engine.name,
-                          method=lambda: self.bridge.decoding.get("method", "vanilla"))
+        backend = Backend(engine.lm, generate=self.bridge, name=engine.name, method=self.bridge.next_method)
         self.server = SubspecServer(backend, API_HOST, port, quiet=True)
         self.server.start()
 

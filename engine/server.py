@@ -468,9 +468,14 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Vary", "Origin")
 
     def _check_origin(self) -> None:
-        """A browser names the page making the request (Origin); non-browser clients send none."""
-        origin = self.headers.get("Origin")
+        """A browser names the page making the request (Origin); non-browser clients send none. On a
+        loopback address the Host must be a loopback name too: a website whose name is made to resolve to
+        127.0.0.1 (DNS rebinding) is the same origin as this server to the browser, and sends its own name."""
         self._cors_origin = None
+        if self.server.loopback and not _loopback_host(self.headers.get("Host", "")):
+            raise ApiError(403, f"this server answers requests for localhost only, not for host "
+                                f"{self.headers.get('Host')!r}", code="host_not_allowed")
+        origin = self.headers.get("Origin")
         if not origin:
             return
         if not origin_allowed(origin, self.server.cors_origins):
@@ -482,6 +487,9 @@ class Handler(BaseHTTPRequestHandler):
         """A browser's OPTIONS before a request with a JSON body or an Authorization header (it carries no
         key, so it is answered before the key is checked)."""
         self.send_response(204)
+        if not self._body_read:  # (a preflight has no body; one that does is not read: the connection ends)
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self._cors_headers()
         self.send_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
         asked = self.headers.get("Access-Control-Request-Headers")
@@ -528,7 +536,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _no_route(self, path: str) -> ApiError:
         if path in self.server.ROUTES:
-            return ApiError(405, f"{self.command} is not allowed on {path}", code="method_not_allowed")
+            return ApiError(405, f"{self.command} is not allowed on {path or '/'}", code="method_not_allowed")
         return ApiError(404, f"unknown path {self.command} {path or '/'}", code="not_found")
 
     def _has_body(self) -> bool:
@@ -789,6 +797,7 @@ class SubspecServer(ThreadingHTTPServer):
         self.backend = backend
         self.api_key = api_key or None
         self.cors_origins = tuple(cors_origins)
+        self.loopback = is_loopback(host)
         self.quiet = quiet
         if ":" in host:
             self.address_family = socket.AF_INET6
@@ -832,12 +841,27 @@ class SubspecServer(ThreadingHTTPServer):
         self.close()
 
 
+def normalized_origin(origin: str) -> str:
+    """scheme://host[:port] as a browser sends it: lower case, no default port, no path."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip())
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return origin.strip().lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
+
+
 def origin_allowed(origin: str, allowed: tuple[str, ...] = ()) -> bool:
     """Whether a browser page at `origin` (its Origin header) may call the API: one of `allowed` (or any,
     with "*"), a page served from this machine, or a desktop shell's scheme."""
     from urllib.parse import urlsplit
 
-    if "*" in allowed or origin.rstrip("/") in {a.rstrip("/") for a in allowed}:
+    if "*" in allowed or normalized_origin(origin) in {normalized_origin(a) for a in allowed}:
         return True
     try:
         parts = urlsplit(origin)
@@ -847,6 +871,19 @@ def origin_allowed(origin: str, allowed: tuple[str, ...] = ()) -> bool:
     if parts.scheme in ("http", "https"):
         return host in LOCAL_HOSTS
     return parts.scheme in APP_SCHEMES
+
+
+def _loopback_host(header: str) -> bool:
+    """A Host header naming this machine ("localhost:8642", "127.0.0.1", "[::1]:8642"); HTTP/1.0 clients may
+    send none, which no browser does."""
+    if not header:
+        return True
+    host = header.strip()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":")[0]
+    return is_loopback(host.lower().rstrip("."))
 
 
 def is_loopback(host: str) -> bool:

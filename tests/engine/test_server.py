@@ -545,6 +545,25 @@ def test_browser_pages_on_this_machine_may_call_the_api_and_others_are_refused(l
         conn.close()
 
 
+def test_named_origins_match_as_browsers_send_them():
+    from engine.server import origin_allowed
+
+    named = ("https://Chat.Example:443/", "http://tools.example:8080")
+    assert origin_allowed("https://chat.example", named) and origin_allowed("http://tools.example:8080", named)
+    assert not origin_allowed("http://chat.example", named)  # another scheme is another origin
+    assert not origin_allowed("http://tools.example", named) and not origin_allowed("https://evil.example", named)
+
+
+def test_on_loopback_only_requests_for_a_loopback_host_are_answered(server, lm):
+    """DNS rebinding: a website whose name is made to resolve to 127.0.0.1 is, to the browser, the same
+    origin as this server; its requests name the website's host."""
+    for host in ("evil.example", "evil.example:8642", "localhost.evil.example"):
+        status, out = raw(server, "GET", "/v1/models", headers={"Host": host})
+        assert status == 403 and out["error"]["code"] == "host_not_allowed", host
+    for host in ("localhost", f"localhost:{server.server_address[1]}", "127.0.0.1", "LOCALHOST.", "[::1]:80"):
+        assert raw(server, "GET", "/v1/models", headers={"Host": host})[0] == 200, host
+
+
 def test_health_root_head_and_paths_without_v1(lm):
     with SubspecServer(Backend(lm), port=0, api_key="sekret").start() as srv:
         assert raw(srv, "GET", "/") == (200, {"status": "ok"})  # liveness needs no key
