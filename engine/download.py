@@ -19,6 +19,7 @@ paused Q8_0 survives downloading a Q4_K_M of the same repo.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import hashlib
@@ -236,23 +237,30 @@ def _same_file(fh, path: Path) -> bool:
 
 def _release(lock, folder: Path) -> None:
     """Let go of `folder`'s lock; its lock file goes too once the folder is gone (installed or deleted).
-    (A process that opened the lock file just before it was removed notices: `_try_lock` checks that the
-    file it locked is still the one at the path.)"""
+    (A process that opened the lock file just before it was removed, and locks it after, notices:
+    `_try_lock` checks that the file it locked is still the one at the path.)"""
     try:
         import msvcrt
     except ImportError:
+        # POSIX: the lock file goes while still locked, so nobody can lock it between our letting go and
+        # its removal (and then hold a lock on a file the next process no longer finds).
+        if not folder.exists():
+            with contextlib.suppress(OSError):
+                lock_path(folder).unlink(missing_ok=True)
+        lock.close()
+        return
+    # Windows cannot delete an open file: unlocked (closing releases too, but Windows may do that late: a
+    # resume right after would fail), closed, then removed.
+    try:
+        lock.seek(0)
+        msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
+    except OSError:
         pass
-    else:  # closing releases the lock too, but Windows may do that late: a resume right after would fail
-        try:
-            lock.seek(0)
-            msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
-        except OSError:
-            pass
     lock.close()
     if not folder.exists():
         try:
             lock_path(folder).unlink(missing_ok=True)
-        except OSError:  # Windows: another process has it open this instant; clean_orphans gets it later
+        except OSError:  # another process has it open this instant; clean_orphans gets it later
             pass
 
 
