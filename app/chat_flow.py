@@ -119,8 +119,6 @@ class ChatFlow:
                                        on_error=self._answer_not_saved)
         except sqlite3.Error as exc:
             self._not_saved(turn, exc)
-            if turn.text and not self.prompt.toPlainText().strip():
-                replace_text(self.prompt, turn.text)  # ready to send again
             return
         self._turn = turn
         saved = [m for m in self._saved() if m.id != self.writer.id]
@@ -167,6 +165,8 @@ class ChatFlow:
         # A stopped answer is kept, in the history too: the user saw it, so the model should too.
         saved = self.writer.finish(text, stats)
         error = self.writer.error
+        if not saved:  # on screen, in the history and in any redraw until it can be written
+            self._unsaved[self.writer.id] = Message(self.writer.id, "assistant", text, 0.0, stats, True)
         self._measured[self.writer.id] = {**stats, "temperature": self._request.get("temperature")}
         if stats.get("method") == "vanilla" and stats.get("new_tokens", 0) >= 2 and stats["tokens_per_s"] > 0:
             self.plain_speeds[self.model_name] = stats["tokens_per_s"]
@@ -177,8 +177,8 @@ class ChatFlow:
         self.stats_label.setText(format_stats(summary))
         self._after_request()
         if not saved:
-            self.transcript.add_error(f"This answer could not be saved ({error}); it is on screen until you "
-                                      f"open another conversation. Copy it to keep it.")
+            self.transcript.add_error(f"This answer could not be saved ({error}). It is kept while the app "
+                                      f"runs and saved as soon as writing works again; copy it to be sure.")
 
     # Saving failed (a full disk, a database another program holds)
 
@@ -196,6 +196,9 @@ class ChatFlow:
         self.transcript.clear()
         self.history = self._replay(self._saved()) if self.conversation else []
         self.sidebar.refresh(self.conversation.id if self.conversation else None)
+        if turn is not None and turn.text and not self.prompt.toPlainText().strip():
+            replace_text(self.prompt, turn.text)  # ready to send again, as it was (an edit still an edit)
+            self.set_editing(turn.kind == "edit")
         self._update_controls()
         if getattr(self.store, "read_only", False):
             why = "the conversations file is open read-only in this session (see the message at start-up)"
@@ -258,7 +261,10 @@ class ChatFlow:
         self._turn = self.writer = None
         if turn is None or self.conversation is None:
             return
-        turn.undo(self.store, self.conversation.id, writer.id if writer else None)
+        try:
+            turn.undo(self.store, self.conversation.id, writer.id if writer else None)
+        except sqlite3.Error:
+            pass  # a store refusing writes keeps what it has; the window must still come back
         if turn.created:
             self.conversation = None
             self.settings.remove("last_conversation")
@@ -306,12 +312,35 @@ class ChatFlow:
     def _save_comparison(self, message_id: int, result: dict) -> None:
         m = next((m for m in self._saved() if m.id == message_id), None)
         if m is not None:
-            self.store.update_message(m.id, m.content, m.complete, {**(m.stats or {}), "compare": result})
+            try:
+                self.store.update_message(m.id, m.content, m.complete, {**(m.stats or {}), "compare": result})
+            except sqlite3.Error as exc:
+                self._background_write_failed(exc)
+
+    def _background_write_failed(self, exc: sqlite3.Error) -> None:
+        """A write the user did not ask for in so many words (a setting, a comparison's numbers) failed:
+        said in the status bar; a read-only store was explained at start-up."""
+        if not getattr(self.store, "read_only", False):
+            self.statusBar().showMessage(f"Could not save: {exc}", 30_000)
 
     # Helpers
 
     def _saved(self) -> list[Message]:
-        return self.store.messages(self.conversation.id) if self.conversation else []
+        return self._messages(self.conversation.id) if self.conversation else []
+
+    def _messages(self, cid: int) -> list[Message]:
+        """A conversation as stored, with the answers that could not be written yet as they really are
+        (kept here, and written as soon as writing works again)."""
+        self._write_unsaved()
+        return [self._unsaved.get(m.id, m) for m in self.store.messages(cid)]
+
+    def _write_unsaved(self) -> None:
+        for mid, m in list(self._unsaved.items()):
+            try:
+                self.store.update_message(mid, m.content, m.complete, m.stats)
+            except sqlite3.Error:
+                return  # still failing: tried again at the next read
+            del self._unsaved[mid]
 
     def _last_answer(self) -> Message | None:
         """The answer a redo acts on: the conversation's last message, when it is one."""

@@ -103,13 +103,13 @@ class ConversationStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path))
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]  # before anything writes to it
             if version > SCHEMA_VERSION:
                 raise NewerStoreError(f"{self.path} was written by a newer version of SubSpec Studio "
                                       f"(format {version}; this one knows {SCHEMA_VERSION})")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
             with self.db:
                 self.db.executescript(SCHEMA)
                 if version < SCHEMA_VERSION:

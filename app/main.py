@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QTimer, Slot
+from PySide6.QtCore import QObject, QSettings, QTimer, Slot
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QApplication
 
@@ -15,7 +18,8 @@ from engine.store import DEFAULT_MODEL, store_root
 
 from . import dialogs, first_run, logs, theme
 from .backend import EngineFactory
-from .main_window import MainWindow
+from .conversations import ConversationStore
+from .main_window import MainWindow, default_settings
 from .paths import APP_NAME
 from .single_instance import SingleInstance
 from .worker import EngineHost
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     else:
         dialogs.install_excepthook()
     # One window per data folder: a second copy would overwrite the first's conversations and settings.
-    # Scripted runs skip it, so a screenshot can be taken while the app is open.
+    # Scripted runs skip it (they write none of the user's data), so a screenshot can be taken while the
+    # app is open.
     instance = None if unattended else SingleInstance(store_root())
     if instance is not None and instance.elsewhere:
         message = "SubSpec Studio is already running"
@@ -162,7 +167,18 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     host = EngineHost(engine_factory)
     logs.watch(host)
     app.aboutToQuit.connect(host.shutdown)
-    window = MainWindow(host, on_error=_print_and_exit if unattended else None)
+    scratch = tempfile.TemporaryDirectory(prefix="subspec-studio-run-") if unattended else None
+    if scratch is not None:
+        # A scripted run leaves the user's data alone (it may run beside the open app, which the
+        # single-instance guard would otherwise refuse): its conversation in memory, its settings in a copy
+        # (read as the user's, written to the copy: the window size it closes with, its conversation).
+        settings_file = Path(scratch.name) / "studio.ini"
+        with contextlib.suppress(OSError):
+            shutil.copyfile(default_settings().fileName(), settings_file)
+        window = MainWindow(host, on_error=_print_and_exit, store=ConversationStore(":memory:"),
+                            settings=QSettings(str(settings_file), QSettings.Format.IniFormat))
+    else:
+        window = MainWindow(host)
     if instance is not None:
         instance.activated.connect(lambda: bring_to_front(window))
     if args.appearance:
@@ -197,6 +213,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     window.close()  # a scripted run ends with the window still open; this joins the engine thread
     if instance is not None:
         instance.release()  # last: closing the window above still writes to the data folder
+    if scratch is not None:
+        scratch.cleanup()
     return code
 
 

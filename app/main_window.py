@@ -3,6 +3,7 @@ the method and sampling settings in the toolbar. Every turn is saved as it happe
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Callable
 
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer
@@ -21,7 +22,7 @@ from .chat_flow import ChatFlow
 from .compare import CompareJob
 from .context_meter import ContextMeter
 from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
-from .conversations import AnswerWriter, Conversation, ConversationStore, open_store
+from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store
 from .hardware_panel import HardwareDock
 from .help_menu import add_help_menu
 from .model_manager import ModelManager
@@ -70,6 +71,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.busy = False
         self.editing = False  # the prompt box holds the last user message, to replace it
         self._draft = ""  # what the box held when an edit began: back in it if the edit is cancelled
+        self._unsaved: dict[int, Message] = {}  # answers whose last write failed (a full disk): by id
         self._show_all: int | None = None  # the conversation whose earlier messages were asked for
         self._unloaded: tuple[str, dict] | None = None  # Model > Unload: the name and load options, for Load again
         self.writer: AnswerWriter | None = None
@@ -325,7 +327,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.conversation = conv
         self._show_all = None  # opened again: from its latest messages
         self.transcript.clear()
-        messages = self.store.messages(cid)
+        messages = self._messages(cid)
         self.history = self._replay(messages)
         self.context_meter.show_latest(messages)
         self.sampling.set_values(conv.preset, conv.temperature, conv.top_p)
@@ -361,8 +363,11 @@ class MainWindow(ChatFlow, QMainWindow):
 
     def _save_conversation_settings(self) -> None:
         if self.conversation is not None:
-            self.store.update(self.conversation.id, system_prompt=self.system_prompt.text(),
-                              **self.sampling.values())
+            try:
+                self.store.update(self.conversation.id, system_prompt=self.system_prompt.text(),
+                                  **self.sampling.values())
+            except sqlite3.Error as exc:
+                self._background_write_failed(exc)
 
     # Models
 
@@ -490,7 +495,7 @@ class MainWindow(ChatFlow, QMainWindow):
         errors = list(self.transcript.trailing_errors)  # not in the store: kept across the redraw
         self.transcript.clear()
         if self.conversation is not None:
-            self.history = self._replay(self.store.messages(self.conversation.id))
+            self.history = self._replay(self._saved())
         for error in errors:
             self.transcript.add_error(error)
 

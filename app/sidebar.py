@@ -4,6 +4,7 @@ which conversation to show."""
 from __future__ import annotations
 
 import datetime
+import sqlite3
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
@@ -93,7 +94,12 @@ class ConversationSidebar(QWidget):
         title = dialogs.ask_text(self, "Rename conversation", "Title:", conv.title)
         if title is None or not title.strip():
             return
-        self.store.update(cid, title=title.strip())
+        try:
+            self.store.update(cid, title=title.strip())
+        except sqlite3.Error as exc:
+            dialogs.show_error(self, "Could not save",
+                               f"The conversation could not be renamed: {_why(self.store, exc)}")
+            return
         self.refresh()
         self.renamed.emit(cid)
 
@@ -105,7 +111,12 @@ class ConversationSidebar(QWidget):
         if not dialogs.confirm(self, "Delete conversation",
                                f"Delete “{conv.title or UNTITLED}” and all its messages? This cannot be undone."):
             return
-        self.store.delete(cid)
+        try:
+            self.store.delete(cid)
+        except sqlite3.Error as exc:
+            dialogs.show_error(self, "Could not save",
+                               f"The conversation could not be deleted: {_why(self.store, exc)}")
+            return
         if self._current == cid:
             self._current = None
         self.refresh()
@@ -146,3 +157,9 @@ class ConversationSidebar(QWidget):
         self.rename_button.setEnabled(has)
         self.delete_button.setEnabled(has)
         self.export_button.setEnabled(has)
+
+
+def _why(store: ConversationStore, exc: sqlite3.Error) -> str:
+    if getattr(store, "read_only", False):
+        return "the conversations file is open read-only in this session (see the message at start-up)."
+    return f"{exc}."

@@ -221,7 +221,7 @@ def _style_dock(dock: QDockWidget) -> None:
         new.setParent(dock)  # a widget does not own the style it is given; this way it goes with the dock
         dock.setStyle(new)
     elif old is not None:
-        dock.setStyle(app_style)  # back to the application's
+        dock.setStyle(None)  # back to the application's (whichever it is later)
     if old is not None:
         old.deleteLater()
 

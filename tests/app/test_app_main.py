@@ -49,6 +49,11 @@ def test_a_screenshot_run_leaves_the_last_conversation_alone(qapp, tmp_path, mon
     assert main(["--screenshot", str(tmp_path / "shot.png")], factory_for(backend)) == 0
     assert backend.calls[0][0] == [{"role": "user", "content": DEMO_PROMPT}]
     assert [m.content for m in store.messages(mine)] == ["my private question"]
+    # Nothing of the run is left in the user's data: no conversation, no settings (it may run beside the
+    # open app, which writes them too).
+    assert [c.title for c in store.conversations()] == ["my private chat"]
+    settings.sync()
+    assert int(settings.value("last_conversation")) == mine and settings.value("geometry") is None
 
 
 def test_screenshot_run_exits_1_on_an_engine_error_without_a_dialog(qapp, tmp_path, monkeypatch, dialogs,

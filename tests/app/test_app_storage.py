@@ -72,10 +72,32 @@ def test_a_full_disk_mid_answer_shows_all_of_it_says_so_once_and_frees_the_windo
     assert dialogs.shown == []  # said in the status bar, once; not a dialog per token
     assert "could not be saved" in window.transcript.toPlainText()  # and at its end, under the answer
     assert window.writer is None and not window.busy and window.send_button.isEnabled()
-    monkeypatch.undo()
+    # Kept while the app runs: in the model's history, and through a redraw from the store.
+    assert window.history[-1] == {"role": "assistant", "content": recorded_answer()}
+    window._on_theme_changed()
+    assert recorded_answer() in window.transcript.toPlainText()
+    cid = window.conversation.id
+    monkeypatch.undo()  # writing works again: the next read of the conversation writes it
+    window.open_conversation(cid)
+    assert window.store.messages(cid)[-1].content == recorded_answer() and window._unsaved == {}
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         send(qtbot, window, "again")
     assert window.store.messages(window.conversation.id)[-1].content == recorded_answer()
+
+
+def test_an_edit_whose_answer_cannot_be_saved_stays_an_edit(qtbot, make_window, dialogs, monkeypatch):
+    window = make_window()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window)
+    window.chat_actions.edit.click()
+    window.prompt.setPlainText("a better question")
+    real = window.store.add_message
+    monkeypatch.setattr(window.store, "add_message", lambda cid, role, *a, **k:
+                        (_ for _ in ()).throw(FULL) if role == "assistant" else real(cid, role, *a, **k))
+    window.send()  # the edited question is written; its answer's row is not
+    assert window.prompt.toPlainText() == "a better question" and window.editing  # Enter resends it, as an edit
+    assert "still in the box" in dialogs.shown[-1]["text"]
+    assert [m.content for m in window.store.messages(window.conversation.id)] == [PROMPT, recorded_answer()]
 
 
 class FlakyStore:
@@ -149,7 +171,7 @@ def test_a_damaged_conversations_file_is_kept_aside_and_a_new_one_begun(qtbot, m
     assert len(ConversationStore(db).conversations()) == 1
 
 
-def test_a_newer_apps_file_is_read_but_never_written(qtbot, make_window, dialogs, subspec_home):
+def test_a_newer_apps_file_is_read_but_never_written(qtbot, make_window, dialogs, subspec_home, monkeypatch):
     db = subspec_home / conversations.DB_NAME
     store = ConversationStore(db)
     store.add_message(store.create("from the newer app").id, "user", "hello")
@@ -165,6 +187,16 @@ def test_a_newer_apps_file_is_read_but_never_written(qtbot, make_window, dialogs
     send(qtbot, window, "a new question")
     assert dialogs.shown[-1]["title"] == "Could not save" and "read-only" in dialogs.shown[-1]["text"]
     assert window.prompt.toPlainText() == "a new question"
+    [conv] = window.store.conversations()
+    window.open_conversation(conv.id)
+    window.sampling.temperature.setValue(0.7)  # a setting's save: skipped without a word (said at start-up)
+    window.system_prompt.setText("be brief")
+    window.system_prompt.editingFinished.emit()
+    import app.dialogs
+
+    monkeypatch.setattr(app.dialogs, "ask_text", lambda *_a, **_k: "renamed")
+    window.sidebar.rename()
+    assert "could not be renamed" in dialogs.shown[-1]["text"] and "read-only" in dialogs.shown[-1]["text"]
     window.close()
     assert db.read_bytes() == original
 
