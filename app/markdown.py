@@ -68,13 +68,15 @@ RULE = re.compile(r"^ {0,3}(?:[-*_][ \t]*){3,}$")
 
 
 def stable_prefix(text: str, start: int = 0) -> tuple[int, bool]:
-    """How much of a streaming answer no later text can change as `render` draws it: the longest prefix,
+    """How much of a streaming answer later text cannot change as `render` draws it: the longest prefix,
     from `start` (itself one) on, that ends where a new top-level block begins on a complete line. Such a
     place: a fence opening (the prose before it is a segment of its own), the line after a fence closing,
     or a line after a blank line that cannot continue the block above (CONTINUES). Rendering the prefix
     and the rest apart draws what rendering them together does (render's `continues`), so a streaming
     answer re-renders only its tail (a whole re-render per redraw made a long answer's cost grow with its
-    square). Returns (its length, whether the rest continues a prose segment)."""
+    square). Not seen: a link reference definition ("[1]: http://...") coming after its use, which the
+    whole render at the answer's end resolves. Returns (its length, whether the rest continues a prose
+    segment)."""
     best, offset, fence, blank_before, prose, continues = start, start, None, False, False, False
     rule = False  # the last text line was a thematic break
     lines = text[start:].split("\n")

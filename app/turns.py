@@ -45,7 +45,10 @@ def replay(transcript: Transcript, messages: list[Message], keep: int | None = N
     """Shows saved messages (the last `keep` of them, with a line offering the earlier ones); returns all
     of them as the model's history. An answer cut off by a crash (never marked complete) is shown, and kept
     in the history, as far as it got."""
-    shown = messages if keep is None or len(messages) <= keep else messages[-keep:]
+    first = 0 if keep is None else max(len(messages) - keep, 0)
+    if first and messages[first].role == "assistant":
+        first -= 1  # from the question of the first answer shown
+    shown = messages[first:]
     with transcript.batch():  # laid out once, not edit by edit
         if len(shown) < len(messages):
             transcript.add_earlier(len(messages) - len(shown))

@@ -683,11 +683,13 @@ class Handler(BaseHTTPRequestHandler):
         room = self.server.backend.context - len(prompt_ids)
         max_tokens = _int(body, "max_completion_tokens", 1)
         max_tokens = _int(body, "max_tokens", 1) if max_tokens is None else max_tokens
-        if max_tokens is None:
-            max_tokens = min(DEFAULT_MAX_TOKENS, room)
-        if room < 1 or max_tokens > room:
-            raise bad(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
-                      f"context of {self.server.backend.context} tokens", "max_tokens", "context_length_exceeded")
+        if room < 1:
+            raise bad(f"the prompt ({len(prompt_ids)} tokens) fills the model's context of "
+                      f"{self.server.backend.context} tokens, leaving no room for an answer", "messages",
+                      "context_length_exceeded")
+        # More than the room left is shortened to it (the answer then ends with finish_reason "length"), as
+        # Ollama, llama.cpp and LM Studio do: clients often ask for the model's whole context.
+        max_tokens = min(DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, room)
         try:
             sampling = _sampling(body)
         except SubspecError as exc:

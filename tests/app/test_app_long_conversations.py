@@ -53,3 +53,13 @@ def test_a_long_conversation_opens_on_its_latest_messages_and_shows_the_rest_whe
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
     assert window.transcript.toPlainText().startswith("250 earlier")  # a send adds to what is shown
+
+
+def test_the_shown_part_starts_with_a_question_not_half_an_exchange(qapp):
+    view = Transcript()
+    history = replay(view, MESSAGES, keep=3)  # the last 3 would start with an answer: its question comes too
+    assert "earlier" not in view.toPlainText() and view.toPlainText().startswith("You\nHi")
+    assert history == [{"role": m.role, "content": m.content} for m in MESSAGES]
+    view = Transcript()
+    replay(view, MESSAGES, keep=1)  # the last one is an answer: shown with its question
+    assert view.toPlainText().startswith("2 earlier messages not shown · Show them\nYou\nmore")
