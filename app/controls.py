@@ -50,10 +50,12 @@ class MethodControls(QObject):
         self.toggle.setToolTip("Lossless speculative decoding with the substitute draft "
                                "(the draft is built on first use)")
         self.depth = QSpinBox()
+        self.depth.setAccessibleName("Draft tree depth")
         self.depth.setRange(1, 256)
         self.depth.setValue(DEFAULT_DEPTH)
         self.depth.setToolTip("Draft tree depth: draft steps per target pass")
         self.width = QSpinBox()
+        self.width.setAccessibleName("Draft tree width")
         self.width.setRange(1, 32)
         self.width.setValue(DEFAULT_WIDTH)
         self.width.setToolTip("Draft tree width: nodes kept per draft step")
@@ -143,10 +145,13 @@ class SamplingControls(QObject):
     def __init__(self, toolbar: QToolBar):
         super().__init__(toolbar)
         self.preset = QComboBox()
+        self.preset.setAccessibleName("Sampling preset")
         self.preset.addItems([*PRESETS, CUSTOM])
         self.preset.setToolTip("Sampling preset of this conversation")
         self.temperature = _spin(0.0, 2.0, 0.05, "Temperature (0: greedy)")
         self.top_p = _spin(0.01, 1.0, 0.05, "Top-p: sample from the smallest set of tokens this likely")
+        self.temperature.setAccessibleName("Temperature")
+        self.top_p.setAccessibleName("Top-p")
         for widget in (QLabel(" Preset "), self.preset, QLabel(" Temp "), self.temperature,
                        QLabel(" Top-p "), self.top_p):
             toolbar.addWidget(widget)

@@ -14,6 +14,7 @@ class ModelPicker(QObject):
     def __init__(self, toolbar: QToolBar):
         super().__init__(toolbar)
         self.combo = QComboBox()
+        self.combo.setAccessibleName("Model")
         self.combo.setToolTip("Model (from the store; add one in the Models panel or with "
                               "`subspec models import PATH`)")
         self.combo.setMinimumContentsLength(18)

@@ -410,6 +410,7 @@ class ModelsDock(QDockWidget):
         search_layout.setContentsMargins(2, 8, 2, 0)
         row = QHBoxLayout()
         self.query = QLineEdit()
+        self.query.setAccessibleName("Search Hugging Face models")
         self.query.setPlaceholderText("Search Hugging Face for text-generation models, e.g. qwen2.5 instruct")
         self.query.setClearButtonEnabled(True)
         self.query.returnPressed.connect(self.search)
@@ -419,6 +420,7 @@ class ModelsDock(QDockWidget):
         row.addWidget(self.search_button)
         search_layout.addLayout(row)
         self.token = QLineEdit()
+        self.token.setAccessibleName("Hugging Face token")
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("Hugging Face token, for gated models (optional)")
         self.token.setToolTip("Used for searches and downloads until the app closes; never saved. Without "

@@ -33,10 +33,12 @@ class ConversationSidebar(QWidget):
         super().__init__(parent)
         self.store = store
         self.search = QLineEdit()
+        self.search.setAccessibleName("Search conversations")
         self.search.setPlaceholderText("Search conversations")
         self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(lambda _text: self.refresh())
         self.list = QListWidget()
+        self.list.setAccessibleName("Conversations")
         self.list.currentItemChanged.connect(self._current_changed)
         self.list.itemDoubleClicked.connect(lambda _item: self.rename())
         self.new_button = QPushButton("New")
