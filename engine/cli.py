@@ -108,7 +108,8 @@ def cmd_models_remove(args) -> int:
 def _sampling(args):
     from .sampling import SamplingParams
 
-    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                          min_p=args.min_p)
 
 
 def _draft_label(lm, args) -> str:
@@ -540,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=cli_types.non_negative, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less likely than this fraction of the likeliest (default 0: none)")
     g.add_argument("--seed", type=int)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--method", choices=["vanilla", "subspec"], default="vanilla",
@@ -559,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--temperature", type=cli_types.non_negative, default=0.0)
     b.add_argument("--top-p", type=float, default=1.0)
     b.add_argument("--top-k", type=int, default=0)
+    b.add_argument("--min-p", type=float, default=0.0)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json-out", help="write the results here as JSON (after every conversation)")
     _model_options(b)

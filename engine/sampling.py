@@ -1,6 +1,7 @@
-"""Token selection: greedy argmax, or one draw from the warped distribution (temperature, top-k, top-p).
+"""Token selection: greedy argmax, or one draw from the warped distribution (temperature, top-k, top-p,
+min-p).
 
-The warping order (temperature, then top-k, then top-p) is transformers' order, so a sampled answer is a
+The warping order (temperature, then top-k, top-p, min-p) is transformers' order, so a sampled answer is a
 draw from the same distribution a user of transformers would get.
 
 Draws are keyed by position: the token that follows position p is the inverse-CDF draw at a uniform u_p
@@ -30,6 +31,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 means no top-k cut
     seed: int | None = None
+    min_p: float = 0.0  # keep tokens at least this fraction as likely as the likeliest; 0 means no cut
 
     def __post_init__(self):
         if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN fails every comparison
@@ -38,6 +40,8 @@ class SamplingParams:
             raise SubspecError(f"top-p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise SubspecError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:  # (NaN fails too)
+            raise SubspecError(f"min-p must be in [0, 1], got {self.min_p}")
 
     @property
     def greedy(self) -> bool:
@@ -96,6 +100,10 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         before = sorted_probs.cumsum(-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(before >= params.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        probs = probs / probs.sum(-1, keepdim=True)
+    if params.min_p > 0:
+        # A token less likely than min_p times the likeliest goes (the likeliest always stays).
+        probs = probs.masked_fill(probs < params.min_p * probs.amax(-1, keepdim=True), 0.0)
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 

@@ -139,6 +139,7 @@ def _sampling(body: dict) -> SamplingParams:
         temperature=_number(body, "temperature", 1.0, 0, 2),  # OpenAI's defaults: T = 1, top_p = 1
         top_p=_number(body, "top_p", 1.0, 0, 1, low_open=True),
         top_k=_int(body, "top_k") or 0,
+        min_p=_number(body, "min_p", 0.0, 0, 1),  # not OpenAI's, but llama.cpp's and vLLM's: clients send it
         seed=None if seed is None else seed % 2**63,  # any integer a client sends maps to one seed
     )
 

@@ -26,6 +26,28 @@ def test_top_p_keeps_smallest_set_reaching_p():
     assert (p[0, :3] > 0).all() and p[0, 3] == 0
 
 
+def test_min_p_keeps_tokens_at_least_that_fraction_as_likely_as_the_likeliest():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    p = warp(probs.log(), SamplingParams(temperature=1.0, min_p=0.2))  # cut below 0.1
+    assert p[0].tolist() == pytest.approx([0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0])
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_p=0.1), dict(top_k=50, top_p=0.9, min_p=0.05),
+                                    dict(temperature=0.6, top_p=0.8, min_p=0.3)])
+def test_the_warped_distribution_is_transformers(kwargs):
+    """Temperature, top-k, top-p, min-p: transformers' processors in transformers' order."""
+    from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    params = SamplingParams(**{"temperature": 1.0, **kwargs})
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 3
+    scores = TemperatureLogitsWarper(params.temperature)(None, logits.clone())
+    for warper in ([TopKLogitsWarper(params.top_k)] if params.top_k else []) + \
+                  ([TopPLogitsWarper(params.top_p)] if params.top_p < 1 else []) + [MinPLogitsWarper(params.min_p)]:
+        scores = warper(None, scores)
+    assert torch.allclose(warp(logits, params), torch.softmax(scores, -1), atol=1e-6)
+
+
 def test_temperature_sharpens():
     logits = torch.tensor([[1.0, 2.0]])
     hot = warp(logits, SamplingParams(temperature=2.0))
@@ -73,7 +95,8 @@ def test_sampling_without_positions_is_a_clear_error():
         select_tokens(torch.zeros(1, 3), params, params.draws())
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2)])
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2),
+                                    dict(min_p=-0.1), dict(min_p=1.5), dict(min_p=float("nan"))])
 def test_bad_parameters_are_user_errors(kwargs):
     with pytest.raises(SubspecError):
         SamplingParams(**kwargs)

@@ -247,6 +247,7 @@ BAD = [
     ("/v1/chat/completions", _chat_body(stream="yes"), "stream"),
     ("/v1/chat/completions", _chat_body(stop=5), "stop"),
     ("/v1/chat/completions", _chat_body(seed="x"), "seed"),
+    ("/v1/chat/completions", _chat_body(min_p=2), "min_p"),
     ("/v1/chat/completions", _chat_body(n=2), "n"),
     # Accepted and ignored, these would answer something else than asked (a penalized, biased or
     # fill-in-the-middle answer looks right and is not): refused, their neutral values accepted (below).
@@ -283,7 +284,7 @@ def test_malformed_json_wrong_paths_and_methods(server, lm):
         chat(client(server), "gpt-4o", "hi")
     assert exc.value.status_code == 404 and exc.value.body["code"] == "model_not_found"
     neutral = _chat_body(model=lm.name, max_tokens=2, presence_penalty=0, frequency_penalty=0.0,
-                         repetition_penalty=1, logit_bias={}, best_of=1)
+                         repetition_penalty=1, logit_bias={}, best_of=1, min_p=0.1)
     assert raw(server, "POST", "/v1/chat/completions", json.dumps(neutral))[0] == 200
     assert chat(client(server), lm.name, "hi", max_tokens=3).usage.completion_tokens == 3  # still serving
 

@@ -157,7 +157,8 @@ def _samples(peaked, seeds, spec, verifier=verify):
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=0.7, seed=11),
                                     SamplingParams(temperature=1.0, top_p=0.9, seed=12),
-                                    SamplingParams(temperature=1.3, top_k=20, seed=13)])
+                                    SamplingParams(temperature=1.3, top_k=20, seed=13),
+                                    SamplingParams(temperature=1.5, min_p=0.05, seed=14)])
 def test_a_seeded_sampled_answer_is_the_same_whichever_way_it_is_decoded(tiny, params):
     lm, draft = tiny
     for prompt in ["hello world", "the cat sat on"]:
@@ -165,7 +166,8 @@ def test_a_seeded_sampled_answer_is_the_same_whichever_way_it_is_decoded(tiny, p
         plain = _run(generate_plain(lm, ids, 40, params), lm, ids).token_ids
         for shape in (TreeShape(6, 3), TreeShape(1, 4), TreeShape(8, 3, auto=True), TreeShape(8, 4, budget=12)):
             assert _run(generate_subspec(lm, draft, ids, 40, params, shape=shape), lm, ids).token_ids == plain
-    other = SamplingParams(params.temperature, params.top_p, params.top_k, seed=params.seed + 1000)
+    other = SamplingParams(params.temperature, params.top_p, params.top_k, seed=params.seed + 1000,
+                           min_p=params.min_p)
     assert _run(generate_plain(lm, ids, 40, other), lm, ids).token_ids != plain  # the seed matters
 
 
