@@ -151,6 +151,7 @@ class ChatFlow:
             return
         if self.writer is None:  # the window was closed mid-answer and has saved what it had
             return
+        self.stats_dock.flush()
         self.busy = False
         text = self.writer.text
         stats = {k: v for k, v in summary.items() if k != "text"}

@@ -4,8 +4,8 @@ A redraw per token would cost more than the token itself on a fast GPU (hundreds
 events only append to the buffers and mark them dirty; the timer runs only while there is news, and only
 while the dock is on screen. Painting four plots costs tens of milliseconds (their axes most of it): at
 20 Hz it took most of the GUI thread whatever the token rate, so the plots are redrawn 5 times a second,
-their x range grows in steps of X_CHUNK and their y range only changes when its ceiling does (a range
-change repaints the axes).
+their x range grows in powers of two (x_range) and their y range only changes when its ceiling does (a
+range change repaints the axes).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QDockWidget, QLabel, QVBoxLayout, QWidget
 from . import theme
 
 REDRAW_MS = 200
-X_CHUNK = 64  # the x axis grows this many steps at a time
+X_CHUNK = 64  # once the buffer is full, the x axis moves this many steps at a time
 SPEEDUP_TITLE = "Speedup over plain"
 CAPACITY = 1024  # the last this many decode steps are plotted
 
@@ -119,6 +119,16 @@ def ceiling(value: float, floor: float = 1.5) -> float:
     return float(10 * scale)
 
 
+def x_range(first: int, last: int, full: bool) -> tuple[float, float]:
+    """The x axis (from, to) for steps `first`..`last`: from 0 to the next power of two (a short answer
+    fills the plot; the range changes a few times per answer), or, once the ring buffer is `full`, its
+    window with both ends on X_CHUNK steps."""
+    if full:
+        start = X_CHUNK * (first // X_CHUNK)
+        return float(start), float(start + CAPACITY + X_CHUNK)
+    return 0.0, float(max(8, 1 << (max(last, 1) - 1).bit_length()))
+
+
 def depth_text(depth: int) -> str:
     """A SubSpec pass's tree depth as the panel shows it."""
     return f"depth {depth}" if depth > 0 else "plain pass"
@@ -149,7 +159,7 @@ def _plot(title: str, series: int) -> tuple[pg.PlotWidget, pg.PlotDataItem]:
     widget.setMouseEnabled(x=False, y=False)
     widget.setMinimumHeight(80)
     widget.plotItem.vb.disableAutoRange()  # set by the dock, in steps (an auto range moves every redraw)
-    widget.setXRange(0, X_CHUNK, padding=0)
+    widget.setXRange(*x_range(1, 1, False), padding=0)
     widget.setYRange(0, ceiling(0), padding=0)
     curve = widget.plot(pen=pg.mkPen(theme.colors().series[series], width=1.5))
     return widget, curve
@@ -181,7 +191,8 @@ class StatsDock(QDockWidget):
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
         self.timer.timeout.connect(self._redraw)
-        self._ranges: list[tuple] = [(0.0, float(X_CHUNK), ceiling(0))] * len(self.plots)  # x from, x to, y top
+        # Each plot's x from, x to, y top, as last set (set again only when one changes).
+        self._ranges: list[tuple] = [(*x_range(1, 1, False), ceiling(0))] * len(self.plots)
         self.visibilityChanged.connect(self._on_visibility)
         theme.notifier.changed.connect(self._restyle)
 
@@ -205,6 +216,11 @@ class StatsDock(QDockWidget):
         self.stats.add(step)
         self._mark_dirty()
 
+    def flush(self) -> None:
+        """Draws what is pending now (an answer's end: its last steps, not a tick later)."""
+        if self._dirty:
+            self._redraw()
+
     def _mark_dirty(self) -> None:
         self._dirty = True
         if not self.timer.isActive():
@@ -217,9 +233,7 @@ class StatsDock(QDockWidget):
         self._dirty = False
         self.redraws += 1
         x = self.stats.iteration.values()
-        if len(x):  # both ends on X_CHUNK steps (the start moves once the ring buffer is full)
-            start = float(X_CHUNK * (int(x[0]) // X_CHUNK))
-            span = X_CHUNK * (int(x[-1]) // X_CHUNK + 1) - start
+        shown = x_range(int(x[0]), int(x[-1]), len(x) == CAPACITY) if len(x) else None
         series = (self.stats.accepted, self.stats.tau, self.stats.tokens_per_s, self.stats.speedup)
         for i, (plot, curve, buf) in enumerate(zip(self.plots, self.curves, series)):
             y = buf.values()
@@ -229,8 +243,7 @@ class StatsDock(QDockWidget):
                 x_ = x
             curve.setData(x_, y)
             # From 0, so a flat tau of 1 does not fill the plot as if it were a big number.
-            x_range = (start, start + span) if len(x) else self._ranges[i][:2]
-            ranges = (*x_range, ceiling(float(y.max()) * 1.15 if len(y) else 0.0))
+            ranges = (*(shown or self._ranges[i][:2]), ceiling(float(y.max()) * 1.15 if len(y) else 0.0))
             if ranges != self._ranges[i]:
                 plot.setXRange(ranges[0], ranges[1], padding=0)
                 plot.setYRange(0, ranges[2], padding=0)

@@ -119,10 +119,10 @@ def test_the_window_feeds_the_dock_from_step_events(qtbot, make_window):
         qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
     stats = window.stats_dock.stats
     assert stats.accepted.values().tolist() == [3, 1, 2, 2][: stats.steps] and stats.steps == 3
-    qtbot.waitUntil(lambda: window.stats_dock.redraws >= 1, timeout=2000)
     assert window.stats_dock.redraws <= 3  # a few timer ticks, not one per step
     x, y = window.stats_dock.curves[0].getData()
-    assert x.tolist() == [1, 2, 3] and y.tolist() == [3, 1, 2]
+    assert x.tolist() == [1, 2, 3] and y.tolist() == [3, 1, 2]  # all of it at the answer's end, not a tick later
+    assert window.stats_dock.summary.text().endswith("3 steps · depth 48")
 
     with qtbot.waitSignal(window.host.finished, timeout=5000):  # a new answer starts a fresh plot
         qtbot.keyClicks(window.prompt, "again")
@@ -145,14 +145,17 @@ def test_a_dock_off_screen_does_not_redraw_and_catches_up_when_shown(qtbot, dock
 
 
 def test_axis_ranges_move_in_steps_not_every_redraw(qtbot, dock, monkeypatch):
-    """A range change repaints the axes, the costliest part of a plot: the x range grows in X_CHUNK steps
-    and the y range only moves when its round ceiling does."""
-    from app.stats import X_CHUNK, ceiling
+    """A range change repaints the axes, the costliest part of a plot: the x range grows in powers of two
+    (a short answer still fills the plot) and the y range only moves when its round ceiling does."""
+    from app.stats import CAPACITY, X_CHUNK, ceiling, x_range
 
     assert [ceiling(v) for v in (0, 1.2, 1.6, 2.5, 7, 9.9, 10, 23, 260)] == [1.5, 1.5, 2, 3, 8, 10, 10, 30, 300]
+    assert [x_range(1, last, False) for last in (1, 7, 8, 9, 100)] == [(0, 8), (0, 8), (0, 8), (0, 16), (0, 128)]
+    assert x_range(977, 2000, True) == (960, 960 + CAPACITY + X_CHUNK)  # a full buffer's window slides
     changes = []
     for plot in dock.plots:
         monkeypatch.setattr(plot, "setXRange", lambda *a, **k: changes.append(a))
+        monkeypatch.setattr(plot, "setYRange", lambda *a, **k: changes.append(a))
     dock.begin_answer()
     rng = np.random.default_rng(0)
     for i in range(1, 301):
@@ -160,4 +163,4 @@ def test_axis_ranges_move_in_steps_not_every_redraw(qtbot, dock, monkeypatch):
                        "step_ms": float(rng.uniform(20, 30))})
         dock._redraw()  # a redraw per step: the worst case
     assert dock.redraws == 300
-    assert len(changes) <= 4 * (300 // X_CHUNK + 3)  # per plot: each new x chunk, a few ceilings
+    assert len(changes) <= 2 * 4 * 12  # per plot: each power of two (about 6), a few ceilings; not 300
