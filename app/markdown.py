@@ -155,6 +155,17 @@ def _keep_first_quote(doc: QTextDocument, start: int, text: str) -> None:
     QTextCursor(doc.findBlock(start)).setBlockFormat(scratch.begin().blockFormat())
 
 
+def _no_front_matter(text: str) -> str:
+    """Qt's importer reads a "---" line opening the Markdown as YAML front matter and hides what follows up
+    to the next such line (and, once it has, reads later imports into the same document differently). A
+    model means a thematic break: "***" is the same one."""
+    lead = len(text) - len(text.lstrip("\n"))
+    first, newline, rest = text[lead:].partition("\n")
+    if first.startswith("---") and not first.strip("- \t"):
+        return text[:lead] + "***" + newline + rest
+    return text
+
+
 def _as_a_later_block(doc: QTextDocument, start: int, text: str) -> None:
     """insertMarkdown gives its first block the format of the block it is inserted into (see
     _keep_first_quote); text continuing a prose segment gets, as there, the format Qt's importer gives a
@@ -194,7 +205,7 @@ def render(cursor: QTextCursor, text: str, copies: list[str], continues: bool = 
         if not segment.is_code:
             _fresh_block(cursor, QTextBlockFormat())
             start = cursor.position()
-            cursor.insertMarkdown(segment.text, FEATURES)
+            cursor.insertMarkdown(_no_front_matter(segment.text), FEATURES)
             _keep_first_quote(cursor.document(), start, segment.text)
             if continues and i == 0:
                 _as_a_later_block(cursor.document(), start, segment.text)

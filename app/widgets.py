@@ -239,7 +239,10 @@ class Transcript(QTextBrowser):
         del self.copies[copies:]
         stable, then = markdown.stable_prefix(self._body, done)
         if stable > done and not whole:
-            markdown.render(cursor, self._body[done:stable], self.copies, continues)
+            head = self._body[done:stable]
+            if markdown.FENCE.match(self._body[stable:].split("\n", 1)[0]):
+                head = head[:-1]  # the prose before a fence is its lines without the last newline, as drawn whole
+            markdown.render(cursor, head, self.copies, continues)
             done, continues = stable, then
             self._stable = (done, cursor.position(), len(self.copies), continues)
         markdown.render(cursor, self._body[done:], self.copies, continues)

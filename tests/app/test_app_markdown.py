@@ -160,3 +160,48 @@ def test_a_long_answer_is_redrawn_from_its_tail_not_from_its_start(qapp, monkeyp
     assert sum(drawn) < 3 * total  # each paragraph drawn about twice (as tail, then for good), not 150 times
     view.end_answer()  # and once more whole, at the end
     assert drawn[-1] == total
+
+
+_WORDS = "alpha beta **gamma** `delta` epsilon _zeta_ eta [link](http://x.y) theta".split()
+_BLOCKS = [
+    lambda r: _para(r), lambda r: "\n".join(f"- {_para(r)}" for _ in range(r.randint(1, 3))),
+    lambda r: "\n".join(f"{i + 1}. {_para(r)}" for i in range(r.randint(1, 3))), lambda r: f"- {_para(r)}\n  - {_para(r)}",
+    lambda r: f"> {_para(r)}", lambda r: f"# {_para(r)}", lambda r: "```py\nx = 1\ny = 2\n```", lambda r: "---",
+    lambda r: "| a | b |\n|---|---|\n| 1 | 2 |", lambda r: f"{_para(r)}\n{_para(r)}", lambda r: f"    code {_para(r)}",
+    lambda r: f"{_para(r)}\n===", lambda r: "~~~\nraw\n~~~", lambda r: f"* {_para(r)}\n\n  {_para(r)}",
+]
+
+
+def _para(r):
+    return " ".join(r.choice(_WORDS) for _ in range(r.randint(2, 12)))
+
+
+def test_random_answers_streamed_look_like_them_drawn_whole(qapp):
+    """Random answers of paragraphs, lists, quotes, headings, fences, rules, tables, indented code and setext
+    headings, streamed in random pieces: after every complete line, the same as drawn whole (this found a
+    prose segment that starts with "---" drawn as front matter when cut before its fence's newline)."""
+    import random
+
+    for seed in [*range(80), 408]:  # (408: the front matter case)
+        r = random.Random(seed)
+        answer = "".join(r.choice(_BLOCKS)(r) + r.choice(["\n\n", "\n\n", "\n", "\n\n\n"]) for _ in range(r.randint(2, 7)))
+        streamed, body = Transcript(), ""
+        streamed.begin_assistant("M")
+        while len(body) < len(answer):
+            piece = answer[len(body):len(body) + r.randint(1, 9)]
+            body += piece
+            streamed.append_text(piece)
+            streamed._render()
+            if body.endswith("\n"):
+                whole = Transcript()
+                whole.begin_assistant("M", body)
+                assert streamed.toHtml() == whole.toHtml(), (seed, body[-80:])
+
+
+def test_an_answer_opening_with_a_rule_is_not_taken_for_front_matter(qapp):
+    """Qt's importer reads a "---" line opening the Markdown as YAML front matter and hid the text up to the
+    next "---"; a model means a rule."""
+    view = Transcript()
+    view.begin_assistant("M", "---\nHello there\n---\nGeneral Kenobi")
+    view.end_answer()
+    assert "Hello there" in view.toPlainText() and "General Kenobi" in view.toPlainText()
