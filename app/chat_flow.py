@@ -8,6 +8,7 @@ was; the history the model sees is re-read from the store after every change, so
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from . import dialogs
 from .compare import CompareJob, format_comparison, reusable
@@ -121,6 +122,7 @@ class ChatFlow:
             self._not_saved(turn, exc)
             return
         self._turn = turn
+        self._unsaved.pop(self.writer.id, None)  # (a continued unsaved answer: the writer holds its text now)
         saved = [m for m in self._saved() if m.id != self.writer.id]
         self.history = history_of(saved + ([turn.extended] if turn.extended else []))
         self._draft = ""  # sent or resent: an edit's set-aside draft is not coming back
@@ -167,7 +169,8 @@ class ChatFlow:
         saved = self.writer.finish(text, stats)
         error = self.writer.error
         if not saved:  # on screen, in the history and in any redraw until it can be written
-            self._unsaved[self.writer.id] = Message(self.writer.id, "assistant", text, 0.0, stats, True)
+            self._unsaved[self.writer.id] = Message(self.writer.id, "assistant", text, time.time(), stats, True)
+            self._retry_writes_at = time.monotonic() + self.RETRY_WRITES_S
         self._measured[self.writer.id] = {**stats, "temperature": self._request.get("temperature")}
         if stats.get("method") == "vanilla" and stats.get("new_tokens", 0) >= 2 and stats["tokens_per_s"] > 0:
             self.plain_speeds[self.model_name] = stats["tokens_per_s"]
@@ -221,6 +224,7 @@ class ChatFlow:
             dialogs.show_error(self, title, message)
 
     def _on_failed(self, message: str, details: str) -> None:
+        self.stats_dock.flush()
         if self.busy:
             self.busy = False
             if self._compare is not None:
@@ -300,6 +304,7 @@ class ChatFlow:
             return
         self._compare = None
         self.busy = False
+        self.stats_dock.flush()
         if why is not None:
             self.stats_label.setText(why)
         else:
@@ -335,12 +340,17 @@ class ChatFlow:
         self._write_unsaved()
         return [self._unsaved.get(m.id, m) for m in self.store.messages(cid)]
 
-    def _write_unsaved(self) -> None:
+    RETRY_WRITES_S = 5.0  # a locked file makes each try wait (SQLite's busy timeout): not on every read
+
+    def _write_unsaved(self, now: bool = False) -> None:
+        if not self._unsaved or (not now and time.monotonic() < self._retry_writes_at):
+            return
         for mid, m in list(self._unsaved.items()):
             try:
                 self.store.update_message(mid, m.content, m.complete, m.stats)
             except sqlite3.Error:
-                return  # still failing: tried again at the next read
+                self._retry_writes_at = time.monotonic() + self.RETRY_WRITES_S
+                return  # still failing: tried again at a later read
             del self._unsaved[mid]
 
     def _last_answer(self) -> Message | None:

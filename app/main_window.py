@@ -72,6 +72,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.editing = False  # the prompt box holds the last user message, to replace it
         self._draft = ""  # what the box held when an edit began: back in it if the edit is cancelled
         self._unsaved: dict[int, Message] = {}  # answers whose last write failed (a full disk): by id
+        self._retry_writes_at = 0.0  # (monotonic) when to try writing them again
         self._show_all: int | None = None  # the conversation whose earlier messages were asked for
         self._unloaded: tuple[str, dict] | None = None  # Model > Unload: the name and load options, for Load again
         self.writer: AnswerWriter | None = None
@@ -181,6 +182,7 @@ class MainWindow(ChatFlow, QMainWindow):
         chat.setLayout(chat_layout)
 
         self.sidebar = ConversationSidebar(self.store)
+        self.sidebar.read_messages = self._messages  # (export: an answer not written yet, as it is)
         self.sidebar.selected.connect(self.open_conversation)
         self.sidebar.new_requested.connect(self.new_conversation)
         self.sidebar.deleted.connect(self._on_deleted)
@@ -503,6 +505,7 @@ class MainWindow(ChatFlow, QMainWindow):
             self.transcript.add_error(error)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._write_unsaved(now=True)  # a last try for an answer the disk refused
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("state", self.saveState())
         self.settings.setValue("splitter", self.splitter.saveState())

@@ -32,6 +32,7 @@ class ConversationSidebar(QWidget):
     def __init__(self, store: ConversationStore, parent=None):
         super().__init__(parent)
         self.store = store
+        self.read_messages = store.messages  # the window's own reader replaces it (answers not written yet)
         self.search = QLineEdit()
         self.search.setAccessibleName("Search conversations")
         self.search.setPlaceholderText("Search conversations")
@@ -141,7 +142,7 @@ class ConversationSidebar(QWidget):
                 self, "Replace file", f"{path.name} exists already. Replace it?"):
             return
         try:
-            export.export(conv, self.store.messages(cid), path)
+            export.export(conv, self.read_messages(cid), path)
         except OSError as exc:
             dialogs.show_error(self, "Export failed", f"Could not write {path}: {exc.strerror or exc}")
 

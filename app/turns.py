@@ -46,7 +46,7 @@ def replay(transcript: Transcript, messages: list[Message], keep: int | None = N
     of them as the model's history. An answer cut off by a crash (never marked complete) is shown, and kept
     in the history, as far as it got."""
     first = 0 if keep is None else max(len(messages) - keep, 0)
-    if first and messages[first].role == "assistant":
+    if 0 < first < len(messages) and messages[first].role == "assistant":
         first -= 1  # from the question of the first answer shown
     shown = messages[first:]
     with transcript.batch():  # laid out once, not edit by edit

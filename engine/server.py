@@ -686,8 +686,8 @@ class Handler(BaseHTTPRequestHandler):
         max_tokens = _int(body, "max_tokens", 1) if max_tokens is None else max_tokens
         if room < 1:
             raise bad(f"the prompt ({len(prompt_ids)} tokens) fills the model's context of "
-                      f"{self.server.backend.context} tokens, leaving no room for an answer", "messages",
-                      "context_length_exceeded")
+                      f"{self.server.backend.context} tokens, leaving no room for an answer",
+                      "prompt" if "prompt" in body else "messages", "context_length_exceeded")
         # More than the room left is shortened to it (the answer then ends with finish_reason "length"), as
         # Ollama, llama.cpp and LM Studio do: clients often ask for the model's whole context.
         max_tokens = min(DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, room)
@@ -852,6 +852,8 @@ def normalized_origin(origin: str) -> str:
         parts = urlsplit(origin.strip())
         host, port = parts.hostname or "", parts.port
     except ValueError:
+        return origin.strip().lower()
+    if not parts.scheme or not host:  # "null" (a sandboxed page, a data: URL) or not an origin: as it is
         return origin.strip().lower()
     if ":" in host:
         host = f"[{host}]"

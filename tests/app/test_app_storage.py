@@ -65,6 +65,7 @@ def test_a_full_disk_mid_answer_shows_all_of_it_says_so_once_and_frees_the_windo
                                                                                  monkeypatch):
     window = make_window()
     window.ANSWER_SAVE_INTERVAL_S = 0  # a write per token: every one of them fails
+    window.RETRY_WRITES_S = 0  # (the kept answer is written again at the next read, not 5 s later)
     failing(monkeypatch, conversations.ConversationStore, "update_message", lambda: True)
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         send(qtbot, window)
@@ -241,3 +242,34 @@ def test_a_settings_file_with_garbage_does_not_stop_the_app(qtbot, make_window, 
     assert method.width.minimum() <= method.width.value() <= method.width.maximum()
     if '"auto": "no"' in ini.replace('\\"', '"'):
         assert not method.auto.isChecked()
+
+
+def test_a_kept_answer_continued_is_saved_whole_and_tries_are_spaced(qtbot, make_window, monkeypatch):
+    """A continued answer that could not be written: the writer carries its text, so the kept copy must not
+    be written back over the whole answer afterwards; and while the disk refuses, reads do not each try
+    again (a locked file makes every try wait seconds)."""
+    window = make_window()
+    tries = []
+    full = [True]
+    real = ConversationStore.update_message
+
+    def update(self, *a, **k):
+        tries.append(a[0])
+        if full[0]:
+            raise FULL
+        return real(self, *a, **k)
+    monkeypatch.setattr(ConversationStore, "update_message", update)
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window)
+    answer_id = window.store.messages(window.conversation.id)[-1].id
+    assert answer_id in window._unsaved
+    before = len(tries)
+    for _ in range(5):
+        window._saved()  # reads within RETRY_WRITES_S: no new try
+    assert len(tries) == before
+    full[0] = False
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.chat_actions.continue_.click()
+    window._retry_writes_at = 0.0
+    saved = window._saved()[-1].content
+    assert saved == window.store.messages(window.conversation.id)[-1].content == recorded_answer() * 2

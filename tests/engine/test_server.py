@@ -562,6 +562,13 @@ def test_named_origins_match_as_browsers_send_them():
     assert origin_allowed("https://chat.example", named) and origin_allowed("http://tools.example:8080", named)
     assert not origin_allowed("http://chat.example", named)  # another scheme is another origin
     assert not origin_allowed("http://tools.example", named) and not origin_allowed("https://evil.example", named)
+    # "null" (any site can send it: a sandboxed frame, a data: URL) matches only when named as such.
+    assert not origin_allowed("null", ("myapp.test", "https://chat.example")) and origin_allowed("null", ("null",))
+
+
+def test_serve_refuses_a_cors_origin_that_is_not_one(capsys):
+    assert cli_main(["serve", "--cors-origin", "localhost:3000"]) == 2
+    assert "--cors-origin takes a web page's origin" in capsys.readouterr().err
 
 
 def test_on_loopback_only_requests_for_a_loopback_host_are_answered(server, lm):
