@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import sys
 import tempfile
@@ -94,6 +95,13 @@ class ScriptedExchange(QObject):
             self._quit(1, f"could not write {path}")
             return
         print(f"saved {path}", file=sys.stderr)
+        # What the model answered, with its stats, as one JSON line: the run's conversation lives in memory
+        # only (the user's data is left alone), and a script may want more than the picture.
+        saved = self.window._saved()
+        if saved and saved[-1].role == "assistant":
+            last = saved[-1]
+            print(json.dumps({"answer": last.content, "complete": last.complete, "stats": last.stats}),
+                  flush=True)
         self._quit(0)
 
     def _quit(self, code: int, why: str = "") -> None:
