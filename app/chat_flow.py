@@ -12,7 +12,7 @@ import time
 
 from . import dialogs
 from .compare import CompareJob, format_comparison, reusable
-from .conversations import AnswerWriter, Message, title_from
+from .conversations import AnswerWriter, Message, title_from, why_not_saved
 from .turns import Turn, end_answer, format_stats, history_of, last_of
 from .widgets import replace_text
 
@@ -189,25 +189,11 @@ class ChatFlow:
     def _not_saved(self, turn: Turn | None, exc: sqlite3.Error) -> None:
         """A request could not be saved before it started: put back what it changed, say so; a typed
         message is still in the box."""
-        if turn is not None and self.conversation is not None:
-            try:
-                turn.undo(self.store, self.conversation.id, None)
-            except sqlite3.Error:
-                pass  # the store refuses writes: nothing of the turn went in after the one that failed
-            if turn.created:
-                self.conversation = None
-                self.settings.remove("last_conversation")
-        self.transcript.clear()
-        self.history = self._replay(self._saved()) if self.conversation else []
-        self.sidebar.refresh(self.conversation.id if self.conversation else None)
-        if turn is not None and turn.text and not self.prompt.toPlainText().strip():
-            replace_text(self.prompt, turn.text)  # ready to send again, as it was (an edit still an edit)
-            self.set_editing(turn.kind == "edit")
+        self._put_back(turn, None)
         self._update_controls()
-        if getattr(self.store, "read_only", False):
-            why = "the conversations file is open read-only in this session (see the message at start-up)"
-        else:
-            why = f"{exc}. Free some disk space (or close the program holding the file) and try again"
+        why = why_not_saved(self.store, exc)
+        if not getattr(self.store, "read_only", False):
+            why += ". Free some disk space (or close the program holding the file) and try again"
         kept = " Your message is still in the box." if turn is not None and turn.text else ""
         self._report("Could not save", f"The conversation could not be saved: {why}.{kept}")
 
@@ -266,18 +252,25 @@ class ChatFlow:
         self._turn = self.writer = None
         if turn is None or self.conversation is None:
             return
-        try:
-            turn.undo(self.store, self.conversation.id, writer.id if writer else None)
-        except sqlite3.Error:
-            pass  # a store refusing writes keeps what it has; the window must still come back
-        if turn.created:
-            self.conversation = None
-            self.settings.remove("last_conversation")
+        self._put_back(turn, writer.id if writer else None)
+
+    def _put_back(self, turn: Turn | None, answer_id: int | None) -> None:
+        """The conversation as it was before `turn` (its answer row `answer_id`), redrawn, and the turn's text
+        back in the box, ready to send again (an edit still an edit). A store refusing writes keeps what it
+        has: the window comes back all the same."""
+        if turn is not None and self.conversation is not None:
+            try:
+                turn.undo(self.store, self.conversation.id, answer_id)
+            except sqlite3.Error:
+                pass
+            if turn.created:
+                self.conversation = None
+                self.settings.remove("last_conversation")
         self.transcript.clear()
         self.history = self._replay(self._saved()) if self.conversation else []
         self.sidebar.refresh(self.conversation.id if self.conversation else None)
-        if turn.text and not self.prompt.toPlainText().strip():
-            self.prompt.setPlainText(turn.text)  # ready to send again
+        if turn is not None and turn.text and not self.prompt.toPlainText().strip():
+            replace_text(self.prompt, turn.text)
             self.set_editing(turn.kind == "edit")
 
     def _after_request(self) -> None:

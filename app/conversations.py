@@ -248,6 +248,13 @@ def open_store(path: str | Path | None = None) -> tuple[ConversationStore, str |
                                                "kept in memory only and are lost when the app closes.")
 
 
+def why_not_saved(store: ConversationStore, exc: sqlite3.Error) -> str:
+    """Why a write the user asked for failed, in words for a dialog."""
+    if getattr(store, "read_only", False):
+        return "the conversations file is open read-only in this session (see the message at start-up)"
+    return str(exc)
+
+
 def _json(stats: dict | None) -> str | None:
     return json.dumps(stats) if stats is not None else None
 

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLineEdit, QListWidget, QListWidgetI
                                QVBoxLayout, QWidget)
 
 from . import dialogs
-from .conversations import Conversation, ConversationStore
+from .conversations import Conversation, ConversationStore, why_not_saved
 
 UNTITLED = "New conversation"
 
@@ -101,7 +101,7 @@ class ConversationSidebar(QWidget):
             self.store.update(cid, title=title.strip())
         except sqlite3.Error as exc:
             dialogs.show_error(self, "Could not save",
-                               f"The conversation could not be renamed: {_why(self.store, exc)}")
+                               f"The conversation could not be renamed: {why_not_saved(self.store, exc)}.")
             return
         self.refresh()
         self.renamed.emit(cid)
@@ -118,7 +118,7 @@ class ConversationSidebar(QWidget):
             self.store.delete(cid)
         except sqlite3.Error as exc:
             dialogs.show_error(self, "Could not save",
-                               f"The conversation could not be deleted: {_why(self.store, exc)}")
+                               f"The conversation could not be deleted: {why_not_saved(self.store, exc)}.")
             return
         if self._current == cid:
             self._current = None
@@ -160,9 +160,3 @@ class ConversationSidebar(QWidget):
         self.rename_button.setEnabled(has)
         self.delete_button.setEnabled(has)
         self.export_button.setEnabled(has)
-
-
-def _why(store: ConversationStore, exc: sqlite3.Error) -> str:
-    if getattr(store, "read_only", False):
-        return "the conversations file is open read-only in this session (see the message at start-up)."
-    return f"{exc}."
