@@ -100,14 +100,11 @@ class Transcript(QTextBrowser):
     def _append_document(self, doc: QTextDocument) -> None:
         fragment = QTextDocumentFragment(doc)
         cursor = self._end_cursor()
-        bar = self.verticalScrollBar()
-        follow = bar.value() >= bar.maximum() - 4
-        # The first block would keep the (empty) live document's format: take the batch's.
-        cursor.setBlockFormat(doc.begin().blockFormat())
-        cursor.setBlockCharFormat(doc.begin().charFormat())
-        cursor.insertFragment(fragment)
-        if follow:
-            bar.setValue(bar.maximum())
+        with self._following_the_end():
+            # The first block would keep the (empty) live document's format: take the batch's.
+            cursor.setBlockFormat(doc.begin().blockFormat())
+            cursor.setBlockCharFormat(doc.begin().charFormat())
+            cursor.insertFragment(fragment)
 
     def _doc(self) -> QTextDocument:
         return self._batch if self._batch is not None else self.document()
@@ -229,27 +226,24 @@ class Transcript(QTextBrowser):
         if whole:
             self._stable = (0, self._body_start, self._copies_mark, False)
         done, position, copies, continues = self._stable
-        bar = self.verticalScrollBar()
-        follow = bar.value() >= bar.maximum() - 4
         cursor = QTextCursor(self._doc())
         cursor.setPosition(position)
         cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
-        cursor.beginEditBlock()
-        cursor.removeSelectedText()
-        del self.copies[copies:]
-        stable, then = markdown.stable_prefix(self._body, done)
-        if stable > done and not whole:
-            head = self._body[done:stable]
-            if markdown.FENCE.match(self._body[stable:].split("\n", 1)[0]):
-                head = head[:-1]  # the prose before a fence is its lines without the last newline, as drawn whole
-            markdown.render(cursor, head, self.copies, continues)
-            done, continues = stable, then
-            self._stable = (done, cursor.position(), len(self.copies), continues)
-        markdown.render(cursor, self._body[done:], self.copies, continues)
-        cursor.endEditBlock()
+        with self._following_the_end():
+            cursor.beginEditBlock()
+            cursor.removeSelectedText()
+            del self.copies[copies:]
+            stable, then = markdown.stable_prefix(self._body, done)
+            if stable > done and not whole:
+                head = self._body[done:stable]
+                if markdown.FENCE.match(self._body[stable:].split("\n", 1)[0]):
+                    head = head[:-1]  # the prose before a fence: its lines without the last newline, as drawn whole
+                markdown.render(cursor, head, self.copies, continues)
+                done, continues = stable, then
+                self._stable = (done, cursor.position(), len(self.copies), continues)
+            markdown.render(cursor, self._body[done:], self.copies, continues)
+            cursor.endEditBlock()
         self.renders += 1
-        if follow:
-            bar.setValue(bar.maximum())
 
     def _begin_turn(self, label: str, fmt: QTextCharFormat) -> None:
         self.end_answer()
@@ -264,9 +258,15 @@ class Transcript(QTextBrowser):
         cursor.insertBlock(QTextBlockFormat(), self.BODY)
 
     def _insert(self, text: str, fmt: QTextCharFormat) -> None:
+        with self._following_the_end():
+            self._end_cursor().insertText(text, fmt)
+
+    @contextlib.contextmanager
+    def _following_the_end(self):
+        """Keeps the view at the end across an edit, unless the user scrolled up to read."""
         bar = self.verticalScrollBar()
-        follow = bar.value() >= bar.maximum() - 4  # keep following the answer unless the user scrolled up
-        self._end_cursor().insertText(text, fmt)
+        follow = bar.value() >= bar.maximum() - 4
+        yield
         if follow:
             bar.setValue(bar.maximum())
 
