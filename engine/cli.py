@@ -110,7 +110,18 @@ def _sampling(args):
     from .sampling import SamplingParams
 
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                          min_p=args.min_p)
+                          min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
+
+
+def _penalty_options(p) -> None:
+    p.add_argument("--repetition-penalty", type=cli_types.positive, default=1.0,
+                   help="make every token of the context less likely, prompt included: > 1 (default 1: none; "
+                        "1.1-1.3 is usual)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtract this from the logit of every token the answer holds (default 0)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtract this once per time the answer holds a token (default 0)")
 
 
 def _draft_label(lm, args) -> str:
@@ -326,6 +337,7 @@ def cmd_bench(args) -> int:
 
 
 def _run_bench(args, conversations, methods) -> int:
+    import dataclasses
     import itertools
 
     from .bench import format_table, run_bench
@@ -339,7 +351,7 @@ def _run_bench(args, conversations, methods) -> int:
     meta = {"model": lm.name, "prompts": str(args.prompts), "conversations": len(conversations),
             "turns": args.turns, "max_new_tokens": args.max_new_tokens, "substitute_bits": _draft_label(lm, args),
             "group_size": args.group_size, "draft_temperature": args.draft_temperature,
-            "temperature": args.temperature, "device": str(lm.device),
+            "temperature": args.temperature, "sampling": dataclasses.asdict(sampling), "device": str(lm.device),
             "dtype": str(lm.decoder.embed_tokens.weight.dtype)}
 
     def progress(done, rows):
@@ -548,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--min-p", type=float, default=0.0,
                    help="drop tokens less likely than this fraction of the likeliest (default 0: none)")
+    _penalty_options(g)
     g.add_argument("--seed", type=int)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--method", choices=["vanilla", "subspec"], default="vanilla",
@@ -568,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--top-p", type=float, default=1.0)
     b.add_argument("--top-k", type=int, default=0)
     b.add_argument("--min-p", type=float, default=0.0)
+    _penalty_options(b)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json-out", help="write the results here as JSON (after every conversation)")
     _model_options(b)

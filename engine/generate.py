@@ -18,7 +18,7 @@ from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
 from .masks import causal_mask
 from .model import Decoder
-from .sampling import SamplingParams, select_tokens
+from .sampling import History, SamplingParams, select_tokens
 from .text import TextStream
 
 
@@ -102,15 +102,19 @@ def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: 
 
 
 def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,
-                 sampling: SamplingParams, draws, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
+                 sampling: SamplingParams, draws, emitter: Emitter, history: History | None = None
+                 ) -> tuple[torch.Tensor, StepEvent]:
     """The prefill pass and the first token it yields: how every generation loop starts.
-    Returns the token (on the device, [1]) and its event (iteration 0)."""
+    Returns the token (on the device, [1]) and its event (iteration 0); `history` (penalties) gets the
+    emitted token."""
     t0 = time.perf_counter()
     moved = streamed_bytes(decoder)
     logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
     last = torch.tensor([cache.length - 1], device=logits.device)  # the last prompt token's position
-    token = select_tokens(logits, sampling, draws, last)
+    token = select_tokens(logits, sampling, draws, last, history)
     ids, text = emitter.emit(token.tolist())
+    if history is not None:
+        history.extend(ids)
     ms = (time.perf_counter() - t0) * 1e3
     return token, StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms,
                             bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)
@@ -153,8 +157,9 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
     cache, max_new_tokens, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens)
     emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
     gen = sampling.draws()
+    history = History(sampling, prompt_ids) if sampling.penalized else None
 
-    token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
+    token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter, history)
     yield replace(event, note=note) if note else event
 
     iteration = 0
@@ -166,10 +171,12 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         positions = torch.tensor([pos], device=lm.device)
         logits = decoder(token, positions, cache, pos, decode_mask(decoder, pos))
         cache.commit(pos + 1)
-        token = select_tokens(logits, sampling, gen, positions)
+        token = select_tokens(logits, sampling, gen, positions, history)
         new = token.tolist()
         verify_ms = (time.perf_counter() - t0) * 1e3
         ids, text = emitter.emit(new)
+        if history is not None:
+            history.extend(ids)
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(ids), text, verify_ms=verify_ms, step_ms=ms,
                         bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)

@@ -1,8 +1,16 @@
 """Token selection: greedy argmax, or one draw from the warped distribution (temperature, top-k, top-p,
-min-p).
+min-p), after the optional repetition, presence and frequency penalties.
 
 The warping order (temperature, then top-k, top-p, min-p) is transformers' order, so a sampled answer is a
 draw from the same distribution a user of transformers would get.
+
+Penalties (vLLM's definitions and order, before any warping, greedy included): the repetition penalty
+divides a positive logit (multiplies a negative one) of every token the context holds, prompt included, as
+transformers' RepetitionPenaltyLogitsProcessor does; the frequency and presence penalties (OpenAI's) subtract
+`frequency x count` and `presence` for every token the answer holds so far. What a token's context holds
+depends on the tokens before it, so a tree pass penalizes each node with its own path (engine.tree's
+ancestors): every node's logits are then those plain decoding would have penalized at that point, and the
+answer stays the target's, token for token.
 
 Draws are keyed by position: the token that follows position p is the inverse-CDF draw at a uniform u_p
 that depends only on the seed and p (a counter-based hash, computed on the device). Plain decoding samples
@@ -32,6 +40,9 @@ class SamplingParams:
     top_k: int = 0  # 0 means no top-k cut
     seed: int | None = None
     min_p: float = 0.0  # keep tokens at least this fraction as likely as the likeliest; 0 means no cut
+    repetition_penalty: float = 1.0  # > 1 makes every token of the context (prompt too) less likely
+    presence_penalty: float = 0.0  # subtracted from the logit of every token the answer holds
+    frequency_penalty: float = 0.0  # subtracted once per time the answer holds the token
 
     def __post_init__(self):
         if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN fails every comparison
@@ -42,6 +53,16 @@ class SamplingParams:
             raise SubspecError(f"top-k must be >= 0, got {self.top_k}")
         if not 0 <= self.min_p <= 1:  # (NaN fails too)
             raise SubspecError(f"min-p must be in [0, 1], got {self.min_p}")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise SubspecError(f"repetition penalty must be a number > 0 (1 means none), got {self.repetition_penalty}")
+        for name in ("presence", "frequency"):
+            if not math.isfinite(getattr(self, f"{name}_penalty")):
+                raise SubspecError(f"{name} penalty must be a number (0 means none), got "
+                                   f"{getattr(self, f'{name}_penalty')}")
+
+    @property
+    def penalized(self) -> bool:
+        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
 
     @property
     def greedy(self) -> bool:
@@ -108,24 +129,94 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return probs
 
 
+class History:
+    """What the penalties of one answer look at: the prompt's tokens (the repetition penalty's context) and
+    how many times the answer holds each token so far (all three penalties). `extend` it with every token
+    the answer emits; `penalize` a block of logits, each row with its own extra path tokens if given."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int]):
+        self.params = params
+        self.prompt = list(prompt_ids)
+        self.answer: list[int] = []
+        self._counted = 0  # answer tokens already in the device counts
+        self._in_prompt: torch.Tensor | None = None  # [V] bool
+        self._counts: torch.Tensor | None = None  # [V] float32
+
+    def extend(self, token_ids) -> None:
+        self.answer.extend(int(t) for t in token_ids)
+
+    def _state(self, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt's tokens and the answer's counts on the device, brought up to date."""
+        if self._counts is None or self._counts.shape[0] != vocab or self._counts.device != device:
+            self._in_prompt = torch.zeros(vocab, dtype=torch.bool, device=device)
+            self._in_prompt[torch.tensor(self.prompt, dtype=torch.long, device=device)] = True
+            self._counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+            self._counted = 0
+        if self._counted < len(self.answer):
+            new = torch.tensor(self.answer[self._counted:], dtype=torch.long, device=device)
+            self._counts.index_put_((new,), torch.ones(new.numel(), device=device), accumulate=True)
+            self._counted = len(self.answer)
+        return self._in_prompt, self._counts
+
+    def penalize(self, logits: torch.Tensor, paths: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 in_place: bool = False) -> torch.Tensor:
+        """Penalized float32 logits [R, V]: a new tensor, or `logits` itself with `in_place` (float32).
+
+        `paths` = (member [R, n] bool, tokens [n]): row r's context also holds tokens[j] wherever
+        member[r, j] (a tree node's path below the emitted root, itself included)."""
+        p = self.params
+        rows, vocab = logits.shape
+        in_prompt, answer = self._state(vocab, logits.device)
+        out = logits if in_place and logits.dtype == torch.float32 else logits.float().clone()
+        counts = answer.expand(rows, vocab)
+        if paths is not None:
+            member, tokens = paths
+            counts = counts.clone().scatter_add_(1, tokens.expand(rows, -1), member.to(counts.dtype))
+        if p.repetition_penalty != 1:
+            # transformers' rule, rounding included: a negative logit times the penalty, any other one divided
+            # by it (times and over 1.0 elsewhere, which are exact). In place: a block's temporaries stay small.
+            seen = (counts > 0).logical_or_(in_prompt)
+            negative = out < 0
+            out.mul_(torch.where(seen & negative, p.repetition_penalty, 1.0))
+            out.div_(torch.where(seen & ~negative, p.repetition_penalty, 1.0))
+            del seen, negative
+        if p.frequency_penalty:
+            out.sub_(p.frequency_penalty * counts)
+        if p.presence_penalty:
+            out.sub_(p.presence_penalty * (counts > 0).to(out.dtype))
+        return out
+
+
 def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | None,
-                  positions: torch.Tensor | None = None) -> torch.Tensor:
+                  positions: torch.Tensor | None = None, history: History | None = None,
+                  paths: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One token per row of logits [N, V] (float32, or the model's dtype: the same tokens as its float32
     cast), on the logits' device. Returns [N] int64.
 
     Sampling (not greedy) needs `draws` and the position of each row's input token ([N] int64): the
-    token drawn for a row is the one that follows that position."""
-    if params.greedy:
+    token drawn for a row is the one that follows that position. Penalties (params.penalized) need the
+    answer's `history`, and for a tree's rows their `paths` (History.penalize)."""
+    if params.penalized and history is None:
+        raise ValueError("penalties need the answer's history")
+    if params.greedy and not params.penalized:
         return logits.argmax(-1)
-    if draws is None or positions is None:
+    if not params.greedy and (draws is None or positions is None):
         raise ValueError("sampling needs the answer's draws and each row's position")
-    uniforms = draws.uniforms(positions.to(logits.device))
+    uniforms = None if params.greedy else draws.uniforms(positions.to(logits.device))
     tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     # A block of rows at a time: warping makes several [rows, V] temporaries (about 2 GB for a 400-node
     # tree over a 152k vocabulary at once); each row's draw depends on that row alone.
     step = max(1, SAMPLE_CHUNK_ELEMENTS // logits.shape[-1])
     for r in range(0, logits.shape[0], step):
-        cdf = warp(logits[r:r + step].float(), params).cumsum(-1)  # logits may come in the model's dtype
+        block = logits[r:r + step].float()  # logits may come in the model's dtype
+        if params.penalized:  # in place only on a copy: float32 logits are the caller's
+            block = history.penalize(block, None if paths is None else (paths[0][r:r + step], paths[1]),
+                                     in_place=logits.dtype != torch.float32)
+        if params.greedy:
+            tokens[r:r + step] = block.argmax(-1)
+            continue
+        cdf = warp(block, params).cumsum(-1)
+        del block
         target = uniforms[r:r + step].to(cdf.dtype) * cdf[:, -1]
         # The first token whose cumulative probability exceeds the target: never a zero-probability token.
         tokens[r:r + step] = torch.searchsorted(cdf, target[:, None].contiguous(), right=True)[:, 0]

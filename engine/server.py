@@ -140,6 +140,10 @@ def _sampling(body: dict) -> SamplingParams:
         top_p=_number(body, "top_p", 1.0, 0, 1, low_open=True),
         top_k=_int(body, "top_k") or 0,
         min_p=_number(body, "min_p", 0.0, 0, 1),  # not OpenAI's, but llama.cpp's and vLLM's: clients send it
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2, 2),  # OpenAI's range
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2, 2),
+        # Not OpenAI's: vLLM's, text-generation-webui's and SillyTavern's (transformers' definition)
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0, 10, low_open=True),
         seed=None if seed is None else seed % 2**63,  # any integer a client sends maps to one seed
     )
 
@@ -163,11 +167,6 @@ def _reject_unsupported(body: dict) -> None:
         raise bad("suffix (fill-in-the-middle) is not supported", "suffix")
     if body.get("best_of") not in (None, 1):
         raise bad("only best_of = 1 is supported", "best_of")
-    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("repetition_penalty", 1)):
-        value = body.get(name)  # clients send the neutral value by default: that is what decoding does
-        if value is not None and (not _is_number(value) or value != neutral):
-            raise bad(f"{name} is not supported (decoding gives the model's own distribution); send "
-                      f"{neutral} or leave it out", name)
 
 
 def _content(value, i: int) -> str:

@@ -29,8 +29,8 @@ from .generate import Emitter, allocate_cache, check_context, prefill_step, stre
 from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
-from .sampling import Draws, SamplingParams, select_tokens
-from .tree import Tree, prune, tree_mask, walk
+from .sampling import Draws, History, SamplingParams, select_tokens
+from .tree import Tree, path_members, prune, tree_mask, walk
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def _sync(device: torch.device) -> None:
 
 
 def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: TreeShape,
-              depth: int, timer: list[float], fixed_shapes: bool | None = None) -> Tree:
+              depth: int, timer: list[float], fixed_shapes: bool | None = None,
+              history: History | None = None) -> Tree:
     """Beam tree of `depth` levels below the root. Its wall time (ms, draft forwards and beam selection)
     accumulates into timer[0]; the device is synchronized once, at the end, not per step, so the host
     can queue step d+1 while the device still runs step d.
@@ -90,7 +91,10 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
     `fixed_shapes` (default: on CUDA) runs every step as one replay of a captured fixed-shape step
     (engine.draft_graph): the root's (one row) and the others' (`topk` rows); the result is the same tree.
     The root's step is captured too: launched op by op it would cost the host a few milliseconds a tree
-    while the GPU, just synchronized by the last verification, waits."""
+    while the GPU, just synchronized by the last verification, waits.
+
+    With penalties (`history`), the draft's logits are penalized as the target's will be, each node with
+    its own path: the draft then guesses what the penalized target chooses (acceptance, not correctness)."""
     L = cache.length
     device = root_token.device
     if fixed_shapes is None:
@@ -114,6 +118,8 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
             logits = step(tree.tokens[frontier], L + tree.depths[frontier], slots, mask)
         else:
             logits = draft(tree.tokens[frontier], L + tree.depths[frontier], cache, L + frontier.start, mask)
+        if history is not None:
+            logits = history.penalize(logits, path_members(tree, frontier))
         # Sharpening (draft temperature < 1) keeps a confident wrong branch from crowding the beam.
         logp = torch.log_softmax(logits / shape.draft_temperature, dim=-1) + scores[:, None]  # float32
         vocab = logp.shape[1]
@@ -127,8 +133,9 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
 
 
 def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams,
-           draws: Draws | None) -> torch.Tensor:
-    """The target's token at every node of the tree, in one pass: [N] on the device."""
+           draws: Draws | None, history: History | None = None) -> torch.Tensor:
+    """The target's token at every node of the tree, in one pass: [N] on the device. With penalties
+    (`history`) each node's logits are penalized with its own path, as plain decoding would have there."""
     L, n = cache.length, tree.size
     # In the model's dtype: a float32 mask would be held beside its converted fold for the whole pass
     # (the largest mask of all: n rows over the whole context; engine.planner.mask_bytes counts it).
@@ -137,10 +144,11 @@ def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams
     positions = L + tree.depths[:n]
     # In the model's dtype: argmax is the same on it, and sampling casts a block of rows at a time
     logits = target(tree.tokens[:n], positions, cache, L, mask, float_logits=False)
-    return select_tokens(logits, sampling, draws, positions)
+    paths = path_members(tree, slice(0, n)) if history is not None else None
+    return select_tokens(logits, sampling, draws, positions, history, paths)
 
 
-Verifier = Callable[[Decoder, KVCache, Tree, SamplingParams, "Draws | None"], torch.Tensor]
+Verifier = Callable[[Decoder, KVCache, Tree, SamplingParams, "Draws | None", "History | None"], torch.Tensor]
 
 
 def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max_new_tokens: int = 256,
@@ -177,9 +185,10 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
     cache, max_new_tokens, note = allocate_cache(target, len(prompt_ids), max_new_tokens, shape.grown + 1, cache)
     emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
     gen = sampling.draws()
+    history = History(sampling, prompt_ids) if sampling.penalized else None
     context = lm.config.max_position_embeddings
 
-    root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
+    root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter, history)
     yield replace(event, note=note) if note else event
 
     iteration = 0
@@ -195,9 +204,9 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         depth = max(0, min(wanted, emitter.remaining - 1, context - L - 1))
         timer = [0.0]
         try:
-            tree = grow_tree(draft, cache, root, shape, depth, timer)
+            tree = grow_tree(draft, cache, root, shape, depth, timer, history=history)
             t1 = time.perf_counter()
-            target_tokens = verifier(target, cache, tree, sampling, gen)
+            target_tokens = verifier(target, cache, tree, sampling, gen, history)
             _sync(device)
         except torch.OutOfMemoryError:
             # Another program took VRAM, or a long context left too little for this tree. Nothing was
@@ -218,6 +227,8 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
         path, bonus = walk(tokens, parents, chosen)
         kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
+        if history is not None:
+            history.extend(kept)
         # Commit the KV of the root and of every kept token but the last, which becomes the next root.
         slots = torch.tensor([0] + path[: max(len(kept) - 1, 0)], device=device) + L
         cache.compact(slots)

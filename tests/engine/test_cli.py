@@ -48,6 +48,17 @@ def test_generate_with_auto_depth_json(default_model_folder):
     assert 0 <= out["mean_depth"] <= 8
 
 
+def test_generate_with_penalties_plain_and_subspec_json(default_model_folder):
+    base = ("generate", "SmolLM2-135M-Instruct", "--prompt", "List ten fruits.", "--max-new-tokens", "24",
+            "--json", "--device", "cpu")
+    unpenalized = json.loads(run(*base).stdout)
+    penalized = base + ("--repetition-penalty", "1.3", "--frequency-penalty", "0.2")
+    plain = json.loads(run(*penalized).stdout)
+    r = run(*penalized, "--method", "subspec", "--depth", "6", "--topk", "3")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["token_ids"] == plain["token_ids"] != unpenalized["token_ids"]
+
+
 @pytest.mark.parametrize("args,message", [
     (("models", "info", "no-such-model"), "no model named 'no-such-model'"),
     (("models", "import", "/nonexistent/path"), "does not exist"),
@@ -178,6 +189,9 @@ BENCH = ("bench", "SmolLM2-135M-Instruct", "--prompts")
     (GEN + ("--method", "subspec", "--group-size", "0"), "positive multiple of 8"),
     (GEN + ("--method", "subspec", "--group-size", "-64"), "positive multiple of 8"),
     (GEN + ("--device", "bogus"), "expected cpu, cuda or cuda:N"),
+    (GEN + ("--repetition-penalty", "0"), "must be a number > 0"),
+    (GEN + ("--presence-penalty", "nan"), "presence penalty must be a number"),
+    (GEN + ("--frequency-penalty", "inf"), "frequency penalty must be a number"),
     (GEN + ("--device", "cuda"), "no CUDA GPU here"),
     (GEN + ("--no-chat", "--system", "be brief"), "--system is part of the chat template"),
     (("models", "convert", "SmolLM2-135M-Instruct", "--group-size", "0"), "positive multiple of 8"),

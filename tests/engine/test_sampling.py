@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -154,3 +156,102 @@ def test_sampling_memory_stays_within_the_planners_term(params, dtype, monkeypat
     per_value = peaks[1] / (block * vocab)
     cast = 4 if dtype != torch.float32 else 0  # the block's float32 copy
     assert per_value <= (29 if params.top_p < 1 else 9) + cast <= planner.SAMPLING_BYTES_PER_VALUE
+
+
+# Penalties: repetition (transformers' rule over prompt and answer), presence and frequency (OpenAI's, over
+# the answer), before any warping.
+
+def _history(params, prompt, answer):
+    from engine.sampling import History
+
+    h = History(params, prompt)
+    h.extend(answer)
+    return h
+
+
+def test_the_repetition_penalty_is_transformers_over_prompt_and_answer():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    params = SamplingParams(repetition_penalty=1.3)
+    logits = torch.randn(1, 200, generator=torch.Generator().manual_seed(3)) * 4
+    prompt, answer = [5, 9, 9, 17], [9, 40, 41]
+    ours = _history(params, prompt, answer).penalize(logits)
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt + answer]), logits.clone())
+    assert torch.equal(ours, theirs)  # the same rounding, element for element
+    assert not torch.equal(ours, logits)
+    assert torch.equal(ours[0, 100:], logits[0, 100:])  # tokens outside the context are left alone
+
+
+def test_presence_and_frequency_penalties_count_the_answer_only():
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(4))
+    ours = _history(params, [1, 2, 3], [3, 7, 7, 7]).penalize(logits)
+    expected = logits.clone()
+    expected[:, 3] -= 0.5 + 0.25
+    expected[:, 7] -= 0.5 + 0.75
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert torch.equal(ours[:, [1, 2]], logits[:, [1, 2]])  # the prompt's tokens: not the answer's
+
+
+def test_a_tree_row_is_penalized_as_plain_decoding_would_at_that_node():
+    """A node's path below the root joins its context: penalizing with paths equals extending the history."""
+    params = SamplingParams(repetition_penalty=1.2, presence_penalty=0.3, frequency_penalty=0.1)
+    logits = torch.randn(3, 60, generator=torch.Generator().manual_seed(5)) * 3
+    tokens = torch.tensor([4, 11, 12, 11, 30])  # node 0 the root (already emitted)
+    member = torch.tensor([[False, True, False, True, False],   # a path: root -> 11 -> 11
+                           [False, False, False, False, False],  # the root itself
+                           [False, True, True, False, True]]).bool()  # root -> 11 -> 12 -> 30
+    tree_rows = _history(params, [2, 3], [4]).penalize(logits, (member, tokens))
+    for r, extra in enumerate([[11, 11], [], [11, 12, 30]]):
+        alone = _history(params, [2, 3], [4] + extra).penalize(logits[r:r + 1])
+        assert torch.equal(tree_rows[r:r + 1], alone)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(repetition_penalty=1.5),
+                                    SamplingParams(temperature=0.9, top_p=0.9, frequency_penalty=2.0, seed=1)])
+def test_penalized_blocks_of_rows_select_the_same_tokens_and_leave_the_logits_alone(params, monkeypatch):
+    from engine import sampling
+
+    logits = torch.randn(30, 500, generator=torch.Generator().manual_seed(6)) * 4
+    before = logits.clone()
+    positions = torch.arange(30)
+    unpenalized = select_tokens(logits, replace(params, repetition_penalty=1.0, frequency_penalty=0.0),
+                                sampling.Draws(2), positions)
+    # The context holds some of the tokens chosen without penalties, so penalizing has something to change.
+    history = _history(params, list(range(0, 500, 3)) + unpenalized[:5].tolist(), unpenalized[5:10].tolist())
+    member = torch.rand(30, 8, generator=torch.Generator().manual_seed(7)) < 0.4
+    paths = (member, unpenalized[10:18])
+    whole = select_tokens(logits, params, sampling.Draws(2), positions, history, paths)
+    assert torch.equal(logits, before)
+    assert not torch.equal(whole, unpenalized)  # the penalties changed some choices
+    for rows in (1, 7):
+        monkeypatch.setattr(sampling, "SAMPLE_CHUNK_ELEMENTS", rows * 500)
+        assert torch.equal(select_tokens(logits, params, sampling.Draws(2), positions, history, paths), whole)
+    with pytest.raises(ValueError, match="history"):
+        select_tokens(logits, params, sampling.Draws(2), positions)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_penalties_stay_within_the_planners_sampling_term(dtype, monkeypatch):
+    from test_mask_memory import MaskLedger
+
+    from engine import planner, sampling
+
+    vocab, block = 3000, 8
+    monkeypatch.setattr(sampling, "SAMPLE_CHUNK_ELEMENTS", block * vocab)
+    logits = (torch.randn(64, vocab, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
+    params = SamplingParams(temperature=1.0, top_p=0.9, repetition_penalty=1.1, presence_penalty=0.5,
+                            frequency_penalty=0.5)
+    history = _history(params, list(range(0, vocab, 2)), [5, 5, 6])
+    paths = (torch.ones(64, 40, dtype=torch.bool), torch.arange(40))
+    with MaskLedger(min_columns=vocab) as ledger:
+        select_tokens(logits, params, sampling.Draws(3), torch.arange(64), history, paths)
+    assert 0 < ledger.peak / (block * vocab) <= planner.SAMPLING_BYTES_PER_VALUE
+
+
+@pytest.mark.parametrize("kwargs", [dict(repetition_penalty=0), dict(repetition_penalty=-1.1),
+                                    dict(repetition_penalty=float("inf")), dict(presence_penalty=float("nan")),
+                                    dict(frequency_penalty=float("-inf"))])
+def test_bad_penalties_are_user_errors(kwargs):
+    with pytest.raises(SubspecError, match="penalty"):
+        SamplingParams(**kwargs)

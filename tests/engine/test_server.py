@@ -174,6 +174,18 @@ def test_seeded_sampling_repeats(server, lm):
     assert a == b
 
 
+def test_penalties_are_the_engines(server, lm):
+    from engine.sampling import SamplingParams
+
+    c = client(server)
+    ids = lm.encode("hi")
+    for kw in (dict(repetition_penalty=3.0), dict(presence_penalty=1.5, frequency_penalty=0.5)):
+        r = c.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}], max_tokens=20,
+                                      temperature=0, extra_body=kw)
+        expected = "".join(ev.text for ev in generate_plain(lm, ids, 20, SamplingParams(**kw)))
+        assert r.choices[0].message.content == expected != engine_text(lm, ids, 20)
+
+
 def test_eight_concurrent_clients_get_their_own_answers(server, lm):
     c = client(server)
     expected = {p: chat(c, lm.name, p, max_tokens=20).choices[0].message.content for p in PROMPTS}
@@ -249,11 +261,11 @@ BAD = [
     ("/v1/chat/completions", _chat_body(seed="x"), "seed"),
     ("/v1/chat/completions", _chat_body(min_p=2), "min_p"),
     ("/v1/chat/completions", _chat_body(n=2), "n"),
-    # Accepted and ignored, these would answer something else than asked (a penalized, biased or
-    # fill-in-the-middle answer looks right and is not): refused, their neutral values accepted (below).
-    ("/v1/chat/completions", _chat_body(presence_penalty=0.5), "presence_penalty"),
+    ("/v1/chat/completions", _chat_body(presence_penalty=2.5), "presence_penalty"),
     ("/v1/chat/completions", _chat_body(frequency_penalty="1"), "frequency_penalty"),
-    ("/v1/chat/completions", _chat_body(repetition_penalty=1.1), "repetition_penalty"),
+    ("/v1/chat/completions", _chat_body(repetition_penalty=0), "repetition_penalty"),
+    # Accepted and ignored, these would answer something else than asked (a biased or fill-in-the-middle
+    # answer looks right and is not): refused, their neutral values accepted (below).
     ("/v1/chat/completions", _chat_body(logit_bias={"42": -100}), "logit_bias"),
     ("/v1/completions", {"prompt": "def f(", "suffix": "    return x"}, "suffix"),
     ("/v1/completions", {"prompt": "hi", "best_of": 3}, "best_of"),

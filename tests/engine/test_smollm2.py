@@ -85,3 +85,38 @@ def test_subspec_greedy_64_tokens_equal_plain(smollm2, smollm2_draft, prompt):
     assert spec.token_ids == plain.token_ids
     assert spec.text == plain.text
     assert spec.tau > 1.5  # the substitute is a real, well-aligned draft
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:2])
+def test_a_repetition_penalty_is_transformers_generate_with_it(smollm2, reference, prompt):
+    ids = smollm2.encode(prompt)
+    params = SamplingParams(repetition_penalty=1.3)
+    ours = summarize(generate_plain(smollm2, ids, 32, params), len(ids), "vanilla")
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, repetition_penalty=1.3)
+    theirs = out[0, len(ids):].tolist()
+    if theirs and theirs[-1] in smollm2.eos_token_ids():
+        theirs = theirs[:-1]
+    assert list(ours.token_ids) == theirs
+    assert ours.token_ids != summarize(generate_plain(smollm2, ids, 32), len(ids), "vanilla").token_ids
+
+
+def test_a_penalized_subspec_answer_equals_plain_and_the_draft_is_penalized_too(smollm2, smollm2_draft,
+                                                                              monkeypatch):
+    """Penalties change what the target chooses; the draft, penalized along each node's path as the target
+    is, keeps guessing it (without it, acceptance falls wherever a penalty turns the target's choice)."""
+    from engine import speculative
+    from engine.speculative import TreeShape, generate_subspec
+
+    ids = smollm2.encode(PROMPTS[2])
+    params = SamplingParams(repetition_penalty=1.3, presence_penalty=0.3, frequency_penalty=0.3)
+    plain = summarize(generate_plain(smollm2, ids, 64, params), len(ids), "vanilla")
+    spec = summarize(generate_subspec(smollm2, smollm2_draft, ids, 64, params, shape=TreeShape(8, 4)),
+                     len(ids), "subspec")
+    assert spec.token_ids == plain.token_ids and spec.text == plain.text
+    grow = speculative.grow_tree
+    monkeypatch.setattr(speculative, "grow_tree", lambda *a, history=None, **k: grow(*a, **k))  # unpenalized
+    blind = summarize(generate_subspec(smollm2, smollm2_draft, ids, 64, params, shape=TreeShape(8, 4)),
+                      len(ids), "subspec")
+    assert blind.token_ids == plain.token_ids  # still lossless: the draft only guesses
+    assert spec.tau > blind.tau, (spec.tau, blind.tau)

@@ -108,7 +108,7 @@ def _chi_square_p(a: list, b: list) -> float:
                                          torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-def _biased_verify(target, cache, tree, sampling, generator):
+def _biased_verify(target, cache, tree, sampling, generator, history=None):
     """A wrong verifier: where the target's draw is not the first child, take that child anyway whenever
     the target gives it at least 10% probability (over-accepts the draft)."""
     from engine.tree import tree_mask
@@ -218,10 +218,10 @@ def test_out_of_memory_backs_off_to_a_shallower_tree_and_stays_lossless(llama, m
     ids = lm.encode("hello world")
     plain = _run(generate_plain(lm, ids, 40), lm, ids)
 
-    def small_gpu(target, cache, tree, sampling, gen):
+    def small_gpu(target, cache, tree, sampling, gen, history=None):
         if tree.size > 10:
             raise torch.OutOfMemoryError("CUDA out of memory (faked)")
-        return verify(target, cache, tree, sampling, gen)
+        return verify(target, cache, tree, sampling, gen, history)
 
     real_grow, failed = spec_mod.grow_tree, []
 
@@ -281,3 +281,61 @@ def test_out_of_memory_for_the_kv_cache_shortens_the_answer_not_its_tokens(llama
 
 def _raise(exc):
     raise exc
+
+
+# --- penalties: each tree node penalized with its own path, so the answer stays plain decoding's --------
+
+PENALTIES = [SamplingParams(repetition_penalty=3.0),  # tied tiny models repeat one token hard
+             SamplingParams(presence_penalty=1.5, frequency_penalty=0.5),
+             SamplingParams(temperature=0.8, top_p=0.95, repetition_penalty=1.3, frequency_penalty=0.4, seed=21)]
+
+
+@pytest.mark.parametrize("params", PENALTIES)
+def test_a_penalized_answer_is_the_same_whichever_way_it_is_decoded(tiny, params):
+    lm, draft = tiny
+    changed = 0
+    for prompt in ["hello world", "the cat sat on"]:
+        ids = lm.encode(prompt)
+        plain = _run(generate_plain(lm, ids, 40, params), lm, ids).token_ids
+        for shape in (TreeShape(6, 3), TreeShape(1, 4), TreeShape(8, 3, auto=True), TreeShape(8, 4, budget=12)):
+            assert _run(generate_subspec(lm, draft, ids, 40, params, shape=shape), lm, ids).token_ids == plain
+        unpenalized = SamplingParams(params.temperature, params.top_p, seed=params.seed)
+        changed += _run(generate_plain(lm, ids, 40, unpenalized), lm, ids).token_ids != plain
+    assert changed  # the penalties changed an answer
+
+
+@pytest.fixture(scope="module")
+def llama_and_reference(tmp_path_factory):
+    import transformers
+
+    folder = make_tiny_model_folder(tmp_path_factory.mktemp("penalties"), "llama")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                            attn_implementation="eager").eval()
+    return load_model(folder, "float32", "cpu"), ref
+
+
+@pytest.mark.parametrize("params", PENALTIES[:2])
+def test_penalized_greedy_decoding_is_transformers_with_the_same_penalties(llama_and_reference, params):
+    """The oracle: transformers' logits at every step, its RepetitionPenaltyLogitsProcessor over prompt and
+    answer, and OpenAI's presence and frequency penalties over the answer, then argmax."""
+    from collections import Counter
+
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    lm, ref = llama_and_reference
+    ids = lm.encode("the cat sat on the mat")
+    lm.eos_token_ids = lambda: set()
+    try:
+        ours = _run(generate_plain(lm, ids, 30, params), lm, ids).token_ids
+    finally:
+        del lm.eos_token_ids
+    answer = []
+    with torch.no_grad():
+        for _ in range(30):
+            logits = ref(torch.tensor([ids + answer])).logits[:, -1].float()
+            logits = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(torch.tensor([ids + answer]), logits)
+            for token, count in Counter(answer).items():
+                logits[0, token] -= params.frequency_penalty * count + params.presence_penalty
+            answer.append(int(logits.argmax()))
+    assert list(ours) == answer
+    assert len(set(answer)) > 5  # penalized, a random tiny model does not just repeat itself
