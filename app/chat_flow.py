@@ -137,7 +137,7 @@ class ChatFlow:
         self._update_controls()
         self.prompt.setFocus()  # after a click on a button, typing should go on in the box
         sampling = self.sampling.values()
-        params = {**self.params, "temperature": sampling["temperature"], "top_p": sampling["top_p"],
+        params = {**self.params, **{k: v for k, v in sampling.items() if k != "preset"},
                   **self.method.params(), "continue_final": turn.kind == "continue"}
         self._request = params
         self.host.generate(self._model_messages(self.history), params)
@@ -171,7 +171,8 @@ class ChatFlow:
         if not saved:  # on screen, in the history and in any redraw until it can be written
             self._unsaved[self.writer.id] = Message(self.writer.id, "assistant", text, time.time(), stats, True)
             self._retry_writes_at = time.monotonic() + self.RETRY_WRITES_S
-        self._measured[self.writer.id] = {**stats, "temperature": self._request.get("temperature")}
+        self._measured[self.writer.id] = {**stats, "temperature": self._request.get("temperature"),
+                                          "repetition_penalty": self._request.get("repetition_penalty", 1.0)}
         if stats.get("method") == "vanilla" and stats.get("new_tokens", 0) >= 2 and stats["tokens_per_s"] > 0:
             self.plain_speeds[self.model_name] = stats["tokens_per_s"]
         self.writer = None

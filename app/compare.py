@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None, "continue_final": False}
+GREEDY = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "seed": None,
+          "continue_final": False}
 MIN_TOKENS = 2  # below this a run has no decode phase, so no speed to compare
 
 
@@ -50,6 +51,8 @@ def reusable(measured: dict | None, model: str, subspec: dict) -> float | None:
     if not measured or measured.get("model") != model or measured.get("method") != "subspec":
         return None
     if measured.get("temperature") != 0.0 or measured.get("new_tokens", 0) < MIN_TOKENS:
+        return None
+    if measured.get("repetition_penalty", 1.0) != 1.0:  # penalized: not the comparison's plain greedy run
         return None
     if _tree(measured) != _tree(subspec):
         return None

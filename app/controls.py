@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QSpinBox, QToolBar
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QMenu, QSpinBox,
+                               QToolBar, QToolButton, QWidget, QWidgetAction)
 
 PRESETS = {"greedy": (0.0, 1.0), "balanced": (0.7, 0.9), "creative": (1.0, 0.95)}
 CUSTOM = "custom"
 DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest, when it is greedy
+# The settings behind "More": what each means when off. Presets leave them alone (they set temperature and top-p).
+MORE_DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 DEFAULT_DEPTH, DEFAULT_WIDTH = 48, 6
 # Fresh settings measure the depth (engine.depth_control); a tree saved before auto depth existed keeps the
 # fixed depth it had, so nothing changes under a user's feet.
@@ -138,7 +141,8 @@ def _bounded(value, box) -> int:
 
 
 class SamplingControls(QObject):
-    """A preset menu and its two values; editing a value turns the preset into "custom"."""
+    """A preset menu and its two values (editing a value turns the preset into "custom"), and behind "More"
+    the conversation's top-k, min-p and repetition penalty."""
 
     changed = Signal()
 
@@ -152,28 +156,81 @@ class SamplingControls(QObject):
         self.top_p = _spin(0.01, 1.0, 0.05, "Top-p: sample from the smallest set of tokens this likely")
         self.temperature.setAccessibleName("Temperature")
         self.top_p.setAccessibleName("Top-p")
+        self.more = self._more_menu()
         for widget in (QLabel(" Preset "), self.preset, QLabel(" Temp "), self.temperature,
-                       QLabel(" Top-p "), self.top_p):
+                       QLabel(" Top-p "), self.top_p, self.more):
             toolbar.addWidget(widget)
         self._quiet = False
         self.preset.currentTextChanged.connect(self._preset_picked)
         self.temperature.valueChanged.connect(self._value_edited)
         self.top_p.valueChanged.connect(self._value_edited)
+        for box in (self.top_k, self.min_p, self.repetition_penalty):
+            box.valueChanged.connect(self._more_edited)
         self.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
+
+    def _more_menu(self) -> QToolButton:
+        """A button whose menu holds the less used settings: the toolbar has no room for three more boxes."""
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 1000)
+        self.top_k.setSpecialValueText("off")
+        self.top_k.setToolTip("Top-k: sample from the k likeliest tokens only (off: all)")
+        self.min_p = _spin(0.0, 1.0, 0.01, "Min-p: drop tokens less likely than this fraction of the likeliest "
+                                           "(off: none)")
+        self.min_p.setSpecialValueText("off")
+        self.repetition_penalty = _spin(0.5, 2.0, 0.05, "Repetition penalty: above 1, every token already in the "
+                                                        "conversation is less likely (1: off; 1.1 is usual). "
+                                                        "Applies to greedy answers too; SubSpec stays lossless")
+        for box, name in ((self.top_k, "Top-k"), (self.min_p, "Min-p"),
+                          (self.repetition_penalty, "Repetition penalty")):
+            box.setAccessibleName(name)
+        panel = QWidget()
+        form = QFormLayout(panel)
+        form.addRow("Top-k", self.top_k)
+        form.addRow("Min-p", self.min_p)
+        form.addRow("Repetition penalty", self.repetition_penalty)
+        button = QToolButton()
+        button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        button.setAccessibleName("More sampling settings")
+        button.setToolTip("Top-k, min-p and repetition penalty of this conversation")
+        menu = QMenu(button)
+        action = QWidgetAction(menu)
+        action.setDefaultWidget(panel)
+        menu.addAction(action)
+        button.setMenu(menu)
+        return button
+
+    def more_values(self) -> dict:
+        return {"top_k": self.top_k.value(), "min_p": round(self.min_p.value(), 2),
+                "repetition_penalty": round(self.repetition_penalty.value(), 2)}
 
     def values(self) -> dict:
         return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
-                "top_p": round(self.top_p.value(), 2)}
+                "top_p": round(self.top_p.value(), 2), **self.more_values()}
 
-    def set_values(self, preset: str, temperature: float, top_p: float) -> None:
+    def set_values(self, preset: str, temperature: float, top_p: float, top_k: int = 0, min_p: float = 0.0,
+                   repetition_penalty: float = 1.0) -> None:
         """Shows a conversation's settings without reporting them as edits."""
         self._quiet = True
         try:
             self.temperature.setValue(temperature)
             self.top_p.setValue(top_p)
             self.preset.setCurrentText(preset if preset in (*PRESETS, CUSTOM) else CUSTOM)
+            self.top_k.setValue(_bounded(top_k, self.top_k))
+            self.min_p.setValue(min_p)
+            self.repetition_penalty.setValue(repetition_penalty)
         finally:
             self._quiet = False
+        self._label_more()
+
+    def _label_more(self) -> None:
+        """"More" says how many of its settings are on, so a penalty is not forgotten behind a closed menu."""
+        on = sum(value != MORE_DEFAULTS[name] for name, value in self.more_values().items())
+        self.more.setText(f"More ({on})" if on else "More")
+
+    def _more_edited(self) -> None:
+        self._label_more()
+        if not self._quiet:
+            self.changed.emit()
 
     def _preset_picked(self, name: str) -> None:
         if self._quiet:

@@ -27,7 +27,10 @@ CREATE TABLE IF NOT EXISTS conversations (
     system_prompt TEXT NOT NULL DEFAULT '',
     preset TEXT NOT NULL DEFAULT 'greedy',
     temperature REAL NOT NULL DEFAULT 0.0,
-    top_p REAL NOT NULL DEFAULT 1.0
+    top_p REAL NOT NULL DEFAULT 1.0,
+    top_k INTEGER NOT NULL DEFAULT 0,
+    min_p REAL NOT NULL DEFAULT 0.0,
+    repetition_penalty REAL NOT NULL DEFAULT 1.0
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -43,9 +46,13 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
 # tables may mean more than this version knows, and writing to them could break that app's data.
-SCHEMA_VERSION = 1
+# 2: the conversation's top-k, min-p and repetition penalty (added to a version-1 file at open: ADDED_COLUMNS).
+SCHEMA_VERSION = 2
+ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL DEFAULT 0.0",
+                 "repetition_penalty": "REAL NOT NULL DEFAULT 1.0"}
 
-SETTINGS = ("title", "system_prompt", "preset", "temperature", "top_p")
+SAMPLING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+SETTINGS = ("title", "system_prompt", *SAMPLING)
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,9 @@ class Conversation:
     preset: str
     temperature: float
     top_p: float
-
-
-# Named, not SELECT *: a newer app may add columns.
-CONVERSATION_COLUMNS = ", ".join(f.name for f in fields(Conversation))
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 class NewerStoreError(sqlite3.DatabaseError):
@@ -96,6 +102,7 @@ class ConversationStore:
         (NewerStoreError for a newer app's); `open_store` decides what to do then."""
         self.path = Path(path) if path else default_path()
         self.read_only = read_only
+        self._column_list: str | None = None
         if read_only:
             self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
             self._check_readable()
@@ -112,12 +119,28 @@ class ConversationStore:
             self.db.execute("PRAGMA foreign_keys=ON")
             with self.db:
                 self.db.executescript(SCHEMA)
+                for name, declaration in ADDED_COLUMNS.items():  # an older file's table, brought up to date
+                    if name not in self._table_columns():
+                        self.db.execute(f"ALTER TABLE conversations ADD COLUMN {name} {declaration}")
                 if version < SCHEMA_VERSION:
                     self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._check_readable()
         except BaseException:
             self.db.close()
             raise
+
+    def _table_columns(self) -> set[str]:
+        return {row[1] for row in self.db.execute("PRAGMA table_info(conversations)")}
+
+    @property
+    def _columns(self) -> str:
+        """What a conversation is read as. Named, not SELECT *: a newer app may add columns. An older file
+        opened read-only (it cannot be brought up to date) reads its missing settings as their defaults."""
+        if self._column_list is None:
+            have = self._table_columns()
+            self._column_list = ", ".join(f.name if f.name in have else f"{f.default!r} AS {f.name}"
+                                          for f in fields(Conversation))
+        return self._column_list
 
     def _check_readable(self) -> None:
         """A damaged file (a disk error, a copy cut short) can open and fail only when a page is read; this
@@ -131,27 +154,32 @@ class ConversationStore:
 
     # Conversations
 
-    def create(self, title: str = "", system_prompt: str = "", preset: str = "greedy",
-               temperature: float = 0.0, top_p: float = 1.0) -> Conversation:
+    def create(self, title: str = "", system_prompt: str = "", preset: str = "greedy", temperature: float = 0.0,
+               top_p: float = 1.0, **sampling) -> Conversation:
+        """`sampling`: more of SAMPLING (top-k, min-p, repetition penalty; the others keep their defaults)."""
+        unknown = set(sampling) - set(SAMPLING)
+        if unknown:
+            raise ValueError(f"not a sampling setting: {sorted(unknown)}")
         now = time.time()
+        values = {"title": title, "created": now, "updated": now, "system_prompt": system_prompt,
+                  "preset": preset, "temperature": temperature, "top_p": top_p, **sampling}
         with self.db:
-            cur = self.db.execute(
-                "INSERT INTO conversations (title, created, updated, system_prompt, preset, temperature, top_p)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)", (title, now, now, system_prompt, preset, temperature, top_p))
+            cur = self.db.execute(f"INSERT INTO conversations ({', '.join(values)})"
+                                  f" VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
         return self.get(cur.lastrowid)
 
     def get(self, cid: int) -> Conversation | None:
-        row = self.db.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (cid,)).fetchone()
+        row = self.db.execute(f"SELECT {self._columns} FROM conversations WHERE id = ?", (cid,)).fetchone()
         return Conversation(*row) if row else None
 
     def conversations(self, search: str = "") -> list[Conversation]:
         """Newest activity first; `search` matches titles and message text, case-insensitively."""
         if not search.strip():
-            rows = self.db.execute(f"SELECT {CONVERSATION_COLUMNS} FROM conversations ORDER BY updated DESC, id DESC")
+            rows = self.db.execute(f"SELECT {self._columns} FROM conversations ORDER BY updated DESC, id DESC")
         else:
             pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             rows = self.db.execute(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.title LIKE ?1 ESCAPE '\\' OR EXISTS ("
+                f"SELECT {self._columns} FROM conversations c WHERE c.title LIKE ?1 ESCAPE '\\' OR EXISTS ("
                 " SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content LIKE ?1 ESCAPE '\\')"
                 " ORDER BY updated DESC, id DESC", (pattern,))
         return [Conversation(*row) for row in rows]

@@ -335,7 +335,8 @@ class MainWindow(ChatFlow, QMainWindow):
         messages = self._messages(cid)
         self.history = self._replay(messages)
         self.context_meter.show_latest(messages)
-        self.sampling.set_values(conv.preset, conv.temperature, conv.top_p)
+        self.sampling.set_values(conv.preset, conv.temperature, conv.top_p, conv.top_k, conv.min_p,
+                                 conv.repetition_penalty)
         self.system_prompt.setText(conv.system_prompt)
         self.sidebar.refresh(cid)
         self.settings.setValue("last_conversation", cid)

@@ -252,3 +252,23 @@ def test_a_conversation_longer_than_the_context_answers_on_its_latest_turns_and_
     assert len(ids) == prompt_tokens
     want = summarize(generate_plain(smollm2, ids, 8, SamplingParams(temperature=0)), len(ids), "vanilla")
     assert [t for ev in events for t in ev.token_ids] == list(want.token_ids)
+
+
+def test_the_chats_repetition_penalty_and_min_p_reach_the_engine(tmp_path):
+    """The conversation's "More" settings decode as the engine's SamplingParams with them: the same tokens
+    as generate_plain given those, plain or SubSpec, and not the unpenalized answer."""
+    from tiny_models import make_tiny_model_folder
+
+    from engine.generate import generate_plain
+    from engine.sampling import SamplingParams
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    penalized = {"max_new_tokens": 24, "repetition_penalty": 3.0, "min_p": 0.2, "temperature": 0.9, "seed": 3}
+    n, events = backend.stream(MESSAGES, {**penalized, "method": "vanilla"})
+    tokens = [t for ev in events for t in ev.token_ids]
+    ids = backend.encode(MESSAGES, False)
+    expected = [t for ev in generate_plain(backend.lm, ids, 24, SamplingParams(
+        temperature=0.9, seed=3, min_p=0.2, repetition_penalty=3.0)) for t in ev.token_ids]
+    assert tokens == expected
+    assert chat_answer(backend, {**AUTO, **penalized}, "hi")[1] == tokens
+    assert chat_answer(backend, {**penalized, "repetition_penalty": 1.0}, "hi")[1] != tokens

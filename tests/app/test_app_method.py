@@ -157,11 +157,12 @@ def test_answer_stats_line():
 
 def test_presets_set_the_values_and_edits_make_them_custom(qtbot, make_window):
     s = make_window().sampling
-    assert s.values() == {"preset": "greedy", "temperature": 0.0, "top_p": 1.0}
+    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+    assert s.values() == {"preset": "greedy", "temperature": 0.0, "top_p": 1.0, **off}
     s.preset.setCurrentText("creative")
-    assert s.values() == {"preset": "creative", "temperature": 1.0, "top_p": 0.95}
+    assert s.values() == {"preset": "creative", "temperature": 1.0, "top_p": 0.95, **off}
     s.top_p.setValue(0.8)
-    assert s.values() == {"preset": "custom", "temperature": 1.0, "top_p": 0.8}
+    assert s.values() == {"preset": "custom", "temperature": 1.0, "top_p": 0.8, **off}
     s.temperature.setValue(0.7)
     s.top_p.setValue(0.9)
     assert s.values()["preset"] == "balanced"  # values that match a preset are that preset

@@ -221,6 +221,49 @@ def test_an_unwritable_file_is_opened_read_only_and_failing_that_kept_in_memory(
     assert len(store.conversations()) == 1
 
 
+VERSION_1 = """
+CREATE TABLE conversations (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL, updated REAL NOT NULL, system_prompt TEXT NOT NULL DEFAULT '',
+    preset TEXT NOT NULL DEFAULT 'greedy', temperature REAL NOT NULL DEFAULT 0.0, top_p REAL NOT NULL DEFAULT 1.0);
+CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE, role TEXT NOT NULL,
+    content TEXT NOT NULL, created REAL NOT NULL, stats_json TEXT, complete INTEGER NOT NULL DEFAULT 1);
+INSERT INTO conversations (title, created, updated, preset, temperature, top_p) VALUES ('old', 1, 2, 'custom', 0.4, 0.8);
+INSERT INTO messages (conversation_id, role, content, created) VALUES (1, 'user', 'from version 1', 1);
+PRAGMA user_version = 1;
+"""
+
+
+def _version_1_file(path):
+    db = sqlite3.connect(path)
+    db.executescript(VERSION_1)
+    db.close()
+
+
+def test_a_version_1_file_gains_the_new_settings_and_keeps_everything(tmp_path):
+    path = tmp_path / conversations.DB_NAME
+    _version_1_file(path)
+    store = ConversationStore(path)
+    [old] = store.conversations()
+    assert (old.title, old.preset, old.temperature, old.top_p) == ("old", "custom", 0.4, 0.8)
+    assert (old.top_k, old.min_p, old.repetition_penalty) == (0, 0.0, 1.0)  # what version 1 decoded with
+    assert [m.content for m in store.messages(old.id)] == ["from version 1"]
+    store.update(old.id, repetition_penalty=1.2, top_k=30)
+    assert store.get(old.id).repetition_penalty == 1.2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == conversations.SCHEMA_VERSION == 2
+    store.close()
+    assert ConversationStore(path).get(old.id).top_k == 30  # opened again: nothing added twice
+
+
+def test_a_version_1_file_opened_read_only_reads_the_new_settings_as_their_defaults(tmp_path):
+    path = tmp_path / conversations.DB_NAME
+    _version_1_file(path)
+    original = path.read_bytes()
+    [old] = ConversationStore(path, read_only=True).conversations()
+    assert (old.title, old.temperature, old.top_k, old.min_p, old.repetition_penalty) == ("old", 0.4, 0, 0.0, 1.0)
+    assert path.read_bytes() == original
+
+
 # ---------------------------------------------------------------- settings
 
 
