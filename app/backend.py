@@ -180,8 +180,13 @@ class TorchBackend:
         # A conversation longer than the context keeps going on its latest turns (the user is told). On a
         # GPU the context is what the plan reserved KV memory for, not the model's whole window.
         limit = self.context_limit
+        # The answer's room comes off the history's, but never more than half the context: a long answer
+        # length must not push a conversation out of its own prompt. Past the room left, the answer is
+        # shortened (as the API server shortens max_tokens), and says so.
+        wanted = int(p["max_new_tokens"])
         ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"])), messages,
-                                        limit - int(p["max_new_tokens"]))
+                                        limit - min(wanted, limit // 2))
+        p["max_new_tokens"] = max(1, min(wanted, limit - len(ids)))
         stops = tuple(p["stop"])
         if p["method"] == "subspec":
             from engine.speculative import TreeShape, generate_subspec
@@ -198,6 +203,10 @@ class TorchBackend:
         if dropped:
             events = _noted(events, f"the conversation is longer than {self.name}'s context of {limit} tokens: "
                                     f"its first {dropped} messages were left out of this answer's prompt")
+        if p["max_new_tokens"] < wanted:
+            events = _noted(events, f"the answer ends at {p['max_new_tokens']} tokens, the room "
+                                    f"{self.name}'s context of {limit} tokens leaves after the prompt",
+                            when=lambda ev: ev.finish_reason == "length")
         return len(ids), events
 
     def generate_ids(self, prompt_ids: list[int], max_tokens: int, sampling, stops: tuple,
@@ -229,15 +238,16 @@ class TorchBackend:
         return list(tokenizer.encode(rendered, add_special_tokens=False))
 
 
-def _noted(events: Iterator[StepEvent], note: str) -> Iterator[StepEvent]:
-    """`events` with `note` on the first one (where the app's status bar and the answer's notes find it)."""
+def _noted(events: Iterator[StepEvent], note: str, when=lambda ev: True) -> Iterator[StepEvent]:
+    """`events` with `note` on the first one `when` accepts (where the app's status bar and the answer's
+    notes find it)."""
     from dataclasses import replace
 
-    first = True
+    pending = True
     try:
         for ev in events:
-            if first:
-                ev, first = replace(ev, note="; ".join(n for n in (note, ev.note) if n)), False
+            if pending and when(ev):
+                ev, pending = replace(ev, note="; ".join(n for n in (note, ev.note) if n)), False
             yield ev
     finally:
         close = getattr(events, "close", None)

@@ -12,8 +12,10 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 PRESETS = {"greedy": (0.0, 1.0), "balanced": (0.7, 0.9), "creative": (1.0, 0.95)}
 CUSTOM = "custom"
 DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest, when it is greedy
-# The settings behind "More": what each means when off. Presets leave them alone (they set temperature and top-p).
-MORE_DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+# The settings behind "More" and their defaults (off, and the answer length the app always had). Presets
+# leave them alone (they set temperature and top-p).
+MORE_DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 512}
+MAX_ANSWER_TOKENS = 1 << 17  # the box's top; the model's context bounds an answer anyway
 DEFAULT_DEPTH, DEFAULT_WIDTH = 48, 6
 # Fresh settings measure the depth (engine.depth_control); a tree saved before auto depth existed keeps the
 # fixed depth it had, so nothing changes under a user's feet.
@@ -164,7 +166,7 @@ class SamplingControls(QObject):
         self.preset.currentTextChanged.connect(self._preset_picked)
         self.temperature.valueChanged.connect(self._value_edited)
         self.top_p.valueChanged.connect(self._value_edited)
-        for box in (self.top_k, self.min_p, self.repetition_penalty):
+        for box in (self.top_k, self.min_p, self.repetition_penalty, self.max_new_tokens):
             box.valueChanged.connect(self._more_edited)
         self.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
 
@@ -180,18 +182,26 @@ class SamplingControls(QObject):
         self.repetition_penalty = _spin(0.5, 2.0, 0.05, "Repetition penalty: above 1, every token already in the "
                                                         "conversation is less likely (1: off; 1.1 is usual). "
                                                         "Applies to greedy answers too; SubSpec stays lossless")
+        self.max_new_tokens = QSpinBox()
+        self.max_new_tokens.setRange(16, MAX_ANSWER_TOKENS)
+        self.max_new_tokens.setSingleStep(256)
+        self.max_new_tokens.setSuffix(" tokens")
+        self.max_new_tokens.setToolTip("Answer length: the most tokens an answer may have (Continue goes on from "
+                                       "there). The model's context bounds it too: a conversation keeps at "
+                                       "least half the context for itself")
         for box, name in ((self.top_k, "Top-k"), (self.min_p, "Min-p"),
-                          (self.repetition_penalty, "Repetition penalty")):
+                          (self.repetition_penalty, "Repetition penalty"), (self.max_new_tokens, "Answer length")):
             box.setAccessibleName(name)
         panel = QWidget()
         form = QFormLayout(panel)
         form.addRow("Top-k", self.top_k)
         form.addRow("Min-p", self.min_p)
         form.addRow("Repetition penalty", self.repetition_penalty)
+        form.addRow("Answer length", self.max_new_tokens)
         button = QToolButton()
         button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         button.setAccessibleName("More sampling settings")
-        button.setToolTip("Top-k, min-p and repetition penalty of this conversation")
+        button.setToolTip("Top-k, min-p, repetition penalty and answer length of this conversation")
         menu = QMenu(button)
         action = QWidgetAction(menu)
         action.setDefaultWidget(panel)
@@ -201,14 +211,15 @@ class SamplingControls(QObject):
 
     def more_values(self) -> dict:
         return {"top_k": self.top_k.value(), "min_p": round(self.min_p.value(), 2),
-                "repetition_penalty": round(self.repetition_penalty.value(), 2)}
+                "repetition_penalty": round(self.repetition_penalty.value(), 2),
+                "max_new_tokens": self.max_new_tokens.value()}
 
     def values(self) -> dict:
         return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
                 "top_p": round(self.top_p.value(), 2), **self.more_values()}
 
     def set_values(self, preset: str, temperature: float, top_p: float, top_k: int = 0, min_p: float = 0.0,
-                   repetition_penalty: float = 1.0) -> None:
+                   repetition_penalty: float = 1.0, max_new_tokens: int = MORE_DEFAULTS["max_new_tokens"]) -> None:
         """Shows a conversation's settings without reporting them as edits."""
         self._quiet = True
         try:
@@ -218,12 +229,14 @@ class SamplingControls(QObject):
             self.top_k.setValue(_bounded(top_k, self.top_k))
             self.min_p.setValue(min_p)
             self.repetition_penalty.setValue(repetition_penalty)
+            self.max_new_tokens.setValue(_bounded(max_new_tokens, self.max_new_tokens))
         finally:
             self._quiet = False
         self._label_more()
 
     def _label_more(self) -> None:
-        """"More" says how many of its settings are on, so a penalty is not forgotten behind a closed menu."""
+        """"More" says how many of its settings differ from their defaults, so that a penalty is not
+        forgotten behind a closed menu."""
         on = sum(value != MORE_DEFAULTS[name] for name, value in self.more_values().items())
         self.more.setText(f"More ({on})" if on else "More")
 

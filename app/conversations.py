@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     top_p REAL NOT NULL DEFAULT 1.0,
     top_k INTEGER NOT NULL DEFAULT 0,
     min_p REAL NOT NULL DEFAULT 0.0,
-    repetition_penalty REAL NOT NULL DEFAULT 1.0
+    repetition_penalty REAL NOT NULL DEFAULT 1.0,
+    max_new_tokens INTEGER NOT NULL DEFAULT 512
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -46,13 +47,15 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
 # tables may mean more than this version knows, and writing to them could break that app's data.
-# 2: the conversation's top-k, min-p and repetition penalty (added to a version-1 file at open: ADDED_COLUMNS).
+# 2: the conversation's top-k, min-p, repetition penalty and answer length (added to a version-1 file at open:
+# ADDED_COLUMNS).
 SCHEMA_VERSION = 2
 ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL DEFAULT 0.0",
-                 "repetition_penalty": "REAL NOT NULL DEFAULT 1.0"}
+                 "repetition_penalty": "REAL NOT NULL DEFAULT 1.0", "max_new_tokens": "INTEGER NOT NULL DEFAULT 512"}
 
-SAMPLING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-SETTINGS = ("title", "system_prompt", *SAMPLING)
+# How the conversation's answers are decoded: the toolbar's sampling controls and its "More" menu.
+DECODING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
+SETTINGS = ("title", "system_prompt", *DECODING)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Conversation:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    max_new_tokens: int = 512  # what version 1 answered with (the app's fixed length then)
 
 
 class NewerStoreError(sqlite3.DatabaseError):
@@ -156,8 +160,9 @@ class ConversationStore:
 
     def create(self, title: str = "", system_prompt: str = "", preset: str = "greedy", temperature: float = 0.0,
                top_p: float = 1.0, **sampling) -> Conversation:
-        """`sampling`: more of SAMPLING (top-k, min-p, repetition penalty; the others keep their defaults)."""
-        unknown = set(sampling) - set(SAMPLING)
+        """`sampling`: more of DECODING (top-k, min-p, repetition penalty, answer length; the others keep
+        their defaults)."""
+        unknown = set(sampling) - set(DECODING)
         if unknown:
             raise ValueError(f"not a sampling setting: {sorted(unknown)}")
         now = time.time()

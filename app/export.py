@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.files import replace
 
-from .conversations import SAMPLING, Conversation, Message
+from .conversations import DECODING, Conversation, Message
 
 UNTITLED = "Untitled conversation"
 
@@ -43,7 +43,7 @@ def to_markdown(conv: Conversation, messages: list[Message]) -> str:
 def to_json(conv: Conversation, messages: list[Message]) -> str:
     data = {"title": conv.title, "created": conv.created, "updated": conv.updated,
             "system_prompt": conv.system_prompt,
-            "settings": {name: getattr(conv, name) for name in SAMPLING},
+            "settings": {name: getattr(conv, name) for name in DECODING},
             "messages": ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else [])
             + [{"role": m.role, "content": m.content, "created": m.created, "complete": m.complete,
                 **({"stats": m.stats} if m.stats else {})} for m in messages]}

@@ -336,7 +336,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.history = self._replay(messages)
         self.context_meter.show_latest(messages)
         self.sampling.set_values(conv.preset, conv.temperature, conv.top_p, conv.top_k, conv.min_p,
-                                 conv.repetition_penalty)
+                                 conv.repetition_penalty, conv.max_new_tokens)
         self.system_prompt.setText(conv.system_prompt)
         self.sidebar.refresh(cid)
         self.settings.setValue("last_conversation", cid)

@@ -272,3 +272,26 @@ def test_the_chats_repetition_penalty_and_min_p_reach_the_engine(tmp_path):
     assert tokens == expected
     assert chat_answer(backend, {**AUTO, **penalized}, "hi")[1] == tokens
     assert chat_answer(backend, {**penalized, "repetition_penalty": 1.0}, "hi")[1] != tokens
+
+
+def test_an_answer_length_past_the_context_keeps_half_for_the_conversation_and_ends_at_the_room_left(tmp_path):
+    """A tiny model with a 64-token context: an answer length of 10,000 keeps the conversation's prompt
+    within half of it (earlier turns left out as usual), runs the answer to the end of the context, and
+    says why it ended there; an answer length that fits changes nothing and says nothing."""
+    from tiny_models import make_tiny_model_folder
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    backend.context_tokens = 64
+    backend.lm.eos_token_ids = lambda: set()  # the tiny model's answers run to their length
+    msgs = [{"role": "user", "content": "a b c d e f"}, {"role": "assistant", "content": "g h i j k l"},
+            {"role": "user", "content": "m n"}]
+    prompt, events = backend.stream(msgs, {"max_new_tokens": 10_000, "method": "vanilla"})
+    events = list(events)
+    assert prompt <= 32 and "first 2 messages were left out" in events[0].note
+    tokens = [t for ev in events for t in ev.token_ids]
+    assert len(tokens) == 64 - prompt and events[-1].finish_reason == "length"
+    assert events[-1].note == f"the answer ends at {64 - prompt} tokens, the room tiny's context of 64 tokens " \
+                              f"leaves after the prompt"
+    prompt, events = backend.stream(msgs[-1:], {"max_new_tokens": 5, "method": "vanilla"})
+    events = list(events)
+    assert sum(len(ev.token_ids) for ev in events) == 5 and not any(ev.note for ev in events)

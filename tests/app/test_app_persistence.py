@@ -142,27 +142,30 @@ def test_system_prompt_and_sampling_are_saved_and_sent(qtbot, make_window):
     again = make_window()
     assert again.system_prompt.text() == "Be verbose."
     assert again.sampling.values() == {"preset": "custom", "temperature": 0.3, "top_p": 0.9, "top_k": 0, "min_p": 0.0,
-                                       "repetition_penalty": 1.0}
+                                       "repetition_penalty": 1.0, "max_new_tokens": 512}
 
 
-def test_top_k_min_p_and_the_repetition_penalty_are_the_conversations(qtbot, make_window):
+def test_top_k_min_p_the_repetition_penalty_and_the_answer_length_are_the_conversations(qtbot, make_window):
     window = make_window()
     s = window.sampling
-    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 512}
     assert s.more_values() == off and s.more.text() == "More"
     panel = s.more.menu().actions()[0].defaultWidget()  # the boxes live in the button's menu
-    assert {s.top_k, s.min_p, s.repetition_penalty} <= set(panel.findChildren(type(s.top_k)) +
-                                                         panel.findChildren(type(s.min_p)))
+    assert {s.top_k, s.min_p, s.repetition_penalty, s.max_new_tokens} <= set(
+        panel.findChildren(type(s.top_k)) + panel.findChildren(type(s.min_p)))
     s.repetition_penalty.setValue(1.15)
     s.top_k.setValue(40)
-    assert s.more.text() == "More (2)"  # on, and said so on the closed menu's button
+    s.max_new_tokens.setValue(2048)
+    assert s.more.text() == "More (3)"  # changed, and said so on the closed menu's button
     answer(qtbot, window)
     _messages, params = window.backend.calls[0]
-    assert (params["top_k"], params["min_p"], params["repetition_penalty"]) == (40, 0.0, 1.15)
+    assert (params["top_k"], params["min_p"], params["repetition_penalty"], params["max_new_tokens"]) == \
+        (40, 0.0, 1.15, 2048)
     first = window.store.get(window.conversation.id)
-    assert (first.top_k, first.min_p, first.repetition_penalty) == (40, 0.0, 1.15)
+    assert (first.top_k, first.min_p, first.repetition_penalty, first.max_new_tokens) == (40, 0.0, 1.15, 2048)
     s.preset.setCurrentText("creative")  # a preset sets temperature and top-p only
-    assert s.more_values() == {**off, "top_k": 40, "repetition_penalty": 1.15}
+    mine = {**off, "top_k": 40, "repetition_penalty": 1.15, "max_new_tokens": 2048}
+    assert s.more_values() == mine
 
     window.new_conversation()  # a new conversation starts from the defaults
     assert s.more_values() == off and s.more.text() == "More"
@@ -170,7 +173,7 @@ def test_top_k_min_p_and_the_repetition_penalty_are_the_conversations(qtbot, mak
     answer(qtbot, window, "another question")
     second = window.conversation.id
     window.open_conversation(first.id)
-    assert s.more_values() == {**off, "top_k": 40, "repetition_penalty": 1.15}
+    assert s.more_values() == mine
     window.open_conversation(second)
     assert s.more_values() == {**off, "min_p": 0.05} and s.more.text() == "More (1)"
     window.close()

@@ -246,7 +246,7 @@ def test_a_version_1_file_gains_the_new_settings_and_keeps_everything(tmp_path):
     store = ConversationStore(path)
     [old] = store.conversations()
     assert (old.title, old.preset, old.temperature, old.top_p) == ("old", "custom", 0.4, 0.8)
-    assert (old.top_k, old.min_p, old.repetition_penalty) == (0, 0.0, 1.0)  # what version 1 decoded with
+    assert (old.top_k, old.min_p, old.repetition_penalty, old.max_new_tokens) == (0, 0.0, 1.0, 512)  # version 1's
     assert [m.content for m in store.messages(old.id)] == ["from version 1"]
     store.update(old.id, repetition_penalty=1.2, top_k=30)
     assert store.get(old.id).repetition_penalty == 1.2
@@ -260,7 +260,8 @@ def test_a_version_1_file_opened_read_only_reads_the_new_settings_as_their_defau
     _version_1_file(path)
     original = path.read_bytes()
     [old] = ConversationStore(path, read_only=True).conversations()
-    assert (old.title, old.temperature, old.top_k, old.min_p, old.repetition_penalty) == ("old", 0.4, 0, 0.0, 1.0)
+    assert (old.title, old.temperature, old.top_k, old.min_p, old.repetition_penalty, old.max_new_tokens) == \
+        ("old", 0.4, 0, 0.0, 1.0, 512)
     assert path.read_bytes() == original
 
 
