@@ -17,6 +17,9 @@ Progress = Callable[[str], None]
 METHODS = ("vanilla", "subspec")
 DEFAULT_PARAMS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
                   "min_p": 0.0, "repetition_penalty": 1.0,
+                  # The chat's repetition penalty looks at the last 64 tokens, as llama.cpp, Ollama and LM Studio
+                  # do by default: over a whole long conversation it would weigh on every common word.
+                  "penalty_last_n": 64,
                   "stop": (), "method": "vanilla", "depth": 48, "width": 6, "auto": False,
                   "continue_final": False}
 # What a backend that does not say otherwise can do: plain decoding only.
@@ -174,7 +177,8 @@ class TorchBackend:
         if not getattr(self.lm.tokenizer, "chat_template", None):
             raise SubspecError(f"model {self.name} has no chat template, so it cannot be used for chat")
         sampling = SamplingParams(temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
-                                  seed=p["seed"], min_p=p["min_p"], repetition_penalty=p["repetition_penalty"])
+                                  seed=p["seed"], min_p=p["min_p"], repetition_penalty=p["repetition_penalty"],
+                                  penalty_last_n=p["penalty_last_n"])
         from engine.context_window import fit_conversation
 
         # A conversation longer than the context keeps going on its latest turns (the user is told). On a

@@ -179,9 +179,10 @@ class SamplingControls(QObject):
         self.min_p = _spin(0.0, 1.0, 0.01, "Min-p: drop tokens less likely than this fraction of the likeliest "
                                            "(off: none)")
         self.min_p.setSpecialValueText("off")
-        self.repetition_penalty = _spin(0.5, 2.0, 0.05, "Repetition penalty: above 1, every token already in the "
-                                                        "conversation is less likely (1: off; 1.1 is usual). "
-                                                        "Applies to greedy answers too; SubSpec stays lossless")
+        self.repetition_penalty = _spin(0.5, 2.0, 0.05, "Repetition penalty: above 1, every token among the "
+                                                        "conversation's last 64 is less likely (1: off; 1.1 is "
+                                                        "usual). Applies to greedy answers too; SubSpec stays "
+                                                        "lossless")
         self.max_new_tokens = QSpinBox()
         self.max_new_tokens.setRange(16, MAX_ANSWER_TOKENS)
         self.max_new_tokens.setSingleStep(256)

@@ -32,6 +32,7 @@ SETTINGS = {
     "repetition 1.1": SamplingParams(repetition_penalty=1.1),
     "repetition 1.3": SamplingParams(repetition_penalty=1.3),
     "presence 0.5, frequency 0.5": SamplingParams(presence_penalty=0.5, frequency_penalty=0.5),
+    "repetition 1.3, last 64": SamplingParams(repetition_penalty=1.3, penalty_last_n=64),  # the chat's window
 }
 
 

@@ -111,7 +111,8 @@ def _sampling(args):
 
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                           min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
+                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                          penalty_last_n=args.penalty_last_n)
 
 
 def _penalty_options(p) -> None:
@@ -122,6 +123,9 @@ def _penalty_options(p) -> None:
                    help="subtract this from the logit of every token the answer holds (default 0)")
     p.add_argument("--frequency-penalty", type=float, default=0.0,
                    help="subtract this once per time the answer holds a token (default 0)")
+    p.add_argument("--penalty-last-n", type=int, default=0, metavar="N",
+                   help="penalties look at the context's last N tokens only, as llama.cpp's --repeat-last-n "
+                        "(default 0: the whole context, as transformers and vLLM)")
 
 
 def _draft_label(lm, args) -> str:

@@ -43,6 +43,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # > 1 makes every token of the context (prompt too) less likely
     presence_penalty: float = 0.0  # subtracted from the logit of every token the answer holds
     frequency_penalty: float = 0.0  # subtracted once per time the answer holds the token
+    penalty_last_n: int = 0  # penalties look at the context's last n tokens only; 0: all of it
 
     def __post_init__(self):
         if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN fails every comparison
@@ -55,6 +56,10 @@ class SamplingParams:
             raise SubspecError(f"min-p must be in [0, 1], got {self.min_p}")
         if not 0 < self.repetition_penalty < math.inf:
             raise SubspecError(f"repetition penalty must be a number > 0 (1 means none), got {self.repetition_penalty}")
+        if isinstance(self.penalty_last_n, bool) or not (isinstance(self.penalty_last_n, int)
+                                                         and self.penalty_last_n >= 0):
+            raise SubspecError(f"the penalties' window must be a whole number of tokens >= 0 (0: the whole "
+                               f"context), got {self.penalty_last_n}")
         for name in ("presence", "frequency"):
             if not math.isfinite(getattr(self, f"{name}_penalty")):
                 raise SubspecError(f"{name} penalty must be a number (0 means none), got "
@@ -130,66 +135,110 @@ def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 class History:
-    """What the penalties of one answer look at: the prompt's tokens (the repetition penalty's context) and
-    how many times the answer holds each token so far (all three penalties). `extend` it with every token
-    the answer emits; `penalize` a block of logits, each row with its own extra path tokens if given."""
+    """What the penalties of one answer look at: the context's tokens (prompt and answer), or with
+    `penalty_last_n` only its last n. The repetition penalty counts every token there; presence and
+    frequency the answer's only. `extend` it with every token the answer emits; `penalize` a block of
+    logits, each row with its own extra path tokens if given."""
 
     def __init__(self, params: SamplingParams, prompt_ids: list[int]):
         self.params = params
-        self.prompt = list(prompt_ids)
-        self.answer: list[int] = []
-        self._counted = 0  # answer tokens already in the device counts
-        self._in_prompt: torch.Tensor | None = None  # [V] bool
-        self._counts: torch.Tensor | None = None  # [V] float32
+        self.context = list(prompt_ids)
+        self.prompt_len = len(self.context)
+        self._start = self._end = 0  # context[_start:_end] is what the device counts hold
+        self._all: torch.Tensor | None = None  # [V] float32: each token's count in the window
+        self._answer: torch.Tensor | None = None  # [V] float32: the same, the answer's tokens only
 
     def extend(self, token_ids) -> None:
-        self.answer.extend(int(t) for t in token_ids)
+        self.context.extend(int(t) for t in token_ids)
+
+    def _window_start(self, length: int) -> int:
+        n = self.params.penalty_last_n
+        return max(0, length - n) if n else 0
+
+    def _count(self, lo: int, hi: int, sign: float, device: torch.device) -> None:
+        """Adds (or takes away) context[lo:hi] to (from) the counts."""
+        if hi <= lo:
+            return
+        ids = torch.tensor(self.context[lo:hi], dtype=torch.long, device=device)
+        ones = torch.full((hi - lo,), sign, device=device)
+        self._all.index_put_((ids,), ones, accumulate=True)
+        first_answer = max(lo, self.prompt_len)
+        if first_answer < hi:
+            self._answer.index_put_((ids[first_answer - lo:],), ones[first_answer - lo:], accumulate=True)
 
     def _state(self, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompt's tokens and the answer's counts on the device, brought up to date."""
-        if self._counts is None or self._counts.shape[0] != vocab or self._counts.device != device:
-            self._in_prompt = torch.zeros(vocab, dtype=torch.bool, device=device)
-            self._in_prompt[torch.tensor(self.prompt, dtype=torch.long, device=device)] = True
-            self._counts = torch.zeros(vocab, dtype=torch.float32, device=device)
-            self._counted = 0
-        if self._counted < len(self.answer):
-            new = torch.tensor(self.answer[self._counted:], dtype=torch.long, device=device)
-            self._counts.index_put_((new,), torch.ones(new.numel(), device=device), accumulate=True)
-            self._counted = len(self.answer)
-        return self._in_prompt, self._counts
+        """The window's counts on the device, brought up to date (only what changed is counted)."""
+        if self._all is None or self._all.shape[0] != vocab or self._all.device != device:
+            self._all = torch.zeros(vocab, dtype=torch.float32, device=device)
+            self._answer = torch.zeros(vocab, dtype=torch.float32, device=device)
+            self._start = self._end = 0
+        start, end = self._window_start(len(self.context)), len(self.context)
+        if start >= self._end:  # nothing counted is still in the window
+            self._all.zero_()
+            self._answer.zero_()
+            self._start = self._end = start
+        self._count(self._start, start, -1.0, device)
+        self._count(self._end, end, 1.0, device)
+        self._start, self._end = start, end
+        return self._all, self._answer
 
-    def penalize(self, logits: torch.Tensor, paths: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def penalize(self, logits: torch.Tensor, paths: tuple[torch.Tensor, ...] | None = None,
                  in_place: bool = False) -> torch.Tensor:
         """Penalized float32 logits [R, V]: a new tensor, or `logits` itself with `in_place` (float32).
 
-        `paths` = (member [R, n] bool, tokens [n]): row r's context also holds tokens[j] wherever
-        member[r, j] (a tree node's path below the emitted root, itself included)."""
+        `paths` = (member [R, n] bool, tokens [n], depths [n]): row r's context also holds tokens[j] wherever
+        member[r, j] (a tree node's path below the emitted root, itself included; engine.tree.path_members).
+        With a window, a row whose path is d tokens long has its window end d tokens later: d of the
+        context's oldest tokens leave it (and past n, the path's first ones too)."""
         p = self.params
         rows, vocab = logits.shape
-        in_prompt, answer = self._state(vocab, logits.device)
+        every, answer = self._state(vocab, logits.device)
         out = logits if in_place and logits.dtype == torch.float32 else logits.float().clone()
-        counts = answer.expand(rows, vocab)
-        if paths is not None:
-            member, tokens = paths
-            counts = counts.clone().scatter_add_(1, tokens.expand(rows, -1), member.to(counts.dtype))
-        if p.repetition_penalty != 1:
+        counts = self._row_counts(every, rows, paths, answer_only=False) if p.repetition_penalty != 1 else None
+        if counts is not None:
             # transformers' rule, rounding included: a negative logit times the penalty, any other one divided
             # by it (times and over 1.0 elsewhere, which are exact). In place: a block's temporaries stay small.
-            seen = (counts > 0).logical_or_(in_prompt)
+            seen = counts > 0
+            del counts
             negative = out < 0
             out.mul_(torch.where(seen & negative, p.repetition_penalty, 1.0))
             out.div_(torch.where(seen & ~negative, p.repetition_penalty, 1.0))
             del seen, negative
-        if p.frequency_penalty:
-            out.sub_(p.frequency_penalty * counts)
-        if p.presence_penalty:
-            out.sub_(p.presence_penalty * (counts > 0).to(out.dtype))
+        if p.frequency_penalty or p.presence_penalty:
+            answered = self._row_counts(answer, rows, paths, answer_only=True)
+            if p.frequency_penalty:
+                out.sub_(p.frequency_penalty * answered)
+            if p.presence_penalty:
+                out.sub_(p.presence_penalty * (answered > 0).to(out.dtype))
         return out
 
+    def _row_counts(self, base: torch.Tensor, rows: int, paths, answer_only: bool) -> torch.Tensor:
+        """Each row's counts [R, V] (or a broadcast view of `base` when the rows have no paths)."""
+        if paths is None:
+            return base.expand(rows, -1)
+        member, tokens, depths = paths
+        n = self.params.penalty_last_n
+        depth = member.sum(1)  # [R]: each row's path length (its own depth in the tree)
+        if n:  # a path longer than the window: only its last n tokens are in it
+            member = member & (depths[None, :] > (depth - n)[:, None])
+        counts = base.expand(rows, -1).clone()
+        counts.scatter_add_(1, tokens.expand(rows, -1), member.to(counts.dtype))  # path tokens: the answer's
+        length = len(self.context)
+        start = self._window_start(length)
+        if n and length + member.shape[1] > n + start:  # some row's window may begin past `start`
+            oldest = self.context[start: start + member.shape[1]]
+            device = counts.device
+            ids = torch.tensor(oldest, dtype=torch.long, device=device)
+            left = (length - n - start + depth).clamp_(min=0)  # [R]: the context's tokens leaving each window
+            leaving = torch.arange(len(oldest), device=device) < left[:, None]
+            if answer_only:
+                leaving &= torch.arange(start, start + len(oldest), device=device) >= self.prompt_len
+            counts.scatter_add_(1, ids.expand(rows, -1), -leaving.to(counts.dtype))
+        return counts
 
 def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | None,
                   positions: torch.Tensor | None = None, history: History | None = None,
-                  paths: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                  paths: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """One token per row of logits [N, V] (float32, or the model's dtype: the same tokens as its float32
     cast), on the logits' device. Returns [N] int64.
 
@@ -210,7 +259,7 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | N
     for r in range(0, logits.shape[0], step):
         block = logits[r:r + step].float()  # logits may come in the model's dtype
         if params.penalized:  # in place only on a copy: float32 logits are the caller's
-            block = history.penalize(block, None if paths is None else (paths[0][r:r + step], paths[1]),
+            block = history.penalize(block, None if paths is None else (paths[0][r:r + step], *paths[1:]),
                                      in_place=logits.dtype != torch.float32)
         if params.greedy:
             tokens[r:r + step] = block.argmax(-1)

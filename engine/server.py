@@ -140,12 +140,31 @@ def _sampling(body: dict) -> SamplingParams:
         top_p=_number(body, "top_p", 1.0, 0, 1, low_open=True),
         top_k=_int(body, "top_k") or 0,
         min_p=_number(body, "min_p", 0.0, 0, 1),  # not OpenAI's, but llama.cpp's and vLLM's: clients send it
-        presence_penalty=_number(body, "presence_penalty", 0.0, -2, 2),  # OpenAI's range
-        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2, 2),
-        # Not OpenAI's: vLLM's, text-generation-webui's and SillyTavern's (transformers' definition)
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0, 10, low_open=True),
+        **_penalties(body),
         seed=None if seed is None else seed % 2**63,  # any integer a client sends maps to one seed
     )
+
+
+def _penalties(body: dict) -> dict:
+    """OpenAI's presence and frequency penalties; the repetition penalty as vLLM, text-generation-webui and
+    SillyTavern send it (`repetition_penalty`) or llama.cpp (`repeat_penalty`), and llama.cpp's window
+    `repeat_last_n` (-1: the whole context, as without it; 0: no penalties)."""
+    if "repeat_penalty" in body and "repetition_penalty" in body and \
+            body["repeat_penalty"] != body["repetition_penalty"]:
+        raise bad("'repeat_penalty' and 'repetition_penalty' are the same setting: send one", "repeat_penalty")
+    name = "repetition_penalty" if "repetition_penalty" in body else "repeat_penalty"
+    out = {"presence_penalty": _number(body, "presence_penalty", 0.0, -2, 2),  # OpenAI's range
+           "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2, 2),
+           "repetition_penalty": _number(body, name, 1.0, 0, 10, low_open=True)}
+    last_n = body.get("repeat_last_n")
+    if last_n is None or last_n == -1 and _is_int(last_n):
+        return out
+    if not _is_int(last_n) or last_n < -1:
+        raise bad(f"'repeat_last_n' must be an integer >= -1 (-1: the whole context, 0: no penalties), "
+                  f"got {last_n!r}", "repeat_last_n")
+    if last_n == 0:
+        return {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
+    return {**out, "penalty_last_n": last_n}
 
 
 def _reject_unsupported(body: dict) -> None:

@@ -111,10 +111,10 @@ def walk(tokens: list[int], parents: list[int], target_tokens: list[int]) -> tup
     return path, target_tokens[node]
 
 
-def path_members(tree: Tree, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+def path_members(tree: Tree, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What each node of `rows` adds to the answer's context, for penalties (engine.sampling.History):
-    its path below the root, itself included, as (member [R, size] bool, tokens [size]). The root is the
-    last emitted token: the answer's history already holds it."""
+    its path below the root, itself included, as (member [R, size] bool, tokens [size], depths [size]).
+    The root is the last emitted token: the answer's history already holds it."""
     member = tree.ancestors[rows, :tree.size].clone()
     member[:, 0] = False
-    return member, tree.tokens[:tree.size]
+    return member, tree.tokens[:tree.size], tree.depths[:tree.size]

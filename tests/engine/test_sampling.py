@@ -193,18 +193,56 @@ def test_presence_and_frequency_penalties_count_the_answer_only():
     assert torch.equal(ours[:, [1, 2]], logits[:, [1, 2]])  # the prompt's tokens: not the answer's
 
 
-def test_a_tree_row_is_penalized_as_plain_decoding_would_at_that_node():
-    """A node's path below the root joins its context: penalizing with paths equals extending the history."""
-    params = SamplingParams(repetition_penalty=1.2, presence_penalty=0.3, frequency_penalty=0.1)
+@pytest.mark.parametrize("last_n", [0, 1, 2, 3, 4, 5, 7, 30])
+def test_a_tree_row_is_penalized_as_plain_decoding_would_at_that_node(last_n):
+    """A node's path below the root joins its context: penalizing with paths equals extending the history.
+    With a window (the context's last n tokens), its oldest tokens leave a deeper node's window, and a
+    path longer than the window keeps only its last n tokens."""
+    params = SamplingParams(repetition_penalty=1.2, presence_penalty=0.3, frequency_penalty=0.1,
+                            penalty_last_n=last_n)
     logits = torch.randn(3, 60, generator=torch.Generator().manual_seed(5)) * 3
-    tokens = torch.tensor([4, 11, 12, 11, 30])  # node 0 the root (already emitted)
-    member = torch.tensor([[False, True, False, True, False],   # a path: root -> 11 -> 11
-                           [False, False, False, False, False],  # the root itself
-                           [False, True, True, False, True]]).bool()  # root -> 11 -> 12 -> 30
-    tree_rows = _history(params, [2, 3], [4]).penalize(logits, (member, tokens))
-    for r, extra in enumerate([[11, 11], [], [11, 12, 30]]):
-        alone = _history(params, [2, 3], [4] + extra).penalize(logits[r:r + 1])
-        assert torch.equal(tree_rows[r:r + 1], alone)
+    tokens = torch.tensor([4, 11, 12, 11, 30, 2])  # node 0 the root (already emitted)
+    depths = torch.tensor([0, 1, 2, 2, 3, 4])
+    member = torch.tensor([[False, True, False, True, False, False],  # a path: root -> 11 -> 11
+                           [False, False, False, False, False, False],  # the root itself
+                           [False, True, True, False, True, True]]).bool()  # root -> 11 -> 12 -> 30 -> 2
+    prompt, answer = [2, 3, 30, 3], [12, 4]
+    tree_rows = _history(params, prompt, answer).penalize(logits, (member, tokens, depths))
+    for r, extra in enumerate([[11, 11], [], [11, 12, 30, 2]]):
+        alone = _history(params, prompt, answer + extra).penalize(logits[r:r + 1])
+        assert torch.equal(tree_rows[r:r + 1], alone), r
+
+
+def test_a_window_counts_the_contexts_last_n_tokens_only():
+    """llama.cpp's repeat_last_n: the repetition penalty over the last n tokens of prompt and answer;
+    presence and frequency over the answer's tokens among them."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    logits = torch.randn(1, 100, generator=torch.Generator().manual_seed(8)) * 4
+    prompt, answer = [5, 6, 7, 8], [9, 5, 10, 10]
+    params = SamplingParams(repetition_penalty=1.4, penalty_last_n=5)
+    window = (prompt + answer)[-5:]  # 8, 9, 5, 10, 10
+    expected = RepetitionPenaltyLogitsProcessor(1.4)(torch.tensor([window]), logits.clone())
+    assert torch.equal(_history(params, prompt, answer).penalize(logits), expected)
+    params = SamplingParams(frequency_penalty=1.0, penalty_last_n=3)  # 5, 10, 10: all the answer's
+    penalized = _history(params, prompt, answer).penalize(logits)
+    assert torch.allclose(logits - penalized, torch.zeros(1, 100).index_put_(
+        (torch.tensor([0, 0]), torch.tensor([5, 10])), torch.tensor([1.0, 2.0])))
+    params = SamplingParams(frequency_penalty=1.0, penalty_last_n=6)  # 7, 8 (the prompt's), then 9, 5, 10, 10
+    penalized = _history(params, prompt, answer).penalize(logits)
+    assert (logits - penalized)[0, [5, 7, 8, 9, 10]].tolist() == pytest.approx([1.0, 0.0, 0.0, 1.0, 2.0])
+
+
+def test_a_window_follows_the_answer_as_it_grows():
+    """The window's counts are kept up to date as tokens come and leave: equal to a history built at once."""
+    params = SamplingParams(repetition_penalty=1.3, frequency_penalty=0.2, penalty_last_n=4)
+    logits = torch.randn(1, 40, generator=torch.Generator().manual_seed(9)) * 3
+    grown = _history(params, [1, 2, 3], [])
+    answer = []
+    for block in ([4], [4, 5, 1], [], [6, 7, 8, 9, 10, 4], [2]):
+        grown.extend(block)
+        answer += block
+        assert torch.equal(grown.penalize(logits), _history(params, [1, 2, 3], answer).penalize(logits))
 
 
 @pytest.mark.parametrize("params", [SamplingParams(repetition_penalty=1.5),
@@ -220,7 +258,7 @@ def test_penalized_blocks_of_rows_select_the_same_tokens_and_leave_the_logits_al
     # The context holds some of the tokens chosen without penalties, so penalizing has something to change.
     history = _history(params, list(range(0, 500, 3)) + unpenalized[:5].tolist(), unpenalized[5:10].tolist())
     member = torch.rand(30, 8, generator=torch.Generator().manual_seed(7)) < 0.4
-    paths = (member, unpenalized[10:18])
+    paths = (member, unpenalized[10:18], torch.arange(1, 9))
     whole = select_tokens(logits, params, sampling.Draws(2), positions, history, paths)
     assert torch.equal(logits, before)
     assert not torch.equal(whole, unpenalized)  # the penalties changed some choices
@@ -241,9 +279,9 @@ def test_penalties_stay_within_the_planners_sampling_term(dtype, monkeypatch):
     monkeypatch.setattr(sampling, "SAMPLE_CHUNK_ELEMENTS", block * vocab)
     logits = (torch.randn(64, vocab, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
     params = SamplingParams(temperature=1.0, top_p=0.9, repetition_penalty=1.1, presence_penalty=0.5,
-                            frequency_penalty=0.5)
+                            frequency_penalty=0.5, penalty_last_n=64)
     history = _history(params, list(range(0, vocab, 2)), [5, 5, 6])
-    paths = (torch.ones(64, 40, dtype=torch.bool), torch.arange(40))
+    paths = (torch.ones(64, 40, dtype=torch.bool), torch.arange(40), torch.arange(40))
     with MaskLedger(min_columns=vocab) as ledger:
         select_tokens(logits, params, sampling.Draws(3), torch.arange(64), history, paths)
     assert 0 < ledger.peak / (block * vocab) <= planner.SAMPLING_BYTES_PER_VALUE
@@ -251,7 +289,8 @@ def test_penalties_stay_within_the_planners_sampling_term(dtype, monkeypatch):
 
 @pytest.mark.parametrize("kwargs", [dict(repetition_penalty=0), dict(repetition_penalty=-1.1),
                                     dict(repetition_penalty=float("inf")), dict(presence_penalty=float("nan")),
-                                    dict(frequency_penalty=float("-inf"))])
+                                    dict(frequency_penalty=float("-inf")), dict(penalty_last_n=-1),
+                                    dict(penalty_last_n=2.5)])
 def test_bad_penalties_are_user_errors(kwargs):
-    with pytest.raises(SubspecError, match="penalty"):
+    with pytest.raises(SubspecError, match="penalt"):
         SamplingParams(**kwargs)

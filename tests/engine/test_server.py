@@ -179,11 +179,17 @@ def test_penalties_are_the_engines(server, lm):
 
     c = client(server)
     ids = lm.encode("hi")
-    for kw in (dict(repetition_penalty=3.0), dict(presence_penalty=1.5, frequency_penalty=0.5)):
+    for kw, engine_kw in ((dict(repetition_penalty=3.0), None), (dict(presence_penalty=1.5, frequency_penalty=0.5), None),
+                          (dict(repeat_penalty=3.0), dict(repetition_penalty=3.0)),  # llama.cpp's names
+                          (dict(repeat_penalty=3.0, repeat_last_n=4), dict(repetition_penalty=3.0, penalty_last_n=4)),
+                          (dict(repeat_penalty=3.0, repeat_last_n=-1), dict(repetition_penalty=3.0))):
         r = c.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}], max_tokens=20,
                                       temperature=0, extra_body=kw)
-        expected = "".join(ev.text for ev in generate_plain(lm, ids, 20, SamplingParams(**kw)))
-        assert r.choices[0].message.content == expected != engine_text(lm, ids, 20)
+        expected = "".join(ev.text for ev in generate_plain(lm, ids, 20, SamplingParams(**(engine_kw or kw))))
+        assert r.choices[0].message.content == expected != engine_text(lm, ids, 20), kw
+    r = c.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}], max_tokens=20,
+                                  temperature=0, extra_body=dict(repeat_penalty=3.0, repeat_last_n=0))
+    assert r.choices[0].message.content == engine_text(lm, ids, 20)  # llama.cpp's 0: no penalties
 
 
 def test_eight_concurrent_clients_get_their_own_answers(server, lm):
@@ -264,6 +270,10 @@ BAD = [
     ("/v1/chat/completions", _chat_body(presence_penalty=2.5), "presence_penalty"),
     ("/v1/chat/completions", _chat_body(frequency_penalty="1"), "frequency_penalty"),
     ("/v1/chat/completions", _chat_body(repetition_penalty=0), "repetition_penalty"),
+    ("/v1/chat/completions", _chat_body(repetition_penalty=True), "repetition_penalty"),
+    ("/v1/chat/completions", _chat_body(repeat_penalty=1.1, repetition_penalty=1.2), "repeat_penalty"),
+    ("/v1/chat/completions", _chat_body(repeat_last_n=-2), "repeat_last_n"),
+    ("/v1/chat/completions", _chat_body(repeat_last_n=64.5), "repeat_last_n"),
     # Accepted and ignored, these would answer something else than asked (a biased or fill-in-the-middle
     # answer looks right and is not): refused, their neutral values accepted (below).
     ("/v1/chat/completions", _chat_body(logit_bias={"42": -100}), "logit_bias"),

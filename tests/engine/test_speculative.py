@@ -287,6 +287,7 @@ def _raise(exc):
 
 PENALTIES = [SamplingParams(repetition_penalty=3.0),  # tied tiny models repeat one token hard
              SamplingParams(presence_penalty=1.5, frequency_penalty=0.5),
+             SamplingParams(repetition_penalty=3.0, frequency_penalty=0.5, penalty_last_n=5),  # shallower than trees
              SamplingParams(temperature=0.8, top_p=0.95, repetition_penalty=1.3, frequency_penalty=0.4, seed=21)]
 
 
@@ -314,10 +315,11 @@ def llama_and_reference(tmp_path_factory):
     return load_model(folder, "float32", "cpu"), ref
 
 
-@pytest.mark.parametrize("params", PENALTIES[:2])
+@pytest.mark.parametrize("params", PENALTIES[:3])
 def test_penalized_greedy_decoding_is_transformers_with_the_same_penalties(llama_and_reference, params):
     """The oracle: transformers' logits at every step, its RepetitionPenaltyLogitsProcessor over prompt and
-    answer, and OpenAI's presence and frequency penalties over the answer, then argmax."""
+    answer (or their last n tokens), and OpenAI's presence and frequency penalties over the answer (the
+    answer's tokens among those n), then argmax."""
     from collections import Counter
 
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
@@ -333,8 +335,10 @@ def test_penalized_greedy_decoding_is_transformers_with_the_same_penalties(llama
     with torch.no_grad():
         for _ in range(30):
             logits = ref(torch.tensor([ids + answer])).logits[:, -1].float()
-            logits = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(torch.tensor([ids + answer]), logits)
-            for token, count in Counter(answer).items():
+            n = params.penalty_last_n or len(ids + answer)
+            window = (ids + answer)[-n:]
+            logits = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(torch.tensor([window]), logits)
+            for token, count in Counter(answer[-n:]).items():
                 logits[0, token] -= params.frequency_penalty * count + params.presence_penalty
             answer.append(int(logits.argmax()))
     assert list(ours) == answer
