@@ -240,6 +240,7 @@ class SamplingControls(QObject):
         forgotten behind a closed menu."""
         on = sum(value != MORE_DEFAULTS[name] for name, value in self.more_values().items())
         self.more.setText(f"More ({on})" if on else "More")
+        self.more.setAccessibleName(f"More sampling settings ({on} changed)" if on else "More sampling settings")
 
     def _more_edited(self) -> None:
         self._label_more()

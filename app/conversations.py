@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import sqlite3
 import time
 from dataclasses import dataclass, fields
@@ -47,15 +48,18 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
 # tables may mean more than this version knows, and writing to them could break that app's data.
-# 2: the conversation's top-k, min-p, repetition penalty and answer length (added to a version-1 file at open:
-# ADDED_COLUMNS).
-SCHEMA_VERSION = 2
+# Columns added since (ADDED_COLUMNS: the conversation's top-k, min-p, repetition penalty and answer length) are
+# added to an older file at open and do not change the version: they have defaults and conversations are read
+# and written by named columns, so an app that does not know them still reads and writes the file as before.
+SCHEMA_VERSION = 1
 ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL DEFAULT 0.0",
                  "repetition_penalty": "REAL NOT NULL DEFAULT 1.0", "max_new_tokens": "INTEGER NOT NULL DEFAULT 512"}
 
 # How the conversation's answers are decoded: the toolbar's sampling controls and its "More" menu.
 DECODING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
 SETTINGS = ("title", "system_prompt", *DECODING)
+DECODING_DEFAULTS = {"preset": "greedy", "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                     "repetition_penalty": 1.0, "max_new_tokens": 512}
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,22 @@ class Conversation:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     max_new_tokens: int = 512  # what version 1 answered with (the app's fixed length then)
+
+
+def _conversation(row: tuple) -> Conversation:
+    """A row as a Conversation. A decoding setting that is not a number of its kind (SQLite keeps whatever a
+    hand-edited file says) reads as its default: the window would otherwise fail half-way through showing
+    the conversation."""
+    values = dict(zip((f.name for f in fields(Conversation)), row))
+    for name, default in DECODING_DEFAULTS.items():
+        value = values[name]
+        if isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            ok = isinstance(value, (int, float)) and math.isfinite(value)
+            value = type(default)(value) if ok else value
+        values[name] = value if ok else default
+    return Conversation(**values)
 
 
 class NewerStoreError(sqlite3.DatabaseError):
@@ -175,7 +195,7 @@ class ConversationStore:
 
     def get(self, cid: int) -> Conversation | None:
         row = self.db.execute(f"SELECT {self._columns} FROM conversations WHERE id = ?", (cid,)).fetchone()
-        return Conversation(*row) if row else None
+        return _conversation(row) if row else None
 
     def conversations(self, search: str = "") -> list[Conversation]:
         """Newest activity first; `search` matches titles and message text, case-insensitively."""
@@ -187,7 +207,7 @@ class ConversationStore:
                 f"SELECT {self._columns} FROM conversations c WHERE c.title LIKE ?1 ESCAPE '\\' OR EXISTS ("
                 " SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.content LIKE ?1 ESCAPE '\\')"
                 " ORDER BY updated DESC, id DESC", (pattern,))
-        return [Conversation(*row) for row in rows]
+        return [_conversation(row) for row in rows]
 
     def update(self, cid: int, **settings) -> None:
         unknown = set(settings) - set(SETTINGS)

@@ -31,8 +31,8 @@ SETTINGS = {
     "none": SamplingParams(),
     "repetition 1.1": SamplingParams(repetition_penalty=1.1),
     "repetition 1.3": SamplingParams(repetition_penalty=1.3),
-    "presence 0.5, frequency 0.5": SamplingParams(presence_penalty=0.5, frequency_penalty=0.5),
-    "repetition 1.3, last 64": SamplingParams(repetition_penalty=1.3, penalty_last_n=64),  # the chat's window
+    "presence 0.5 + frequency 0.5": SamplingParams(presence_penalty=0.5, frequency_penalty=0.5),
+    "repetition 1.3 over the last 64": SamplingParams(repetition_penalty=1.3, penalty_last_n=64),  # the chat's
 }
 
 
@@ -61,7 +61,7 @@ def main() -> int:
     p.add_argument("--prompts", required=True)
     p.add_argument("--limit", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--settings", help="comma-separated names from: " + ", ".join(SETTINGS))
+    p.add_argument("--settings", help="comma-separated names from: " + "; ".join(SETTINGS))
     p.add_argument("--out")
     args = p.parse_args()
     names = args.settings.split(",") if args.settings else list(SETTINGS)
@@ -103,8 +103,8 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     base = next((r for r in rows if r["setting"] == "none"), None)
-    print(f"\n| penalties | plain tok/s | vs none | distinct tokens | tau, draft penalized | tau, draft not "
-          f"| identical to plain |\n|---|---|---|---|---|---|---|")
+    print("\n| penalties | plain tok/s | vs none | distinct tokens | tau, draft penalized | tau, draft not "
+          "| identical to plain |\n|---|---|---|---|---|---|---|")
     for r in rows:
         rel = f"{r['plain_tok_s'] / base['plain_tok_s']:.2f}x" if base else "-"
         print(f"| {r['setting']} | {r['plain_tok_s']} | {rel} | {r['distinct_share']:.0%} | {r['tau']} | "

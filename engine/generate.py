@@ -120,15 +120,24 @@ def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefil
                             bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)
 
 
+# On the CPU a cache starts with room for this many answer tokens and grows as the answer does (doubling:
+# engine.kv_cache.KVCache.ensure_capacity): an answer length of 100k tokens must not take RAM for all of them
+# before its first token. On a GPU the whole answer's cache is made up front, as the plan reserved it: growing
+# there would need the old and the new cache at once, and an answer that cannot finish should not start.
+FIRST_ANSWER_SLOTS_CPU = 1024
+
+
 def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, scratch: int = 0,
                    cache: KVCache | None = None) -> tuple[KVCache, int, str]:
-    """A KV cache for the prompt, the answer and `scratch` rows (a draft tree's), new or grown from `cache`.
+    """A KV cache for the prompt, the answer and `scratch` rows (a draft tree's), new or grown from `cache`
+    (on the CPU, for the answer's first FIRST_ANSWER_SLOTS_CPU tokens: `ensure_room` grows it later).
     Out of GPU memory (a long conversation, another program's VRAM), the answer's token budget is halved
     until the cache fits: the context gets shorter, the tokens stay exactly the target's. Returns the
     cache, the budget it holds and a note saying what changed ("" when nothing did)."""
     budget, note = max_new_tokens, ""
+    on_cpu = decoder.embed_tokens.weight.device.type == "cpu"
     while True:
-        needed = prompt_tokens + budget + scratch
+        needed = prompt_tokens + (min(budget, FIRST_ANSWER_SLOTS_CPU) if on_cpu else budget) + scratch
         try:
             if cache is None:
                 return decoder.new_cache(needed), budget, note
@@ -143,6 +152,12 @@ def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, sc
             budget = max(1, budget // 2)
             note = (f"Out of GPU memory for a {prompt_tokens + max_new_tokens}-token context; this answer is "
                     f"limited to {budget} new tokens.")
+
+
+def ensure_room(cache: KVCache, slots: int) -> None:
+    """Room for `slots` cache slots before a pass writes them (a CPU cache grows with its answer)."""
+    if cache.capacity < slots:
+        cache.ensure_capacity(slots)
 
 
 def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 256,
@@ -168,6 +183,7 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         t0 = time.perf_counter()
         moved = streamed_bytes(decoder)
         pos = cache.length
+        ensure_room(cache, pos + 1)
         positions = torch.tensor([pos], device=lm.device)
         logits = decoder(token, positions, cache, pos, decode_mask(decoder, pos))
         cache.commit(pos + 1)

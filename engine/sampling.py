@@ -54,8 +54,9 @@ class SamplingParams:
             raise SubspecError(f"top-k must be >= 0, got {self.top_k}")
         if not 0 <= self.min_p <= 1:  # (NaN fails too)
             raise SubspecError(f"min-p must be in [0, 1], got {self.min_p}")
-        if not 0 < self.repetition_penalty < math.inf:
-            raise SubspecError(f"repetition penalty must be a number > 0 (1 means none), got {self.repetition_penalty}")
+        if not 0.01 <= self.repetition_penalty <= 100:  # beyond, float32 logits turn infinite or vanish
+            raise SubspecError(f"repetition penalty must be a number from 0.01 to 100 (1 means none), got "
+                               f"{self.repetition_penalty}")
         if isinstance(self.penalty_last_n, bool) or not (isinstance(self.penalty_last_n, int)
                                                          and self.penalty_last_n >= 0):
             raise SubspecError(f"the penalties' window must be a whole number of tokens >= 0 (0: the whole "
@@ -147,9 +148,18 @@ class History:
         self._start = self._end = 0  # context[_start:_end] is what the device counts hold
         self._all: torch.Tensor | None = None  # [V] float32: each token's count in the window
         self._answer: torch.Tensor | None = None  # [V] float32: the same, the answer's tokens only
+        self._oldest_ids: tuple | None = None  # (key, the window's tokens on the device)
 
     def extend(self, token_ids) -> None:
+        """The answer's new tokens. The device's counts (and a window's tokens) are brought up to date now,
+        where the decoding loops call this: just after they read the pass's tokens back, while the device
+        waits anyway. (A copy from a Python list to the device waits for it: in the draft's steps, which
+        queue work ahead, that would cost the overlap.)"""
         self.context.extend(int(t) for t in token_ids)
+        if self._all is not None:
+            self._state(self._all.shape[0], self._all.device)
+            if self.params.penalty_last_n:
+                self._window_ids(self._window_start(len(self.context)), self._all.device)
 
     def _window_start(self, length: int) -> int:
         n = self.params.penalty_last_n
@@ -196,8 +206,10 @@ class History:
         out = logits if in_place and logits.dtype == torch.float32 else logits.float().clone()
         counts = self._row_counts(every, rows, paths, answer_only=False) if p.repetition_penalty != 1 else None
         if counts is not None:
-            # transformers' rule, rounding included: a negative logit times the penalty, any other one divided
-            # by it (times and over 1.0 elsewhere, which are exact). In place: a block's temporaries stay small.
+            # transformers' rule: a negative logit times the penalty, any other one divided by it (times and
+            # over 1.0 elsewhere, which are exact), bit for bit on the CPU (tested; on CUDA, PyTorch turns
+            # transformers' division by a Python number into a product with its reciprocal, which can differ
+            # in the last bit). In place: a block's temporaries stay small.
             seen = counts > 0
             del counts
             negative = out < 0
@@ -211,6 +223,14 @@ class History:
             if p.presence_penalty:
                 out.sub_(p.presence_penalty * (answered > 0).to(out.dtype))
         return out
+
+    def _window_ids(self, start: int, device: torch.device) -> torch.Tensor:
+        """The window's tokens (context[start:]) on the device, made once per tree: a host-to-device copy
+        from a list waits for the device, which each draft step must not (engine.speculative.grow_tree)."""
+        key = (start, len(self.context), device)
+        if self._oldest_ids is None or self._oldest_ids[0] != key:
+            self._oldest_ids = (key, torch.tensor(self.context[start:], dtype=torch.long, device=device))
+        return self._oldest_ids[1]
 
     def _row_counts(self, base: torch.Tensor, rows: int, paths, answer_only: bool) -> torch.Tensor:
         """Each row's counts [R, V] (or a broadcast view of `base` when the rows have no paths)."""
@@ -226,13 +246,12 @@ class History:
         length = len(self.context)
         start = self._window_start(length)
         if n and length + member.shape[1] > n + start:  # some row's window may begin past `start`
-            oldest = self.context[start: start + member.shape[1]]
             device = counts.device
-            ids = torch.tensor(oldest, dtype=torch.long, device=device)
+            ids = self._window_ids(start, device)
             left = (length - n - start + depth).clamp_(min=0)  # [R]: the context's tokens leaving each window
-            leaving = torch.arange(len(oldest), device=device) < left[:, None]
+            leaving = torch.arange(ids.numel(), device=device) < left[:, None]
             if answer_only:
-                leaving &= torch.arange(start, start + len(oldest), device=device) >= self.prompt_len
+                leaving &= torch.arange(start, start + ids.numel(), device=device) >= self.prompt_len
             counts.scatter_add_(1, ids.expand(rows, -1), -leaving.to(counts.dtype))
         return counts
 

@@ -88,7 +88,10 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    try:
+        return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float (JSON allows 10**400)
+        return False
 
 
 def _number(body: dict, name: str, default, low: float, high: float, low_open: bool = False):
@@ -155,7 +158,7 @@ def _penalties(body: dict) -> dict:
     name = "repetition_penalty" if "repetition_penalty" in body else "repeat_penalty"
     out = {"presence_penalty": _number(body, "presence_penalty", 0.0, -2, 2),  # OpenAI's range
            "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2, 2),
-           "repetition_penalty": _number(body, name, 1.0, 0, 10, low_open=True)}
+           "repetition_penalty": _number(body, name, 1.0, 0.01, 10)}
     last_n = body.get("repeat_last_n")
     if last_n is None or last_n == -1 and _is_int(last_n):
         return out

@@ -25,7 +25,7 @@ from .errors import SubspecError
 from .events import StepEvent
 from .depth_control import DepthControl, control_for
 from .draft_graph import draft_span, draft_step_for, release_steps
-from .generate import Emitter, allocate_cache, check_context, prefill_step, streamed_bytes
+from .generate import Emitter, allocate_cache, check_context, ensure_room, prefill_step, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
@@ -199,6 +199,7 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         t0 = time.perf_counter()
         moved = streamed_bytes(target)
         L = cache.length
+        ensure_room(cache, L + shape.grown + 1)  # the tree's rows, behind the committed ones
         # No deeper than the tokens still wanted or the positions the model has.
         wanted = control.choose().depth if control else shape.depth
         depth = max(0, min(wanted, emitter.remaining - 1, context - L - 1))

@@ -157,6 +157,7 @@ def test_top_k_min_p_the_repetition_penalty_and_the_answer_length_are_the_conver
     s.top_k.setValue(40)
     s.max_new_tokens.setValue(2048)
     assert s.more.text() == "More (3)"  # changed, and said so on the closed menu's button
+    assert s.more.accessibleName() == "More sampling settings (3 changed)"  # and to a screen reader
     answer(qtbot, window)
     _messages, params = window.backend.calls[0]
     assert (params["top_k"], params["min_p"], params["repetition_penalty"], params["max_new_tokens"]) == \

@@ -241,6 +241,8 @@ def _version_1_file(path):
 
 
 def test_a_version_1_file_gains_the_new_settings_and_keeps_everything(tmp_path):
+    """Columns added since are added at open; the version stays 1, so the previous app still reads and
+    writes the file (by named columns, the new ones taking their defaults)."""
     path = tmp_path / conversations.DB_NAME
     _version_1_file(path)
     store = ConversationStore(path)
@@ -250,9 +252,15 @@ def test_a_version_1_file_gains_the_new_settings_and_keeps_everything(tmp_path):
     assert [m.content for m in store.messages(old.id)] == ["from version 1"]
     store.update(old.id, repetition_penalty=1.2, top_k=30)
     assert store.get(old.id).repetition_penalty == 1.2
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == conversations.SCHEMA_VERSION == 2
     store.close()
     assert ConversationStore(path).get(old.id).top_k == 30  # opened again: nothing added twice
+    db = sqlite3.connect(path)  # what the previous app does with it: its own columns, by name
+    assert db.execute("PRAGMA user_version").fetchone()[0] == conversations.SCHEMA_VERSION == 1
+    with db:
+        db.execute("INSERT INTO conversations (title, created, updated, system_prompt, preset, temperature, top_p)"
+                   " VALUES ('from the previous app', 3, 3, '', 'greedy', 0.0, 1.0)")
+    db.close()
+    assert ConversationStore(path).conversations()[0].repetition_penalty == 1.0
 
 
 def test_a_version_1_file_opened_read_only_reads_the_new_settings_as_their_defaults(tmp_path):
@@ -263,6 +271,25 @@ def test_a_version_1_file_opened_read_only_reads_the_new_settings_as_their_defau
     assert (old.title, old.temperature, old.top_k, old.min_p, old.repetition_penalty, old.max_new_tokens) == \
         ("old", 0.4, 0, 0.0, 1.0, 512)
     assert path.read_bytes() == original
+
+
+def test_garbage_in_a_conversations_settings_reads_as_the_defaults(qtbot, make_window, subspec_home):
+    """A hand-edited file with text where a number belongs: the conversation opens with those settings at
+    their defaults (it used to fail half-way, leaving the previous conversation's system prompt in the box
+    to be saved into this one)."""
+    store = ConversationStore(subspec_home / conversations.DB_NAME)
+    a = store.create("A", "A prompt")
+    b = store.create("B", "B prompt", "custom", 0.3, 0.9, top_k=40, repetition_penalty=1.2)
+    with store.db:
+        store.db.execute("UPDATE conversations SET min_p = 'x', temperature = 'hot', top_k = X'00', "
+                         "max_new_tokens = 'lots', preset = 5 WHERE id = ?", (b.id,))
+    store.close()
+    window = make_window()
+    window.open_conversation(a.id)
+    window.open_conversation(b.id)
+    assert window.conversation.id == b.id and window.system_prompt.text() == "B prompt"
+    assert window.sampling.values() == {"preset": "custom", "temperature": 0.0, "top_p": 0.9, "top_k": 0,
+                                        "min_p": 0.0, "repetition_penalty": 1.2, "max_new_tokens": 512}
 
 
 # ---------------------------------------------------------------- settings

@@ -190,6 +190,7 @@ BENCH = ("bench", "SmolLM2-135M-Instruct", "--prompts")
     (GEN + ("--method", "subspec", "--group-size", "-64"), "positive multiple of 8"),
     (GEN + ("--device", "bogus"), "expected cpu, cuda or cuda:N"),
     (GEN + ("--repetition-penalty", "0"), "must be a number > 0"),
+    (GEN + ("--repetition-penalty", "1e-45"), "from 0.01 to 100"),
     (GEN + ("--presence-penalty", "nan"), "presence penalty must be a number"),
     (GEN + ("--frequency-penalty", "inf"), "frequency penalty must be a number"),
     (GEN + ("--device", "cuda"), "no CUDA GPU here"),

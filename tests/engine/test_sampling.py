@@ -288,6 +288,7 @@ def test_penalties_stay_within_the_planners_sampling_term(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs", [dict(repetition_penalty=0), dict(repetition_penalty=-1.1),
+                                    dict(repetition_penalty=1e-45), dict(repetition_penalty=1e6),
                                     dict(repetition_penalty=float("inf")), dict(presence_penalty=float("nan")),
                                     dict(frequency_penalty=float("-inf")), dict(penalty_last_n=-1),
                                     dict(penalty_last_n=2.5)])

@@ -271,6 +271,8 @@ BAD = [
     ("/v1/chat/completions", _chat_body(frequency_penalty="1"), "frequency_penalty"),
     ("/v1/chat/completions", _chat_body(repetition_penalty=0), "repetition_penalty"),
     ("/v1/chat/completions", _chat_body(repetition_penalty=True), "repetition_penalty"),
+    ("/v1/chat/completions", _chat_body(repetition_penalty=1e-45), "repetition_penalty"),
+    ("/v1/chat/completions", _chat_body(presence_penalty=10**400), "presence_penalty"),
     ("/v1/chat/completions", _chat_body(repeat_penalty=1.1, repetition_penalty=1.2), "repeat_penalty"),
     ("/v1/chat/completions", _chat_body(repeat_last_n=-2), "repeat_last_n"),
     ("/v1/chat/completions", _chat_body(repeat_last_n=64.5), "repeat_last_n"),

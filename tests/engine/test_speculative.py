@@ -343,3 +343,30 @@ def test_penalized_greedy_decoding_is_transformers_with_the_same_penalties(llama
             answer.append(int(logits.argmax()))
     assert list(ours) == answer
     assert len(set(answer)) > 5  # penalized, a random tiny model does not just repeat itself
+
+
+@pytest.mark.parametrize("first", [1, 3, 16])
+def test_a_cpu_cache_that_grows_with_its_answer_gives_the_same_answer(llama, monkeypatch, first):
+    """On the CPU the KV cache starts with room for the answer's first tokens and grows as it goes (an answer
+    length of 100k tokens must not take its RAM up front): plain and SubSpec answers are the same as with a
+    cache made whole, and a cache for a huge answer length starts small."""
+    import engine.generate as gen
+
+    lm, draft = llama
+    ids = lm.encode("grow as you go")
+    lm.eos_token_ids = lambda: set()
+    try:
+        whole = _run(generate_plain(lm, ids, 60), lm, ids).token_ids
+        monkeypatch.setattr(gen, "FIRST_ANSWER_SLOTS_CPU", first)
+        assert _run(generate_plain(lm, ids, 60), lm, ids).token_ids == whole
+        for shape in (TreeShape(6, 3), TreeShape(8, 3, auto=True)):
+            assert _run(generate_subspec(lm, draft, ids, 60, shape=shape), lm, ids).token_ids == whole
+        monkeypatch.setattr(gen, "FIRST_ANSWER_SLOTS_CPU", 8)  # (1024 in use: the tiny model's context is 256)
+        cache = lm.decoder.new_cache(1)
+        room = lm.config.max_position_embeddings - len(ids) - TreeShape(6, 3).grown - 1
+        events = generate_subspec(lm, draft, ids, room, shape=TreeShape(6, 3), cache=cache)
+        next(events)  # the prefill: the cache is made, for the answer's first 8 tokens and a tree
+        assert cache.capacity == len(ids) + 8 + TreeShape(6, 3).grown + 1 < len(ids) + room
+        events.close()
+    finally:
+        del lm.eos_token_ids
