@@ -234,8 +234,11 @@ def float32_identity_check(device, tokens: int = 48, fused: bool | None = None,
     offload(target, 2, device)
     seeded = SamplingParams(temperature=0.8, top_p=0.95, seed=5)
     sampled = identical_check(target, draft, config, device, tokens, seeded, TreeShape(8, 4, auto=True))
+    # Penalties: each tree node penalized with its own path (a window shallower than the tree included).
+    penalized = SamplingParams(repetition_penalty=1.3, frequency_penalty=0.3, penalty_last_n=6)
     return {**identical_check(target, draft, config, device, tokens), "draft_path": draft_path(draft)["kind"],
-            "sampled_auto_depth": sampled}
+            "sampled_auto_depth": sampled,
+            "penalized": identical_check(target, draft, config, device, tokens, penalized, TreeShape(8, 4))}
 
 
 def graph_check(device, fused: bool | None = None, fused_ops: bool | None = None) -> dict:
@@ -255,6 +258,31 @@ def graph_check(device, fused: bool | None = None, fused_ops: bool | None = None
     a, b = trees
     return {"same_tree": bool(torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)),
             "max_score_difference": float((a.scores - b.scores).abs().max()), "draft_path": draft_path(draft)["kind"]}
+
+
+def penalized_iteration(target, draft, cache, token, shape: TreeShape, device, prompt: list[int],
+                        repeats: int = 3) -> dict:
+    """What repetition and frequency penalties (over the last 64 tokens, as the chat uses them) add to a
+    SubSpec iteration: the draft penalized along each node's path at every step, the verification's rows
+    likewise. Timed on the same cache and root as the greedy iterations, nothing committed."""
+    from engine.sampling import History
+
+    params = SamplingParams(repetition_penalty=1.1, frequency_penalty=0.2, penalty_last_n=64)
+    history = History(params, prompt)
+    history.extend(token.tolist())
+    times = []
+    for i in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        tree = grow_tree(draft, cache, token, shape, shape.depth, [0.0], history=history)
+        sync(device)
+        t1 = time.perf_counter()
+        verify(target, cache, tree, params, None, history)
+        sync(device)
+        if i:  # the first: warm-up
+            times.append((t1 - t0, time.perf_counter() - t1))
+    return {"draft_s": round(statistics.median(t[0] for t in times), 4),
+            "verify_s": round(statistics.median(t[1] for t in times), 4)}
 
 
 def draft_step_replay(draft, cache, width: int, device, replays: int = 20, depth: int = 48) -> dict:
@@ -438,6 +466,8 @@ def main():
     result["draft_step_ms"] = round(med["draft_forward_s"] / shape.depth * 1e3, 2)
     result["predicted_tokens_per_s_at_paper_tau"] = round(PAPER_TAU / med["total_s"], 2)
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
+    result["penalized_iteration"] = penalized_iteration(target, draft, cache, token, shape, device, prompt.tolist())
+    print(f"[{time.perf_counter() - t_start:6.1f}s] penalized iteration: {result['penalized_iteration']}", flush=True)
     result["draft_step_replay"] = draft_step_replay(draft, cache, shape.topk, device, depth=shape.depth)
     print(f"[{time.perf_counter() - t_start:6.1f}s] draft step replay: {result['draft_step_replay']}", flush=True)
     # The step's memory floor: what it reads at the copy bandwidth of the GPU's own memory. The replay's
@@ -513,9 +543,13 @@ def main():
              str(result["greedy_identical_to_plain"]["identical"])),
             ("captured draft steps grow the eager tree (float32)",
              str(result["graph_vs_eager_float32"]["same_tree"])),
-            ("float32, streamed: greedy SubSpec / seeded sampled auto-depth SubSpec identical to plain",
+            ("float32, streamed: greedy / seeded sampled auto-depth / penalized SubSpec identical to plain",
              f"{result['float32_identity']['identical']} / "
-             f"{result['float32_identity']['sampled_auto_depth']['identical']}")]
+             f"{result['float32_identity']['sampled_auto_depth']['identical']} / "
+             f"{result['float32_identity']['penalized']['identical']}"),
+            ("iteration with repetition and frequency penalties (last 64 tokens): draft / verify",
+             f"{result['penalized_iteration']['draft_s'] * 1e3:.0f} / "
+             f"{result['penalized_iteration']['verify_s'] * 1e3:.0f} ms")]
     md = "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write(md)

@@ -32,6 +32,8 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     assert out["graph_vs_eager_float32"]["same_tree"] is True
     assert out["float32_identity"]["identical"] is True
     assert out["float32_identity"]["sampled_auto_depth"]["identical"] is True
+    assert out["float32_identity"]["penalized"]["identical"] is True
+    assert out["penalized_iteration"]["draft_s"] > 0 and out["penalized_iteration"]["verify_s"] > 0
     it = out["subspec_iteration"]
     # Medians taken per part (and rounded): the total's is not their sum, but it is at least each of them.
     assert it["total_s"] >= max(it["draft_s"], it["verify_s"]) and min(it["draft_s"], it["verify_s"]) > 0
@@ -85,3 +87,4 @@ def test_gpu_checks_identity_run_drafts_the_streamed_layers_on_eager_ops_too():
 
     out = gpu_check.float32_identity_check(torch.device("cpu"), tokens=12, fused=False, fused_ops=False)
     assert out["identical"] is True and out["sampled_auto_depth"]["identical"] is True
+    assert out["penalized"]["identical"] is True
