@@ -141,7 +141,9 @@ class ApiSwitch(QObject):
 
     failed = Signal(str, str)  # title, message
 
-    def __init__(self, toolbar: QToolBar, host, port: int = API_PORT):
+    def __init__(self, toolbar: QToolBar, host, port: int = API_PORT, status_bar=None):
+        """The label goes in `status_bar` when given (the toolbar has no room left for an address), shown
+        only while it says something."""
         super().__init__(toolbar)
         self.host = host
         self.port = port
@@ -157,7 +159,12 @@ class ApiSwitch(QObject):
         self.label = QLabel("")
         self.label.setContentsMargins(4, 0, 4, 0)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy the URL
-        toolbar.addWidget(self.label)
+        self._hide_when_silent = status_bar is not None
+        if status_bar is not None:
+            status_bar.addPermanentWidget(self.label)
+            self.label.hide()
+        else:
+            toolbar.addWidget(self.label)
         self._available = False
         host.api_served.connect(self._on_served)
 
@@ -212,8 +219,7 @@ class ApiSwitch(QObject):
         api, self.api = self.api, None
         if api is not None:
             api.close()
-        self.label.setText("")
-        self.label.setToolTip("")
+        self._say("", "")
         self._set_checked(False)
         self.action.setEnabled(self._available)
 
@@ -230,8 +236,7 @@ class ApiSwitch(QObject):
 
     def _fail(self, title: str, message: str) -> None:
         self._set_checked(False)
-        self.label.setText("Not serving")
-        self.label.setToolTip(message)
+        self._say("Not serving", message)
         self.action.setEnabled(self._available)
         self.failed.emit(title, message)
 
@@ -242,5 +247,11 @@ class ApiSwitch(QObject):
 
     def _show(self) -> None:
         n = self.served
-        self.label.setText(f"{self.api.url} · {n} request{'' if n == 1 else 's'}")
-        self.label.setToolTip("The OpenAI-compatible API's base URL and the requests it has answered")
+        self._say(f"API {self.api.url} · {n} request{'' if n == 1 else 's'}",
+                  "The OpenAI-compatible API's base URL and the requests it has answered")
+
+    def _say(self, text: str, tip: str) -> None:
+        self.label.setText(text)
+        self.label.setToolTip(tip)
+        if self._hide_when_silent:
+            self.label.setVisible(bool(text))

@@ -59,7 +59,9 @@ def test_the_switch_serves_a_chat_completion_through_the_apps_worker(qtbot, api_
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         send(qtbot, window)  # a chat answer first: its thread is the model's thread
     port = turn_on(window)
-    assert port > 0 and window.api.label.text() == f"{window.api.url} · 0 requests"
+    assert port > 0 and window.api.label.text() == f"API {window.api.url} · 0 requests"
+    assert window.api.label in window.statusBar().findChildren(type(window.api.label))  # the toolbar is full
+    assert not window.api.label.isHidden()
 
     answer = chat(window.api.url, max_tokens=64)
     assert answer["object"] == "chat.completion" and answer["model"] == "FakeLM-1M"
@@ -67,7 +69,7 @@ def test_the_switch_serves_a_chat_completion_through_the_apps_worker(qtbot, api_
     assert answer["choices"][0]["finish_reason"] == "stop"
     assert answer["usage"]["completion_tokens"] == 7
     qtbot.waitUntil(lambda: window.api.served == 1, timeout=5000)
-    assert window.api.label.text() == f"{window.api.url} · 1 request"
+    assert window.api.label.text() == f"API {window.api.url} · 1 request"
 
     # The server's tokenizer made the prompt; the app's worker thread, the one chat uses, ran it.
     [(prompt_ids, max_tokens)] = window.backend.api_calls
@@ -107,6 +109,7 @@ def test_turning_it_off_frees_the_port(qtbot, api_window):
     chat(window.api.url)
     window.api.action.trigger()
     assert not window.api.running and not window.api.action.isChecked() and window.api.label.text() == ""
+    assert window.api.label.isHidden()  # nothing to say: no empty slot in the status bar
     refused(port)
     with socket.socket() as s:  # the port can be taken again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
