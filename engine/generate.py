@@ -140,8 +140,10 @@ def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, sc
         needed = prompt_tokens + (min(budget, FIRST_ANSWER_SLOTS_CPU) if on_cpu else budget) + scratch
         try:
             if cache is None:
-                return decoder.new_cache(needed), budget, note
-            cache.ensure_capacity(needed)
+                cache = decoder.new_cache(needed)
+            else:
+                cache.ensure_capacity(needed)
+            cache.grow_limit = prompt_tokens + budget + scratch  # ensure_room grows no further
             return cache, budget, note
         except torch.OutOfMemoryError:
             free_device_memory()
@@ -155,9 +157,10 @@ def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, sc
 
 
 def ensure_room(cache: KVCache, slots: int) -> None:
-    """Room for `slots` cache slots before a pass writes them (a CPU cache grows with its answer)."""
+    """Room for `slots` cache slots before a pass writes them (a CPU cache grows with its answer, doubling,
+    up to what allocate_cache said the answer can need)."""
     if cache.capacity < slots:
-        cache.ensure_capacity(slots)
+        cache.ensure_capacity(slots, at_most=cache.grow_limit)
 
 
 def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 256,

@@ -17,6 +17,7 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
+        self.grow_limit: int | None = None  # the slots its request can ever need (engine.generate.ensure_room)
 
     @property
     def capacity(self) -> int:
@@ -59,11 +60,13 @@ class KVCache:
         self.v[:, :, :, dst] = self.v[:, :, :, slots]
         self.length += n
 
-    def ensure_capacity(self, needed: int) -> None:
-        """Grow (by copying into a larger buffer) when a request needs more slots than allocated."""
+    def ensure_capacity(self, needed: int, at_most: int | None = None) -> None:
+        """Grow (by copying into a larger buffer) when a request needs more slots than allocated: to twice
+        the capacity, but not past `at_most` (what the request can ever need) unless `needed` is more."""
         if needed <= self.capacity:
             return
-        grow = max(needed, 2 * self.capacity)
+        doubled = 2 * self.capacity if at_most is None else min(2 * self.capacity, at_most)
+        grow = max(needed, doubled)
         for name in ("k", "v"):
             old = getattr(self, name)
             new = old.new_zeros(old.shape[:3] + (grow,) + old.shape[4:])

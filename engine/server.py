@@ -152,10 +152,10 @@ def _penalties(body: dict) -> dict:
     """OpenAI's presence and frequency penalties; the repetition penalty as vLLM, text-generation-webui and
     SillyTavern send it (`repetition_penalty`) or llama.cpp (`repeat_penalty`), and llama.cpp's window
     `repeat_last_n` (-1: the whole context, as without it; 0: no penalties)."""
-    if "repeat_penalty" in body and "repetition_penalty" in body and \
-            body["repeat_penalty"] != body["repetition_penalty"]:
+    given = [name for name in ("repetition_penalty", "repeat_penalty") if body.get(name) is not None]  # null: unset
+    if len(given) == 2 and body["repeat_penalty"] != body["repetition_penalty"]:
         raise bad("'repeat_penalty' and 'repetition_penalty' are the same setting: send one", "repeat_penalty")
-    name = "repetition_penalty" if "repetition_penalty" in body else "repeat_penalty"
+    name = given[0] if given else "repetition_penalty"
     out = {"presence_penalty": _number(body, "presence_penalty", 0.0, -2, 2),  # OpenAI's range
            "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2, 2),
            "repetition_penalty": _number(body, name, 1.0, 0.01, 10)}

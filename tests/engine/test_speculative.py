@@ -9,6 +9,7 @@ from tiny_models import ARCHS, make_tiny_model_folder
 
 from engine.events import summarize
 from engine.generate import decode_mask, generate_plain
+from engine.kv_cache import KVCache
 from engine.loading import load_model
 from engine.masks import causal_mask
 from engine.sampling import SamplingParams, select_tokens
@@ -361,6 +362,13 @@ def test_a_cpu_cache_that_grows_with_its_answer_gives_the_same_answer(llama, mon
         assert _run(generate_plain(lm, ids, 60), lm, ids).token_ids == whole
         for shape in (TreeShape(6, 3), TreeShape(8, 3, auto=True)):
             assert _run(generate_subspec(lm, draft, ids, 60, shape=shape), lm, ids).token_ids == whole
+        grown = []  # doubling stops at what the answer can need (not 2x past it, as plain doubling would)
+        real = KVCache.ensure_capacity
+        monkeypatch.setattr(KVCache, "ensure_capacity",
+                            lambda self, n, at_most=None: (real(self, n, at_most), grown.append(self.capacity)))
+        list(generate_plain(lm, ids, 70))
+        assert len(grown) >= 2 and max(grown) == len(ids) + 70  # the prompt and 70 tokens: no more
+        monkeypatch.setattr(KVCache, "ensure_capacity", real)
         monkeypatch.setattr(gen, "FIRST_ANSWER_SLOTS_CPU", 8)  # (1024 in use: the tiny model's context is 256)
         cache = lm.decoder.new_cache(1)
         room = lm.config.max_position_embeddings - len(ids) - TreeShape(6, 3).grown - 1
