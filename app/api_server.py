@@ -17,7 +17,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QLabel, QToolBar
+from PySide6.QtWidgets import QLabel, QStatusBar, QToolBar
 
 from engine.errors import SubspecError
 
@@ -141,9 +141,9 @@ class ApiSwitch(QObject):
 
     failed = Signal(str, str)  # title, message
 
-    def __init__(self, toolbar: QToolBar, host, port: int = API_PORT, status_bar=None):
-        """The label goes in `status_bar` when given (the toolbar has no room left for an address), shown
-        only while it says something."""
+    def __init__(self, toolbar: QToolBar, status_bar: QStatusBar, host, port: int = API_PORT):
+        """The action goes in the toolbar; the label in the status bar (the toolbar has no room left for an
+        address), shown only while it says something."""
         super().__init__(toolbar)
         self.host = host
         self.port = port
@@ -159,12 +159,8 @@ class ApiSwitch(QObject):
         self.label = QLabel("")
         self.label.setContentsMargins(4, 0, 4, 0)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy the URL
-        self._hide_when_silent = status_bar is not None
-        if status_bar is not None:
-            status_bar.addPermanentWidget(self.label)
-            self.label.hide()
-        else:
-            toolbar.addWidget(self.label)
+        status_bar.addPermanentWidget(self.label)
+        self.label.hide()
         self._available = False
         host.api_served.connect(self._on_served)
 
@@ -253,5 +249,4 @@ class ApiSwitch(QObject):
     def _say(self, text: str, tip: str) -> None:
         self.label.setText(text)
         self.label.setToolTip(tip)
-        if self._hide_when_silent:
-            self.label.setVisible(bool(text))
+        self.label.setVisible(bool(text))

@@ -9,12 +9,15 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QMenu, QSpinBox,
                                QToolBar, QToolButton, QWidget, QWidgetAction)
 
+from .conversations import DECODING_DEFAULTS
+
 PRESETS = {"greedy": (0.0, 1.0), "balanced": (0.7, 0.9), "creative": (1.0, 0.95)}
 CUSTOM = "custom"
 DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest, when it is greedy
-# The settings behind "More" and their defaults (off, and the answer length the app always had). Presets
-# leave them alone (they set temperature and top-p).
-MORE_DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 512}
+# The settings behind "More" and their defaults (off, and the answer length the app always had): the
+# conversation's. Presets leave them alone (they set temperature and top-p).
+MORE_DEFAULTS = {name: DECODING_DEFAULTS[name]
+                 for name in ("top_k", "min_p", "repetition_penalty", "max_new_tokens")}
 MAX_ANSWER_TOKENS = 1 << 17  # the box's top; the model's context bounds an answer anyway
 DEFAULT_DEPTH, DEFAULT_WIDTH = 48, 6
 # Fresh settings measure the depth (engine.depth_control); a tree saved before auto depth existed keeps the
@@ -219,18 +222,21 @@ class SamplingControls(QObject):
         return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
                 "top_p": round(self.top_p.value(), 2), **self.more_values()}
 
-    def set_values(self, preset: str, temperature: float, top_p: float, top_k: int = 0, min_p: float = 0.0,
-                   repetition_penalty: float = 1.0, max_new_tokens: int = MORE_DEFAULTS["max_new_tokens"]) -> None:
-        """Shows a conversation's settings without reporting them as edits."""
+    def set_values(self, preset: str, temperature: float, top_p: float, **more) -> None:
+        """Shows a conversation's settings without reporting them as edits; those of `more` (MORE_DEFAULTS'
+        names) not given show their defaults."""
+        if set(more) - set(MORE_DEFAULTS):
+            raise TypeError(f"not a 'More' setting: {sorted(set(more) - set(MORE_DEFAULTS))}")
+        more = {**MORE_DEFAULTS, **more}
         self._quiet = True
         try:
             self.temperature.setValue(temperature)
             self.top_p.setValue(top_p)
             self.preset.setCurrentText(preset if preset in (*PRESETS, CUSTOM) else CUSTOM)
-            self.top_k.setValue(_bounded(top_k, self.top_k))
-            self.min_p.setValue(min_p)
-            self.repetition_penalty.setValue(repetition_penalty)
-            self.max_new_tokens.setValue(_bounded(max_new_tokens, self.max_new_tokens))
+            self.top_k.setValue(_bounded(more["top_k"], self.top_k))
+            self.min_p.setValue(more["min_p"])
+            self.repetition_penalty.setValue(more["repetition_penalty"])
+            self.max_new_tokens.setValue(_bounded(more["max_new_tokens"], self.max_new_tokens))
         finally:
             self._quiet = False
         self._label_more()

@@ -58,8 +58,6 @@ ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL 
 # How the conversation's answers are decoded: the toolbar's sampling controls and its "More" menu.
 DECODING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
 SETTINGS = ("title", "system_prompt", *DECODING)
-DECODING_DEFAULTS = {"preset": "greedy", "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
-                     "repetition_penalty": 1.0, "max_new_tokens": 512}
 
 
 @dataclass(frozen=True)
@@ -69,13 +67,17 @@ class Conversation:
     created: float
     updated: float
     system_prompt: str
-    preset: str
-    temperature: float
-    top_p: float
+    preset: str = "greedy"
+    temperature: float = 0.0
+    top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     max_new_tokens: int = 512  # what version 1 answered with (the app's fixed length then)
+
+
+# Each decoding setting's default: what a new conversation starts with, and what garbage in a file reads as.
+DECODING_DEFAULTS = {f.name: f.default for f in fields(Conversation) if f.name in DECODING}
 
 
 def _conversation(row: tuple) -> Conversation:

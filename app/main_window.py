@@ -21,7 +21,7 @@ from .backend import DEFAULT_PARAMS
 from .chat_flow import ChatFlow
 from .compare import CompareJob
 from .context_meter import ContextMeter
-from .controls import DEFAULT_PRESET, PRESETS, MethodControls, SamplingControls
+from .controls import DEFAULT_PRESET, MORE_DEFAULTS, PRESETS, MethodControls, SamplingControls
 from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store
 from .hardware_panel import HardwareDock
 from .help_menu import add_help_menu
@@ -219,7 +219,7 @@ class MainWindow(ChatFlow, QMainWindow):
         models_action.setToolTip("Download, import, convert and delete models")
         toolbar.addAction(models_action)
         toolbar.addSeparator()
-        self.api = ApiSwitch(toolbar, self.host, status_bar=self.statusBar())
+        self.api = ApiSwitch(toolbar, self.statusBar(), self.host)
         self.api.failed.connect(self._on_api_failed)
         # API requests decode like the chat: SubSpec with its tree when the switch is on.
         self.method.changed.connect(lambda: self.api.set_decoding(self.method.params()))
@@ -335,8 +335,8 @@ class MainWindow(ChatFlow, QMainWindow):
         messages = self._messages(cid)
         self.history = self._replay(messages)
         self.context_meter.show_latest(messages)
-        self.sampling.set_values(conv.preset, conv.temperature, conv.top_p, conv.top_k, conv.min_p,
-                                 conv.repetition_penalty, conv.max_new_tokens)
+        self.sampling.set_values(conv.preset, conv.temperature, conv.top_p,
+                                 **{name: getattr(conv, name) for name in MORE_DEFAULTS})
         self.system_prompt.setText(conv.system_prompt)
         self.sidebar.refresh(cid)
         self.settings.setValue("last_conversation", cid)

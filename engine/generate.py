@@ -56,13 +56,15 @@ def decode_mask(decoder: Decoder, position: int) -> torch.Tensor | None:
 
 class Emitter:
     """Turns chosen tokens into emitted tokens and text: stops at EOS, at a stop string, at the length
-    limit, and says how many of the tokens were kept (what the caller commits)."""
+    limit, and says how many of the tokens were kept (what the caller commits). With penalties it keeps the
+    answer's `history` (engine.sampling.History), which every emitted token joins."""
 
-    def __init__(self, tokenizer, eos_ids, stop_strings, max_new_tokens: int):
+    def __init__(self, tokenizer, eos_ids, stop_strings, max_new_tokens: int, history: History | None = None):
         self.stream = TextStream(tokenizer, stop_strings)
         self.eos_ids = set(eos_ids)
         self.remaining = max_new_tokens
         self.finished: str | None = None
+        self.history = history
 
     def emit(self, token_ids: list[int]) -> tuple[list[int], str]:
         ids = list(token_ids)
@@ -78,6 +80,8 @@ class Emitter:
         if self.stream.stopped:
             ids, self.finished = ids[:kept], "stop"
         self.remaining -= len(ids)
+        if self.history is not None:
+            self.history.extend(ids)
         if self.finished and self.finished != "stop":
             text += self.stream.flush()
         return ids, text
@@ -102,19 +106,15 @@ def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: 
 
 
 def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,
-                 sampling: SamplingParams, draws, emitter: Emitter, history: History | None = None
-                 ) -> tuple[torch.Tensor, StepEvent]:
+                 sampling: SamplingParams, draws, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
     """The prefill pass and the first token it yields: how every generation loop starts.
-    Returns the token (on the device, [1]) and its event (iteration 0); `history` (penalties) gets the
-    emitted token."""
+    Returns the token (on the device, [1]) and its event (iteration 0)."""
     t0 = time.perf_counter()
     moved = streamed_bytes(decoder)
     logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
     last = torch.tensor([cache.length - 1], device=logits.device)  # the last prompt token's position
-    token = select_tokens(logits, sampling, draws, last, history)
+    token = select_tokens(logits, sampling, draws, last, emitter.history)
     ids, text = emitter.emit(token.tolist())
-    if history is not None:
-        history.extend(ids)
     ms = (time.perf_counter() - t0) * 1e3
     return token, StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms,
                             bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)
@@ -173,11 +173,11 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         yield StepEvent(0, (), "", finish_reason="length")
         return
     cache, max_new_tokens, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens)
-    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
-    gen = sampling.draws()
     history = History(sampling, prompt_ids) if sampling.penalized else None
+    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens, history)
+    gen = sampling.draws()
 
-    token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter, history)
+    token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
     yield replace(event, note=note) if note else event
 
     iteration = 0
@@ -194,8 +194,6 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         new = token.tolist()
         verify_ms = (time.perf_counter() - t0) * 1e3
         ids, text = emitter.emit(new)
-        if history is not None:
-            history.extend(ids)
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(ids), text, verify_ms=verify_ms, step_ms=ms,
                         bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)

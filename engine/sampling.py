@@ -148,7 +148,7 @@ class History:
         self._start = self._end = 0  # context[_start:_end] is what the device counts hold
         self._all: torch.Tensor | None = None  # [V] float32: each token's count in the window
         self._answer: torch.Tensor | None = None  # [V] float32: the same, the answer's tokens only
-        self._oldest_ids: tuple | None = None  # (key, the window's tokens on the device)
+        self._window_tokens: tuple | None = None  # (key, the window's tokens on the device)
 
     def extend(self, token_ids) -> None:
         """The answer's new tokens. The device's counts (and a window's tokens) are brought up to date now,
@@ -228,9 +228,9 @@ class History:
         """The window's tokens (context[start:]) on the device, made once per tree: a host-to-device copy
         from a list waits for the device, which each draft step must not (engine.speculative.grow_tree)."""
         key = (start, len(self.context), device)
-        if self._oldest_ids is None or self._oldest_ids[0] != key:
-            self._oldest_ids = (key, torch.tensor(self.context[start:], dtype=torch.long, device=device))
-        return self._oldest_ids[1]
+        if self._window_tokens is None or self._window_tokens[0] != key:
+            self._window_tokens = (key, torch.tensor(self.context[start:], dtype=torch.long, device=device))
+        return self._window_tokens[1]
 
     def _row_counts(self, base: torch.Tensor, rows: int, paths, answer_only: bool) -> torch.Tensor:
         """Each row's counts [R, V] (or a broadcast view of `base` when the rows have no paths)."""

@@ -159,12 +159,9 @@ def _penalties(body: dict) -> dict:
     out = {"presence_penalty": _number(body, "presence_penalty", 0.0, -2, 2),  # OpenAI's range
            "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2, 2),
            "repetition_penalty": _number(body, name, 1.0, 0.01, 10)}
-    last_n = body.get("repeat_last_n")
-    if last_n is None or last_n == -1 and _is_int(last_n):
+    last_n = _int(body, "repeat_last_n", low=-1)
+    if last_n is None or last_n == -1:
         return out
-    if not _is_int(last_n) or last_n < -1:
-        raise bad(f"'repeat_last_n' must be an integer >= -1 (-1: the whole context, 0: no penalties), "
-                  f"got {last_n!r}", "repeat_last_n")
     if last_n == 0:
         return {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
     return {**out, "penalty_last_n": last_n}

@@ -183,12 +183,12 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         cache.commit(0)
     release_steps(draft, keep=cache)  # the last answer's captured steps hold its cache: free it first
     cache, max_new_tokens, note = allocate_cache(target, len(prompt_ids), max_new_tokens, shape.grown + 1, cache)
-    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens)
-    gen = sampling.draws()
     history = History(sampling, prompt_ids) if sampling.penalized else None
+    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens, history)
+    gen = sampling.draws()
     context = lm.config.max_position_embeddings
 
-    root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter, history)
+    root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
     yield replace(event, note=note) if note else event
 
     iteration = 0
@@ -228,8 +228,6 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
         path, bonus = walk(tokens, parents, chosen)
         kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
-        if history is not None:
-            history.extend(kept)
         # Commit the KV of the root and of every kept token but the last, which becomes the next root.
         slots = torch.tensor([0] + path[: max(len(kept) - 1, 0)], device=device) + L
         cache.compact(slots)
