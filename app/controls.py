@@ -17,7 +17,7 @@ DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest,
 # The settings behind "More" and their defaults (off, and the answer length the app always had): the
 # conversation's. Presets leave them alone (they set temperature and top-p).
 MORE_DEFAULTS = {name: DECODING_DEFAULTS[name]
-                 for name in ("top_k", "min_p", "repetition_penalty", "max_new_tokens")}
+                 for name in ("top_k", "min_p", "repetition_penalty", "penalty_last_n", "max_new_tokens")}
 MAX_ANSWER_TOKENS = 1 << 17  # the box's top; the model's context bounds an answer anyway
 DEFAULT_DEPTH, DEFAULT_WIDTH = 48, 6
 # Fresh settings measure the depth (engine.depth_control); a tree saved before auto depth existed keeps the
@@ -169,7 +169,7 @@ class SamplingControls(QObject):
         self.preset.currentTextChanged.connect(self._preset_picked)
         self.temperature.valueChanged.connect(self._value_edited)
         self.top_p.valueChanged.connect(self._value_edited)
-        for box in (self.top_k, self.min_p, self.repetition_penalty, self.max_new_tokens):
+        for box in (self.top_k, self.min_p, self.repetition_penalty, self.penalty_last_n, self.max_new_tokens):
             box.valueChanged.connect(self._more_edited)
         self.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
 
@@ -182,10 +182,17 @@ class SamplingControls(QObject):
         self.min_p = _spin(0.0, 1.0, 0.01, "Min-p: drop tokens less likely than this fraction of the likeliest "
                                            "(off: none)")
         self.min_p.setSpecialValueText("off")
-        self.repetition_penalty = _spin(0.5, 2.0, 0.05, "Repetition penalty: above 1, every token among the "
-                                                        "conversation's last 64 is less likely (1: off; 1.1 is "
-                                                        "usual). Applies to greedy answers too; SubSpec stays "
-                                                        "lossless")
+        self.repetition_penalty = _spin(0.5, 2.0, 0.05, "Repetition penalty: above 1, every token in the "
+                                                        "penalty window is less likely (1: off; 1.1 is usual). "
+                                                        "Applies to greedy answers too; SubSpec stays lossless")
+        self.penalty_last_n = QSpinBox()
+        self.penalty_last_n.setRange(0, MAX_ANSWER_TOKENS)
+        self.penalty_last_n.setSingleStep(64)
+        self.penalty_last_n.setSuffix(" tokens")
+        self.penalty_last_n.setSpecialValueText("whole conversation")
+        self.penalty_last_n.setToolTip("Penalty window: the repetition penalty looks at the conversation's last "
+                                       "this many tokens (the prompt's included). Over a whole long "
+                                       "conversation it would weigh on every common word")
         self.max_new_tokens = QSpinBox()
         self.max_new_tokens.setRange(16, MAX_ANSWER_TOKENS)
         self.max_new_tokens.setSingleStep(256)
@@ -194,18 +201,20 @@ class SamplingControls(QObject):
                                        "there). The model's context bounds it too: a conversation keeps at "
                                        "least half the context for itself")
         for box, name in ((self.top_k, "Top-k"), (self.min_p, "Min-p"),
-                          (self.repetition_penalty, "Repetition penalty"), (self.max_new_tokens, "Answer length")):
+                          (self.repetition_penalty, "Repetition penalty"), (self.penalty_last_n, "Penalty window"),
+                          (self.max_new_tokens, "Answer length")):
             box.setAccessibleName(name)
         panel = QWidget()
         form = QFormLayout(panel)
         form.addRow("Top-k", self.top_k)
         form.addRow("Min-p", self.min_p)
         form.addRow("Repetition penalty", self.repetition_penalty)
+        form.addRow("Penalty window", self.penalty_last_n)
         form.addRow("Answer length", self.max_new_tokens)
         button = QToolButton()
         button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         button.setAccessibleName("More sampling settings")
-        button.setToolTip("Top-k, min-p, repetition penalty and answer length of this conversation")
+        button.setToolTip("Top-k, min-p, repetition penalty and its window, and answer length of this conversation")
         menu = QMenu(button)
         action = QWidgetAction(menu)
         action.setDefaultWidget(panel)
@@ -216,7 +225,7 @@ class SamplingControls(QObject):
     def more_values(self) -> dict:
         return {"top_k": self.top_k.value(), "min_p": round(self.min_p.value(), 2),
                 "repetition_penalty": round(self.repetition_penalty.value(), 2),
-                "max_new_tokens": self.max_new_tokens.value()}
+                "penalty_last_n": self.penalty_last_n.value(), "max_new_tokens": self.max_new_tokens.value()}
 
     def values(self) -> dict:
         return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
@@ -236,6 +245,7 @@ class SamplingControls(QObject):
             self.top_k.setValue(_bounded(more["top_k"], self.top_k))
             self.min_p.setValue(more["min_p"])
             self.repetition_penalty.setValue(more["repetition_penalty"])
+            self.penalty_last_n.setValue(_bounded(more["penalty_last_n"], self.penalty_last_n))
             self.max_new_tokens.setValue(_bounded(more["max_new_tokens"], self.max_new_tokens))
         finally:
             self._quiet = False
@@ -243,8 +253,12 @@ class SamplingControls(QObject):
 
     def _label_more(self) -> None:
         """"More" says how many of its settings differ from their defaults, so that a penalty is not
-        forgotten behind a closed menu."""
-        on = sum(value != MORE_DEFAULTS[name] for name, value in self.more_values().items())
+        forgotten behind a closed menu. The penalty's window does nothing (and is not counted) without one."""
+        values = self.more_values()
+        penalized = values["repetition_penalty"] != 1.0
+        self.penalty_last_n.setEnabled(penalized)
+        on = sum(value != MORE_DEFAULTS[name] for name, value in values.items()
+                 if penalized or name != "penalty_last_n")
         self.more.setText(f"More ({on})" if on else "More")
         self.more.setAccessibleName(f"More sampling settings ({on} changed)" if on else "More sampling settings")
 

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     top_k INTEGER NOT NULL DEFAULT 0,
     min_p REAL NOT NULL DEFAULT 0.0,
     repetition_penalty REAL NOT NULL DEFAULT 1.0,
-    max_new_tokens INTEGER NOT NULL DEFAULT 512
+    max_new_tokens INTEGER NOT NULL DEFAULT 512,
+    penalty_last_n INTEGER NOT NULL DEFAULT 64
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,15 +49,18 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
 # tables may mean more than this version knows, and writing to them could break that app's data.
-# Columns added since (ADDED_COLUMNS: the conversation's top-k, min-p, repetition penalty and answer length) are
+# Columns added since (ADDED_COLUMNS: the conversation's top-k, min-p, repetition penalty, answer length and
+# penalty window) are
 # added to an older file at open and do not change the version: they have defaults and conversations are read
 # and written by named columns, so an app that does not know them still reads and writes the file as before.
 SCHEMA_VERSION = 1
 ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL DEFAULT 0.0",
-                 "repetition_penalty": "REAL NOT NULL DEFAULT 1.0", "max_new_tokens": "INTEGER NOT NULL DEFAULT 512"}
+                 "repetition_penalty": "REAL NOT NULL DEFAULT 1.0", "max_new_tokens": "INTEGER NOT NULL DEFAULT 512",
+                 "penalty_last_n": "INTEGER NOT NULL DEFAULT 64"}
 
 # How the conversation's answers are decoded: the toolbar's sampling controls and its "More" menu.
-DECODING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
+DECODING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens",
+            "penalty_last_n")
 SETTINGS = ("title", "system_prompt", *DECODING)
 
 
@@ -74,26 +78,35 @@ class Conversation:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     max_new_tokens: int = 512  # what version 1 answered with (the app's fixed length then)
+    # The repetition penalty's window: the context's last n tokens (0: all of it). 64 as llama.cpp, Ollama and
+    # LM Studio default to: over a whole long conversation a penalty would weigh on every common word.
+    penalty_last_n: int = 64
 
 
 # Each decoding setting's default: what a new conversation starts with, and what garbage in a file reads as.
 DECODING_DEFAULTS = {f.name: f.default for f in fields(Conversation) if f.name in DECODING}
 
 
-def _conversation(row: tuple) -> Conversation:
-    """A row as a Conversation. A decoding setting that is not a number of its kind (SQLite keeps whatever a
-    hand-edited file says) reads as its default: the window would otherwise fail half-way through showing
-    the conversation."""
-    values = dict(zip((f.name for f in fields(Conversation)), row))
+def decoding_settings(values: dict) -> dict:
+    """Each of DECODING from `values`, a setting that is missing or not a number of its kind (SQLite and
+    QSettings keep whatever a hand-edited file says) as its default: the window would otherwise fail half-way
+    through showing a conversation. Ranges are the controls' to clamp."""
+    out = {}
     for name, default in DECODING_DEFAULTS.items():
-        value = values[name]
+        value = values.get(name)
         if isinstance(default, str):
             ok = isinstance(value, str)
         else:
-            ok = isinstance(value, (int, float)) and math.isfinite(value)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             value = type(default)(value) if ok else value
-        values[name] = value if ok else default
-    return Conversation(**values)
+        out[name] = value if ok else default
+    return out
+
+
+def _conversation(row: tuple) -> Conversation:
+    """A row as a Conversation, its decoding settings read by `decoding_settings`."""
+    values = dict(zip((f.name for f in fields(Conversation)), row))
+    return Conversation(**{**values, **decoding_settings(values)})
 
 
 class NewerStoreError(sqlite3.DatabaseError):

@@ -21,7 +21,9 @@ from .backend import DEFAULT_PARAMS
 from .chat_flow import ChatFlow
 from .compare import CompareJob
 from .context_meter import ContextMeter
-from .controls import DEFAULT_PRESET, MORE_DEFAULTS, PRESETS, MethodControls, SamplingControls
+from .controls import MORE_DEFAULTS, MethodControls, SamplingControls
+from .conversation_menu import (add_conversation_menu, new_conversation_defaults, reset_new_conversation_defaults,
+                                save_new_conversation_defaults)
 from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store
 from .hardware_panel import HardwareDock
 from .help_menu import add_help_menu
@@ -161,7 +163,6 @@ class MainWindow(ChatFlow, QMainWindow):
         self.attach_button.clicked.connect(lambda: self.attach_files())
         # Esc stops wherever the focus is (the prompt box handles it too, for when it has the focus).
         QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
-        QShortcut(QKeySequence.StandardKey.New, self, self.new_conversation)
         shortcuts.install(self)
         buttons = QVBoxLayout()
         buttons.addWidget(self.send_button)
@@ -224,6 +225,7 @@ class MainWindow(ChatFlow, QMainWindow):
         # API requests decode like the chat: SubSpec with its tree when the switch is on.
         self.method.changed.connect(lambda: self.api.set_decoding(self.method.params()))
         self.api.set_decoding(self.method.params())
+        self.conversation_menu = add_conversation_menu(self)  # Ctrl+N is its "New conversation"
         self.model_menu = self.menuBar().addMenu("&Model")
         self.unload_action = self.model_menu.addAction("Unload model")
         self.unload_action.setObjectName("unload_model")
@@ -301,13 +303,23 @@ class MainWindow(ChatFlow, QMainWindow):
         self.conversation = None
         self.history = []
         self.transcript.clear()
-        self.sampling.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
-        self.system_prompt.clear()
+        defaults = new_conversation_defaults(self.settings)
+        self.system_prompt.setText(defaults.pop("system_prompt"))
+        self.sampling.set_values(**defaults)
         self.sidebar.refresh(None)
         self.settings.remove("last_conversation")
         self.context_meter.show_usage(None)
         self.prompt.setFocus()
         self._update_controls()
+
+    def use_settings_for_new(self) -> None:
+        save_new_conversation_defaults(self.settings, {"system_prompt": self.system_prompt.text(),
+                                                       **self.sampling.values()})
+        self.statusBar().showMessage("New conversations will start with these settings", 10_000)
+
+    def reset_new_defaults(self) -> None:
+        reset_new_conversation_defaults(self.settings)
+        self.statusBar().showMessage("New conversations will start with the app's default settings", 10_000)
 
     def _replay(self, messages: list) -> list[dict]:
         """The open conversation's messages into the (cleared) transcript: its latest SHOWN_MESSAGES, unless

@@ -7,7 +7,7 @@ from html import escape
 
 from PySide6.QtGui import QKeySequence, QShortcut
 
-# (keys, what they do, the window's method); Ctrl+N and Esc are set up with the window itself
+# (keys, what they do, the window's method); Ctrl+N is the Conversation menu's, Esc the window's own
 SHORTCUTS = (
     ("Ctrl+F", "Search the conversations", "focus_search"),
     ("Ctrl+L", "Go to the message box", "focus_prompt"),

@@ -157,7 +157,7 @@ def test_answer_stats_line():
 
 def test_presets_set_the_values_and_edits_make_them_custom(qtbot, make_window):
     s = make_window().sampling
-    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 512}
+    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512}
     assert s.values() == {"preset": "greedy", "temperature": 0.0, "top_p": 1.0, **off}
     s.preset.setCurrentText("creative")
     assert s.values() == {"preset": "creative", "temperature": 1.0, "top_p": 0.95, **off}

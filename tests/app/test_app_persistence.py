@@ -142,30 +142,35 @@ def test_system_prompt_and_sampling_are_saved_and_sent(qtbot, make_window):
     again = make_window()
     assert again.system_prompt.text() == "Be verbose."
     assert again.sampling.values() == {"preset": "custom", "temperature": 0.3, "top_p": 0.9, "top_k": 0, "min_p": 0.0,
-                                       "repetition_penalty": 1.0, "max_new_tokens": 512}
+                                       "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512}
 
 
 def test_top_k_min_p_the_repetition_penalty_and_the_answer_length_are_the_conversations(qtbot, make_window):
     window = make_window()
     s = window.sampling
-    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "max_new_tokens": 512}
+    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512}
     assert s.more_values() == off and s.more.text() == "More"
     panel = s.more.menu().actions()[0].defaultWidget()  # the boxes live in the button's menu
-    assert {s.top_k, s.min_p, s.repetition_penalty, s.max_new_tokens} <= set(
+    assert {s.top_k, s.min_p, s.repetition_penalty, s.penalty_last_n, s.max_new_tokens} <= set(
         panel.findChildren(type(s.top_k)) + panel.findChildren(type(s.min_p)))
+    assert not s.penalty_last_n.isEnabled()  # a window without a penalty does nothing
+    s.penalty_last_n.setValue(256)
+    assert s.more.text() == "More"  # ... and is not counted as a change
     s.repetition_penalty.setValue(1.15)
+    assert s.penalty_last_n.isEnabled()
     s.top_k.setValue(40)
     s.max_new_tokens.setValue(2048)
-    assert s.more.text() == "More (3)"  # changed, and said so on the closed menu's button
-    assert s.more.accessibleName() == "More sampling settings (3 changed)"  # and to a screen reader
+    assert s.more.text() == "More (4)"  # changed, and said so on the closed menu's button
+    assert s.more.accessibleName() == "More sampling settings (4 changed)"  # and to a screen reader
     answer(qtbot, window)
     _messages, params = window.backend.calls[0]
-    assert (params["top_k"], params["min_p"], params["repetition_penalty"], params["max_new_tokens"]) == \
-        (40, 0.0, 1.15, 2048)
+    assert (params["top_k"], params["min_p"], params["repetition_penalty"], params["penalty_last_n"],
+            params["max_new_tokens"]) == (40, 0.0, 1.15, 256, 2048)
     first = window.store.get(window.conversation.id)
-    assert (first.top_k, first.min_p, first.repetition_penalty, first.max_new_tokens) == (40, 0.0, 1.15, 2048)
+    assert (first.top_k, first.min_p, first.repetition_penalty, first.penalty_last_n, first.max_new_tokens) == \
+        (40, 0.0, 1.15, 256, 2048)
     s.preset.setCurrentText("creative")  # a preset sets temperature and top-p only
-    mine = {**off, "top_k": 40, "repetition_penalty": 1.15, "max_new_tokens": 2048}
+    mine = {**off, "top_k": 40, "repetition_penalty": 1.15, "penalty_last_n": 256, "max_new_tokens": 2048}
     assert s.more_values() == mine
 
     window.new_conversation()  # a new conversation starts from the defaults
@@ -193,3 +198,72 @@ def test_window_geometry_and_the_sidebars_width_are_restored(qtbot, make_window)
     again = make_window()
     assert (again.width(), again.height()) == (760, 500)
     assert again.splitter.sizes()[0] == sidebar
+
+
+def test_new_conversations_start_with_the_settings_the_user_made_their_default(qtbot, make_window):
+    from PySide6.QtGui import QAction
+
+    window = make_window()
+    s = window.sampling
+    factory = s.values()
+    answer(qtbot, window)
+    before = window.conversation.id  # made with the app's defaults
+    window.new_conversation()
+    window.system_prompt.setText("Be brief.")
+    s.preset.setCurrentText("balanced")
+    s.repetition_penalty.setValue(1.1)
+    s.penalty_last_n.setValue(0)
+    s.max_new_tokens.setValue(1024)
+    mine = s.values()
+    menu = window.conversation_menu
+    reset = window.findChild(QAction, "reset_new_defaults")
+    menu.aboutToShow.emit()
+    assert not reset.isEnabled()  # nothing of the user's to reset yet
+    window.findChild(QAction, "use_settings_for_new").trigger()
+    assert "New conversations will start with these settings" in window.statusBar().currentMessage()
+    menu.aboutToShow.emit()
+    assert reset.isEnabled()
+
+    window.new_conversation()
+    assert s.values() == mine and window.system_prompt.text() == "Be brief."
+    assert s.more.text() == "More (3)"
+    answer(qtbot, window)
+    messages, params = window.backend.calls[-1]
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert (params["temperature"], params["top_p"], params["repetition_penalty"], params["penalty_last_n"],
+            params["max_new_tokens"]) == (0.7, 0.9, 1.1, 0, 1024)
+    made = window.store.get(window.conversation.id)
+    assert (made.system_prompt, made.preset, made.penalty_last_n) == ("Be brief.", "balanced", 0)
+    s.temperature.setValue(0.2)  # a conversation's own edit is not a new default
+    window.open_conversation(before)  # and the defaults change no conversation made before them
+    assert s.values() == factory and window.system_prompt.text() == ""
+    window.close()
+
+    again = make_window()  # kept across starts
+    again.new_conversation()
+    assert again.sampling.values() == mine and again.system_prompt.text() == "Be brief."
+    again.findChild(QAction, "reset_new_defaults").trigger()
+    again.new_conversation()
+    assert again.sampling.values() == factory and again.system_prompt.text() == ""
+    again.conversation_menu.aboutToShow.emit()
+    assert not again.findChild(QAction, "reset_new_defaults").isEnabled()
+
+
+def test_unreadable_new_conversation_defaults_read_as_the_apps_own(qtbot, make_window):
+    from app.conversation_menu import FACTORY, SETTING, new_conversation_defaults
+
+    window = make_window()
+    settings = window.settings
+    for garbage in ("not json", "[1, 2]", "null", "3"):
+        settings.setValue(SETTING, garbage)
+        assert new_conversation_defaults(settings) == FACTORY
+    # One by one: a hand-edited file's bad values (and settings added since the defaults were saved) read as
+    # the app's own; the good ones stay.
+    settings.setValue(SETTING, '{"system_prompt": 5, "temperature": "hot", "top_k": 1e999, "min_p": true,'
+                               ' "penalty_last_n": 100, "preset": "creative", "top_p": 0.95}')
+    assert new_conversation_defaults(settings) == {**FACTORY, "penalty_last_n": 100, "preset": "creative",
+                                                   "top_p": 0.95}
+    settings.setValue(SETTING, '{"top_k": -5, "max_new_tokens": 99999999999, "repetition_penalty": 7}')
+    window.new_conversation()  # out of range: the boxes clamp it, the window still opens
+    more = window.sampling.more_values()
+    assert (more["top_k"], more["max_new_tokens"], more["repetition_penalty"]) == (0, 1 << 17, 2.0)

@@ -33,6 +33,8 @@ def test_the_shortcuts_work(qtbot, make_window, monkeypatch):
     monkeypatch.setattr(app_dialogs, "choose_files", lambda parent, title: asked.append(title) or [])
     press(qtbot, window, "Ctrl+O")
     assert asked == ["Attach text files"]
+    press(qtbot, window, "Ctrl+N")  # the Conversation menu's "New conversation"
+    assert window.conversation is None and not window.editing and window.transcript.toPlainText() == ""
 
 
 def test_help_lists_every_shortcut(qtbot, make_window, dialogs):

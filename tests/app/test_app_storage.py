@@ -248,7 +248,8 @@ def test_a_version_1_file_gains_the_new_settings_and_keeps_everything(tmp_path):
     store = ConversationStore(path)
     [old] = store.conversations()
     assert (old.title, old.preset, old.temperature, old.top_p) == ("old", "custom", 0.4, 0.8)
-    assert (old.top_k, old.min_p, old.repetition_penalty, old.max_new_tokens) == (0, 0.0, 1.0, 512)  # version 1's
+    assert (old.top_k, old.min_p, old.repetition_penalty, old.max_new_tokens, old.penalty_last_n) == \
+        (0, 0.0, 1.0, 512, 64)  # what version 1 answered with
     assert [m.content for m in store.messages(old.id)] == ["from version 1"]
     store.update(old.id, repetition_penalty=1.2, top_k=30)
     assert store.get(old.id).repetition_penalty == 1.2
@@ -268,8 +269,8 @@ def test_a_version_1_file_opened_read_only_reads_the_new_settings_as_their_defau
     _version_1_file(path)
     original = path.read_bytes()
     [old] = ConversationStore(path, read_only=True).conversations()
-    assert (old.title, old.temperature, old.top_k, old.min_p, old.repetition_penalty, old.max_new_tokens) == \
-        ("old", 0.4, 0, 0.0, 1.0, 512)
+    assert (old.title, old.temperature, old.top_k, old.min_p, old.repetition_penalty, old.max_new_tokens,
+            old.penalty_last_n) == ("old", 0.4, 0, 0.0, 1.0, 512, 64)
     assert path.read_bytes() == original
 
 
@@ -282,14 +283,15 @@ def test_garbage_in_a_conversations_settings_reads_as_the_defaults(qtbot, make_w
     b = store.create("B", "B prompt", "custom", 0.3, 0.9, top_k=40, repetition_penalty=1.2)
     with store.db:
         store.db.execute("UPDATE conversations SET min_p = 'x', temperature = 'hot', top_k = X'00', "
-                         "max_new_tokens = 'lots', preset = 5 WHERE id = ?", (b.id,))
+                         "max_new_tokens = 'lots', preset = 5, penalty_last_n = 1e999 WHERE id = ?", (b.id,))
     store.close()
     window = make_window()
     window.open_conversation(a.id)
     window.open_conversation(b.id)
     assert window.conversation.id == b.id and window.system_prompt.text() == "B prompt"
     assert window.sampling.values() == {"preset": "custom", "temperature": 0.0, "top_p": 0.9, "top_k": 0,
-                                        "min_p": 0.0, "repetition_penalty": 1.2, "max_new_tokens": 512}
+                                        "min_p": 0.0, "repetition_penalty": 1.2, "penalty_last_n": 64,
+                                        "max_new_tokens": 512}
 
 
 # ---------------------------------------------------------------- settings
