@@ -341,7 +341,7 @@ class ChatFlow:
             return
         for mid, m in list(self._unsaved.items()):
             try:
-                self.store.update_message(mid, m.content, m.complete, m.stats)
+                self.store.update_message(mid, m.content, m.complete, m.stats, touch=True)  # as finish would have
             except sqlite3.Error:
                 self._retry_writes_at = time.monotonic() + self.RETRY_WRITES_S
                 return  # still failing: tried again at a later read

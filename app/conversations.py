@@ -234,10 +234,6 @@ class ConversationStore:
         with self.db:
             self.db.execute(f"UPDATE conversations SET {columns} WHERE id = ?", (*settings.values(), cid))
 
-    def touch(self, cid: int) -> None:
-        with self.db:
-            self.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (time.time(), cid))
-
     def delete(self, cid: int) -> None:
         with self.db:
             self.db.execute("DELETE FROM conversations WHERE id = ?", (cid,))
@@ -254,10 +250,15 @@ class ConversationStore:
             self.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, cid))
         return cur.lastrowid
 
-    def update_message(self, mid: int, content: str, complete: bool, stats: dict | None = None) -> None:
+    def update_message(self, mid: int, content: str, complete: bool, stats: dict | None = None,
+                       touch: bool = False) -> None:
+        """`touch`: the message's conversation was active now (a finished answer), in the same transaction."""
         with self.db:
             self.db.execute("UPDATE messages SET content = ?, complete = ?, stats_json = ? WHERE id = ?",
                             (content, int(complete), _json(stats), mid))
+            if touch:
+                self.db.execute("UPDATE conversations SET updated = ? WHERE id = "
+                                "(SELECT conversation_id FROM messages WHERE id = ?)", (time.time(), mid))
 
     def delete_message(self, mid: int) -> None:
         with self.db:
@@ -371,10 +372,7 @@ class AnswerWriter:
 
     def finish(self, text: str, stats: dict) -> bool:
         """The whole answer, complete; False when it could not be written (`error` says why)."""
-        def write():
-            self.store.update_message(self.id, text, complete=True, stats=stats)
-            self.store.touch(self.cid)
-        self._write(write)
+        self._write(lambda: self.store.update_message(self.id, text, complete=True, stats=stats, touch=True))
         return self.error is None
 
     def _write(self, write: Callable[[], None]) -> None:
