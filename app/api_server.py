@@ -1,5 +1,5 @@
-"""The toolbar's "Serve API" switch: the loaded model behind engine.server's OpenAI-compatible API on
-127.0.0.1, without a second thread running the model.
+"""The toolbar's "Serve API" switch: the loaded model behind engine.server's OpenAI-compatible API (on
+127.0.0.1 unless its settings say otherwise: app.api_settings), without a second thread running the model.
 
 engine.server has its own model thread; here it only relays. Its `generate` is an ApiBridge that hands
 each request to the app's EngineWorker (a queued signal, EngineHost.serve) and waits for the StepEvents
@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import errno
 import queue
+import socket
 import threading
+from dataclasses import replace
 from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QLabel, QStatusBar, QToolBar
+from PySide6.QtWidgets import QLabel, QMenu, QStatusBar, QToolBar, QToolButton
 
 from engine.errors import SubspecError
 
-API_HOST = "127.0.0.1"  # loopback only: the API has no key and would otherwise be open to the network
-API_PORT = 8642  # engine.server.DEFAULT_PORT, without importing it (and torch) at start-up
+from . import api_settings
+from .api_settings import ApiSettings, ApiSettingsDialog
+
 _END = object()
 
 
@@ -112,8 +115,9 @@ class LocalApi:
     """engine.server serving one app engine through the app's worker; start() raises OSError when the
     port is taken and SubspecError when the engine cannot be served."""
 
-    def __init__(self, engine, dispatch: Callable[[ApiCall], None], port: int, decoding: dict | None = None):
-        from engine.server import Backend, SubspecServer
+    def __init__(self, engine, dispatch: Callable[[ApiCall], None], config: ApiSettings,
+                 decoding: dict | None = None):
+        from engine.server import Backend, SubspecServer, is_origin
 
         if getattr(engine, "lm", None) is None or not callable(getattr(engine, "generate_ids", None)):
             raise SubspecError(f"model {getattr(engine, 'name', '?')} cannot be served over the API")
@@ -124,11 +128,19 @@ class LocalApi:
         # is idle meanwhile (the switch only turns on between answers).
         # Requests decode like the chat (the bridge's `decoding`): their usage says which method that was.
         backend = Backend(engine.lm, generate=self.bridge, name=engine.name, method=self.bridge.next_method)
-        self.server = SubspecServer(backend, API_HOST, port, quiet=True)
+        # Origins a hand-edited settings file garbled are left out (the dialog accepts only origins).
+        self.server = SubspecServer(backend, config.host, config.port, api_key=config.api_key or None, quiet=True,
+                                    cors_origins=tuple(o for o in config.origins if is_origin(o)))
         self.server.start()
+        self.config = config
 
     @property
     def url(self) -> str:
+        """The base URL clients use: on the network, this computer's address there (the server listens on
+        0.0.0.0, which is no address to connect to)."""
+        if self.config.network:
+            port = self.server.server_address[1]
+            return f"http://{api_settings.network_address() or socket.gethostname()}:{port}/v1"
         return self.server.url + "/v1"
 
     def close(self) -> None:
@@ -137,25 +149,37 @@ class LocalApi:
 
 
 class ApiSwitch(QObject):
-    """The checkable "Serve API" action and the label beside it (the address and requests served)."""
+    """The checkable "Serve API" action (a split button: its arrow opens the settings) and the label beside
+    it (the address and requests served)."""
 
     failed = Signal(str, str)  # title, message
 
-    def __init__(self, toolbar: QToolBar, status_bar: QStatusBar, host, port: int = API_PORT):
-        """The action goes in the toolbar; the label in the status bar (the toolbar has no room left for an
-        address), shown only while it says something."""
+    def __init__(self, toolbar: QToolBar, status_bar: QStatusBar, host, settings=None):
+        """The button goes in the toolbar; the label in the status bar (the toolbar has no room left for an
+        address), shown only while it says something. `settings`: the QSettings its settings live in (None:
+        the defaults, not kept)."""
         super().__init__(toolbar)
         self.host = host
-        self.port = port
+        self.settings = settings
+        self.config = api_settings.load(settings) if settings is not None else ApiSettings()
         self.api: LocalApi | None = None
         self.served = 0
         self.decoding: dict = {"method": "vanilla"}
+        self.dialog: ApiSettingsDialog | None = None
         self.action = QAction("Serve API", toolbar)
         self.action.setCheckable(True)
-        self.action.setToolTip(f"Serve the loaded model on an OpenAI-compatible API at http://{API_HOST}:{port}/v1 "
-                               f"(this computer only); API requests and chat answers take turns")
         self.action.toggled.connect(self._toggled)
-        toolbar.addAction(self.action)
+        self.settings_action = QAction("Settings…", toolbar)
+        self.settings_action.setObjectName("serve_api_settings")
+        self.settings_action.triggered.connect(self.edit_settings)
+        menu = QMenu(toolbar)
+        menu.addAction(self.settings_action)
+        self.button = QToolButton()
+        self.button.setDefaultAction(self.action)
+        self.button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        self.button.setMenu(menu)
+        toolbar.addWidget(self.button)
+        self._describe()
         self.label = QLabel("")
         self.label.setContentsMargins(4, 0, 4, 0)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)  # copy the URL
@@ -163,6 +187,42 @@ class ApiSwitch(QObject):
         self.label.hide()
         self._available = False
         host.api_served.connect(self._on_served)
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @port.setter
+    def port(self, port: int) -> None:  # (tests serve on port 0: whichever is free)
+        self.config = replace(self.config, port=port)
+
+    def _describe(self) -> None:
+        where = ("other computers on the network too, with the API key" if self.config.network
+                 else "this computer only" + (", with the API key" if self.config.api_key else ""))
+        self.action.setToolTip(f"Serve the loaded model on an OpenAI-compatible API on port {self.config.port} "
+                               f"({where}); API requests and chat answers take turns. The arrow: settings")
+
+    def edit_settings(self) -> None:
+        """Opens the settings dialog (not modal to the code: tests and the event loop go on); OK saves them
+        and restarts a running server with them."""
+        self.dialog = ApiSettingsDialog(self.config, self.button.window())
+        self.dialog.finished.connect(self._settings_done)
+        self.dialog.open()
+
+    def _settings_done(self, _result: int) -> None:
+        dialog, self.dialog = self.dialog, None
+        if dialog is None:
+            return
+        dialog.deleteLater()
+        if dialog.result_settings is None:  # cancelled
+            return
+        self.config = dialog.result_settings
+        if self.settings is not None:
+            api_settings.save(self.settings, self.config)
+        self._describe()
+        if self.running:
+            self.stop()
+            self.start()
 
     @property
     def running(self) -> bool:
@@ -192,13 +252,15 @@ class ApiSwitch(QObject):
             self._fail("Serve API", "Load a model first; the API serves the model loaded here.")
             return False
         try:
-            self.api = LocalApi(engine, self.host.serve, self.port, self.decoding)
+            self.api = LocalApi(engine, self.host.serve, self.config, self.decoding)
         except OSError as exc:
+            where = f"{self.config.host}:{self.config.port}"
             if exc.errno == errno.EADDRINUSE:
-                message = (f"Port {self.port} on {API_HOST} is already in use, perhaps by another SubSpec server. "
-                           f"Stop that program, then turn Serve API on again.")
+                message = (f"Port {self.config.port} is already in use ({where}), perhaps by another SubSpec "
+                           f"server. Stop that program, or choose another port (the arrow beside Serve API, "
+                           f"Settings…), then turn Serve API on again.")
             else:
-                message = f"Cannot serve on {API_HOST}:{self.port}: {exc.strerror or exc}"
+                message = f"Cannot serve on {where}: {exc.strerror or exc}"
             self._fail("Serve API", message)
             return False
         except SubspecError as exc:
@@ -243,8 +305,11 @@ class ApiSwitch(QObject):
 
     def _show(self) -> None:
         n = self.served
-        self._say(f"API {self.api.url} · {n} request{'' if n == 1 else 's'}",
-                  "The OpenAI-compatible API's base URL and the requests it has answered")
+        how = (" (network, key)" if self.config.network else " (key)" if self.config.api_key else "")
+        tip = "The OpenAI-compatible API's base URL and the requests it has answered"
+        if self.config.network:
+            tip += f"; on this computer also http://127.0.0.1:{self.api.server.server_address[1]}/v1"
+        self._say(f"API {self.api.url}{how} · {n} request{'' if n == 1 else 's'}", tip)
 
     def _say(self, text: str, tip: str) -> None:
         self.label.setText(text)

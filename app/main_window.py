@@ -220,7 +220,7 @@ class MainWindow(ChatFlow, QMainWindow):
         models_action.setToolTip("Download, import, convert and delete models")
         toolbar.addAction(models_action)
         toolbar.addSeparator()
-        self.api = ApiSwitch(toolbar, self.statusBar(), self.host)
+        self.api = ApiSwitch(toolbar, self.statusBar(), self.host, self.settings)
         self.api.failed.connect(self._on_api_failed)
         # API requests decode like the chat: SubSpec with its tree when the switch is on.
         self.method.changed.connect(lambda: self.api.set_decoding(self.method.params()))

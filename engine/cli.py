@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 from . import cli_models, cli_types
@@ -371,14 +370,14 @@ def _run_bench(args, conversations, methods) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .server import SubspecServer, is_loopback
+    from .server import SubspecServer, is_loopback, is_origin
 
     if not 0 <= args.port <= 65535:
         raise SubspecError(f"--port must be between 0 and 65535, got {args.port}")
     if args.queue < 1:
         raise SubspecError(f"--queue must be >= 1, got {args.queue}")
     for origin in args.cors_origin or ():
-        if origin not in ("*", "null") and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+/?", origin, re.I):
+        if not is_origin(origin):
             raise SubspecError(f"--cors-origin takes a web page's origin, like https://chat.example.com or "
                                f"http://localhost:3000 (or '*' for any), not {origin!r}")
     api_key = args.api_key or os.environ.get("SUBSPEC_API_KEY") or None

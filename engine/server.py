@@ -19,6 +19,7 @@ import json
 import math
 import os
 import queue
+import re
 import select
 import socket
 import socketserver
@@ -877,6 +878,12 @@ def normalized_origin(origin: str) -> str:
         host = f"[{host}]"
     default = {"http": 80, "https": 443}.get(parts.scheme.lower())
     return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def is_origin(text: str) -> bool:
+    """What may be allowed: a web page's origin (scheme://host[:port], e.g. http://localhost:3000), "*" (any)
+    or "null" (sandboxed pages)."""
+    return text in ("*", "null") or re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+/?", text, re.I) is not None
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...] = ()) -> bool:

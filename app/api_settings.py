@@ -1,0 +1,166 @@
+"""Serve API's settings: the port, whether other computers may connect (then only with an API key), an
+optional API key on this computer too, and the web pages allowed to call it from a browser (CORS).
+
+What LM Studio's, Jan's and Ollama's servers let a user set (their port, "serve on local network", an API
+key, allowed origins), kept in QSettings. A value a hand-edited settings file makes unreadable reads as its
+default, so the switch always starts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from dataclasses import dataclass, replace
+
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+API_PORT = 8642  # engine.server.DEFAULT_PORT, without importing it (and torch) at start-up
+LOOPBACK = "127.0.0.1"  # this computer only: no other machine can connect
+EVERYWHERE = "0.0.0.0"  # every IPv4 interface: the local network (and whatever else can reach this machine)
+GROUP = "serve_api"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    port: int = API_PORT
+    network: bool = False  # listen on every interface, not only this computer's loopback
+    api_key: str = ""  # required as "Authorization: Bearer <key>" when set; always set when `network`
+    origins: tuple[str, ...] = ()  # web page origins allowed besides this computer's own pages ("*": any)
+
+    @property
+    def host(self) -> str:
+        return EVERYWHERE if self.network else LOOPBACK
+
+    def problem(self) -> str | None:
+        """Why these settings cannot be served (None: they can)."""
+        if not 0 <= self.port <= 65535:
+            return f"The port must be a number from 1 to 65535, not {self.port}."
+        if self.network and not self.api_key.strip():
+            return ("Serving to other computers needs an API key: without one, anyone who can reach this "
+                    "computer could use the model. Make one with Generate.")
+        if any(c.isspace() for c in self.api_key.strip()):
+            return "An API key cannot contain spaces."
+        return None
+
+
+def load(settings) -> ApiSettings:
+    default = ApiSettings()
+    try:
+        port = int(settings.value(f"{GROUP}/port", default.port))
+    except (TypeError, ValueError, OverflowError):
+        port = default.port
+    network = settings.value(f"{GROUP}/network", "false")
+    key = settings.value(f"{GROUP}/api_key", "")
+    origins = settings.value(f"{GROUP}/origins", "")
+    loaded = ApiSettings(port=port if 1 <= port <= 65535 else default.port,
+                         network=network is True or str(network).lower() == "true",
+                         api_key=key.strip() if isinstance(key, str) else "",
+                         # (checked when served: engine.server, which knows origins, imports torch)
+                         origins=tuple(origins.split()) if isinstance(origins, str) else ())
+    # A network server without a key is never started from a hand-edited file: it serves this computer.
+    return replace(loaded, network=False) if loaded.problem() else loaded
+
+
+def save(settings, api: ApiSettings) -> None:
+    settings.setValue(f"{GROUP}/port", api.port)
+    settings.setValue(f"{GROUP}/network", "true" if api.network else "false")
+    settings.setValue(f"{GROUP}/api_key", api.api_key)
+    settings.setValue(f"{GROUP}/origins", " ".join(api.origins))
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """Origins separated by spaces or commas; ValueError naming the first that is not one."""
+    origins = tuple(dict.fromkeys(o for o in text.replace(",", " ").split()))
+    for origin in origins:
+        if not _is_origin(origin):
+            raise ValueError(f"{origin!r} is not a web page's origin: write it as the browser's address bar "
+                             f"starts, like http://localhost:3000 or https://chat.example.com (or * for any page)")
+    return origins
+
+
+def _is_origin(text: str) -> bool:
+    from engine.server import is_origin  # (imports torch: the app has, once a model is loaded)
+
+    return is_origin(text)
+
+
+def network_address() -> str | None:
+    """This computer's address on its local network (the interface its default route leaves by), for the
+    URL other computers use; None when it has no network. A UDP connect sends nothing."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))
+            address = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith(("0.", "127.")) else address
+
+
+class ApiSettingsDialog(QDialog):
+    """Edits ApiSettings; `result_settings` holds what OK accepted. OK stays on the dialog with the reason
+    while the settings cannot be served, so nothing typed is lost."""
+
+    def __init__(self, current: ApiSettings, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Serve API settings")
+        self.setMinimumWidth(540)
+        self.result_settings: ApiSettings | None = None
+        self.port = QSpinBox()
+        self.port.setRange(1024, 65535)  # below 1024 needs administrator rights on Linux and macOS
+        self.port.setValue(min(max(current.port, 1024), 65535))
+        self.port.setAccessibleName("Port")
+        self.network = QCheckBox("Other computers on my network may use it")
+        self.network.setChecked(current.network)
+        self.network.setToolTip("Listen on every network interface, not only this computer's. Requests then need "
+                                "the API key")
+        self.api_key = QLineEdit(current.api_key)
+        self.api_key.setAccessibleName("API key")
+        self.api_key.setPlaceholderText("none: any program on this computer may use it")
+        self.api_key.setToolTip("Clients send it as 'Authorization: Bearer <key>' (an OpenAI client's api_key). "
+                                "Kept in the app's settings file")
+        self.generate = QPushButton("Generate")
+        self.generate.setToolTip("A new random key")
+        self.generate.clicked.connect(lambda: self.api_key.setText(secrets.token_urlsafe(24)))
+        key_row = QHBoxLayout()
+        key_row.addWidget(self.api_key, 1)
+        key_row.addWidget(self.generate)
+        self.origins = QLineEdit(" ".join(current.origins))
+        self.origins.setAccessibleName("Allowed web pages")
+        self.origins.setPlaceholderText("e.g. https://chat.example.com  (pages on this computer always may)")
+        self.origins.setToolTip("Web pages that may call the API from a browser (CORS), separated by spaces; * for "
+                                "any. Pages served from this computer (localhost) and desktop apps always may")
+        form = QFormLayout()
+        form.addRow("Port", self.port)
+        form.addRow("", self.network)
+        form.addRow("API key", key_row)
+        form.addRow("Allowed web pages", self.origins)
+        self.problem = QLabel("")
+        self.problem.setWordWrap(True)
+        self.problem.setStyleSheet("color: #c62828")
+        self.problem.hide()
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.problem)
+        layout.addWidget(buttons)
+
+    def settings(self) -> ApiSettings:
+        """What the boxes say; ValueError with the reason when it cannot be served."""
+        api = ApiSettings(port=self.port.value(), network=self.network.isChecked(),
+                          api_key=self.api_key.text().strip(), origins=parse_origins(self.origins.text()))
+        why = api.problem()
+        if why:
+            raise ValueError(why)
+        return api
+
+    def accept(self) -> None:
+        try:
+            self.result_settings = self.settings()
+        except ValueError as exc:
+            self.problem.setText(str(exc))
+            self.problem.show()
+            return
+        super().accept()
