@@ -131,6 +131,7 @@ class LocalApi:
         # Origins a hand-edited settings file garbled are left out (the dialog accepts only origins).
         self.server = SubspecServer(backend, config.host, config.port, api_key=config.api_key or None, quiet=True,
                                     cors_origins=tuple(o for o in config.origins if is_origin(o)))
+        self.server.allow_origin_hint = "add {origin} to SubSpec Studio's Serve API settings, Allowed web pages"
         self.server.start()
         self.config = config
 

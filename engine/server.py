@@ -499,8 +499,8 @@ class Handler(BaseHTTPRequestHandler):
         if not origin:
             return
         if not origin_allowed(origin, self.server.cors_origins):
-            raise ApiError(403, f"requests from web pages at {origin} are not allowed; to allow them, start "
-                                f"the server with --cors-origin {origin}", code="origin_not_allowed")
+            raise ApiError(403, f"requests from web pages at {origin} are not allowed; to allow them, "
+                                f"{self.server.allow_origin_hint.format(origin=origin)}", code="origin_not_allowed")
         self._cors_origin = origin
 
     def _preflight(self) -> None:
@@ -811,6 +811,8 @@ class SubspecServer(ThreadingHTTPServer):
     # Windows it lets a second server bind a port another is listening on (both then answer at random), so
     # there the port is taken exclusively instead, and a busy port is the error it should be.
     allow_reuse_address = os.name != "nt"
+    # How a refused web page's origin is allowed, said in the 403 (the app's server has a settings dialog).
+    allow_origin_hint = "start the server with --cors-origin {origin}"
 
     def __init__(self, backend: Backend, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  api_key: str | None = None, queue_size: int = DEFAULT_QUEUE, quiet: bool = True,

@@ -140,6 +140,7 @@ def test_allowed_web_pages_may_call_it_from_a_browser(qtbot, make_window):
     window.api.action.trigger()
     status, _headers, body = request(window.api.url, origin="https://chat.example.com")
     assert status == 403 and body["error"]["code"] == "origin_not_allowed"
+    assert "Serve API settings" in body["error"]["message"]  # where the app's user allows it
     dialog = settings_dialog(window)
     dialog.port.setValue(free_port())
     dialog.origins.setText("chat.example.com")  # not an origin: said, and kept in the box
