@@ -54,8 +54,8 @@ DRAFT_STEP_ROWS = 2 * (1 + max(TOPKS))
 
 # Sampling (engine.sampling.select_tokens) warps at most SAMPLE_CHUNK_ELEMENTS logits at a time (a block of
 # rows); the block's float32 cast (4 bytes a value) and top-p's softmax, sort (values and int64 indices),
-# cumulative sums and scatter hold 33 bytes per value at their peak on the CPU (tests/engine/test_sampling.py
-# measures it). CUDA's segmented sort adds double buffers for keys and indices (12 more): 48 rounds that up.
+# cumulative sums and scatter hold 33 bytes per value at their peak on the CPU (the draw's Gumbel noise, after
+# them, 20 without the cast; tests/engine/test_sampling.py measures both). CUDA's segmented sort adds double buffers for keys and indices (12 more): 48 rounds that up.
 SAMPLE_CHUNK_ELEMENTS = 1 << 21  # engine.sampling's (a test checks they agree)
 SAMPLING_BYTES_PER_VALUE = 48
 

@@ -12,12 +12,17 @@ depends on the tokens before it, so a tree pass penalizes each node with its own
 ancestors): every node's logits are then those plain decoding would have penalized at that point, and the
 answer stays the target's, token for token.
 
-Draws are keyed by position: the token that follows position p is the inverse-CDF draw at a uniform u_p
-that depends only on the seed and p (a counter-based hash, computed on the device). Plain decoding samples
-position p once; a tree pass samples every node at p with that same u_p, and the verification walk keeps
-the node its path reaches, whose context is exactly plain decoding's. So with a seed, a sampled answer is
-the same token for token whichever way it is decoded: plain, SubSpec, any tree, auto depth (as greedy
-answers are), and without one it is still an exact draw from the target's distribution.
+Draws are keyed by position: the token that follows position p is the Gumbel-max draw
+argmax_x(log p(x) + g(p, x)), with Gumbel noise g that depends only on the seed, p and the token x (a
+counter-based hash, computed on the device). Plain decoding samples position p once; a tree pass samples every
+node at p with that same noise, and the verification walk keeps the node its path reaches, whose context is
+exactly plain decoding's. So with a seed, a sampled answer is the same token for token whichever way it is
+decoded: plain, SubSpec, any tree, auto depth (as greedy answers are), and without one it is still an exact
+draw from the target's distribution. Gumbel-max rather than an inverse-CDF draw because the draft can use the
+same noise: the draft's own perturbed argmax is the target's choice whenever the two distributions are close
+(the coupling misses with probability at most about their total variation distance), so a sampled answer is
+drafted nearly as well as a greedy one (engine.speculative.grow_tree). An inverse-CDF draw over the vocabulary's
+order couples poorly: every token before the drawn one shifts the cumulative sum.
 """
 
 from __future__ import annotations
@@ -100,19 +105,38 @@ def _mix64(x: int) -> int:
 
 
 class Draws:
-    """Uniforms keyed by (seed, position)."""
+    """Gumbel noise keyed by (seed, position, token)."""
 
     def __init__(self, seed: int):
         self.seed = seed
         mixed = _mix64(seed & 0xFFFFFFFFFFFFFFFF)
         self._a, self._b = mixed & M32, mixed >> 32
 
-    def uniforms(self, positions: torch.Tensor) -> torch.Tensor:
-        """u in (0, 1) for each position ([N] int64 on any device), float64, same device."""
-        k = _hash32((positions.long() & M32) ^ self._a)
-        k = _hash32((k + self._b) & M32)
-        return (k.double() + 0.5) / 2.0**32
+    def gumbels(self, positions: torch.Tensor, tokens: torch.Tensor | int) -> torch.Tensor:
+        """g(p, x) for each position p ([N] int64, any device) and token x: `tokens` is the vocabulary's size
+        (every token, [N, V]) or the token ids themselves ([N, M] or [M]). float32 on positions' device.
 
+        Built in place (one int64 value and one temporary at a time): at a block of 2M values this is what
+        sampling holds beside the warped probabilities (engine.planner.SAMPLING_BYTES_PER_VALUE)."""
+        device = positions.device
+        row = _hash32((positions.long() & M32) ^ self._a)
+        row = _hash32((row + self._b) & M32)[:, None]
+        if isinstance(tokens, int):
+            tokens = torch.arange(tokens, device=device)
+        x = tokens.to(device=device, dtype=torch.long) * 0x9E3779B1 & M32  # ids < 2^31: products < 2^63
+        x = x.expand(row.shape[0], -1) ^ row if x.dim() == 1 else x ^ row
+        for _ in range(2):  # two rounds of _hash32, in place
+            for _ in range(2):
+                x ^= x >> 16
+                x *= 0x45D9F3B
+                x &= M32
+            x ^= x >> 16
+            x += self._b
+            x &= M32
+        u = x.double()
+        del x
+        # u in (0, 1): never 0 or 1, so the noise is finite. float64 keeps the tail's resolution.
+        return u.add_(0.5).div_(2.0**32).log_().neg_().log_().neg_().float()
 
 def warp(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Probabilities [N, V] of the warped distribution for float32 logits [N, V] (not greedy)."""
@@ -270,7 +294,8 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | N
         return logits.argmax(-1)
     if not params.greedy and (draws is None or positions is None):
         raise ValueError("sampling needs the answer's draws and each row's position")
-    uniforms = None if params.greedy else draws.uniforms(positions.to(logits.device))
+    if positions is not None:
+        positions = positions.to(logits.device)
     tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
     # A block of rows at a time: warping makes several [rows, V] temporaries (about 2 GB for a 400-node
     # tree over a 152k vocabulary at once); each row's draw depends on that row alone.
@@ -283,10 +308,9 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | N
         if params.greedy:
             tokens[r:r + step] = block.argmax(-1)
             continue
-        cdf = warp(block, params).cumsum(-1)
+        scores = warp(block, params).log_()  # a token the warps cut is -inf: never drawn
         del block
-        target = uniforms[r:r + step].to(cdf.dtype) * cdf[:, -1]
-        # The first token whose cumulative probability exceeds the target: never a zero-probability token.
-        tokens[r:r + step] = torch.searchsorted(cdf, target[:, None].contiguous(), right=True)[:, 0]
-        del cdf
-    return tokens.clamp_(max=logits.shape[-1] - 1)
+        scores += draws.gumbels(positions[r:r + step], logits.shape[-1])
+        tokens[r:r + step] = scores.argmax(-1)
+        del scores
+    return tokens

@@ -3,7 +3,8 @@ verifies every node in one pass, and the verification walk emits only tokens the
 
 One iteration (a "target pass"):
 1. grow_tree: `depth` draft steps; each runs the newest `topk` nodes and keeps the global top-`topk`
-   children by cumulative float32 log-probability of the sharpened draft distribution.
+   children by cumulative float32 log-probability of the sharpened draft distribution (when sampling, of the
+   draft's guess at the target's draw: its own distribution perturbed by the answer's Gumbel noise).
 2. verify: one target forward over all nodes with the tree mask; the target's token at every node
    (argmax, or one draw from its warped distribution) is chosen on the device; only N ids come back.
 3. walk: accept while the target's token is a child; the first mismatch (or the leaf's token) is the bonus.
@@ -31,6 +32,12 @@ from .loading import LoadedModel, free_device_memory
 from .model import Decoder
 from .sampling import Draws, History, SamplingParams, select_tokens
 from .tree import Tree, path_members, prune, tree_mask, walk
+
+
+# When sampling, a draft step weighs each frontier node's likeliest tokens only (its guess at the target's draw
+# needs their noise, not the whole vocabulary's): a token outside them is drawn rarely, and missing one costs
+# acceptance, never correctness.
+DRAFT_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ def _sync(device: torch.device) -> None:
 
 def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: TreeShape,
               depth: int, timer: list[float], fixed_shapes: bool | None = None,
-              history: History | None = None) -> Tree:
+              history: History | None = None, sampling: SamplingParams | None = None,
+              draws: Draws | None = None) -> Tree:
     """Beam tree of `depth` levels below the root. Its wall time (ms, draft forwards and beam selection)
     accumulates into timer[0]; the device is synchronized once, at the end, not per step, so the host
     can queue step d+1 while the device still runs step d.
@@ -94,7 +102,9 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
     while the GPU, just synchronized by the last verification, waits.
 
     With penalties (`history`), the draft's logits are penalized as the target's will be, each node with
-    its own path: the draft then guesses what the penalized target chooses (acceptance, not correctness)."""
+    its own path: the draft then guesses what the penalized target chooses (acceptance, not correctness).
+    When sampling (`sampling` not greedy, with the answer's `draws`), children are ranked by `sampled_children`:
+    the draft's guess at what the target will draw there."""
     L = cache.length
     device = root_token.device
     if fixed_shapes is None:
@@ -103,6 +113,9 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
     dtype = draft.embed_tokens.weight.dtype  # masks in the model's dtype: no converted copy per step
     frontier = slice(0, 1)
     scores = torch.zeros(1, device=device)
+    sampled = sampling is not None and not sampling.greedy
+    if sampled and draws is None:
+        raise ValueError("a sampled tree needs the answer's draws")
     steps = {}  # rows -> captured step (captured before the clock starts: once per span, not per tree)
     if fixed_shapes and depth > 0:
         span = draft_span(L + 1 + depth * shape.topk, cache.capacity)
@@ -120,16 +133,45 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
             logits = draft(tree.tokens[frontier], L + tree.depths[frontier], cache, L + frontier.start, mask)
         if history is not None:
             logits = history.penalize(logits, path_members(tree, frontier))
-        # Sharpening (draft temperature < 1) keeps a confident wrong branch from crowding the beam.
-        logp = torch.log_softmax(logits / shape.draft_temperature, dim=-1) + scores[:, None]  # float32
-        vocab = logp.shape[1]
+        if sampled:
+            logp, ids = sampled_children(logits, sampling, draws, L + tree.depths[frontier], shape.draft_temperature)
+        else:
+            # Sharpening (draft temperature < 1) keeps a confident wrong branch from crowding the beam.
+            logp, ids = torch.log_softmax(logits / shape.draft_temperature, dim=-1), None  # float32
+        logp = logp + scores[:, None]
+        width = logp.shape[1]
         top = torch.topk(logp.flatten(), shape.topk)
-        frontier = tree.add(frontier.start + top.indices // vocab, top.indices % vocab, top.values)
+        children = top.indices % width if ids is None else ids.flatten()[top.indices]
+        frontier = tree.add(frontier.start + top.indices // width, children, top.values)
         scores = top.values
     tree = prune(tree, shape.nodes)
     _sync(device)
     timer[0] += (time.perf_counter() - t0) * 1e3
     return tree
+
+
+def sampled_children(logits: torch.Tensor, sampling: SamplingParams, draws: Draws, positions: torch.Tensor,
+                     draft_temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draft's guess at the target's draw after each row ([rows, V] logits, penalized if the answer is;
+    `positions`: each row's input position): (log-scores, token ids), both [rows, DRAFT_CANDIDATES].
+
+    The target draws argmax(log p + g) with the answer's Gumbel noise g (engine.sampling); the draft ranks its
+    likeliest tokens by log q + g, warped as the target's are (temperature, top-k, top-p, min-p), so its first
+    guess is the target's draw whenever q is close to p. Sharpened by `draft_temperature` as greedy trees
+    are, so that a clear guess keeps the beam and a near tie spends width on the runner-up."""
+    logq = torch.log_softmax(logits.float() / sampling.temperature, dim=-1)
+    vals, ids = torch.topk(logq, min(DRAFT_CANDIDATES, logq.shape[-1]), dim=-1)  # likeliest first
+    cut = float("-inf")
+    if sampling.top_k and sampling.top_k < vals.shape[-1]:
+        vals[:, sampling.top_k:] = cut
+    if sampling.top_p < 1.0:
+        probs = torch.softmax(vals, dim=-1) if sampling.top_k else vals.exp()  # (renormalized over top-k)
+        vals = vals.masked_fill(probs.cumsum(-1) - probs >= sampling.top_p, cut)
+    if sampling.min_p > 0:
+        vals = vals.masked_fill(vals < vals[:, :1] + math.log(sampling.min_p), cut)
+    guess = (vals + draws.gumbels(positions, ids)) / draft_temperature
+    # A cut token stays a (hopeless) candidate with a finite score: a beam of scores never meets -inf - -inf.
+    return torch.log_softmax(guess, dim=-1).clamp_(min=-1e9), ids
 
 
 def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams,
@@ -205,7 +247,7 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         depth = max(0, min(wanted, emitter.remaining - 1, context - L - 1))
         timer = [0.0]
         try:
-            tree = grow_tree(draft, cache, root, shape, depth, timer, history=history)
+            tree = grow_tree(draft, cache, root, shape, depth, timer, history=history, sampling=sampling, draws=gen)
             t1 = time.perf_counter()
             target_tokens = verifier(target, cache, tree, sampling, gen, history)
             _sync(device)

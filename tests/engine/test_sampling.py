@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import math
+
 import pytest
 import torch
 
@@ -71,24 +73,36 @@ def test_seed_reproduces_and_draws_follow_distribution():
     assert (other != a).float().mean() > 0.3  # another seed, other draws
 
 
-def test_a_draw_depends_on_seed_and_position_only():
-    # The same position in a batch of other rows, or alone, or repeated: the same u, so the same token.
+def test_a_draw_depends_on_seed_position_and_token_only():
+    # The same position in a batch of other rows, or alone, or repeated: the same noise, so the same token.
     draws = SamplingParams(temperature=1.0, seed=123).draws()
-    u = draws.uniforms(torch.tensor([5, 9, 5, 1000000007]))
-    assert u[0] == u[2] and u[0] != u[1] and 0 < u.min() and u.max() < 1
-    assert draws.uniforms(torch.tensor([9]))[0] == u[1]
-    # Uniform and uncorrelated between neighbouring positions (the hash avalanches).
-    many = draws.uniforms(torch.arange(200000))
-    assert abs(float(many.mean()) - 0.5) < 0.005
-    assert torch.histc(many.float(), bins=10, min=0, max=1).div(20000).sub(1).abs().max() < 0.03
-    assert abs(float(torch.corrcoef(torch.stack((many[:-1], many[1:])))[0, 1])) < 0.01
+    g = draws.gumbels(torch.tensor([5, 9, 5, 1000000007]), 50)
+    assert g.shape == (4, 50) and g.dtype == torch.float32 and torch.isfinite(g).all()
+    assert torch.equal(g[0], g[2]) and not torch.equal(g[0], g[1])
+    assert torch.equal(draws.gumbels(torch.tensor([9]), 50)[0], g[1])
+    # Some tokens only (the draft's candidates), per row or shared: the same values as the whole vocabulary's.
+    ids = torch.tensor([[3, 49, 0], [7, 7, 1]])
+    assert torch.equal(draws.gumbels(torch.tensor([5, 9]), ids), torch.stack((g[0][ids[0]], g[1][ids[1]])))
+    assert torch.equal(draws.gumbels(torch.tensor([5]), torch.tensor([4, 2])), g[:1, [4, 2]])
+    # Standard Gumbel (mean Euler's gamma, variance pi^2 / 6), uncorrelated between neighbouring positions
+    # and between neighbouring tokens (the hash avalanches).
+    many = draws.gumbels(torch.arange(2000), 1000).double()
+    assert abs(float(many.mean()) - 0.5772) < 0.005 and abs(float(many.var()) - math.pi ** 2 / 6) < 0.01
+    u = torch.exp(-torch.exp(-many)).flatten()  # back to uniforms
+    assert torch.histc(u.float(), bins=10, min=0, max=1).div(u.numel() / 10).sub(1).abs().max() < 0.01
+    for a, b in ((many[:-1], many[1:]), (many[:, :-1], many[:, 1:])):
+        assert abs(float(torch.corrcoef(torch.stack((a.flatten(), b.flatten())))[0, 1])) < 0.01
+    assert not torch.equal(SamplingParams(temperature=1.0, seed=124).draws().gumbels(torch.tensor([5]), 50)[0], g[0])
 
 
-def test_inverse_cdf_never_picks_a_zero_probability_token():
+def test_a_cut_token_is_never_drawn():
     logits = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]]).expand(2000, 4)
     params = SamplingParams(temperature=1.0, seed=1)
     tokens = select_tokens(logits, params, params.draws(), torch.arange(2000))
     assert set(tokens.tolist()) == {0, 2}
+    cut = SamplingParams(temperature=1.0, top_k=2, seed=1)  # and one the warps cut
+    tokens = select_tokens(torch.tensor([[3.0, 2.0, 1.0]]).expand(2000, 3), cut, cut.draws(), torch.arange(2000))
+    assert set(tokens.tolist()) == {0, 1}
 
 
 def test_sampling_without_positions_is_a_clear_error():
@@ -137,8 +151,9 @@ def test_logits_in_the_models_dtype_select_what_their_float32_cast_does(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("params", PARAMS)
 def test_sampling_memory_stays_within_the_planners_term(params, dtype, monkeypatch):
-    """What warping holds at its peak, measured: it does not grow with the tree's rows, and per value of a
-    block it is within what engine.planner.workspace_bytes counts (29 bytes measured with top-p)."""
+    """What warping and the draw hold at their peak, measured: it does not grow with the tree's rows, and per
+    value of a block it is within what engine.planner.workspace_bytes counts (29 bytes measured with top-p's
+    sort; 20 without, the Gumbel noise's hash: one int64 value and a temporary beside the log-probabilities)."""
     from test_mask_memory import MaskLedger
 
     from engine import planner, sampling
@@ -155,7 +170,7 @@ def test_sampling_memory_stays_within_the_planners_term(params, dtype, monkeypat
     assert peaks[0] == peaks[1] > 0  # 64 rows hold what one block does
     per_value = peaks[1] / (block * vocab)
     cast = 4 if dtype != torch.float32 else 0  # the block's float32 copy
-    assert per_value <= (29 if params.top_p < 1 else 9) + cast <= planner.SAMPLING_BYTES_PER_VALUE
+    assert per_value <= (29 if params.top_p < 1 else 20) + cast <= planner.SAMPLING_BYTES_PER_VALUE
 
 
 # Penalties: repetition (transformers' rule over prompt and answer), presence and frequency (OpenAI's, over
