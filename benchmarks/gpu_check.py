@@ -223,8 +223,8 @@ def float32_identity_check(device, tokens: int = 48, fused: bool | None = None,
                            fused_ops: bool | None = None) -> dict:
     """The whole GPU path -- streamed layers, captured draft steps, tree verification, commit -- in
     float32 on a small random model: greedy SubSpec must equal plain decoding token for token, and so must
-    a seeded sampled answer with auto depth (the position-keyed draws: the int64 hash and the inverse-CDF
-    search on the device). (In bf16 a one-token pass and a 289-node tree pass round differently, and random
+    a seeded sampled answer with auto depth (the position- and token-keyed Gumbel draws: the int64 hash on
+    the device, and the draft's guesses from the same noise). (In bf16 a one-token pass and a 289-node tree pass round differently, and random
     weights have near-ties.)"""
     config = ModelConfig.from_dict(dict(TINY, hidden_size=512, intermediate_size=1024, num_hidden_layers=6,
                                         vocab_size=4096, num_attention_heads=8, num_key_value_heads=2))
@@ -260,24 +260,34 @@ def graph_check(device, fused: bool | None = None, fused_ops: bool | None = None
             "max_score_difference": float((a.scores - b.scores).abs().max()), "draft_path": draft_path(draft)["kind"]}
 
 
-def penalized_iteration(target, draft, cache, token, shape: TreeShape, device, prompt: list[int],
-                        repeats: int = 3) -> dict:
-    """What repetition and frequency penalties (over the last 64 tokens, as the chat uses them) add to a
-    SubSpec iteration: the draft penalized along each node's path at every step, the verification's rows
-    likewise. Timed on the same cache and root as the greedy iterations, nothing committed."""
+# An iteration's extra work for what a chat sends: penalties as the chat uses them (repetition and frequency
+# over the last 64 tokens), and sampling as its "balanced" preset (the draft's guesses from the answer's
+# Gumbel noise, and the verification's draws over the whole vocabulary).
+PENALIZED = SamplingParams(repetition_penalty=1.1, frequency_penalty=0.2, penalty_last_n=64)
+SAMPLED = SamplingParams(temperature=0.7, top_p=0.9, seed=1)
+
+
+def timed_iteration(target, draft, cache, token, shape: TreeShape, device, prompt: list[int],
+                    params: SamplingParams, repeats: int = 3) -> dict:
+    """Draft and verification of a SubSpec iteration with `params` (penalized: the draft and the
+    verification's rows penalized along each node's path; sampled: drawn). Timed on the same cache and root
+    as the greedy iterations, nothing committed."""
     from engine.sampling import History
 
-    params = SamplingParams(repetition_penalty=1.1, frequency_penalty=0.2, penalty_last_n=64)
-    history = History(params, prompt)
-    history.extend(token.tolist())
+    history = None
+    if params.penalized:
+        history = History(params, prompt)
+        history.extend(token.tolist())
+    draws = params.draws()
     times = []
     for i in range(repeats + 1):
         sync(device)
         t0 = time.perf_counter()
-        tree = grow_tree(draft, cache, token, shape, shape.depth, [0.0], history=history)
+        tree = grow_tree(draft, cache, token, shape, shape.depth, [0.0], history=history, sampling=params,
+                         draws=draws)
         sync(device)
         t1 = time.perf_counter()
-        verify(target, cache, tree, params, None, history)
+        verify(target, cache, tree, params, draws, history)
         sync(device)
         if i:  # the first: warm-up
             times.append((t1 - t0, time.perf_counter() - t1))
@@ -466,8 +476,9 @@ def main():
     result["draft_step_ms"] = round(med["draft_forward_s"] / shape.depth * 1e3, 2)
     result["predicted_tokens_per_s_at_paper_tau"] = round(PAPER_TAU / med["total_s"], 2)
     result["predicted_speedup_at_paper_tau"] = round(PAPER_TAU / med["total_s"] * t_target, 2)
-    result["penalized_iteration"] = penalized_iteration(target, draft, cache, token, shape, device, prompt.tolist())
-    print(f"[{time.perf_counter() - t_start:6.1f}s] penalized iteration: {result['penalized_iteration']}", flush=True)
+    for name, params in (("penalized_iteration", PENALIZED), ("sampled_iteration", SAMPLED)):
+        result[name] = timed_iteration(target, draft, cache, token, shape, device, prompt.tolist(), params)
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {name.replace('_', ' ')}: {result[name]}", flush=True)
     result["draft_step_replay"] = draft_step_replay(draft, cache, shape.topk, device, depth=shape.depth)
     print(f"[{time.perf_counter() - t_start:6.1f}s] draft step replay: {result['draft_step_replay']}", flush=True)
     # The step's memory floor: what it reads at the copy bandwidth of the GPU's own memory. The replay's
@@ -549,7 +560,10 @@ def main():
              f"{result['float32_identity']['penalized']['identical']}"),
             ("iteration with repetition and frequency penalties (last 64 tokens): draft / verify",
              f"{result['penalized_iteration']['draft_s'] * 1e3:.0f} / "
-             f"{result['penalized_iteration']['verify_s'] * 1e3:.0f} ms")]
+             f"{result['penalized_iteration']['verify_s'] * 1e3:.0f} ms"),
+            ("iteration sampled (T 0.7, top-p 0.9; the draft guessing from the same noise): draft / verify",
+             f"{result['sampled_iteration']['draft_s'] * 1e3:.0f} / "
+             f"{result['sampled_iteration']['verify_s'] * 1e3:.0f} ms")]
     md = "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write(md)

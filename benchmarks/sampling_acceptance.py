@@ -57,10 +57,13 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--depth", type=int, default=48)
     p.add_argument("--topk", type=int, default=6)
-    p.add_argument("--settings", help="comma-separated names from: " + "; ".join(SETTINGS))
+    p.add_argument("--settings", help="names separated by semicolons, from: " + "; ".join(SETTINGS))
     p.add_argument("--out")
     args = p.parse_args()
-    names = args.settings.split(",") if args.settings else list(SETTINGS)
+    names = [n.strip() for n in args.settings.split(";")] if args.settings else list(SETTINGS)
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        p.error(f"unknown settings {unknown}; known: {'; '.join(SETTINGS)}")
     folder, name = resolve_model(args.model)
     lm = load_model(folder, dtype="float32", device="cpu", name=name)
     draft = build_draft_cached(lm, 4, 64)

@@ -134,7 +134,7 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
         if history is not None:
             logits = history.penalize(logits, path_members(tree, frontier))
         if sampled:
-            logp, ids = sampled_children(logits, sampling, draws, L + tree.depths[frontier], shape.draft_temperature)
+            logp, ids = sampled_children(logits, sampling, draws, L + tree.depths[frontier], shape)
         else:
             # Sharpening (draft temperature < 1) keeps a confident wrong branch from crowding the beam.
             logp, ids = torch.log_softmax(logits / shape.draft_temperature, dim=-1), None  # float32
@@ -151,16 +151,17 @@ def grow_tree(draft: Decoder, cache: KVCache, root_token: torch.Tensor, shape: T
 
 
 def sampled_children(logits: torch.Tensor, sampling: SamplingParams, draws: Draws, positions: torch.Tensor,
-                     draft_temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                     shape: TreeShape) -> tuple[torch.Tensor, torch.Tensor]:
     """The draft's guess at the target's draw after each row ([rows, V] logits, penalized if the answer is;
-    `positions`: each row's input position): (log-scores, token ids), both [rows, DRAFT_CANDIDATES].
+    `positions`: each row's input position): (log-scores, token ids), both [rows, M] for the M likeliest
+    tokens (DRAFT_CANDIDATES, or the tree's width if wider: a root alone fills the beam).
 
     The target draws argmax(log p + g) with the answer's Gumbel noise g (engine.sampling); the draft ranks its
     likeliest tokens by log q + g, warped as the target's are (temperature, top-k, top-p, min-p), so its first
-    guess is the target's draw whenever q is close to p. Sharpened by `draft_temperature` as greedy trees
+    guess is the target's draw whenever q is close to p. Sharpened by the draft temperature as greedy trees
     are, so that a clear guess keeps the beam and a near tie spends width on the runner-up."""
     logq = torch.log_softmax(logits.float() / sampling.temperature, dim=-1)
-    vals, ids = torch.topk(logq, min(DRAFT_CANDIDATES, logq.shape[-1]), dim=-1)  # likeliest first
+    vals, ids = torch.topk(logq, min(max(DRAFT_CANDIDATES, shape.topk), logq.shape[-1]), dim=-1)  # likeliest first
     cut = float("-inf")
     if sampling.top_k and sampling.top_k < vals.shape[-1]:
         vals[:, sampling.top_k:] = cut
@@ -169,7 +170,7 @@ def sampled_children(logits: torch.Tensor, sampling: SamplingParams, draws: Draw
         vals = vals.masked_fill(probs.cumsum(-1) - probs >= sampling.top_p, cut)
     if sampling.min_p > 0:
         vals = vals.masked_fill(vals < vals[:, :1] + math.log(sampling.min_p), cut)
-    guess = (vals + draws.gumbels(positions, ids)) / draft_temperature
+    guess = (vals + draws.gumbels(positions, ids)) / shape.draft_temperature
     # A cut token stays a (hopeless) candidate with a finite score: a beam of scores never meets -inf - -inf.
     return torch.log_softmax(guess, dim=-1).clamp_(min=-1e9), ids
 

@@ -34,6 +34,7 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     assert out["float32_identity"]["sampled_auto_depth"]["identical"] is True
     assert out["float32_identity"]["penalized"]["identical"] is True
     assert out["penalized_iteration"]["draft_s"] > 0 and out["penalized_iteration"]["verify_s"] > 0
+    assert out["sampled_iteration"]["draft_s"] > 0 and out["sampled_iteration"]["verify_s"] > 0
     it = out["subspec_iteration"]
     # Medians taken per part (and rounded): the total's is not their sum, but it is at least each of them.
     assert it["total_s"] >= max(it["draft_s"], it["verify_s"]) and min(it["draft_s"], it["verify_s"]) > 0

@@ -172,6 +172,43 @@ def test_a_seeded_sampled_answer_is_the_same_whichever_way_it_is_decoded(tiny, p
     assert _run(generate_plain(lm, ids, 40, other), lm, ids).token_ids != plain  # the seed matters
 
 
+def _accepted(lm, draft, ids, params, shape):
+    """Draft tokens accepted per pass (the prefill's event and the last, cut by the length, left out)."""
+    events = list(generate_subspec(lm, draft, ids, 40, params, shape=shape))
+    return [ev.accepted for ev in events[1:-1]]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0, seed=21),
+                                    SamplingParams(temperature=0.8, top_p=0.9, top_k=30, min_p=0.02, seed=22)])
+def test_a_sampled_tree_drafted_by_the_target_itself_is_accepted_whole(peaked, params, monkeypatch):
+    """The draft guesses the target's draw with the answer's own noise: a draft that is the target (no
+    substitutes) then guesses every token, and each pass accepts its whole path. A draft that ranks its
+    children without the noise (the greedy beam) guesses far fewer: what the coupling is for."""
+    from engine import speculative
+
+    lm, _draft = peaked
+    exact = build_draft(lm.decoder, 4, 64, layers=[])  # the target's own modules: q = p
+    ids = lm.encode("xy", chat=False)
+    monkeypatch.setattr(speculative, "DRAFT_CANDIDATES", lm.config.vocab_size)  # (a flat tiny model's tail)
+    coupled = _accepted(lm, exact, ids, params, TreeShape(5, 1))
+    assert coupled and all(n == 5 for n in coupled)
+    grow = speculative.grow_tree
+    monkeypatch.setattr(speculative, "grow_tree", lambda *a, sampling=None, draws=None, **k: grow(*a, **k))
+    blind = _accepted(lm, exact, ids, params, TreeShape(5, 1))
+    assert sum(blind) / len(blind) < 0.6 * 5
+
+
+def test_a_sampled_tree_wider_than_the_drafts_candidates_is_still_lossless(tiny, monkeypatch):
+    from engine import speculative
+
+    lm, draft = tiny
+    monkeypatch.setattr(speculative, "DRAFT_CANDIDATES", 2)  # fewer than the tree's width: the width wins
+    params = SamplingParams(temperature=0.9, top_p=0.95, seed=5)
+    ids = lm.encode("hello world")
+    plain = _run(generate_plain(lm, ids, 24, params), lm, ids).token_ids
+    assert _run(generate_subspec(lm, draft, ids, 24, params, shape=TreeShape(4, 5)), lm, ids).token_ids == plain
+
+
 def test_sampling_matches_target_distribution_and_test_detects_bias(peaked):
     n = 800
     plain = _samples(peaked, range(0, n), spec=False)
