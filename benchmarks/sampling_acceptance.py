@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +25,7 @@ from engine.loading import load_model  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 from engine.speculative import TreeShape, generate_subspec  # noqa: E402
 from engine.store import DEFAULT_MODEL, resolve_model  # noqa: E402
+from penalties import run  # noqa: E402  (tokens, passes, accepted, seconds of one answer's events)
 
 # The chat's presets (app.controls.PRESETS), and a hotter one.
 SETTINGS = {
@@ -34,19 +34,6 @@ SETTINGS = {
     "creative (T 1.0, top-p 0.95)": dict(temperature=1.0, top_p=0.95),
     "T 1.0": dict(temperature=1.0),
 }
-
-
-def run(events) -> tuple[list[int], int, int, float]:
-    """Tokens, target passes after the prefill, draft tokens accepted, decode seconds."""
-    tokens, passes, accepted, t0, t_first = [], 0, 0, time.perf_counter(), None
-    for ev in events:
-        tokens += ev.token_ids
-        if ev.iteration == 0:
-            t_first = time.perf_counter()
-        else:
-            passes += 1
-            accepted += ev.accepted
-    return tokens, passes, accepted, time.perf_counter() - (t_first or t0)
 
 
 def main() -> int:
