@@ -117,10 +117,13 @@ class LocalApi:
 
     def __init__(self, engine, dispatch: Callable[[ApiCall], None], config: ApiSettings,
                  decoding: dict | None = None):
-        from engine.server import Backend, SubspecServer, is_origin
+        from engine.origins import is_origin
+        from engine.server import Backend, SubspecServer
 
         if getattr(engine, "lm", None) is None or not callable(getattr(engine, "generate_ids", None)):
             raise SubspecError(f"model {getattr(engine, 'name', '?')} cannot be served over the API")
+        if config.problem():  # (the dialog and load() never hand over such settings; refused here too)
+            raise SubspecError(config.problem())
         self.bridge = ApiBridge(dispatch)
         if decoding:
             self.bridge.decoding = dict(decoding)
@@ -187,6 +190,7 @@ class ApiSwitch(QObject):
         status_bar.addPermanentWidget(self.label)
         self.label.hide()
         self._available = False
+        self._restart = False  # new settings came mid-answer: serve again when the worker is free
         host.api_served.connect(self._on_served)
 
     @property
@@ -206,16 +210,15 @@ class ApiSwitch(QObject):
     def edit_settings(self) -> None:
         """Opens the settings dialog (not modal to the code: tests and the event loop go on); OK saves them
         and restarts a running server with them."""
-        self.dialog = ApiSettingsDialog(self.config, self.button.window())
-        self.dialog.finished.connect(self._settings_done)
-        self.dialog.open()
+        dialog = self.dialog = ApiSettingsDialog(self.config, self.button.window())
+        dialog.finished.connect(lambda _result: self._settings_done(dialog))
+        dialog.open()
 
-    def _settings_done(self, _result: int) -> None:
-        dialog, self.dialog = self.dialog, None
-        if dialog is None:
-            return
+    def _settings_done(self, dialog: ApiSettingsDialog) -> None:
+        if self.dialog is dialog:
+            self.dialog = None
         dialog.deleteLater()
-        if dialog.result_settings is None:  # cancelled
+        if dialog.result_settings is None or dialog.result_settings == self.config:  # cancelled, or no change
             return
         self.config = dialog.result_settings
         if self.settings is not None:
@@ -223,7 +226,12 @@ class ApiSwitch(QObject):
         self._describe()
         if self.running:
             self.stop()
-            self.start()
+            if self._available:
+                self.start()
+            else:  # mid-answer: the worker is busy; serve again, with these settings, once it is free
+                self._restart = True
+                self._say("Restarting after this answer", "Serve API starts again with its new settings when the "
+                                                           "answer in progress ends")
 
     @property
     def running(self) -> bool:
@@ -244,6 +252,9 @@ class ApiSwitch(QObject):
         """Whether it may turn on now (a model is loaded and the worker idle); turning off always may."""
         self._available = available
         self.action.setEnabled(available or self.running)
+        if available and self._restart:
+            self._restart = False
+            self.start()
 
     def start(self) -> bool:
         if self.api is not None:
@@ -275,6 +286,7 @@ class ApiSwitch(QObject):
     def stop(self) -> None:
         """Stops serving and frees the port; blocks until the server's threads are done (well under a second:
         a running request is cancelled at its next step)."""
+        self._restart = False
         api, self.api = self.api, None
         if api is not None:
             api.close()

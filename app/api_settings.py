@@ -33,14 +33,18 @@ class ApiSettings:
         return EVERYWHERE if self.network else LOOPBACK
 
     def problem(self) -> str | None:
-        """Why these settings cannot be served (None: they can)."""
+        """Why these settings cannot be served (None: they can). (Port 0, any free port, is the tests'.)"""
         if not 0 <= self.port <= 65535:
             return f"The port must be a number from 1 to 65535, not {self.port}."
-        if self.network and not self.api_key.strip():
+        key = self.api_key.strip()
+        if self.network and not key:
             return ("Serving to other computers needs an API key: without one, anyone who can reach this "
                     "computer could use the model. Make one with Generate.")
-        if any(c.isspace() for c in self.api_key.strip()):
-            return "An API key cannot contain spaces."
+        if not key and {"*", "null"} & set(self.origins):
+            return ("Allowing any web page (* or null) needs an API key: without one, any website open in your "
+                    "browser could use the model and read its answers. Make one with Generate.")
+        if key and not (key.isascii() and key.isprintable() and " " not in key):
+            return "An API key can hold letters, digits and ASCII punctuation only (no spaces)."
         return None
 
 
@@ -53,13 +57,18 @@ def load(settings) -> ApiSettings:
     network = settings.value(f"{GROUP}/network", "false")
     key = settings.value(f"{GROUP}/api_key", "")
     origins = settings.value(f"{GROUP}/origins", "")
+    if isinstance(origins, list):  # an INI file's "a, b" reads back as a list
+        origins = " ".join(str(o) for o in origins)
     loaded = ApiSettings(port=port if 1 <= port <= 65535 else default.port,
                          network=network is True or str(network).lower() == "true",
                          api_key=key.strip() if isinstance(key, str) else "",
                          # (checked when served: engine.server, which knows origins, imports torch)
                          origins=tuple(origins.split()) if isinstance(origins, str) else ())
-    # A network server without a key is never started from a hand-edited file: it serves this computer.
-    return replace(loaded, network=False) if loaded.problem() else loaded
+    # Settings that could not be served as they are (a hand-edited file: a network server or any web page
+    # without a key) fall back to this computer and to this computer's pages.
+    if loaded.problem():
+        loaded = replace(loaded, network=False, origins=tuple(o for o in loaded.origins if o not in ("*", "null")))
+    return loaded if loaded.problem() is None else replace(loaded, api_key="")
 
 
 def save(settings, api: ApiSettings) -> None:
@@ -80,7 +89,7 @@ def parse_origins(text: str) -> tuple[str, ...]:
 
 
 def _is_origin(text: str) -> bool:
-    from engine.server import is_origin  # (imports torch: the app has, once a model is loaded)
+    from engine.origins import is_origin  # (standard library only: no torch before a model is loaded)
 
     return is_origin(text)
 
@@ -107,8 +116,8 @@ class ApiSettingsDialog(QDialog):
         self.setMinimumWidth(540)
         self.result_settings: ApiSettings | None = None
         self.port = QSpinBox()
-        self.port.setRange(1024, 65535)  # below 1024 needs administrator rights on Linux and macOS
-        self.port.setValue(min(max(current.port, 1024), 65535))
+        self.port.setRange(1, 65535)  # (below 1024 needs administrator rights on Linux and macOS: said at start)
+        self.port.setValue(min(max(current.port, 1), 65535))
         self.port.setAccessibleName("Port")
         self.network = QCheckBox("Other computers on my network may use it")
         self.network.setChecked(current.network)

@@ -370,7 +370,8 @@ def _run_bench(args, conversations, methods) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .server import SubspecServer, is_loopback, is_origin
+    from .origins import is_origin
+    from .server import SubspecServer, is_loopback
 
     if not 0 <= args.port <= 65535:
         raise SubspecError(f"--port must be between 0 and 65535, got {args.port}")

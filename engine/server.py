@@ -19,7 +19,6 @@ import json
 import math
 import os
 import queue
-import re
 import select
 import socket
 import socketserver
@@ -32,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 from .errors import SubspecError
+from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
 from .sampling import SamplingParams
 from .depth_control import control_for
@@ -45,12 +45,6 @@ DEFAULT_QUEUE = 16
 DEFAULT_MAX_TOKENS = 2048
 MAX_BODY_BYTES = 8 << 20
 DRAIN_BYTES = 64 << 20  # an oversized body is read and dropped up to this, so its client gets to see the 413
-# Web pages allowed to call the API from a browser without being named (as Ollama allows): this machine's
-# own pages and desktop shells' schemes. Any other origin is refused: the app's server has no API key, so
-# an arbitrary website could otherwise use the model (or, through requests a browser sends without asking,
-# keep it busy).
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-APP_SCHEMES = ("app", "file", "tauri", "vscode-webview", "vscode-file")
 POLL_S = 0.2  # how often a waiting handler checks that its client is still connected
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -865,46 +859,6 @@ class SubspecServer(ThreadingHTTPServer):
         self.close()
 
 
-def normalized_origin(origin: str) -> str:
-    """scheme://host[:port] as a browser sends it: lower case, no default port, no path."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(origin.strip())
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return origin.strip().lower()
-    if not parts.scheme or not host:  # "null" (a sandboxed page, a data: URL) or not an origin: as it is
-        return origin.strip().lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port and port != default else "")
-
-
-def is_origin(text: str) -> bool:
-    """What may be allowed: a web page's origin (scheme://host[:port], e.g. http://localhost:3000), "*" (any)
-    or "null" (sandboxed pages)."""
-    return text in ("*", "null") or re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+/?", text, re.I) is not None
-
-
-def origin_allowed(origin: str, allowed: tuple[str, ...] = ()) -> bool:
-    """Whether a browser page at `origin` (its Origin header) may call the API: one of `allowed` (or any,
-    with "*"), a page served from this machine, or a desktop shell's scheme."""
-    from urllib.parse import urlsplit
-
-    if "*" in allowed or normalized_origin(origin) in {normalized_origin(a) for a in allowed}:
-        return True
-    try:
-        parts = urlsplit(origin)
-        host = parts.hostname
-    except ValueError:
-        return False
-    if parts.scheme in ("http", "https"):
-        return host in LOCAL_HOSTS
-    return parts.scheme in APP_SCHEMES
-
-
 def _loopback_host(header: str) -> bool:
     """A Host header naming this machine ("localhost:8642", "127.0.0.1", "[::1]:8642"); HTTP/1.0 clients may
     send none, which no browser does."""
@@ -918,12 +872,3 @@ def _loopback_host(header: str) -> bool:
     return is_loopback(host.lower().rstrip("."))
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -163,10 +163,11 @@ def sampled_children(logits: torch.Tensor, sampling: SamplingParams, draws: Draw
     logq = torch.log_softmax(logits.float() / sampling.temperature, dim=-1)
     vals, ids = torch.topk(logq, min(max(DRAFT_CANDIDATES, shape.topk), logq.shape[-1]), dim=-1)  # likeliest first
     cut = float("-inf")
-    if sampling.top_k and sampling.top_k < vals.shape[-1]:
+    top_k = 0 < sampling.top_k < vals.shape[-1]  # a top-k cut among the candidates (a wider one cuts none)
+    if top_k:
         vals[:, sampling.top_k:] = cut
     if sampling.top_p < 1.0:
-        probs = torch.softmax(vals, dim=-1) if sampling.top_k else vals.exp()  # (renormalized over top-k)
+        probs = torch.softmax(vals, dim=-1) if top_k else vals.exp()  # (renormalized over top-k, as warp does)
         vals = vals.masked_fill(probs.cumsum(-1) - probs >= sampling.top_p, cut)
     if sampling.min_p > 0:
         vals = vals.masked_fill(vals < vals[:, :1] + math.log(sampling.min_p), cut)

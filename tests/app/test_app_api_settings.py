@@ -3,12 +3,13 @@ across starts, applied to a running server at once, and a hand-edited settings f
 
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 
 import pytest
-from app_fakes import PROMPT, recorded_answer
-from PySide6.QtCore import QSettings
+from app_fakes import PROMPT, FakeBackend, recorded_answer
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QDialogButtonBox
 
 from app import api_settings
@@ -68,7 +69,13 @@ def test_the_settings_round_trip_and_garbage_reads_as_the_defaults(tmp_path):
     settings.setValue("serve_api/api_key", "")  # a network server without a key: served on this computer only
     assert api_settings.load(settings) == ApiSettings(port=9000, origins=("https://chat.example.com",))
     settings.setValue("serve_api/api_key", "two words")
-    assert not api_settings.load(settings).network
+    assert api_settings.load(settings) == ApiSettings(port=9000, origins=("https://chat.example.com",))
+    settings.setValue("serve_api/api_key", "")
+    settings.setValue("serve_api/origins", "* https://chat.example.com")  # any page, without a key: not that
+    assert api_settings.load(settings).origins == ("https://chat.example.com",)
+    (tmp_path / "hand.ini").write_text("[serve_api]\norigins=https://a.example, https://b.example\n")
+    by_hand = QSettings(str(tmp_path / "hand.ini"), QSettings.Format.IniFormat)  # typed by hand, with a comma
+    assert api_settings.load(by_hand).origins == ("https://a.example", "https://b.example")
 
 
 def test_origins_are_checked_where_they_are_typed():
@@ -80,6 +87,11 @@ def test_origins_are_checked_where_they_are_typed():
             parse_origins(f"http://ok.example {bad}")
     assert "needs an API key" in ApiSettings(network=True).problem()
     assert ApiSettings(network=True, api_key="k").problem() is None
+    for anyone in ("*", "null"):  # any website the user visits, or any sandboxed frame
+        assert "needs an API key" in ApiSettings(origins=(anyone,)).problem()
+        assert ApiSettings(origins=(anyone,), api_key="k").problem() is None
+    for bad in ("two words", "clé", "tab\tkey"):  # a header is latin-1: a non-ASCII key could never match
+        assert "ASCII" in ApiSettings(api_key=bad).problem()
 
 
 def test_a_key_set_while_serving_applies_at_once_and_is_kept(qtbot, make_window):
@@ -163,3 +175,27 @@ def test_cancel_changes_nothing(qtbot, make_window):
     dialog.reject()
     assert window.api.config == before and window.api.dialog is None
     assert api_settings.load(window.settings) == before
+
+
+def test_settings_changed_mid_answer_apply_when_the_answer_ends(qtbot, make_window):
+    gate = threading.Event()
+    window = make_window(backend=FakeBackend(gate=gate))
+    window.api.port = free_port()
+    window.api.action.trigger()
+    before = window.api.api
+    dialog = settings_dialog(window)
+    press_ok(dialog)  # nothing changed: the server (and whatever it is answering) is left alone
+    assert window.api.api is before
+    with qtbot.waitSignal(window.host.token, timeout=5000):
+        qtbot.keyClicks(window.prompt, PROMPT)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)  # held after its first token until the gate opens
+    port = free_port()
+    dialog = settings_dialog(window)
+    dialog.port.setValue(port)
+    press_ok(dialog)  # the worker is busy: the new server cannot start now
+    assert not window.api.running and window.api.label.text() == "Restarting after this answer"
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        gate.set()
+    qtbot.waitUntil(lambda: window.api.running, timeout=5000)
+    assert window.api.url == f"http://127.0.0.1:{port}/v1" and window.api.action.isChecked()
+    assert request(window.api.url)[0] == 200
