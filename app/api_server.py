@@ -117,13 +117,13 @@ class LocalApi:
 
     def __init__(self, engine, dispatch: Callable[[ApiCall], None], config: ApiSettings,
                  decoding: dict | None = None):
-        from engine.origins import is_origin
         from engine.server import Backend, SubspecServer
 
         if getattr(engine, "lm", None) is None or not callable(getattr(engine, "generate_ids", None)):
             raise SubspecError(f"model {getattr(engine, 'name', '?')} cannot be served over the API")
-        if config.problem():  # (the dialog and load() never hand over such settings; refused here too)
-            raise SubspecError(config.problem())
+        problem = config.problem()
+        if problem:  # (the dialog and load() never hand over such settings; refused here too)
+            raise SubspecError(problem)
         self.bridge = ApiBridge(dispatch)
         if decoding:
             self.bridge.decoding = dict(decoding)
@@ -131,9 +131,9 @@ class LocalApi:
         # is idle meanwhile (the switch only turns on between answers).
         # Requests decode like the chat (the bridge's `decoding`): their usage says which method that was.
         backend = Backend(engine.lm, generate=self.bridge, name=engine.name, method=self.bridge.next_method)
-        # Origins a hand-edited settings file garbled are left out (the dialog accepts only origins).
+        # (Only origins: the dialog accepts nothing else, and load() drops what a hand-edited file garbled.)
         self.server = SubspecServer(backend, config.host, config.port, api_key=config.api_key or None, quiet=True,
-                                    cors_origins=tuple(o for o in config.origins if is_origin(o)))
+                                    cors_origins=config.origins)
         self.server.allow_origin_hint = "add {origin} to SubSpec Studio's Serve API settings, Allowed web pages"
         self.server.start()
         self.config = config

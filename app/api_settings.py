@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
+from engine.origins import is_origin  # (standard library only: no torch at start-up)
+
 API_PORT = 8642  # engine.server.DEFAULT_PORT, without importing it (and torch) at start-up
 LOOPBACK = "127.0.0.1"  # this computer only: no other machine can connect
 EVERYWHERE = "0.0.0.0"  # every IPv4 interface: the local network (and whatever else can reach this machine)
@@ -62,8 +64,7 @@ def load(settings) -> ApiSettings:
     loaded = ApiSettings(port=port if 1 <= port <= 65535 else default.port,
                          network=network is True or str(network).lower() == "true",
                          api_key=key.strip() if isinstance(key, str) else "",
-                         # (checked when served: engine.server, which knows origins, imports torch)
-                         origins=tuple(origins.split()) if isinstance(origins, str) else ())
+                         origins=tuple(o for o in origins.split() if is_origin(o)) if isinstance(origins, str) else ())
     # Settings that could not be served as they are (a hand-edited file: a network server or any web page
     # without a key) fall back to this computer and to this computer's pages.
     if loaded.problem():
@@ -82,16 +83,10 @@ def parse_origins(text: str) -> tuple[str, ...]:
     """Origins separated by spaces or commas; ValueError naming the first that is not one."""
     origins = tuple(dict.fromkeys(o for o in text.replace(",", " ").split()))
     for origin in origins:
-        if not _is_origin(origin):
+        if not is_origin(origin):
             raise ValueError(f"{origin!r} is not a web page's origin: write it as the browser's address bar "
                              f"starts, like http://localhost:3000 or https://chat.example.com (or * for any page)")
     return origins
-
-
-def _is_origin(text: str) -> bool:
-    from engine.origins import is_origin  # (standard library only: no torch before a model is loaded)
-
-    return is_origin(text)
 
 
 def network_address() -> str | None:

@@ -50,9 +50,9 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
 # tables may mean more than this version knows, and writing to them could break that app's data.
 # Columns added since (ADDED_COLUMNS: the conversation's top-k, min-p, repetition penalty, answer length and
-# penalty window) are
-# added to an older file at open and do not change the version: they have defaults and conversations are read
-# and written by named columns, so an app that does not know them still reads and writes the file as before.
+# penalty window) are added to an older file at open and do not change the version: they have defaults and
+# conversations are read and written by named columns, so an app that does not know them still reads and
+# writes the file as before.
 SCHEMA_VERSION = 1
 ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL DEFAULT 0.0",
                  "repetition_penalty": "REAL NOT NULL DEFAULT 1.0", "max_new_tokens": "INTEGER NOT NULL DEFAULT 512",

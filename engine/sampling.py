@@ -89,11 +89,15 @@ class SamplingParams:
 M32 = 0xFFFFFFFF
 
 
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash with full avalanche (int64 tensor of values < 2^32; products stay < 2^59)."""
-    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & M32
-    return (x >> 16) ^ x
+def _hash32_(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with full avalanche, in place (an int64 tensor of values < 2^32, which it owns;
+    products stay < 2^59): one temporary at a time, however large x is."""
+    for _ in range(2):
+        x ^= x >> 16
+        x *= 0x45D9F3B
+        x &= M32
+    x ^= x >> 16
+    return x
 
 
 def _mix64(x: int) -> int:
@@ -119,18 +123,14 @@ class Draws:
         Built in place (one int64 value and one temporary at a time): at a block of 2M values this is what
         sampling holds beside the warped probabilities (engine.planner.SAMPLING_BYTES_PER_VALUE)."""
         device = positions.device
-        row = _hash32((positions.long() & M32) ^ self._a)
-        row = _hash32((row + self._b) & M32)[:, None]
+        row = _hash32_((positions.long() & M32) ^ self._a)
+        row = _hash32_((row + self._b) & M32)[:, None]
         if isinstance(tokens, int):
             tokens = torch.arange(tokens, device=device)
         x = tokens.to(device=device, dtype=torch.long) * 0x9E3779B1 & M32  # ids < 2^31: products < 2^63
-        x = x.expand(row.shape[0], -1) ^ row if x.dim() == 1 else x ^ row
-        for _ in range(2):  # two rounds of _hash32, in place
-            for _ in range(2):
-                x ^= x >> 16
-                x *= 0x45D9F3B
-                x &= M32
-            x ^= x >> 16
+        x = x ^ row  # [N, V] or [N, M]: a new tensor, which the hash then works on in place
+        for _ in range(2):
+            _hash32_(x)
             x += self._b
             x &= M32
         u = x.double()
