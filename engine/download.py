@@ -404,7 +404,7 @@ class Download:
                 label, files = hub.gguf_files(remote, self.gguf)
                 name = self.name or model_name(Path(files[0].name))
             else:
-                files = hub.needed_files(remote)
+                files = hub.needed_files(remote, hub.remote_index(remote, self.token))
                 name = self.name or self.repo_id.split("/")[1]
             store.check_new_name(name)
             work = work_folder(self.repo_id, remote.commit, label)

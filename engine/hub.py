@@ -19,6 +19,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 AUX_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
              "vocab.json", "merges.txt", "added_tokens.json", "model.safetensors.index.json")
+SHARD_INDEX = "model.safetensors.index.json"
 
 
 def endpoint() -> str:
@@ -139,9 +140,13 @@ def remote_model(repo_id: str, revision: str | None = None, token_: str | None =
     return RemoteModel(repo_id, info.sha, tuple(files), bool(info.gated))
 
 
-def needed_files(model: RemoteModel) -> list[RemoteFile]:
-    """What a model needs to run here: safetensors weights and the small files beside them."""
+def needed_files(model: RemoteModel, index: dict | None = None) -> list[RemoteFile]:
+    """What a model needs to run here: safetensors weights and the small files beside them. With the repo's
+    shard `index` (`remote_index`), only the shards it lists: some repos also ship the same weights in
+    another layout beside them (Mistral's consolidated.safetensors: 14.5 GB the loader never reads)."""
     weights = [f for f in model.files if f.name.endswith(".safetensors") and "/" not in f.name]
+    if index is not None:
+        weights = _indexed_shards(model, index)
     if not weights:
         if gguf_sets(model):
             raise GGUFChoiceNeeded(model)
@@ -152,6 +157,18 @@ def needed_files(model: RemoteModel) -> list[RemoteFile]:
     if not any(f.name == "config.json" for f in aux):
         raise SubspecError(f"{model.repo_id} has no config.json")
     return sorted(aux, key=lambda f: (f.name != "config.json", f.name)) + sorted(weights, key=lambda f: f.name)
+
+
+def _indexed_shards(model: RemoteModel, index: dict) -> list[RemoteFile]:
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SubspecError(f"{model.repo_id}/{SHARD_INDEX} has no usable weight_map")
+    names = set(weight_map.values())
+    have = {f.name: f for f in model.files}
+    missing = sorted(n for n in names if n not in have)
+    if missing:
+        raise SubspecError(f"{model.repo_id}/{SHARD_INDEX} lists shards the repo does not have: {', '.join(missing)}")
+    return [have[n] for n in names]
 
 
 def gguf_sets(model: RemoteModel) -> dict[str, list[RemoteFile]]:
@@ -208,31 +225,49 @@ def remote_config(repo_id: str, revision: str = "main", token_: str | None = Non
     """A repo's config.json (a few KB): enough for the planner to say whether the model fits here,
     before anything big is downloaded. With `gguf`, a repo of GGUF files only answers from the header of
     its smallest GGUF instead (a few MB: mostly the vocabulary; `remote_gguf_config`)."""
+    config = _remote_json(repo_id, revision, "config.json", token_, timeout_s)
+    if config is None:
+        if gguf:
+            return remote_gguf_config(repo_id, revision, token_, timeout_s)
+        raise SubspecError(f"{repo_id} has no config.json")
+    return config
+
+
+def remote_index(model: RemoteModel, token_: str | None = None, timeout_s: float = 15.0) -> dict | None:
+    """The repo's shard index (model.safetensors.index.json) at the model's commit, or None without one."""
+    if not any(f.name == SHARD_INDEX for f in model.files):
+        return None
+    index = _remote_json(model.repo_id, model.commit, SHARD_INDEX, token_, timeout_s)
+    if index is None:
+        raise SubspecError(f"{model.repo_id} lists {SHARD_INDEX} but the hub has no such file")
+    return index
+
+
+def _remote_json(repo_id: str, revision: str, name: str, token_: str | None, timeout_s: float) -> dict | None:
+    """A small JSON object from a repo; None when the repo has no such file."""
     import json
 
     import httpx2
     from huggingface_hub.utils import get_session
 
     try:
-        r = get_session().get(file_url(repo_id, revision, "config.json"), headers=auth_headers(token_),
+        r = get_session().get(file_url(repo_id, revision, name), headers=auth_headers(token_),
                               timeout=timeout_s, follow_redirects=True)
     except _hub_exceptions() as exc:
         raise _hub_error(exc, repo_id) from exc
     if r.status_code in (401, 403):
-        raise SubspecError(f"{repo_id} is gated or private: its config.json needs a token")
+        raise SubspecError(f"{repo_id} is gated or private: its {name} needs a token")
     if r.status_code == 404:
-        if gguf:
-            return remote_gguf_config(repo_id, revision, token_, timeout_s)
-        raise SubspecError(f"{repo_id} has no config.json")
+        return None
     if r.status_code != 200:
-        raise SubspecError(f"the hub answered {r.status_code} for {repo_id}/config.json")
+        raise SubspecError(f"the hub answered {r.status_code} for {repo_id}/{name}")
     try:
-        config = json.loads(r.content)
+        value = json.loads(r.content)
     except (ValueError, httpx2.HTTPError) as exc:
-        raise SubspecError(f"{repo_id}/config.json is not valid JSON") from exc
-    if not isinstance(config, dict):
-        raise SubspecError(f"{repo_id}/config.json is not a JSON object")
-    return config
+        raise SubspecError(f"{repo_id}/{name} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise SubspecError(f"{repo_id}/{name} is not a JSON object")
+    return value
 
 
 def remote_gguf_config(repo_id: str, revision: str = "main", token_: str | None = None,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_hub import Fault, make_model_repo, repo_from_folder, serve_hub
+from fake_hub import Fault, Repo, make_model_repo, repo_from_folder, serve_hub
 
 from engine import cli, download, store
 from engine.download import Download, DownloadCancelled, RetryPolicy
@@ -506,3 +506,55 @@ def test_a_download_that_cannot_be_moved_into_the_store_is_resumed_by_installing
     monkeypatch.setattr(os, "rename", real_rename)
     fetch()
     assert listed() == ["tiny"] and hub.bytes_sent(hub.weights) == sent  # nothing downloaded again
+
+
+
+def sharded_repo(repo_folder: Path, extra: dict[str, bytes] | None = None, drop: str | None = None) -> Repo:
+    """The tiny model's weights in two shards with their index, like the hub's big models, plus `extra`
+    files and less `drop`."""
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(str(repo_folder / "model.safetensors"))
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    files = {f.name: f.read_bytes() for f in repo_folder.iterdir() if f.is_file() and f.name != "model.safetensors"}
+    for shard, keys in halves.items():
+        files[shard] = save({k: tensors[k].contiguous() for k in keys})
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
+    files["model.safetensors.index.json"] = json.dumps(index).encode()
+    files.update(extra or {})
+    files.pop(drop, None)
+    return Repo(files)
+
+
+def test_a_sharded_repo_fetches_only_the_shards_its_index_lists(hub, repo_folder):
+    # Mistral-7B-Instruct-v0.3 ships consolidated.safetensors (the same weights, another layout) beside
+    # its shards: fetching every .safetensors would double the download and the disk check.
+    consolidated = (repo_folder / "model.safetensors").read_bytes()
+    hub.repos["org/sharded"] = sharded_repo(repo_folder, {"consolidated.safetensors": consolidated})
+    info = fetch("org/sharded")
+    folder = Path(info.path)
+    assert sorted(f.name for f in folder.glob("*.safetensors")) == ["model-00001-of-00002.safetensors",
+                                                                   "model-00002-of-00002.safetensors"]
+    assert hub.bytes_sent("consolidated.safetensors") == 0
+    assert hub.bytes_sent("model-00002-of-00002.safetensors") > 0
+
+    import torch
+
+    from engine.loading import load_model
+
+    loaded = load_model(folder, dtype="float32", device="cpu").decoder.state_dict()
+    reference = load_model(repo_folder, dtype="float32", device="cpu").decoder.state_dict()
+    assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+
+def test_an_index_naming_a_shard_the_repo_lacks_is_refused_before_any_weights(hub, repo_folder):
+    hub.repos["org/broken"] = sharded_repo(repo_folder, drop="model-00002-of-00002.safetensors")
+    with pytest.raises(SubspecError, match="lists shards the repo does not have: model-00002-of-00002"):
+        fetch("org/broken")
+    assert hub.bytes_sent("model-00001-of-00002.safetensors") == 0
+    hub.repos["org/nomap"] = sharded_repo(repo_folder, {"model.safetensors.index.json": b'{"metadata": {}}'})
+    with pytest.raises(SubspecError, match="no usable weight_map"):
+        fetch("org/nomap")
+    assert listed() == []
