@@ -51,6 +51,9 @@ class ChatFlow:
         self.prompt.clear()
         if self.editing:
             self.set_editing(False)
+            # The draft set aside when the edit began was not sent: back in the box for the next message.
+            replace_text(self.prompt, self._draft)
+            self._draft = ""
         if turn.kind == "send":
             self.transcript.add_user(text)  # the rest of the transcript stands: no need to redraw it
         self._start(turn)
@@ -106,7 +109,13 @@ class ChatFlow:
     def stop(self) -> None:
         if self.busy:
             self.host.stop()
-        elif self.editing:
+        else:
+            self.cancel_edit()
+
+    def cancel_edit(self) -> None:
+        """Leave an edit unsent (Esc, or another conversation opened): the box gets back what it held
+        before the edit began."""
+        if self.editing:
             self.set_editing(False)
             replace_text(self.prompt, self._draft)
             self._draft = ""
@@ -125,7 +134,6 @@ class ChatFlow:
         self._unsaved.pop(self.writer.id, None)  # (a continued unsaved answer: the writer holds its text now)
         saved = [m for m in self._saved() if m.id != self.writer.id]
         self.history = history_of(saved + ([turn.extended] if turn.extended else []))
-        self._draft = ""  # sent or resent: an edit's set-aside draft is not coming back
         if turn.kind != "send":
             self.transcript.clear()
             self._replay(saved)
@@ -270,9 +278,26 @@ class ChatFlow:
         self.transcript.clear()
         self.history = self._replay(self._saved()) if self.conversation else []
         self.sidebar.refresh(self.conversation.id if self.conversation else None)
-        if turn is not None and turn.text and not self.prompt.toPlainText().strip():
+        if turn is not None and turn.text:
+            self._text_back(turn)
+
+    def _text_back(self, turn: Turn) -> None:
+        """A turn that did not happen gives its text back to the box, to send again. What was typed in the
+        box meanwhile (it has the focus while an answer runs) is kept too: an unsent edit's as the draft
+        that Esc brings back, an unsent message's below it."""
+        typed = self.prompt.toPlainText()
+        if typed.strip() == turn.text:  # (refused before it was sent: the box still holds it)
+            typed = ""
+        if turn.kind == "edit":
+            if typed.strip():
+                self._draft = typed
             replace_text(self.prompt, turn.text)
-            self.set_editing(turn.kind == "edit")
+            self.set_editing(True)
+            return
+        replace_text(self.prompt, f"{turn.text}\n\n{typed}" if typed.strip() else turn.text)
+        if typed.strip():
+            self.statusBar().showMessage("The message that was not answered is back in the box, above what you "
+                                         "typed since", 30_000)
 
     def _after_request(self) -> None:
         self.model_label.setText(self.model_name or "No model loaded")  # a draft build may have used it

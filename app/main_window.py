@@ -299,7 +299,7 @@ class MainWindow(ChatFlow, QMainWindow):
     def new_conversation(self) -> None:
         if self.busy:
             return
-        self.set_editing(False)
+        self.cancel_edit()  # an edit of another conversation's message would land in this one
         self.conversation = None
         self.history = []
         self.transcript.clear()
@@ -340,7 +340,7 @@ class MainWindow(ChatFlow, QMainWindow):
         if self.busy or conv is None:
             self.sidebar.refresh(self.conversation.id if self.conversation else None)
             return
-        self.set_editing(False)
+        self.cancel_edit()  # an edit of another conversation's message would land in this one
         self.conversation = conv
         self._show_all = None  # opened again: from its latest messages
         self.transcript.clear()

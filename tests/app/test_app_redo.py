@@ -2,6 +2,7 @@
 database holds afterwards, and that a failed redo puts everything back."""
 
 import itertools
+import threading
 
 from app_fakes import PROMPT, FakeBackend
 from PySide6.QtCore import Qt
@@ -167,3 +168,60 @@ def test_an_edit_keeps_the_draft_it_replaced_and_undo_works(qtbot, make_window):
     window.prompt.redo()
     qtbot.keyClick(window.prompt, Qt.Key.Key_Escape)
     assert not window.editing and window.prompt.toPlainText() == "half a thought"
+
+
+def test_a_failed_answer_gives_its_message_back_above_what_was_typed_since(qtbot, make_window, dialogs):
+    """The box has the focus while an answer runs: the next message may be half typed when this one fails.
+    Both are kept (the failed one used to come back only into an empty box, and was otherwise lost)."""
+    gate = threading.Event()
+    window = make_window(FakeBackend(events=numbered_answers(), fail_on_call={0}, fail_after=2, gate=gate,
+                                     fail_error=SubspecError("the GPU fell over")))
+    with qtbot.waitSignal(window.host.failed, timeout=5000):
+        qtbot.keyClicks(window.prompt, PROMPT)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+        assert window.busy and window.prompt.toPlainText() == ""
+        qtbot.keyClicks(window.prompt, "And of Italy?")
+        gate.set()
+    assert window.prompt.toPlainText() == f"{PROMPT}\n\nAnd of Italy?" and not window.editing
+    assert window.conversation is None and "above what you typed" in window.statusBar().currentMessage()
+
+
+def test_resending_an_edit_gives_back_the_draft_it_set_aside(qtbot, make_window, dialogs):
+    window = make_window(FakeBackend(events=numbered_answers(), fail_on_call={2}, fail_after=1,
+                                     fail_error=SubspecError("the GPU fell over")))
+    answer(qtbot, window)
+    qtbot.keyClicks(window.prompt, "half a thought")
+    window.chat_actions.edit.click()
+    window.prompt.clear()
+    answer(qtbot, window, "Rephrased")
+    assert saved(window) == [("user", "Rephrased", True), ("assistant", "Answer 2.", True)]
+    assert window.prompt.toPlainText() == "half a thought" and not window.editing  # it was dropped
+    # An edit that fails while the draft is back in the box: the edit is ready to retry, the draft behind Esc.
+    window.chat_actions.edit.click()
+    window.prompt.clear()
+    with qtbot.waitSignal(window.host.failed, timeout=5000):
+        qtbot.keyClicks(window.prompt, "Third try")
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    assert window.prompt.toPlainText() == "Third try" and window.editing
+    assert saved(window) == [("user", "Rephrased", True), ("assistant", "Answer 2.", True)]
+    qtbot.keyClick(window.prompt, Qt.Key.Key_Escape)
+    assert window.prompt.toPlainText() == "half a thought" and not window.editing
+
+
+def test_leaving_a_conversation_mid_edit_cancels_the_edit(qtbot, make_window):
+    """The edited text belonged to the conversation left: sent in another, it would have replaced that
+    one's last message. The box gets its draft back instead."""
+    window = make_window(FakeBackend(events=numbered_answers()))
+    answer(qtbot, window)
+    first = window.conversation.id
+    window.new_conversation()
+    answer(qtbot, window, "Second chat")
+    qtbot.keyClicks(window.prompt, "draft")
+    window.chat_actions.edit.click()
+    assert window.prompt.toPlainText() == "Second chat"
+    window.open_conversation(first)
+    assert not window.editing and window.prompt.toPlainText() == "draft"
+    window.chat_actions.edit.click()
+    assert window.prompt.toPlainText() == PROMPT
+    window.new_conversation()
+    assert not window.editing and window.prompt.toPlainText() == "draft"
