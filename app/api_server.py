@@ -190,7 +190,13 @@ class ApiSwitch(QObject):
         status_bar.addPermanentWidget(self.label)
         self.label.hide()
         self._available = False
-        self._restart = False  # new settings came mid-answer: serve again when the worker is free
+        # Serving is wanted but waits for the worker: a model is loading (or none is loaded), or new settings
+        # came mid-answer. Kept across starts: the app serves again once its model is loaded, as it was left.
+        self._resume = settings is not None and api_settings.load_serving(settings)
+        if self._resume:
+            self._set_checked(True)
+            self._say("API starts when the model is loaded", "Serve API was on when the app last closed")
+        self._enable()
         host.api_served.connect(self._on_served)
 
     @property
@@ -225,11 +231,11 @@ class ApiSwitch(QObject):
             api_settings.save(self.settings, self.config)
         self._describe()
         if self.running:
-            self.stop()
+            self._close_server()
             if self._available:
                 self.start()
             else:  # mid-answer: the worker is busy; serve again, with these settings, once it is free
-                self._restart = True
+                self._resume = True
                 self._say("Restarting after this answer", "Serve API starts again with its new settings when the "
                                                            "answer in progress ends")
 
@@ -251,9 +257,9 @@ class ApiSwitch(QObject):
     def set_available(self, available: bool) -> None:
         """Whether it may turn on now (a model is loaded and the worker idle); turning off always may."""
         self._available = available
-        self.action.setEnabled(available or self.running)
-        if available and self._restart:
-            self._restart = False
+        self._enable()
+        if available and self._resume:
+            self._resume = False
             self.start()
 
     def start(self) -> bool:
@@ -286,19 +292,41 @@ class ApiSwitch(QObject):
     def stop(self) -> None:
         """Stops serving and frees the port; blocks until the server's threads are done (well under a second:
         a running request is cancelled at its next step)."""
-        self._restart = False
+        self._resume = False
+        self._close_server()
+        self._say("", "")
+        self._set_checked(False)
+        self._enable()
+
+    def pause(self) -> None:
+        """The model it serves is going (another is loading, or it is unloaded): the port closes, and serving
+        starts again on the next model loaded, as LM Studio's server stays on across models. The switch stays
+        on meanwhile; turning it off cancels."""
+        if self.running or self._resume:
+            self._close_server()
+            self._resume = True
+            self._say("API paused: no model loaded", "Serve API starts again when a model is loaded")
+            self._enable()
+
+    def _close_server(self) -> None:
         api, self.api = self.api, None
         if api is not None:
             api.close()
-        self._say("", "")
-        self._set_checked(False)
-        self.action.setEnabled(self._available)
+
+    def _enable(self) -> None:
+        self.action.setEnabled(self._available or self.running or self._resume)
+
+    def _remember(self, serving: bool) -> None:
+        if self.settings is not None:
+            api_settings.save_serving(self.settings, serving)
 
     def _toggled(self, on: bool) -> None:
+        """The user's click: what it leaves is what the next start of the app does."""
         if on:
-            self.start()
+            self._remember(self.start())
         else:
             self.stop()
+            self._remember(False)
 
     def _set_checked(self, on: bool) -> None:
         blocked = self.action.blockSignals(True)
@@ -306,9 +334,11 @@ class ApiSwitch(QObject):
         self.action.blockSignals(blocked)
 
     def _fail(self, title: str, message: str) -> None:
+        self._resume = False
+        self._remember(False)  # (a port taken at start-up is said once, not at every start)
         self._set_checked(False)
         self._say("Not serving", message)
-        self.action.setEnabled(self._available)
+        self._enable()
         self.failed.emit(title, message)
 
     def _on_served(self, _summary=None) -> None:

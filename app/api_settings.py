@@ -79,6 +79,15 @@ def save(settings, api: ApiSettings) -> None:
     settings.setValue(f"{GROUP}/origins", " ".join(api.origins))
 
 
+def load_serving(settings) -> bool:
+    """Whether Serve API was on when the app last closed (the switch's state, not one of its settings)."""
+    return str(settings.value(f"{GROUP}/serving", "false")).lower() == "true"
+
+
+def save_serving(settings, serving: bool) -> None:
+    settings.setValue(f"{GROUP}/serving", "true" if serving else "false")
+
+
 def parse_origins(text: str) -> tuple[str, ...]:
     """Origins separated by spaces or commas; ValueError naming the first that is not one."""
     origins = tuple(dict.fromkeys(o for o in text.replace(",", " ").split()))

@@ -33,7 +33,8 @@ SCRIPT_TIMEOUT_S = 600  # a scripted run that hangs (a stuck load) must still en
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="subspec-studio", description="SubSpec Studio: chat with local LLMs.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"a store name or a model folder ({DEFAULT_MODEL})")
+    p.add_argument("--model", help=f"a store name or a model folder (default: the model loaded last time, while "
+                                   f"it is installed, else {DEFAULT_MODEL}; scripted runs: {DEFAULT_MODEL})")
     p.add_argument("--demo", action="store_true", help=f"send {DEMO_PROMPT!r} once the model is loaded")
     p.add_argument("--screenshot", metavar="PATH",
                    help="run the demo exchange, save the window as a PNG to PATH and exit")
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     window.show()
     if welcome is not None:
         welcome.show()
-    window.load_model(args.model)
+    # A scripted run (a screenshot, a demo) is the same on every machine: the default model unless named.
+    window.load_model(args.model or (DEFAULT_MODEL if script is not None else window.startup_model()))
     if not unattended and welcome is None and first_run.is_first_run():
         # A scripted run never shows it: nobody would close it, and it would cover the screenshot.
         QTimer.singleShot(0, window, lambda: first_run.show_welcome(window))

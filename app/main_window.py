@@ -11,7 +11,7 @@ from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
-from engine.store import DEFAULT_MODEL
+from engine.store import DEFAULT_MODEL, model_available
 
 from . import dialogs, shortcuts, theme
 from .actions import ChatActions
@@ -392,7 +392,7 @@ class MainWindow(ChatFlow, QMainWindow):
     def load_model(self, model: str, options: dict | None = None) -> None:
         """`options`: load options (app.backend.TorchBackend's resident_layers, reserve_gb) on top of the
         hardware panel's reserve."""
-        self.api.stop()  # the server serves the loaded model; the next one is served only when asked again
+        self.api.pause()  # it serves the loaded model: the port closes, and opens again on the next one
         self.model_name = None
         self.loading = True
         self._requested_model = model
@@ -419,7 +419,7 @@ class MainWindow(ChatFlow, QMainWindow):
         """Model > Unload: the conversation stays; sending waits until a model is loaded again."""
         if self.busy or self.loading or self.model_name is None:
             return
-        self.api.stop()  # it serves the loaded model
+        self.api.pause()  # it serves the loaded model: serving resumes when one is loaded again
         # Load again asks for what was asked before (a folder's path, not its display name), with the
         # layout it was loaded with (the hardware panel forgets it with the model).
         self._unloaded = (self.model_name, dict(self.hardware_dock.loaded_options))
@@ -436,8 +436,22 @@ class MainWindow(ChatFlow, QMainWindow):
         self.notice.show_notice(f"{self._unloaded[0]} is unloaded and its memory free. Pick a model in the "
                                 f"menu, or load it again.", "Load again")
 
+    def startup_model(self) -> str:
+        """The model to load at start: the one loaded last time while it is still installed, else the default."""
+        last = self.settings.value("last_model", "")
+        if not isinstance(last, str) or not last:
+            return DEFAULT_MODEL
+        if model_available(last):
+            return last
+        self.settings.remove("last_model")
+        self.statusBar().showMessage(f"{last}, the model loaded last time, is no longer installed: loading "
+                                     f"{DEFAULT_MODEL}", 30_000)
+        return DEFAULT_MODEL
+
     def _on_loaded(self, name: str) -> None:
         self._unloaded = None
+        # What was asked for (a folder's path, or a store name), loaded: the next start loads it again.
+        self.settings.setValue("last_model", self._requested_model or name)
         self.model_name = name
         self.loading = False
         self.load_progress.hide()

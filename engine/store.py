@@ -130,6 +130,18 @@ def get_model(name: str) -> ModelInfo:
     return info
 
 
+def model_available(name_or_path: str) -> bool:
+    """Whether `resolve_model` would find it, without importing anything (the default model counts: it is
+    imported from its package when first needed)."""
+    if name_or_path == DEFAULT_MODEL:
+        return True
+    p = Path(name_or_path).expanduser()
+    if os.sep in name_or_path or "/" in name_or_path or p.is_dir():
+        return p.is_dir() and (p / "config.json").is_file()
+    folder = models_dir() / name_or_path
+    return bool(NAME_RE.match(name_or_path)) and folder.is_dir() and _read_manifest(folder) is not None
+
+
 def resolve_model(name_or_path: str) -> tuple[Path, str]:
     """A store name or a model folder -> (folder, display name)."""
     p = Path(name_or_path).expanduser()

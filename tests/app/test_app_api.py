@@ -8,9 +8,13 @@ import time
 import urllib.error
 import urllib.request
 
+from dataclasses import replace
+
 import pytest
 from app_fakes import PROMPT, FakeBackend, endless_events, recorded_answer
 from PySide6.QtCore import Qt
+
+from app import api_settings
 
 URL = re.compile(r"^http://127\.0\.0\.1:(\d+)/v1$")
 
@@ -42,6 +46,12 @@ def chat(url, **extra):
     status, raw = post(url, {"messages": [{"role": "user", "content": PROMPT}], **extra})
     assert status == 200
     return json.loads(raw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def refused(port):
@@ -151,14 +161,69 @@ def test_closing_the_window_cancels_a_running_api_request(qtbot, api_window):
     assert window.api.served == 0
 
 
-def test_switching_models_stops_the_server(qtbot, api_window):
+def test_switching_models_keeps_serving_on_the_new_one(qtbot, api_window):
+    """The server serves the loaded model: the port closes while another loads and opens again on it (a
+    client pointed at the app keeps working across a switch, as with LM Studio's server)."""
     window = api_window()
     port = turn_on(window)
+    window.api.port = port  # (port 0 picked it once; the next start reopens that one)
     with qtbot.waitSignal(window.host.loaded, timeout=5000):
         window.switch_model("FakeLM-2M")
-    assert not window.api.running and not window.api.action.isChecked()
+        assert not window.api.running and window.api.action.isChecked()  # paused while it loads
+        assert window.api.label.text() == "API paused: no model loaded"
+        refused(port)
+    assert window.api.running and window.api.action.isChecked() and window.api.url == f"http://127.0.0.1:{port}/v1"
+    assert chat(window.api.url)["choices"][0]["message"]["content"] == recorded_answer()
+
+
+def test_unloading_pauses_serving_and_turning_it_off_meanwhile_cancels(qtbot, api_window):
+    window = api_window()
+    port = turn_on(window)
+    with qtbot.waitSignal(window.host.unloaded, timeout=5000):
+        window.unload_model()
     refused(port)
-    assert window.api.action.isEnabled()  # the new model can be served when asked
+    assert window.api.action.isChecked() and window.api.action.isEnabled()  # it can be turned off meanwhile
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window._retry_load()  # Load again
+    assert window.api.running
+    with qtbot.waitSignal(window.host.unloaded, timeout=5000):
+        window.unload_model()
+    window.api.action.trigger()  # off while paused
+    assert not window.api.action.isChecked() and not window.api.action.isEnabled() and window.api.label.isHidden()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window._retry_load()
+    assert not window.api.running and not window.api.action.isChecked()
+
+
+def test_serving_is_kept_across_starts(qtbot, make_window):
+    window = make_window()
+    window.api.config = replace(window.api.config, port=free_port())
+    api_settings.save(window.settings, window.api.config)
+    turn_on(window)
+    window.close()
+    again = make_window()  # on when last closed: on again once the model is loaded
+    assert again.api.running and chat(again.api.url)["choices"][0]["message"]["content"] == recorded_answer()
+    again.api.action.trigger()
+    again.close()
+    assert not make_window().api.running  # turned off: stays off
+
+
+def test_a_port_taken_at_start_up_is_said_once(qtbot, make_window, dialogs):
+    window = make_window()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        window.api.config = replace(window.api.config, port=taken.getsockname()[1])
+        api_settings.save(window.settings, window.api.config)
+        api_settings.save_serving(window.settings, True)
+        window.close()
+        again = make_window()
+        assert not again.api.running and not again.api.action.isChecked()
+        assert "already in use" in dialogs.shown[-1]["text"]
+        again.close()
+        shown = len(dialogs.shown)
+        make_window()
+        assert len(dialogs.shown) == shown  # not at every start: the switch was left off
 
 
 def test_a_port_in_use_says_so_and_the_switch_goes_back_off(qtbot, api_window, dialogs):

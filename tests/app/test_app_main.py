@@ -14,7 +14,7 @@ from engine.store import DEFAULT_MODEL
 
 def test_arguments():
     args = build_parser().parse_args([])
-    assert args.model == DEFAULT_MODEL and args.screenshot is None and not args.demo
+    assert args.model is None and args.screenshot is None and not args.demo  # chosen at start (below)
     args = build_parser().parse_args(["--model", "/models/x", "--demo", "--screenshot", "s.png"])
     assert (args.model, args.demo, args.screenshot) == ("/models/x", True, "s.png")
 
@@ -44,9 +44,12 @@ def test_a_screenshot_run_leaves_the_last_conversation_alone(qapp, tmp_path, mon
     store.add_message(mine, "user", "my private question")
     settings = default_settings()
     settings.setValue("last_conversation", mine)
+    settings.setValue("last_model", "my-big-model")  # and a picture of the default model, whatever was used last
     settings.sync()
     backend = FakeBackend()
-    assert main(["--screenshot", str(tmp_path / "shot.png")], factory_for(backend)) == 0
+    loads = []
+    assert main(["--screenshot", str(tmp_path / "shot.png")], factory_for(backend, loads=loads)) == 0
+    assert loads == [DEFAULT_MODEL]
     assert backend.calls[0][0] == [{"role": "user", "content": DEMO_PROMPT}]
     assert [m.content for m in store.messages(mine)] == ["my private question"]
     # Nothing of the run is left in the user's data: no conversation, no settings (it may run beside the
@@ -54,6 +57,7 @@ def test_a_screenshot_run_leaves_the_last_conversation_alone(qapp, tmp_path, mon
     assert [c.title for c in store.conversations()] == ["my private chat"]
     settings.sync()
     assert int(settings.value("last_conversation")) == mine and settings.value("geometry") is None
+    assert settings.value("last_model") == "my-big-model"
 
 
 def test_screenshot_run_exits_1_on_an_engine_error_without_a_dialog(qapp, tmp_path, monkeypatch, dialogs,

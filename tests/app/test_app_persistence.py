@@ -8,6 +8,8 @@ from PySide6.QtCore import Qt
 
 from app.conversations import ConversationStore
 from app.main_window import MainWindow
+from engine.errors import SubspecError
+from engine.store import DEFAULT_MODEL
 
 
 def send(qtbot, window, text=PROMPT):
@@ -267,3 +269,29 @@ def test_unreadable_new_conversation_defaults_read_as_the_apps_own(qtbot, make_w
     window.new_conversation()  # out of range: the boxes clamp it, the window still opens
     more = window.sampling.more_values()
     assert (more["top_k"], more["max_new_tokens"], more["repetition_penalty"]) == (0, 1 << 17, 2.0)
+
+
+def test_the_next_start_loads_the_model_loaded_last(qtbot, make_window, monkeypatch):
+    import app.main_window
+
+    window = make_window()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("FakeLM-2M")
+    window.close()
+    installed = {"FakeLM-2M"}
+    monkeypatch.setattr(app.main_window, "model_available", lambda name: name in installed)
+    again = make_window()
+    assert again.settings.value("last_model") == "fake-model"  # (make_window loads "fake-model")
+    with qtbot.waitSignal(again.host.loaded, timeout=5000):
+        again.switch_model("FakeLM-2M")
+    assert again.startup_model() == "FakeLM-2M"
+    installed.clear()  # deleted since: the default model, and the user is told why
+    assert again.startup_model() == DEFAULT_MODEL
+    assert "FakeLM-2M, the model loaded last time, is no longer installed" in again.statusBar().currentMessage()
+    assert again.settings.value("last_model") is None
+
+
+def test_a_failed_load_is_not_remembered(qtbot, make_window, dialogs):
+    window = make_window(load_error=SubspecError("out of memory"), wait_loaded=False)
+    qtbot.waitUntil(lambda: not window.loading, timeout=5000)
+    assert window.settings.value("last_model") is None

@@ -31,6 +31,19 @@ def test_import_list_info_remove(home, tiny_folder):
         store.get_model("tiny")
 
 
+def test_model_available_says_what_resolve_model_would_find(home, tiny_folder, tmp_path):
+    assert store.model_available(store.DEFAULT_MODEL)  # imported from its package when first needed
+    assert not store.model_available("tiny")
+    store.import_model(tiny_folder, "tiny")
+    assert store.model_available("tiny") and store.resolve_model("tiny")[1] == "tiny"
+    assert store.model_available(str(tiny_folder))
+    (tmp_path / "no-config").mkdir()
+    for gone in (str(tmp_path / "no-config"), str(tmp_path / "nowhere"), "../tiny", "bad name"):
+        assert not store.model_available(gone)
+    store.remove_model("tiny")
+    assert not store.model_available("tiny")
+
+
 def test_parameter_count_matches_the_checkpoint(home, tiny_folder):
     import torch
 
