@@ -7,11 +7,13 @@ was; the history the model sees is re-read from the store after every change, so
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 
 from . import dialogs
 from .compare import CompareJob, format_comparison, reusable
+from .controls import MAX_SEED, RANDOM_SEED, parse_stops
 from .conversations import AnswerWriter, Message, title_from, why_not_saved
 from .turns import Turn, end_answer, format_stats, history_of, last_of
 from .widgets import replace_text
@@ -145,8 +147,12 @@ class ChatFlow:
         self._update_controls()
         self.prompt.setFocus()  # after a click on a button, typing should go on in the box
         sampling = self.sampling.values()
-        params = {**self.params, **{k: v for k, v in sampling.items() if k != "preset"},
-                  **self.method.params(), "continue_final": turn.kind == "continue"}
+        params = {**self.params, **{k: v for k, v in sampling.items() if k not in ("preset", "seed", "stop")},
+                  **self.method.params(), "continue_final": turn.kind == "continue",
+                  "stop": parse_stops(sampling["stop"])}
+        if sampling["temperature"] > 0:
+            # Chosen here, not in the engine, so that the answer can say which seed gave it (and be had again).
+            params["seed"] = sampling["seed"] if sampling["seed"] != RANDOM_SEED else random.randint(0, MAX_SEED)
         self._request = params
         self.host.generate(self._model_messages(self.history), params)
 
@@ -165,6 +171,8 @@ class ChatFlow:
         self.busy = False
         text = self.writer.text
         stats = {k: v for k, v in summary.items() if k != "text"}
+        if self._request.get("seed") is not None:
+            stats["seed"] = self._request["seed"]
         if self._turn and self._turn.kind == "continue":
             stats["continued"] = True
             # The stats describe the part just written, but what the engine changed to write the earlier

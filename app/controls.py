@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QMenu, QSpinBox,
-                               QToolBar, QToolButton, QWidget, QWidgetAction)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QMenu,
+                               QSpinBox, QToolBar, QToolButton, QWidget, QWidgetAction)
 
 from .conversations import DECODING_DEFAULTS
 
@@ -16,8 +16,11 @@ CUSTOM = "custom"
 DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest, when it is greedy
 # The settings behind "More" and their defaults (off, and the answer length the app always had): the
 # conversation's. Presets leave them alone (they set temperature and top-p).
-MORE_DEFAULTS = {name: DECODING_DEFAULTS[name]
-                 for name in ("top_k", "min_p", "repetition_penalty", "penalty_last_n", "max_new_tokens")}
+MORE_DEFAULTS = {name: DECODING_DEFAULTS[name] for name in ("top_k", "min_p", "repetition_penalty",
+                                                            "penalty_last_n", "max_new_tokens", "seed", "stop")}
+RANDOM_SEED = -1  # the seed box's "new for each answer"
+MAX_SEED = 2**31 - 1  # a QSpinBox holds an int32
+STOP_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", ",": ","}
 MAX_ANSWER_TOKENS = 1 << 17  # the box's top; the model's context bounds an answer anyway
 DEFAULT_DEPTH, DEFAULT_WIDTH = 48, 6
 # Fresh settings measure the depth (engine.depth_control); a tree saved before auto depth existed keeps the
@@ -28,6 +31,34 @@ AUTO_MEANING = "the deepest tree; each pass picks the depth that measured fastes
 MAX_DEPTH_TIP = f"Draft tree depth, up to: {AUTO_MEANING}"
 AUTO_TIP = (f"Auto depth: the depth box is {AUTO_MEANING}. What it measured is kept while the model stays "
             f"loaded, so later answers start from it")
+
+
+def parse_stops(text: str) -> tuple[str, ...]:
+    """The stop strings typed in the "More" menu: separated by commas, each trimmed of the spaces around it;
+    \\n is a new line, \\t a tab, \\, a comma and \\\\ a backslash (a new line or a comma is a common stop
+    string: "\\n\\n, User:" stops at a blank line or at "User:"). A backslash before anything else is kept."""
+    stops, part, escaped = [], [], False
+    for ch in text:
+        if escaped:
+            part.append(STOP_ESCAPES.get(ch, "\\" + ch))
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            stops.append(part)
+            part = []
+        else:
+            part.append(ch)
+    if escaped:
+        part.append("\\")
+    stops.append(part)
+    # Trim the typed spaces around each, not the escaped white space inside (a stop of "\\n" is a new line).
+    out = []
+    for chars in stops:
+        joined = "".join(chars)
+        if joined.strip(" "):
+            out.append(joined.strip(" "))
+    return tuple(dict.fromkeys(out))
 
 
 def preset_for(temperature: float, top_p: float) -> str:
@@ -147,7 +178,7 @@ def _bounded(value, box) -> int:
 
 class SamplingControls(QObject):
     """A preset menu and its two values (editing a value turns the preset into "custom"), and behind "More"
-    the conversation's top-k, min-p and repetition penalty."""
+    the conversation's top-k, min-p, repetition penalty and its window, answer length, seed and stop strings."""
 
     changed = Signal()
 
@@ -169,8 +200,10 @@ class SamplingControls(QObject):
         self.preset.currentTextChanged.connect(self._preset_picked)
         self.temperature.valueChanged.connect(self._value_edited)
         self.top_p.valueChanged.connect(self._value_edited)
-        for box in (self.top_k, self.min_p, self.repetition_penalty, self.penalty_last_n, self.max_new_tokens):
+        for box in (self.top_k, self.min_p, self.repetition_penalty, self.penalty_last_n, self.max_new_tokens,
+                    self.seed):
             box.valueChanged.connect(self._more_edited)
+        self.stop.textChanged.connect(self._more_edited)
         self.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
 
     def _more_menu(self) -> QToolButton:
@@ -200,9 +233,19 @@ class SamplingControls(QObject):
         self.max_new_tokens.setToolTip("Answer length: the most tokens an answer may have (Continue goes on from "
                                        "there). The model's context bounds it too: a conversation keeps at "
                                        "least half the context for itself")
+        self.seed = QSpinBox()
+        self.seed.setRange(RANDOM_SEED, MAX_SEED)
+        self.seed.setSpecialValueText("new for each answer")
+        self.seed.setToolTip("Seed of sampled answers: the same seed and settings give the same answer, with "
+                             "SubSpec or plain decoding alike. Each sampled answer shows the seed it used")
+        self.stop = QLineEdit()
+        self.stop.setPlaceholderText("none")
+        self.stop.setToolTip("Stop strings: the answer ends where one appears (it is not shown). Separate them "
+                             "with commas; \\n is a new line, \\t a tab, \\, a comma: \\n\\n, User: stops at a "
+                             "blank line or at User:")
         for box, name in ((self.top_k, "Top-k"), (self.min_p, "Min-p"),
                           (self.repetition_penalty, "Repetition penalty"), (self.penalty_last_n, "Penalty window"),
-                          (self.max_new_tokens, "Answer length")):
+                          (self.max_new_tokens, "Answer length"), (self.seed, "Seed"), (self.stop, "Stop strings")):
             box.setAccessibleName(name)
         panel = QWidget()
         form = QFormLayout(panel)
@@ -211,10 +254,13 @@ class SamplingControls(QObject):
         form.addRow("Repetition penalty", self.repetition_penalty)
         form.addRow("Penalty window", self.penalty_last_n)
         form.addRow("Answer length", self.max_new_tokens)
+        form.addRow("Seed", self.seed)
+        form.addRow("Stop strings", self.stop)
         button = QToolButton()
         button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         button.setAccessibleName("More sampling settings")
-        button.setToolTip("Top-k, min-p, repetition penalty and its window, and answer length of this conversation")
+        button.setToolTip("Top-k, min-p, repetition penalty and its window, answer length, seed and stop strings of "
+                          "this conversation")
         menu = QMenu(button)
         action = QWidgetAction(menu)
         action.setDefaultWidget(panel)
@@ -225,7 +271,8 @@ class SamplingControls(QObject):
     def more_values(self) -> dict:
         return {"top_k": self.top_k.value(), "min_p": round(self.min_p.value(), 2),
                 "repetition_penalty": round(self.repetition_penalty.value(), 2),
-                "penalty_last_n": self.penalty_last_n.value(), "max_new_tokens": self.max_new_tokens.value()}
+                "penalty_last_n": self.penalty_last_n.value(), "max_new_tokens": self.max_new_tokens.value(),
+                "seed": self.seed.value(), "stop": self.stop.text()}
 
     def values(self) -> dict:
         return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
@@ -247,6 +294,8 @@ class SamplingControls(QObject):
             self.repetition_penalty.setValue(more["repetition_penalty"])
             self.penalty_last_n.setValue(_bounded(more["penalty_last_n"], self.penalty_last_n))
             self.max_new_tokens.setValue(_bounded(more["max_new_tokens"], self.max_new_tokens))
+            self.seed.setValue(_bounded(more["seed"], self.seed))
+            self.stop.setText(str(more["stop"]))
         finally:
             self._quiet = False
         self._label_more()

@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     min_p REAL NOT NULL DEFAULT 0.0,
     repetition_penalty REAL NOT NULL DEFAULT 1.0,
     max_new_tokens INTEGER NOT NULL DEFAULT 512,
-    penalty_last_n INTEGER NOT NULL DEFAULT 64
+    penalty_last_n INTEGER NOT NULL DEFAULT 64,
+    seed INTEGER NOT NULL DEFAULT -1,
+    stop TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,18 +51,19 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id,
 
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
 # tables may mean more than this version knows, and writing to them could break that app's data.
-# Columns added since (ADDED_COLUMNS: the conversation's top-k, min-p, repetition penalty, answer length and
-# penalty window) are added to an older file at open and do not change the version: they have defaults and
-# conversations are read and written by named columns, so an app that does not know them still reads and
-# writes the file as before.
+# Columns added since (ADDED_COLUMNS: the conversation's top-k, min-p, repetition penalty, answer length,
+# penalty window, seed and stop strings) are added to an older file at open and do not change the version:
+# they have defaults and conversations are read and written by named columns, so an app that does not know
+# them still reads and writes the file as before.
 SCHEMA_VERSION = 1
 ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL DEFAULT 0.0",
                  "repetition_penalty": "REAL NOT NULL DEFAULT 1.0", "max_new_tokens": "INTEGER NOT NULL DEFAULT 512",
-                 "penalty_last_n": "INTEGER NOT NULL DEFAULT 64"}
+                 "penalty_last_n": "INTEGER NOT NULL DEFAULT 64", "seed": "INTEGER NOT NULL DEFAULT -1",
+                 "stop": "TEXT NOT NULL DEFAULT ''"}
 
 # How the conversation's answers are decoded: the toolbar's sampling controls and its "More" menu.
 DECODING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens",
-            "penalty_last_n")
+            "penalty_last_n", "seed", "stop")
 SETTINGS = ("title", "system_prompt", *DECODING)
 
 
@@ -81,6 +84,8 @@ class Conversation:
     # The repetition penalty's window: the context's last n tokens (0: all of it). 64 as llama.cpp, Ollama and
     # LM Studio default to: over a whole long conversation a penalty would weigh on every common word.
     penalty_last_n: int = 64
+    seed: int = -1  # sampled answers' seed; -1: a new one for each answer (kept with the answer's stats)
+    stop: str = ""  # stop strings as typed (comma-separated, with escapes: app.controls.parse_stops)
 
 
 # Each decoding setting's default: what a new conversation starts with, and what garbage in a file reads as.

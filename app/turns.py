@@ -26,7 +26,8 @@ def method_label(stats: dict) -> str:
 
 
 def format_answer_stats(stats: dict) -> str:
-    return f"{format_stats(stats)} · τ {stats.get('tau', 1.0):.2f} · {method_label(stats)}"
+    seed = f" · seed {stats['seed']}" if stats.get("seed") is not None else ""  # sampled: to have it again
+    return f"{format_stats(stats)} · τ {stats.get('tau', 1.0):.2f} · {method_label(stats)}{seed}"
 
 
 def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None, text: str = "") -> None:

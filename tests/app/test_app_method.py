@@ -153,11 +153,13 @@ def test_answer_stats_line():
     assert format_answer_stats({**stats, "auto": False}).endswith("· SubSpec D48 W6")
     assert format_answer_stats({**stats, "auto": True}).endswith("· SubSpec auto D≤48 W6")
     assert format_answer_stats({**stats, "method": "vanilla", "tau": 1.0}).endswith("τ 1.00 · plain")
+    assert format_answer_stats({**stats, "seed": 1234}).endswith("· SubSpec D48 W6 · seed 1234")  # sampled
 
 
 def test_presets_set_the_values_and_edits_make_them_custom(qtbot, make_window):
     s = make_window().sampling
-    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512}
+    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512,
+           "seed": -1, "stop": ""}
     assert s.values() == {"preset": "greedy", "temperature": 0.0, "top_p": 1.0, **off}
     s.preset.setCurrentText("creative")
     assert s.values() == {"preset": "creative", "temperature": 1.0, "top_p": 0.95, **off}
@@ -167,3 +169,14 @@ def test_presets_set_the_values_and_edits_make_them_custom(qtbot, make_window):
     s.top_p.setValue(0.9)
     assert s.values()["preset"] == "balanced"  # values that match a preset are that preset
     assert preset_for(0.5, 0.5) == "custom"
+
+
+def test_stop_strings_as_typed():
+    from app.controls import parse_stops
+
+    assert parse_stops("") == () and parse_stops(" , ,") == ()
+    assert parse_stops("\\n\\n, User:") == ("\n\n", "User:")  # a blank line, or the next turn's name
+    assert parse_stops(" a ,b,a") == ("a", "b")  # trimmed, once each
+    assert parse_stops("x\\, y, \\t") == ("x, y", "\t")  # an escaped comma is part of the string
+    assert parse_stops("C:\\path\\\\") == ("C:\\path\\",)  # unknown escapes are kept as typed
+    assert parse_stops("end\\") == ("end\\",)

@@ -144,13 +144,15 @@ def test_system_prompt_and_sampling_are_saved_and_sent(qtbot, make_window):
     again = make_window()
     assert again.system_prompt.text() == "Be verbose."
     assert again.sampling.values() == {"preset": "custom", "temperature": 0.3, "top_p": 0.9, "top_k": 0, "min_p": 0.0,
-                                       "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512}
+                                       "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512,
+                                       "seed": -1, "stop": ""}
 
 
 def test_top_k_min_p_the_repetition_penalty_and_the_answer_length_are_the_conversations(qtbot, make_window):
     window = make_window()
     s = window.sampling
-    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512}
+    off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512,
+           "seed": -1, "stop": ""}
     assert s.more_values() == off and s.more.text() == "More"
     panel = s.more.menu().actions()[0].defaultWidget()  # the boxes live in the button's menu
     assert {s.top_k, s.min_p, s.repetition_penalty, s.penalty_last_n, s.max_new_tokens} <= set(
@@ -186,6 +188,41 @@ def test_top_k_min_p_the_repetition_penalty_and_the_answer_length_are_the_conver
     assert s.more_values() == {**off, "min_p": 0.05} and s.more.text() == "More (1)"
     window.close()
     assert make_window().sampling.more_values() == {**off, "min_p": 0.05}  # the last conversation, reopened
+
+
+def test_the_seed_and_stop_strings_are_the_conversations_and_each_sampled_answer_says_its_seed(qtbot, make_window):
+    window = make_window()
+    s = window.sampling
+    panel = s.more.menu().actions()[0].defaultWidget()
+    assert s.seed in panel.findChildren(type(s.seed)) and s.stop in panel.findChildren(type(s.stop))
+    assert s.seed.text() == "new for each answer" and s.stop.placeholderText() == "none"
+    answer(qtbot, window)  # greedy: no seed to speak of
+    params = window.backend.calls[0][1]
+    assert params["seed"] is None and params["stop"] == ()
+    assert "seed" not in window.store.messages(window.conversation.id)[1].stats
+
+    s.preset.setCurrentText("balanced")
+    qtbot.keyClicks(s.stop, "\\n\\n, User: ,###")
+    assert s.more.text() == "More (1)"
+    for button in (window.chat_actions.regenerate, window.chat_actions.regenerate):
+        with qtbot.waitSignal(window.host.finished, timeout=5000):
+            button.click()
+    first, second = (window.backend.calls[i][1] for i in (1, 2))
+    assert first["stop"] == second["stop"] == ("\n\n", "User:", "###")
+    assert 0 <= first["seed"] <= 2**31 - 1 and first["seed"] != second["seed"]  # a new one each answer
+    answer_stats = window.store.messages(window.conversation.id)[1].stats
+    assert answer_stats["seed"] == second["seed"]  # kept with the answer, and shown under it
+    assert f"seed {second['seed']}" in window.transcript.toPlainText()
+
+    s.seed.setValue(second["seed"])  # that answer's seed, set: regenerating gives it again
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.chat_actions.regenerate.click()
+    assert window.backend.calls[3][1]["seed"] == second["seed"] and s.more.text() == "More (2)"
+    conv = window.store.get(window.conversation.id)
+    assert (conv.seed, conv.stop) == (second["seed"], "\\n\\n, User: ,###")
+    window.close()
+    again = make_window()
+    assert (again.sampling.seed.value(), again.sampling.stop.text()) == (second["seed"], "\\n\\n, User: ,###")
 
 
 def test_window_geometry_and_the_sidebars_width_are_restored(qtbot, make_window):
