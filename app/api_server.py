@@ -130,7 +130,10 @@ class LocalApi:
         # Backend copies the tokenizer for the server's handler threads; the caller makes sure the worker
         # is idle meanwhile (the switch only turns on between answers).
         # Requests decode like the chat (the bridge's `decoding`): their usage says which method that was.
-        backend = Backend(engine.lm, generate=self.bridge, name=engine.name, method=self.bridge.next_method)
+        # Requests fit the context the chat does: on a GPU the KV cache the plan reserved, not the model's own
+        # (a longer request would run out of memory mid-answer instead of being told its size).
+        backend = Backend(engine.lm, generate=self.bridge, name=engine.name, method=self.bridge.next_method,
+                          context=getattr(engine, "context_limit", None))
         # (Only origins: the dialog accepts nothing else, and load() drops what a hand-edited file garbled.)
         self.server = SubspecServer(backend, config.host, config.port, api_key=config.api_key or None, quiet=True,
                                     cors_origins=config.origins)

@@ -58,9 +58,11 @@ class TorchBackend:
     context_tokens: int | None = None
 
     def __init__(self, model: str, progress: Progress, resident_layers: int | None = None,
-                 reserve_gb: float | None = None):
+                 reserve_gb: float | None = None, context: int | None = None):
         """`resident_layers`: force that many decoder layers on the device (the hardware panel's override);
-        `reserve_gb`: VRAM the plan leaves free for other programs (make_plan's default when None)."""
+        `reserve_gb`: VRAM the plan leaves free for other programs (make_plan's default when None);
+        `context`: the tokens a GPU plan reserves KV cache for (make_plan's default when None; a CPU plans
+        no memory and keeps the model's own context)."""
         from engine import store
         from engine.loading import free_device_memory, load_model
 
@@ -78,7 +80,7 @@ class TorchBackend:
         bits = None  # the plan's substitute bits per streamed layer (8-bit where memory allows)
         if torch.cuda.is_available():
             free_device_memory()  # the previous model's cached blocks would read as VRAM in use
-            resident, bits = self._planned_split(folder, progress, resident_layers, reserve_gb)
+            resident, bits = self._planned_split(folder, progress, resident_layers, reserve_gb, context)
         else:
             # Nothing to plan on a CPU; an explicit override still streams layers (slower, as asked).
             resident = resident_layers
@@ -115,8 +117,8 @@ class TorchBackend:
         except (OSError, ValueError):
             return None  # a GGUF-imported folder may lack one; the panel then shows no plan
 
-    def _planned_split(self, folder, progress: Progress, forced: int | None,
-                       reserve_gb: float | None) -> tuple[int | None, dict | None]:
+    def _planned_split(self, folder, progress: Progress, forced: int | None, reserve_gb: float | None,
+                       context: int | None) -> tuple[int | None, dict | None]:
         """On a GPU the planner decides how many layers stay resident under the free VRAM (the rest stream
         from RAM) and the bits of the streamed layers' substitutes, which the draft is built with.
         A model that cannot fit at all is a user error the window shows."""
@@ -128,6 +130,8 @@ class TorchBackend:
         self.plan_profile = probe()
         config = ModelConfig.from_file(folder)
         options = {} if reserve_gb is None else {"reserve_gb": reserve_gb}
+        if context is not None:
+            options["context"] = context
         plan = None
         if forced is not None:
             try:

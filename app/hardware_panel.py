@@ -1,6 +1,6 @@
 """The Hardware dock: this machine's GPUs, CPU and RAM (refreshed live), VRAM and RAM graphs, measured link
 and matmul speeds, and the planner's layout for the loaded model, with a reserve slider and a resident-layers
-override that "Reload" applies to the loaded model.
+override and a context length that "Reload" applies to the loaded model.
 
 The plan is engine.planner.make_plan over the model's config.json and the profile, the same call
 `subspec plan` makes; it is pure arithmetic (about a millisecond), so it runs on the GUI thread. Probing and
@@ -11,8 +11,8 @@ GUI thread only asks, at most one reading outstanding, and only while the dock i
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
-                               QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QProgressBar, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.errors import SubspecError
 
@@ -25,6 +25,7 @@ REFRESH_MS = 2000
 SAMPLE_BUSY_MS = 250  # memory readings while the engine loads or answers: what the graphs are for
 SAMPLE_IDLE_MS = 1000
 CONTEXT = 4096  # `subspec plan`'s default, so the panel and the CLI agree for the same inputs
+CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)  # the context box's choices, up to the model's
 RESERVE_STEP_GB = 0.25
 RESERVE_MAX_GB = 4.0
 DEFAULT_RESERVE_GB = 0.5  # make_plan's and `subspec plan`'s default
@@ -128,9 +129,16 @@ class HardwareDock(QDockWidget):
         self.resident_spin.setToolTip("Force how many decoder layers stay in VRAM in full precision (the last ones, "
                                       "where an exact layer aligns the draft most); checked against the budget")
         self.resident_spin.valueChanged.connect(self._replan)
+        self.context_box = QComboBox()
+        self.context_box.setAccessibleName("Context length")
+        self.context_box.setToolTip("Tokens the model keeps in view, prompt and answer together: on a GPU its KV "
+                                    "cache is planned for this many, and a longer context takes VRAM from "
+                                    "resident layers. A longer conversation leaves out its oldest turns")
+        self._fill_contexts()
+        self.context_box.currentIndexChanged.connect(self._replan)
         self.apply_button = QPushButton("Reload")
-        self.apply_button.setToolTip("Load the model again with this reserve and these resident layers; "
-                                     "the conversation stays")
+        self.apply_button.setToolTip("Load the model again with this reserve, these resident layers and this "
+                                     "context; the conversation stays")
         self.apply_button.clicked.connect(self.apply)
         controls = QFormLayout()
         reserve_row = QHBoxLayout()
@@ -141,6 +149,7 @@ class HardwareDock(QDockWidget):
         resident_row.addWidget(self.resident_spin, 1)
         resident_row.addWidget(self.apply_button)
         controls.addRow("Resident layers", resident_row)
+        controls.addRow("Context", self.context_box)
         plan_layout.addLayout(controls)
         self.plan_note = _label()
         theme.set_tone(self.plan_note, "muted")
@@ -279,19 +288,43 @@ class HardwareDock(QDockWidget):
                 self.plan_error = str(exc)
         # The controls show what the model was loaded with, so the plan shown is the one it runs.
         forced = self.loaded_options.get("resident_layers")
-        for w in (self.resident_spin, self.reserve_slider):
+        widgets = (self.resident_spin, self.reserve_slider, self.context_box)
+        for w in widgets:
             w.blockSignals(True)  # one replan below, not one per change
         self.resident_spin.setRange(AUTO, self.config.num_layers if self.config else 0)
         self.resident_spin.setValue(AUTO if forced is None else forced)
         if info:
             reserve = self.loaded_options.get("reserve_gb", DEFAULT_RESERVE_GB)
             self.reserve_slider.setValue(round(reserve / RESERVE_STEP_GB))
-        for w in (self.resident_spin, self.reserve_slider):
+            self._fill_contexts(self.loaded_options.get("context"))
+        for w in widgets:
             w.blockSignals(False)
         self._replan()
 
     def reserve_gb(self) -> float:
         return self.reserve_slider.value() * RESERVE_STEP_GB
+
+    def _model_context(self) -> int:
+        return self.config.max_position_embeddings if self.config else CONTEXTS[-1]
+
+    def default_context(self) -> int:
+        return min(CONTEXT, self._model_context())
+
+    def _fill_contexts(self, chosen: int | None = None) -> None:
+        """The choices up to the model's own context (which is one of them), `chosen` (or the default)
+        selected; a loaded context that is none of them is added."""
+        limit = self._model_context()
+        chosen = min(chosen or self.default_context(), limit)  # (carried over from a model with a longer one)
+        values = sorted({c for c in CONTEXTS if c < limit} | {limit, chosen})
+        self.context_box.clear()
+        for value in values:
+            label = f"{value // 1024}k tokens" if value % 1024 == 0 else f"{value:,} tokens"
+            self.context_box.addItem(label + (" (the model's)" if value == limit else ""), value)
+        self.context_box.setCurrentIndex(values.index(chosen))
+
+    def context(self) -> int:
+        value = self.context_box.currentData()
+        return int(value) if value else self.default_context()
 
     def resident_override(self) -> int | None:
         value = self.resident_spin.value()
@@ -306,7 +339,7 @@ class HardwareDock(QDockWidget):
 
     def plan_arguments(self) -> dict:
         """make_plan's keyword arguments besides the config and the profile: what a test replays."""
-        return {"reserve_gb": self.reserve_gb(), "context": CONTEXT, "resident_layers": self.resident_override()}
+        return {"reserve_gb": self.reserve_gb(), "context": self.context(), "resident_layers": self.resident_override()}
 
     def load_options(self) -> dict:
         """What a load should be asked for (app.backend.TorchBackend's keyword arguments): only what differs
@@ -316,17 +349,20 @@ class HardwareDock(QDockWidget):
             options["reserve_gb"] = self.reserve_gb()
         if self.resident_override() is not None:
             options["resident_layers"] = self.resident_override()
+        if self.context() != self.default_context():
+            options["context"] = self.context()
         return options
 
     def pending_reload(self) -> bool:
-        """Whether the controls ask for another layout than the loaded one (and it fits). The reserve only
-        counts on a GPU: a CPU load does not depend on it."""
+        """Whether the controls ask for another layout than the loaded one (and it fits). The reserve and the
+        context only count on a GPU: a CPU load plans no memory (its context is the model's)."""
         if self.config is None or self.model_name is None or self.plan is None:
             return False
         wanted, loaded = self.load_options(), dict(self.loaded_options)
         if self.plan.device != "cuda":
-            wanted.pop("reserve_gb", None)
-            loaded.pop("reserve_gb", None)
+            for key in ("reserve_gb", "context"):
+                wanted.pop(key, None)
+                loaded.pop(key, None)
         return wanted != loaded
 
     def apply(self) -> None:
@@ -374,6 +410,8 @@ class HardwareDock(QDockWidget):
         for key, label in self.plan_values.items():
             label.setText(rows.get(memory_key if key == "VRAM" else key, "—"))
         self.reasons_label.setText(text.reasons_html(self.plan) if self.plan else "")
+        # A CPU load plans no memory: its context is the model's own whatever the box says.
+        self.context_box.setEnabled(self.plan is None or self.plan.device == "cuda")
         self._show_speeds()
         self._update_apply_button()
 

@@ -236,9 +236,10 @@ class Backend:
     SubSpec runs when a draft is given; plain decoding otherwise."""
 
     def __init__(self, lm, draft=None, shape: TreeShape = TreeShape(), generate: GenerateFn | None = None,
-                 name: str | None = None, method: Callable[[], str] | None = None):
+                 name: str | None = None, method: Callable[[], str] | None = None, context: int | None = None):
         """`method`: says which method the next request decodes with, where `generate` decides that itself
-        (the app's bridge decodes like its chat, switch and all); by default, whether there is a draft."""
+        (the app's bridge decodes like its chat, switch and all); by default, whether there is a draft.
+        `context`: prompt plus answer at most, where less than the model's own (a GPU plan's KV cache)."""
         self.lm = lm
         self.draft = draft
         self.shape = shape
@@ -248,6 +249,7 @@ class Backend:
         self.name = name or lm.name
         self.method = "subspec" if draft is not None else "vanilla"
         self._method_now = method
+        self._context = context
         self.baseline_tokens_per_s: float | None = None
         self.created = int(time.time())
         self._generate = generate or self._default_generate
@@ -258,7 +260,7 @@ class Backend:
 
     @property
     def context(self) -> int:
-        return self.lm.config.max_position_embeddings
+        return min(self.lm.config.max_position_embeddings, self._context or 1 << 62)
 
     def method_now(self) -> str:
         """The method the next request decodes with (what its usage reports)."""

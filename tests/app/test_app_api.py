@@ -226,6 +226,19 @@ def test_a_port_taken_at_start_up_is_said_once(qtbot, make_window, dialogs):
         assert len(dialogs.shown) == shown  # not at every start: the switch was left off
 
 
+def test_requests_fit_the_context_the_chat_has(qtbot, api_window):
+    """On a GPU the plan's KV cache, not the model's own context: a longer request would run out of memory
+    mid-answer instead of being told its size."""
+    window = api_window(backend=FakeBackend(context_limit=300))  # the model's own: 8192
+    turn_on(window)
+    with pytest.raises(urllib.error.HTTPError) as refused_:
+        post(window.api.url, {"messages": [{"role": "user", "content": "x" * 400}]})
+    body = json.loads(refused_.value.read())
+    assert refused_.value.code == 400 and "context of 300 tokens" in body["error"]["message"]
+    assert window.backend.api_calls == []
+    assert chat(window.api.url)["choices"][0]["message"]["content"]  # a short one is answered
+
+
 def test_a_port_in_use_says_so_and_the_switch_goes_back_off(qtbot, api_window, dialogs):
     window = api_window()
     with socket.socket() as taken:

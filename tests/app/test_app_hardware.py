@@ -337,6 +337,34 @@ def test_on_a_cpu_only_machine_the_reserve_alone_asks_for_no_reload(hardware_win
     assert loads[-1] == {"reserve_gb": 2.0, "resident_layers": 20}
 
 
+def test_a_longer_context_is_planned_reloaded_with_and_kept_across_a_model_switch(hardware_window, qtbot):
+    """The context was fixed at 4k on a GPU: a 32k-context model dropped old turns after about 3.5k tokens."""
+    loads = []
+    window, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)), load_options=loads)
+    box = dock.context_box
+    choices = [box.itemData(i) for i in range(box.count())]
+    assert choices == [2048, 4096, 8192, 16384, 32768] and box.itemText(4) == "32k tokens (the model's)"
+    assert dock.context() == CONTEXT and box.isEnabled() and not dock.apply_button.isEnabled()
+    four_k = dock.plan
+    box.setCurrentIndex(choices.index(32768))
+    expected = make_plan(ModelConfig.from_dict(QWEN25_7B), dock.profile, context=32768)
+    assert dock.plan == expected and shown(dock, "Context") == "32768 tokens"
+    assert expected.resident_layers < four_k.resident_layers  # the KV cache takes VRAM from resident layers
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        dock.apply_button.click()
+    assert loads[-1] == {"context": 32768} and not dock.apply_button.isEnabled()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("FakeLM-2M")
+    assert loads[-1] == {"context": 32768} and dock.context() == 32768
+
+
+def test_on_a_cpu_the_context_box_is_off(hardware_window):
+    _w, dock, _p = hardware_window(profile())
+    assert not dock.context_box.isEnabled()  # a CPU plans no memory: the model's own context
+    dock.context_box.setCurrentIndex(0)
+    assert not dock.apply_button.isEnabled()
+
+
 def test_the_refresh_timer_probes_only_while_the_dock_is_visible(hardware_window, qtbot):
     _w, dock, prober = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4060", 8, 7.4)))
     assert dock.timer.isActive()

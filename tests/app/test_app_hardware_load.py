@@ -98,6 +98,14 @@ def test_an_override_and_a_reserve_reach_the_plan_and_the_load(fake_gpu):
     assert loads[1] < planned(backend.plan_profile)  # 4 GB kept free: fewer layers than the default reserve
 
 
+def test_a_context_reaches_the_plan_and_bounds_the_chat(fake_gpu):
+    _gpu, loads = fake_gpu
+    backend = TorchBackend("qwen", lambda _m: None, context=16384)
+    assert loads == [planned(backend.plan_profile, context=16384)]
+    assert backend.context_tokens == 16384 and backend.context_limit == 16384  # the API's too (test_app_api)
+    assert loads[0] < planned(backend.plan_profile)  # a longer KV cache, fewer resident layers
+
+
 def test_an_override_that_no_longer_fits_falls_back_to_the_plan_and_says_so(fake_gpu):
     gpu, loads = fake_gpu
     gpu["free"] = 12 * GIB  # the panel checked 16 layers against the last load's 14 GiB free; now there is less
