@@ -10,6 +10,7 @@ from pathlib import Path
 from engine.files import replace
 
 from .conversations import DECODING, Conversation, Message
+from .thinking import split_thinking
 
 UNTITLED = "Untitled conversation"
 
@@ -25,7 +26,13 @@ def to_markdown(conv: Conversation, messages: list[Message]) -> str:
     for m in messages:
         stats = m.stats or {}
         who = "You" if m.role == "user" else stats.get("model") or "Assistant"
-        lines += [f"## {who}", "", m.content, ""]
+        content = m.content
+        if m.role == "assistant":
+            thinking = split_thinking(content)
+            if thinking.text:  # a reasoning model's: quoted above the answer (raw tags would vanish as HTML)
+                quoted = "\n".join(f"> {line}".rstrip() for line in thinking.text.split("\n"))
+                content = f"> *Thinking*\n>\n{quoted}\n\n{thinking.answer(content)}"
+        lines += [f"## {who}", "", content, ""]
         if m.role == "assistant":
             facts = []
             if "new_tokens" in stats:

@@ -139,6 +139,8 @@ class MainWindow(ChatFlow, QMainWindow):
         self.transcript = Transcript()
         self.transcript.setAccessibleName("Conversation")
         self.transcript.earlier_requested.connect(self._show_earlier)
+        self.transcript.thinking_toggled.connect(self.toggle_thinking)
+        self.transcript.show_thinking = self.settings.value("show_thinking", "false") in ("true", True)
         self.notice = NoticeBar()
         self.notice.button.clicked.connect(self._retry_load)
         self.chat_actions = ChatActions()
@@ -515,6 +517,17 @@ class MainWindow(ChatFlow, QMainWindow):
                             QEvent.Type.ThemeChange):
             theme.refresh()
         super().changeEvent(event)
+
+    def toggle_thinking(self) -> None:
+        """An answer's Show/Hide: every answer's thinking shows or hides (kept across starts), drawn again
+        where the transcript was (after the answer, when one is streaming)."""
+        self.transcript.show_thinking = not self.transcript.show_thinking
+        self.settings.setValue("show_thinking", "true" if self.transcript.show_thinking else "false")
+        bar = self.transcript.verticalScrollBar()
+        at = bar.value()
+        self._on_theme_changed()
+        if not self.busy:
+            bar.setValue(min(at, bar.maximum()))
 
     def _on_theme_changed(self, _colors=None) -> None:
         """The transcript was drawn in the old colors: draw the conversation again (after the answer, when

@@ -14,8 +14,10 @@ from PySide6.QtGui import (QColor, QFont, QFontDatabase, QTextBlockFormat, QText
                            QTextDocument)
 
 from . import theme
+from .thinking import Thinking
 
 EARLIER_SCHEME = "subspec-earlier"  # the transcript's "show the earlier messages" link
+THINKING_SCHEME = "subspec-thinking"  # an answer's "Show"/"Hide" of its thinking
 COPY_SCHEME = "subspec-copy"  # an href scheme of our own, so a link in model text cannot reach the shell
 FEATURES = QTextDocument.MarkdownFeature.MarkdownDialectGitHub | QTextDocument.MarkdownFeature.MarkdownNoHTML
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
@@ -223,3 +225,33 @@ def render(cursor: QTextCursor, text: str, copies: list[str], continues: bool = 
         cursor.insertBlock(_code_block_format(), code_char_format())
         # insertText turns "\n" into new blocks, each inheriting the code block's formats.
         cursor.insertText(segment.text, code_char_format())
+
+
+def render_thinking(cursor: QTextCursor, thinking: Thinking, shown: bool) -> None:
+    """A reasoning model's thinking, above its answer: while it goes on, "Thinking …" and the text so far;
+    once over, one line ("Thought · N words · Show") with the text under it only when `shown` (the
+    thinking of a long answer is often longer than the answer)."""
+    header = QTextBlockFormat()
+    header.setBottomMargin(2)
+    _fresh_block(cursor, header)
+    label = QTextCharFormat()
+    label.setForeground(QColor(theme.colors().note))
+    label.setFontItalic(True)
+    if not thinking.done:
+        cursor.insertText("Thinking …", label)
+    else:
+        words = len(thinking.text.split())
+        cursor.insertText(f"Thought · {words} word{'' if words == 1 else 's'} · ", label)
+        cursor.insertText("Hide" if shown else "Show", link_format(f"{THINKING_SCHEME}:"))
+    if thinking.text and (shown or not thinking.done):
+        body = QTextBlockFormat()
+        body.setLeftMargin(12)  # (each line a block: a blank line between paragraphs is one line high)
+        text = QTextCharFormat()
+        text.setForeground(QColor(theme.colors().stats))
+        cursor.insertBlock(body, text)
+        # Plain text: half-written Markdown of a thought is not worth a re-layout per token.
+        cursor.insertText(thinking.text, text)
+        last = cursor.blockFormat()
+        last.setBottomMargin(8)  # (the answer's first block takes a format of its own: the space goes here)
+        cursor.setBlockFormat(last)
+    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())

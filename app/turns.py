@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .compare import format_comparison
 from .conversations import ConversationStore, Message
+from .thinking import answer_text, split_thinking
 from .widgets import Transcript
 
 END_NOTES = {"stopped": "stopped", "length": "cut at the length limit", "interrupted": "interrupted"}
@@ -31,12 +32,17 @@ def format_answer_stats(stats: dict) -> str:
 
 
 def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None, text: str = "") -> None:
-    if finish_reason in END_NOTES:
+    if finish_reason == "length" and not split_thinking(text).done:
+        # A reasoning model's thinking often outruns the default answer length: say what to do about it.
+        transcript.add_note("cut at the length limit while still thinking: Continue goes on, and More > Answer "
+                            "length lets answers be longer")
+    elif finish_reason in END_NOTES:
         transcript.add_note(END_NOTES[finish_reason])
     for note in (stats or {}).get("notes", []):  # what the engine changed to answer (e.g. a rolling context)
         transcript.add_note(note)
     if stats and "new_tokens" in stats:
-        transcript.add_stats(format_answer_stats(stats), copy_text=text or None)
+        # Copy copies the answer, not a reasoning model's thinking before it.
+        transcript.add_stats(format_answer_stats(stats), copy_text=answer_text(text) or None)
     if stats and "compare" in stats:
         transcript.add_stats("Compared: " + format_comparison(stats["compare"]))
     transcript.end_answer()

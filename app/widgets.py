@@ -10,6 +10,7 @@ from PySide6.QtGui import (QColor, QDesktopServices, QFont, QGuiApplication, QKe
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser, QWidget
 
 from . import markdown, theme
+from .thinking import split_thinking
 
 
 def _char_format(color: str | None = None, bold: bool = False, italic: bool = False) -> QTextCharFormat:
@@ -29,6 +30,7 @@ class Transcript(QTextBrowser):
 
     RENDER_MS = 100  # ~10 Hz: smooth to read, and a long answer is not re-laid out per token
     earlier_requested = Signal()  # "Show them" above a long conversation's latest messages
+    thinking_toggled = Signal()  # an answer's "Show"/"Hide" of its thinking: redraw with show_thinking flipped
     BODY = _char_format()
 
     # Asked for at each use: the colors follow the appearance (app.theme), light or dark.
@@ -65,6 +67,8 @@ class Transcript(QTextBrowser):
         self._body: str | None = None  # the streaming answer's Markdown; None when no answer is open
         self._body_start = 0
         self._copies_mark = 0
+        self.show_thinking = False  # reasoning models' thinking, under each answer's "Thought" line
+        self._answer_from = 0  # where the streaming answer proper starts, once its thinking is drawn for good
         # The streaming answer drawn for good: its characters, their end, its copies, and whether what follows
         # continues a prose segment (markdown.stable_prefix).
         self._stable = (0, 0, 0, False)
@@ -136,6 +140,7 @@ class Transcript(QTextBrowser):
         self._body_start = self._end_cursor().position()
         self._copies_mark = len(self.copies)
         self._stable = (0, self._body_start, self._copies_mark, False)  # see _render
+        self._answer_from = 0
         if text:
             self._body = text
             self._render(whole=True)
@@ -209,6 +214,8 @@ class Transcript(QTextBrowser):
     def _on_anchor(self, url: QUrl) -> None:
         if url.scheme() == markdown.EARLIER_SCHEME:
             self.earlier_requested.emit()
+        elif url.scheme() == markdown.THINKING_SCHEME:
+            self.thinking_toggled.emit()
         elif url.scheme() == markdown.COPY_SCHEME:
             try:
                 self.copy(int(url.path()))
@@ -225,6 +232,10 @@ class Transcript(QTextBrowser):
             return
         if whole:
             self._stable = (0, self._body_start, self._copies_mark, False)
+            self._answer_from = 0
+        thinking = split_thinking(self._body) if not self._answer_from else None
+        if thinking is not None and thinking.text is not None:
+            self._stable = (0, self._body_start, self._copies_mark, False)  # drawn from the answer's start
         done, position, copies, continues = self._stable
         cursor = QTextCursor(self._doc())
         cursor.setPosition(position)
@@ -233,6 +244,17 @@ class Transcript(QTextBrowser):
             cursor.beginEditBlock()
             cursor.removeSelectedText()
             del self.copies[copies:]
+            if thinking is not None and thinking.text is not None:
+                markdown.render_thinking(cursor, thinking, self.show_thinking)
+                if not thinking.done or thinking.answer_start == len(self._body):
+                    # (Over, but the answer has not begun: where it begins is not known yet.)
+                    cursor.endEditBlock()
+                    self.renders += 1
+                    return
+                # Over: drawn for good, and the answer proper streams after it as any answer does.
+                self._answer_from = done = thinking.answer_start
+                continues = False
+                self._stable = (done, cursor.position(), len(self.copies), False)
             stable, then = markdown.stable_prefix(self._body, done)
             if stable > done and not whole:
                 head = self._body[done:stable]

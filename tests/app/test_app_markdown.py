@@ -115,10 +115,13 @@ ANSWERS = [
     "> starts with a quote\n\nthen text\n\n    indented code\n\nnormal\n\n---\n\nAfter the rule\nSetext\n===\n\nx\n",
     "- item\n\n  ```js\n  let x = 1;\n  ```\n\n- item 2\n\nPara [link](http://e.x) and ~~strike~~.\n\n***\n\n"
     "* star list\n* two\n\nfin\n",
+    # Reasoning models: thinking first (Qwen3), or only its end when the template opened it (DeepSeek-R1).
+    "<think>\nThe user asks for **x**.\n\n- try a\n- try b\n</think>\n\nIntro **bold**.\n\n```py\nx = 1\n```\nEnd.\n",
+    "Hmm, let me see.\n\nYes.\n</think>\n\n# Answer\n\nDone.\n",
 ]
 
 
-@pytest.mark.parametrize("answer", ANSWERS, ids=["blocks", "fences", "rules", "nested"])
+@pytest.mark.parametrize("answer", ANSWERS, ids=["blocks", "fences", "rules", "nested", "thinking", "closing-tag"])
 def test_a_streamed_answer_redrawn_from_its_stable_part_looks_like_one_drawn_whole(qapp, answer):
     """Each redraw draws only the tail after markdown.stable_prefix; after every complete line the
     transcript must be what drawing the whole text so far gives, and at the end exactly that."""
@@ -205,3 +208,82 @@ def test_an_answer_opening_with_a_rule_is_not_taken_for_front_matter(qapp):
     view.begin_assistant("M", "---\nHello there\n---\nGeneral Kenobi")
     view.end_answer()
     assert "Hello there" in view.toPlainText() and "General Kenobi" in view.toPlainText()
+
+
+def test_split_thinking():
+    from app.thinking import answer_text, split_thinking
+
+    t = split_thinking("<think>\nhm\n</think>\n\nParis.")
+    assert (t.text, t.done, t.answer("<think>\nhm\n</think>\n\nParis.")) == ("hm", True, "Paris.")
+    t = split_thinking("<think>\nstill going")
+    assert (t.text, t.done, t.answer("<think>\nstill going")) == ("still going", False, "")
+    assert answer_text("reasoning\n</think>\n\nParis.") == "Paris."  # the template opened it
+    assert split_thinking("Paris.").text is None and answer_text("Paris.") == "Paris."
+    assert split_thinking("Write <think> in HTML? No.").text is None  # quoted, not a reasoning block
+
+
+THOUGHT = "<think>\nRecall the atlas:\nParis it is.\n</think>\n\nIt is **Paris**."
+
+
+def thinking_events():
+    from engine.events import StepEvent
+
+    pieces = [THOUGHT[i:i + 9] for i in range(0, len(THOUGHT), 9)]
+    return [StepEvent(i, (i,), p, finish_reason="eos" if i == len(pieces) - 1 else None)
+            for i, p in enumerate(pieces)]
+
+
+def test_thinking_is_a_line_under_the_answer_shown_on_request_and_copy_leaves_it_out(qtbot, make_window):
+    import threading
+
+    gate = threading.Event()
+    window = make_window(FakeBackend(events=thinking_events, gate=gate))
+    t = window.transcript
+    qtbot.keyClicks(window.prompt, PROMPT)
+    qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: "Thinking …" in t.toPlainText(), timeout=5000)  # while it thinks: what so far
+    assert "<think>" not in t.toPlainText()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        gate.set()
+    text = t.toPlainText()
+    assert "Thought · 6 words · Show" in text and "It is Paris." in text
+    assert "atlas" not in text and "think>" not in text
+    [(show, href), (_copy, copy_href)] = links(t)
+    assert show == "Show"
+    QGuiApplication.clipboard().clear()
+    t.anchorClicked.emit(QUrl(copy_href))
+    assert QGuiApplication.clipboard().text() == "It is **Paris**."  # the answer, not the thinking
+
+    t.anchorClicked.emit(QUrl(href))  # Show: every answer's thinking, kept across starts
+    text = t.toPlainText()
+    assert "Thought · 6 words · Hide" in text and "Recall the atlas:\nParis it is." in text
+    assert window.history[-1]["content"] == THOUGHT  # the model's own template decides what it sees again
+    window.close()
+    again = make_window()
+    assert again.transcript.show_thinking and "Recall the atlas" in again.transcript.toPlainText()
+    again.transcript.anchorClicked.emit(QUrl(href))  # Hide
+    assert "Recall the atlas" not in again.transcript.toPlainText()
+    assert "Thought · 6 words · Show" in again.transcript.toPlainText()
+
+
+def test_an_answer_cut_while_thinking_says_what_to_do(qapp):
+    from app.turns import end_answer
+
+    t = Transcript()
+    t.begin_assistant("M", "<think>\nfirst, the")
+    end_answer(t, "length", {}, "<think>\nfirst, the")
+    assert "[cut at the length limit while still thinking: Continue goes on" in t.toPlainText()
+    t.begin_assistant("M", "Plain answer")
+    end_answer(t, "length", {}, "Plain answer")
+    assert t.toPlainText().endswith("Plain answer [cut at the length limit]")
+
+
+def test_markdown_export_quotes_the_thinking_above_the_answer():
+    from app.conversations import Conversation, Message
+    from app.export import to_markdown
+
+    conv = Conversation(1, "Capitals", 0.0, 0.0, "")
+    md = to_markdown(conv, [Message(1, "user", "Capital?", 0.0, None, True),
+                            Message(2, "assistant", THOUGHT, 0.0, {"model": "Qwen3-8B"}, True)])
+    assert "## Qwen3-8B\n\n> *Thinking*\n>\n> Recall the atlas:\n> Paris it is.\n\nIt is **Paris**.\n" in md
+    assert "<think>" not in md  # a Markdown viewer would take it for HTML and show nothing
