@@ -72,6 +72,17 @@ def test_search_matches_titles_and_message_text_newest_first(store):
     assert store.conversations("nothing like this") == []
 
 
+def test_search_ignores_case_beyond_ascii(store):
+    a = store.create("Été à Paris")
+    b = store.create("Straße")
+    store.add_message(b.id, "user", "ΣΟΦΙΑ and Ǆ")
+    assert [x.id for x in store.conversations("ÉTÉ")] == [a.id]  # LIKE alone: no match
+    assert [x.id for x in store.conversations("STRAẞE")] == [b.id]  # casefold: ẞ and ß are ss
+    assert [x.id for x in store.conversations("σοφια")] == [b.id]  # in a message's text
+    assert [x.id for x in store.conversations("ǆ")] == [b.id]
+    assert store.conversations("été à lyon") == []
+
+
 def test_titles_come_from_the_first_line_and_are_capped():
     assert title_from("  What is\n the capital?  ") == "What is the capital?"
     long = title_from("word " * 40)
