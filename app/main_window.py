@@ -150,7 +150,6 @@ class MainWindow(ChatFlow, QMainWindow):
         self.chat_actions.compare.clicked.connect(self.compare)
         self.prompt = PromptEdit()
         self.prompt.setAccessibleName("Message")
-        self.prompt.setFixedHeight(84)
         self.prompt.submitted.connect(self.send)
         self.prompt.stop_requested.connect(self.stop)
         self.prompt.files_dropped.connect(self.attach_files)
@@ -510,6 +509,10 @@ class MainWindow(ChatFlow, QMainWindow):
             self._on_error(title, message, "")
         else:
             dialogs.show_error(self, title, message)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.prompt.fit_height()  # its cap is a share of the window's height
 
     def changeEvent(self, event: QEvent) -> None:
         # The system switched between light and dark while the app follows it: restyle what we color.

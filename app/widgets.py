@@ -342,10 +342,32 @@ class PromptEdit(QPlainTextEdit):
     stop_requested = Signal()
     files_dropped = Signal(list)  # local paths
 
+    MIN_HEIGHT = 84  # about three lines: the box's height when empty or short
+    MAX_SHARE = 0.4  # it grows with what is typed up to this share of the window, then scrolls
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setPlaceholderText("Message the model … (drop a text file here to attach it)")
         self.setTabChangesFocus(True)
+        self.setFixedHeight(self.MIN_HEIGHT)
+        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_height())
+
+    def fit_height(self) -> None:
+        """As tall as its lines (wrapped ones included), between MIN_HEIGHT and MAX_SHARE of the window: a
+        long paste shows as a long message instead of three lines to scroll through."""
+        lines = max(int(self.document().documentLayout().documentSize().height()), 1)  # (lines, in a plain edit)
+        margins = self.contentsMargins()
+        wanted = (lines * self.fontMetrics().lineSpacing() + 2 * self.document().documentMargin()
+                  + margins.top() + margins.bottom() + 4)
+        cap = max(self.MIN_HEIGHT, int(self.window().height() * self.MAX_SHARE))
+        height = int(min(max(wanted, self.MIN_HEIGHT), cap))
+        if height != self.height():
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if event.oldSize().width() != event.size().width():  # narrower: more wrapped lines
+            self.fit_height()
 
     @staticmethod
     def _files(mime) -> list[str]:

@@ -222,3 +222,21 @@ def test_an_engine_note_shows_in_the_status_bar(qtbot, make_window):
     assert f"[{note}]" not in window.transcript.toPlainText()
     window.open_conversation(conversation)
     assert f"[{note}]" in window.transcript.toPlainText()
+
+
+def test_the_message_box_grows_with_what_is_typed_up_to_a_share_of_the_window(qtbot, make_window):
+    window = make_window()
+    window.resize(1000, 800)
+    box = window.prompt
+    assert box.height() == box.MIN_HEIGHT
+    box.setPlainText("one line")
+    assert box.height() == box.MIN_HEIGHT
+    box.setPlainText("\n".join(f"line {i}" for i in range(8)))
+    eight = box.height()
+    assert eight > box.MIN_HEIGHT
+    box.setPlainText("\n".join(f"line {i}" for i in range(200)))  # a long paste: capped, then it scrolls
+    assert eight < box.height() <= 0.4 * window.height() and box.verticalScrollBar().maximum() > 0
+    window.resize(1000, 500)
+    assert box.height() <= 0.4 * 500
+    box.clear()
+    assert box.height() == box.MIN_HEIGHT
