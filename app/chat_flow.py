@@ -61,15 +61,17 @@ class ChatFlow:
         self._start(turn)
 
     def regenerate(self) -> None:
+        """A new answer in the last one's place; the last one is kept as a version (‹ 1/2 › under it)."""
         last = self._last_answer()
         if last is None:
             return
         try:
-            removed = self.store.delete_from(self.conversation.id, last.id)
+            version = self.store.save_version(last)
         except sqlite3.Error as exc:
             self._not_saved(None, exc)
             return
-        self._start(Turn("regenerate", removed=removed))
+        self._measured.pop(last.id, None)  # (its speed was that version's)
+        self._start(Turn("regenerate", renewed=last, version_id=version))
 
     def continue_answer(self) -> None:
         last = self._last_answer()
@@ -128,7 +130,7 @@ class ChatFlow:
         cid = self.conversation.id
         try:
             self.writer = AnswerWriter(self.store, cid, self.ANSWER_SAVE_INTERVAL_S, extend=turn.extended,
-                                       on_error=self._answer_not_saved)
+                                       on_error=self._answer_not_saved, renew=turn.renewed)
         except sqlite3.Error as exc:
             self._not_saved(turn, exc)
             return
@@ -191,9 +193,15 @@ class ChatFlow:
                                           "repetition_penalty": self._request.get("repetition_penalty", 1.0)}
         if stats.get("method") == "vanilla" and stats.get("new_tokens", 0) >= 2 and stats["tokens_per_s"] > 0:
             self.plain_speeds[self.model_name] = stats["tokens_per_s"]
+        answer_id = self.writer.id
         self.writer = None
         self._turn = None
-        end_answer(self.transcript, summary["finish_reason"], stats, text)
+        try:  # a regenerated answer's other versions: ‹ 2/2 › under it
+            position = self.store.version_positions(self.conversation.id).get(answer_id)
+        except sqlite3.Error:
+            position = None
+        end_answer(self.transcript, summary["finish_reason"], stats, text,
+                   (answer_id, *position, True) if position else None)
         self.history = history_of(self._saved())
         self.stats_label.setText(format_stats(summary))
         self._after_request()

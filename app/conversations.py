@@ -12,7 +12,7 @@ import json
 import math
 import sqlite3
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +47,18 @@ CREATE TABLE IF NOT EXISTS messages (
     complete INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+-- An answer's other versions (Regenerate keeps the one it replaces): the messages row holds the version
+-- shown, which is the one the model sees in the history. A table of its own, so an older app reading the
+-- file sees each answer once.
+CREATE TABLE IF NOT EXISTS answer_versions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    content TEXT NOT NULL,
+    created REAL NOT NULL,
+    stats_json TEXT,
+    complete INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS versions_by_message ON answer_versions(message_id, id);
 """
 
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
@@ -126,6 +138,19 @@ class NewerStoreError(sqlite3.DatabaseError):
 class Message:
     id: int
     role: str
+    content: str
+    created: float
+    stats: dict | None
+    complete: bool
+    # Deleted with its versions (delete_from), so that putting it back (restore) puts them back too.
+    versions: tuple[Version, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Version:
+    """One of an answer's other versions (answer_versions)."""
+
+    id: int
     content: str
     created: float
     stats: dict | None
@@ -285,6 +310,7 @@ class ConversationStore:
         """Deletes message `mid` and every later one of the conversation, in one transaction; returns
         them, so a failed redo can put them back (restore)."""
         gone = [m for m in self.messages(cid) if m.id >= mid]
+        gone = [replace(m, versions=tuple(self.versions(m.id))) if m.role == "assistant" else m for m in gone]
         with self.db:
             self.db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?", (cid, mid))
         return gone
@@ -296,6 +322,79 @@ class ConversationStore:
                 "INSERT OR REPLACE INTO messages (id, conversation_id, role, content, created, stats_json,"
                 " complete) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(m.id, cid, m.role, m.content, m.created, _json(m.stats), int(m.complete)) for m in messages])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO answer_versions (id, message_id, content, created, stats_json, complete)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(v.id, m.id, v.content, v.created, _json(v.stats), int(v.complete)) for m in messages
+                 for v in m.versions])
+
+    # Versions of an answer (Regenerate keeps the one it replaces)
+
+    def save_version(self, m: Message) -> int:
+        """Keeps answer `m` as it is now as one of its versions (before its row is written anew)."""
+        with self.db:
+            cur = self.db.execute("INSERT INTO answer_versions (message_id, content, created, stats_json, complete)"
+                                  " VALUES (?, ?, ?, ?, ?)", (m.id, m.content, m.created, _json(m.stats),
+                                                              int(m.complete)))
+        return cur.lastrowid
+
+    def renew_message(self, mid: int) -> None:
+        """The row begins again, empty and incomplete, as of now: a regenerated answer is written into it."""
+        with self.db:
+            self.db.execute("UPDATE messages SET content = '', complete = 0, stats_json = NULL, created = ?"
+                            " WHERE id = ?", (time.time(), mid))
+
+    def versions(self, mid: int) -> list[Version]:
+        """Answer `mid`'s other versions, oldest first."""
+        rows = self.db.execute("SELECT id, content, created, stats_json, complete FROM answer_versions"
+                               " WHERE message_id = ? ORDER BY created, id", (mid,))
+        return [Version(i, c, t, json.loads(st) if st else None, bool(done)) for i, c, t, st, done in rows]
+
+    def version_positions(self, cid: int) -> dict[int, tuple[int, int]]:
+        """{answer id: (the shown version's number, how many there are)} for the conversation's answers that
+        have other versions, numbered oldest first (on a tie the shown one last); one query for a whole
+        conversation."""
+        rows = self.db.execute(
+            "SELECT v.message_id, COUNT(*), SUM(v.created <= m.created)"
+            " FROM answer_versions v JOIN messages m ON m.id = v.message_id WHERE m.conversation_id = ?"
+            " GROUP BY v.message_id", (cid,))
+        return {mid: (int(older) + 1, int(count) + 1) for mid, count, older in rows}
+
+    def show_version(self, mid: int, vid: int) -> None:
+        """Version `vid` becomes what answer `mid` says (and what the model sees); the one shown until now
+        becomes a version, in one transaction."""
+        with self.db:
+            row = self.db.execute("SELECT content, created, stats_json, complete FROM messages WHERE id = ?",
+                                  (mid,)).fetchone()
+            version = self.db.execute("SELECT content, created, stats_json, complete FROM answer_versions"
+                                      " WHERE id = ? AND message_id = ?", (vid, mid)).fetchone()
+            if row is None or version is None:
+                raise sqlite3.IntegrityError(f"no version {vid} of message {mid}")
+            self.db.execute("UPDATE messages SET content = ?, created = ?, stats_json = ?, complete = ? WHERE id = ?",
+                            (*version, mid))
+            self.db.execute("UPDATE answer_versions SET content = ?, created = ?, stats_json = ?, complete = ?"
+                            " WHERE id = ?", (*row, vid))
+
+    def step_version(self, mid: int, step: int) -> bool:
+        """Shows the answer's previous (`step` -1) or next (+1) version, in the order version_positions
+        numbers them; False when there is none that way."""
+        row = self.db.execute("SELECT created FROM messages WHERE id = ?", (mid,)).fetchone()
+        if row is None:
+            return False
+        versions = self.versions(mid)
+        shown = sum(v.created <= row[0] for v in versions)  # the shown one's index among them all
+        order = versions[:shown] + [None] + versions[shown:]
+        target = shown + step
+        if not 0 <= target < len(order):
+            return False
+        self.show_version(mid, order[target].id)
+        return True
+
+    def pop_version(self, mid: int, vid: int) -> None:
+        """Version `vid` back into answer `mid`'s row, and no longer a version: a failed regenerate undone."""
+        self.show_version(mid, vid)
+        with self.db:
+            self.db.execute("DELETE FROM answer_versions WHERE id = ?", (vid,))
 
     def messages(self, cid: int) -> list[Message]:
         rows = self.db.execute("SELECT id, role, content, created, stats_json, complete FROM messages"
@@ -354,17 +453,22 @@ class AnswerWriter:
 
     def __init__(self, store: ConversationStore, cid: int, interval_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, extend: Message | None = None,
-                 on_error: Callable[[sqlite3.Error], None] | None = None):
-        """`extend`: a saved answer to continue in place instead of starting a new row."""
+                 on_error: Callable[[sqlite3.Error], None] | None = None, renew: Message | None = None):
+        """`extend`: a saved answer to continue in place instead of starting a new row; `renew`: a saved
+        answer whose row this one is written into anew (Regenerate, which kept what it said as a version)."""
         self.store = store
         self.cid = cid
         self.interval_s = interval_s
         self.clock = clock
         self.on_error = on_error
         self.error: sqlite3.Error | None = None  # the last write that failed, until one succeeds
-        if extend is None:
-            self.id = store.add_message(cid, "assistant", "", complete=False)
+        if renew is not None:
+            store.renew_message(renew.id)
+            self.id = renew.id
             self.parts: list[str] = []
+        elif extend is None:
+            self.id = store.add_message(cid, "assistant", "", complete=False)
+            self.parts = []
         else:
             self.id = extend.id
             self.parts = [extend.content]

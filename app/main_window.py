@@ -140,6 +140,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.transcript.setAccessibleName("Conversation")
         self.transcript.earlier_requested.connect(self._show_earlier)
         self.transcript.thinking_toggled.connect(self.toggle_thinking)
+        self.transcript.version_requested.connect(self.switch_version)
         self.transcript.show_thinking = self.settings.value("show_thinking", "false") in ("true", True)
         self.notice = NoticeBar()
         self.notice.button.clicked.connect(self._retry_load)
@@ -326,7 +327,13 @@ class MainWindow(ChatFlow, QMainWindow):
         """The open conversation's messages into the (cleared) transcript: its latest SHOWN_MESSAGES, unless
         "Show them" asked for all; returns them all as the model's history."""
         everything = self.conversation is not None and self._show_all == self.conversation.id
-        return replay(self.transcript, messages, None if everything else self.SHOWN_MESSAGES)
+        versions = {}
+        if self.conversation is not None:
+            try:
+                versions = self.store.version_positions(self.conversation.id)
+            except sqlite3.Error:
+                pass  # (drawn without the arrows: the answers themselves are what matters)
+        return replay(self.transcript, messages, None if everything else self.SHOWN_MESSAGES, versions)
 
     def _show_earlier(self) -> None:
         if self.busy or self.conversation is None:
@@ -520,6 +527,29 @@ class MainWindow(ChatFlow, QMainWindow):
                             QEvent.Type.ThemeChange):
             theme.refresh()
         super().changeEvent(event)
+
+    def switch_version(self, mid: int, step: int) -> None:
+        """The last answer's ‹ or ›: its previous or next version becomes the answer (and what the model sees
+        from now on)."""
+        if self.busy:
+            return
+        last = self._last_answer()
+        if last is None or last.id != mid:  # (drawn inactive when the transcript is redrawn)
+            self.statusBar().showMessage("Versions can be switched on the last answer only: later turns were "
+                                         "answered after the version shown", 10_000)
+            return
+        try:
+            moved = self.store.step_version(mid, step)
+        except sqlite3.Error as exc:
+            self._background_write_failed(exc)
+            return
+        if moved:
+            self._measured.pop(mid, None)  # (the comparison's speed was the other version's)
+            bar = self.transcript.verticalScrollBar()
+            at = bar.value()
+            self._on_theme_changed()  # redrawn from the store, the history with it
+            bar.setValue(min(at, bar.maximum()))
+            self._after_request()
 
     def toggle_thinking(self) -> None:
         """An answer's Show/Hide: every answer's thinking shows or hides (kept across starts), drawn again

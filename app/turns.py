@@ -31,7 +31,10 @@ def format_answer_stats(stats: dict) -> str:
     return f"{format_stats(stats)} · τ {stats.get('tau', 1.0):.2f} · {method_label(stats)}{seed}"
 
 
-def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None, text: str = "") -> None:
+def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None, text: str = "",
+               version: tuple[int, int, int, bool] | None = None) -> None:
+    """`version`: (message id, the shown version's number, how many, whether they may be switched now) of an
+    answer with other versions (Regenerate keeps them)."""
     if finish_reason == "length" and not split_thinking(text).done:
         # A reasoning model's thinking often outruns the default answer length: say what to do about it.
         transcript.add_note("cut at the length limit while still thinking: Continue goes on, and More > Answer "
@@ -42,16 +45,21 @@ def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | 
         transcript.add_note(note)
     if stats and "new_tokens" in stats:
         # Copy copies the answer, not a reasoning model's thinking before it.
-        transcript.add_stats(format_answer_stats(stats), copy_text=answer_text(text) or None)
+        transcript.add_stats(format_answer_stats(stats), copy_text=answer_text(text) or None, version=version)
+    elif version is not None:
+        transcript.add_stats("", version=version)
     if stats and "compare" in stats:
         transcript.add_stats("Compared: " + format_comparison(stats["compare"]))
     transcript.end_answer()
 
 
-def replay(transcript: Transcript, messages: list[Message], keep: int | None = None) -> list[dict]:
+def replay(transcript: Transcript, messages: list[Message], keep: int | None = None,
+           versions: dict[int, tuple[int, int]] | None = None) -> list[dict]:
     """Shows saved messages (the last `keep` of them, with a line offering the earlier ones); returns all
     of them as the model's history. An answer cut off by a crash (never marked complete) is shown, and kept
-    in the history, as far as it got."""
+    in the history, as far as it got. `versions`: ConversationStore.version_positions; the last answer's
+    may be switched (as Regenerate acts on the last answer only)."""
+    versions = versions or {}
     first = 0 if keep is None else max(len(messages) - keep, 0)
     if 0 < first < len(messages) and messages[first].role == "assistant":
         first -= 1  # from the question of the first answer shown
@@ -65,8 +73,9 @@ def replay(transcript: Transcript, messages: list[Message], keep: int | None = N
             else:
                 stats = m.stats or {}
                 transcript.begin_assistant(stats.get("model", "Assistant"), m.content)
+                position = versions.get(m.id)
                 end_answer(transcript, stats.get("finish_reason") if m.complete else "interrupted", stats,
-                           m.content)
+                           m.content, (m.id, *position, m is messages[-1]) if position else None)
     return history_of(messages)
 
 
@@ -84,11 +93,16 @@ class Turn:
     user_id: int | None = None  # the user message it added
     removed: list[Message] = field(default_factory=list)  # the messages it replaces
     extended: Message | None = None  # continue: the answer as it was
+    # regenerate: the answer it writes anew (in its row), and the version that keeps what it said
+    renewed: Message | None = None
+    version_id: int | None = None
 
     def undo(self, store: ConversationStore, cid: int, answer_id: int | None) -> None:
         if self.extended is not None:
             e = self.extended
             store.update_message(e.id, e.content, e.complete, e.stats)
+        elif self.renewed is not None:
+            store.pop_version(self.renewed.id, self.version_id)
         elif answer_id is not None:
             store.delete_message(answer_id)
         if self.user_id is not None:

@@ -31,6 +31,7 @@ class Transcript(QTextBrowser):
     RENDER_MS = 100  # ~10 Hz: smooth to read, and a long answer is not re-laid out per token
     earlier_requested = Signal()  # "Show them" above a long conversation's latest messages
     thinking_toggled = Signal()  # an answer's "Show"/"Hide" of its thinking: redraw with show_thinking flipped
+    version_requested = Signal(int, int)  # an answer's ‹ or › under it: (message id, -1 or +1)
     BODY = _char_format()
 
     # Asked for at each use: the colors follow the appearance (app.theme), light or dark.
@@ -169,8 +170,10 @@ class Transcript(QTextBrowser):
             space = ""
         self._insert(f"{space}[{text}]", self.NOTE)
 
-    def add_stats(self, text: str, copy_text: str | None = None) -> None:
-        """A small grey line under an answer, with a link copying the answer when there is one."""
+    def add_stats(self, text: str, copy_text: str | None = None,
+                  version: tuple[int, int, int, bool] | None = None) -> None:
+        """A small grey line under an answer, with a link copying the answer when there is one, and with
+        `version` (message id, shown, count, switchable) "‹ 2/3 ›" to step through its versions."""
         self.end_answer()
         self.trailing_errors = []  # a stored line now follows them: they are no longer the latest
         cursor = self._end_cursor()
@@ -184,6 +187,19 @@ class Transcript(QTextBrowser):
             link.setFontPointSize(fmt.fontPointSize())
             self._insert(" · ", fmt)
             self._insert("Copy", link)
+        if version is not None:
+            mid, shown, count, switchable = version
+            if text or copy_text is not None:
+                self._insert(" · ", fmt)
+            for step, arrow in ((-1, "‹"), (0, None), (1, "›")):
+                if arrow is None:
+                    self._insert(f" {shown}/{count} ", fmt)
+                elif switchable and 1 <= shown + step <= count:
+                    link = markdown.link_format(f"{markdown.VERSION_SCHEME}:{mid}:{step}")
+                    link.setFontPointSize(fmt.fontPointSize())
+                    self._insert(arrow, link)
+                else:
+                    self._insert(arrow, fmt)
 
     def add_earlier(self, count: int) -> None:
         """The line above a long conversation's latest messages: how many earlier ones are not shown, and a
@@ -216,6 +232,10 @@ class Transcript(QTextBrowser):
             self.earlier_requested.emit()
         elif url.scheme() == markdown.THINKING_SCHEME:
             self.thinking_toggled.emit()
+        elif url.scheme() == markdown.VERSION_SCHEME:
+            mid, _, step = url.path().partition(":")
+            with contextlib.suppress(ValueError):
+                self.version_requested.emit(int(mid), int(step))
         elif url.scheme() == markdown.COPY_SCHEME:
             try:
                 self.copy(int(url.path()))

@@ -154,3 +154,49 @@ def test_a_process_killed_mid_answer_leaves_earlier_messages_intact(subspec_home
     assert partial.role == "assistant" and not partial.complete
     assert partial.content.startswith(" w0 w1 w2") and len(partial.content.split()) >= 101
     store.close()
+
+
+def test_an_answers_versions_are_kept_numbered_and_switched(store, monkeypatch):
+    import app.conversations as conversations
+
+    clock = iter(range(100, 200))
+    monkeypatch.setattr(conversations.time, "time", lambda: float(next(clock)))
+    c = store.create("t")
+    store.add_message(c.id, "user", "Q")
+    mid = store.add_message(c.id, "assistant", "A1", stats={"n": 1})
+    assert store.version_positions(c.id) == {}
+    for text in ("A2", "A3"):  # Regenerate twice: the row is written anew, what it said is kept
+        [_q, shown] = store.messages(c.id)
+        store.save_version(shown)
+        store.renew_message(mid)
+        assert store.messages(c.id)[1].content == "" and not store.messages(c.id)[1].complete
+        store.update_message(mid, text, True, {"n": int(text[1])})
+    assert [v.content for v in store.versions(mid)] == ["A1", "A2"]
+    assert store.version_positions(c.id) == {mid: (3, 3)}
+    assert store.step_version(mid, -1) and store.messages(c.id)[1].content == "A2"
+    assert store.version_positions(c.id) == {mid: (2, 3)}
+    assert store.step_version(mid, -1) and store.messages(c.id)[1].content == "A1"
+    assert store.messages(c.id)[1].stats == {"n": 1}  # each version with its own stats
+    assert not store.step_version(mid, -1)  # the first: nothing before it
+    assert store.step_version(mid, 1) and store.step_version(mid, 1) and not store.step_version(mid, 1)
+    assert store.messages(c.id)[1].content == "A3" and store.version_positions(c.id) == {mid: (3, 3)}
+
+    gone = store.delete_from(c.id, mid)  # an edit-and-resend takes the answer and its versions away ...
+    assert store.version_positions(c.id) == {} and store.db.execute(
+        "SELECT COUNT(*) FROM answer_versions").fetchone()[0] == 0
+    store.restore(c.id, gone)  # ... and a failed one puts them all back
+    assert store.version_positions(c.id) == {mid: (3, 3)}
+    assert [v.content for v in store.versions(mid)] == ["A1", "A2"]
+    store.delete(c.id)
+    assert store.db.execute("SELECT COUNT(*) FROM answer_versions").fetchone()[0] == 0
+
+
+def test_a_regenerate_undone_puts_the_answer_back_as_it_was(store):
+    c = store.create("t")
+    mid = store.add_message(c.id, "assistant", "kept", stats={"tokens": 3})
+    before = store.messages(c.id)
+    vid = store.save_version(before[0])
+    store.renew_message(mid)
+    store.update_message(mid, "half a new one", False)
+    store.pop_version(mid, vid)
+    assert store.messages(c.id) == before and store.versions(mid) == []

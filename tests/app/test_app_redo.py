@@ -36,18 +36,50 @@ def saved(window):
     return [(m.role, m.content, m.complete) for m in window.store.messages(window.conversation.id)]
 
 
-def test_regenerate_replaces_the_last_answer(qtbot, make_window):
+def version_links(window):
+    from PySide6.QtGui import QTextCursor  # noqa: F401 - (the document's fragments, walked below)
+
+    out = {}
+    block = window.transcript.document().begin()
+    while block.isValid():
+        it = block.begin()
+        while not it.atEnd():
+            f = it.fragment()
+            if f.charFormat().isAnchor() and f.charFormat().anchorHref().startswith("subspec-version:"):
+                out[f.text()] = f.charFormat().anchorHref()
+            it += 1
+        block = block.next()
+    return out
+
+
+def test_regenerate_replaces_the_last_answer_and_keeps_the_old_one_as_a_version(qtbot, make_window):
+    from PySide6.QtCore import QUrl
+
     window = make_window(FakeBackend(events=numbered_answers()))
     answer(qtbot, window)
-    old_id = window.store.messages(window.conversation.id)[1].id
+    assert "1/1" not in window.transcript.toPlainText()  # one version: no arrows
     assert window.chat_actions.regenerate.isEnabled()
     click(qtbot, window, window.chat_actions.regenerate)
     assert window.backend.calls[1][0] == [{"role": "user", "content": PROMPT}]
     assert saved(window) == [("user", PROMPT, True), ("assistant", "Answer 2.", True)]
-    assert window.store.messages(window.conversation.id)[1].id != old_id
     text = window.transcript.toPlainText()
     assert "Answer 2." in text and "Answer 1." not in text and text.count("You\n") == 1
+    assert text.rstrip().endswith("‹ 2/2 ›") and set(version_links(window)) == {"‹"}
     assert window.history[-1] == {"role": "assistant", "content": "Answer 2."}
+
+    window.transcript.anchorClicked.emit(QUrl(version_links(window)["‹"]))  # the first version again
+    assert saved(window) == [("user", PROMPT, True), ("assistant", "Answer 1.", True)]
+    text = window.transcript.toPlainText()
+    assert "Answer 1." in text and "Answer 2." not in text and text.rstrip().endswith("‹ 1/2 ›")
+    assert window.history[-1] == {"role": "assistant", "content": "Answer 1."}  # what the model sees next
+    answer(qtbot, window, "And of Italy?")
+    assert window.backend.calls[2][0][1] == {"role": "assistant", "content": "Answer 1."}
+    window.transcript.anchorClicked.emit(QUrl(version_links(window)["›"]))  # no longer the last answer
+    assert window.history[1]["content"] == "Answer 1." and "last answer only" in window.statusBar().currentMessage()
+    conversation = window.conversation.id
+    window.new_conversation()
+    window.open_conversation(conversation)  # kept in the store: the same line when reopened, its arrows inactive
+    assert "‹ 1/2 ›" in window.transcript.toPlainText() and version_links(window) == {}
 
 
 def test_edit_and_resend_replaces_the_last_message_and_what_follows(qtbot, make_window):
@@ -103,6 +135,8 @@ def test_a_failed_regenerate_or_continue_puts_the_answer_back(qtbot, make_window
         text = window.transcript.toPlainText()
         assert "Answer 1." in text and "Answer 2" not in text and "\N{WARNING SIGN} the GPU fell over" in text
         assert window.history[-1]["content"] == "Answer 1." and not window.busy
+        assert window.store.version_positions(window.conversation.id) == {}  # no version of a failed one
+        assert "1/2" not in text
     assert len(dialogs.shown) == 2
 
 

@@ -49,15 +49,17 @@ def test_a_message_that_cannot_be_saved_stays_in_the_box(qtbot, make_window, dia
     assert [m.role for m in window.store.messages(window.conversation.id)] == ["user", "assistant"]
 
 
-def test_a_regenerate_that_cannot_be_saved_changes_nothing(qtbot, make_window, dialogs, monkeypatch):
+@pytest.mark.parametrize("write", ["save_version", "renew_message"])  # the old answer kept; its row renewed
+def test_a_regenerate_that_cannot_be_saved_changes_nothing(qtbot, make_window, dialogs, monkeypatch, write):
     window = make_window()
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         send(qtbot, window)
     before = window.store.messages(window.conversation.id)
-    failing(monkeypatch, window.store, "add_message")  # the new answer's row
+    failing(monkeypatch, window.store, write)
     window.chat_actions.regenerate.click()
     assert not window.busy and dialogs.shown[-1]["title"] == "Could not save"
     assert window.store.messages(window.conversation.id) == before  # the old answer was put back
+    assert window.store.version_positions(window.conversation.id) == {}
     assert recorded_answer() in window.transcript.toPlainText()
 
 
