@@ -24,7 +24,7 @@ from .hardware_host import HardwareHost, MemorySampler, Prober
 REFRESH_MS = 2000
 SAMPLE_BUSY_MS = 250  # memory readings while the engine loads or answers: what the graphs are for
 SAMPLE_IDLE_MS = 1000
-CONTEXT = 4096  # `subspec plan`'s default, so the panel and the CLI agree for the same inputs
+CONTEXT = 4096  # `subspec plan`'s default, so the panel and the CLI agree for the same inputs on a GPU
 CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)  # the context box's choices, up to the model's
 RESERVE_STEP_GB = 0.25
 RESERVE_MAX_GB = 4.0
@@ -322,7 +322,14 @@ class HardwareDock(QDockWidget):
             self.context_box.addItem(label + (" (the model's)" if value == limit else ""), value)
         self.context_box.setCurrentIndex(values.index(chosen))
 
+    def _on_cpu(self) -> bool:
+        profile = self.planning_profile()
+        return profile is not None and not (profile.get("cuda") or {}).get("available")
+
     def context(self) -> int:
+        """The box's choice; on a CPU the model's own context, which a CPU load always has."""
+        if self._on_cpu():
+            return self._model_context()
         value = self.context_box.currentData()
         return int(value) if value else self.default_context()
 
@@ -349,7 +356,7 @@ class HardwareDock(QDockWidget):
             options["reserve_gb"] = self.reserve_gb()
         if self.resident_override() is not None:
             options["resident_layers"] = self.resident_override()
-        if self.context() != self.default_context():
+        if self.context() != self.default_context() and not self._on_cpu():
             options["context"] = self.context()
         return options
 
@@ -410,8 +417,13 @@ class HardwareDock(QDockWidget):
         for key, label in self.plan_values.items():
             label.setText(rows.get(memory_key if key == "VRAM" else key, "—"))
         self.reasons_label.setText(text.reasons_html(self.plan) if self.plan else "")
-        # A CPU load plans no memory: its context is the model's own whatever the box says.
-        self.context_box.setEnabled(self.plan is None or self.plan.device == "cuda")
+        # A CPU load plans no memory: its context is the model's own, which the box shows, greyed out.
+        cpu = self._on_cpu()
+        self.context_box.setEnabled(not cpu)
+        if cpu and self.context_box.count():
+            blocked = self.context_box.blockSignals(True)
+            self.context_box.setCurrentIndex(self.context_box.count() - 1)
+            self.context_box.blockSignals(blocked)
         self._show_speeds()
         self._update_apply_button()
 

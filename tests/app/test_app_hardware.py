@@ -79,7 +79,9 @@ def hardware_window(make_window, monkeypatch, qtbot):
 
 
 def expected_plan(dock, reserve_gb=0.5, resident_layers=None):
-    return make_plan(ModelConfig.from_dict(QWEN25_7B), dock.profile, reserve_gb=reserve_gb, context=CONTEXT,
+    # A GPU plans the default context; a CPU load has the model's own.
+    context = CONTEXT if dock.profile["cuda"]["available"] else QWEN25_7B["max_position_embeddings"]
+    return make_plan(ModelConfig.from_dict(QWEN25_7B), dock.profile, reserve_gb=reserve_gb, context=context,
                      resident_layers=resident_layers)
 
 
@@ -361,8 +363,10 @@ def test_a_longer_context_is_planned_reloaded_with_and_kept_across_a_model_switc
 def test_on_a_cpu_the_context_box_is_off(hardware_window):
     _w, dock, _p = hardware_window(profile())
     assert not dock.context_box.isEnabled()  # a CPU plans no memory: the model's own context
+    assert dock.context_box.currentData() == dock.context() == QWEN25_7B["max_position_embeddings"]
+    assert dock.plan.kv_length == dock.context()  # (and the RAM it predicts is for that)
     dock.context_box.setCurrentIndex(0)
-    assert not dock.apply_button.isEnabled()
+    assert not dock.apply_button.isEnabled() and "context" not in dock.load_options()
 
 
 def test_the_refresh_timer_probes_only_while_the_dock_is_visible(hardware_window, qtbot):
