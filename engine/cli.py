@@ -274,12 +274,13 @@ def cmd_generate(args) -> int:
         raise SubspecError("--max-new-tokens must be >= 0")
     if args.system and not args.chat:
         raise SubspecError("--system is part of the chat template: drop --no-chat, or put it in the prompt")
+    prompt = _prompt_text(args.prompt)
     sampling = _sampling(args)
     shape = _shape(args) if args.method == "subspec" else None
     if args.method != "subspec":
         _say_ignored(args)
     lm = _load(args)
-    prompt_ids = lm.encode(args.prompt, chat=args.chat, system=args.system)
+    prompt_ids = lm.encode(prompt, chat=args.chat, system=args.system)
     stops = tuple(args.stop or ())
     extra = {}
     if args.method == "subspec":
@@ -304,6 +305,52 @@ def cmd_generate(args) -> int:
         print(f"[{result.new_tokens} tokens, {result.tokens_per_s:.1f} tok/s, ttft {result.ttft_s:.2f} s, "
               f"tau {result.tau:.2f}{depth}, {result.method}, finish: {result.finish_reason}]", file=sys.stderr)
     return 0
+
+
+def _prompt_text(prompt: str | None) -> str:
+    """--prompt's text; "-" (or no --prompt, with a pipe or a file as input) reads it from standard input."""
+    if prompt is None and sys.stdin.isatty():
+        raise SubspecError("give the prompt with --prompt TEXT, or pipe it in (--prompt - reads standard input)")
+    if prompt in (None, "-"):
+        prompt = sys.stdin.read()
+        if not prompt.strip():
+            raise SubspecError("standard input held no prompt")
+    return prompt
+
+
+def cmd_chat(args) -> int:
+    """A conversation in the terminal (engine.chat_repl)."""
+    from .chat_repl import ChatSession, run_chat
+    from .generate import generate_plain
+    from .speculative import generate_subspec
+    from .store import DEFAULT_MODEL
+
+    if args.max_new_tokens < 1:
+        raise SubspecError("--max-new-tokens must be >= 1")
+    args.model = args.model or DEFAULT_MODEL
+    sampling = _sampling(args)
+    stops = tuple(args.stop or ())
+    lm = _load(args)
+    if not getattr(lm.tokenizer, "chat_template", None):
+        raise SubspecError(f"model {lm.name} has no chat template, so it cannot chat (`subspec generate --no-chat` "
+                           f"continues a text)")
+    # As `serve`: on a CPU the draft's passes cost about what the target's do, so SubSpec pays off on a GPU.
+    method = args.method or ("subspec" if lm.device.type == "cuda" else "vanilla")
+    if method == "subspec":
+        shape, draft = _shape(args), _draft(lm, args)
+
+        def decode(ids, room):
+            return generate_subspec(lm, draft, ids, room, sampling, stops, shape)
+    else:
+        _say_ignored(args)
+
+        def decode(ids, room):
+            return generate_plain(lm, ids, room, sampling, stops)
+    session = ChatSession(lm.encode_messages, decode, lm.config.max_position_embeddings, args.max_new_tokens,
+                          args.system or "", method)
+    print(f"chatting with {lm.name} ({'SubSpec' if method == 'subspec' else 'plain decoding'}); /help lists the "
+          f"commands, Ctrl+C stops an answer, Ctrl+D leaves", file=sys.stderr)
+    return run_chat(session)
 
 
 def cmd_bench(args) -> int:
@@ -554,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a reply to one prompt")
     g.add_argument("model", help="a store name or a model folder")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", help="the prompt; '-' reads it from standard input (as does leaving it out when "
+                                    "input comes from a pipe or a file)")
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the model's chat template (default: on)")
     g.add_argument("--system", help="system prompt (chat mode)")
@@ -624,6 +672,23 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(sv)
     _subspec_options(sv, sweep=False)
     sv.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("chat", help="a conversation in the terminal (Ctrl+C stops an answer, Ctrl+D leaves)")
+    c.add_argument("model", nargs="?", help="a store name or a model folder (default: SmolLM2-135M-Instruct)")
+    c.add_argument("--system", help="system prompt (/system changes it during the chat)")
+    c.add_argument("--max-new-tokens", type=int, default=512, help="the longest answer (default 512)")
+    c.add_argument("--temperature", type=cli_types.non_negative, default=0.0, help="0 = greedy (default)")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--top-k", type=int, default=0)
+    c.add_argument("--min-p", type=float, default=0.0)
+    _penalty_options(c)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--stop", action="append", help="stop string (repeatable)")
+    c.add_argument("--method", choices=["vanilla", "subspec"],
+                   help="decoding method (default: subspec on CUDA, vanilla on the CPU)")
+    _model_options(c)
+    _subspec_options(c, sweep=False)
+    c.set_defaults(func=cmd_chat)
     return p
 
 

@@ -1,0 +1,146 @@
+"""`subspec chat`: a conversation in the terminal, as `ollama run` and `lms chat` offer.
+
+Answers stream as they are decoded (plain or SubSpec); Ctrl+C stops an answer (what was written stays in
+the conversation, as in the app), Ctrl+D or /bye leaves. A conversation longer than the model's context goes
+on on its latest turns (engine.context_window), and says so. Lines starting with a slash are commands;
+\"\"\" opens and closes a message of several lines.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .context_window import fit_conversation
+from .errors import SubspecError
+from .events import StepEvent, summarize
+
+HELP = """commands:
+  /bye            leave (Ctrl+D too)
+  /clear          start the conversation over (the system prompt stays)
+  /system TEXT    set the system prompt (/system alone removes it)
+  /help           this list
+  \"\"\"             a message of several lines: end it with \"\"\" on a line of its own
+Ctrl+C stops an answer; what it wrote stays in the conversation."""
+MULTILINE = '"""'
+
+
+@dataclass
+class ChatSession:
+    """The conversation and how to answer in it. `decode(prompt_ids, max_new_tokens)` gives the answer's
+    events (plain decoding or SubSpec, with the session's sampling and stop strings)."""
+
+    encode: Callable[[list[dict]], list[int]]
+    decode: Callable[[list[int], int], Iterator[StepEvent]]
+    context: int
+    max_new_tokens: int = 512
+    system: str = ""
+    method: str = "vanilla"
+    history: list[dict] = field(default_factory=list)
+
+    def messages(self, text: str) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.history + [{"role": "user", "content": text}]
+
+    def prompt(self, text: str) -> tuple[list[int], int, int]:
+        """(prompt ids, messages left out, the answer's room): the answer keeps at most half the context."""
+        ids, dropped = fit_conversation(self.encode, self.messages(text),
+                                        self.context - min(self.max_new_tokens, self.context // 2))
+        room = self.context - len(ids)
+        if room < 1:
+            raise SubspecError(f"this message ({len(ids)} tokens with the system prompt) fills the model's "
+                               f"context of {self.context} tokens: shorten it")
+        return ids, dropped, min(self.max_new_tokens, room)
+
+
+def run_chat(session: ChatSession, read: Callable[[str], str] = input, out=sys.stdout, err=sys.stderr) -> int:
+    """The read-answer loop; returns the exit code (0: the user left)."""
+    while True:
+        try:
+            text = _read_message(read, err)
+        except EOFError:
+            print(file=out)
+            return 0
+        except KeyboardInterrupt:  # at the prompt: a fresh line, as a shell does
+            print(file=out)
+            continue
+        if text is None:
+            continue
+        if text.startswith("/"):
+            if _command(session, text, err):
+                return 0
+            continue
+        try:
+            _answer(session, text, out, err)
+        except SubspecError as exc:
+            print(f"error: {exc}", file=err)
+
+
+def _read_message(read: Callable[[str], str], err) -> str | None:
+    line = read(">>> ")
+    if line.strip() != MULTILINE:
+        return line.strip() or None
+    lines = []
+    while True:
+        line = read("... ")
+        if line.strip() == MULTILINE:
+            return "\n".join(lines).strip() or None
+        lines.append(line)
+
+
+def _command(session: ChatSession, text: str, err) -> bool:
+    """Runs a slash command; True when it is the one that leaves."""
+    name, _, rest = text.partition(" ")
+    if name in ("/bye", "/exit", "/quit"):
+        return True
+    if name == "/clear":
+        session.history.clear()
+        print("(the conversation starts over)", file=err)
+    elif name == "/system":
+        session.system = rest.strip()
+        print(f"(system prompt {'set' if session.system else 'removed'})", file=err)
+    elif name in ("/help", "/?"):
+        print(HELP, file=err)
+    else:
+        print(f"unknown command {name}: /help lists them", file=err)
+    return False
+
+
+def _answer(session: ChatSession, text: str, out, err) -> None:
+    ids, dropped, room = session.prompt(text)
+    if dropped:
+        print(f"(the conversation is longer than the context of {session.context} tokens: its first {dropped} "
+              f"messages are left out of this answer's prompt)", file=err)
+    parts: list[str] = []
+    stopped = False
+    events = session.decode(ids, room)
+
+    def echo(evs):
+        for ev in evs:
+            parts.append(ev.text)
+            out.write(ev.text)
+            out.flush()
+            if ev.note:
+                print(f"\nnote: {ev.note}", file=err)
+            yield ev
+
+    result = None
+    try:
+        result = summarize(echo(events), len(ids), session.method)
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        close = getattr(events, "close", None)
+        if close:
+            close()  # frees the KV cache now
+    print(file=out)
+    answer = "".join(parts)
+    # What was shown stays in the conversation, a stopped answer too: the user read it, so the model should.
+    session.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+    if stopped:
+        print("[stopped]", file=err)
+    elif result is not None:
+        print(f"[{result.new_tokens} tokens, {result.tokens_per_s:.1f} tok/s, tau {result.tau:.2f}, "
+              f"{result.method}{', cut at the length limit' if result.finish_reason == 'length' else ''}]",
+              file=err)

@@ -1,0 +1,114 @@
+"""`subspec chat`: the read-answer loop on a fake model (commands, several-line messages, Ctrl+C, the
+context), then once for real on the default model."""
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine.chat_repl import ChatSession, run_chat
+from engine.events import StepEvent
+
+
+def reader(lines):
+    """input() replaced: each line in turn, then Ctrl+D (EOFError); a KeyboardInterrupt instance is raised."""
+    it = iter(lines)
+
+    def read(_prompt):
+        line = next(it, EOFError())
+        if isinstance(line, BaseException):
+            raise line
+        return line
+    return read
+
+
+def fake_session(interrupt_after=None, **kw):
+    """Each answer says "Answer n." token by token; the prompt is one id per character of the messages."""
+    calls = []
+
+    def encode(messages):
+        return [0] * sum(len(m["content"]) + 4 for m in messages)
+
+    def decode(ids, room):
+        calls.append((len(ids), room))
+        n = len(calls)
+        for i, text in enumerate(["Answer", f" {n}", "."]):
+            if interrupt_after is not None and i == interrupt_after:
+                raise KeyboardInterrupt
+            yield StepEvent(i, (i,), text, finish_reason="eos" if i == 2 else None)
+    session = ChatSession(encode, decode, **{"context": 4096, **kw})
+    session.calls = calls
+    return session
+
+
+def chat(session, lines):
+    out, err = io.StringIO(), io.StringIO()
+    code = run_chat(session, reader(lines), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_conversation_goes_on_and_each_answer_sees_the_ones_before():
+    session = fake_session(system="Be brief.")
+    code, out, err = chat(session, ["Hi", "", "And then?", "/bye", "never read"])
+    assert code == 0 and out == "Answer 1.\nAnswer 2.\n"
+    assert session.history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Answer 1."},
+                               {"role": "user", "content": "And then?"},
+                               {"role": "assistant", "content": "Answer 2."}]
+    assert session.messages("x")[0] == {"role": "system", "content": "Be brief."}
+    assert err.count("tok/s") == 2 and "vanilla" in err  # a stats line after each answer
+
+
+def test_commands_and_a_message_of_several_lines():
+    session = fake_session()
+    code, _out, err = chat(session, ['"""', "line one", "", "line three", '"""', "/system Answer in French.",
+                                     "/clear", "/nope", "/help"])
+    assert code == 0  # Ctrl+D leaves
+    assert session.history == [] and session.system == "Answer in French."  # /clear kept the system prompt
+    assert "unknown command /nope" in err and "/clear" in err  # (the help)
+    session = fake_session()
+    chat(session, ['"""', "line one", "", "line three", '"""'])
+    assert session.history[0]["content"] == "line one\n\nline three"
+
+
+def test_ctrl_c_stops_an_answer_and_what_it_wrote_stays():
+    session = fake_session(interrupt_after=2)
+    code, out, err = chat(session, ["Hi", KeyboardInterrupt(), "/bye"])  # (and Ctrl+C at the prompt: a new line)
+    assert code == 0 and out.startswith("Answer 1\n") and "[stopped]" in err
+    assert session.history[-1] == {"role": "assistant", "content": "Answer 1"}
+
+
+def test_a_long_conversation_keeps_its_latest_turns_and_an_answer_keeps_room():
+    session = fake_session(context=120, max_new_tokens=100)
+    _code, _out, err = chat(session, ["x" * 20, "y" * 20, "z" * 20])
+    assert "its first 2 messages are left out" in err
+    prompt, room = session.calls[-1]
+    assert prompt <= 60 and room == 120 - prompt  # the answer keeps at most half the context
+    _code, _out, err = chat(fake_session(context=40), ["w" * 60])
+    assert "fills the model's context of 40 tokens" in err
+
+
+@pytest.mark.usefixtures("default_model_folder")
+def test_subspec_chat_on_the_default_model():
+    r = subprocess.run([sys.executable, "-m", "engine", "chat", "SmolLM2-135M-Instruct", "--max-new-tokens", "8"],
+                       input="What is 2+2?\nAnd 3+3?\n/bye\n", capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "chatting with SmolLM2-135M-Instruct (plain decoding)" in r.stderr
+    assert r.stderr.count("tok/s") == 2 and r.stdout.count(">>> ") == 3
+
+
+@pytest.mark.usefixtures("default_model_folder")
+def test_generate_reads_the_prompt_from_standard_input():
+    base = [sys.executable, "-m", "engine", "generate", "SmolLM2-135M-Instruct", "--max-new-tokens", "6", "--json"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    piped = subprocess.run(base, input="What is 2+2?", capture_output=True, text=True, timeout=300, env=env)
+    named = subprocess.run(base + ["--prompt", "What is 2+2?"], capture_output=True, text=True, timeout=300, env=env)
+    assert piped.returncode == named.returncode == 0, piped.stderr
+    import json
+
+    assert json.loads(piped.stdout)["token_ids"] == json.loads(named.stdout)["token_ids"]
+    empty = subprocess.run(base + ["--prompt", "-"], input="  \n", capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert empty.returncode == 2 and "standard input held no prompt" in empty.stderr
