@@ -305,11 +305,11 @@ class ApiSwitch(QObject):
         """The model it serves is going (another is loading, or it is unloaded): the port closes, and serving
         starts again on the next model loaded, as LM Studio's server stays on across models. The switch stays
         on meanwhile; turning it off cancels."""
-        if self.running or self._resume:
+        if self.running:
             self._close_server()
             self._resume = True
             self._say("API paused: no model loaded", "Serve API starts again when a model is loaded")
-            self._enable()
+        self._enable()
 
     def _close_server(self) -> None:
         api, self.api = self.api, None

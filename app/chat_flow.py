@@ -70,7 +70,6 @@ class ChatFlow:
         except sqlite3.Error as exc:
             self._not_saved(None, exc)
             return
-        self._measured.pop(last.id, None)  # (its speed was that version's)
         self._start(Turn("regenerate", renewed=last, version_id=version))
 
     def continue_answer(self) -> None:

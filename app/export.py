@@ -32,6 +32,8 @@ def to_markdown(conv: Conversation, messages: list[Message]) -> str:
             if thinking.text:  # a reasoning model's: quoted above the answer (raw tags would vanish as HTML)
                 quoted = "\n".join(f"> {line}".rstrip() for line in thinking.text.split("\n"))
                 content = f"> *Thinking*\n>\n{quoted}\n\n{thinking.answer(content)}"
+            elif thinking.text is not None:  # an empty thought: just the answer
+                content = thinking.answer(content)
         lines += [f"## {who}", "", content, ""]
         if m.role == "assistant":
             facts = []

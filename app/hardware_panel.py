@@ -61,6 +61,9 @@ class HardwareDock(QDockWidget):
         self.plan = None
         self.plan_error = ""
         self.engine_busy = False
+        # The context the user picked: loads ask for it even where a model's own is shorter (the box then
+        # shows that model's), so the next longer model gets it again. None: the default.
+        self.wanted_context: int | None = None
         # (model, resident layers as loaded, method) -> this session's tok/s: a reload with another layout
         # starts a new column, since the plan's prediction changed with it.
         self.measured: dict[tuple[str, int | None, str], list[float]] = {}
@@ -136,6 +139,7 @@ class HardwareDock(QDockWidget):
                                     "resident layers. A longer conversation leaves out its oldest turns")
         self._fill_contexts()
         self.context_box.currentIndexChanged.connect(self._replan)
+        self.context_box.activated.connect(self._context_picked)
         self.apply_button = QPushButton("Reload")
         self.apply_button.setToolTip("Load the model again with this reserve, these resident layers and this "
                                      "context; the conversation stays")
@@ -326,6 +330,14 @@ class HardwareDock(QDockWidget):
         profile = self.planning_profile()
         return profile is not None and not (profile.get("cuda") or {}).get("available")
 
+    def _context_picked(self, _index: int) -> None:
+        self.wanted_context = self.context_box.currentData()
+
+    def asked_context(self) -> int:
+        """What a load asks for: the user's pick (which the box shows cut to a shorter model's own context;
+        that load's plan cuts it too, and says so), else the box's default."""
+        return self.wanted_context or self.context()
+
     def context(self) -> int:
         """The box's choice; on a CPU the model's own context, which a CPU load always has."""
         if self._on_cpu():
@@ -356,8 +368,8 @@ class HardwareDock(QDockWidget):
             options["reserve_gb"] = self.reserve_gb()
         if self.resident_override() is not None:
             options["resident_layers"] = self.resident_override()
-        if self.context() != self.default_context() and not self._on_cpu():
-            options["context"] = self.context()
+        if self.asked_context() != self.default_context() and not self._on_cpu():
+            options["context"] = self.asked_context()
         return options
 
     def pending_reload(self) -> bool:

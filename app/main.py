@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QApplication
 
 from engine.store import DEFAULT_MODEL, store_root
 
-from . import dialogs, first_run, logs, theme
+from . import api_settings, dialogs, first_run, logs, theme
 from .backend import EngineFactory
 from .conversations import ConversationStore
 from .main_window import MainWindow, default_settings
@@ -184,8 +184,11 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
         settings_file = Path(scratch.name) / "studio.ini"
         with contextlib.suppress(OSError):
             shutil.copyfile(default_settings().fileName(), settings_file)
-        window = MainWindow(host, on_error=_print_and_exit, store=ConversationStore(":memory:"),
-                            settings=QSettings(str(settings_file), QSettings.Format.IniFormat))
+        settings = QSettings(str(settings_file), QSettings.Format.IniFormat)
+        # Serve API left on in the app is not this run's to start: it would take the open app's port (and
+        # fail the run) or open one, on the network perhaps, for a picture.
+        api_settings.save_serving(settings, False)
+        window = MainWindow(host, on_error=_print_and_exit, store=ConversationStore(":memory:"), settings=settings)
     else:
         window = MainWindow(host)
     if instance is not None:
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     if welcome is not None:
         welcome.show()
     # A scripted run (a screenshot, a demo) is the same on every machine: the default model unless named.
+    # --model is for this run: the next start opens the model last picked in the app.
+    window.remember_model = not args.model
     window.load_model(args.model or (DEFAULT_MODEL if script is not None else window.startup_model()))
     if not unattended and welcome is None and first_run.is_first_run():
         # A scripted run never shows it: nobody would close it, and it would cover the screenshot.

@@ -3,7 +3,9 @@ the method and sampling settings in the toolbar. Every turn is saved as it happe
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 from typing import Callable
 
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer
@@ -70,6 +72,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.model_name: str | None = None
         self.loading = False
         self._requested_model: str | None = None
+        self.remember_model = True  # the next load is what the next start opens (not a --model run's)
         self.busy = False
         self.editing = False  # the prompt box holds the last user message, to replace it
         self._draft = ""  # what the box held when an edit began: back in it if the edit is cancelled
@@ -459,7 +462,12 @@ class MainWindow(ChatFlow, QMainWindow):
     def _on_loaded(self, name: str) -> None:
         self._unloaded = None
         # What was asked for (a folder's path, or a store name), loaded: the next start loads it again.
-        self.settings.setValue("last_model", self._requested_model or name)
+        if self.remember_model:
+            asked = self._requested_model or name
+            if os.sep in asked or "/" in asked:
+                asked = str(Path(asked).expanduser().resolve())  # (a relative path means nothing elsewhere)
+            self.settings.setValue("last_model", asked)
+        self.remember_model = True  # (main's --model load is not remembered; every later one is)
         self.model_name = name
         self.loading = False
         self.load_progress.hide()
@@ -531,12 +539,17 @@ class MainWindow(ChatFlow, QMainWindow):
     def switch_version(self, mid: int, step: int) -> None:
         """The last answer's ‹ or ›: its previous or next version becomes the answer (and what the model sees
         from now on)."""
-        if self.busy:
+        if self.busy or self.conversation is None:
             return
-        last = self._last_answer()
-        if last is None or last.id != mid:  # (drawn inactive when the transcript is redrawn)
+        self._write_unsaved(now=True)
+        saved = self._saved()  # (no model needed: a load may be under way)
+        if not saved or saved[-1].id != mid:  # (drawn inactive when the transcript is redrawn)
             self.statusBar().showMessage("Versions can be switched on the last answer only: later turns were "
                                          "answered after the version shown", 10_000)
+            return
+        if mid in self._unsaved:  # its text is not in the store yet: a swap now would lose it
+            self.statusBar().showMessage("This answer is not saved yet (the disk refused it); versions can be "
+                                         "switched once it is", 10_000)
             return
         try:
             moved = self.store.step_version(mid, step)

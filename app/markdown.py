@@ -231,7 +231,10 @@ def render(cursor: QTextCursor, text: str, copies: list[str], continues: bool = 
 def render_thinking(cursor: QTextCursor, thinking: Thinking, shown: bool) -> None:
     """A reasoning model's thinking, above its answer: while it goes on, "Thinking …" and the text so far;
     once over, one line ("Thought · N words · Show") with the text under it only when `shown` (the
-    thinking of a long answer is often longer than the answer)."""
+    thinking of a long answer is often longer than the answer). An empty thought (Qwen3 told /no_think
+    writes one) draws nothing."""
+    if thinking.done and not thinking.text:
+        return
     header = QTextBlockFormat()
     header.setBottomMargin(2)
     _fresh_block(cursor, header)

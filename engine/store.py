@@ -256,8 +256,29 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
 
 
 def _model_file(f: Path) -> bool:
-    """Whether a model folder's file is one a model needs: its weights and the small files beside them."""
-    return f.is_file() and (f.name in AUX_FILES or f.suffix == ".safetensors")
+    """Whether a model folder's file is one a model needs: its weights and the small files beside them. With
+    a shard index, only the shards it lists: Mistral's folders also hold consolidated.safetensors (the
+    same weights in another layout, which the loader never reads)."""
+    if not f.is_file() or not (f.name in AUX_FILES or f.suffix == ".safetensors"):
+        return False
+    return f.suffix != ".safetensors" or f.name in _indexed_shards(f.parent)
+
+
+def _indexed_shards(folder: Path) -> set[str] | _Everything:
+    index = folder / "model.safetensors.index.json"
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return set(weight_map.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return _EVERYTHING  # no index (one file), or a bad one: loading says what is wrong with it
+
+
+class _Everything:
+    def __contains__(self, _name) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
 
 
 def install_folder(folder: Path, name: str, source: str, extra: dict | None = None) -> ModelInfo:

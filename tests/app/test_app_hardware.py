@@ -349,6 +349,7 @@ def test_a_longer_context_is_planned_reloaded_with_and_kept_across_a_model_switc
     assert dock.context() == CONTEXT and box.isEnabled() and not dock.apply_button.isEnabled()
     four_k = dock.plan
     box.setCurrentIndex(choices.index(32768))
+    box.activated.emit(choices.index(32768))  # (what a user's pick sends; setCurrentIndex does not)
     expected = make_plan(ModelConfig.from_dict(QWEN25_7B), dock.profile, context=32768)
     assert dock.plan == expected and shown(dock, "Context") == "32768 tokens"
     assert expected.resident_layers < four_k.resident_layers  # the KV cache takes VRAM from resident layers
@@ -358,6 +359,15 @@ def test_a_longer_context_is_planned_reloaded_with_and_kept_across_a_model_switc
     with qtbot.waitSignal(window.host.loaded, timeout=5000):
         window.switch_model("FakeLM-2M")
     assert loads[-1] == {"context": 32768} and dock.context() == 32768
+    window.backend.config = {**QWEN25_7B, "max_position_embeddings": 8192}  # a model with a shorter context
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("FakeLM-1M")
+    assert dock.context() == 8192 and box.currentText() == "8k tokens (the model's)"
+    assert not dock.apply_button.isEnabled()  # nothing differs from what was loaded
+    window.backend.config = QWEN25_7B
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("FakeLM-2M")
+    assert loads[-1] == {"context": 32768} and dock.context() == 32768  # the choice came back
 
 
 def test_on_a_cpu_the_context_box_is_off(hardware_window):

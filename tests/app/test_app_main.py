@@ -45,11 +45,21 @@ def test_a_screenshot_run_leaves_the_last_conversation_alone(qapp, tmp_path, mon
     settings = default_settings()
     settings.setValue("last_conversation", mine)
     settings.setValue("last_model", "my-big-model")  # and a picture of the default model, whatever was used last
+    import socket
+
+    taken = socket.socket()  # the open app serves its API: the run must not try that port (nor any other)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    settings.setValue("serve_api/serving", "true")
+    settings.setValue("serve_api/port", taken.getsockname()[1])
     settings.sync()
     backend = FakeBackend()
     loads = []
-    assert main(["--screenshot", str(tmp_path / "shot.png")], factory_for(backend, loads=loads)) == 0
-    assert loads == [DEFAULT_MODEL]
+    try:
+        assert main(["--screenshot", str(tmp_path / "shot.png")], factory_for(backend, loads=loads)) == 0
+    finally:
+        taken.close()
+    assert loads == [DEFAULT_MODEL] and backend.api_calls == []
     assert backend.calls[0][0] == [{"role": "user", "content": DEMO_PROMPT}]
     assert [m.content for m in store.messages(mine)] == ["my private question"]
     # Nothing of the run is left in the user's data: no conversation, no settings (it may run beside the
@@ -57,7 +67,7 @@ def test_a_screenshot_run_leaves_the_last_conversation_alone(qapp, tmp_path, mon
     assert [c.title for c in store.conversations()] == ["my private chat"]
     settings.sync()
     assert int(settings.value("last_conversation")) == mine and settings.value("geometry") is None
-    assert settings.value("last_model") == "my-big-model"
+    assert settings.value("last_model") == "my-big-model" and settings.value("serve_api/serving") == "true"
 
 
 def test_screenshot_run_exits_1_on_an_engine_error_without_a_dialog(qapp, tmp_path, monkeypatch, dialogs,

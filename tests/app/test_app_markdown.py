@@ -287,3 +287,16 @@ def test_markdown_export_quotes_the_thinking_above_the_answer():
                             Message(2, "assistant", THOUGHT, 0.0, {"model": "Qwen3-8B"}, True)])
     assert "## Qwen3-8B\n\n> *Thinking*\n>\n> Recall the atlas:\n> Paris it is.\n\nIt is **Paris**.\n" in md
     assert "<think>" not in md  # a Markdown viewer would take it for HTML and show nothing
+
+
+def test_an_empty_thought_draws_nothing(qapp):
+    from app.conversations import Conversation, Message
+    from app.export import to_markdown
+
+    text = "<think>\n\n</think>\n\nParis."  # Qwen3 after /no_think
+    t = Transcript()
+    t.begin_assistant("M", text)
+    t.end_answer()
+    assert t.toPlainText() == "M\nParis."
+    md = to_markdown(Conversation(1, "t", 0.0, 0.0, ""), [Message(1, "assistant", text, 0.0, {"model": "M"}, True)])
+    assert "## M\n\nParis.\n" in md and "think" not in md

@@ -328,6 +328,20 @@ def test_the_next_start_loads_the_model_loaded_last(qtbot, make_window, monkeypa
     assert again.settings.value("last_model") is None
 
 
+def test_a_model_named_for_one_run_is_not_remembered_and_a_folder_is_kept_absolute(qtbot, make_window, tmp_path,
+                                                                                   monkeypatch):
+    window = make_window()
+    window.remember_model = False  # main's --model load
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.load_model("FakeLM-2M")
+    assert window.settings.value("last_model") == "fake-model"  # (the earlier load's) not the --model one
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").mkdir()
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.load_model("my-model/")  # a folder picked later: remembered, wherever the next start runs
+    assert window.settings.value("last_model") == str(tmp_path / "my-model")
+
+
 def test_a_failed_load_is_not_remembered(qtbot, make_window, dialogs):
     window = make_window(load_error=SubspecError("out of memory"), wait_loaded=False)
     qtbot.waitUntil(lambda: not window.loading, timeout=5000)

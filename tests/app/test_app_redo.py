@@ -67,11 +67,15 @@ def test_regenerate_replaces_the_last_answer_and_keeps_the_old_one_as_a_version(
     assert text.rstrip().endswith("‹ 2/2 ›") and set(version_links(window)) == {"‹"}
     assert window.history[-1] == {"role": "assistant", "content": "Answer 2."}
 
+    with qtbot.waitSignal(window.host.unloaded, timeout=5000):
+        window.unload_model()  # no model is needed to pick a version
     window.transcript.anchorClicked.emit(QUrl(version_links(window)["‹"]))  # the first version again
     assert saved(window) == [("user", PROMPT, True), ("assistant", "Answer 1.", True)]
     text = window.transcript.toPlainText()
     assert "Answer 1." in text and "Answer 2." not in text and text.rstrip().endswith("‹ 1/2 ›")
     assert window.history[-1] == {"role": "assistant", "content": "Answer 1."}  # what the model sees next
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window._retry_load()
     answer(qtbot, window, "And of Italy?")
     assert window.backend.calls[2][0][1] == {"role": "assistant", "content": "Answer 1."}
     window.transcript.anchorClicked.emit(QUrl(version_links(window)["›"]))  # no longer the last answer

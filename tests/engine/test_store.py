@@ -44,6 +44,28 @@ def test_model_available_says_what_resolve_model_would_find(home, tiny_folder, t
     assert not store.model_available("tiny")
 
 
+def test_a_sharded_folder_is_imported_without_weights_its_index_does_not_list(home, tiny_folder, tmp_path):
+    """A Mistral folder (or a download begun before only indexed shards were fetched) also holds
+    consolidated.safetensors, the same weights again: not copied, not installed."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "sharded"
+    shutil.copytree(tiny_folder, src)
+    tensors = load_file(str(src / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[:3], "model-00002-of-00002.safetensors": names[3:]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k].contiguous() for k in keys}, str(src / shard))
+    (src / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    (src / "model.safetensors").rename(src / "consolidated.safetensors")
+    info = store.import_model(src, "sharded")
+    kept = sorted(p.name for p in (home / "models" / "sharded").glob("*.safetensors"))
+    assert kept == sorted(shards) and info.parameters == store.import_model(tiny_folder, "whole").parameters
+
+
 def test_parameter_count_matches_the_checkpoint(home, tiny_folder):
     import torch
 
