@@ -37,8 +37,7 @@ def saved(window):
 
 
 def version_links(window):
-    from PySide6.QtGui import QTextCursor  # noqa: F401 - (the document's fragments, walked below)
-
+    """{arrow: href} of the transcript's version links."""
     out = {}
     block = window.transcript.document().begin()
     while block.isValid():
