@@ -19,6 +19,7 @@ from .turns import Turn, end_answer, format_stats, history_of, last_of
 from .widgets import replace_text
 
 CONTEXT_ERROR = "exceeds the model's context"
+API_WAIT = "waiting for an API request to finish …"
 
 
 class ChatFlow:
@@ -144,7 +145,8 @@ class ChatFlow:
         self.busy = True
         self.stats_dock.begin_answer(self.plain_speeds.get(self.model_name))
         self.sidebar.refresh(cid)
-        self.stats_label.setText("generating …")
+        # The worker runs one thing at a time: an API request in progress goes first.
+        self.stats_label.setText(API_WAIT if self._api_running else "generating …")
         self._update_controls()
         self.prompt.setFocus()  # after a click on a button, typing should go on in the box
         sampling = self.sampling.values()
@@ -156,6 +158,11 @@ class ChatFlow:
             params["seed"] = sampling["seed"] if sampling["seed"] != RANDOM_SEED else random.randint(0, MAX_SEED)
         self._request = params
         self.host.generate(self._model_messages(self.history), params)
+
+    def _on_api_busy(self, running: bool) -> None:
+        self._api_running = running
+        if not running and self.busy and self.stats_label.text() == API_WAIT:
+            self.stats_label.setText("generating …")
 
     def _on_token(self, text: str) -> None:
         if self.busy and self.writer is not None:

@@ -102,6 +102,8 @@ class MainWindow(ChatFlow, QMainWindow):
         host.loaded.connect(self._on_loaded)
         host.progress.connect(self.model_label.setText)
         host.token.connect(self._on_token)
+        self._api_running = False
+        host.api_busy.connect(self._on_api_busy)
         host.step.connect(self.stats_dock.add_step)
         host.step.connect(self._on_step_note)
         host.finished.connect(self._on_finished)

@@ -70,6 +70,7 @@ class EngineWorker(QObject):
     models = Signal(object)  # list[str]: the store's model names
     missing_model = Signal(str)  # a load failed because no model is installed at all; the error
     api_served = Signal(object)  # dict: an API request (app.api_server) answered to its end
+    api_busy = Signal(bool)  # an API request runs (True) or is done (False): a chat answer waits meanwhile
     unloaded = Signal()  # the model is gone and its memory freed
 
     def __init__(self, engine_factory: EngineFactory | None = None,
@@ -191,6 +192,7 @@ class EngineWorker(QObject):
         try:
             if call.cancel.is_set():
                 return  # the client left, or the server stopped, while it waited behind other work
+            self.api_busy.emit(True)
             generate = getattr(self._engine, "generate_ids", None)
             if generate is None:
                 raise SubspecError("No model is loaded." if self._engine is None
@@ -211,6 +213,7 @@ class EngineWorker(QObject):
             if close:
                 close()
             call.end()
+            self.api_busy.emit(False)  # (also after a request that never ran: harmless)
         self.api_served.emit({"prompt_tokens": len(call.prompt_ids), "new_tokens": new_tokens})
 
     def _fail(self, exc: Exception) -> None:
@@ -234,6 +237,7 @@ class EngineHost(QObject):
     models = Signal(object)
     missing_model = Signal(str)
     api_served = Signal(object)
+    api_busy = Signal(bool)
     unloaded = Signal()
     _load = Signal(str, object)
     _unload = Signal()
@@ -256,7 +260,7 @@ class EngineHost(QObject):
         self._serve.connect(self.worker.serve)
         self._unload.connect(self.worker.unload)
         for name in ("capabilities", "model_info", "loaded", "progress", "token", "step", "finished", "failed",
-                     "models", "missing_model", "api_served", "unloaded"):
+                     "models", "missing_model", "api_served", "api_busy", "unloaded"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()

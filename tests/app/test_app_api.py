@@ -95,6 +95,22 @@ def test_the_switch_serves_a_chat_completion_through_the_apps_worker(qtbot, api_
     assert window.api.label.text().endswith("· 2 requests")
 
 
+def test_a_chat_answer_waiting_for_an_api_request_says_so(qtbot, api_window):
+    gate = threading.Event()
+    window = api_window(backend=FakeBackend(gate=gate))
+    turn_on(window)
+    got = []
+    client = threading.Thread(target=lambda: got.append(chat(window.api.url)), daemon=True)
+    with qtbot.waitSignal(window.host.api_busy, timeout=5000):
+        client.start()  # held after its first event until the gate opens
+    with qtbot.waitSignal(window.host.api_busy, timeout=5000):  # (the chat waits behind it)
+        send(qtbot, window)
+        assert window.busy and window.stats_label.text() == "waiting for an API request to finish …"
+        gate.set()
+    qtbot.waitUntil(lambda: not window.busy and bool(got), timeout=5000)
+    assert window.stats_label.text().endswith("s") and "waiting" not in window.stats_label.text()
+
+
 def test_api_requests_wait_for_the_chat_answer_in_progress(qtbot, api_window):
     gate = threading.Event()
     window = api_window(backend=FakeBackend(gate=gate))
