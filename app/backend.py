@@ -21,7 +21,8 @@ DEFAULT_PARAMS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_
                   # do by default: over a whole long conversation it would weigh on every common word.
                   "penalty_last_n": 64,
                   "stop": (), "method": "vanilla", "depth": 48, "width": 6, "auto": False,
-                  "continue_final": False}
+                  "continue_final": False,
+                  "thinking": None}  # a reasoning model's switch (True/False), where its template has one
 # What a backend that does not say otherwise can do: plain decoding only.
 NO_CAPABILITIES = {"cuda": False, "subspec": False}
 
@@ -95,7 +96,8 @@ class TorchBackend:
 
         # On a CPU the substitute draft costs about as much as the target, so SubSpec only pays on a GPU;
         # the window picks its default from this.
-        self.capabilities = {"cuda": bool(torch.cuda.is_available()), "subspec": True}
+        self.capabilities = {"cuda": bool(torch.cuda.is_available()), "subspec": True,
+                             "thinking": bool(getattr(self.lm, "thinking_switch", False))}
 
     @property
     def resident_layers(self) -> int:
@@ -192,7 +194,8 @@ class TorchBackend:
         # length must not push a conversation out of its own prompt. Past the room left, the answer is
         # shortened (as the API server shortens max_tokens), and says so.
         wanted = int(p["max_new_tokens"])
-        ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"])), messages,
+        template = {"enable_thinking": bool(p["thinking"])} if p["thinking"] is not None else None
+        ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"]), template), messages,
                                         limit - min(wanted, limit // 2))
         p["max_new_tokens"] = max(1, min(wanted, limit - len(ids)))
         stops = tuple(p["stop"])
@@ -235,14 +238,16 @@ class TorchBackend:
 
         return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops))
 
-    def encode(self, messages: list[dict], continue_final: bool) -> list[int]:
+    def encode(self, messages: list[dict], continue_final: bool, template: dict | None = None) -> list[int]:
+        """`template`: chat template variables (Qwen3's enable_thinking)."""
         if not continue_final:
-            return self.lm.encode_messages(messages)
+            return self.lm.encode_messages(messages, template)
         if not messages or messages[-1]["role"] != "assistant":
             raise SubspecError("there is no answer to continue")
         # The template leaves the last answer open (no end-of-turn token), so the model goes on writing it.
         tokenizer = self.lm.tokenizer
-        rendered = tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+        rendered = tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False,
+                                                 **(template or {}))
         return list(tokenizer.encode(rendered, add_special_tokens=False))
 
 

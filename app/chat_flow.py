@@ -151,7 +151,7 @@ class ChatFlow:
         self.prompt.setFocus()  # after a click on a button, typing should go on in the box
         sampling = self.sampling.values()
         params = {**self.params, **{k: v for k, v in sampling.items() if k not in ("preset", "seed", "stop")},
-                  **self.method.params(), "continue_final": turn.kind == "continue",
+                  **self.method.params(), **self.thinking.params(), "continue_final": turn.kind == "continue",
                   "stop": parse_stops(sampling["stop"])}
         if sampling["temperature"] > 0:
             # Chosen here, not in the engine, so that the answer can say which seed gave it (and be had again).

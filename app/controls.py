@@ -77,6 +77,30 @@ def _spin(minimum: float, maximum: float, step: float, tip: str) -> QDoubleSpinB
     return box
 
 
+class ThinkingSwitch(QObject):
+    """"Think": whether a reasoning model whose chat template has the switch (Qwen3's enable_thinking)
+    thinks before it answers. Shown only for such a model; kept across starts (on: the model's default)."""
+
+    def __init__(self, toolbar: QToolBar, settings):
+        super().__init__(toolbar)
+        self.settings = settings
+        self.box = QCheckBox("Think")
+        self.box.setToolTip("Let the model think before it answers (its thinking folds above the answer). Off: "
+                            "it answers at once, shorter and sooner")
+        self.box.setChecked(str(settings.value("thinking", "true")).lower() != "false")
+        self.box.toggled.connect(lambda on: self.settings.setValue("thinking", "true" if on else "false"))
+        self.action = toolbar.addWidget(self.box)
+        self.available = False
+        self.apply_capabilities({})
+
+    def apply_capabilities(self, caps: dict) -> None:
+        self.available = bool(caps.get("thinking"))
+        self.action.setVisible(self.available)
+
+    def params(self) -> dict:
+        return {"thinking": self.box.isChecked()} if self.available else {}
+
+
 class MethodControls(QObject):
     """The SubSpec toggle and the tree shape. Off, and disabled, until a model says it can draft."""
 

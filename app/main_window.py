@@ -23,7 +23,7 @@ from .backend import DEFAULT_PARAMS
 from .chat_flow import ChatFlow
 from .compare import CompareJob
 from .context_meter import ContextMeter
-from .controls import MORE_DEFAULTS, MethodControls, SamplingControls
+from .controls import MORE_DEFAULTS, MethodControls, SamplingControls, ThinkingSwitch
 from .conversation_menu import (add_conversation_menu, new_conversation_defaults, reset_new_conversation_defaults,
                                 save_new_conversation_defaults)
 from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store
@@ -96,6 +96,7 @@ class MainWindow(ChatFlow, QMainWindow):
         theme.notifier.changed.connect(self._on_theme_changed)
         self._build()
         host.capabilities.connect(self.method.apply_capabilities)
+        host.capabilities.connect(self.thinking.apply_capabilities)
         host.model_info.connect(self.hardware_dock.set_model)
         self.hardware_dock.reload_requested.connect(self.reload_model)
         host.finished.connect(self.hardware_dock.add_answer)
@@ -136,6 +137,7 @@ class MainWindow(ChatFlow, QMainWindow):
         toolbar.addSeparator()
         self.sampling = SamplingControls(toolbar)
         self.sampling.changed.connect(self._save_conversation_settings)
+        self.thinking = ThinkingSwitch(toolbar, self.settings)
 
         self.system_prompt = QLineEdit()
         self.system_prompt.setAccessibleName("System prompt")

@@ -191,9 +191,17 @@ class LoadedModel:
             return self.encode_messages(messages)
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
-    def encode_messages(self, messages: list[dict]) -> list[int]:
-        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def encode_messages(self, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
+        """`template_kwargs`: variables for the chat template, e.g. Qwen3's enable_thinking (a template
+        that does not use one ignores it)."""
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      **(template_kwargs or {}))
         return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+
+    @property
+    def thinking_switch(self) -> bool:
+        """Whether the chat template turns the model's thinking on and off (Qwen3's enable_thinking)."""
+        return "enable_thinking" in (getattr(self.tokenizer, "chat_template", None) or "")
 
 
 def default_device() -> torch.device:

@@ -162,6 +162,25 @@ def _penalties(body: dict) -> dict:
     return {**out, "penalty_last_n": last_n}
 
 
+def _template_kwargs(body: dict) -> dict | None:
+    """`chat_template_kwargs` (as vLLM and SGLang take it): variables for the model's chat template, such as
+    {"enable_thinking": false} for Qwen3. Plain JSON values only; names the template does not use do nothing."""
+    value = body.get("chat_template_kwargs")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k.isidentifier() for k in value) or not all(
+            v is None or isinstance(v, (bool, int, float, str)) for v in value.values()):
+        raise bad("'chat_template_kwargs' must be an object of names to plain values (true, 1, \"text\")",
+                  "chat_template_kwargs")
+    # The template's own inputs, and apply_chat_template's arguments (which would change what it returns).
+    reserved = {"messages", "add_generation_prompt", "tools", "documents", "continue_final_message", "tokenize",
+                "padding", "truncation", "max_length", "return_tensors", "return_dict", "chat_template",
+                "return_assistant_tokens_mask", "tokenizer_kwargs"} & set(value)
+    if reserved:
+        raise bad(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}", "chat_template_kwargs")
+    return value
+
+
 def _reject_unsupported(body: dict) -> None:
     """Options we cannot honour fail loudly rather than being silently ignored."""
     if body.get("n") not in (None, 1):
@@ -280,14 +299,14 @@ class Backend:
                                     control=self.control)
         return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops)
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
+    def encode_chat(self, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
         from jinja2 import TemplateError
 
         if not getattr(self._encoder.tokenizer, "chat_template", None):
             raise bad(f"model {self.name} has no chat template; use /v1/completions", "messages")
         with self._encode_lock:
             try:
-                return self._encoder.encode_messages(messages)
+                return self._encoder.encode_messages(messages, template_kwargs)
             except (TemplateError, ValueError) as exc:
                 raise bad(f"the chat template rejected these messages: {exc}", "messages") from None
 
@@ -665,7 +684,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body()
         messages = parse_messages(body.get("messages"))
         self._check_common(body)
-        self._generate(body, self.server.backend.encode_chat(messages), ChatShape)
+        self._generate(body, self.server.backend.encode_chat(messages, _template_kwargs(body)), ChatShape)
 
     def _completion(self):
         body = self._json_body()

@@ -302,3 +302,28 @@ def test_an_answer_length_past_the_context_keeps_half_for_the_conversation_and_e
     prompt, events = backend.stream(msgs[-1:], {"max_new_tokens": 5, "method": "vanilla"})
     events = list(events)
     assert sum(len(ev.token_ids) for ev in events) == 5 and not any(ev.note for ev in events)
+
+
+# The part of Qwen3's chat template that the switch changes: with enable_thinking false the answer starts
+# after an empty thought, so the model answers at once.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def test_the_think_switch_reaches_a_template_that_has_one(tmp_path):
+    from tiny_models import make_tiny_model_folder
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    assert backend.capabilities["thinking"] is False  # its template has no switch: the app shows none
+    backend.lm.tokenizer.chat_template = THINKING_TEMPLATE
+    assert backend.lm.thinking_switch
+    lengths = {}
+    for thinking in (None, True, False):
+        prompt, events = backend.stream(MESSAGES, {"max_new_tokens": 1, "thinking": thinking})
+        list(events)
+        lengths[thinking] = prompt
+    assert lengths[None] == lengths[True] < lengths[False]  # off: the empty thought is in the prompt
+    history = MESSAGES + [{"role": "assistant", "content": "Hel"}]
+    assert backend.encode(history, True, {"enable_thinking": False}) == backend.encode(history, True)  # continue

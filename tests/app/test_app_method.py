@@ -180,3 +180,26 @@ def test_stop_strings_as_typed():
     assert parse_stops("x\\, y, \\t") == ("x, y", "\t")  # an escaped comma is part of the string
     assert parse_stops("C:\\path\\\\") == ("C:\\path\\",)  # unknown escapes are kept as typed
     assert parse_stops("end\\") == ("end\\",)
+
+
+def test_the_think_switch_shows_for_models_that_have_one_and_is_kept(qtbot, make_window):
+    from app_fakes import PROMPT, FakeBackend
+    from PySide6.QtCore import Qt
+
+    def ask(window):
+        with qtbot.waitSignal(window.host.finished, timeout=5000):
+            qtbot.keyClicks(window.prompt, PROMPT)
+            qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+        return window.backend.calls[-1][1]
+
+    plain = make_window()
+    assert not plain.thinking.action.isVisible() and ask(plain).get("thinking") is None  # no switch: none asked
+    plain.close()
+    window = make_window(FakeBackend(capabilities={"cuda": False, "subspec": True, "thinking": True}))
+    assert window.thinking.action.isVisible() and window.thinking.box.isChecked()  # on: the model's default
+    assert ask(window)["thinking"] is True
+    window.thinking.box.setChecked(False)
+    assert ask(window)["thinking"] is False
+    window.close()
+    again = make_window(FakeBackend(capabilities={"cuda": False, "subspec": True, "thinking": True}))
+    assert not again.thinking.box.isChecked()  # kept across starts

@@ -281,6 +281,10 @@ BAD = [
     # Accepted and ignored, these would answer something else than asked (a biased or fill-in-the-middle
     # answer looks right and is not): refused, their neutral values accepted (below).
     ("/v1/chat/completions", _chat_body(logit_bias={"42": -100}), "logit_bias"),
+    ("/v1/chat/completions", _chat_body(chat_template_kwargs=["enable_thinking"]), "chat_template_kwargs"),
+    ("/v1/chat/completions", _chat_body(chat_template_kwargs={"enable_thinking": [1]}), "chat_template_kwargs"),
+    ("/v1/chat/completions", _chat_body(chat_template_kwargs={"tokenize": True}), "chat_template_kwargs"),
+    ("/v1/chat/completions", _chat_body(chat_template_kwargs={"not a name": 1}), "chat_template_kwargs"),
     ("/v1/completions", {"prompt": "def f(", "suffix": "    return x"}, "suffix"),
     ("/v1/completions", {"prompt": "hi", "best_of": 3}, "best_of"),
     ("/v1/completions", {"prompt": 5}, "prompt"),
@@ -636,3 +640,16 @@ def test_an_oversized_body_is_answered_413_even_to_a_client_that_sends_it_all_fi
     status, out = raw(server, "POST", "/v1/chat/completions", b"x" * (MAX_BODY_BYTES + 1),
                       {"Content-Type": "application/json"})
     assert status == 413 and "exceeds" in out["error"]["message"]
+
+
+def test_chat_template_kwargs_reach_the_template(folder):
+    """vLLM's and SGLang's chat_template_kwargs: {"enable_thinking": false} turns Qwen3's thinking off."""
+    lm = load_model(folder, "float32", "cpu")
+    lm.tokenizer.chat_template = (
+        "{% for m in messages %}{{ m.content }}\n{% endfor %}"
+        "{% if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif %}")
+    with SubspecServer(Backend(lm), port=0).start() as srv:
+        usage = [chat(client(srv), lm.name, "hi", max_tokens=1, **extra).usage.prompt_tokens
+                 for extra in ({}, {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+                               {"extra_body": {"chat_template_kwargs": {"unused_by_it": 1}}})]
+    assert usage[0] == usage[2] < usage[1]
