@@ -57,6 +57,7 @@ class TorchBackend:
     # On a GPU, the KV cache length the plan reserved memory for: the chat's context (its rolling window)
     # stays within it. None: the model's own context (a CPU, where memory is not planned).
     context_tokens: int | None = None
+    stop_event = None  # the chat's Stop (the worker's threading.Event): it also ends a draft build
 
     def __init__(self, model: str, progress: Progress, resident_layers: int | None = None,
                  reserve_gb: float | None = None, context: int | None = None):
@@ -150,15 +151,16 @@ class TorchBackend:
         progress(f"Plan: {plan.resident_layers} layers on the GPU, {plan.offloaded_layers} streamed from RAM …")
         return plan.resident_layers, plan.draft_bits
 
-    def get_draft(self):
+    def get_draft(self, cancel=None):
         """Built on the first SubSpec request and kept for this model: it takes seconds, and many users
-        never switch the method on."""
+        never switch the method on. `cancel` (a threading.Event, the chat's Stop) ends the build between
+        layers with engine.convert.ConvertCancelled; the layers built stay cached for the next try."""
         if self.draft is None:
             def report(done, total):
                 self.progress(f"Building the SubSpec draft: layer {done}/{total} …")
 
             # At the plan's bits (the load's `substitute_bits`), else engine.loading's default width.
-            self.draft = self.lm.build_draft(None, self.DRAFT_GROUP_SIZE, progress=report)
+            self.draft = self.lm.build_draft(None, self.DRAFT_GROUP_SIZE, progress=report, cancel=cancel)
             self.control = self.api_control = None  # timings measured with another draft do not hold
             self.progress(self.name)
         return self.draft
@@ -204,7 +206,7 @@ class TorchBackend:
 
             # Checked before the slow draft build.
             shape = TreeShape(int(p["depth"]), int(p["width"]), auto=bool(p["auto"]))
-            draft = self.get_draft()
+            draft = self.get_draft(self.stop_event)
             events = generate_subspec(self.lm, draft, ids, p["max_new_tokens"], sampling, stops,
                                       shape=shape, control=self.depth_control(shape))
         else:

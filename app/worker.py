@@ -17,6 +17,7 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from engine.convert import ConvertCancelled
 from engine.errors import SubspecError
 from engine.events import summarize
 
@@ -110,6 +111,8 @@ class EngineWorker(QObject):
                 self._fail(exc)
             return
         self.list_models()
+        if hasattr(type(self._engine), "stop_event"):  # (TorchBackend: Stop also ends a draft build)
+            self._engine.stop_event = self.stop_event
         caps = getattr(self._engine, "capabilities", None) or NO_CAPABILITIES
         self.capabilities.emit({k: bool(v) for k, v in caps.items()})
         self.model_info.emit(describe_model(self._engine, options))
@@ -162,6 +165,10 @@ class EngineWorker(QObject):
             # A backend may bring its own clock: the tests' fake replays recorded timings on a virtual one.
             result = summarize(relay(events), prompt_tokens, method, clock=getattr(self._engine, "clock", None),
                                extra=extra)
+        except ConvertCancelled as exc:  # Stop during the first SubSpec answer's draft build: an answer stopped
+            result = summarize(iter(()), 0, params.get("method", "vanilla"), extra={"model": self._engine.name})
+            stopped = True
+            notes.append(f"stopped while building the SubSpec draft: {exc}")
         except Exception as exc:  # noqa: BLE001 - any engine failure becomes a dialog, not a dead thread
             self._fail(exc)
             return

@@ -327,3 +327,21 @@ def test_the_think_switch_reaches_a_template_that_has_one(tmp_path):
     assert lengths[None] == lengths[True] < lengths[False]  # off: the empty thought is in the prompt
     history = MESSAGES + [{"role": "assistant", "content": "Hel"}]
     assert backend.encode(history, True, {"enable_thinking": False}) == backend.encode(history, True)  # continue
+
+
+def test_stop_ends_a_draft_build_and_the_next_subspec_answer_builds_it(tmp_path):
+    import threading
+
+    from tiny_models import make_tiny_model_folder
+
+    from engine.convert import ConvertCancelled
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    backend.stop_event = threading.Event()
+    backend.stop_event.set()  # Stop pressed while the first SubSpec answer builds its draft
+    with pytest.raises(ConvertCancelled, match="stay cached"):
+        backend.stream(MESSAGES, {"method": "subspec", "max_new_tokens": 2})
+    assert backend.draft is None
+    backend.stop_event.clear()
+    _prompt, events = backend.stream(MESSAGES, {"method": "subspec", "max_new_tokens": 2})
+    assert sum(len(ev.token_ids) for ev in events) == 2 and backend.draft is not None

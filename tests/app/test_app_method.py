@@ -203,3 +203,21 @@ def test_the_think_switch_shows_for_models_that_have_one_and_is_kept(qtbot, make
     window.close()
     again = make_window(FakeBackend(capabilities={"cuda": False, "subspec": True, "thinking": True}))
     assert not again.thinking.box.isChecked()  # kept across starts
+
+
+def test_a_draft_build_stopped_ends_the_answer_as_stopped_without_an_error(qtbot, make_window, dialogs):
+    from app_fakes import PROMPT, FakeBackend
+    from PySide6.QtCore import Qt
+
+    from engine.convert import ConvertCancelled
+
+    window = make_window(FakeBackend(fail_on_call={0}, fail_after=0,
+                                     fail_error=ConvertCancelled("conversion cancelled after 3/28 layers; "
+                                                                 "those stay cached")))
+    with qtbot.waitSignal(window.host.finished, timeout=5000) as done:
+        qtbot.keyClicks(window.prompt, PROMPT)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    assert done.args[0]["finish_reason"] == "stopped" and dialogs.shown == []
+    assert "stopped while building the SubSpec draft: conversion cancelled after 3/28 layers" in \
+        window.transcript.toPlainText()
+    assert not window.busy and window.send_button.isEnabled()
