@@ -10,7 +10,7 @@ from typing import Callable
 
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QMainWindow, QProgressBar, QPushButton,
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
 from engine.store import DEFAULT_MODEL, model_available
@@ -36,7 +36,7 @@ from .sidebar import ConversationSidebar
 from .stats import StatsDock
 from .turns import Turn, replay
 from .view_menu import add_view_menu, saved_scheme
-from .widgets import NoticeBar, PromptEdit, Transcript, replace_text
+from .widgets import NoticeBar, PromptEdit, SystemPromptEdit, Transcript, replace_text
 from .worker import EngineHost
 
 ErrorHandler = Callable[[str, str, str], None]  # title, message, details
@@ -139,7 +139,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.sampling.changed.connect(self._save_conversation_settings)
         self.thinking = ThinkingSwitch(toolbar, self.settings)
 
-        self.system_prompt = QLineEdit()
+        self.system_prompt = SystemPromptEdit()
         self.system_prompt.setAccessibleName("System prompt")
         self.system_prompt.setPlaceholderText("System prompt (optional, saved with the conversation)")
         self.system_prompt.editingFinished.connect(self._save_conversation_settings)

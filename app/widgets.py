@@ -354,6 +354,46 @@ def replace_text(box: QPlainTextEdit, text: str) -> None:
     box.setTextCursor(cursor)
 
 
+class SystemPromptEdit(QPlainTextEdit):
+    """The conversation's system prompt: one line until it has more (instructions often do), then up to
+    MAX_LINES before it scrolls. Reads like the QLineEdit it replaced: text(), setText() and
+    editingFinished (when the focus leaves it), so the window saves it as before."""
+
+    editingFinished = Signal()
+    MAX_LINES = 6
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setTabChangesFocus(True)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_height())
+        self.fit_height()
+
+    def text(self) -> str:
+        return self.toPlainText()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - QLineEdit's name, kept for its callers
+        if text != self.toPlainText():
+            self.setPlainText(text)
+
+    def fit_height(self) -> None:
+        lines = min(max(int(self.document().documentLayout().documentSize().height()), 1), self.MAX_LINES)
+        margins = self.contentsMargins()
+        height = int(lines * self.fontMetrics().lineSpacing() + 2 * self.document().documentMargin()
+                     + margins.top() + margins.bottom() + 2)
+        if height != self.height():
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if event.oldSize().width() != event.size().width():
+            self.fit_height()
+
+    def focusOutEvent(self, event) -> None:
+        super().focusOutEvent(event)
+        self.editingFinished.emit()
+
+
 class PromptEdit(QPlainTextEdit):
     """Enter submits, Shift+Enter inserts a newline, Esc asks to stop. Files dropped on it are attached
     (files_dropped); dropped text is inserted as usual."""

@@ -240,3 +240,23 @@ def test_the_message_box_grows_with_what_is_typed_up_to_a_share_of_the_window(qt
     assert box.height() <= 0.4 * 500
     box.clear()
     assert box.height() == box.MIN_HEIGHT
+
+
+def test_the_system_prompt_takes_several_lines_and_is_saved_when_left(qtbot, make_window):
+    from app_fakes import PROMPT
+
+    window = make_window()
+    box = window.system_prompt
+    one_line = box.height()
+    qtbot.keyClicks(box, "You are terse.")
+    qtbot.keyClick(box, Qt.Key.Key_Return)  # a new line, not a send
+    qtbot.keyClicks(box, "Answer in French.")
+    assert box.text() == "You are terse.\nAnswer in French." and box.height() > one_line
+    box.setPlainText("\n".join(f"rule {i}" for i in range(20)))
+    assert box.height() < 8 * box.fontMetrics().lineSpacing()  # up to six lines, then it scrolls
+    box.setText("Be brief.\nUse lists.")
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        qtbot.keyClicks(window.prompt, PROMPT)  # (the focus leaves the system prompt: saved)
+        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
+    assert window.backend.calls[-1][0][0] == {"role": "system", "content": "Be brief.\nUse lists."}
+    assert window.store.get(window.conversation.id).system_prompt == "Be brief.\nUse lists."
