@@ -10,6 +10,8 @@ GUI thread only asks, at most one reading outstanding, and only while the dock i
 
 from __future__ import annotations
 
+import json
+
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QComboBox, QDockWidget, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QScrollArea, QSlider, QSpinBox, QVBoxLayout, QWidget)
@@ -30,6 +32,37 @@ RESERVE_STEP_GB = 0.25
 RESERVE_MAX_GB = 4.0
 DEFAULT_RESERVE_GB = 0.5  # make_plan's and `subspec plan`'s default
 AUTO = -1  # the resident-layers spin box's "let the planner choose"
+
+
+LOAD_OPTIONS_KEY = "load_options"  # QSettings: {model as asked for: the options it was last loaded with}
+MAX_REMEMBERED = 64  # models whose load options are kept (the most recently loaded)
+
+
+def load_options_for(settings, model: str) -> dict | None:
+    """The options `model` was last loaded with (what app.backend.TorchBackend takes), or None; a value a
+    hand-edited file garbled is left out, as if never chosen."""
+    try:
+        saved = json.loads(str(settings.value(LOAD_OPTIONS_KEY, "{}"))).get(model)
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    checks = {"reserve_gb": lambda v: isinstance(v, (int, float)) and 0 <= v <= RESERVE_MAX_GB,
+              "resident_layers": lambda v: isinstance(v, int) and v >= 0,
+              "context": lambda v: isinstance(v, int) and v >= 1}
+    return {k: v for k, v in saved.items() if k in checks and not isinstance(v, bool) and checks[k](v)}
+
+
+def save_load_options(settings, model: str, options: dict) -> None:
+    try:
+        saved = json.loads(str(settings.value(LOAD_OPTIONS_KEY, "{}")))
+    except ValueError:
+        saved = {}
+    if not isinstance(saved, dict):
+        saved = {}
+    saved.pop(model, None)
+    saved[model] = dict(options)  # last: the most recent, kept when the oldest go
+    settings.setValue(LOAD_OPTIONS_KEY, json.dumps(dict(list(saved.items())[-MAX_REMEMBERED:])))
 
 
 def _label(rich: bool = False) -> QLabel:
@@ -301,6 +334,7 @@ class HardwareDock(QDockWidget):
             reserve = self.loaded_options.get("reserve_gb", DEFAULT_RESERVE_GB)
             self.reserve_slider.setValue(round(reserve / RESERVE_STEP_GB))
             self._fill_contexts(self.loaded_options.get("context"))
+            self.wanted_context = self.loaded_options.get("context")  # what this load asked for
         for w in widgets:
             w.blockSignals(False)
         self._replan()

@@ -27,7 +27,7 @@ from .controls import MORE_DEFAULTS, MethodControls, SamplingControls, ThinkingS
 from .conversation_menu import (add_conversation_menu, new_conversation_defaults, reset_new_conversation_defaults,
                                 save_new_conversation_defaults)
 from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store
-from .hardware_panel import HardwareDock
+from .hardware_panel import HardwareDock, load_options_for, save_load_options
 from .help_menu import add_help_menu
 from .model_manager import ModelManager
 from .model_picker import ModelPicker
@@ -405,8 +405,11 @@ class MainWindow(ChatFlow, QMainWindow):
     # Models
 
     def load_model(self, model: str, options: dict | None = None) -> None:
-        """`options`: load options (app.backend.TorchBackend's resident_layers, reserve_gb) on top of the
-        hardware panel's reserve."""
+        """`options`: load options (app.backend.TorchBackend's resident_layers, reserve_gb, context) on top of
+        the hardware panel's; without any, what this model was last loaded with (kept across starts, as
+        LM Studio keeps a model's load settings), else the panel's."""
+        if options is None:
+            options = load_options_for(self.settings, model)
         self.api.pause()  # it serves the loaded model: the port closes, and opens again on the next one
         self.model_name = None
         self.loading = True
@@ -415,7 +418,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.hardware_dock.set_model(None)  # the old model's plan is no longer the loaded one
         self.load_progress.show()
         self._update_controls()
-        self.host.load(model, {**self.hardware_dock.load_options(), **(options or {})})
+        self.host.load(model, options if options is not None else self.hardware_dock.load_options())
 
     def reload_model(self, options: dict) -> None:
         """The hardware panel's Reload: the same model with another layout. The conversation stays: a load
@@ -472,6 +475,8 @@ class MainWindow(ChatFlow, QMainWindow):
                 asked = str(Path(asked).expanduser().resolve())  # (a relative path means nothing elsewhere)
             self.settings.setValue("last_model", asked)
         self.remember_model = True  # (main's --model load is not remembered; every later one is)
+        if self._requested_model:  # the layout it was loaded with (the panel's Reload too): the next load's
+            save_load_options(self.settings, self._requested_model, self.hardware_dock.loaded_options)
         self.model_name = name
         self.loading = False
         self.load_progress.hide()

@@ -306,7 +306,9 @@ class Backend:
             raise bad(f"model {self.name} has no chat template; use /v1/completions", "messages")
         with self._encode_lock:
             try:
-                return self._encoder.encode_messages(messages, template_kwargs)
+                if template_kwargs:
+                    return self._encoder.encode_messages(messages, template_kwargs)
+                return self._encoder.encode_messages(messages)
             except (TemplateError, ValueError) as exc:
                 raise bad(f"the chat template rejected these messages: {exc}", "messages") from None
 

@@ -370,6 +370,44 @@ def test_a_longer_context_is_planned_reloaded_with_and_kept_across_a_model_switc
     assert loads[-1] == {"context": 32768} and dock.context() == 32768  # the choice came back
 
 
+def test_a_models_load_settings_are_kept_across_starts_and_switches(hardware_window, qtbot, make_window):
+    """As LM Studio keeps a model's load settings: the context and reserve a model was last loaded with are
+    what it loads with next time, across a switch to another model and a restart."""
+    from app.hardware_panel import load_options_for
+
+    loads = []
+    window, dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)), load_options=loads)
+    dock.context_box.setCurrentIndex(dock.context_box.findData(16384))
+    dock.context_box.activated.emit(dock.context_box.currentIndex())
+    dock.reserve_slider.setValue(4)  # 1 GB
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        dock.apply_button.click()
+    mine = {"reserve_gb": 1.0, "context": 16384}
+    assert loads[-1] == mine and load_options_for(window.settings, "fake-model") == mine
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("FakeLM-2M")  # not loaded before: the panel's settings
+    dock.reserve_slider.setValue(2)
+    dock.context_box.setCurrentIndex(dock.context_box.findData(8192))
+    dock.context_box.activated.emit(dock.context_box.currentIndex())
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        dock.apply_button.click()
+    assert loads[-1] == {"context": 8192}  # (0.5 GB: the default reserve, not asked for)
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.switch_model("fake-model")  # back: its own settings, not the panel's
+    assert loads[-1] == mine and dock.context() == 16384 and dock.reserve_gb() == 1.0
+    assert not dock.apply_button.isEnabled()
+    window.close()
+    again_loads = []
+    again, again_dock, _p = hardware_window(profile(gpu(0, "NVIDIA GeForce RTX 4070", 12, 11.2)),
+                                            load_options=again_loads)
+    assert again_loads == [mine] and again_dock.context() == 16384  # the next start: the same settings
+    again.close()
+    window.settings.setValue("load_options", '{"fake-model": {"context": "lots", "reserve_gb": 1.0}}')
+    assert load_options_for(window.settings, "fake-model") == {"reserve_gb": 1.0}  # garbage left out
+    window.settings.setValue("load_options", "not json")
+    assert load_options_for(window.settings, "fake-model") is None
+
+
 def test_on_a_cpu_the_context_box_is_off(hardware_window):
     _w, dock, _p = hardware_window(profile())
     assert not dock.context_box.isEnabled()  # a CPU plans no memory: the model's own context

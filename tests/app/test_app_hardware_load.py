@@ -30,7 +30,7 @@ class FakeLM:
         self.tokenizer = SimpleNamespace(chat_template="x")
         self.drafts = []
 
-    def build_draft(self, nbits, group_size, progress=None):
+    def build_draft(self, nbits, group_size, progress=None, cancel=None):
         self.drafts.append(nbits)
         return SimpleNamespace()
 

@@ -130,7 +130,7 @@ def test_a_backend_without_capabilities_is_plain_only(qapp):
 def test_the_draft_is_built_once_per_model_with_progress():
     built, progress = [], []
 
-    def build_draft(bits, group_size, progress):
+    def build_draft(bits, group_size, progress, cancel=None):
         built.append((bits, group_size))
         for i in (1, 2):
             progress(i, 2)
