@@ -545,6 +545,17 @@ class MainWindow(ChatFlow, QMainWindow):
             theme.refresh()
         super().changeEvent(event)
 
+    def previous_version(self) -> None:
+        self._step_last_answer(-1)
+
+    def next_version(self) -> None:
+        self._step_last_answer(1)
+
+    def _step_last_answer(self, step: int) -> None:
+        saved = self._saved() if not self.busy else []
+        if saved and saved[-1].role == "assistant":
+            self.switch_version(saved[-1].id, step)
+
     def switch_version(self, mid: int, step: int) -> None:
         """The last answer's ‹ or ›: its previous or next version becomes the answer (and what the model sees
         from now on)."""

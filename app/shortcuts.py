@@ -15,6 +15,8 @@ SHORTCUTS = (
     ("Ctrl+R", "Regenerate the last answer", "regenerate"),
     # Not Ctrl+E: in Qt's one-line fields on Linux that is "end of line", and the field would take it.
     ("Ctrl+Shift+E", "Edit your last message and send it again", "begin_edit"),
+    ("Alt+Left", "Previous version of the last answer", "previous_version"),
+    ("Alt+Right", "Next version of the last answer", "next_version"),
 )
 LISTED = (("Enter", "Send"), ("Shift+Enter", "A new line in the message"), ("Ctrl+N", "New conversation"),
           *((keys, what) for keys, what, _ in SHORTCUTS), ("Esc", "Stop the answer; cancel an edit"))

@@ -27,6 +27,11 @@ def test_the_shortcuts_work(qtbot, make_window, monkeypatch):
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         press(qtbot, window, "Ctrl+R")  # regenerate: a second call, the same history
     assert len(window.backend.calls) == 2 and window.backend.calls[1][0] == window.backend.calls[0][0]
+    assert "‹ 2/2 ›" in window.transcript.toPlainText()
+    press(qtbot, window, "Alt+Left")  # the version Regenerate kept
+    assert "‹ 1/2 ›" in window.transcript.toPlainText()
+    press(qtbot, window, "Alt+Right")
+    assert "‹ 2/2 ›" in window.transcript.toPlainText()
     press(qtbot, window, "Ctrl+Shift+E")
     assert window.editing and window.prompt.toPlainText() == PROMPT
     asked = []
