@@ -145,6 +145,7 @@ class ChatFlow:
         self.busy = True
         self.stats_dock.begin_answer(self.plain_speeds.get(self.model_name))
         self.sidebar.refresh(cid)
+        self._answer_started = False
         # The worker runs one thing at a time: an API request in progress goes first.
         self.stats_label.setText(API_WAIT if self._api_running else "generating …")
         self._update_controls()
@@ -161,10 +162,12 @@ class ChatFlow:
 
     def _on_api_busy(self, running: bool) -> None:
         self._api_running = running
-        if not running and self.busy and self.stats_label.text() == API_WAIT:
-            self.stats_label.setText("generating …")
+        if self.busy and self.stats_label.text() in (API_WAIT, "generating …") and not self._answer_started:
+            # (an answer sent just before the request began, or queued behind a second one, waits too)
+            self.stats_label.setText(API_WAIT if running else "generating …")
 
     def _on_token(self, text: str) -> None:
+        self._answer_started = True
         if self.busy and self.writer is not None:
             self.transcript.append_text(text)  # on screen whatever happens to the write
             self.writer.append(text)
@@ -335,7 +338,7 @@ class ChatFlow:
         self.stats_dock.begin_answer(self.plain_speeds.get(self.model_name))
         label = "SubSpec" if job.runs[0] == "subspec" else "plain decoding"
         self.stats_label.setText(f"comparing: {label} …")
-        self.host.generate(job.messages, job.next_params(self.params))
+        self.host.generate(job.messages, job.next_params({**self.params, **self.thinking.params()}))
 
     def _compare_step(self, summary: dict) -> None:
         job = self._compare

@@ -53,16 +53,25 @@ def load_options_for(settings, model: str) -> dict | None:
     return {k: v for k, v in saved.items() if k in checks and not isinstance(v, bool) and checks[k](v)}
 
 
-def save_load_options(settings, model: str, options: dict) -> None:
+def _all_load_options(settings) -> dict:
     try:
         saved = json.loads(str(settings.value(LOAD_OPTIONS_KEY, "{}")))
     except ValueError:
-        saved = {}
-    if not isinstance(saved, dict):
-        saved = {}
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def save_load_options(settings, model: str, options: dict) -> None:
+    saved = _all_load_options(settings)
     saved.pop(model, None)
     saved[model] = dict(options)  # last: the most recent, kept when the oldest go
     settings.setValue(LOAD_OPTIONS_KEY, json.dumps(dict(list(saved.items())[-MAX_REMEMBERED:])))
+
+
+def forget_load_options(settings, model: str) -> None:
+    saved = _all_load_options(settings)
+    if saved.pop(model, None) is not None:
+        settings.setValue(LOAD_OPTIONS_KEY, json.dumps(saved))
 
 
 def _label(rich: bool = False) -> QLabel:

@@ -213,7 +213,10 @@ def main(argv: list[str] | None = None, engine_factory: EngineFactory | None = N
     # A scripted run (a screenshot, a demo) is the same on every machine: the default model unless named.
     # --model is for this run: the next start opens the model last picked in the app.
     window.remember_model = not args.model
-    window.load_model(args.model or (DEFAULT_MODEL if script is not None else window.startup_model()))
+    if script is not None:  # and with the default settings, not those the user's app last loaded it with
+        window.load_model(args.model or DEFAULT_MODEL, {})
+    else:
+        window.load_model(args.model or window.startup_model())
     if not unattended and welcome is None and first_run.is_first_run():
         # A scripted run never shows it: nobody would close it, and it would cover the screenshot.
         QTimer.singleShot(0, window, lambda: first_run.show_welcome(window))

@@ -27,7 +27,7 @@ from .controls import MORE_DEFAULTS, MethodControls, SamplingControls, ThinkingS
 from .conversation_menu import (add_conversation_menu, new_conversation_defaults, reset_new_conversation_defaults,
                                 save_new_conversation_defaults)
 from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store
-from .hardware_panel import HardwareDock, load_options_for, save_load_options
+from .hardware_panel import HardwareDock, forget_load_options, load_options_for, save_load_options
 from .help_menu import add_help_menu
 from .model_manager import ModelManager
 from .model_picker import ModelPicker
@@ -72,6 +72,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.model_name: str | None = None
         self.loading = False
         self._requested_model: str | None = None
+        self._load_saved_options = False  # the load under way uses the options this model was last loaded with
         self.remember_model = True  # the next load is what the next start opens (not a --model run's)
         self.busy = False
         self.editing = False  # the prompt box holds the last user message, to replace it
@@ -104,6 +105,7 @@ class MainWindow(ChatFlow, QMainWindow):
         host.progress.connect(self.model_label.setText)
         host.token.connect(self._on_token)
         self._api_running = False
+        self._answer_started = False  # a token of the answer under way has come (it is not waiting)
         host.api_busy.connect(self._on_api_busy)
         host.step.connect(self.stats_dock.add_step)
         host.step.connect(self._on_step_note)
@@ -408,8 +410,10 @@ class MainWindow(ChatFlow, QMainWindow):
         """`options`: load options (app.backend.TorchBackend's resident_layers, reserve_gb, context) on top of
         the hardware panel's; without any, what this model was last loaded with (kept across starts, as
         LM Studio keeps a model's load settings), else the panel's."""
+        self._load_saved_options = False
         if options is None:
-            options = load_options_for(self.settings, model)
+            options = load_options_for(self.settings, self._model_key(model))
+            self._load_saved_options = options is not None
         self.api.pause()  # it serves the loaded model: the port closes, and opens again on the next one
         self.model_name = None
         self.loading = True
@@ -454,6 +458,14 @@ class MainWindow(ChatFlow, QMainWindow):
         self.notice.show_notice(f"{self._unloaded[0]} is unloaded and its memory free. Pick a model in the "
                                 f"menu, or load it again.", "Load again")
 
+    @staticmethod
+    def _model_key(model: str) -> str:
+        """How a model is named in the settings: a store name as it is, a folder by its absolute path (a
+        relative one means nothing from another working folder)."""
+        if os.sep in model or "/" in model:
+            return str(Path(model).expanduser().resolve())
+        return model
+
     def startup_model(self) -> str:
         """The model to load at start: the one loaded last time while it is still installed, else the default."""
         last = self.settings.value("last_model", "")
@@ -470,13 +482,11 @@ class MainWindow(ChatFlow, QMainWindow):
         self._unloaded = None
         # What was asked for (a folder's path, or a store name), loaded: the next start loads it again.
         if self.remember_model:
-            asked = self._requested_model or name
-            if os.sep in asked or "/" in asked:
-                asked = str(Path(asked).expanduser().resolve())  # (a relative path means nothing elsewhere)
-            self.settings.setValue("last_model", asked)
+            self.settings.setValue("last_model", self._model_key(self._requested_model or name))
         self.remember_model = True  # (main's --model load is not remembered; every later one is)
         if self._requested_model:  # the layout it was loaded with (the panel's Reload too): the next load's
-            save_load_options(self.settings, self._requested_model, self.hardware_dock.loaded_options)
+            save_load_options(self.settings, self._model_key(self._requested_model),
+                              self.hardware_dock.loaded_options)
         self.model_name = name
         self.loading = False
         self.load_progress.hide()
@@ -487,6 +497,16 @@ class MainWindow(ChatFlow, QMainWindow):
 
     def _load_failed(self) -> None:
         """The old model is gone (it was released before the load); the menu can pick another."""
+        self.remember_model = True  # (a failed --model load: the next one picked is remembered)
+        self.thinking.apply_capabilities({})  # no model: no switch
+        if self._load_saved_options and self._requested_model:
+            # Its saved settings may be why (less free VRAM now, another model under that name): forgotten,
+            # so the next load of it takes the panel's settings instead of failing the same way again.
+            self._load_saved_options = False
+            forget_load_options(self.settings, self._model_key(self._requested_model))
+            self.statusBar().showMessage(f"{self._requested_model} did not load with the settings it was last "
+                                         f"loaded with; they are forgotten: the next load uses the Hardware "
+                                         f"panel's", 30_000)
         self.loading = False
         self.load_progress.hide()
         self.picker.set_current(None)

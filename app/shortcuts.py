@@ -3,10 +3,12 @@ so the two cannot disagree). On macOS Qt reads Ctrl as Cmd."""
 
 from __future__ import annotations
 
+import sys
 from html import escape
 
 from PySide6.QtGui import QKeySequence, QShortcut
 
+VERSION_KEYS = ("Ctrl+Alt+Left", "Ctrl+Alt+Right") if sys.platform == "darwin" else ("Alt+Left", "Alt+Right")
 # (keys, what they do, the window's method); Ctrl+N is the Conversation menu's, Esc the window's own
 SHORTCUTS = (
     ("Ctrl+F", "Search the conversations", "focus_search"),
@@ -15,8 +17,9 @@ SHORTCUTS = (
     ("Ctrl+R", "Regenerate the last answer", "regenerate"),
     # Not Ctrl+E: in Qt's one-line fields on Linux that is "end of line", and the field would take it.
     ("Ctrl+Shift+E", "Edit your last message and send it again", "begin_edit"),
-    ("Alt+Left", "Previous version of the last answer", "previous_version"),
-    ("Alt+Right", "Next version of the last answer", "next_version"),
+    # Alt+arrows move by word in macOS text fields (Option): there Cmd+Option (Qt's Ctrl+Alt) instead.
+    (VERSION_KEYS[0], "Previous version of the last answer", "previous_version"),
+    (VERSION_KEYS[1], "Next version of the last answer", "next_version"),
 )
 LISTED = (("Enter", "Send"), ("Shift+Enter", "A new line in the message"), ("Ctrl+N", "New conversation"),
           *((keys, what) for keys, what, _ in SHORTCUTS), ("Esc", "Stop the answer; cancel an edit"))

@@ -368,11 +368,13 @@ class SystemPromptEdit(QPlainTextEdit):
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_height())
         self.fit_height()
+        self._finished_text = ""
 
     def text(self) -> str:
         return self.toPlainText()
 
     def setText(self, text: str) -> None:  # noqa: N802 - QLineEdit's name, kept for its callers
+        self._finished_text = text  # what the window holds already: leaving the box unchanged saves nothing
         if text != self.toPlainText():
             self.setPlainText(text)
 
@@ -391,7 +393,9 @@ class SystemPromptEdit(QPlainTextEdit):
 
     def focusOutEvent(self, event) -> None:
         super().focusOutEvent(event)
-        self.editingFinished.emit()
+        if self.toPlainText() != self._finished_text:  # as QLineEdit: only after a change (a write each)
+            self._finished_text = self.toPlainText()
+            self.editingFinished.emit()
 
 
 class PromptEdit(QPlainTextEdit):

@@ -8,7 +8,9 @@ on on its latest turns (engine.context_window), and says so. Lines starting with
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -75,6 +77,8 @@ def run_chat(session: ChatSession, read: Callable[[str], str] = input, out=sys.s
             _answer(session, text, out, err)
         except SubspecError as exc:
             print(f"error: {exc}", file=err)
+        except Exception as exc:  # noqa: BLE001 - a template refusing the messages, out of memory: the chat goes on
+            print(f"error: {type(exc).__name__}: {exc} (the conversation is as it was)", file=err)
 
 
 def _read_message(read: Callable[[str], str], err) -> str | None:
@@ -83,7 +87,10 @@ def _read_message(read: Callable[[str], str], err) -> str | None:
         return line.strip() or None
     lines = []
     while True:
-        line = read("... ")
+        try:
+            line = read("... ")
+        except EOFError:  # input ended inside the message: it is sent as far as it goes
+            line = MULTILINE
         if line.strip() == MULTILINE:
             return "\n".join(lines).strip() or None
         lines.append(line)
@@ -107,8 +114,36 @@ def _command(session: ChatSession, text: str, err) -> bool:
     return False
 
 
+class _StopOnCtrlC:
+    """While an answer runs, Ctrl+C asks it to stop at its next step (as the app's Stop does) instead of
+    raising KeyboardInterrupt wherever the model happens to be (between two steps of streaming bookkeeping,
+    say). Only on the main thread, where Python delivers signals; elsewhere KeyboardInterrupt still stops."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, lambda _sig, _frame: self.event.set())
+        return self.event
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def _answer(session: ChatSession, text: str, out, err) -> None:
+    with _StopOnCtrlC() as stop:
+        _answer_until(session, text, out, err, stop)
+
+
+def _answer_until(session: ChatSession, text: str, out, err, stop: threading.Event) -> None:
     ids, dropped, room = session.prompt(text)
+    if stop.is_set():  # Ctrl+C before anything was written: as if not sent
+        print("[stopped]", file=err)
+        return
     if dropped:
         print(f"(the conversation is longer than the context of {session.context} tokens: its first {dropped} "
               f"messages are left out of this answer's prompt)", file=err)
@@ -117,7 +152,11 @@ def _answer(session: ChatSession, text: str, out, err) -> None:
     events = session.decode(ids, room)
 
     def echo(evs):
+        nonlocal stopped
         for ev in evs:
+            if stop.is_set():
+                stopped = True
+                return
             parts.append(ev.text)
             out.write(ev.text)
             out.flush()

@@ -6,6 +6,8 @@ Every user mistake ends in one line on stderr and exit code 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import sys
@@ -308,10 +310,10 @@ def cmd_generate(args) -> int:
 
 
 def _prompt_text(prompt: str | None) -> str:
-    """--prompt's text; "-" (or no --prompt, with a pipe or a file as input) reads it from standard input."""
-    if prompt is None and sys.stdin.isatty():
-        raise SubspecError("give the prompt with --prompt TEXT, or pipe it in (--prompt - reads standard input)")
-    if prompt in (None, "-"):
+    """--prompt's text; "-" reads it from standard input (asked for: a pipe left open would otherwise hang)."""
+    if prompt is None:
+        raise SubspecError("give the prompt with --prompt TEXT (--prompt - reads it from standard input)")
+    if prompt == "-":
         prompt = sys.stdin.read()
         if not prompt.strip():
             raise SubspecError("standard input held no prompt")
@@ -348,8 +350,12 @@ def cmd_chat(args) -> int:
             return generate_plain(lm, ids, room, sampling, stops)
     session = ChatSession(lm.encode_messages, decode, lm.config.max_position_embeddings, args.max_new_tokens,
                           args.system or "", method)
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):  # input() then edits the line and keeps a history (not on Windows)
+            importlib.import_module("readline")
+    leave = "Ctrl+Z then Enter" if os.name == "nt" else "Ctrl+D"
     print(f"chatting with {lm.name} ({'SubSpec' if method == 'subspec' else 'plain decoding'}); /help lists the "
-          f"commands, Ctrl+C stops an answer, Ctrl+D leaves", file=sys.stderr)
+          f"commands, Ctrl+C stops an answer, {leave} leaves", file=sys.stderr)
     return run_chat(session)
 
 
@@ -601,8 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a reply to one prompt")
     g.add_argument("model", help="a store name or a model folder")
-    g.add_argument("--prompt", help="the prompt; '-' reads it from standard input (as does leaving it out when "
-                                    "input comes from a pipe or a file)")
+    g.add_argument("--prompt", help="the prompt; '-' reads it from standard input")
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                    help="apply the model's chat template (default: on)")
     g.add_argument("--system", help="system prompt (chat mode)")

@@ -12,6 +12,7 @@ Every error a client can cause is an OpenAI-style error object with a 4xx status
 from __future__ import annotations
 
 import contextlib
+import functools
 import copy
 import dataclasses
 import hmac
@@ -162,6 +163,21 @@ def _penalties(body: dict) -> dict:
     return {**out, "penalty_last_n": last_n}
 
 
+@functools.lru_cache(maxsize=8)
+def template_variables(template) -> frozenset[str]:
+    """The names a chat template reads from its context (jinja2.meta); a template set (a dict of named
+    templates) or one that does not parse: none."""
+    import jinja2
+    from jinja2 import meta
+
+    if not isinstance(template, str):
+        return frozenset()
+    try:
+        return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
+    except jinja2.TemplateError:
+        return frozenset()
+
+
 def _template_kwargs(body: dict) -> dict | None:
     """`chat_template_kwargs` (as vLLM and SGLang take it): variables for the model's chat template, such as
     {"enable_thinking": false} for Qwen3. Plain JSON values only; names the template does not use do nothing."""
@@ -173,9 +189,12 @@ def _template_kwargs(body: dict) -> dict | None:
         raise bad("'chat_template_kwargs' must be an object of names to plain values (true, 1, \"text\")",
                   "chat_template_kwargs")
     # The template's own inputs, and apply_chat_template's arguments (which would change what it returns).
+    # (Names the template does not read are dropped later; these would change what it renders.)
     reserved = {"messages", "add_generation_prompt", "tools", "documents", "continue_final_message", "tokenize",
                 "padding", "truncation", "max_length", "return_tensors", "return_dict", "chat_template",
-                "return_assistant_tokens_mask", "tokenizer_kwargs"} & set(value)
+                "return_assistant_tokens_mask", "tokenizer_kwargs", "raise_exception", "strftime_now",
+                "sanitize_control_tokens", "bos_token", "eos_token", "unk_token", "pad_token",
+                "conversation", "self"} & set(value)
     if reserved:
         raise bad(f"chat_template_kwargs may not set {', '.join(sorted(reserved))}", "chat_template_kwargs")
     return value
@@ -306,10 +325,14 @@ class Backend:
             raise bad(f"model {self.name} has no chat template; use /v1/completions", "messages")
         with self._encode_lock:
             try:
+                # Only the variables this template reads: others would do nothing, or clash with
+                # apply_chat_template's own arguments (a TypeError).
+                used = template_variables(self._encoder.tokenizer.chat_template)
+                template_kwargs = {k: v for k, v in (template_kwargs or {}).items() if k in used}
                 if template_kwargs:
                     return self._encoder.encode_messages(messages, template_kwargs)
                 return self._encoder.encode_messages(messages)
-            except (TemplateError, ValueError) as exc:
+            except (TemplateError, ValueError, TypeError) as exc:
                 raise bad(f"the chat template rejected these messages: {exc}", "messages") from None
 
     def encode_text(self, text: str) -> list[int]:

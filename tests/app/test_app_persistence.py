@@ -346,3 +346,37 @@ def test_a_failed_load_is_not_remembered(qtbot, make_window, dialogs):
     window = make_window(load_error=SubspecError("out of memory"), wait_loaded=False)
     qtbot.waitUntil(lambda: not window.loading, timeout=5000)
     assert window.settings.value("last_model") is None
+
+
+def test_settings_a_model_no_longer_loads_with_are_forgotten(qtbot, make_window, dialogs):
+    """Saved with 32k of context; today the free VRAM does not allow it: the load fails once, says so, and
+    the next load of the model takes the Hardware panel's settings instead of failing the same way."""
+    from app.hardware_panel import load_options_for, save_load_options
+    from app.main_window import default_settings
+
+    settings = default_settings()
+    save_load_options(settings, "fake-model", {"context": 32768})
+    settings.sync()
+    backend, loads = FakeBackend(), []
+
+    def factory(model, progress, **options):
+        loads.append((model, options))
+        if options.get("context") == 32768 or model == "typo":
+            raise SubspecError("the plan needs 3.1 GB more VRAM than is free")
+        return backend
+
+    window = make_window(backend, factory=factory, wait_loaded=False)
+    qtbot.waitUntil(lambda: not window.loading, timeout=5000)
+    assert loads == [("fake-model", {"context": 32768})] and window.model_name is None
+    assert "did not load with the settings it was last loaded with" in window.statusBar().currentMessage()
+    assert load_options_for(window.settings, "fake-model") is None
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.load_model("fake-model")
+    assert loads[-1] == ("fake-model", {})
+
+    window.remember_model = False  # main's --model load, which fails ...
+    window.load_model("typo")
+    qtbot.waitUntil(lambda: not window.loading, timeout=5000)
+    with qtbot.waitSignal(window.host.loaded, timeout=5000):
+        window.load_model("FakeLM-2M")  # ... then a model picked in the app: remembered
+    assert window.settings.value("last_model") == "FakeLM-2M"

@@ -256,7 +256,18 @@ def test_the_system_prompt_takes_several_lines_and_is_saved_when_left(qtbot, mak
     assert box.height() < 8 * box.fontMetrics().lineSpacing()  # up to six lines, then it scrolls
     box.setText("Be brief.\nUse lists.")
     with qtbot.waitSignal(window.host.finished, timeout=5000):
-        qtbot.keyClicks(window.prompt, PROMPT)  # (the focus leaves the system prompt: saved)
+        qtbot.keyClicks(window.prompt, PROMPT)
         qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
     assert window.backend.calls[-1][0][0] == {"role": "system", "content": "Be brief.\nUse lists."}
-    assert window.store.get(window.conversation.id).system_prompt == "Be brief.\nUse lists."
+    # In a conversation that exists: an edit is saved when the focus leaves the box, before anything is sent.
+    box.setFocus()
+    qtbot.keyClick(box, Qt.Key.Key_End, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClicks(box, " Cite sources.")
+    writes = []
+    window.store.update = lambda cid, **settings: writes.append(settings["system_prompt"])
+    window.prompt.setFocus()
+    qtbot.waitUntil(lambda: writes == ["Be brief.\nUse lists. Cite sources."], timeout=2000)
+    box.setFocus()
+    window.prompt.setFocus()  # left again unchanged: nothing to write
+    qtbot.wait(50)
+    assert writes == ["Be brief.\nUse lists. Cite sources."]

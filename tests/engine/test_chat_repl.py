@@ -103,7 +103,8 @@ def test_subspec_chat_on_the_default_model():
 def test_generate_reads_the_prompt_from_standard_input():
     base = [sys.executable, "-m", "engine", "generate", "SmolLM2-135M-Instruct", "--max-new-tokens", "6", "--json"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    piped = subprocess.run(base, input="What is 2+2?", capture_output=True, text=True, timeout=300, env=env)
+    piped = subprocess.run(base + ["--prompt", "-"], input="What is 2+2?", capture_output=True, text=True,
+                           timeout=300, env=env)
     named = subprocess.run(base + ["--prompt", "What is 2+2?"], capture_output=True, text=True, timeout=300, env=env)
     assert piped.returncode == named.returncode == 0, piped.stderr
     import json
@@ -112,3 +113,42 @@ def test_generate_reads_the_prompt_from_standard_input():
     empty = subprocess.run(base + ["--prompt", "-"], input="  \n", capture_output=True, text=True, timeout=300,
                            env=env)
     assert empty.returncode == 2 and "standard input held no prompt" in empty.stderr
+
+
+def test_ctrl_c_during_an_answer_asks_it_to_stop_at_its_next_step():
+    """A SIGINT while an answer runs sets an event the loop checks between steps (a KeyboardInterrupt raised
+    anywhere in the model could leave its streaming bookkeeping half-done); at the prompt Ctrl+C is as before."""
+    import signal
+
+    session = fake_session()
+    original = session.decode
+
+    def decode(ids, room):
+        for i, ev in enumerate(original(ids, room)):
+            if i == 2:  # while the third step is on its way: the first two were written
+                signal.raise_signal(signal.SIGINT)  # (delivered to this, the main thread, at once)
+            yield ev
+    session.decode = decode
+    handler = signal.getsignal(signal.SIGINT)
+    code, out, err = chat(session, ["Hi", "/bye"])
+    assert code == 0 and out.startswith("Answer 1\n") and "[stopped]" in err  # not "Answer 1."
+    assert session.history[-1] == {"role": "assistant", "content": "Answer 1"}
+    assert signal.getsignal(signal.SIGINT) is handler  # put back after the answer
+
+
+def test_an_error_in_the_template_or_the_model_leaves_the_conversation_as_it_was():
+    session = fake_session()
+    chat(session, ["Hi"])
+    before = list(session.history)
+
+    def refuse(messages):
+        raise ValueError("System role not supported")  # (a Gemma-style template, via jinja's TemplateError)
+    session.encode = refuse
+    code, _out, err = chat(session, ["/system Be brief.", "Next", "/bye"])
+    assert code == 0 and "error: ValueError: System role not supported" in err and session.history == before
+
+
+def test_input_ending_inside_a_message_of_several_lines_sends_it():
+    session = fake_session()
+    chat(session, ['"""', "first", "second"])
+    assert session.history[0] == {"role": "user", "content": "first\nsecond"}

@@ -284,6 +284,8 @@ BAD = [
     ("/v1/chat/completions", _chat_body(chat_template_kwargs=["enable_thinking"]), "chat_template_kwargs"),
     ("/v1/chat/completions", _chat_body(chat_template_kwargs={"enable_thinking": [1]}), "chat_template_kwargs"),
     ("/v1/chat/completions", _chat_body(chat_template_kwargs={"tokenize": True}), "chat_template_kwargs"),
+    ("/v1/chat/completions", _chat_body(chat_template_kwargs={"conversation": 1}), "chat_template_kwargs"),
+    ("/v1/chat/completions", _chat_body(chat_template_kwargs={"raise_exception": "x"}), "chat_template_kwargs"),
     ("/v1/chat/completions", _chat_body(chat_template_kwargs={"not a name": 1}), "chat_template_kwargs"),
     ("/v1/completions", {"prompt": "def f(", "suffix": "    return x"}, "suffix"),
     ("/v1/completions", {"prompt": "hi", "best_of": 3}, "best_of"),
