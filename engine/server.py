@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 from .errors import SubspecError
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
+from .tool_calls import ToolCallStream, ToolError, parse_tools, split_tool_calls, template_message
 from .sampling import SamplingParams
 from .depth_control import control_for
 from .speculative import TreeShape
@@ -47,7 +48,7 @@ DEFAULT_MAX_TOKENS = 2048
 MAX_BODY_BYTES = 8 << 20
 DRAIN_BYTES = 64 << 20  # an oversized body is read and dropped up to this, so its client gets to see the 413
 POLL_S = 0.2  # how often a waiting handler checks that its client is still connected
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
 # (prompt_ids, max_tokens, sampling, stop_strings) -> events; injectable so tests can slow it down. One with
@@ -200,16 +201,19 @@ def _template_kwargs(body: dict) -> dict | None:
     return value
 
 
-def _reject_unsupported(body: dict) -> None:
-    """Options we cannot honour fail loudly rather than being silently ignored."""
+def _reject_unsupported(body: dict, chat: bool = False) -> None:
+    """Options we cannot honour fail loudly rather than being silently ignored. `chat`: tools are a chat's
+    (engine.tool_calls), not a completion's."""
     if body.get("n") not in (None, 1):
         raise bad("only n = 1 is supported", "n")
     if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
         raise bad("logprobs are not supported", "logprobs")
     if body.get("echo"):
         raise bad("echo is not supported", "echo")
-    if body.get("tools") or body.get("functions"):
-        raise bad("tool calling is not supported", "tools")
+    if body.get("functions"):
+        raise bad("the legacy 'functions' are not supported: send them as 'tools'", "functions")
+    if body.get("tools") and not chat:
+        raise bad("tools are for /v1/chat/completions", "tools")
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise bad("only response_format {\"type\": \"text\"} is supported", "response_format")
@@ -246,7 +250,11 @@ def parse_messages(value) -> list[dict]:
         role = m.get("role")
         if role not in ROLES:
             raise bad(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
-        out.append({"role": ROLES[role], "content": _content(m.get("content"), i)})
+        try:
+            extra = template_message(m, i) if role in ("assistant", "tool") else {}
+        except ToolError as exc:
+            raise bad(str(exc), exc.param) from None
+        out.append({"role": ROLES[role], "content": _content(m.get("content"), i), **extra})
     return out
 
 
@@ -318,7 +326,8 @@ class Backend:
                                     control=self.control)
         return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops)
 
-    def encode_chat(self, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
+    def encode_chat(self, messages: list[dict], template_kwargs: dict | None = None,
+                    tools: list[dict] | None = None) -> list[int]:
         from jinja2 import TemplateError
 
         if not getattr(self._encoder.tokenizer, "chat_template", None):
@@ -329,6 +338,11 @@ class Backend:
                 # apply_chat_template's own arguments (a TypeError).
                 used = template_variables(self._encoder.tokenizer.chat_template)
                 template_kwargs = {k: v for k, v in (template_kwargs or {}).items() if k in used}
+                if tools:
+                    if "tools" not in used:
+                        raise bad(f"model {self.name}'s chat template has no tools: it was not trained to call them",
+                                  "tools")
+                    template_kwargs["tools"] = tools
                 if template_kwargs:
                     return self._encoder.encode_messages(messages, template_kwargs)
                 return self._encoder.encode_messages(messages)
@@ -708,8 +722,13 @@ class Handler(BaseHTTPRequestHandler):
     def _chat(self):
         body = self._json_body()
         messages = parse_messages(body.get("messages"))
-        self._check_common(body)
-        self._generate(body, self.server.backend.encode_chat(messages, _template_kwargs(body)), ChatShape)
+        self._check_common(body, chat=True)
+        try:
+            tools = parse_tools(body)
+        except ToolError as exc:
+            raise bad(str(exc), exc.param) from None
+        self._generate(body, self.server.backend.encode_chat(messages, _template_kwargs(body), tools), ChatShape,
+                       tools=bool(tools))
 
     def _completion(self):
         body = self._json_body()
@@ -718,12 +737,12 @@ class Handler(BaseHTTPRequestHandler):
         ids = prompt if isinstance(prompt, list) else self.server.backend.encode_text(prompt)
         self._generate(body, ids, CompletionShape)
 
-    def _check_common(self, body: dict) -> None:
+    def _check_common(self, body: dict, chat: bool = False) -> None:
         model = body.get("model")
         if model is not None and model != self.server.backend.name:
             raise ApiError(404, f"unknown model {model!r}; this server serves {self.server.backend.name!r}",
                            param="model", code="model_not_found")
-        _reject_unsupported(body)
+        _reject_unsupported(body, chat)
 
     def _prompt(self, value) -> str | list:
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
@@ -756,7 +775,7 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(str(exc)) from None
         return GenRequest(list(prompt_ids), max_tokens, sampling, _stops(body))
 
-    def _generate(self, body: dict, prompt_ids: list, shape) -> None:
+    def _generate(self, body: dict, prompt_ids: list, shape, tools: bool = False) -> None:
         stream = _bool(body, "stream")
         opts = body.get("stream_options") or {}
         include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
@@ -766,9 +785,9 @@ class Handler(BaseHTTPRequestHandler):
                 "model": self.server.backend.name}
         try:
             if stream:
-                self._stream(job, shape, meta, include_usage)
+                self._stream(job, shape, meta, include_usage, tools)
             else:
-                self._collect(job, shape, meta)
+                self._collect(job, shape, meta, tools)
         finally:
             job.cancel.set()  # a no-op after the end; stops the worker when the client went away
 
@@ -789,27 +808,44 @@ class Handler(BaseHTTPRequestHandler):
             if item is not None:
                 return item
 
-    def _collect(self, job: Job, shape, meta: dict) -> None:
+    def _collect(self, job: Job, shape, meta: dict, tools: bool = False) -> None:
         while isinstance(item := self._next(job), StepEvent):
             pass
         if isinstance(item, ApiError):
             raise item
         usage = self.server.backend.usage(item)
-        self._send_json(200, {**meta, "object": shape.object, "choices": [shape.choice(item.text, _finish(item))],
-                              "usage": usage})
+        choice = shape.choice(item.text, _finish(item))
+        if tools:
+            content, calls = split_tool_calls(item.text)
+            if calls:
+                choice = {**choice, "message": {"role": "assistant", "content": content, "tool_calls": calls},
+                          "finish_reason": "tool_calls"}
+        self._send_json(200, {**meta, "object": shape.object, "choices": [choice], "usage": usage})
 
-    def _stream(self, job: Job, shape, meta: dict, include_usage: bool) -> None:
+    def _stream(self, job: Job, shape, meta: dict, include_usage: bool, tools: bool = False) -> None:
         self._start_events()
         chunk = {**meta, "object": shape.chunk_object}
         if shape is ChatShape:
             self._event({**chunk, "choices": [shape.delta("", None, first=True)]})
+        held = ToolCallStream() if tools else None  # a tool call goes out whole, once it can be parsed
         while isinstance(item := self._next(job), StepEvent):
-            if item.text:
-                self._event({**chunk, "choices": [shape.delta(item.text, None)]})
+            text = held.feed(item.text) if held is not None else item.text
+            if text:
+                self._event({**chunk, "choices": [shape.delta(text, None)]})
         if isinstance(item, ApiError):
             self._event(item.as_json())
         else:
-            self._event({**chunk, "choices": [shape.delta(None, _finish(item))]})
+            finish = _finish(item)
+            if held is not None:
+                rest, calls = held.finish()
+                if rest:
+                    self._event({**chunk, "choices": [shape.delta(rest, None)]})
+                if calls:
+                    finish = "tool_calls"
+                    self._event({**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [
+                        {"index": i, **call} for i, call in enumerate(calls)]}, "logprobs": None,
+                        "finish_reason": None}]})
+            self._event({**chunk, "choices": [shape.delta(None, finish)]})
             if include_usage:
                 self._event({**chunk, "choices": [], "usage": self.server.backend.usage(item)})
         self._write_chunk(b"data: [DONE]\n\n")

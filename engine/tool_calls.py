@@ -1,0 +1,142 @@
+"""Tool calling for the OpenAI-compatible API, in the Hermes format that Qwen2.5, Qwen3, SmolLM2 and the
+Hermes models are trained on: the model's chat template lists the tools, and the model answers a call as
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+which the server returns as OpenAI `tool_calls` (finish_reason "tool_calls") instead of text. The decoding
+itself is unchanged (SubSpec included: a call is text the target chose). Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+class ToolError(ValueError):
+    """A request's tools or tool messages are malformed: `param` names the field."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def parse_tools(body: dict) -> list[dict] | None:
+    """The request's tools as the chat template takes them, or None (none given, or tool_choice "none")."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is None:
+        if choice not in (None, "none", "auto"):
+            raise ToolError("tool_choice needs tools", "tool_choice")
+        return None
+    if not isinstance(tools, list):
+        raise ToolError("'tools' must be an array", "tools")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not (isinstance(tool, dict) and tool.get("type") == "function" and isinstance(function, dict)
+                and isinstance(function.get("name"), str) and function["name"]):
+            raise ToolError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
+                            f"tools[{i}]")
+        if not isinstance(function.get("parameters", {}), dict):
+            raise ToolError(f"tools[{i}].function.parameters must be a JSON schema object", f"tools[{i}]")
+    if choice in (None, "auto"):
+        return tools or None
+    if choice == "none":
+        return None
+    # "required" or one named function: the model would have to be forced (constrained decoding), which
+    # this server does not do; refused rather than answered as if "auto".
+    raise ToolError("only tool_choice \"auto\" and \"none\" are supported", "tool_choice")
+
+
+def template_message(m: dict, i: int) -> dict:
+    """An assistant message's tool_calls and a tool message's id in the form chat templates read: arguments
+    as an object (OpenAI sends a JSON string; templates write `arguments | tojson`)."""
+    out = {}
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise ToolError(f"messages[{i}].tool_calls must be an array", f"messages[{i}].tool_calls")
+        converted = []
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ToolError(f"messages[{i}].tool_calls: each needs a function with a name",
+                                f"messages[{i}].tool_calls")
+            arguments = function.get("arguments", {})
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments) if arguments.strip() else {}
+                except ValueError:
+                    pass  # kept as the model wrote it
+            converted.append({"id": call.get("id"), "type": "function",
+                              "function": {"name": function["name"], "arguments": arguments}})
+        out["tool_calls"] = converted
+    for key in ("tool_call_id", "name"):
+        if isinstance(m.get(key), str):
+            out[key] = m[key]
+    return out
+
+
+def split_tool_calls(text: str) -> tuple[str | None, list[dict]]:
+    """(the text outside the calls, or None when there is none; the calls in OpenAI's form). A block whose
+    JSON does not parse, or that names no function, stays text: the client sees what the model wrote."""
+    calls, kept, last = [], [], 0
+    for match in CALL.finditer(text):
+        call = _call(match.group(1))
+        if call is None:
+            continue
+        kept.append(text[last:match.start()])
+        last = match.end()
+        calls.append(call)
+    if not calls:
+        return text, []
+    content = ("".join(kept) + text[last:]).strip()
+    return content or None, calls
+
+
+def _call(raw: str) -> dict | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    arguments = value.get("arguments", value.get("parameters", {}))
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": value["name"],
+                         "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}}
+
+
+class ToolCallStream:
+    """Streams an answer's text while holding back what may be a tool call: from the first <tool_call> on
+    (or an end that could be its beginning), until the answer ends and it can be parsed."""
+
+    def __init__(self):
+        self.text = ""
+        self.sent = 0
+
+    def feed(self, piece: str) -> str:
+        """The text that can go to the client now."""
+        self.text += piece
+        start = self.text.find(OPEN, self.sent)
+        if start < 0:
+            start = len(self.text)
+            for k in range(min(len(OPEN) - 1, len(self.text) - self.sent), 0, -1):  # "<tool_" at the end
+                if OPEN.startswith(self.text[-k:]):
+                    start = len(self.text) - k
+                    break
+        out, self.sent = self.text[self.sent:start], max(self.sent, start)
+        return out
+
+    def finish(self) -> tuple[str, list[dict]]:
+        """(held text to send as content, the calls), once the answer is complete."""
+        rest = self.text[self.sent:]
+        content, calls = split_tool_calls(rest)
+        if not calls:
+            return rest, []
+        return content or "", calls

@@ -1,0 +1,123 @@
+"""Tool calling (engine.tool_calls): Hermes-format calls parsed and streamed whole, the request's tools and
+tool messages checked and handed to the chat template; end to end through the API with the openai client."""
+
+import json
+
+import openai
+import pytest
+from tiny_models import make_tiny_model_folder
+
+from engine.events import StepEvent
+from engine.loading import load_model
+from engine.server import Backend, SubspecServer
+from engine.tool_calls import ToolCallStream, ToolError, parse_tools, split_tool_calls
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"}}}}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def test_calls_are_split_from_the_text():
+    content, [call] = split_tool_calls(CALL)
+    assert content is None and call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    content, calls = split_tool_calls("Let me look.\n" + CALL + CALL.replace("Paris", "Rome"))
+    assert content == "Let me look." and [json.loads(c["function"]["arguments"])["city"] for c in calls] == \
+        ["Paris", "Rome"]
+    assert split_tool_calls("<tool_call>{not json}</tool_call>") == ("<tool_call>{not json}</tool_call>", [])
+    assert split_tool_calls("no call here") == ("no call here", [])
+    _content, [cut] = split_tool_calls('<tool_call>{"name": "f", "arguments": {}}')  # stopped at the tag
+    assert cut["function"] == {"name": "f", "arguments": "{}"}
+
+
+def test_a_stream_holds_back_what_may_be_a_call():
+    s = ToolCallStream()
+    pieces = ["It is ", "sunny. <to", "ol_call>\n{\"name\": \"get_weather\", ", "\"arguments\": {}}\n</tool_call>"]
+    assert [s.feed(p) for p in pieces] == ["It is ", "sunny. ", "", ""]
+    rest, [call] = s.finish()
+    assert rest == "" and call["function"]["name"] == "get_weather"
+    s = ToolCallStream()
+    assert s.feed("a <") == "a " and s.feed("b") == "<b"  # not a tag after all: sent
+    assert s.feed(" <tool_call>{broken") == " " and s.finish() == ("<tool_call>{broken", [])
+
+
+def test_tools_and_tool_choice_are_checked():
+    assert parse_tools({}) is None and parse_tools({"tools": [WEATHER]}) == [WEATHER]
+    assert parse_tools({"tools": [WEATHER], "tool_choice": "none"}) is None
+    for body, param in (({"tools": "x"}, "tools"), ({"tools": [{"type": "function"}]}, "tools[0]"),
+                        ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice"),
+                        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice")):
+        with pytest.raises(ToolError) as err:
+            parse_tools(body)
+        assert err.value.param == param
+
+
+# A template in the shape of Qwen2.5's: the tools listed in the system turn, calls and results in the turns.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|tools|>{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }}({{ c.function.arguments.city }})"
+    "</call>{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    lm = load_model(make_tiny_model_folder(tmp_path_factory.mktemp("tools") / "tiny", "llama"), "float32", "cpu")
+    lm.tokenizer.chat_template = TOOLS_TEMPLATE
+    answers, prompts = [], []
+
+    def generate(prompt_ids, max_tokens, sampling, stops):  # the model's answer, scripted
+        prompts.append(lm.tokenizer.decode(prompt_ids))
+        text = answers.pop(0)
+        pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
+        for i, piece in enumerate(pieces):
+            yield StepEvent(i, (1,), piece, finish_reason="eos" if i == len(pieces) - 1 else None)
+
+    with SubspecServer(Backend(lm, generate=generate), port=0).start() as srv:
+        yield openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60), lm, answers, prompts
+
+
+def test_a_call_comes_back_as_tool_calls_streamed_or_not(served):
+    client, lm, answers, prompts = served
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    answers.append("Checking.\n" + CALL)
+    r = client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER])
+    [call] = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content == "Checking."
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert "get_weather;" in prompts[-1]  # the template listed the tool
+
+    answers.append("Checking.\n" + CALL)
+    chunks = list(client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER], stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    streamed = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert text == "Checking.\n" and "<tool_call>" not in text  # the call never went out as text
+    assert [tc.function.name for tc in streamed] == ["get_weather"] and streamed[0].id.startswith("call_")
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # The call and its result go back in the history, arguments as the template reads them (an object).
+    answers.append("It is sunny in Paris.")
+    history = messages + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    r = client.chat.completions.create(model=lm.name, messages=history, tools=[WEATHER])
+    assert r.choices[0].message.content == "It is sunny in Paris." and r.choices[0].finish_reason == "stop"
+    assert "<call>get_weather(Paris)</call>" in prompts[-1] and "<|tool|>sunny, 21 C" in prompts[-1]
+
+    answers.append("No tools asked: " + CALL)  # without tools, text is text
+    r = client.chat.completions.create(model=lm.name, messages=messages)
+    assert r.choices[0].message.content.endswith("</tool_call>") and not r.choices[0].message.tool_calls
+
+
+def test_a_model_whose_template_has_no_tools_refuses_them(tmp_path):
+    lm = load_model(make_tiny_model_folder(tmp_path / "tiny", "llama"), "float32", "cpu")
+    lm.tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    with SubspecServer(Backend(lm), port=0).start() as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        with pytest.raises(openai.BadRequestError, match="has no tools"):
+            client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}],
+                                           tools=[WEATHER])
+        with pytest.raises(openai.BadRequestError, match="only tool_choice"):
+            client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}],
+                                           tools=[WEATHER], tool_choice="required")
