@@ -1,5 +1,5 @@
-"""Tool calling for the OpenAI-compatible API, in the Hermes format that Qwen2.5, Qwen3, SmolLM2 and the
-Hermes models are trained on: the model's chat template lists the tools, and the model answers a call as
+"""Tool calling for the OpenAI-compatible API, in the Hermes format that Qwen2.5, Qwen3 and the Hermes
+models are trained on: the model's chat template lists the tools, and the model answers a call as
 
     <tool_call>
     {"name": "get_weather", "arguments": {"city": "Paris"}}
