@@ -214,11 +214,7 @@ def render(cursor: QTextCursor, text: str, copies: list[str], continues: bool = 
                 _as_a_later_block(cursor.document(), start, segment.text)
             _shade_inline_code(cursor.document(), start, cursor.position())
             continue
-        header = QTextBlockFormat()
-        header.setTopMargin(4)
-        _fresh_block(cursor, header)
-        label = QTextCharFormat()
-        label.setForeground(QColor(theme.colors().note))
+        label = _note_line(cursor, top=4)
         if segment.language:
             cursor.insertText(segment.language + "  ", label)
         copies.append(segment.text)
@@ -228,6 +224,18 @@ def render(cursor: QTextCursor, text: str, copies: list[str], continues: bool = 
         cursor.insertText(segment.text, code_char_format())
 
 
+def _note_line(cursor: QTextCursor, top: int = 0, bottom: int = 0) -> QTextCharFormat:
+    """A fresh block for a small line of the answer's own (a code block's language and Copy, the thinking's
+    header); returns the note color's format to write it in."""
+    header = QTextBlockFormat()
+    header.setTopMargin(top)
+    header.setBottomMargin(bottom)
+    _fresh_block(cursor, header)
+    label = QTextCharFormat()
+    label.setForeground(QColor(theme.colors().note))
+    return label
+
+
 def render_thinking(cursor: QTextCursor, thinking: Thinking, shown: bool) -> None:
     """A reasoning model's thinking, above its answer: while it goes on, "Thinking …" and the text so far;
     once over, one line ("Thought · N words · Show") with the text under it only when `shown` (the
@@ -235,11 +243,7 @@ def render_thinking(cursor: QTextCursor, thinking: Thinking, shown: bool) -> Non
     writes one) draws nothing."""
     if thinking.done and not thinking.text:
         return
-    header = QTextBlockFormat()
-    header.setBottomMargin(2)
-    _fresh_block(cursor, header)
-    label = QTextCharFormat()
-    label.setForeground(QColor(theme.colors().note))
+    label = _note_line(cursor, bottom=2)
     label.setFontItalic(True)
     if not thinking.done:
         cursor.insertText("Thinking …", label)
