@@ -12,6 +12,7 @@ import sqlite3
 import time
 
 from . import dialogs
+from .answer_edit import AnswerEditDialog
 from .compare import CompareJob, format_comparison, reusable
 from .controls import MAX_SEED, RANDOM_SEED, parse_stops
 from .conversations import AnswerWriter, Message, title_from, why_not_saved
@@ -88,6 +89,45 @@ class ChatFlow:
         replace_text(self.prompt, last_user.content)
         self.set_editing(True)
         self.prompt.setFocus()
+
+    def edit_answer(self) -> None:
+        """Opens the last answer in a dialog (window-modal, not blocking the event loop); OK saves the text
+        as the answer, the model's kept as a version."""
+        saved = self._saved() if not self.busy else []
+        if not saved or saved[-1].role != "assistant":
+            return
+        dialog = self.answer_dialog = AnswerEditDialog(saved[-1].content, self)
+        dialog.finished.connect(lambda _result: self._answer_edited(saved[-1].id, dialog))
+        dialog.open()
+
+    def _answer_edited(self, mid: int, dialog: AnswerEditDialog) -> None:
+        self.answer_dialog = None
+        dialog.deleteLater()
+        text = dialog.result_text
+        if self.busy or self.conversation is None:
+            return
+        self._write_unsaved(now=True)
+        saved = self._saved()
+        if text is None or not saved or saved[-1].id != mid or text == saved[-1].content:
+            return  # cancelled, unchanged, or the conversation moved on meanwhile
+        if mid in self._unsaved:
+            self.statusBar().showMessage("This answer is not saved yet (the disk refused it); it can be edited "
+                                         "once it is", 10_000)
+            return
+        last = saved[-1]
+        stats = {"model": (last.stats or {}).get("model", "Assistant"), "edited": True, "notes": ["edited"]}
+        try:
+            self.store.rewrite_answer(last, text, stats)
+        except sqlite3.Error as exc:
+            self._report("Could not save", f"The edited answer could not be saved: {why_not_saved(self.store, exc)}."
+                                           f" The answer is as it was.")
+            return
+        self._measured.pop(mid, None)
+        bar = self.transcript.verticalScrollBar()
+        at = bar.value()
+        self._on_theme_changed()  # redrawn from the store, the history with it
+        bar.setValue(min(at, bar.maximum()))
+        self._after_request()
 
     def set_editing(self, on: bool) -> None:
         self.editing = on

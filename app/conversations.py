@@ -338,6 +338,18 @@ class ConversationStore:
                                                               int(m.complete)))
         return cur.lastrowid
 
+    def rewrite_answer(self, m: Message, text: str, stats: dict) -> None:
+        """Answer `m` says `text` from now on (the user edited it); what it said is kept as a version. One
+        transaction: a failure leaves the answer and its versions as they were."""
+        now = time.time()
+        with self.db:
+            self.db.execute("INSERT INTO answer_versions (message_id, content, created, stats_json, complete)"
+                            " VALUES (?, ?, ?, ?, ?)", (m.id, m.content, m.created, _json(m.stats), int(m.complete)))
+            self.db.execute("UPDATE messages SET content = ?, complete = 1, stats_json = ?, created = ? WHERE id = ?",
+                            (text, _json(stats), max(now, m.created), m.id))
+            self.db.execute("UPDATE conversations SET updated = ? WHERE id = "
+                            "(SELECT conversation_id FROM messages WHERE id = ?)", (now, m.id))
+
     def renew_message(self, mid: int) -> None:
         """The row begins again, empty and incomplete, as of now: a regenerated answer is written into it."""
         with self.db:

@@ -262,3 +262,36 @@ def test_leaving_a_conversation_mid_edit_cancels_the_edit(qtbot, make_window):
     assert window.prompt.toPlainText() == PROMPT
     window.new_conversation()
     assert not window.editing and window.prompt.toPlainText() == "draft"
+
+
+def test_the_last_answer_can_be_rewritten_and_the_models_stays_a_version(qtbot, make_window, dialogs):
+    from PySide6.QtCore import QUrl
+    from PySide6.QtWidgets import QDialogButtonBox
+
+    window = make_window(FakeBackend(events=numbered_answers()))
+    answer(qtbot, window)
+    assert window.chat_actions.edit_answer.isEnabled()
+
+    def edit_to(text, button=QDialogButtonBox.StandardButton.Ok):
+        window.chat_actions.edit_answer.click()
+        dialog = window.answer_dialog
+        assert dialog.isVisible() and dialog.editor.toPlainText() in ("Answer 1.", "Paris, of course.")
+        dialog.editor.setPlainText(text)
+        dialog.findChild(QDialogButtonBox).button(button).click()
+        return dialog
+
+    edit_to("Changed my mind", QDialogButtonBox.StandardButton.Cancel)
+    assert saved(window) == [("user", PROMPT, True), ("assistant", "Answer 1.", True)]
+    dialog = edit_to("   ")  # empty: refused, the dialog stays with the reason
+    assert dialog.isVisible() and "cannot be empty" in dialog.error.text()
+    dialog.reject()
+    edit_to("Paris, of course.")
+    assert saved(window) == [("user", PROMPT, True), ("assistant", "Paris, of course.", True)]
+    text = window.transcript.toPlainText()
+    assert "Paris, of course. [edited]" in text and text.rstrip().endswith("‹ 2/2 ›")
+    assert window.history[-1] == {"role": "assistant", "content": "Paris, of course."}  # what the model sees
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.chat_actions.continue_.click()  # and goes on from
+    assert window.backend.calls[-1][0][-1] == {"role": "assistant", "content": "Paris, of course."}
+    window.transcript.anchorClicked.emit(QUrl(version_links(window)["‹"]))
+    assert saved(window)[-1][1] == "Answer 1." and "3 tokens" in window.transcript.toPlainText()  # its stats too
