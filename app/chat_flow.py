@@ -114,6 +114,8 @@ class ChatFlow:
             self.statusBar().showMessage("This answer is not saved yet (the disk refused it); it can be edited "
                                          "once it is", 10_000)
             return
+        if self.editing:  # a Resend now would replace the answer just written: the edit of the message ends
+            self.cancel_edit()
         last = saved[-1]
         stats = {"model": (last.stats or {}).get("model", "Assistant"), "edited": True, "notes": ["edited"]}
         try:

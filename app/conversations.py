@@ -242,6 +242,22 @@ class ConversationStore:
                                   f" VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
         return self.get(cur.lastrowid)
 
+    def import_conversation(self, title: str, system_prompt: str, settings: dict, messages: list[dict]) -> int:
+        """A whole conversation in one transaction (app.import_chat's): a failure leaves nothing half made.
+        `settings`: DECODING's; messages: role, content, complete, stats and created (None: now)."""
+        now = time.time()
+        values = {"title": title, "created": now, "updated": now, "system_prompt": system_prompt,
+                  **{k: v for k, v in settings.items() if k in DECODING}}
+        with self.db:
+            cid = self.db.execute(f"INSERT INTO conversations ({', '.join(values)})"
+                                  f" VALUES ({', '.join('?' * len(values))})", tuple(values.values())).lastrowid
+            self.db.executemany(
+                "INSERT INTO messages (conversation_id, role, content, created, stats_json, complete)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(cid, m["role"], m["content"], m.get("created") or now, _json(m.get("stats")),
+                  int(m.get("complete", True))) for m in messages])
+        return cid
+
     def get(self, cid: int) -> Conversation | None:
         row = self.db.execute(f"SELECT {self._columns} FROM conversations WHERE id = ?", (cid,)).fetchone()
         return _conversation(row) if row else None

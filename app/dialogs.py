@@ -136,6 +136,14 @@ def ask_save_path(parent: QWidget | None, title: str, name: str, filters: str) -
     return (path, chosen) if path else None
 
 
+def choose_file(parent: QWidget | None, title: str, filters: str) -> str | None:
+    """One file the user picked, or None when cancelled."""
+    from PySide6.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getOpenFileName(parent, title, "", filters)
+    return path or None
+
+
 def choose_files(parent: QWidget | None, title: str) -> list[str]:
     """Files the user picked (none when cancelled)."""
     from PySide6.QtWidgets import QFileDialog

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QProgressBar, Q
 
 from engine.store import DEFAULT_MODEL, model_available
 
-from . import dialogs, shortcuts, theme
+from . import dialogs, import_chat, shortcuts, theme
 from .actions import ChatActions
 from .api_server import ApiSwitch
 from .attachments import attach
@@ -26,7 +26,7 @@ from .context_meter import ContextMeter
 from .controls import MORE_DEFAULTS, MethodControls, SamplingControls, ThinkingSwitch
 from .conversation_menu import (add_conversation_menu, new_conversation_defaults, reset_new_conversation_defaults,
                                 save_new_conversation_defaults)
-from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store
+from .conversations import AnswerWriter, Conversation, ConversationStore, Message, open_store, why_not_saved
 from .hardware_panel import HardwareDock, forget_load_options, load_options_for, save_load_options
 from .help_menu import add_help_menu
 from .model_manager import ModelManager
@@ -323,6 +323,32 @@ class MainWindow(ChatFlow, QMainWindow):
         self.context_meter.show_usage(None)
         self.prompt.setFocus()
         self._update_controls()
+
+    def import_conversation(self, path: str | None = None) -> None:
+        """Conversation > Import…: a JSON file (this app's export, or an OpenAI-style message list) becomes a
+        new conversation, opened. A file it cannot take says why and adds nothing."""
+        if self.busy:
+            self.statusBar().showMessage("Import a conversation when the answer in progress is done", 10_000)
+            return
+        path = path or dialogs.choose_file(self, "Import conversation", "JSON (*.json);;All files (*)")
+        if not path:
+            return
+        try:
+            imported = import_chat.read(path)
+        except (OSError, ValueError) as exc:
+            self._report("Import failed", f"Could not import {Path(path).name}: {getattr(exc, 'strerror', None) or exc}."
+                                          f" Nothing was added.")
+            return
+        try:
+            cid = self.store.import_conversation(imported.title, imported.system_prompt, imported.settings,
+                                                 imported.messages)
+        except sqlite3.Error as exc:
+            self._report("Could not save", f"The conversation could not be imported: "
+                                           f"{why_not_saved(self.store, exc)}. Nothing was added.")
+            return
+        self.open_conversation(cid)
+        self.sidebar.refresh(cid)
+        self.statusBar().showMessage(f"Imported “{imported.title}”: {len(imported.messages)} messages", 10_000)
 
     def use_settings_for_new(self) -> None:
         save_new_conversation_defaults(self.settings, {"system_prompt": self.system_prompt.text(),

@@ -119,18 +119,26 @@ class _StopOnCtrlC:
     raising KeyboardInterrupt wherever the model happens to be (between two steps of streaming bookkeeping,
     say). Only on the main thread, where Python delivers signals; elsewhere KeyboardInterrupt still stops."""
 
+    _UNSET = object()
+
     def __init__(self):
         self.event = threading.Event()
-        self._previous = None
+        self._previous = self._UNSET
+
+    def _handle(self, _sig, _frame) -> None:
+        if self.event.is_set():  # a second Ctrl+C: the step it waits for is long (a prefill): stop now
+            raise KeyboardInterrupt
+        self.event.set()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, lambda _sig, _frame: self.event.set())
+            self._previous = signal.signal(signal.SIGINT, self._handle)
         return self.event
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not self._UNSET:
+            # (None: a handler not set from Python; Python's own is the one to give back)
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
         return False
 
 

@@ -164,19 +164,36 @@ def _penalties(body: dict) -> dict:
     return {**out, "penalty_last_n": last_n}
 
 
-@functools.lru_cache(maxsize=8)
-def template_variables(template) -> frozenset[str]:
-    """The names a chat template reads from its context (jinja2.meta); a template set (a dict of named
-    templates) or one that does not parse: none."""
-    import jinja2
-    from jinja2 import meta
+def template_variables(template, tools: bool = False) -> frozenset[str] | None:
+    """The names a chat template reads from its context (jinja2.meta), or None when that cannot be told (a
+    template jinja cannot parse here: then everything is passed on, as before this check). A set of named
+    templates (Hermes, Command-R: {"default": ..., "tool_use": ...}, or transformers' list of them) is read
+    as transformers picks from it: "tool_use" with tools, else "default"."""
+    if isinstance(template, list):
+        template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+    if isinstance(template, dict):
+        template = template.get("tool_use" if tools and "tool_use" in template else "default")
+    return _string_template_variables(template) if isinstance(template, str) else None
 
-    if not isinstance(template, str):
-        return frozenset()
+
+@functools.lru_cache(maxsize=8)
+def _string_template_variables(template: str) -> frozenset[str] | None:
+    import jinja2
+    from jinja2 import ext, meta
+
+    class Generation(ext.Extension):  # transformers' {% generation %} marks (TRL fine-tunes): ignored here
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
     try:
-        return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
+        env = jinja2.Environment(extensions=[ext.loopcontrols, Generation])
+        return frozenset(meta.find_undeclared_variables(env.parse(template)))
     except jinja2.TemplateError:
-        return frozenset()
+        return None
 
 
 def _template_kwargs(body: dict) -> dict | None:
@@ -336,10 +353,10 @@ class Backend:
             try:
                 # Only the variables this template reads: others would do nothing, or clash with
                 # apply_chat_template's own arguments (a TypeError).
-                used = template_variables(self._encoder.tokenizer.chat_template)
-                template_kwargs = {k: v for k, v in (template_kwargs or {}).items() if k in used}
+                used = template_variables(self._encoder.tokenizer.chat_template, bool(tools))
+                template_kwargs = {k: v for k, v in (template_kwargs or {}).items() if used is None or k in used}
                 if tools:
-                    if "tools" not in used:
+                    if used is not None and "tools" not in used:
                         raise bad(f"model {self.name}'s chat template has no tools: it was not trained to call them",
                                   "tools")
                     template_kwargs["tools"] = tools

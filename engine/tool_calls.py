@@ -16,7 +16,9 @@ import re
 import uuid
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+# To its closing tag, the next opening one (a call left unclosed must not swallow the next), or the end.
+CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|(?=<tool_call>)|$)", re.DOTALL)
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 class ToolError(ValueError):
@@ -85,8 +87,11 @@ def template_message(m: dict, i: int) -> dict:
 def split_tool_calls(text: str) -> tuple[str | None, list[dict]]:
     """(the text outside the calls, or None when there is none; the calls in OpenAI's form). A block whose
     JSON does not parse, or that names no function, stays text: the client sees what the model wrote."""
-    calls, kept, last = [], [], 0
-    for match in CALL.finditer(text):
+    calls, kept, last = [], [], _after_thinking(text)
+    if last is None:
+        return text, []  # still thinking: a call written in a thought is not made
+    kept.append(text[:last])
+    for match in CALL.finditer(text, last):
         call = _call(match.group(1))
         if call is None:
             continue
@@ -99,6 +104,15 @@ def split_tool_calls(text: str) -> tuple[str | None, list[dict]]:
     return content or None, calls
 
 
+def _after_thinking(text: str) -> int | None:
+    """Where a reasoning model's answer proper starts (calls written while it thinks are not calls): after
+    its </think>; 0 without thinking; None while the thought is still open."""
+    close = text.rfind(THINK_CLOSE)
+    if close >= 0:
+        return close + len(THINK_CLOSE)
+    return None if text.lstrip().startswith(THINK_OPEN) else 0
+
+
 def _call(raw: str) -> dict | None:
     try:
         value = json.loads(raw)
@@ -106,10 +120,12 @@ def _call(raw: str) -> dict | None:
         return None
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
-    arguments = value.get("arguments", value.get("parameters", {}))
+    arguments = value.get("arguments", value.get("parameters"))
+    if arguments is None:
+        arguments = {}  # (a client calls f(**json.loads(arguments)))
     return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": value["name"],
-                         "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}}
+            "function": {"name": value["name"], "arguments": arguments if isinstance(arguments, str)
+                         else json.dumps(arguments, ensure_ascii=False)}}
 
 
 class ToolCallStream:

@@ -152,3 +152,17 @@ def test_input_ending_inside_a_message_of_several_lines_sends_it():
     session = fake_session()
     chat(session, ['"""', "first", "second"])
     assert session.history[0] == {"role": "user", "content": "first\nsecond"}
+
+
+def test_a_second_ctrl_c_stops_a_long_wait_at_once():
+    import signal
+
+    session = fake_session()
+
+    def decode(ids, room):
+        signal.raise_signal(signal.SIGINT)  # the first asks for a stop at the next step ...
+        signal.raise_signal(signal.SIGINT)  # ... which is long in coming (a prefill): the second stops now
+        yield StepEvent(0, (0,), "never")
+    session.decode = decode
+    code, out, err = chat(session, ["Hi", "/bye"])
+    assert code == 0 and "never" not in out and "[stopped]" in err

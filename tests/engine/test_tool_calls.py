@@ -121,3 +121,30 @@ def test_a_model_whose_template_has_no_tools_refuses_them(tmp_path):
         with pytest.raises(openai.BadRequestError, match="only tool_choice"):
             client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}],
                                            tools=[WEATHER], tool_choice="required")
+
+
+def test_a_call_left_open_does_not_swallow_the_next_and_thoughts_make_no_calls():
+    _content, [call] = split_tool_calls('<tool_call>{"name": "a", "argu\n' + CALL)
+    assert call["function"]["name"] == "get_weather"  # the broken one stays text, the next is still a call
+    thought = "<think>\nI could " + CALL + " but no.\n</think>\n\nIt is sunny."
+    assert split_tool_calls(thought) == (thought, [])
+    content, [call] = split_tool_calls("<think>\nfind out\n</think>\n\n" + CALL)
+    assert call["function"]["name"] == "get_weather" and content == "<think>\nfind out\n</think>"
+    assert split_tool_calls("<think>\nstill " + CALL)[1] == []  # a thought still open
+    _c, [bare] = split_tool_calls('<tool_call>{"name": "now", "arguments": null}</tool_call>')
+    assert bare["function"]["arguments"] == "{}"  # not "null": clients call f(**json.loads(arguments))
+    _c, [city] = split_tool_calls(CALL.replace("Paris", "Zürich"))
+    assert city["function"]["arguments"] == '{"city": "Zürich"}'
+
+
+def test_template_variables_of_template_sets_and_transformers_tags():
+    from engine.server import template_variables
+
+    tool_use = "{% for t in tools %}{{ t }}{% endfor %}{% for m in messages %}{% if loop.first %}{% break %}" \
+               "{% endif %}{% endfor %}"
+    named = {"default": "{% for m in messages %}{{ m.content }}{% endfor %}", "tool_use": tool_use}
+    assert template_variables(named) == {"messages"} and template_variables(named, tools=True) == {"tools", "messages"}
+    assert template_variables([{"name": "default", "template": "{{ messages }}"}]) == {"messages"}
+    assert template_variables("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}"
+                              "{% endfor %}") == {"messages"}  # a TRL fine-tune's template
+    assert template_variables("{% unknown_tag %}") is None  # cannot tell: kwargs and tools pass through
