@@ -251,11 +251,15 @@ class ConversationStore:
         with self.db:
             cid = self.db.execute(f"INSERT INTO conversations ({', '.join(values)})"
                                   f" VALUES ({', '.join('?' * len(values))})", tuple(values.values())).lastrowid
-            self.db.executemany(
-                "INSERT INTO messages (conversation_id, role, content, created, stats_json, complete)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(cid, m["role"], m["content"], m.get("created") or now, _json(m.get("stats")),
-                  int(m.get("complete", True))) for m in messages])
+            for m in messages:
+                mid = self.db.execute(
+                    "INSERT INTO messages (conversation_id, role, content, created, stats_json, complete)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", (cid, m["role"], m["content"], m.get("created") or now,
+                                                   _json(m.get("stats")), int(m.get("complete", True)))).lastrowid
+                self.db.executemany(
+                    "INSERT INTO answer_versions (message_id, content, created, stats_json, complete)"
+                    " VALUES (?, ?, ?, ?, ?)", [(mid, v["content"], v.get("created") or now, _json(v.get("stats")),
+                                                 int(v.get("complete", True))) for v in m.get("versions", ())])
         return cid
 
     def get(self, cid: int) -> Conversation | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.files import replace
 
-from .conversations import DECODING, Conversation, Message
+from .conversations import DECODING, Conversation, Message, Version
 from .thinking import split_thinking
 
 UNTITLED = "Untitled conversation"
@@ -49,13 +49,24 @@ def to_markdown(conv: Conversation, messages: list[Message]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def to_json(conv: Conversation, messages: list[Message]) -> str:
+def to_json(conv: Conversation, messages: list[Message], versions: dict[int, list[Version]] | None = None) -> str:
+    """`versions`: an answer's other versions (ConversationStore.versions), kept under it so Import brings
+    them back; a tool reading the message list sees the version shown."""
+    versions = versions or {}
+
+    def entry(m: Message) -> dict:
+        out = {"role": m.role, "content": m.content, "created": m.created, "complete": m.complete,
+               **({"stats": m.stats} if m.stats else {})}
+        if versions.get(m.id):
+            out["versions"] = [{"content": v.content, "created": v.created, "complete": v.complete,
+                                **({"stats": v.stats} if v.stats else {})} for v in versions[m.id]]
+        return out
+
     data = {"title": conv.title, "created": conv.created, "updated": conv.updated,
             "system_prompt": conv.system_prompt,
             "settings": {name: getattr(conv, name) for name in DECODING},
             "messages": ([{"role": "system", "content": conv.system_prompt}] if conv.system_prompt else [])
-            + [{"role": m.role, "content": m.content, "created": m.created, "complete": m.complete,
-                **({"stats": m.stats} if m.stats else {})} for m in messages]}
+            + [entry(m) for m in messages]}
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -68,12 +79,13 @@ def target(path: str | Path, chosen_filter: str = "") -> Path:
     return path
 
 
-def export(conv: Conversation, messages: list[Message], path: str | Path) -> Path:
+def export(conv: Conversation, messages: list[Message], path: str | Path,
+           versions: dict[int, list[Version]] | None = None) -> Path:
     """Write the conversation to `path`: JSON for a .json name, else Markdown. Written to a temporary
     name and renamed, so a failed write never leaves half a file; text that cannot be UTF-8 (a lone
     surrogate pasted in) is replaced, not a failure."""
     path = Path(path)
-    text = to_json(conv, messages) if path.suffix.lower() == ".json" else to_markdown(conv, messages)
+    text = to_json(conv, messages, versions) if path.suffix.lower() == ".json" else to_markdown(conv, messages)
     tmp = path.with_name(path.name + ".part")
     try:
         tmp.write_text(text, encoding="utf-8", errors="replace")

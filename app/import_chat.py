@@ -58,9 +58,8 @@ def parse(data, name: str = "Imported conversation") -> Imported:
         created = m.get("created")
         stats = m.get("stats") if ours and isinstance(m.get("stats"), dict) else None
         messages.append({"role": role, "content": content, "stats": stats,
-                         "complete": m.get("complete") is not False,
-                         "created": created if isinstance(created, (int, float)) and math.isfinite(created)
-                         else None})
+                         "complete": m.get("complete") is not False, "created": _time(created),
+                         "versions": _versions(m.get("versions"), i) if ours and role == "assistant" else []})
     if not messages:
         raise ValueError("no user or assistant messages")
     title = data.get("title") if isinstance(data, dict) else None
@@ -69,6 +68,24 @@ def parse(data, name: str = "Imported conversation") -> Imported:
         title = title_from(first) or name
     settings = decoding_settings(data["settings"]) if ours else {}
     return Imported(title.strip()[:TITLE_CHARS * 4], system, settings, messages)
+
+
+def _time(value) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def _versions(value, i: int) -> list[dict]:
+    """An exported answer's other versions (Regenerate's, Edit answer's): content, created, complete, stats."""
+    if not isinstance(value, list):
+        return []
+    out = []
+    for v in value:
+        if not isinstance(v, dict):
+            raise ValueError(f"message {i + 1}: a version is not an object")
+        out.append({"content": _text(v.get("content"), i), "created": _time(v.get("created")),
+                    "complete": v.get("complete") is not False,
+                    "stats": v.get("stats") if isinstance(v.get("stats"), dict) else None})
+    return out
 
 
 def _text(value, i: int) -> str:

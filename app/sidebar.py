@@ -142,7 +142,11 @@ class ConversationSidebar(QWidget):
                 self, "Replace file", f"{path.name} exists already. Replace it?"):
             return
         try:
-            export.export(conv, self.read_messages(cid), path)
+            versions = {mid: self.store.versions(mid) for mid in self.store.version_positions(cid)}
+        except sqlite3.Error:
+            versions = {}  # (the answers shown are what matters)
+        try:
+            export.export(conv, self.read_messages(cid), path, versions)
         except OSError as exc:
             dialogs.show_error(self, "Export failed", f"Could not write {path}: {exc.strerror or exc}")
 

@@ -23,9 +23,12 @@ def test_an_export_comes_back_as_it_was(qtbot, make_window, tmp_path):
     window.sampling.preset.setCurrentText("balanced")
     window.sampling.top_k.setValue(40)
     answer(qtbot, window)
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.chat_actions.regenerate.click()  # the first answer kept as a version
     conv = window.store.get(window.conversation.id)
     before = window.store.messages(conv.id)
-    path = export.export(conv, before, tmp_path / "chat.json")
+    kept = window.store.versions(before[1].id)
+    path = export.export(conv, before, tmp_path / "chat.json", {before[1].id: kept})
     window.new_conversation()
     window.import_conversation(str(path))
     copy = window.store.get(window.conversation.id)
@@ -35,6 +38,9 @@ def test_an_export_comes_back_as_it_was(qtbot, make_window, tmp_path):
     assert [(m.role, m.content, m.created, m.stats, m.complete) for m in after] == \
         [(m.role, m.content, m.created, m.stats, m.complete) for m in before]
     assert recorded_answer() in window.transcript.toPlainText() and window.sampling.top_k.value() == 40
+    assert window.store.version_positions(copy.id) == {after[1].id: (2, 2)}  # the version came back too
+    assert [(v.content, v.created, v.stats) for v in window.store.versions(after[1].id)] == \
+        [(v.content, v.created, v.stats) for v in kept]
     assert "Imported" in window.statusBar().currentMessage()
     assert [c.id for c in window.store.conversations()][0] == copy.id  # listed, newest first
 
@@ -78,3 +84,19 @@ def test_parse_needs_no_window():
     imported = import_chat.parse({"messages": [{"role": "developer", "content": "Rules."},
                                                {"role": "user", "content": "hi"}]})
     assert imported.system_prompt == "Rules." and imported.title == "hi" and imported.settings == {}
+
+
+def test_the_sidebars_json_export_carries_the_versions(qtbot, make_window, tmp_path, monkeypatch):
+    from app import dialogs as app_dialogs
+
+    window = make_window(FakeBackend())
+    answer(qtbot, window)
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        window.chat_actions.regenerate.click()
+    path = tmp_path / "out.json"
+    monkeypatch.setattr(app_dialogs, "ask_save_path", lambda *a: (str(path), "JSON (*.json)"))
+    window.sidebar.export()
+    data = json.loads(path.read_text())
+    [_user, answered] = data["messages"]
+    assert answered["content"] == recorded_answer() and len(answered["versions"]) == 1
+    assert answered["versions"][0]["content"] == recorded_answer() and "stats" in answered["versions"][0]
