@@ -130,13 +130,18 @@ def get_model(name: str) -> ModelInfo:
     return info
 
 
+def names_a_path(name_or_path: str) -> bool:
+    """Whether a model is named by a path rather than a store name (a Qt dialog's C:/x/y too)."""
+    return os.sep in name_or_path or "/" in name_or_path
+
+
 def model_available(name_or_path: str) -> bool:
     """Whether `resolve_model` would find it, without importing anything (the default model counts: it is
     imported from its package when first needed)."""
     if name_or_path == DEFAULT_MODEL:
         return True
     p = Path(name_or_path).expanduser()
-    if os.sep in name_or_path or "/" in name_or_path or p.is_dir():
+    if names_a_path(name_or_path) or p.is_dir():
         return p.is_dir() and (p / "config.json").is_file()
     folder = models_dir() / name_or_path
     return bool(NAME_RE.match(name_or_path)) and folder.is_dir() and _read_manifest(folder) is not None
@@ -147,7 +152,7 @@ def resolve_model(name_or_path: str) -> tuple[Path, str]:
     p = Path(name_or_path).expanduser()
     if p.is_dir() and (p / "config.json").is_file():
         return p, p.name
-    if p.is_dir() or os.sep in name_or_path or "/" in name_or_path:  # a Qt dialog's C:/x/y too
+    if p.is_dir() or names_a_path(name_or_path):
         raise SubspecError(f"{name_or_path} is not a model folder (no config.json)")
     ensure_default_model()
     info = get_model(name_or_path)
@@ -238,7 +243,7 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
         else:
             _validate_folder(source)
             progress(f"copying {source} ...")
-            files = [f for f in source.iterdir() if _model_file(f)]
+            files = _model_files(source)
             total, done = sum(f.stat().st_size for f in files), 0
             check_free_space(tmp.parent, total, source.name)
             for f in files:
@@ -255,30 +260,13 @@ def import_model(source: str | Path, name: str | None = None, progress: Progress
             fs.rmtree(tmp, ignore_errors=True)
 
 
-def _model_file(f: Path) -> bool:
-    """Whether a model folder's file is one a model needs: its weights and the small files beside them. With
-    a shard index, only the shards it lists: Mistral's folders also hold consolidated.safetensors (the
-    same weights in another layout, which the loader never reads)."""
-    if not f.is_file() or not (f.name in AUX_FILES or f.suffix == ".safetensors"):
-        return False
-    return f.suffix != ".safetensors" or f.name in _indexed_shards(f.parent)
+def _model_files(folder: Path) -> list[Path]:
+    """The files of a (validated) model folder that a model needs: the small ones beside the weights, and the
+    weights the loader reads (engine.loading.safetensors_files: with a shard index, only the shards it
+    lists; Mistral's folders also hold consolidated.safetensors, the same weights in another layout)."""
+    from .loading import safetensors_files
 
-
-def _indexed_shards(folder: Path) -> set[str] | _Everything:
-    index = folder / "model.safetensors.index.json"
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return set(weight_map.values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return _EVERYTHING  # no index (one file), or a bad one: loading says what is wrong with it
-
-
-class _Everything:
-    def __contains__(self, _name) -> bool:
-        return True
-
-
-_EVERYTHING = _Everything()
+    return [f for f in folder.iterdir() if f.is_file() and f.name in AUX_FILES] + safetensors_files(folder)
 
 
 def install_folder(folder: Path, name: str, source: str, extra: dict | None = None) -> ModelInfo:
@@ -290,8 +278,9 @@ def install_folder(folder: Path, name: str, source: str, extra: dict | None = No
     from .loading import load_tokenizer
 
     load_tokenizer(folder)  # a model whose tokenizer cannot load is not usable: fail the install now
+    needed = set(_model_files(folder))
     for f in folder.iterdir():
-        if not _model_file(f):
+        if f not in needed:
             fs.rmtree(f) if f.is_dir() else f.unlink()
     info = ModelInfo(name=name, path="", architecture=config.architecture,
                      parameters=config.parameter_count, dtype=_stored_dtype(folder),
