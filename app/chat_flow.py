@@ -125,10 +125,7 @@ class ChatFlow:
                                            f" The answer is as it was.")
             return
         self._measured.pop(mid, None)
-        bar = self.transcript.verticalScrollBar()
-        at = bar.value()
-        self._on_theme_changed()  # redrawn from the store, the history with it
-        bar.setValue(min(at, bar.maximum()))
+        self._redraw_in_place()
         self._after_request()
 
     def set_editing(self, on: bool) -> None:

@@ -235,22 +235,25 @@ class ConversationStore:
         if unknown:
             raise ValueError(f"not a sampling setting: {sorted(unknown)}")
         now = time.time()
-        values = {"title": title, "created": now, "updated": now, "system_prompt": system_prompt,
-                  "preset": preset, "temperature": temperature, "top_p": top_p, **sampling}
         with self.db:
-            cur = self.db.execute(f"INSERT INTO conversations ({', '.join(values)})"
-                                  f" VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
-        return self.get(cur.lastrowid)
+            cid = self._insert_conversation({"title": title, "created": now, "updated": now,
+                                             "system_prompt": system_prompt, "preset": preset,
+                                             "temperature": temperature, "top_p": top_p, **sampling})
+        return self.get(cid)
+
+    def _insert_conversation(self, values: dict) -> int:
+        """A conversations row from named columns (inside the caller's transaction); its id."""
+        return self.db.execute(f"INSERT INTO conversations ({', '.join(values)})"
+                               f" VALUES ({', '.join('?' * len(values))})", tuple(values.values())).lastrowid
 
     def import_conversation(self, title: str, system_prompt: str, settings: dict, messages: list[dict]) -> int:
         """A whole conversation in one transaction (app.import_chat's): a failure leaves nothing half made.
         `settings`: DECODING's; messages: role, content, complete, stats and created (None: now)."""
         now = time.time()
-        values = {"title": title, "created": now, "updated": now, "system_prompt": system_prompt,
-                  **{k: v for k, v in settings.items() if k in DECODING}}
         with self.db:
-            cid = self.db.execute(f"INSERT INTO conversations ({', '.join(values)})"
-                                  f" VALUES ({', '.join('?' * len(values))})", tuple(values.values())).lastrowid
+            cid = self._insert_conversation({"title": title, "created": now, "updated": now,
+                                             "system_prompt": system_prompt,
+                                             **{k: v for k, v in settings.items() if k in DECODING}})
             for m in messages:
                 mid = self.db.execute(
                     "INSERT INTO messages (conversation_id, role, content, created, stats_json, complete)"
@@ -353,18 +356,20 @@ class ConversationStore:
     def save_version(self, m: Message) -> int:
         """Keeps answer `m` as it is now as one of its versions (before its row is written anew)."""
         with self.db:
-            cur = self.db.execute("INSERT INTO answer_versions (message_id, content, created, stats_json, complete)"
-                                  " VALUES (?, ?, ?, ?, ?)", (m.id, m.content, m.created, _json(m.stats),
-                                                              int(m.complete)))
-        return cur.lastrowid
+            return self._keep_as_version(m)
+
+    def _keep_as_version(self, m: Message) -> int:
+        """Answer `m` as it is now into answer_versions (inside the caller's transaction); the version's id."""
+        return self.db.execute("INSERT INTO answer_versions (message_id, content, created, stats_json, complete)"
+                               " VALUES (?, ?, ?, ?, ?)", (m.id, m.content, m.created, _json(m.stats),
+                                                           int(m.complete))).lastrowid
 
     def rewrite_answer(self, m: Message, text: str, stats: dict) -> None:
         """Answer `m` says `text` from now on (the user edited it); what it said is kept as a version. One
         transaction: a failure leaves the answer and its versions as they were."""
         now = time.time()
         with self.db:
-            self.db.execute("INSERT INTO answer_versions (message_id, content, created, stats_json, complete)"
-                            " VALUES (?, ?, ?, ?, ?)", (m.id, m.content, m.created, _json(m.stats), int(m.complete)))
+            self._keep_as_version(m)
             self.db.execute("UPDATE messages SET content = ?, complete = 1, stats_json = ?, created = ? WHERE id = ?",
                             (text, _json(stats), max(now, m.created), m.id))
             self.db.execute("UPDATE conversations SET updated = ? WHERE id = "

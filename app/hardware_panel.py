@@ -41,10 +41,7 @@ MAX_REMEMBERED = 64  # models whose load options are kept (the most recently loa
 def load_options_for(settings, model: str) -> dict | None:
     """The options `model` was last loaded with (what app.backend.TorchBackend takes), or None; a value a
     hand-edited file garbled is left out, as if never chosen."""
-    try:
-        saved = json.loads(str(settings.value(LOAD_OPTIONS_KEY, "{}"))).get(model)
-    except (ValueError, AttributeError):
-        return None
+    saved = _all_load_options(settings).get(model)
     if not isinstance(saved, dict):
         return None
     checks = {"reserve_gb": lambda v: isinstance(v, (int, float)) and 0 <= v <= RESERVE_MAX_GB,
@@ -54,6 +51,7 @@ def load_options_for(settings, model: str) -> dict | None:
 
 
 def _all_load_options(settings) -> dict:
+    """The saved {model: options}; a file that garbled it reads as none saved."""
     try:
         saved = json.loads(str(settings.value(LOAD_OPTIONS_KEY, "{}")))
     except ValueError:

@@ -3,7 +3,6 @@ the method and sampling settings in the toolbar. Every turn is saved as it happe
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,7 @@ from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton,
                                QSplitter, QVBoxLayout, QWidget)
 
-from engine.store import DEFAULT_MODEL, model_available
+from engine.store import DEFAULT_MODEL, model_available, names_a_path
 
 from . import dialogs, import_chat, shortcuts, theme
 from .actions import ChatActions
@@ -489,7 +488,7 @@ class MainWindow(ChatFlow, QMainWindow):
     def _model_key(model: str) -> str:
         """How a model is named in the settings: a store name as it is, a folder by its absolute path (a
         relative one means nothing from another working folder)."""
-        if os.sep in model or "/" in model:
+        if names_a_path(model):
             return str(Path(model).expanduser().resolve())
         return model
 
@@ -626,10 +625,7 @@ class MainWindow(ChatFlow, QMainWindow):
             return
         if moved:
             self._measured.pop(mid, None)  # (the comparison's speed was the other version's)
-            bar = self.transcript.verticalScrollBar()
-            at = bar.value()
-            self._on_theme_changed()  # redrawn from the store, the history with it
-            bar.setValue(min(at, bar.maximum()))
+            self._redraw_in_place()
             self._after_request()
 
     def toggle_thinking(self) -> None:
@@ -637,6 +633,11 @@ class MainWindow(ChatFlow, QMainWindow):
         where the transcript was (after the answer, when one is streaming)."""
         self.transcript.show_thinking = not self.transcript.show_thinking
         self.settings.setValue("show_thinking", "true" if self.transcript.show_thinking else "false")
+        self._redraw_in_place()
+
+    def _redraw_in_place(self) -> None:
+        """The conversation drawn again from the store (the history with it), where the transcript was
+        scrolled to; mid-answer, once the answer ends (_on_theme_changed waits for it)."""
         bar = self.transcript.verticalScrollBar()
         at = bar.value()
         self._on_theme_changed()

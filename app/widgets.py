@@ -354,7 +354,39 @@ def replace_text(box: QPlainTextEdit, text: str) -> None:
     box.setTextCursor(cursor)
 
 
-class SystemPromptEdit(QPlainTextEdit):
+class _GrowingTextEdit(QPlainTextEdit):
+    """A plain text box as tall as its lines (wrapped ones included) within height_bounds(); past them it
+    scrolls. Tab moves the focus on, as in a form."""
+
+    PADDING = 2  # pixels beyond the lines and margins
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setTabChangesFocus(True)
+        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_height())
+
+    def height_for(self, lines: int) -> float:
+        margins = self.contentsMargins()
+        return (lines * self.fontMetrics().lineSpacing() + 2 * self.document().documentMargin()
+                + margins.top() + margins.bottom() + self.PADDING)
+
+    def height_bounds(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def fit_height(self) -> None:
+        lines = max(int(self.document().documentLayout().documentSize().height()), 1)  # (lines, in a plain edit)
+        low, high = self.height_bounds()
+        height = int(min(max(self.height_for(lines), low), high))
+        if height != self.height():
+            self.setFixedHeight(height)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if event.oldSize().width() != event.size().width():  # narrower: more wrapped lines
+            self.fit_height()
+
+
+class SystemPromptEdit(_GrowingTextEdit):
     """The conversation's system prompt: one line until it has more (instructions often do), then up to
     MAX_LINES before it scrolls. Reads like the QLineEdit it replaced: text(), setText() and
     editingFinished (when the focus leaves it), so the window saves it as before."""
@@ -364,11 +396,12 @@ class SystemPromptEdit(QPlainTextEdit):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setTabChangesFocus(True)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_height())
         self.fit_height()
         self._finished_text = ""
+
+    def height_bounds(self) -> tuple[float, float]:
+        return self.height_for(1), self.height_for(self.MAX_LINES)
 
     def text(self) -> str:
         return self.toPlainText()
@@ -378,19 +411,6 @@ class SystemPromptEdit(QPlainTextEdit):
         if text != self.toPlainText():
             self.setPlainText(text)
 
-    def fit_height(self) -> None:
-        lines = min(max(int(self.document().documentLayout().documentSize().height()), 1), self.MAX_LINES)
-        margins = self.contentsMargins()
-        height = int(lines * self.fontMetrics().lineSpacing() + 2 * self.document().documentMargin()
-                     + margins.top() + margins.bottom() + 2)
-        if height != self.height():
-            self.setFixedHeight(height)
-
-    def resizeEvent(self, event) -> None:
-        super().resizeEvent(event)
-        if event.oldSize().width() != event.size().width():
-            self.fit_height()
-
     def focusOutEvent(self, event) -> None:
         super().focusOutEvent(event)
         if self.toPlainText() != self._finished_text:  # as QLineEdit: only after a change (a write each)
@@ -398,9 +418,10 @@ class SystemPromptEdit(QPlainTextEdit):
             self.editingFinished.emit()
 
 
-class PromptEdit(QPlainTextEdit):
+class PromptEdit(_GrowingTextEdit):
     """Enter submits, Shift+Enter inserts a newline, Esc asks to stop. Files dropped on it are attached
-    (files_dropped); dropped text is inserted as usual."""
+    (files_dropped); dropped text is inserted as usual. As tall as its lines between MIN_HEIGHT and
+    MAX_SHARE of the window: a long paste shows as a long message instead of three lines to scroll through."""
 
     submitted = Signal()
     stop_requested = Signal()
@@ -408,30 +429,15 @@ class PromptEdit(QPlainTextEdit):
 
     MIN_HEIGHT = 84  # about three lines: the box's height when empty or short
     MAX_SHARE = 0.4  # it grows with what is typed up to this share of the window, then scrolls
+    PADDING = 4
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setPlaceholderText("Message the model … (drop a text file here to attach it)")
-        self.setTabChangesFocus(True)
         self.setFixedHeight(self.MIN_HEIGHT)
-        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_height())
 
-    def fit_height(self) -> None:
-        """As tall as its lines (wrapped ones included), between MIN_HEIGHT and MAX_SHARE of the window: a
-        long paste shows as a long message instead of three lines to scroll through."""
-        lines = max(int(self.document().documentLayout().documentSize().height()), 1)  # (lines, in a plain edit)
-        margins = self.contentsMargins()
-        wanted = (lines * self.fontMetrics().lineSpacing() + 2 * self.document().documentMargin()
-                  + margins.top() + margins.bottom() + 4)
-        cap = max(self.MIN_HEIGHT, int(self.window().height() * self.MAX_SHARE))
-        height = int(min(max(wanted, self.MIN_HEIGHT), cap))
-        if height != self.height():
-            self.setFixedHeight(height)
-
-    def resizeEvent(self, event) -> None:
-        super().resizeEvent(event)
-        if event.oldSize().width() != event.size().width():  # narrower: more wrapped lines
-            self.fit_height()
+    def height_bounds(self) -> tuple[float, float]:
+        return self.MIN_HEIGHT, max(self.MIN_HEIGHT, int(self.window().height() * self.MAX_SHARE))
 
     @staticmethod
     def _files(mime) -> list[str]:
