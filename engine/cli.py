@@ -116,6 +116,18 @@ def _sampling(args):
                           penalty_last_n=args.penalty_last_n)
 
 
+def _answer_options(p) -> None:
+    """How one answer is drawn (generate's and chat's): sampling, penalties, seed and stop strings."""
+    p.add_argument("--temperature", type=cli_types.non_negative, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens less likely than this fraction of the likeliest (default 0: none)")
+    _penalty_options(p)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
 def _penalty_options(p) -> None:
     p.add_argument("--repetition-penalty", type=cli_types.positive, default=1.0,
                    help="make every token of the context less likely, prompt included: > 1 (default 1: none; "
@@ -612,14 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the model's chat template (default: on)")
     g.add_argument("--system", help="system prompt (chat mode)")
     g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=cli_types.non_negative, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--min-p", type=float, default=0.0,
-                   help="drop tokens less likely than this fraction of the likeliest (default 0: none)")
-    _penalty_options(g)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    _answer_options(g)
     g.add_argument("--method", choices=["vanilla", "subspec"], default="vanilla",
                    help="vanilla: plain decoding (default); subspec: the substitute draft and a tree")
     _model_options(g)
@@ -682,13 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", nargs="?", help="a store name or a model folder (default: SmolLM2-135M-Instruct)")
     c.add_argument("--system", help="system prompt (/system changes it during the chat)")
     c.add_argument("--max-new-tokens", type=int, default=512, help="the longest answer (default 512)")
-    c.add_argument("--temperature", type=cli_types.non_negative, default=0.0, help="0 = greedy (default)")
-    c.add_argument("--top-p", type=float, default=1.0)
-    c.add_argument("--top-k", type=int, default=0)
-    c.add_argument("--min-p", type=float, default=0.0)
-    _penalty_options(c)
-    c.add_argument("--seed", type=int)
-    c.add_argument("--stop", action="append", help="stop string (repeatable)")
+    _answer_options(c)
     c.add_argument("--method", choices=["vanilla", "subspec"],
                    help="decoding method (default: subspec on CUDA, vanilla on the CPU)")
     _model_options(c)
