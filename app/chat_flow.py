@@ -249,7 +249,7 @@ class ChatFlow:
         except sqlite3.Error:
             position = None
         end_answer(self.transcript, summary["finish_reason"], stats, text,
-                   (answer_id, *position, True) if position else None)
+                   (answer_id, *position, True) if position else None, branch=answer_id if saved else None)
         self.history = history_of(self._saved())
         self.stats_label.setText(format_stats(summary))
         self._after_request()

@@ -1,4 +1,5 @@
-"""The Conversation menu: a new conversation, and the settings new conversations start with.
+"""The Conversation menu: a new conversation, an imported or a branched one, and the settings new conversations
+start with.
 
 A user who always wants a system prompt, a sampling preset or a repetition penalty sets them once: "Use these
 settings for new conversations" keeps the open conversation's system prompt and decoding settings (the
@@ -59,6 +60,11 @@ def add_conversation_menu(window: QMainWindow) -> QMenu:
     imported.setObjectName("import_conversation")
     imported.setToolTip("Open a conversation saved as JSON: this app's export, or an OpenAI-style message list")
     imported.triggered.connect(window.import_conversation)
+    branch = menu.addAction("Branch")
+    branch.setObjectName("branch_conversation")
+    branch.setToolTip("A copy of this conversation to go on another way (each answer's Branch link copies it "
+                      "up to that answer); this one stays as it is")
+    branch.triggered.connect(lambda: window.branch_conversation())
     menu.addSeparator()
     use = menu.addAction("Use these settings for new conversations")
     use.setObjectName("use_settings_for_new")
@@ -71,4 +77,5 @@ def add_conversation_menu(window: QMainWindow) -> QMenu:
     reset.triggered.connect(window.reset_new_defaults)
     menu.setToolTipsVisible(True)
     menu.aboutToShow.connect(lambda: reset.setEnabled(has_saved_defaults(window.settings)))
+    menu.aboutToShow.connect(lambda: branch.setEnabled(window.conversation is not None and not window.busy))
     return menu

@@ -265,6 +265,22 @@ class ConversationStore:
                                                  int(v.get("complete", True))) for v in m.get("versions", ())])
         return cid
 
+    def branch(self, cid: int, upto: int) -> int:
+        """A new conversation holding conversation `cid` up to and including message `upto` (its messages,
+        their stats, times and other versions, its system prompt and decoding settings), to go on from there
+        another way; the original is left as it is. One transaction (import_conversation's); the new id."""
+        conv = self.get(cid)
+        kept = [m for m in self.messages(cid) if m.id <= upto]
+        if conv is None or not kept or kept[-1].id != upto:
+            raise ValueError(f"conversation {cid} has no message {upto}")
+        messages = [{"role": m.role, "content": m.content, "complete": m.complete, "stats": m.stats,
+                     "created": m.created,
+                     "versions": [{"content": v.content, "created": v.created, "stats": v.stats,
+                                   "complete": v.complete} for v in self.versions(m.id)]} for m in kept]
+        title = f"{conv.title or title_from(kept[0].content)} (branch)"
+        return self.import_conversation(title, conv.system_prompt,
+                                        {name: getattr(conv, name) for name in DECODING}, messages)
+
     def get(self, cid: int) -> Conversation | None:
         row = self.db.execute(f"SELECT {self._columns} FROM conversations WHERE id = ?", (cid,)).fetchone()
         return _conversation(row) if row else None

@@ -149,6 +149,7 @@ class MainWindow(ChatFlow, QMainWindow):
         self.transcript.earlier_requested.connect(self._show_earlier)
         self.transcript.thinking_toggled.connect(self.toggle_thinking)
         self.transcript.version_requested.connect(self.switch_version)
+        self.transcript.branch_requested.connect(self.branch_conversation)
         self.transcript.show_thinking = self.settings.value("show_thinking", "false") in ("true", True)
         self.notice = NoticeBar()
         self.notice.button.clicked.connect(self._retry_load)
@@ -348,6 +349,36 @@ class MainWindow(ChatFlow, QMainWindow):
         self.open_conversation(cid)
         self.sidebar.refresh(cid)
         self.statusBar().showMessage(f"Imported “{imported.title}”: {len(imported.messages)} messages", 10_000)
+
+    def branch_conversation(self, mid: int | None = None) -> None:
+        """An answer's Branch (Conversation > Branch: the last message): a new conversation holding the open
+        one up to that answer, with its settings, opened to go on from there another way (a new question, a
+        regenerated answer). The open conversation stays as it is."""
+        if self.conversation is None:
+            return
+        if self.busy:
+            self.statusBar().showMessage("Branch when the answer in progress is done", 10_000)
+            return
+        self._write_unsaved(now=True)
+        saved = self._saved()
+        if mid is None and saved:
+            mid = saved[-1].id
+        if mid is None or mid not in {m.id for m in saved}:
+            self.statusBar().showMessage("Nothing to branch from: this conversation has no such message", 10_000)
+            return
+        if any(m.id in self._unsaved for m in saved if m.id <= mid):
+            self.statusBar().showMessage("This answer is not saved yet (the disk refused it); branch once it "
+                                         "is", 10_000)
+            return
+        try:
+            cid = self.store.branch(self.conversation.id, mid)
+        except sqlite3.Error as exc:
+            self._report("Could not save", f"The branch could not be saved: {why_not_saved(self.store, exc)}. "
+                                           f"Nothing was added.")
+            return
+        title = self.store.get(cid).title
+        self.open_conversation(cid)
+        self.statusBar().showMessage(f"Branched into “{title}”; the original is unchanged", 10_000)
 
     def use_settings_for_new(self) -> None:
         save_new_conversation_defaults(self.settings, {"system_prompt": self.system_prompt.text(),

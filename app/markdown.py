@@ -19,6 +19,7 @@ from .thinking import Thinking
 EARLIER_SCHEME = "subspec-earlier"  # the transcript's "show the earlier messages" link
 THINKING_SCHEME = "subspec-thinking"  # an answer's "Show"/"Hide" of its thinking
 VERSION_SCHEME = "subspec-version"  # an answer's ‹ and ›: "subspec-version:<message id>:<-1 or 1>"
+BRANCH_SCHEME = "subspec-branch"  # an answer's "Branch": "subspec-branch:<message id>"
 COPY_SCHEME = "subspec-copy"  # an href scheme of our own, so a link in model text cannot reach the shell
 FEATURES = QTextDocument.MarkdownFeature.MarkdownDialectGitHub | QTextDocument.MarkdownFeature.MarkdownNoHTML
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")

@@ -32,9 +32,9 @@ def format_answer_stats(stats: dict) -> str:
 
 
 def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | None, text: str = "",
-               version: tuple[int, int, int, bool] | None = None) -> None:
+               version: tuple[int, int, int, bool] | None = None, branch: int | None = None) -> None:
     """`version`: (message id, the shown version's number, how many, whether they may be switched now) of an
-    answer with other versions (Regenerate keeps them)."""
+    answer with other versions (Regenerate keeps them); `branch`: the saved answer's id, for its Branch link."""
     if finish_reason == "length" and not split_thinking(text).done:
         # A reasoning model's thinking often outruns the default answer length: say what to do about it.
         transcript.add_note("cut at the length limit while still thinking: Continue goes on, and More > Answer "
@@ -43,11 +43,11 @@ def end_answer(transcript: Transcript, finish_reason: str | None, stats: dict | 
         transcript.add_note(END_NOTES[finish_reason])
     for note in (stats or {}).get("notes", []):  # what the engine changed to answer (e.g. a rolling context)
         transcript.add_note(note)
-    if stats and "new_tokens" in stats:
+    measured = bool(stats and "new_tokens" in stats)  # an edited or imported answer has no token counts
+    if measured or version is not None or branch is not None:
         # Copy copies the answer, not a reasoning model's thinking before it.
-        transcript.add_stats(format_answer_stats(stats), copy_text=answer_text(text) or None, version=version)
-    elif version is not None:
-        transcript.add_stats("", version=version)
+        transcript.add_stats(format_answer_stats(stats) if measured else "", copy_text=answer_text(text) or None,
+                             version=version, branch=branch)
     if stats and "compare" in stats:
         transcript.add_stats("Compared: " + format_comparison(stats["compare"]))
     transcript.end_answer()
@@ -75,7 +75,7 @@ def replay(transcript: Transcript, messages: list[Message], keep: int | None = N
                 transcript.begin_assistant(stats.get("model", "Assistant"), m.content)
                 position = versions.get(m.id)
                 end_answer(transcript, stats.get("finish_reason") if m.complete else "interrupted", stats,
-                           m.content, (m.id, *position, m is messages[-1]) if position else None)
+                           m.content, (m.id, *position, m is messages[-1]) if position else None, branch=m.id)
     return history_of(messages)
 
 

@@ -32,6 +32,7 @@ class Transcript(QTextBrowser):
     earlier_requested = Signal()  # "Show them" above a long conversation's latest messages
     thinking_toggled = Signal()  # an answer's "Show"/"Hide" of its thinking: redraw with show_thinking flipped
     version_requested = Signal(int, int)  # an answer's ‹ or › under it: (message id, -1 or +1)
+    branch_requested = Signal(int)  # an answer's "Branch": a new conversation up to that answer (message id)
     BODY = _char_format()
 
     # Asked for at each use: the colors follow the appearance (app.theme), light or dark.
@@ -171,35 +172,44 @@ class Transcript(QTextBrowser):
         self._insert(f"{space}[{text}]", self.NOTE)
 
     def add_stats(self, text: str, copy_text: str | None = None,
-                  version: tuple[int, int, int, bool] | None = None) -> None:
-        """A small grey line under an answer, with a link copying the answer when there is one, and with
-        `version` (message id, shown, count, switchable) "‹ 2/3 ›" to step through its versions."""
+                  version: tuple[int, int, int, bool] | None = None, branch: int | None = None) -> None:
+        """A small grey line under an answer, with a link copying the answer when there is one, with
+        `version` (message id, shown, count, switchable) "‹ 2/3 ›" to step through its versions, and with
+        `branch` (a saved answer's message id) a link that goes on from that answer in a new conversation."""
         self.end_answer()
         self.trailing_errors = []  # a stored line now follows them: they are no longer the latest
         cursor = self._end_cursor()
         cursor.insertBlock(QTextBlockFormat(), self.STATS)
         fmt = QTextCharFormat(self.STATS)
         fmt.setFontPointSize(max(self.font().pointSizeF() - 1.5, 6.0))
-        self._insert(text, fmt)
+
+        def link(label: str, href: str) -> None:
+            f = markdown.link_format(href)
+            f.setFontPointSize(fmt.fontPointSize())
+            self._insert(label, f)
+
+        parts = []  # each draws one part of the line; " · " between them
+        if text:
+            parts.append(lambda: self._insert(text, fmt))
         if copy_text is not None:
             self.copies.append(copy_text)
-            link = markdown.link_format(f"{markdown.COPY_SCHEME}:{len(self.copies) - 1}")
-            link.setFontPointSize(fmt.fontPointSize())
-            self._insert(" · ", fmt)
-            self._insert("Copy", link)
+            parts.append(lambda index=len(self.copies) - 1: link("Copy", f"{markdown.COPY_SCHEME}:{index}"))
+        if branch is not None:
+            parts.append(lambda: link("Branch", f"{markdown.BRANCH_SCHEME}:{branch}"))
         if version is not None:
-            mid, shown, count, switchable = version
-            if text or copy_text is not None:
+            def versions(mid: int, shown: int, count: int, switchable: bool) -> None:
+                for step, arrow in ((-1, "‹"), (0, None), (1, "›")):
+                    if arrow is None:
+                        self._insert(f" {shown}/{count} ", fmt)
+                    elif switchable and 1 <= shown + step <= count:
+                        link(arrow, f"{markdown.VERSION_SCHEME}:{mid}:{step}")
+                    else:
+                        self._insert(arrow, fmt)
+            parts.append(lambda: versions(*version))
+        for i, draw in enumerate(parts):
+            if i:
                 self._insert(" · ", fmt)
-            for step, arrow in ((-1, "‹"), (0, None), (1, "›")):
-                if arrow is None:
-                    self._insert(f" {shown}/{count} ", fmt)
-                elif switchable and 1 <= shown + step <= count:
-                    link = markdown.link_format(f"{markdown.VERSION_SCHEME}:{mid}:{step}")
-                    link.setFontPointSize(fmt.fontPointSize())
-                    self._insert(arrow, link)
-                else:
-                    self._insert(arrow, fmt)
+            draw()
 
     def add_earlier(self, count: int) -> None:
         """The line above a long conversation's latest messages: how many earlier ones are not shown, and a
@@ -236,6 +246,9 @@ class Transcript(QTextBrowser):
             mid, _, step = url.path().partition(":")
             with contextlib.suppress(ValueError):
                 self.version_requested.emit(int(mid), int(step))
+        elif url.scheme() == markdown.BRANCH_SCHEME:
+            with contextlib.suppress(ValueError):
+                self.branch_requested.emit(int(url.path()))
         elif url.scheme() == markdown.COPY_SCHEME:
             try:
                 self.copy(int(url.path()))

@@ -59,8 +59,8 @@ def test_a_code_block_is_monospace_and_its_copy_link_copies_the_code(qtbot, make
     assert not QTextCursor(prose).charFormat().fontFixedPitch()
     assert "```" not in t.toPlainText() and "python  Copy" in t.toPlainText()
 
-    [(text, href), (msg_text, msg_href)] = links(t)
-    assert text == msg_text == "Copy" and href.startswith(COPY_SCHEME + ":")
+    [(text, href), (msg_text, msg_href), (branch, _)] = links(t)  # the code's Copy, the answer's Copy and Branch
+    assert text == msg_text == "Copy" and href.startswith(COPY_SCHEME + ":") and branch == "Branch"
     QGuiApplication.clipboard().clear()
     t.anchorClicked.emit(QUrl(href))
     assert QGuiApplication.clipboard().text() == "print('hi')\nx = 1"
@@ -248,7 +248,7 @@ def test_thinking_is_a_line_under_the_answer_shown_on_request_and_copy_leaves_it
     text = t.toPlainText()
     assert "Thought · 6 words · Show" in text and "It is Paris." in text
     assert "atlas" not in text and "think>" not in text
-    [(show, href), (_copy, copy_href)] = links(t)
+    [(show, href), (_copy, copy_href), _branch] = links(t)
     assert show == "Show"
     QGuiApplication.clipboard().clear()
     t.anchorClicked.emit(QUrl(copy_href))

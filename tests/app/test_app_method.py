@@ -28,7 +28,7 @@ def test_on_a_gpu_subspec_is_on_with_a_48_by_6_tree(qtbot, make_window):
     assert (params["method"], params["depth"], params["width"], params["auto"]) == ("subspec", 48, 6, True)
     assert (summary["method"], summary["depth"], summary["width"], summary["auto"]) == ("subspec", 48, 6, True)
     assert summary["tau"] == pytest.approx(2.0)
-    assert window.transcript.toPlainText().endswith(" · τ 2.00 · SubSpec auto D≤48 W6 · Copy")
+    assert window.transcript.toPlainText().endswith(" · τ 2.00 · SubSpec auto D≤48 W6 · Copy · Branch")
     stats = window.store.messages(window.conversation.id)[1].stats
     assert stats["method"] == "subspec" and stats["depth"] == 48 and stats["auto"] is True
 
@@ -39,7 +39,7 @@ def test_on_a_cpu_plain_decoding_is_the_default_but_subspec_can_be_chosen(qtbot,
     assert m.toggle.isEnabled() and not m.toggle.isChecked() and not m.depth.isEnabled()
     answer(qtbot, window)
     assert window.backend.calls[0][1]["method"] == "vanilla"
-    assert window.transcript.toPlainText().endswith(" · τ 1.00 · plain · Copy")
+    assert window.transcript.toPlainText().endswith(" · τ 1.00 · plain · Copy · Branch")
     m.toggle.setChecked(True)
     m.depth.setValue(16)
     m.width.setValue(4)
@@ -47,7 +47,7 @@ def test_on_a_cpu_plain_decoding_is_the_default_but_subspec_can_be_chosen(qtbot,
     answer(qtbot, window, "again")
     params = window.backend.calls[1][1]
     assert (params["method"], params["depth"], params["width"], params["auto"]) == ("subspec", 16, 4, False)
-    assert window.transcript.toPlainText().endswith(" · SubSpec D16 W4 · Copy")
+    assert window.transcript.toPlainText().endswith(" · SubSpec D16 W4 · Copy · Branch")
 
 
 def test_a_backend_that_cannot_draft_keeps_subspec_off(qtbot, make_window):

@@ -99,7 +99,7 @@ def test_closing_mid_answer_keeps_it_as_interrupted(qtbot, make_window):
     [_user, partial] = again.store.messages(cid)
     assert partial.content.startswith(" w0") and not partial.complete
     assert again.history[-1]["content"] == partial.content
-    assert again.transcript.toPlainText().endswith(partial.content.strip() + " [interrupted]")  # Markdown trims
+    assert again.transcript.toPlainText().endswith(partial.content.strip() + " [interrupted]\nCopy · Branch")  # Markdown trims
 
 
 def test_a_failed_first_turn_leaves_nothing_behind(qtbot, make_window, dialogs):

@@ -96,7 +96,7 @@ def test_escape_stops_mid_answer(qtbot, make_window):
     answer = "".join(tokens)
     assert window.history[-1] == {"role": "assistant", "content": answer}
     assert window.transcript.toPlainText().endswith(answer.strip() + " [stopped]\n" + window.stats_label.text()
-                                                     + " · τ 1.00 · plain · Copy")
+                                                     + " · τ 1.00 · plain · Copy · Branch")
     assert STATS.match(window.stats_label.text()).group(1) == str(len(tokens))
     assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
 
