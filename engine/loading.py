@@ -191,12 +191,14 @@ class LoadedModel:
             return self.encode_messages(messages)
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
-    def encode_messages(self, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
+    def encode_messages(self, messages: list[dict], template_kwargs: dict | None = None,
+                        prefill: str = "") -> list[int]:
         """`template_kwargs`: variables for the chat template, e.g. Qwen3's enable_thinking (a template
-        that does not use one ignores it)."""
+        that does not use one ignores it). `prefill`: the answer's beginning, after the generation prompt
+        and tokenized with it (as the model saw such text in training)."""
         rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                                       **(template_kwargs or {}))
-        return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+        return list(self.tokenizer.encode(rendered + prefill, add_special_tokens=False))
 
     @property
     def thinking_switch(self) -> bool:

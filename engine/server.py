@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 from .errors import SubspecError
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
-from .tool_calls import ToolCallStream, ToolError, parse_tools, split_tool_calls, template_message
+from .tool_calls import ToolCallStream, ToolError, forced_call, parse_tools, split_tool_calls, template_message
 from .sampling import SamplingParams
 from .depth_control import control_for
 from .speculative import TreeShape
@@ -169,11 +169,18 @@ def template_variables(template, tools: bool = False) -> frozenset[str] | None:
     template jinja cannot parse here: then everything is passed on, as before this check). A set of named
     templates (Hermes, Command-R: {"default": ..., "tool_use": ...}, or transformers' list of them) is read
     as transformers picks from it: "tool_use" with tools, else "default"."""
+    template = chosen_template(template, tools)
+    return _string_template_variables(template) if template is not None else None
+
+
+def chosen_template(template, tools: bool = False) -> str | None:
+    """The template transformers renders with: of a set of named ones (Hermes, Command-R: {"default": ...,
+    "tool_use": ...}, or transformers' list of them), "tool_use" with tools, else "default"."""
     if isinstance(template, list):
         template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
     if isinstance(template, dict):
         template = template.get("tool_use" if tools and "tool_use" in template else "default")
-    return _string_template_variables(template) if isinstance(template, str) else None
+    return template if isinstance(template, str) else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -344,7 +351,9 @@ class Backend:
         return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops)
 
     def encode_chat(self, messages: list[dict], template_kwargs: dict | None = None,
-                    tools: list[dict] | None = None) -> list[int]:
+                    tools: list[dict] | None = None, prefill: str = "") -> list[int]:
+        """`prefill`: how the answer begins (engine.tool_calls.forced_call), written after the template's
+        generation prompt."""
         from jinja2 import TemplateError
 
         if not getattr(self._encoder.tokenizer, "chat_template", None):
@@ -360,11 +369,17 @@ class Backend:
                         raise bad(f"model {self.name}'s chat template has no tools: it was not trained to call them",
                                   "tools")
                     template_kwargs["tools"] = tools
+                if prefill:
+                    return self._encoder.encode_messages(messages, template_kwargs, prefill=prefill)
                 if template_kwargs:
                     return self._encoder.encode_messages(messages, template_kwargs)
                 return self._encoder.encode_messages(messages)
             except (TemplateError, ValueError, TypeError) as exc:
                 raise bad(f"the chat template rejected these messages: {exc}", "messages") from None
+
+    def chat_template(self, tools: bool = False) -> str | None:
+        """The chat template requests are rendered with (of a set, the one tools pick)."""
+        return chosen_template(getattr(self._encoder.tokenizer, "chat_template", None), tools)
 
     def encode_text(self, text: str) -> list[int]:
         with self._encode_lock:
@@ -740,12 +755,14 @@ class Handler(BaseHTTPRequestHandler):
         body = self._json_body()
         messages = parse_messages(body.get("messages"))
         self._check_common(body, chat=True)
+        backend = self.server.backend
         try:
             tools = parse_tools(body)
+            prefill = forced_call(body, tools, backend.chat_template(bool(tools)))
         except ToolError as exc:
             raise bad(str(exc), exc.param) from None
-        self._generate(body, self.server.backend.encode_chat(messages, _template_kwargs(body), tools), ChatShape,
-                       tools=bool(tools))
+        self._generate(body, backend.encode_chat(messages, _template_kwargs(body), tools, prefill), ChatShape,
+                       tools=bool(tools), prefill=prefill)
 
     def _completion(self):
         body = self._json_body()
@@ -792,7 +809,9 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(str(exc)) from None
         return GenRequest(list(prompt_ids), max_tokens, sampling, _stops(body))
 
-    def _generate(self, body: dict, prompt_ids: list, shape, tools: bool = False) -> None:
+    def _generate(self, body: dict, prompt_ids: list, shape, tools: bool = False, prefill: str = "") -> None:
+        """`prefill`: what the prompt already wrote of the answer (a forced tool call's opening): the answer
+        is read, and its calls parsed, from there."""
         stream = _bool(body, "stream")
         opts = body.get("stream_options") or {}
         include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
@@ -802,9 +821,9 @@ class Handler(BaseHTTPRequestHandler):
                 "model": self.server.backend.name}
         try:
             if stream:
-                self._stream(job, shape, meta, include_usage, tools)
+                self._stream(job, shape, meta, include_usage, tools, prefill)
             else:
-                self._collect(job, shape, meta, tools)
+                self._collect(job, shape, meta, tools, prefill)
         finally:
             job.cancel.set()  # a no-op after the end; stops the worker when the client went away
 
@@ -825,26 +844,29 @@ class Handler(BaseHTTPRequestHandler):
             if item is not None:
                 return item
 
-    def _collect(self, job: Job, shape, meta: dict, tools: bool = False) -> None:
+    def _collect(self, job: Job, shape, meta: dict, tools: bool = False, prefill: str = "") -> None:
         while isinstance(item := self._next(job), StepEvent):
             pass
         if isinstance(item, ApiError):
             raise item
         usage = self.server.backend.usage(item)
-        choice = shape.choice(item.text, _finish(item))
+        choice = shape.choice(prefill + item.text, _finish(item))
         if tools:
-            content, calls = split_tool_calls(item.text)
+            content, calls = split_tool_calls(prefill + item.text)
             if calls:
                 choice = {**choice, "message": {"role": "assistant", "content": content, "tool_calls": calls},
                           "finish_reason": "tool_calls"}
         self._send_json(200, {**meta, "object": shape.object, "choices": [choice], "usage": usage})
 
-    def _stream(self, job: Job, shape, meta: dict, include_usage: bool, tools: bool = False) -> None:
+    def _stream(self, job: Job, shape, meta: dict, include_usage: bool, tools: bool = False,
+                prefill: str = "") -> None:
         self._start_events()
         chunk = {**meta, "object": shape.chunk_object}
         if shape is ChatShape:
             self._event({**chunk, "choices": [shape.delta("", None, first=True)]})
         held = ToolCallStream() if tools else None  # a tool call goes out whole, once it can be parsed
+        if held is not None:
+            held.feed(prefill)  # a forced call's opening: held (it begins with <tool_call>) with what follows
         while isinstance(item := self._next(job), StepEvent):
             text = held.feed(item.text) if held is not None else item.text
             if text:

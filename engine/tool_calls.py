@@ -30,7 +30,8 @@ class ToolError(ValueError):
 
 
 def parse_tools(body: dict) -> list[dict] | None:
-    """The request's tools as the chat template takes them, or None (none given, or tool_choice "none")."""
+    """The request's tools as the chat template takes them, or None (none given, or tool_choice "none").
+    tool_choice "required" or a named function is checked here and forced by forced_call."""
     tools, choice = body.get("tools"), body.get("tool_choice")
     if tools is None:
         if choice not in (None, "none", "auto"):
@@ -46,13 +47,46 @@ def parse_tools(body: dict) -> list[dict] | None:
                             f"tools[{i}]")
         if not isinstance(function.get("parameters", {}), dict):
             raise ToolError(f"tools[{i}].function.parameters must be a JSON schema object", f"tools[{i}]")
-    if choice in (None, "auto"):
+    if choice in (None, "auto", "required") or _named(choice) is not None:
+        if not tools and choice not in (None, "auto"):
+            raise ToolError("tool_choice needs tools", "tool_choice")
         return tools or None
     if choice == "none":
         return None
-    # "required" or one named function: the model would have to be forced (constrained decoding), which
-    # this server does not do; refused rather than answered as if "auto".
-    raise ToolError("only tool_choice \"auto\" and \"none\" are supported", "tool_choice")
+    raise ToolError("tool_choice must be \"auto\", \"none\", \"required\" or "
+                    "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
+
+
+def _named(choice) -> str | None:
+    """The function a tool_choice names ({"type": "function", "function": {"name": ...}}), or None."""
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        return name if isinstance(name, str) and name else None
+    return None
+
+
+def forced_call(body: dict, tools: list[dict] | None, template: str | None) -> str:
+    """What the answer must begin with for tool_choice "required" or a named function: the opening of a
+    Hermes call, written into the prompt after the assistant's turn begins, so the model goes on with a
+    call (the name, or the arguments of the named one) instead of choosing whether to make one. Constrained
+    decoding would also force the arguments' shape; this forces only that a call is made, which is what a
+    client branching on tool_calls needs. "" for "auto" and "none".
+
+    It ends where the chat templates of these models write a call (`{"name": "...", "arguments": ` then
+    `tool_call.arguments | tojson`) before the space, so that the model's next token is one it would have
+    written there itself. Only a template that writes calls as <tool_call> blocks can be forced this way."""
+    choice = body.get("tool_choice")
+    if not tools or choice in (None, "auto", "none"):
+        return ""
+    if OPEN not in (template or ""):
+        raise ToolError("this model's chat template does not write <tool_call> blocks, so a call cannot be "
+                        "forced: use tool_choice \"auto\"", "tool_choice")
+    name = _named(choice)
+    if name is None:
+        return OPEN + '\n{"name":'
+    if name not in {t["function"]["name"] for t in tools}:
+        raise ToolError(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
+    return OPEN + "\n" + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments":'
 
 
 def template_message(m: dict, i: int) -> dict:

@@ -10,7 +10,7 @@ from tiny_models import make_tiny_model_folder
 from engine.events import StepEvent
 from engine.loading import load_model
 from engine.server import Backend, SubspecServer
-from engine.tool_calls import ToolCallStream, ToolError, parse_tools, split_tool_calls
+from engine.tool_calls import ToolCallStream, ToolError, forced_call, parse_tools, split_tool_calls
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                             "parameters": {"type": "object",
@@ -45,17 +45,42 @@ def test_a_stream_holds_back_what_may_be_a_call():
 def test_tools_and_tool_choice_are_checked():
     assert parse_tools({}) is None and parse_tools({"tools": [WEATHER]}) == [WEATHER]
     assert parse_tools({"tools": [WEATHER], "tool_choice": "none"}) is None
+    assert parse_tools({"tools": [WEATHER], "tool_choice": "required"}) == [WEATHER]
+    assert parse_tools({"tools": [WEATHER], "tool_choice": NAMED}) == [WEATHER]
     for body, param in (({"tools": "x"}, "tools"), ({"tools": [{"type": "function"}]}, "tools[0]"),
-                        ({"tools": [WEATHER], "tool_choice": "required"}, "tool_choice"),
-                        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice")):
+                        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+                        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {}}}, "tool_choice"),
+                        ({"tools": [], "tool_choice": "required"}, "tool_choice"),
+                        ({"tool_choice": NAMED}, "tool_choice")):
         with pytest.raises(ToolError) as err:
             parse_tools(body)
         assert err.value.param == param
 
 
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+HERMES = "... <tool_call>\n{{ call | tojson }}\n</tool_call> ..."  # (only whether it writes the tag counts)
+
+
+def test_a_required_or_named_call_is_forced_by_the_answers_opening():
+    assert forced_call({"tool_choice": "auto"}, [WEATHER], HERMES) == ""
+    assert forced_call({}, [WEATHER], HERMES) == "" and forced_call({"tool_choice": "required"}, None, HERMES) == ""
+    assert forced_call({"tool_choice": "required"}, [WEATHER], HERMES) == '<tool_call>\n{"name":'
+    assert forced_call({"tool_choice": NAMED}, [WEATHER], HERMES) == \
+        '<tool_call>\n{"name": "get_weather", "arguments":'
+    with pytest.raises(ToolError, match="not among the tools"):
+        forced_call({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, [WEATHER], HERMES)
+    with pytest.raises(ToolError, match="cannot be forced"):
+        forced_call({"tool_choice": "required"}, [WEATHER], "{{ messages }}")  # calls in another format
+    # What the model writes after the opening completes a call the parser reads.
+    prefill = forced_call({"tool_choice": NAMED}, [WEATHER], HERMES)
+    _content, [call] = split_tool_calls(prefill + ' {"city": "Oslo"}}\n</tool_call>')
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+
+
 # A template in the shape of Qwen2.5's: the tools listed in the system turn, calls and results in the turns.
 TOOLS_TEMPLATE = (
-    "{% if tools %}<|tools|>{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+    "{% if tools %}<|tools|>{% for t in tools %}{{ t.function.name }};{% endfor %} (call in <tool_call></tool_call>)"
+    "\n{% endif %}"
     "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}"
     "{% if m.tool_calls %}{% for c in m.tool_calls %}<call>{{ c.function.name }}({{ c.function.arguments.city }})"
     "</call>{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -110,6 +135,36 @@ def test_a_call_comes_back_as_tool_calls_streamed_or_not(served):
     assert r.choices[0].message.content.endswith("</tool_call>") and not r.choices[0].message.tool_calls
 
 
+def test_tool_choice_required_or_named_forces_a_call_streamed_or_not(served):
+    client, lm, answers, prompts = served
+    messages = [{"role": "user", "content": "Hello!"}]
+    answers.append(' "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>')  # goes on from the opening
+    r = client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER], tool_choice="required")
+    [call] = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    # The prompt opened the call (the tiny test tokenizer has no newline: it reads back as <pad>).
+    assert prompts[-1].replace("<pad>", "\n").endswith('<|assistant|><tool_call>\n{"name":')
+
+    answers.append(' {"city": "Rome"}}\n</tool_call>')
+    chunks = list(client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER], stream=True,
+                                                 tool_choice=NAMED))
+    streamed = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
+    assert [(tc.function.name, json.loads(tc.function.arguments)) for tc in streamed] == \
+        [("get_weather", {"city": "Rome"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert prompts[-1].replace("<pad>", "\n").endswith('<tool_call>\n{"name": "get_weather", "arguments":')
+
+    answers.append(" I would rather not.")  # a model that breaks out of the call: what it wrote, as text
+    r = client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER], tool_choice="required")
+    assert r.choices[0].message.content == '<tool_call>\n{"name": I would rather not.'
+    assert not r.choices[0].message.tool_calls and r.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER],
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+
+
 def test_a_model_whose_template_has_no_tools_refuses_them(tmp_path):
     lm = load_model(make_tiny_model_folder(tmp_path / "tiny", "llama"), "float32", "cpu")
     lm.tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
@@ -118,7 +173,7 @@ def test_a_model_whose_template_has_no_tools_refuses_them(tmp_path):
         with pytest.raises(openai.BadRequestError, match="has no tools"):
             client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}],
                                            tools=[WEATHER])
-        with pytest.raises(openai.BadRequestError, match="only tool_choice"):
+        with pytest.raises(openai.BadRequestError, match="cannot be forced"):
             client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}],
                                            tools=[WEATHER], tool_choice="required")
 
