@@ -220,6 +220,15 @@ def test_split_thinking():
     assert answer_text("reasoning\n</think>\n\nParis.") == "Paris."  # the template opened it
     assert split_thinking("Paris.").text is None and answer_text("Paris.") == "Paris."
     assert split_thinking("Write <think> in HTML? No.").text is None  # quoted, not a reasoning block
+    # Any model may write about the closing tag; only one on a line of its own closes a thought the
+    # template opened (QwQ, the R1 distills), once the stream has reached it.
+    for quoting in ("Close it with `</think>` and go on.", "The </think> tag\nends a thought.",
+                    "Tags:\n</think> closes it"):
+        assert split_thinking(quoting).text is None and answer_text(quoting) == quoting
+    assert split_thinking("hm \n  </think>  \r\nParis.").text == "hm"
+    assert (split_thinking("still thinking\n</think>").text, answer_text("still thinking\n</think>")) == \
+        ("still thinking", "")
+    assert split_thinking("Mention `</think>`, then\n</think>\nParis.").text == "Mention `</think>`, then"
 
 
 THOUGHT = "<think>\nRecall the atlas:\nParis it is.\n</think>\n\nIt is **Paris**."
