@@ -213,8 +213,9 @@ class ApiSwitch(QObject):
     def _describe(self) -> None:
         where = ("other computers on the network too, with the API key" if self.config.network
                  else "this computer only" + (", with the API key" if self.config.api_key else ""))
-        self.action.setToolTip(f"Serve the loaded model on an OpenAI-compatible API on port {self.config.port} "
-                               f"({where}); API requests and chat answers take turns. The arrow: settings")
+        self.action.setToolTip(f"Serve the loaded model on an OpenAI-compatible API (at /v1, and Ollama's at /api) "
+                               f"on port {self.config.port} ({where}); API requests and chat answers take turns. "
+                               f"The arrow: settings")
 
     def edit_settings(self) -> None:
         """Opens the settings dialog (not modal to the code: tests and the event loop go on); OK saves them
@@ -352,7 +353,8 @@ class ApiSwitch(QObject):
     def _show(self) -> None:
         n = self.served
         how = (" (network, key)" if self.config.network else " (key)" if self.config.api_key else "")
-        tip = "The OpenAI-compatible API's base URL and the requests it has answered"
+        tip = ("The OpenAI-compatible API's base URL and the requests it has answered (Ollama's clients: the same "
+               "address without /v1)")
         if self.config.network:
             tip += f"; on this computer also http://127.0.0.1:{self.api.server.server_address[1]}/v1"
         self._say(f"API {self.api.url}{how} · {n} request{'' if n == 1 else 's'}", tip)

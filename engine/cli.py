@@ -667,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
 
-    sv = sub.add_parser("serve", help="an OpenAI-compatible API server (/v1/chat/completions, /v1/completions)")
+    sv = sub.add_parser("serve", help="an OpenAI-compatible API server (/v1/chat/completions, /v1/completions), "
+                                      "and Ollama's API (/api/chat, /api/generate, /api/tags)")
     sv.add_argument("model", nargs="?", help="a store name or a model folder (default: SmolLM2-135M-Instruct)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8642, help="port (default 8642; 0 picks a free one)")

@@ -1,5 +1,6 @@
 """An OpenAI-compatible HTTP server over one loaded model: `/v1/models`, `/v1/chat/completions` and
-`/v1/completions`, streamed as server-sent events or not.
+`/v1/completions`, streamed as server-sent events or not; and Ollama's API beside it (`/api/chat`,
+`/api/generate`, `/api/tags`, `/api/show`, `/api/ps`, `/api/version`; engine.ollama_api translates).
 
 One worker thread owns the model and runs one generation at a time; requests wait in a bounded queue and a
 full queue answers 429 at once, so a burst of clients cannot pile up unbounded work. Handler threads only
@@ -15,6 +16,7 @@ import contextlib
 import functools
 import copy
 import dataclasses
+import datetime
 import hmac
 import json
 import math
@@ -34,6 +36,7 @@ from typing import Callable, Iterator
 from .errors import SubspecError
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
+from . import ollama_api
 from .tool_calls import ToolCallStream, ToolError, forced_call, parse_tools, split_tool_calls, template_message
 from .sampling import SamplingParams
 from .depth_control import control_for
@@ -607,7 +610,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_api_error(self, err: ApiError) -> None:
         headers = {"Retry-After": "1"} if err.status == 429 else None
-        self._send_json(err.status, err.as_json(), headers)
+        ollama = self.path.split("?", 1)[0].startswith("/api/")  # Ollama's clients read {"error": "..."}
+        self._send_json(err.status, {"error": err.message} if ollama else err.as_json(), headers)
 
     def _dispatch(self, routes: dict) -> None:
         self._responded = False
@@ -722,12 +726,16 @@ class Handler(BaseHTTPRequestHandler):
     # ---- HTTP verbs
 
     def do_GET(self):
-        self._dispatch({"": self._health, "/health": self._health, "/v1/models": self._list_models})
+        self._dispatch({"": self._health, "/health": self._health, "/v1/models": self._list_models,
+                        "/api/version": self._ollama_version, "/api/tags": self._ollama_tags,
+                        "/api/ps": self._ollama_ps})
 
     do_HEAD = do_GET  # the same answers without their bodies (_send_json leaves them out)
 
     def do_POST(self):
-        self._dispatch({"/v1/chat/completions": self._chat, "/v1/completions": self._completion})
+        self._dispatch({"/v1/chat/completions": self._chat, "/v1/completions": self._completion,
+                        "/api/chat": self._ollama_chat, "/api/generate": self._ollama_generate,
+                        "/api/show": self._ollama_show})
 
     def _not_allowed(self):
         self._dispatch({})
@@ -890,12 +898,12 @@ class Handler(BaseHTTPRequestHandler):
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
 
-    def _start_events(self) -> None:
+    def _start_events(self, content_type: str = "text/event-stream; charset=utf-8") -> None:
         # Chunked keeps the connection reusable after [DONE]; HTTP/1.0 has no chunks, so the end of the
         # stream is the end of the connection there.
         self._chunked = self.request_version != "HTTP/1.0"
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Cache-Control", "no-cache")
         self._cors_headers()
         if self._chunked:
@@ -909,6 +917,140 @@ class Handler(BaseHTTPRequestHandler):
     def _event(self, obj: dict) -> None:
         self._write_chunk(b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n")
 
+    # ---- Ollama's API (engine.ollama_api)
+
+    def _ollama_version(self):
+        self._send_json(200, {"version": ollama_api.API_VERSION})
+
+    def _ollama_card(self) -> dict:
+        b = self.server.backend
+        config = b.lm.config
+        weight = b.lm.decoder.embed_tokens.weight
+        dtype = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(str(weight.dtype).removeprefix("torch."),
+                                                                          "unknown")
+        name = ollama_api.tagged(b.name)
+        return {"name": name, "model": name, "size": config.parameter_count * weight.element_size(), "digest": "",
+                "details": ollama_api.model_details(config, dtype),
+                "modified_at": datetime.datetime.fromtimestamp(b.created, datetime.timezone.utc).isoformat()}
+
+    def _ollama_tags(self):
+        self._send_json(200, {"models": [self._ollama_card()]})
+
+    def _ollama_ps(self):
+        card = self._ollama_card()
+        on_gpu = getattr(self.server.backend.lm, "device", None) is not None and \
+            getattr(self.server.backend.lm.device, "type", "cpu") == "cuda"
+        self._send_json(200, {"models": [{**card, "expires_at": "2999-01-01T00:00:00Z",
+                                          "size_vram": card["size"] if on_gpu else 0}]})
+
+    def _ollama_model(self, body: dict) -> None:
+        asked = body.get("model", body.get("name"))
+        if asked in (None, ""):
+            raise bad("model is required", "model")
+        if not ollama_api.names_model(asked, self.server.backend.name):
+            raise ApiError(404, f"model {asked!r} not found: this server serves "
+                                f"{ollama_api.tagged(self.server.backend.name)!r}", code="model_not_found")
+
+    def _ollama_show(self):
+        body = self._json_body()
+        self._ollama_model(body)
+        b = self.server.backend
+        template = b.chat_template(True) or ""
+        used = template_variables(template, True) if template else frozenset()
+        tools = bool(template) and (used is None or "tools" in used)
+        card = self._ollama_card()
+        self._send_json(200, {"modelfile": "", "parameters": "", "template": template, "details": card["details"],
+                              "model_info": ollama_api.model_info(b.lm.config, b.context),
+                              "capabilities": ollama_api.capabilities(tools, "enable_thinking" in template),
+                              "modified_at": card["modified_at"]})
+
+    def _ollama_chat(self):
+        body = self._json_body()
+        self._ollama_model(body)
+        backend = self.server.backend
+        try:
+            ollama_api.check_unsupported(body, chat=True)
+            raw = ollama_api.chat_messages(body.get("messages") or [])
+            options = ollama_api.openai_body(body)
+            tools = parse_tools({"tools": body["tools"]}) if body.get("tools") else None
+        except (ollama_api.OllamaError, ToolError) as exc:
+            raise bad(str(exc), exc.param) from None
+        if not raw:  # Ollama's way to load a model ahead of use: it is loaded already
+            return self._send_json(200, {"model": ollama_api.tagged(backend.name), "created_at": ollama_api.now(),
+                                         "message": {"role": "assistant", "content": ""}, "done_reason": "load",
+                                         "done": True})
+        ids = backend.encode_chat(parse_messages(raw), ollama_api.template_kwargs(body), tools)
+        self._ollama_answer(body, options, ids, chat=True, tools=bool(tools))
+
+    def _ollama_generate(self):
+        body = self._json_body()
+        self._ollama_model(body)
+        backend = self.server.backend
+        try:
+            ollama_api.check_unsupported(body, chat=False)
+            options = ollama_api.openai_body(body)
+            messages = ollama_api.generate_messages(body)
+        except ollama_api.OllamaError as exc:
+            raise bad(str(exc), exc.param) from None
+        if not body["prompt"]:  # loads the model: it is loaded already
+            return self._send_json(200, {"model": ollama_api.tagged(backend.name), "created_at": ollama_api.now(),
+                                         "response": "", "done_reason": "load", "done": True})
+        raw = _bool(body, "raw") or not getattr(backend.lm.tokenizer, "chat_template", None)
+        ids = (backend.encode_text(body["prompt"]) if raw
+               else backend.encode_chat(messages, ollama_api.template_kwargs(body)))
+        self._ollama_answer(body, options, ids, chat=False)
+
+    def _ollama_answer(self, body: dict, options: dict, prompt_ids: list, chat: bool, tools: bool = False) -> None:
+        stream = body.get("stream", True)
+        if not isinstance(stream, bool):
+            raise bad(f"'stream' must be true or false, got {stream!r}", "stream")
+        job = Job(self._request(options, prompt_ids))
+        self.server.worker.submit(job)
+        name = ollama_api.tagged(self.server.backend.name)
+
+        def piece(text: str, calls: list | None = None) -> dict:
+            if not chat:
+                return {"model": name, "created_at": ollama_api.now(), "response": text, "done": False}
+            message = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = ollama_api.tool_calls(calls)
+            return {"model": name, "created_at": ollama_api.now(), "message": message, "done": False}
+
+        try:
+            if stream:
+                self._start_events("application/x-ndjson")
+            held = ToolCallStream() if tools and stream else None  # a call goes out whole, once parsed
+            while isinstance(item := self._next(job), StepEvent):
+                out = held.feed(item.text) if held is not None else item.text
+                if stream and out:
+                    self._ndjson(piece(out))
+            if isinstance(item, ApiError):
+                if not stream:
+                    raise item
+                self._ndjson({"error": item.message})
+            else:
+                if not stream:
+                    content, calls = split_tool_calls(item.text) if tools else (item.text, [])
+                    last = piece(content or "" if calls else item.text, calls)
+                else:
+                    rest, calls = held.finish() if held is not None else ("", [])
+                    last = piece(rest, calls)
+                    if rest and calls:  # the text before the calls, then the calls on their own
+                        self._ndjson(piece(rest))
+                        last = piece("", calls)
+                final = {**last, **ollama_api.final_fields(item, _finish(item))}
+                if stream:
+                    self._ndjson(final)
+                else:
+                    self._send_json(200, final)
+            if stream:
+                self._write_chunk(b"")
+        finally:
+            job.cancel.set()  # a no-op after the end; stops the worker when the client went away
+
+    def _ndjson(self, obj: dict) -> None:
+        self._write_chunk(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+
     def _write_chunk(self, data: bytes) -> None:
         if self._chunked:
             self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
@@ -921,7 +1063,8 @@ class SubspecServer(ThreadingHTTPServer):
     `serve_forever()` on the caller's. `close()` stops both."""
 
     daemon_threads = True
-    ROUTES = ("", "/health", "/v1/models", "/v1/chat/completions", "/v1/completions")
+    ROUTES = ("", "/health", "/v1/models", "/v1/chat/completions", "/v1/completions", "/api/version", "/api/tags",
+              "/api/ps", "/api/chat", "/api/generate", "/api/show")
     # SO_REUSEADDR lets a restarted server bind a port with connections still in TIME_WAIT, on POSIX. On
     # Windows it lets a second server bind a port another is listening on (both then answer at random), so
     # there the port is taken exclusively instead, and a busy port is the error it should be.

@@ -315,3 +315,18 @@ def test_a_request_whose_client_left_while_it_waited_is_never_run(qtbot, api_win
         gate.set()
     assert chat(window.api.url, max_tokens=4)["usage"]["completion_tokens"] == 4  # still serving, and
     assert len(window.backend.api_calls) == 1  # only that request ran
+
+
+def test_ollamas_clients_are_served_too(qtbot, api_window):
+    import ollama
+
+    window = api_window()
+    with qtbot.waitSignal(window.host.finished, timeout=5000):
+        send(qtbot, window)
+    turn_on(window)
+    client = ollama.Client(host=window.api.url.removesuffix("/v1"), timeout=10)
+    r = client.chat(model="FakeLM-1M", messages=[{"role": "user", "content": PROMPT}], options={"num_predict": 32})
+    assert r.message.content == recorded_answer() and r.done_reason == "stop" and r.eval_count == 7
+    [(prompt_ids, max_tokens)] = window.backend.api_calls  # run by the app's worker, like an OpenAI request
+    assert max_tokens == 32 and prompt_ids == window.backend.lm.encode_messages([{"role": "user", "content": PROMPT}])
+    qtbot.waitUntil(lambda: window.api.served == 1, timeout=5000)
