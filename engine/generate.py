@@ -18,7 +18,8 @@ from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
 from .masks import causal_mask
 from .model import Decoder
-from .sampling import History, SamplingParams, select_tokens
+from .constrained import constraint_for
+from .sampling import History, SamplingParams, row_scores, select_tokens
 from .text import TextStream
 
 
@@ -59,12 +60,15 @@ class Emitter:
     limit, and says how many of the tokens were kept (what the caller commits). With penalties it keeps the
     answer's `history` (engine.sampling.History), which every emitted token joins."""
 
-    def __init__(self, tokenizer, eos_ids, stop_strings, max_new_tokens: int, history: History | None = None):
+    def __init__(self, tokenizer, eos_ids, stop_strings, max_new_tokens: int, history: History | None = None,
+                 constraint=None):
+        """`constraint`: the answer's JSON mode (engine.constrained), which every emitted token advances."""
         self.stream = TextStream(tokenizer, stop_strings)
         self.eos_ids = set(eos_ids)
         self.remaining = max_new_tokens
         self.finished: str | None = None
         self.history = history
+        self.constraint = constraint
 
     def emit(self, token_ids: list[int]) -> tuple[list[int], str]:
         ids = list(token_ids)
@@ -82,6 +86,8 @@ class Emitter:
         self.remaining -= len(ids)
         if self.history is not None:
             self.history.extend(ids)
+        if self.constraint is not None:
+            self.constraint.advance(ids)
         if self.finished and self.finished != "stop":
             text += self.stream.flush()
         return ids, text
@@ -105,6 +111,26 @@ def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: 
         )
 
 
+def new_emitter(lm: LoadedModel, sampling: SamplingParams, stop_strings, max_new_tokens: int,
+                history: History | None) -> Emitter:
+    """The answer's emitter, with its JSON constraint when the sampling asks for one."""
+    eos = lm.eos_token_ids()
+    return Emitter(lm.tokenizer, eos, stop_strings, max_new_tokens, history,
+                   constraint_for(sampling, lm.tokenizer, eos, lm.config.vocab_size))
+
+
+def constrain(token: torch.Tensor, logits: torch.Tensor, sampling: SamplingParams, draws,
+              positions: torch.Tensor, emitter: Emitter) -> torch.Tensor:
+    """A one-row selection ([1]) under the answer's constraint, if it has one: the token itself when
+    allowed, else the allowed one the selection ranks highest (engine.constrained)."""
+    c = emitter.constraint
+    if c is None:
+        return token
+    chosen = c.choose(c.state, int(token.item()),
+                      lambda: row_scores(logits, 0, sampling, draws, positions, emitter.history))
+    return token if chosen == int(token.item()) else torch.tensor([chosen], device=token.device)
+
+
 def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,
                  sampling: SamplingParams, draws, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
     """The prefill pass and the first token it yields: how every generation loop starts.
@@ -113,7 +139,8 @@ def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefil
     moved = streamed_bytes(decoder)
     logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
     last = torch.tensor([cache.length - 1], device=logits.device)  # the last prompt token's position
-    token = select_tokens(logits, sampling, draws, last, emitter.history)
+    token = constrain(select_tokens(logits, sampling, draws, last, emitter.history), logits, sampling, draws,
+                      last, emitter)
     ids, text = emitter.emit(token.tolist())
     ms = (time.perf_counter() - t0) * 1e3
     return token, StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms,
@@ -174,7 +201,7 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         return
     cache, max_new_tokens, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens)
     history = History(sampling, prompt_ids) if sampling.penalized else None
-    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens, history)
+    emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, history)
     gen = sampling.draws()
 
     token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
@@ -190,7 +217,8 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         positions = torch.tensor([pos], device=lm.device)
         logits = decoder(token, positions, cache, pos, decode_mask(decoder, pos))
         cache.commit(pos + 1)
-        token = select_tokens(logits, sampling, gen, positions, history)
+        token = constrain(select_tokens(logits, sampling, gen, positions, history), logits, sampling, gen,
+                          positions, emitter)
         new = token.tolist()
         verify_ms = (time.perf_counter() - t0) * 1e3
         ids, text = emitter.emit(new)

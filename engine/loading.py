@@ -198,6 +198,10 @@ class LoadedModel:
         and tokenized with it (as the model saw such text in training)."""
         rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                                       **(template_kwargs or {}))
+        if prefill and rendered.rstrip().endswith("<think>"):
+            # The template opens a thought (QwQ, Qwen3 *-Thinking): close it first, or the prefill would be
+            # written inside the thought, where a reasoning model's text is not its answer.
+            prefill = "\n</think>\n\n" + prefill
         return list(self.tokenizer.encode(rendered + prefill, add_special_tokens=False))
 
     @property

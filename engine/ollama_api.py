@@ -9,7 +9,8 @@ connection), and point at a base URL. What differs from OpenAI's, and is transla
 - Tool calls' arguments are JSON objects, not strings; a tool's result may name its tool (`tool_name`).
 - Model names carry a tag ("name:latest"); errors are {"error": "message"}.
 
-Options that would change the answer and that this engine cannot honour (mirostat, typical-p, `format`,
+`format` "json" is JSON mode (engine.constrained, as the OpenAI side's response_format json_object). Options
+that would change the answer and that this engine cannot honour (mirostat, typical-p, a `format` schema,
 images, a custom `template`, `suffix`) are refused with a 400, as the OpenAI side refuses its own; options
 about how Ollama itself loads and runs a model (`num_ctx`, `num_gpu`, `num_thread`, `keep_alive`, ...) do
 not apply to a model already loaded here and are ignored. Standard library only.
@@ -72,6 +73,8 @@ def openai_body(body: dict) -> dict:
         raise OllamaError("tail-free sampling (tfs_z) is not supported (leave it at 1)", "options.tfs_z")
     out = {name: options.get(name, DEFAULTS.get(name)) for name in SAMPLING_OPTIONS - {"num_predict"}}
     out = {k: v for k, v in out.items() if v is not None}
+    if isinstance(out.get("seed"), int) and out["seed"] < 0:
+        out.pop("seed")  # -1, Ollama's default: a new seed for each answer
     if out.get("repeat_last_n") == -1:
         out.pop("repeat_last_n")  # the whole context: the OpenAI side's default
     predict = options.get("num_predict")
@@ -84,13 +87,16 @@ def openai_body(body: dict) -> dict:
             raise OllamaError("options.num_predict 0 asks for no answer", "options.num_predict")
     if predict is None or predict < 0:
         out["max_tokens"] = 1 << 30  # -1 (Ollama's default): until the model stops or the context is full
+    if body.get("format") == "json":
+        out["response_format"] = {"type": "json_object"}  # JSON mode (engine.constrained)
     return out
 
 
 def check_unsupported(body: dict, chat: bool) -> None:
     fmt = body.get("format")
-    if fmt not in (None, ""):
-        raise OllamaError("'format' (structured JSON output) is not supported: ask for JSON in the prompt", "format")
+    if fmt not in (None, "", "json"):
+        raise OllamaError("'format' may be \"json\" (any JSON object); a JSON schema is not enforced, so it is "
+                          "refused", "format")
     for name in ("suffix", "template", "images", "context") if not chat else ():
         if body.get(name) not in (None, "", []):
             raise OllamaError(f"'{name}' is not supported", name)
@@ -118,8 +124,10 @@ def chat_messages(value) -> list[dict]:
 
 
 def generate_messages(body: dict) -> list[dict]:
-    """/api/generate's prompt (and system prompt) as a chat for the model's template."""
-    prompt, system = body.get("prompt"), body.get("system")
+    """/api/generate's prompt (and system prompt) as a chat for the model's template. No prompt: ""
+    (Ollama's request to load a model)."""
+    prompt, system = body.get("prompt", ""), body.get("system")
+    prompt = "" if prompt is None else prompt
     if not isinstance(prompt, str):
         raise OllamaError("'prompt' must be a string", "prompt")
     if system is not None and not isinstance(system, str):
@@ -127,25 +135,90 @@ def generate_messages(body: dict) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def template_kwargs(body: dict) -> dict | None:
-    """`think` (Ollama's switch for reasoning models) as the chat template's enable_thinking (Qwen3's)."""
+def wants_thinking(body: dict) -> bool | None:
+    """`think`: True, False, or None when the request leaves it to the model ("high"/"medium"/"low", as
+    gpt-oss takes them, count as True)."""
     think = body.get("think")
     if think is None:
         return None
-    return {"enable_thinking": bool(think) and think not in ("false", "none")}
+    return bool(think) and think not in ("false", "none")
+
+
+def template_kwargs(body: dict) -> dict | None:
+    """`think` (Ollama's switch for reasoning models) as the chat template's enable_thinking (Qwen3's)."""
+    think = wants_thinking(body)
+    return None if think is None else {"enable_thinking": think}
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+class ThinkingSplit:
+    """With `think` on, Ollama answers a reasoning model's thought in `thinking` and the answer proper in
+    `content`: this splits the streamed text so. A thought is what comes between a leading <think> and its
+    </think>; text that does not begin with <think> is all answer. A partial tag at a piece's end is held
+    back until the next piece says what it is."""
+
+    def __init__(self):
+        self.buf, self.mode = "", "start"  # start, thinking, between (whitespace after </think>), answer
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        """(thought, answer) that can be sent now."""
+        self.buf += piece
+        thought = answer = ""
+        while True:
+            if self.mode == "start":
+                lead = self.buf.lstrip()
+                if lead.startswith(THINK_OPEN):
+                    self.buf, self.mode = lead[len(THINK_OPEN):], "thinking"
+                elif not lead or THINK_OPEN.startswith(lead):
+                    return thought, answer  # it may still become <think>
+                else:
+                    self.mode = "answer"
+            elif self.mode == "thinking":
+                end = self.buf.find(THINK_CLOSE)
+                if end >= 0:
+                    thought += self.buf[:end]
+                    self.buf, self.mode = self.buf[end + len(THINK_CLOSE):], "between"
+                    continue
+                keep = next((k for k in range(min(len(THINK_CLOSE) - 1, len(self.buf)), 0, -1)
+                             if THINK_CLOSE.startswith(self.buf[-k:])), 0)
+                thought += self.buf[:len(self.buf) - keep]
+                self.buf = self.buf[len(self.buf) - keep:]
+                return thought, answer
+            elif self.mode == "between":
+                self.buf = self.buf.lstrip()
+                if not self.buf:
+                    return thought, answer
+                self.mode = "answer"
+            else:
+                answer, self.buf = answer + self.buf, ""
+                return thought, answer
+
+    def finish(self) -> tuple[str, str]:
+        rest, self.buf = self.buf, ""
+        return (rest, "") if self.mode == "thinking" else ("", "" if self.mode == "between" else rest)
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """(thought, answer) of a whole answer (ThinkingSplit's split)."""
+    split = ThinkingSplit()
+    thought, answer = split.feed(text)
+    more_thought, more_answer = split.finish()
+    return thought + more_thought, answer + more_answer
 
 
 def tool_calls(calls: list[dict]) -> list[dict]:
-    """OpenAI-form calls (engine.tool_calls) in Ollama's: arguments as an object."""
-    out = []
-    for call in calls:
-        raw = call["function"]["arguments"]
-        try:
-            arguments = json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            arguments = raw  # not JSON: as the model wrote it
-        out.append({"function": {"name": call["function"]["name"], "arguments": arguments}})
-    return out
+    """OpenAI-form calls (engine.tool_calls: their arguments a JSON object's text) in Ollama's: arguments
+    as the object."""
+    return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+            for c in calls]
+
+
+def done_reason_of_load(body: dict) -> str:
+    """A request with nothing to answer loads the model, or with keep_alive 0 unloads it (Ollama's words;
+    the model here stays loaded either way)."""
+    return "unload" if body.get("keep_alive") in (0, "0", "0s", "0m") else "load"
 
 
 def final_fields(result, done_reason: str) -> dict:

@@ -49,6 +49,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # subtracted from the logit of every token the answer holds
     frequency_penalty: float = 0.0  # subtracted once per time the answer holds the token
     penalty_last_n: int = 0  # penalties look at the context's last n tokens only; 0: all of it
+    json: bool = False  # JSON mode: the answer is one JSON object (engine.constrained)
 
     def __post_init__(self):
         if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN fails every comparison
@@ -301,16 +302,37 @@ def select_tokens(logits: torch.Tensor, params: SamplingParams, draws: Draws | N
     # tree over a 152k vocabulary at once); each row's draw depends on that row alone.
     step = max(1, SAMPLE_CHUNK_ELEMENTS // logits.shape[-1])
     for r in range(0, logits.shape[0], step):
-        block = logits[r:r + step].float()  # logits may come in the model's dtype
-        if params.penalized:  # in place only on a copy: float32 logits are the caller's
-            block = history.penalize(block, None if paths is None else (paths[0][r:r + step], *paths[1:]),
-                                     in_place=logits.dtype != torch.float32)
-        if params.greedy:
-            tokens[r:r + step] = block.argmax(-1)
-            continue
-        scores = warp(block, params).log_()  # a token the warps cut is -inf: never drawn
-        del block
-        scores += draws.gumbels(positions[r:r + step], logits.shape[-1])
-        tokens[r:r + step] = scores.argmax(-1)
-        del scores
+        tokens[r:r + step] = _scores(logits, r, r + step, params, draws, positions, history, paths).argmax(-1)
     return tokens
+
+
+def _scores(logits: torch.Tensor, lo: int, hi: int, params: SamplingParams, draws: Draws | None,
+            positions: torch.Tensor | None, history: History | None, paths) -> torch.Tensor:
+    """The scores [hi - lo, V] (float32) whose argmax is select_tokens' choice for rows lo..hi."""
+    block = logits[lo:hi].float()  # logits may come in the model's dtype
+    if params.penalized:  # in place only on a copy: float32 logits are the caller's
+        block = history.penalize(block, None if paths is None else (paths[0][lo:hi], *paths[1:]),
+                                 in_place=logits.dtype != torch.float32)
+    if params.greedy:
+        return block
+    scores = warp(block, params).log_()  # a token the warps cut is -inf: never drawn
+    del block
+    scores += draws.gumbels(positions[lo:hi], logits.shape[-1])
+    return scores
+
+
+def row_scores(logits: torch.Tensor, row: int, params: SamplingParams, draws: Draws | None,
+               positions: torch.Tensor | None = None, history: History | None = None,
+               paths: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """Row `row`'s selection scores [V], ranked as select_tokens ranks them (its choice scores highest),
+    with the tokens sampling's warps cut after all others in the order of their raw logits: what a
+    constraint ranks its candidates by (engine.constrained)."""
+    if positions is not None:
+        positions = positions.to(logits.device)
+    scores = _scores(logits, row, row + 1, params, draws, positions, history, paths)[0]
+    cut = torch.isinf(scores) & (scores < 0)
+    if cut.any():
+        raw = logits[row].float()
+        floor = scores[~cut].min() - 1  # (the warps keep at least one token)
+        scores = torch.where(cut, floor - (raw.max() - raw), scores)
+    return scores

@@ -37,7 +37,8 @@ from .errors import SubspecError
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
 from . import ollama_api
-from .tool_calls import ToolCallStream, ToolError, forced_call, parse_tools, split_tool_calls, template_message
+from .tool_calls import (ToolCallStream, ToolError, forced_call, named_choice, parse_tools, split_tool_calls,
+                         template_message)
 from .sampling import SamplingParams
 from .depth_control import control_for
 from .speculative import TreeShape
@@ -134,6 +135,19 @@ def _stops(body: dict) -> tuple[str, ...]:
     raise bad("'stop' must be a string or an array of strings", "stop")
 
 
+def _json_mode(body: dict) -> bool:
+    """response_format {"type": "json_object"}: JSON mode (engine.constrained); "text" or none: free text.
+    A schema (json_schema) would need the answer constrained to it, which is not done: refused."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return False
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object"):
+        raise bad("response_format must be {\"type\": \"text\"} or {\"type\": \"json_object\"} (any JSON object; "
+                  "a json_schema is not enforced, so it is refused)", "response_format")
+    return kind == "json_object"
+
+
 def _sampling(body: dict) -> SamplingParams:
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
@@ -145,6 +159,7 @@ def _sampling(body: dict) -> SamplingParams:
         min_p=_number(body, "min_p", 0.0, 0, 1),  # not OpenAI's, but llama.cpp's and vLLM's: clients send it
         **_penalties(body),
         seed=None if seed is None else seed % 2**63,  # any integer a client sends maps to one seed
+        json=_json_mode(body),
     )
 
 
@@ -241,9 +256,7 @@ def _reject_unsupported(body: dict, chat: bool = False) -> None:
         raise bad("the legacy 'functions' are not supported: send them as 'tools'", "functions")
     if body.get("tools") and not chat:
         raise bad("tools are for /v1/chat/completions", "tools")
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise bad("only response_format {\"type\": \"text\"} is supported", "response_format")
+    _json_mode(body)
     if body.get("logit_bias"):
         raise bad("logit_bias is not supported", "logit_bias")
     if body.get("suffix"):  # fill-in-the-middle: an answer ignoring the suffix would look right and be wrong
@@ -770,7 +783,7 @@ class Handler(BaseHTTPRequestHandler):
         except ToolError as exc:
             raise bad(str(exc), exc.param) from None
         self._generate(body, backend.encode_chat(messages, _template_kwargs(body), tools, prefill), ChatShape,
-                       tools=bool(tools), prefill=prefill)
+                       tools=bool(tools), prefill=prefill, single=bool(tools) and named_choice(body) is not None)
 
     def _completion(self):
         body = self._json_body()
@@ -817,9 +830,10 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(str(exc)) from None
         return GenRequest(list(prompt_ids), max_tokens, sampling, _stops(body))
 
-    def _generate(self, body: dict, prompt_ids: list, shape, tools: bool = False, prefill: str = "") -> None:
+    def _generate(self, body: dict, prompt_ids: list, shape, tools: bool = False, prefill: str = "",
+                  single: bool = False) -> None:
         """`prefill`: what the prompt already wrote of the answer (a forced tool call's opening): the answer
-        is read, and its calls parsed, from there."""
+        is read, and its calls parsed, from there. `single`: tool_choice named a function: its one call."""
         stream = _bool(body, "stream")
         opts = body.get("stream_options") or {}
         include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
@@ -829,9 +843,9 @@ class Handler(BaseHTTPRequestHandler):
                 "model": self.server.backend.name}
         try:
             if stream:
-                self._stream(job, shape, meta, include_usage, tools, prefill)
+                self._stream(job, shape, meta, include_usage, tools, prefill, single)
             else:
-                self._collect(job, shape, meta, tools, prefill)
+                self._collect(job, shape, meta, tools, prefill, single)
         finally:
             job.cancel.set()  # a no-op after the end; stops the worker when the client went away
 
@@ -852,7 +866,8 @@ class Handler(BaseHTTPRequestHandler):
             if item is not None:
                 return item
 
-    def _collect(self, job: Job, shape, meta: dict, tools: bool = False, prefill: str = "") -> None:
+    def _collect(self, job: Job, shape, meta: dict, tools: bool = False, prefill: str = "",
+                 single: bool = False) -> None:
         while isinstance(item := self._next(job), StepEvent):
             pass
         if isinstance(item, ApiError):
@@ -861,13 +876,14 @@ class Handler(BaseHTTPRequestHandler):
         choice = shape.choice(prefill + item.text, _finish(item))
         if tools:
             content, calls = split_tool_calls(prefill + item.text)
+            calls = calls[:1] if single else calls
             if calls:
                 choice = {**choice, "message": {"role": "assistant", "content": content, "tool_calls": calls},
                           "finish_reason": "tool_calls"}
         self._send_json(200, {**meta, "object": shape.object, "choices": [choice], "usage": usage})
 
     def _stream(self, job: Job, shape, meta: dict, include_usage: bool, tools: bool = False,
-                prefill: str = "") -> None:
+                prefill: str = "", single: bool = False) -> None:
         self._start_events()
         chunk = {**meta, "object": shape.chunk_object}
         if shape is ChatShape:
@@ -885,6 +901,7 @@ class Handler(BaseHTTPRequestHandler):
             finish = _finish(item)
             if held is not None:
                 rest, calls = held.finish()
+                calls = calls[:1] if single else calls
                 if rest:
                     self._event({**chunk, "choices": [shape.delta(rest, None)]})
                 if calls:
@@ -947,6 +964,8 @@ class Handler(BaseHTTPRequestHandler):
         asked = body.get("model", body.get("name"))
         if asked in (None, ""):
             raise bad("model is required", "model")
+        if not isinstance(asked, str):
+            raise bad(f"'model' must be a string, got {asked!r}", "model")
         if not ollama_api.names_model(asked, self.server.backend.name):
             raise ApiError(404, f"model {asked!r} not found: this server serves "
                                 f"{ollama_api.tagged(self.server.backend.name)!r}", code="model_not_found")
@@ -964,21 +983,26 @@ class Handler(BaseHTTPRequestHandler):
                               "capabilities": ollama_api.capabilities(tools, "enable_thinking" in template),
                               "modified_at": card["modified_at"]})
 
+    def _ollama_loaded(self, body: dict, chat: bool):
+        """The answer to a request with nothing to answer: Ollama's way to load (or unload) a model."""
+        out = {"model": ollama_api.tagged(self.server.backend.name), "created_at": ollama_api.now()}
+        out.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
+        self._send_json(200, {**out, "done_reason": ollama_api.done_reason_of_load(body), "done": True})
+
     def _ollama_chat(self):
         body = self._json_body()
         self._ollama_model(body)
         backend = self.server.backend
         try:
             ollama_api.check_unsupported(body, chat=True)
-            raw = ollama_api.chat_messages(body.get("messages") or [])
+            messages = body.get("messages")
+            raw = ollama_api.chat_messages([] if messages is None else messages)
             options = ollama_api.openai_body(body)
-            tools = parse_tools({"tools": body["tools"]}) if body.get("tools") else None
+            tools = parse_tools({"tools": body["tools"]}) if body.get("tools") is not None else None
         except (ollama_api.OllamaError, ToolError) as exc:
             raise bad(str(exc), exc.param) from None
-        if not raw:  # Ollama's way to load a model ahead of use: it is loaded already
-            return self._send_json(200, {"model": ollama_api.tagged(backend.name), "created_at": ollama_api.now(),
-                                         "message": {"role": "assistant", "content": ""}, "done_reason": "load",
-                                         "done": True})
+        if not raw:
+            return self._ollama_loaded(body, chat=True)
         ids = backend.encode_chat(parse_messages(raw), ollama_api.template_kwargs(body), tools)
         self._ollama_answer(body, options, ids, chat=True, tools=bool(tools))
 
@@ -992,51 +1016,68 @@ class Handler(BaseHTTPRequestHandler):
             messages = ollama_api.generate_messages(body)
         except ollama_api.OllamaError as exc:
             raise bad(str(exc), exc.param) from None
-        if not body["prompt"]:  # loads the model: it is loaded already
-            return self._send_json(200, {"model": ollama_api.tagged(backend.name), "created_at": ollama_api.now(),
-                                         "response": "", "done_reason": "load", "done": True})
+        prompt = messages[-1]["content"]
+        if not prompt:
+            return self._ollama_loaded(body, chat=False)
         raw = _bool(body, "raw") or not getattr(backend.lm.tokenizer, "chat_template", None)
-        ids = (backend.encode_text(body["prompt"]) if raw
+        ids = (backend.encode_text(prompt) if raw
                else backend.encode_chat(messages, ollama_api.template_kwargs(body)))
         self._ollama_answer(body, options, ids, chat=False)
 
     def _ollama_answer(self, body: dict, options: dict, prompt_ids: list, chat: bool, tools: bool = False) -> None:
         stream = body.get("stream", True)
+        stream = True if stream is None else stream  # (null: Ollama's default)
         if not isinstance(stream, bool):
             raise bad(f"'stream' must be true or false, got {stream!r}", "stream")
+        thinking = bool(ollama_api.wants_thinking(body))  # the thought in its own field, as Ollama does
         job = Job(self._request(options, prompt_ids))
         self.server.worker.submit(job)
         name = ollama_api.tagged(self.server.backend.name)
 
-        def piece(text: str, calls: list | None = None) -> dict:
+        def piece(text: str, calls: list | None = None, thought: str = "") -> dict:
+            out = {"model": name, "created_at": ollama_api.now()}
             if not chat:
-                return {"model": name, "created_at": ollama_api.now(), "response": text, "done": False}
+                out["response"] = text
+                if thought:
+                    out["thinking"] = thought
+                return {**out, "done": False}
             message = {"role": "assistant", "content": text}
+            if thought:
+                message["thinking"] = thought
             if calls:
                 message["tool_calls"] = ollama_api.tool_calls(calls)
-            return {"model": name, "created_at": ollama_api.now(), "message": message, "done": False}
+            return {**out, "message": message, "done": False}
 
         try:
             if stream:
                 self._start_events("application/x-ndjson")
+            split = ollama_api.ThinkingSplit() if thinking else None
             held = ToolCallStream() if tools and stream else None  # a call goes out whole, once parsed
             while isinstance(item := self._next(job), StepEvent):
-                out = held.feed(item.text) if held is not None else item.text
-                if stream and out:
-                    self._ndjson(piece(out))
+                thought, text = split.feed(item.text) if split is not None else ("", item.text)
+                out = held.feed(text) if held is not None else text
+                if stream and (out or thought):
+                    self._ndjson(piece(out, thought=thought))
             if isinstance(item, ApiError):
                 if not stream:
                     raise item
                 self._ndjson({"error": item.message})
             else:
                 if not stream:
-                    content, calls = split_tool_calls(item.text) if tools else (item.text, [])
-                    last = piece(content or "" if calls else item.text, calls)
+                    thought, text = ollama_api.split_thinking(item.text) if thinking else ("", item.text)
+                    content, calls = split_tool_calls(text) if tools else (text, [])
+                    last = piece(content or "" if calls else text, calls, thought)
                 else:
-                    rest, calls = held.finish() if held is not None else ("", [])
-                    last = piece(rest, calls)
+                    thought, text = split.finish() if split is not None else ("", "")
+                    if held is not None:
+                        out = held.feed(text)
+                        rest, calls = held.finish()
+                        rest = out + rest
+                    else:
+                        rest, calls = text, []
+                    last = piece(rest, calls, thought)
                     if rest and calls:  # the text before the calls, then the calls on their own
-                        self._ndjson(piece(rest))
+                        self._ndjson(piece(rest, thought=thought))
                         last = piece("", calls)
                 final = {**last, **ollama_api.final_fields(item, _finish(item))}
                 if stream:

@@ -26,11 +26,12 @@ from .errors import SubspecError
 from .events import StepEvent
 from .depth_control import DepthControl, control_for
 from .draft_graph import draft_span, draft_step_for, release_steps
-from .generate import Emitter, allocate_cache, check_context, ensure_room, prefill_step, streamed_bytes
+from .constrained import constrained_walk
+from .generate import allocate_cache, check_context, ensure_room, new_emitter, prefill_step, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
-from .sampling import Draws, History, SamplingParams, select_tokens
+from .sampling import Draws, History, SamplingParams, row_scores, select_tokens
 from .tree import Tree, path_members, prune, tree_mask, walk
 
 
@@ -177,9 +178,10 @@ def sampled_children(logits: torch.Tensor, sampling: SamplingParams, draws: Draw
 
 
 def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams,
-           draws: Draws | None, history: History | None = None) -> torch.Tensor:
+           draws: Draws | None, history: History | None = None, keep: dict | None = None) -> torch.Tensor:
     """The target's token at every node of the tree, in one pass: [N] on the device. With penalties
-    (`history`) each node's logits are penalized with its own path, as plain decoding would have there."""
+    (`history`) each node's logits are penalized with its own path, as plain decoding would have there.
+    `keep` (a constrained answer's walk ranks a node's other tokens): receives `rescore(node)`."""
     L, n = cache.length, tree.size
     # In the model's dtype: a float32 mask would be held beside its converted fold for the whole pass
     # (the largest mask of all: n rows over the whole context; engine.planner.mask_bytes counts it).
@@ -189,6 +191,8 @@ def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams
     # In the model's dtype: argmax is the same on it, and sampling casts a block of rows at a time
     logits = target(tree.tokens[:n], positions, cache, L, mask, float_logits=False)
     paths = path_members(tree, slice(0, n)) if history is not None else None
+    if keep is not None:
+        keep["rescore"] = lambda node: row_scores(logits, node, sampling, draws, positions, history, paths)
     return select_tokens(logits, sampling, draws, positions, history, paths)
 
 
@@ -228,7 +232,7 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
     release_steps(draft, keep=cache)  # the last answer's captured steps hold its cache: free it first
     cache, max_new_tokens, note = allocate_cache(target, len(prompt_ids), max_new_tokens, shape.grown + 1, cache)
     history = History(sampling, prompt_ids) if sampling.penalized else None
-    emitter = Emitter(lm.tokenizer, lm.eos_token_ids(), stop_strings, max_new_tokens, history)
+    emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, history)
     gen = sampling.draws()
     context = lm.config.max_position_embeddings
 
@@ -251,7 +255,9 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         try:
             tree = grow_tree(draft, cache, root, shape, depth, timer, history=history, sampling=sampling, draws=gen)
             t1 = time.perf_counter()
-            target_tokens = verifier(target, cache, tree, sampling, gen, history)
+            keep = {} if emitter.constraint is not None else None
+            target_tokens = (verifier(target, cache, tree, sampling, gen, history) if keep is None
+                             else verifier(target, cache, tree, sampling, gen, history, keep=keep))
             _sync(device)
         except torch.OutOfMemoryError:
             # Another program took VRAM, or a long context left too little for this tree. Nothing was
@@ -270,7 +276,10 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         verify_ms = (time.perf_counter() - t1) * 1e3
         n = tree.size
         tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
-        path, bonus = walk(tokens, parents, chosen)
+        if keep is None:
+            path, bonus = walk(tokens, parents, chosen)
+        else:  # JSON mode: the target's choice among the allowed tokens, node by node along the path
+            path, bonus = constrained_walk(tokens, parents, chosen, emitter.constraint, keep["rescore"])
         kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
         # Commit the KV of the root and of every kept token but the last, which becomes the next root.
         slots = torch.tensor([0] + path[: max(len(kept) - 1, 0)], device=device) + L

@@ -65,6 +65,11 @@ def _named(choice) -> str | None:
     return None
 
 
+def named_choice(body: dict) -> str | None:
+    """The function a request's tool_choice names, or None ("auto", "none", "required")."""
+    return _named(body.get("tool_choice"))
+
+
 def forced_call(body: dict, tools: list[dict] | None, template: str | None) -> str:
     """What the answer must begin with for tool_choice "required" or a named function: the opening of a
     Hermes call, written into the prompt after the assistant's turn begins, so the model goes on with a
@@ -157,9 +162,15 @@ def _call(raw: str) -> dict | None:
     arguments = value.get("arguments", value.get("parameters"))
     if arguments is None:
         arguments = {}  # (a client calls f(**json.loads(arguments)))
+    if isinstance(arguments, str):  # some models write the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict):  # clients call f(**arguments): anything else stays text
+        return None
     return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": value["name"], "arguments": arguments if isinstance(arguments, str)
-                         else json.dumps(arguments, ensure_ascii=False)}}
+            "function": {"name": value["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}
 
 
 class ToolCallStream:

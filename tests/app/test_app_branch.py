@@ -112,19 +112,19 @@ def test_branch_waits_for_the_answer_in_progress(qtbot, make_window):
         gate.set()
 
 
-def test_a_branch_the_disk_refuses_adds_nothing(qtbot, make_window, monkeypatch, dialogs):
-    import sqlite3
-
+def test_a_branch_the_disk_refuses_adds_nothing(qtbot, make_window, dialogs):
     window = make_window(FakeBackend(events=numbered_answers()))
     answer(qtbot, window)
     original = window.conversation.id
     count = len(window.store.conversations())
-
-    def full(*_a, **_k):
-        raise sqlite3.OperationalError("database or disk is full")
-    monkeypatch.setattr(window.store, "import_conversation", full)
+    rows = window.store.db.execute("SELECT COUNT(*) FROM messages").fetchone()
+    # The write fails half-way, after the new conversation's row: the transaction must take that back too.
+    window.store.db.execute("CREATE TEMP TRIGGER refuse BEFORE INSERT ON messages BEGIN"
+                            " SELECT RAISE(ABORT, 'database or disk is full'); END")
     window.transcript.anchorClicked.emit(QUrl(branch_links(window)[0]))
+    window.store.db.execute("DROP TRIGGER refuse")
     assert window.conversation.id == original and len(window.store.conversations()) == count
+    assert window.store.db.execute("SELECT COUNT(*) FROM messages").fetchone() == rows
     assert "could not be saved" in dialogs.shown[-1]["text"] and "Nothing was added" in dialogs.shown[-1]["text"]
 
 

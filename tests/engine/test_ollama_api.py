@@ -121,6 +121,51 @@ def test_generate_templated_raw_and_the_load_request(served):
     before = len(calls)
     loaded = client.generate(model=lm.name, prompt="")  # Ollama's "load the model": no generation
     assert loaded.done and loaded.done_reason == "load" and len(calls) == before
+    _url = served[4]
+    for body, reason in (({}, "load"), ({"keep_alive": 0}, "unload"), ({"prompt": None}, "load")):
+        status, raw = _post(_url, "/api/generate", {"model": lm.name, **body})  # no prompt at all: the docs' way
+        assert status == 200 and json.loads(raw)["done_reason"] == reason and len(calls) == before
+    status, raw = _post(_url, "/api/chat", {"model": lm.name, "messages": [], "keep_alive": "0"})
+    assert json.loads(raw)["done_reason"] == "unload" and json.loads(raw)["message"]["content"] == ""
+
+
+def test_with_think_on_the_thought_comes_in_its_own_field(served):
+    client, lm, answers, calls, _url = served
+    answer = "<think>\nThe user greets.\n</think>\n\nHello there!"
+    answers.append(answer)
+    r = client.chat(model=lm.name, messages=[{"role": "user", "content": "Hi"}], think=True)
+    assert (r.message.thinking, r.message.content) == ("\nThe user greets.\n", "Hello there!")
+    answers.append(answer)
+    chunks = list(client.generate(model=lm.name, prompt="Hi", think=True, stream=True))
+    assert "".join(c.thinking or "" for c in chunks) == "\nThe user greets.\n"
+    assert "".join(c.response for c in chunks) == "Hello there!"
+    answers.append(answer)  # think left unset: the text as the model wrote it
+    assert client.chat(model=lm.name, messages=[{"role": "user", "content": "Hi"}]).message.content == answer
+
+
+def test_thinking_split_holds_partial_tags_back():
+    from engine.ollama_api import ThinkingSplit, split_thinking
+
+    split = ThinkingSplit()
+    pieces = ["<th", "ink>", "plan", " it</th", "ink", ">\n", "\nDo", "ne."]
+    got = [split.feed(p) for p in pieces] + [split.finish()]
+    assert "".join(t for t, _ in got) == "plan it" and "".join(a for _, a in got) == "Done."
+    assert got[0] == ("", "") and got[3] == (" it", "")  # "</th" waited for the rest of the tag
+    assert split_thinking("No thought here.") == ("", "No thought here.")
+    assert split_thinking("<think>cut short") == ("cut short", "")
+    assert split_thinking("<thi") == ("", "<thi")  # (a text that only began like the tag)
+
+
+def test_a_negative_seed_is_a_new_seed_for_each_answer(served):
+    client, lm, answers, calls, _url = served
+    answers.append("ok")
+    client.generate(model=lm.name, prompt="x", options={"seed": -1, "temperature": 0.5})
+    assert calls[-1]["sampling"].seed is None  # (not one fixed seed every time)
+    answers.append("ok")
+    status, raw = _post(_url, "/api/generate", {"model": lm.name, "prompt": "x", "stream": None,
+                                                "options": {"seed": 42, "temperature": 0.5}})
+    lines = [json.loads(line) for line in raw.decode().splitlines()]  # null: Ollama's default, streamed
+    assert status == 200 and lines[-1]["done"] and calls[-1]["sampling"].seed == 42
 
 
 def _post(url, path, body):
@@ -133,17 +178,20 @@ def _post(url, path, body):
 
 
 @pytest.mark.parametrize("body, why", [
-    ({"messages": [{"role": "user", "content": "hi"}], "format": "json"}, "format"),
+    ({"messages": [{"role": "user", "content": "hi"}], "format": {"type": "object"}}, "format"),
     ({"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "images"),
     ({"messages": [{"role": "user", "content": "hi"}], "options": {"mirostat": 2}}, "mirostat"),
     ({"messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": "lots"}}, "num_predict"),
     ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+    ({"messages": {}}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": {}}, "tools"),
+    ({"model": ["x"], "messages": [{"role": "user", "content": "hi"}]}, "model"),
 ])
 def test_what_it_cannot_honour_is_a_400_in_ollamas_error_shape(served, body, why):
     _client, lm, _answers, calls, url = served
     before = len(calls)
-    status, raw = _post(url, "/api/chat", {"model": lm.name, **body})
+    status, raw = _post(url, "/api/chat", {"model": lm.name, **body} if "model" not in body else body)
     error = json.loads(raw)["error"]
     assert status == 400 and isinstance(error, str) and why in error and len(calls) == before
     status, raw = _post(url, "/api/chat", {"messages": []})

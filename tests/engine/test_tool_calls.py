@@ -164,6 +164,20 @@ def test_tool_choice_required_or_named_forces_a_call_streamed_or_not(served):
         client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER],
                                        tool_choice={"type": "function", "function": {"name": "get_time"}})
 
+    second = '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Bern"}}\n</tool_call>'
+    for stream in (False, True):  # a named function is one call of it: later calls are not made
+        answers.append(' {"city": "Rome"}}\n</tool_call>' + second)
+        r = client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER], tool_choice=NAMED,
+                                           stream=stream)
+        if stream:
+            calls = [tc for c in r if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        else:
+            calls = r.choices[0].message.tool_calls
+        assert [json.loads(c.function.arguments)["city"] for c in calls] == ["Rome"]
+    answers.append(' "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' + second)
+    r = client.chat.completions.create(model=lm.name, messages=messages, tools=[WEATHER], tool_choice="required")
+    assert len(r.choices[0].message.tool_calls) == 2  # "required": one call or more
+
 
 def test_a_model_whose_template_has_no_tools_refuses_them(tmp_path):
     lm = load_model(make_tiny_model_folder(tmp_path / "tiny", "llama"), "float32", "cpu")
@@ -190,6 +204,11 @@ def test_a_call_left_open_does_not_swallow_the_next_and_thoughts_make_no_calls()
     assert bare["function"]["arguments"] == "{}"  # not "null": clients call f(**json.loads(arguments))
     _c, [city] = split_tool_calls(CALL.replace("Paris", "Zürich"))
     assert city["function"]["arguments"] == '{"city": "Zürich"}'
+    _c, [quoted] = split_tool_calls('<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>')
+    assert quoted["function"]["arguments"] == '{"a": 1}'  # arguments written as a JSON string: read through
+    for odd in ('"Paris"', "[1, 2]", "3", '"not json"'):  # clients call f(**arguments): these stay text
+        text = '<tool_call>{"name": "f", "arguments": ' + odd + '}</tool_call>'
+        assert split_tool_calls(text) == (text, [])
 
 
 def test_template_variables_of_template_sets_and_transformers_tags():
@@ -203,3 +222,13 @@ def test_template_variables_of_template_sets_and_transformers_tags():
     assert template_variables("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}"
                               "{% endfor %}") == {"messages"}  # a TRL fine-tune's template
     assert template_variables("{% unknown_tag %}") is None  # cannot tell: kwargs and tools pass through
+
+
+def test_a_forced_call_after_a_template_that_opens_a_thought_closes_it_first(tmp_path):
+    lm = load_model(make_tiny_model_folder(tmp_path / "tiny", "llama"), "float32", "cpu")
+    lm.tokenizer.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+                                  "<|assistant|><think>\n")  # as QwQ's and Qwen3-Thinking's do
+    prompt = lm.tokenizer.decode(lm.encode_messages([{"role": "user", "content": "hi"}], prefill="<tool_call>"))
+    assert prompt.endswith("<tool_call>") and prompt.index("<think>") < prompt.index("</think>")
+    plain = lm.tokenizer.decode(lm.encode_messages([{"role": "user", "content": "hi"}]))
+    assert "</think>" not in plain  # without a forced call the model thinks as its template asks

@@ -1,0 +1,140 @@
+"""JSON mode (engine.constrained): the recognizer agrees with json.loads, token bytes are the tokenizer's,
+a constrained answer is the same token for token whichever way it is decoded (plain, SubSpec trees; greedy,
+sampled, penalized), and on the real model it is valid JSON where the free answer was not."""
+
+import json
+import random
+
+import pytest
+from tiny_models import ARCHS, make_tiny_model_folder
+
+from engine.constrained import START, JsonConstraint, feed, token_bytes
+from engine.events import summarize
+from engine.generate import generate_plain
+from engine.loading import load_model
+from engine.sampling import SamplingParams
+from engine.speculative import TreeShape, generate_subspec
+from engine.substitute import build_draft
+
+VALID = ['{}', '{"a": 1}', '{"a": [1, 2.5, -3e10, 0, -0.0, 1E+2, true, false, null]}', ' {"k": "v\\n\\u00e9\\"x"}',
+         '{"nested": {"deeper": [[], {}, [{"x": "y"}]]}, "s": "été ☕"}', '{\n  "a" : "b" ,\n "c":{}\n}\n']
+INVALID = ['[]', '"x"', '1', '{"a"}', '{"a":}', '{"a": 01}', '{"a": 1.}', '{"a": .5}', '{"a": tru}', '{a: 1}',
+           '{"a": 1,}', '{"a": [1,]}', '{"a": "\\x"}', '{"a": "\\u12G4"}', '{"a": -}', '{"a": 1e}', '{} {}',
+           '{"a": 1}}', '{"a": "line\nbreak"}', "{'a': 1}", '{"a": NaN}', '{"a": [1 2]}']
+
+
+def _accepts(text: str):
+    return feed(START, text.encode())
+
+
+def test_the_recognizer_agrees_with_json_loads():
+    for text in VALID:
+        assert isinstance(json.loads(text), dict)
+        state = _accepts(text)
+        assert state is not None and state.done, text
+        data = text.encode()
+        for i in range(len(data)):  # every beginning of a valid object can go on
+            assert feed(START, data[:i]) is not None, (text, data[:i])
+    for text in INVALID:
+        state = _accepts(text)
+        assert state is None or not state.done, text
+    rng = random.Random(7)
+    alphabet = '{}[]":,.-+eE0123456789 \ntruefalsnul\\abx'
+    agreed = 0
+    for _ in range(6000):  # valid objects mutated at random: done exactly when json.loads takes an object
+        text = list(rng.choice(VALID))
+        for _ in range(rng.randint(1, 2)):
+            i = rng.randrange(len(text) + 1)
+            kind = rng.random()
+            if kind < 0.4 and i < len(text):
+                del text[i]
+            elif kind < 0.7:
+                text.insert(i, rng.choice(alphabet))
+            elif i < len(text):
+                text[i] = rng.choice(alphabet)
+        text = "".join(text)
+        state = _accepts(text)
+        try:
+            ok = isinstance(json.loads(text), dict) and text.lstrip()[:1] == "{"
+        except ValueError:
+            ok = False
+        assert (state is not None and state.done) == ok, text
+        agreed += ok
+    assert 300 < agreed < 5700  # both sides were exercised
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def tiny(request, tmp_path_factory):
+    lm = load_model(make_tiny_model_folder(tmp_path_factory.mktemp(request.param), request.param), "float32", "cpu")
+    return lm, build_draft(lm.decoder, 4, 64)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(json=True), SamplingParams(temperature=0.9, seed=3, json=True),
+                                    SamplingParams(temperature=1.0, top_k=5, seed=4, json=True),
+                                    SamplingParams(repetition_penalty=1.4, json=True)])
+def test_a_json_answer_is_the_same_whichever_way_it_is_decoded(tiny, params):
+    lm, draft = tiny
+    ids = lm.encode("hello world")
+    plain = summarize(generate_plain(lm, ids, 30, params), len(ids), "p")
+    free = summarize(generate_plain(lm, ids, 30, SamplingParams(**{**params.__dict__, "json": False})), len(ids), "p")
+    assert plain.token_ids != free.token_ids  # (random weights: the constraint had to choose)
+    c = JsonConstraint(lm.tokenizer, lm.eos_token_ids(), lm.config.vocab_size)
+    text = b"".join(c.pieces[t] for t in plain.token_ids)
+    assert text.lstrip()[:1] == b"{" and feed(START, text) is not None  # a JSON object so far
+    for shape in (TreeShape(6, 3), TreeShape(1, 4), TreeShape(8, 4, budget=12), TreeShape(8, 3, auto=True)):
+        spec = summarize(generate_subspec(lm, draft, ids, 30, params, shape=shape), len(ids), "s")
+        assert spec.token_ids == plain.token_ids and spec.text == plain.text
+
+
+def test_token_bytes_are_what_the_tokenizer_decodes(smollm2):
+    tok = smollm2.tokenizer
+    pieces = token_bytes(tok, smollm2.config.vocab_size)
+    assert len(pieces) == smollm2.config.vocab_size
+    for t in list(range(0, smollm2.config.vocab_size, 97)):
+        if pieces[t] is None:
+            assert t in tok.all_special_ids
+            continue
+        text = tok.decode([t])
+        if "\ufffd" not in text:  # (a token holding part of a character decodes to U+FFFD on its own)
+            assert pieces[t] == text.encode(), t
+    assert token_bytes(tok, smollm2.config.vocab_size) is pieces  # made once per tokenizer
+
+
+def test_json_mode_on_the_real_model_is_valid_json_and_subspec_gives_the_same(smollm2):
+    smollm2_draft = build_draft(smollm2.decoder, nbits=4, group_size=64)  # g64: g32 matches the GGUF's grid
+    ids = smollm2.encode("Describe a cat as a JSON object with keys name, age and color.")
+    free = summarize(generate_plain(smollm2, ids, 64), len(ids), "p")
+    assert free.text.startswith("```json")  # left free, the model fences its JSON in Markdown
+    plain = summarize(generate_plain(smollm2, ids, 64, SamplingParams(json=True)), len(ids), "p")
+    assert isinstance(json.loads(plain.text), dict) and plain.finish_reason == "eos"
+    spec = summarize(generate_subspec(smollm2, smollm2_draft, ids, 64, SamplingParams(json=True),
+                                      shape=TreeShape(16, 4)), len(ids), "s")
+    assert spec.token_ids == plain.token_ids and spec.tau > 2
+
+
+def test_the_apis_json_modes_reach_the_engine(tmp_path):
+    import ollama
+    import openai
+
+    from engine.server import Backend, SubspecServer
+
+    lm = load_model(make_tiny_model_folder(tmp_path / "tiny", "llama"), "float32", "cpu")
+    seen = []
+
+    def generate(prompt_ids, max_tokens, sampling, stops):
+        seen.append(sampling.json)
+        from engine.generate import generate_plain
+        yield from generate_plain(lm, prompt_ids, max_tokens, sampling, stops)
+
+    with SubspecServer(Backend(lm, generate=generate), port=0).start() as srv:
+        oai = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        r = oai.completions.create(model=lm.name, prompt="hi there", max_tokens=12, temperature=0,
+                                   extra_body={"response_format": {"type": "json_object"}})
+        assert r.choices[0].text.lstrip().startswith("{")
+        with pytest.raises(openai.BadRequestError, match="json_schema is not enforced"):
+            oai.completions.create(model=lm.name, prompt="hi", max_tokens=4, extra_body={"response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}})
+        client = ollama.Client(host=srv.url, timeout=60)
+        g = client.generate(model=lm.name, prompt="hi there", raw=True, format="json", options={"num_predict": 12})
+        assert g.response.lstrip().startswith("{")
+    assert seen == [True, True]
