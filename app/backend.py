@@ -186,7 +186,7 @@ class TorchBackend:
             raise SubspecError(f"model {self.name} has no chat template, so it cannot be used for chat")
         sampling = SamplingParams(temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
                                   seed=p["seed"], min_p=p["min_p"], repetition_penalty=p["repetition_penalty"],
-                                  penalty_last_n=p["penalty_last_n"])
+                                  penalty_last_n=p["penalty_last_n"], json=p.get("answer_format") == "json")
         from engine.context_window import fit_conversation
 
         # A conversation longer than the context keeps going on its latest turns (the user is told). On a
@@ -197,8 +197,8 @@ class TorchBackend:
         # shortened (as the API server shortens max_tokens), and says so.
         wanted = int(p["max_new_tokens"])
         template = {"enable_thinking": bool(p["thinking"])} if p["thinking"] is not None else None
-        ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"]), template), messages,
-                                        limit - min(wanted, limit // 2))
+        ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"]), template, sampling.json),
+                                        messages, limit - min(wanted, limit // 2))
         p["max_new_tokens"] = max(1, min(wanted, limit - len(ids)))
         stops = tuple(p["stop"])
         if p["method"] == "subspec":
@@ -240,9 +240,13 @@ class TorchBackend:
 
         return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops))
 
-    def encode(self, messages: list[dict], continue_final: bool, template: dict | None = None) -> list[int]:
-        """`template`: chat template variables (Qwen3's enable_thinking)."""
+    def encode(self, messages: list[dict], continue_final: bool, template: dict | None = None,
+               json_mode: bool = False) -> list[int]:
+        """`template`: chat template variables (Qwen3's enable_thinking); `json_mode`: a thought the template
+        opens is closed first (LoadedModel.encode_messages)."""
         if not continue_final:
+            if json_mode:
+                return self.lm.encode_messages(messages, template, close_thought=True)
             return self.lm.encode_messages(messages, template)
         if not messages or messages[-1]["role"] != "assistant":
             raise SubspecError("there is no answer to continue")

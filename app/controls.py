@@ -17,7 +17,9 @@ DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest,
 # The settings behind "More" and their defaults (off, and the answer length the app always had): the
 # conversation's. Presets leave them alone (they set temperature and top-p).
 MORE_DEFAULTS = {name: DECODING_DEFAULTS[name] for name in ("top_k", "min_p", "repetition_penalty",
-                                                            "penalty_last_n", "max_new_tokens", "seed", "stop")}
+                                                            "penalty_last_n", "max_new_tokens", "seed", "stop",
+                                                            "answer_format")}
+FORMAT_LABELS = {"text": "Text", "json": "JSON object"}
 RANDOM_SEED = -1  # the seed box's "new for each answer"
 MAX_SEED = 2**31 - 1  # a QSpinBox holds an int32
 STOP_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", ",": ","}
@@ -202,7 +204,8 @@ def _bounded(value, box) -> int:
 
 class SamplingControls(QObject):
     """A preset menu and its two values (editing a value turns the preset into "custom"), and behind "More"
-    the conversation's top-k, min-p, repetition penalty and its window, answer length, seed and stop strings."""
+    the conversation's top-k, min-p, repetition penalty and its window, answer length, seed, stop strings and
+    answer format (text, or JSON mode)."""
 
     changed = Signal()
 
@@ -228,6 +231,7 @@ class SamplingControls(QObject):
                     self.seed):
             box.valueChanged.connect(self._more_edited)
         self.stop.textChanged.connect(self._more_edited)
+        self.answer_format.currentIndexChanged.connect(self._more_edited)
         self.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
 
     def _more_menu(self) -> QToolButton:
@@ -267,9 +271,16 @@ class SamplingControls(QObject):
         self.stop.setToolTip("Stop strings: the answer ends where one appears (it is not shown). Separate them "
                              "with commas; \\n is a new line, \\t a tab, \\, a comma: \\n\\n, User: stops at a "
                              "blank line or at User:")
+        self.answer_format = QComboBox()
+        for value, label in FORMAT_LABELS.items():
+            self.answer_format.addItem(label, value)
+        self.answer_format.setToolTip("JSON object: every answer is one JSON object (JSON mode: tokens that would "
+                                      "break it are never chosen; ask for the keys you want in your message). "
+                                      "SubSpec stays lossless")
         for box, name in ((self.top_k, "Top-k"), (self.min_p, "Min-p"),
                           (self.repetition_penalty, "Repetition penalty"), (self.penalty_last_n, "Penalty window"),
-                          (self.max_new_tokens, "Answer length"), (self.seed, "Seed"), (self.stop, "Stop strings")):
+                          (self.max_new_tokens, "Answer length"), (self.seed, "Seed"), (self.stop, "Stop strings"),
+                          (self.answer_format, "Answer format")):
             box.setAccessibleName(name)
         panel = QWidget()
         form = QFormLayout(panel)
@@ -280,11 +291,12 @@ class SamplingControls(QObject):
         form.addRow("Answer length", self.max_new_tokens)
         form.addRow("Seed", self.seed)
         form.addRow("Stop strings", self.stop)
+        form.addRow("Answer format", self.answer_format)
         button = QToolButton()
         button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         button.setAccessibleName("More sampling settings")
-        button.setToolTip("Top-k, min-p, repetition penalty and its window, answer length, seed and stop strings of "
-                          "this conversation")
+        button.setToolTip("Top-k, min-p, repetition penalty and its window, answer length, seed, stop strings and "
+                          "answer format of this conversation")
         menu = QMenu(button)
         action = QWidgetAction(menu)
         action.setDefaultWidget(panel)
@@ -296,7 +308,8 @@ class SamplingControls(QObject):
         return {"top_k": self.top_k.value(), "min_p": round(self.min_p.value(), 2),
                 "repetition_penalty": round(self.repetition_penalty.value(), 2),
                 "penalty_last_n": self.penalty_last_n.value(), "max_new_tokens": self.max_new_tokens.value(),
-                "seed": self.seed.value(), "stop": self.stop.text()}
+                "seed": self.seed.value(), "stop": self.stop.text(),
+                "answer_format": self.answer_format.currentData()}
 
     def values(self) -> dict:
         return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
@@ -320,6 +333,8 @@ class SamplingControls(QObject):
             self.max_new_tokens.setValue(_bounded(more["max_new_tokens"], self.max_new_tokens))
             self.seed.setValue(_bounded(more["seed"], self.seed))
             self.stop.setText(str(more["stop"]))
+            index = self.answer_format.findData(more["answer_format"])
+            self.answer_format.setCurrentIndex(max(index, 0))
         finally:
             self._quiet = False
         self._label_more()

@@ -113,7 +113,7 @@ def _sampling(args):
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                           min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                          penalty_last_n=args.penalty_last_n)
+                          penalty_last_n=args.penalty_last_n, json=getattr(args, "format", "text") == "json")
 
 
 def _answer_options(p) -> None:
@@ -126,6 +126,9 @@ def _answer_options(p) -> None:
     _penalty_options(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="json: the answer is one JSON object (JSON mode, as Ollama's --format json; lossless "
+                        "under SubSpec too)")
 
 
 def _penalty_options(p) -> None:

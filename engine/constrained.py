@@ -33,6 +33,9 @@ DIGITS = b"0123456789"
 ESCAPES = b'"\\/bfnrtu'
 HEX = b"0123456789abcdefABCDEF"
 CANDIDATES_PER_ROUND = 64  # candidates ranked at a time, in score order, before the next round
+# Whitespace bytes in a row between tokens at most (llama.cpp's JSON grammar allows a new line and 20 more): room
+# for pretty-printing, none for a small model stuck writing blank lines until the context is full.
+MAX_WHITESPACE = 32
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class JsonState:
     mode: str = "start"  # start, value, value0, key, key0, colon, after, string, key_string, escape,
     # key_escape, hex, key_hex, literal, minus, zero, int, dot, frac, exp, exp_sign, exp_int, done
     left: bytes | int = b""
+    spaces: int = 0  # whitespace bytes in a row just before here (MAX_WHITESPACE)
 
     @property
     def done(self) -> bool:
@@ -86,7 +90,9 @@ def step(s: JsonState, c: int) -> JsonState | None:
             return step(_after_value(s.stack), c)
         return None
     if c in WHITESPACE:
-        return s if mode != "done" else None  # (done: see JsonConstraint.allows)
+        if mode == "done" or s.spaces >= MAX_WHITESPACE:  # (done: see feed)
+            return None
+        return JsonState(s.stack, mode, s.left, s.spaces + 1)
     if mode == "start":
         return JsonState(("o",), "key0") if c == ord("{") else None
     if mode in ("value", "value0"):
@@ -195,8 +201,12 @@ class JsonConstraint:
         the selection's own scores at this position; tokens it scored -inf by their raw order after)."""
         if self.allows(state, token):
             return token
-        ranked = scores()
-        order = torch.argsort(ranked.float(), descending=True)
+        ranked = scores().float()
+        if state.done:  # only an end-of-answer token: the best of them, without ranking the vocabulary
+            eos = sorted(self.eos)
+            return eos[int(ranked[torch.tensor(eos, device=ranked.device)].argmax())]
+        # Ties in the order argmax breaks them (the lower id first); ranked on the CPU, one copy.
+        order = torch.argsort(ranked, descending=True, stable=True).cpu()
         for start in range(0, order.numel(), CANDIDATES_PER_ROUND):
             for t in order[start:start + CANDIDATES_PER_ROUND].tolist():
                 if self.allows(state, t):
@@ -218,17 +228,20 @@ def token_bytes(tokenizer, vocab_size: int) -> tuple:
     tokens = tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(tokenizer)))))
     tokens = list(tokens) + [None] * (vocab_size - len(tokens))
     special = set(getattr(tokenizer, "all_special_ids", ()))
-    special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    special |= {i for i, t in added.items() if getattr(t, "special", False)}
     byte_level = any(t and "\u0120" in t for t in tokens[:5000])  # "Ġ": a space in byte-level BPE
     decoder = {v: k for k, v in _bytes_to_unicode().items()}
     out = []
     for i, tok in enumerate(tokens):
         if tok is None or i in special:
             out.append(None)
+        elif i in added:  # an added token is its text as written, in any vocabulary
+            out.append(tok.encode("utf-8"))
         elif byte_level:
             try:
                 out.append(bytes(decoder[ch] for ch in tok))
-            except KeyError:  # an added token written as plain text (not byte-level)
+            except KeyError:  # (not byte-level after all)
                 out.append(tok.encode("utf-8"))
         elif len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):  # SentencePiece's byte fallback
             out.append(bytes([int(tok[3:5], 16)]))
@@ -269,6 +282,8 @@ def constrained_walk(tokens: list[int], parents: list[int], chosen: list[int], c
         if child is None:
             return path, token
         path.append(child)
+        if token in constraint.eos:  # the answer ends here: nothing after it is the target's to choose
+            return path, token
         state = constraint.after(state, token)
         node = child
 

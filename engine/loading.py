@@ -192,13 +192,14 @@ class LoadedModel:
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
     def encode_messages(self, messages: list[dict], template_kwargs: dict | None = None,
-                        prefill: str = "") -> list[int]:
+                        prefill: str = "", close_thought: bool = False) -> list[int]:
         """`template_kwargs`: variables for the chat template, e.g. Qwen3's enable_thinking (a template
         that does not use one ignores it). `prefill`: the answer's beginning, after the generation prompt
-        and tokenized with it (as the model saw such text in training)."""
+        and tokenized with it (as the model saw such text in training). `close_thought` (JSON mode): a
+        thought the template opens is closed, as before a prefill: the answer must be the JSON."""
         rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                                       **(template_kwargs or {}))
-        if prefill and rendered.rstrip().endswith("<think>"):
+        if (prefill or close_thought) and rendered.rstrip().endswith("<think>"):
             # The template opens a thought (QwQ, Qwen3 *-Thinking): close it first, or the prefill would be
             # written inside the thought, where a reasoning model's text is not its answer.
             prefill = "\n</think>\n\n" + prefill

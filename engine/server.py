@@ -367,9 +367,9 @@ class Backend:
         return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops)
 
     def encode_chat(self, messages: list[dict], template_kwargs: dict | None = None,
-                    tools: list[dict] | None = None, prefill: str = "") -> list[int]:
+                    tools: list[dict] | None = None, prefill: str = "", close_thought: bool = False) -> list[int]:
         """`prefill`: how the answer begins (engine.tool_calls.forced_call), written after the template's
-        generation prompt."""
+        generation prompt. `close_thought`: JSON mode (LoadedModel.encode_messages)."""
         from jinja2 import TemplateError
 
         if not getattr(self._encoder.tokenizer, "chat_template", None):
@@ -385,8 +385,9 @@ class Backend:
                         raise bad(f"model {self.name}'s chat template has no tools: it was not trained to call them",
                                   "tools")
                     template_kwargs["tools"] = tools
-                if prefill:
-                    return self._encoder.encode_messages(messages, template_kwargs, prefill=prefill)
+                if prefill or close_thought:
+                    return self._encoder.encode_messages(messages, template_kwargs, prefill=prefill,
+                                                         close_thought=close_thought)
                 if template_kwargs:
                     return self._encoder.encode_messages(messages, template_kwargs)
                 return self._encoder.encode_messages(messages)
@@ -782,7 +783,12 @@ class Handler(BaseHTTPRequestHandler):
             prefill = forced_call(body, tools, backend.chat_template(bool(tools)))
         except ToolError as exc:
             raise bad(str(exc), exc.param) from None
-        self._generate(body, backend.encode_chat(messages, _template_kwargs(body), tools, prefill), ChatShape,
+        json_mode = _json_mode(body)
+        if json_mode and tools:
+            raise bad("JSON mode (response_format json_object) and tools cannot be combined: a tool call is not "
+                      "a bare JSON object", "response_format")
+        ids = backend.encode_chat(messages, _template_kwargs(body), tools, prefill, close_thought=json_mode)
+        self._generate(body, ids, ChatShape,
                        tools=bool(tools), prefill=prefill, single=bool(tools) and named_choice(body) is not None)
 
     def _completion(self):
@@ -1003,7 +1009,11 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(str(exc), exc.param) from None
         if not raw:
             return self._ollama_loaded(body, chat=True)
-        ids = backend.encode_chat(parse_messages(raw), ollama_api.template_kwargs(body), tools)
+        json_mode = body.get("format") == "json"
+        if json_mode and tools:
+            raise bad("format \"json\" and tools cannot be combined: a tool call is not a bare JSON object", "format")
+        ids = backend.encode_chat(parse_messages(raw), ollama_api.template_kwargs(body), tools,
+                                  close_thought=json_mode)
         self._ollama_answer(body, options, ids, chat=True, tools=bool(tools))
 
     def _ollama_generate(self):
@@ -1021,7 +1031,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._ollama_loaded(body, chat=False)
         raw = _bool(body, "raw") or not getattr(backend.lm.tokenizer, "chat_template", None)
         ids = (backend.encode_text(prompt) if raw
-               else backend.encode_chat(messages, ollama_api.template_kwargs(body)))
+               else backend.encode_chat(messages, ollama_api.template_kwargs(body),
+                                        close_thought=body.get("format") == "json"))
         self._ollama_answer(body, options, ids, chat=False)
 
     def _ollama_answer(self, body: dict, options: dict, prompt_ids: list, chat: bool, tools: bool = False) -> None:

@@ -196,7 +196,9 @@ def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams
     return select_tokens(logits, sampling, draws, positions, history, paths)
 
 
-Verifier = Callable[[Decoder, KVCache, Tree, SamplingParams, "Draws | None", "History | None"], torch.Tensor]
+# (target, cache, tree, sampling, draws, history) -> the target's token at each node; a JSON-mode answer also
+# passes keep= (a dict), where a verifier that can puts "rescore" (see verify).
+Verifier = Callable[..., torch.Tensor]
 
 
 def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max_new_tokens: int = 256,
@@ -279,7 +281,10 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         if keep is None:
             path, bonus = walk(tokens, parents, chosen)
         else:  # JSON mode: the target's choice among the allowed tokens, node by node along the path
+            if "rescore" not in keep:
+                raise TypeError("JSON mode needs a verifier that fills keep['rescore'] (engine.speculative.verify)")
             path, bonus = constrained_walk(tokens, parents, chosen, emitter.constraint, keep["rescore"])
+            keep = None  # the tree's logits go now, not after the next tree is drawn
         kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
         # Commit the KV of the root and of every kept token but the last, which becomes the next root.
         slots = torch.tensor([0] + path[: max(len(kept) - 1, 0)], device=device) + L

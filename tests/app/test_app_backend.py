@@ -347,3 +347,19 @@ def test_stop_ends_a_draft_build_and_the_next_subspec_answer_builds_it(tmp_path)
     backend.stop_event.clear()
     _prompt, events = backend.stream(MESSAGES, {"method": "subspec", "max_new_tokens": 2})
     assert sum(len(ev.token_ids) for ev in events) == 2 and backend.draft is not None
+
+
+def test_the_answer_format_json_makes_every_answer_one_json_object(tmp_path):
+    from tiny_models import make_tiny_model_folder
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    texts = {}
+    for fmt in ("text", "json"):
+        _prompt, events = backend.stream(MESSAGES, {"max_new_tokens": 24, "answer_format": fmt})
+        texts[fmt] = "".join(e.text for e in events)
+    assert texts["json"].lstrip().startswith("{") and not texts["text"].lstrip().startswith("{")
+    # A template that opens a thought in the prompt (QwQ's) has it closed first in JSON mode: the JSON is the answer.
+    backend.lm.tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}<think>\n"
+    plain = backend.encode(MESSAGES, False)
+    closed = backend.encode(MESSAGES, False, None, json_mode=True)
+    assert len(closed) > len(plain) and "</think>" in backend.lm.tokenizer.decode(closed)

@@ -159,7 +159,7 @@ def test_answer_stats_line():
 def test_presets_set_the_values_and_edits_make_them_custom(qtbot, make_window):
     s = make_window().sampling
     off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512,
-           "seed": -1, "stop": ""}
+           "seed": -1, "stop": "", "answer_format": "text"}
     assert s.values() == {"preset": "greedy", "temperature": 0.0, "top_p": 1.0, **off}
     s.preset.setCurrentText("creative")
     assert s.values() == {"preset": "creative", "temperature": 1.0, "top_p": 0.95, **off}
@@ -221,3 +221,18 @@ def test_a_draft_build_stopped_ends_the_answer_as_stopped_without_an_error(qtbot
     assert "stopped while building the SubSpec draft: conversion cancelled after 3/28 layers" in \
         window.transcript.toPlainText()
     assert not window.busy and window.send_button.isEnabled()
+
+
+def test_the_answer_format_is_the_conversations_and_reaches_the_engine(qtbot, make_window):
+    window = make_window(FakeBackend())
+    fmt = window.sampling.answer_format
+    assert fmt.currentData() == "text" and window.sampling.more.text() == "More"
+    fmt.setCurrentIndex(fmt.findData("json"))
+    assert window.sampling.more.text() == "More (1)"  # a changed setting behind a closed menu is counted
+    answer(qtbot, window)
+    assert window.backend.calls[-1][1]["answer_format"] == "json"
+    first = window.conversation.id
+    window.new_conversation()
+    assert fmt.currentData() == "text"  # another conversation, its own format
+    window.open_conversation(first)
+    assert fmt.currentData() == "json" and window.store.get(first).answer_format == "json"

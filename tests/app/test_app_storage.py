@@ -283,7 +283,8 @@ def test_garbage_in_a_conversations_settings_reads_as_the_defaults(qtbot, make_w
     b = store.create("B", "B prompt", "custom", 0.3, 0.9, top_k=40, repetition_penalty=1.2)
     with store.db:
         store.db.execute("UPDATE conversations SET min_p = 'x', temperature = 'hot', top_k = X'00', "
-                         "max_new_tokens = 'lots', preset = 5, penalty_last_n = 1e999, seed = 'lucky', stop = X'00' "
+                         "max_new_tokens = 'lots', preset = 5, penalty_last_n = 1e999, seed = 'lucky', stop = X'00', "
+                         "answer_format = 'xml' "
                          "WHERE id = ?", (b.id,))
     store.close()
     window = make_window()
@@ -292,7 +293,7 @@ def test_garbage_in_a_conversations_settings_reads_as_the_defaults(qtbot, make_w
     assert window.conversation.id == b.id and window.system_prompt.text() == "B prompt"
     assert window.sampling.values() == {"preset": "custom", "temperature": 0.0, "top_p": 0.9, "top_k": 0,
                                         "min_p": 0.0, "repetition_penalty": 1.2, "penalty_last_n": 64,
-                                        "max_new_tokens": 512, "seed": -1, "stop": ""}
+                                        "max_new_tokens": 512, "seed": -1, "stop": "", "answer_format": "text"}
 
 
 # ---------------------------------------------------------------- settings

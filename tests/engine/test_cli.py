@@ -36,6 +36,15 @@ def test_generate_json(default_model_folder):
     assert len(out["token_ids"]) == out["new_tokens"]
 
 
+def test_generate_format_json_answers_one_json_object_plain_and_subspec(default_model_folder):
+    base = ("generate", "SmolLM2-135M-Instruct", "--prompt", "Describe a cat as a JSON object with keys name, age "
+            "and color.", "--max-new-tokens", "64", "--format", "json", "--json")
+    plain = json.loads(run(*base).stdout)
+    spec = run(*base, "--method", "subspec", "--depth", "16", "--topk", "4")
+    assert spec.returncode == 0, spec.stderr
+    assert isinstance(json.loads(plain["text"]), dict) and json.loads(spec.stdout)["text"] == plain["text"]
+
+
 def test_generate_with_auto_depth_json(default_model_folder):
     base = ("generate", "SmolLM2-135M-Instruct", "--prompt", "Name three colors.", "--max-new-tokens", "16",
             "--json", "--device", "cpu")

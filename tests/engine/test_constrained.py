@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 from tiny_models import ARCHS, make_tiny_model_folder
 
 from engine.constrained import START, JsonConstraint, feed, token_bytes
@@ -61,6 +62,29 @@ def test_the_recognizer_agrees_with_json_loads():
         assert (state is not None and state.done) == ok, text
         agreed += ok
     assert 300 < agreed < 5700  # both sides were exercised
+
+
+def test_whitespace_runs_are_bounded_and_a_finished_object_only_ends():
+    from engine.constrained import MAX_WHITESPACE
+
+    assert _accepts("{" + " " * MAX_WHITESPACE) is not None and _accepts("{" + " " * (MAX_WHITESPACE + 1)) is None
+    assert _accepts('{\n' + " " * 20 + '"a": 1}').done  # pretty-printing fits
+    assert _accepts('{"a": "' + " " * 100 + '"}').done  # (inside a string, spaces are text)
+
+
+def test_choose_ranks_lazily_and_picks_the_end_at_once(tmp_path):
+    lm = load_model(make_tiny_model_folder(tmp_path / "tiny", "llama"), "float32", "cpu")
+    c = JsonConstraint(lm.tokenizer, lm.eos_token_ids(), lm.config.vocab_size)
+    brace = next(t for t, p in enumerate(c.pieces) if p == b"{")
+    scores = torch.arange(lm.config.vocab_size, dtype=torch.float32)  # the highest id scores highest
+    top = lm.config.vocab_size - 1
+    assert c.choose(START, top, lambda: scores) == max(t for t, p in enumerate(c.pieces)
+                                                        if p and feed(START, p) is not None
+                                                        and feed(START, p).mode != "start")
+    done = feed(START, b"{}")
+    [eos] = sorted(c.eos)[:1]
+    assert c.choose(done, brace, lambda: scores) == max(c.eos)  # only an end: the best-scored one
+    assert c.allows(done, eos) and not c.allows(done, brace) and not c.allows(START, eos)
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
@@ -137,4 +161,11 @@ def test_the_apis_json_modes_reach_the_engine(tmp_path):
         client = ollama.Client(host=srv.url, timeout=60)
         g = client.generate(model=lm.name, prompt="hi there", raw=True, format="json", options={"num_predict": 12})
         assert g.response.lstrip().startswith("{")
+        with pytest.raises(openai.BadRequestError, match="cannot be combined"):
+            oai.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}],
+                                        response_format={"type": "json_object"}, tools=[{
+                                            "type": "function", "function": {"name": "f"}}])
+        with pytest.raises(ollama.ResponseError, match="cannot be combined"):
+            client.chat(model=lm.name, messages=[{"role": "user", "content": "hi"}], format="json",
+                        tools=[{"type": "function", "function": {"name": "f"}}])
     assert seen == [True, True]

@@ -232,3 +232,5 @@ def test_a_forced_call_after_a_template_that_opens_a_thought_closes_it_first(tmp
     assert prompt.endswith("<tool_call>") and prompt.index("<think>") < prompt.index("</think>")
     plain = lm.tokenizer.decode(lm.encode_messages([{"role": "user", "content": "hi"}]))
     assert "</think>" not in plain  # without a forced call the model thinks as its template asks
+    closed = lm.tokenizer.decode(lm.encode_messages([{"role": "user", "content": "hi"}], close_thought=True))
+    assert closed.index("<think>") < closed.index("</think>")  # JSON mode: the answer is the JSON, not a thought
