@@ -37,8 +37,7 @@ from .errors import SubspecError
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
 from . import ollama_api
-from .tool_calls import (ToolCallStream, ToolError, forced_call, named_choice, parse_tools, split_tool_calls,
-                         template_message)
+from .tool_calls import ToolError, ToolParsing, forced_call, named_choice, parse_tools, template_message
 from .sampling import SamplingParams
 from .depth_control import control_for
 from .speculative import TreeShape
@@ -788,8 +787,9 @@ class Handler(BaseHTTPRequestHandler):
             raise bad("JSON mode (response_format json_object) and tools cannot be combined: a tool call is not "
                       "a bare JSON object", "response_format")
         ids = backend.encode_chat(messages, _template_kwargs(body), tools, prefill, close_thought=json_mode)
+        parsing = ToolParsing.of(tools, backend.chat_template(True)) if tools else None
         self._generate(body, ids, ChatShape,
-                       tools=bool(tools), prefill=prefill, single=bool(tools) and named_choice(body) is not None)
+                       tools=parsing, prefill=prefill, single=bool(tools) and named_choice(body) is not None)
 
     def _completion(self):
         body = self._json_body()
@@ -836,7 +836,7 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(str(exc)) from None
         return GenRequest(list(prompt_ids), max_tokens, sampling, _stops(body))
 
-    def _generate(self, body: dict, prompt_ids: list, shape, tools: bool = False, prefill: str = "",
+    def _generate(self, body: dict, prompt_ids: list, shape, tools: ToolParsing | None = None, prefill: str = "",
                   single: bool = False) -> None:
         """`prefill`: what the prompt already wrote of the answer (a forced tool call's opening): the answer
         is read, and its calls parsed, from there. `single`: tool_choice named a function: its one call."""
@@ -872,7 +872,7 @@ class Handler(BaseHTTPRequestHandler):
             if item is not None:
                 return item
 
-    def _collect(self, job: Job, shape, meta: dict, tools: bool = False, prefill: str = "",
+    def _collect(self, job: Job, shape, meta: dict, tools: ToolParsing | None = None, prefill: str = "",
                  single: bool = False) -> None:
         while isinstance(item := self._next(job), StepEvent):
             pass
@@ -881,20 +881,20 @@ class Handler(BaseHTTPRequestHandler):
         usage = self.server.backend.usage(item)
         choice = shape.choice(prefill + item.text, _finish(item))
         if tools:
-            content, calls = split_tool_calls(prefill + item.text)
+            content, calls = tools.split(prefill + item.text)
             calls = calls[:1] if single else calls
             if calls:
                 choice = {**choice, "message": {"role": "assistant", "content": content, "tool_calls": calls},
                           "finish_reason": "tool_calls"}
         self._send_json(200, {**meta, "object": shape.object, "choices": [choice], "usage": usage})
 
-    def _stream(self, job: Job, shape, meta: dict, include_usage: bool, tools: bool = False,
+    def _stream(self, job: Job, shape, meta: dict, include_usage: bool, tools: ToolParsing | None = None,
                 prefill: str = "", single: bool = False) -> None:
         self._start_events()
         chunk = {**meta, "object": shape.chunk_object}
         if shape is ChatShape:
             self._event({**chunk, "choices": [shape.delta("", None, first=True)]})
-        held = ToolCallStream() if tools else None  # a tool call goes out whole, once it can be parsed
+        held = tools.stream() if tools else None  # a tool call goes out whole, once it can be parsed
         if held is not None:
             held.feed(prefill)  # a forced call's opening: held (it begins with <tool_call>) with what follows
         while isinstance(item := self._next(job), StepEvent):
@@ -1014,7 +1014,8 @@ class Handler(BaseHTTPRequestHandler):
             raise bad("format \"json\" and tools cannot be combined: a tool call is not a bare JSON object", "format")
         ids = backend.encode_chat(parse_messages(raw), ollama_api.template_kwargs(body), tools,
                                   close_thought=json_mode)
-        self._ollama_answer(body, options, ids, chat=True, tools=bool(tools))
+        self._ollama_answer(body, options, ids, chat=True,
+                            tools=ToolParsing.of(tools, backend.chat_template(True)) if tools else None)
 
     def _ollama_generate(self):
         body = self._json_body()
@@ -1035,7 +1036,8 @@ class Handler(BaseHTTPRequestHandler):
                                         close_thought=body.get("format") == "json"))
         self._ollama_answer(body, options, ids, chat=False)
 
-    def _ollama_answer(self, body: dict, options: dict, prompt_ids: list, chat: bool, tools: bool = False) -> None:
+    def _ollama_answer(self, body: dict, options: dict, prompt_ids: list, chat: bool,
+                       tools: ToolParsing | None = None) -> None:
         stream = body.get("stream", True)
         stream = True if stream is None else stream  # (null: Ollama's default)
         if not isinstance(stream, bool):
@@ -1063,7 +1065,7 @@ class Handler(BaseHTTPRequestHandler):
             if stream:
                 self._start_events("application/x-ndjson")
             split = ollama_api.ThinkingSplit() if thinking else None
-            held = ToolCallStream() if tools and stream else None  # a call goes out whole, once parsed
+            held = tools.stream() if tools and stream else None  # a call goes out whole, once parsed
             while isinstance(item := self._next(job), StepEvent):
                 thought, text = split.feed(item.text) if split is not None else ("", item.text)
                 out = held.feed(text) if held is not None else text
@@ -1076,7 +1078,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 if not stream:
                     thought, text = ollama_api.split_thinking(item.text) if thinking else ("", item.text)
-                    content, calls = split_tool_calls(text) if tools else (text, [])
+                    content, calls = tools.split(text) if tools else (text, [])
                     last = piece(content or "" if calls else text, calls, thought)
                 else:
                     thought, text = split.finish() if split is not None else ("", "")

@@ -1,12 +1,19 @@
-"""Tool calling for the OpenAI-compatible API, in the Hermes format that Qwen2.5, Qwen3 and the Hermes
-models are trained on: the model's chat template lists the tools, and the model answers a call as
+"""Tool calling for the OpenAI-compatible API. The model's chat template lists the tools, and the model
+answers a call in the format its template teaches, which the server returns as OpenAI `tool_calls`
+(finish_reason "tool_calls") instead of text. Three formats, told apart by the template (call_format):
 
-    <tool_call>
-    {"name": "get_weather", "arguments": {"city": "Paris"}}
-    </tool_call>
+- Hermes (Qwen2.5, Qwen3, Hermes): calls in tags, anywhere after the text,
+      <tool_call>
+      {"name": "get_weather", "arguments": {"city": "Paris"}}
+      </tool_call>
+- Llama 3.1/3.2/3.3's JSON: the whole answer is the call, {"name": ..., "parameters": {...}} (after a
+  <|python_tag|> special token, which decoding drops); several are separated by ";".
+- Mistral's: the whole answer is [TOOL_CALLS] (a special token, dropped) and a JSON list of
+  {"name": ..., "arguments": {...}}.
 
-which the server returns as OpenAI `tool_calls` (finish_reason "tool_calls") instead of text. The decoding
-itself is unchanged (SubSpec included: a call is text the target chose). Standard library only.
+In the two whole-answer formats an answer is a call only if all of it parses so and every name is one of
+the request's tools: an answer that merely is JSON stays text. The decoding itself is unchanged (SubSpec
+included: a call is text the target chose). Standard library only.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # To its closing tag, the next opening one (a call left unclosed must not swallow the next), or the end.
@@ -157,6 +165,11 @@ def _call(raw: str) -> dict | None:
         value = json.loads(raw)
     except ValueError:
         return None
+    return _call_from(value)
+
+
+def _call_from(value) -> dict | None:
+    """A parsed call ({"name", "arguments" or "parameters"}) in OpenAI's form, or None."""
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         return None
     arguments = value.get("arguments", value.get("parameters"))
@@ -201,3 +214,99 @@ class ToolCallStream:
         if not calls:
             return rest, []
         return content or "", calls
+
+
+HERMES, LLAMA3_JSON, MISTRAL = "hermes", "llama3_json", "mistral"
+
+
+def call_format(template: str | None) -> str:
+    """The call format a chat template teaches (Hermes unless it is one of the whole-answer formats)."""
+    template = template or ""
+    if OPEN in template:
+        return HERMES
+    if "[TOOL_CALLS]" in template:
+        return MISTRAL
+    if "<|python_tag|>" in template or '"parameters": dictionary of argument name' in template:
+        return LLAMA3_JSON
+    return HERMES
+
+
+def _whole_answer_calls(text: str, fmt: str, names: frozenset) -> list[dict]:
+    """The calls a whole answer in Llama 3's or Mistral's format makes, or [] when it is not all calls to
+    the request's tools."""
+    body = text.strip().removeprefix("<|python_tag|>").removeprefix("[TOOL_CALLS]").strip()
+    decoder, values, i = json.JSONDecoder(), [], 0
+    try:
+        while i < len(body):
+            value, i = decoder.raw_decode(body, i)
+            values.extend(value if isinstance(value, list) and fmt == MISTRAL else [value])
+            while i < len(body) and body[i] in " \t\r\n;":
+                i += 1
+    except ValueError:
+        return []
+    calls = [_call_from(v) for v in values]
+    if not calls or any(c is None or c["function"]["name"] not in names for c in calls):
+        return []
+    return calls
+
+
+@dataclass(frozen=True)
+class ToolParsing:
+    """How a request's answer is read for calls: the template's format and the request's tool names."""
+
+    fmt: str
+    names: frozenset
+
+    @classmethod
+    def of(cls, tools: list[dict], template: str | None) -> "ToolParsing":
+        return cls(call_format(template), frozenset(t["function"]["name"] for t in tools))
+
+    def split(self, text: str) -> tuple[str | None, list[dict]]:
+        """split_tool_calls in this format: (the text outside the calls or None, the calls)."""
+        if self.fmt == HERMES:
+            return split_tool_calls(text)
+        start = _after_thinking(text)
+        if start is None:
+            return text, []
+        calls = _whole_answer_calls(text[start:], self.fmt, self.names)
+        if not calls:
+            return text, []
+        return text[:start].strip() or None, calls
+
+    def stream(self) -> "ToolCallStream":
+        return ToolCallStream() if self.fmt == HERMES else WholeAnswerStream(self)
+
+
+class WholeAnswerStream:
+    """ToolCallStream for the whole-answer formats: an answer that begins (after any thought) with "{" or
+    "[" is held back until it ends and can be parsed; any other streams as it comes."""
+
+    def __init__(self, parsing: ToolParsing):
+        self.parsing, self.text, self.sent, self.holding = parsing, "", 0, None
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.holding is None:
+            start = _after_thinking(self.text)
+            if start is None:
+                out, self.sent = self.text[self.sent:], len(self.text)  # a thought streams as text
+                return out
+            lead = self.text[start:].lstrip()
+            if not lead:
+                return self._send_to(start)
+            self.holding = lead[0] in "{["
+            if self.holding:
+                return self._send_to(start)
+        return "" if self.holding else self._send_to(len(self.text))
+
+    def _send_to(self, end: int) -> str:
+        out = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return out
+
+    def finish(self) -> tuple[str, list[dict]]:
+        rest = self.text[self.sent:]
+        if not self.holding:
+            return rest, []
+        calls = _whole_answer_calls(rest, self.parsing.fmt, self.parsing.names)
+        return ("", calls) if calls else (rest, [])

@@ -234,3 +234,64 @@ def test_a_forced_call_after_a_template_that_opens_a_thought_closes_it_first(tmp
     assert "</think>" not in plain  # without a forced call the model thinks as its template asks
     closed = lm.tokenizer.decode(lm.encode_messages([{"role": "user", "content": "hi"}], close_thought=True))
     assert closed.index("<think>") < closed.index("</think>")  # JSON mode: the answer is the JSON, not a thought
+
+
+def test_llama3_and_mistral_calls_are_whole_answers_to_the_requests_tools():
+    from engine.tool_calls import HERMES, LLAMA3_JSON, MISTRAL, ToolParsing, call_format
+
+    assert call_format("... <tool_call> ...") == HERMES and call_format("{{ messages }}") == HERMES
+    assert call_format("{{- '<|python_tag|>' }}") == LLAMA3_JSON and call_format("[TOOL_CALLS]") == MISTRAL
+    llama = ToolParsing(LLAMA3_JSON, frozenset({"get_weather", "get_time"}))
+    content, [call] = llama.split('{"name": "get_weather", "parameters": {"city": "Paris"}}')
+    assert content is None and call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    _c, calls = llama.split('{"name": "get_weather", "parameters": {"city": "Rome; Italy"}}; '
+                            '{"name": "get_time", "parameters": {}}')
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    for text in ('{"name": "delete_all", "parameters": {}}',  # not one of the request's tools
+                 '{"answer": 42}', 'The weather: {"name": "get_weather", "parameters": {}}', "Sunny."):
+        assert llama.split(text) == (text, [])
+    mistral = ToolParsing(MISTRAL, frozenset({"get_weather"}))
+    _c, [call] = mistral.split(' [{"name": "get_weather", "arguments": {"city": "Oslo"}}]')
+    assert call["function"]["arguments"] == '{"city": "Oslo"}'
+    assert mistral.split('[1, 2]') == ('[1, 2]', [])
+    thought, [call] = llama.split('<think>\nweather\n</think>\n\n{"name": "get_weather", "parameters": {}}')
+    assert thought == "<think>\nweather\n</think>" and call["function"]["name"] == "get_weather"
+
+
+def test_a_whole_answer_call_is_held_back_and_other_answers_stream():
+    from engine.tool_calls import LLAMA3_JSON, ToolParsing
+
+    parsing = ToolParsing(LLAMA3_JSON, frozenset({"get_weather"}))
+    s = parsing.stream()
+    assert [s.feed(p) for p in [" ", '{"name": "get_weather", ', '"parameters": {"city": "Paris"}}']] == ["", "", ""]
+    rest, [call] = s.finish()
+    assert rest == "" and call["function"]["name"] == "get_weather"
+    s = parsing.stream()
+    assert [s.feed(p) for p in ["It is", " sunny."]] == ["It is", " sunny."] and s.finish() == ("", [])
+    s = parsing.stream()
+    assert s.feed('{"answer": ') == "" and s.feed("42}") == ""
+    assert s.finish() == ('{"answer": 42}', [])  # JSON, but no call: sent whole at the end
+    s = parsing.stream()
+    assert s.feed("<think>hm") == "<think>hm" and s.feed("</think>\n") == "</think>"
+    assert s.feed('{"name": "get_weather", "parameters": {}}') == "" and len(s.finish()[1]) == 1
+
+
+def test_a_llama3_style_template_gets_its_calls_back_as_tool_calls(tmp_path):
+    lm = load_model(make_tiny_model_folder(tmp_path / "tiny", "llama"), "float32", "cpu")
+    lm.tokenizer.chat_template = ("{% if tools %}Respond with {\"name\": function name, \"parameters\": dictionary of "
+                                  "argument name and its value}{% endif %}{% for m in messages %}<|{{ m.role }}|>"
+                                  "{{ m.content }}{% endfor %}<|assistant|>{# <|python_tag|> #}")
+    answers = ['{"name": "get_weather", "parameters": {"city": "Lima"}}', '{"temperature": 21}']
+
+    def generate(prompt_ids, max_tokens, sampling, stops):
+        yield StepEvent(0, (1,), answers.pop(0), finish_reason="eos")
+
+    with SubspecServer(Backend(lm, generate=generate), port=0).start() as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "Lima?"}],
+                                           tools=[WEATHER])
+        [call] = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and json.loads(call.function.arguments) == {"city": "Lima"}
+        r = client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "JSON?"}],
+                                           tools=[WEATHER], stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in r if c.choices) == '{"temperature": 21}'
