@@ -80,26 +80,31 @@ def named_choice(body: dict) -> str | None:
 
 def forced_call(body: dict, tools: list[dict] | None, template: str | None) -> str:
     """What the answer must begin with for tool_choice "required" or a named function: the opening of a
-    Hermes call, written into the prompt after the assistant's turn begins, so the model goes on with a
-    call (the name, or the arguments of the named one) instead of choosing whether to make one. Constrained
-    decoding would also force the arguments' shape; this forces only that a call is made, which is what a
-    client branching on tool_calls needs. "" for "auto" and "none".
+    call in the template's format (call_format), written into the prompt after the assistant's turn begins,
+    so the model goes on with a call (the name, or the arguments of the named one) instead of choosing
+    whether to make one. Constrained decoding would also force the arguments' shape; this forces only that
+    a call is made, which is what a client branching on tool_calls needs. "" for "auto" and "none".
 
-    It ends where the chat templates of these models write a call (`{"name": "...", "arguments": ` then
+    It ends where these templates write a call's name or arguments (`{"name": "...", "arguments": ` then
     `tool_call.arguments | tojson`) before the space, so that the model's next token is one it would have
-    written there itself. Only a template that writes calls as <tool_call> blocks can be forced this way."""
+    written there itself. A template that teaches none of the formats cannot be forced."""
     choice = body.get("tool_choice")
     if not tools or choice in (None, "auto", "none"):
         return ""
-    if OPEN not in (template or ""):
-        raise ToolError("this model's chat template does not write <tool_call> blocks, so a call cannot be "
-                        "forced: use tool_choice \"auto\"", "tool_choice")
+    fmt = call_format(template)
+    if fmt == HERMES and OPEN not in (template or ""):
+        raise ToolError("this model's chat template teaches no tool-call format this server knows (Hermes "
+                        "<tool_call>, Llama 3's JSON, Mistral's [TOOL_CALLS]), so a call cannot be forced: use "
+                        "tool_choice \"auto\"", "tool_choice")
+    opening = {HERMES: OPEN + "\n{", LLAMA3_JSON: "{",
+               MISTRAL: "[TOOL_CALLS] [{" if "[TOOL_CALLS] [" in (template or "") else "[TOOL_CALLS][{"}[fmt]
     name = _named(choice)
     if name is None:
-        return OPEN + '\n{"name":'
+        return opening + '"name":'
     if name not in {t["function"]["name"] for t in tools}:
         raise ToolError(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
-    return OPEN + "\n" + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments":'
+    arguments = "parameters" if fmt == LLAMA3_JSON else "arguments"
+    return opening + '"name": ' + json.dumps(name, ensure_ascii=False) + f', "{arguments}":'
 
 
 def template_message(m: dict, i: int) -> dict:

@@ -70,7 +70,19 @@ def test_a_required_or_named_call_is_forced_by_the_answers_opening():
     with pytest.raises(ToolError, match="not among the tools"):
         forced_call({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, [WEATHER], HERMES)
     with pytest.raises(ToolError, match="cannot be forced"):
-        forced_call({"tool_choice": "required"}, [WEATHER], "{{ messages }}")  # calls in another format
+        forced_call({"tool_choice": "required"}, [WEATHER], "{{ messages }}")  # no call format at all
+    llama, mistral = "... <|python_tag|> ...", "... [TOOL_CALLS] [ ..."
+    assert forced_call({"tool_choice": "required"}, [WEATHER], llama) == '{"name":'
+    assert forced_call({"tool_choice": NAMED}, [WEATHER], llama) == '{"name": "get_weather", "parameters":'
+    assert forced_call({"tool_choice": NAMED}, [WEATHER], mistral) == \
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments":'
+    from engine.tool_calls import LLAMA3_JSON, MISTRAL, ToolParsing
+    _c, [call] = ToolParsing(LLAMA3_JSON, frozenset({"get_weather"})).split(
+        forced_call({"tool_choice": NAMED}, [WEATHER], llama) + ' {"city": "Oslo"}}')
+    assert call["function"]["arguments"] == '{"city": "Oslo"}'
+    _c, [call] = ToolParsing(MISTRAL, frozenset({"get_weather"})).split(
+        forced_call({"tool_choice": "required"}, [WEATHER], mistral) + ' "get_weather", "arguments": {}}]')
+    assert call["function"]["name"] == "get_weather"
     # What the model writes after the opening completes a call the parser reads.
     prefill = forced_call({"tool_choice": NAMED}, [WEATHER], HERMES)
     _content, [call] = split_tool_calls(prefill + ' {"city": "Oslo"}}\n</tool_call>')
@@ -281,7 +293,8 @@ def test_a_llama3_style_template_gets_its_calls_back_as_tool_calls(tmp_path):
     lm.tokenizer.chat_template = ("{% if tools %}Respond with {\"name\": function name, \"parameters\": dictionary of "
                                   "argument name and its value}{% endif %}{% for m in messages %}<|{{ m.role }}|>"
                                   "{{ m.content }}{% endfor %}<|assistant|>{# <|python_tag|> #}")
-    answers = ['{"name": "get_weather", "parameters": {"city": "Lima"}}', '{"temperature": 21}']
+    answers = ['{"name": "get_weather", "parameters": {"city": "Lima"}}', '{"temperature": 21}',
+               ' "get_weather", "parameters": {"city": "Quito"}}']
 
     def generate(prompt_ids, max_tokens, sampling, stops):
         yield StepEvent(0, (1,), answers.pop(0), finish_reason="eos")
@@ -295,3 +308,7 @@ def test_a_llama3_style_template_gets_its_calls_back_as_tool_calls(tmp_path):
         r = client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "JSON?"}],
                                            tools=[WEATHER], stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in r if c.choices) == '{"temperature": 21}'
+        r = client.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "Quito?"}],
+                                           tools=[WEATHER], tool_choice="required", stream=True)
+        calls = [tc for c in r if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert [json.loads(tc.function.arguments) for tc in calls] == [{"city": "Quito"}]
