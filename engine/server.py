@@ -37,7 +37,8 @@ from .errors import SubspecError
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
 from . import ollama_api
-from .tool_calls import ToolError, ToolParsing, forced_call, named_choice, parse_tools, template_message
+from .tool_calls import (ToolError, ToolParsing, forced_call, mistral_ids, named_choice, parse_tools,
+                         template_message)
 from .sampling import SamplingParams
 from .depth_control import control_for
 from .speculative import TreeShape
@@ -378,6 +379,8 @@ class Backend:
                 # Only the variables this template reads: others would do nothing, or clash with
                 # apply_chat_template's own arguments (a TypeError).
                 used = template_variables(self._encoder.tokenizer.chat_template, bool(tools))
+                if "[TOOL_CALLS]" in (self.chat_template(bool(tools)) or ""):
+                    messages = mistral_ids(messages)  # its templates raise on OpenAI's call ids
                 template_kwargs = {k: v for k, v in (template_kwargs or {}).items() if used is None or k in used}
                 if tools:
                     if used is not None and "tools" not in used:
@@ -787,7 +790,7 @@ class Handler(BaseHTTPRequestHandler):
             raise bad("JSON mode (response_format json_object) and tools cannot be combined: a tool call is not "
                       "a bare JSON object", "response_format")
         ids = backend.encode_chat(messages, _template_kwargs(body), tools, prefill, close_thought=json_mode)
-        parsing = ToolParsing.of(tools, backend.chat_template(True)) if tools else None
+        parsing = ToolParsing.of(tools, backend.chat_template(True), forced=bool(prefill)) if tools else None
         self._generate(body, ids, ChatShape,
                        tools=parsing, prefill=prefill, single=bool(tools) and named_choice(body) is not None)
 

@@ -92,7 +92,7 @@ def forced_call(body: dict, tools: list[dict] | None, template: str | None) -> s
     if not tools or choice in (None, "auto", "none"):
         return ""
     fmt = call_format(template)
-    if fmt == HERMES and OPEN not in (template or ""):
+    if fmt == UNKNOWN or (fmt == HERMES and OPEN not in (template or "")):
         raise ToolError("this model's chat template teaches no tool-call format this server knows (Hermes "
                         "<tool_call>, Llama 3's JSON, Mistral's [TOOL_CALLS]), so a call cannot be forced: use "
                         "tool_choice \"auto\"", "tool_choice")
@@ -112,7 +112,7 @@ def template_message(m: dict, i: int) -> dict:
     as an object (OpenAI sends a JSON string; templates write `arguments | tojson`)."""
     out = {}
     calls = m.get("tool_calls")
-    if calls is not None:
+    if calls is not None and calls != []:  # (clients send [] for "no calls": templates read any list as calls)
         if not isinstance(calls, list):
             raise ToolError(f"messages[{i}].tool_calls must be an array", f"messages[{i}].tool_calls")
         converted = []
@@ -125,7 +125,7 @@ def template_message(m: dict, i: int) -> dict:
             if isinstance(arguments, str):
                 try:
                     arguments = json.loads(arguments) if arguments.strip() else {}
-                except ValueError:
+                except (ValueError, RecursionError):
                     pass  # kept as the model wrote it
             converted.append({"id": call.get("id"), "type": "function",
                               "function": {"name": function["name"], "arguments": arguments}})
@@ -168,7 +168,7 @@ def _after_thinking(text: str) -> int | None:
 def _call(raw: str) -> dict | None:
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a model's [[[[... nests past Python's recursion limit)
         return None
     return _call_from(value)
 
@@ -183,12 +183,16 @@ def _call_from(value) -> dict | None:
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(arguments, dict):  # clients call f(**arguments): anything else stays text
         return None
+    try:  # NaN and Infinity are not JSON: a JavaScript client could not read them
+        text = json.dumps(arguments, ensure_ascii=False, allow_nan=False)
+    except (ValueError, RecursionError):
+        return None
     return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": value["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}
+            "function": {"name": value["name"], "arguments": text}}
 
 
 class ToolCallStream:
@@ -221,14 +225,19 @@ class ToolCallStream:
         return content or "", calls
 
 
-HERMES, LLAMA3_JSON, MISTRAL = "hermes", "llama3_json", "mistral"
+HERMES, LLAMA3_JSON, MISTRAL, UNKNOWN = "hermes", "llama3_json", "mistral", "unknown"
 
 
 def call_format(template: str | None) -> str:
-    """The call format a chat template teaches (Hermes unless it is one of the whole-answer formats)."""
+    """The call format a chat template teaches (Hermes unless it is one of the whole-answer formats, or one
+    this server cannot read)."""
     template = template or ""
     if OPEN in template:
         return HERMES
+    if "[ARGS]" in template:
+        # Newer Mistral templates write [TOOL_CALLS]name[ARGS]{...}: both markers are special tokens, which
+        # decoding drops, so the call cannot be told from text. Left as text, never forced.
+        return UNKNOWN
     if "[TOOL_CALLS]" in template:
         return MISTRAL
     if "<|python_tag|>" in template or '"parameters": dictionary of argument name' in template:
@@ -236,55 +245,71 @@ def call_format(template: str | None) -> str:
     return HERMES
 
 
-def _whole_answer_calls(text: str, fmt: str, names: frozenset) -> list[dict]:
-    """The calls a whole answer in Llama 3's or Mistral's format makes, or [] when it is not all calls to
-    the request's tools."""
+# What a whole-answer call begins with, spaces aside (the markers before it are special tokens, dropped).
+CALL_OPENING = {LLAMA3_JSON: '{"name"', MISTRAL: '[{"name"'}
+
+
+def _whole_answer_calls(text: str, fmt: str, names: frozenset, leading: bool = False) -> tuple[list[dict], str]:
+    """(the calls an answer in Llama 3's or Mistral's format makes, the text after them): the whole answer
+    must be calls to the request's tools, or with `leading` (a forced call) its beginning. ([], text) when
+    it is not."""
     body = text.strip().removeprefix("<|python_tag|>").removeprefix("[TOOL_CALLS]").strip()
     decoder, values, i = json.JSONDecoder(), [], 0
-    try:
-        while i < len(body):
-            value, i = decoder.raw_decode(body, i)
-            values.extend(value if isinstance(value, list) and fmt == MISTRAL else [value])
-            while i < len(body) and body[i] in " \t\r\n;":
-                i += 1
-    except ValueError:
-        return []
+    while i < len(body):
+        try:
+            value, end = decoder.raw_decode(body, i)
+        except (ValueError, RecursionError):
+            if leading and values:
+                break  # what follows the forced call is text
+            return [], text
+        values.extend(value if isinstance(value, list) and fmt == MISTRAL else [value])
+        i = end
+        while i < len(body) and body[i] in " \t\r\n;":
+            i += 1
     calls = [_call_from(v) for v in values]
     if not calls or any(c is None or c["function"]["name"] not in names for c in calls):
-        return []
-    return calls
+        return [], text
+    if fmt == MISTRAL:
+        for c in calls:  # Mistral's templates take only 9-character alphanumeric ids back
+            c["id"] = uuid.uuid4().hex[:9]
+    if fmt == LLAMA3_JSON:
+        calls = calls[:1]  # Llama 3's templates take one call per message back ("only supports single")
+    return calls, body[i:].strip()
 
 
 @dataclass(frozen=True)
 class ToolParsing:
-    """How a request's answer is read for calls: the template's format and the request's tool names."""
+    """How a request's answer is read for calls: the template's format, the request's tool names, and
+    whether the prompt forced a call (then a whole-answer call may be followed by text)."""
 
     fmt: str
     names: frozenset
+    forced: bool = False
 
     @classmethod
-    def of(cls, tools: list[dict], template: str | None) -> "ToolParsing":
-        return cls(call_format(template), frozenset(t["function"]["name"] for t in tools))
+    def of(cls, tools: list[dict], template: str | None, forced: bool = False) -> "ToolParsing":
+        return cls(call_format(template), frozenset(t["function"]["name"] for t in tools), forced)
 
     def split(self, text: str) -> tuple[str | None, list[dict]]:
         """split_tool_calls in this format: (the text outside the calls or None, the calls)."""
         if self.fmt == HERMES:
             return split_tool_calls(text)
         start = _after_thinking(text)
-        if start is None:
+        if start is None or self.fmt == UNKNOWN:
             return text, []
-        calls = _whole_answer_calls(text[start:], self.fmt, self.names)
+        calls, after = _whole_answer_calls(text[start:], self.fmt, self.names, self.forced)
         if not calls:
             return text, []
-        return text[:start].strip() or None, calls
+        return "\n\n".join(p for p in (text[:start].strip(), after) if p) or None, calls
 
-    def stream(self) -> "ToolCallStream":
+    def stream(self) -> "ToolCallStream | WholeAnswerStream":
         return ToolCallStream() if self.fmt == HERMES else WholeAnswerStream(self)
 
 
 class WholeAnswerStream:
-    """ToolCallStream for the whole-answer formats: an answer that begins (after any thought) with "{" or
-    "[" is held back until it ends and can be parsed; any other streams as it comes."""
+    """ToolCallStream for the whole-answer formats: an answer that begins (after any thought) as a call
+    does ({"name" or [{"name", spaces aside) is held back until it ends and can be parsed; any other streams
+    as it comes, once its first characters rule a call out."""
 
     def __init__(self, parsing: ToolParsing):
         self.parsing, self.text, self.sent, self.holding = parsing, "", 0, None
@@ -294,14 +319,16 @@ class WholeAnswerStream:
         if self.holding is None:
             start = _after_thinking(self.text)
             if start is None:
-                out, self.sent = self.text[self.sent:], len(self.text)  # a thought streams as text
-                return out
-            lead = self.text[start:].lstrip()
-            if not lead:
-                return self._send_to(start)
-            self.holding = lead[0] in "{["
-            if self.holding:
-                return self._send_to(start)
+                return self._send_to(len(self.text))  # a thought streams as text
+            opening = CALL_OPENING.get(self.parsing.fmt)
+            body = self.text[start:].lstrip().removeprefix("<|python_tag|>").removeprefix("[TOOL_CALLS]")
+            lead = "".join(body.split())[:len(opening or "")]
+            if opening is None or not opening.startswith(lead):
+                self.holding = False  # not a call: everything goes
+            elif len(lead) == len(opening):
+                self.holding = True
+            else:
+                return self._send_to(start)  # undecided: hold what may open a call
         return "" if self.holding else self._send_to(len(self.text))
 
     def _send_to(self, end: int) -> str:
@@ -311,7 +338,44 @@ class WholeAnswerStream:
 
     def finish(self) -> tuple[str, list[dict]]:
         rest = self.text[self.sent:]
-        if not self.holding:
+        if self.parsing.fmt == UNKNOWN:
             return rest, []
-        calls = _whole_answer_calls(rest, self.parsing.fmt, self.parsing.names)
-        return ("", calls) if calls else (rest, [])
+        calls, after = _whole_answer_calls(rest, self.parsing.fmt, self.parsing.names, self.parsing.forced)
+        return (after, calls) if calls else (rest, [])
+
+
+def mistral_ids(messages: list[dict]) -> list[dict]:
+    """Messages whose tool-call ids Mistral's templates take: 9 alphanumeric characters (they raise
+    otherwise). An id is mapped the same way wherever it appears (a call's id and its result's
+    tool_call_id); a missing one (Ollama's clients send none) is made up, and a result without one answers
+    the oldest call not yet answered."""
+    import hashlib
+
+    def norm(value) -> str | None:
+        if not isinstance(value, str) or not value:
+            return None
+        kept = "".join(ch for ch in value if ch.isascii() and ch.isalnum())
+        return kept[-9:] if len(kept) >= 9 else hashlib.sha1(value.encode()).hexdigest()[:9]
+
+    out, waiting, made = [], [], 0
+    for m in messages:
+        m = dict(m)
+        if m.get("tool_calls"):
+            calls = []
+            for call in m["tool_calls"]:
+                cid = norm(call.get("id"))
+                if cid is None:
+                    made += 1
+                    cid = f"call{made:05d}"
+                waiting.append(cid)
+                calls.append({**call, "id": cid})
+            m["tool_calls"] = calls
+        elif m.get("role") == "tool":
+            tid = norm(m.get("tool_call_id"))
+            if tid is None and waiting:
+                tid = waiting[0]
+            if tid in waiting:
+                waiting.remove(tid)
+            m["tool_call_id"] = tid or "call00000"
+        out.append(m)
+    return out

@@ -103,7 +103,8 @@ def test_tool_calls_come_back_with_object_arguments(served):
                                                                                  "arguments": {"city": "Paris"}}}]},
                {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
     assert client.chat(model=lm.name, messages=history, tools=[WEATHER]).message.content == "Sunny."
-    assert "<call>get_weather(Paris)</call>" in calls[-1]["prompt"] and "<|tool|>sunny[get_weather]" in calls[-1]["prompt"]
+    prompt = calls[-1]["prompt"]
+    assert "<call>get_weather(Paris)</call>" in prompt and "<|tool|>sunny[get_weather]" in prompt
 
 
 def test_generate_templated_raw_and_the_load_request(served):
@@ -112,7 +113,8 @@ def test_generate_templated_raw_and_the_load_request(served):
     r = client.generate(model=lm.name, prompt="Sky colour?", system="Be brief.")
     assert r.response == "Blue." and r.done
     prompt = calls[-1]["prompt"]
-    assert prompt.index("<|system|>Be brief.") < prompt.index("<|user|>Sky colour?") and prompt.endswith("<|assistant|>")
+    assert prompt.index("<|system|>Be brief.") < prompt.index("<|user|>Sky colour?")
+    assert prompt.endswith("<|assistant|>")
     answers.append(" over the lazy dog")
     chunks = list(client.generate(model=lm.name, prompt="The quick brown fox jumps", raw=True, stream=True,
                                   options={"num_predict": 9}))

@@ -10,7 +10,7 @@ from tiny_models import make_tiny_model_folder
 from engine.events import StepEvent
 from engine.loading import load_model
 from engine.server import Backend, SubspecServer
-from engine.tool_calls import ToolCallStream, ToolError, forced_call, parse_tools, split_tool_calls
+from engine.tool_calls import ToolCallStream, ToolError, forced_call, parse_tools, split_tool_calls, template_message
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                             "parameters": {"type": "object",
@@ -258,7 +258,7 @@ def test_llama3_and_mistral_calls_are_whole_answers_to_the_requests_tools():
     assert content is None and call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
     _c, calls = llama.split('{"name": "get_weather", "parameters": {"city": "Rome; Italy"}}; '
                             '{"name": "get_time", "parameters": {}}')
-    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    assert [c["function"]["name"] for c in calls] == ["get_weather"]  # Llama's templates take one call back
     for text in ('{"name": "delete_all", "parameters": {}}',  # not one of the request's tools
                  '{"answer": 42}', 'The weather: {"name": "get_weather", "parameters": {}}', "Sunny."):
         assert llama.split(text) == (text, [])
@@ -281,8 +281,10 @@ def test_a_whole_answer_call_is_held_back_and_other_answers_stream():
     s = parsing.stream()
     assert [s.feed(p) for p in ["It is", " sunny."]] == ["It is", " sunny."] and s.finish() == ("", [])
     s = parsing.stream()
-    assert s.feed('{"answer": ') == "" and s.feed("42}") == ""
-    assert s.finish() == ('{"answer": 42}', [])  # JSON, but no call: sent whole at the end
+    assert s.feed('{"') == "" and s.feed('answer": ') == '{"answer": ' and s.feed("42}") == "42}"
+    assert s.finish() == ("", [])  # JSON that cannot be a call streams once its first characters say so
+    s = parsing.stream()
+    assert s.feed("[1](http://x)") == "[1](http://x)"  # (nor is a Markdown link held back)
     s = parsing.stream()
     assert s.feed("<think>hm") == "<think>hm" and s.feed("</think>\n") == "</think>"
     assert s.feed('{"name": "get_weather", "parameters": {}}') == "" and len(s.finish()[1]) == 1
@@ -312,3 +314,45 @@ def test_a_llama3_style_template_gets_its_calls_back_as_tool_calls(tmp_path):
                                            tools=[WEATHER], tool_choice="required", stream=True)
         calls = [tc for c in r if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
         assert [json.loads(tc.function.arguments) for tc in calls] == [{"city": "Quito"}]
+
+
+def test_odd_model_output_and_client_histories_never_break_a_request():
+    from engine.tool_calls import MISTRAL, UNKNOWN, ToolParsing, call_format, mistral_ids
+
+    deep = "[" * 5000 + "]" * 5000  # past Python's recursion limit
+    assert split_tool_calls("<tool_call>" + deep + "</tool_call>")[1] == []
+    assert ToolParsing(MISTRAL, frozenset({"f"})).split(deep) == (deep, [])
+    assert split_tool_calls('<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>')[1] == []
+    assert template_message({"role": "assistant", "content": "hi", "tool_calls": []}, 0) == {}
+    assert template_message({"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": deep}}]},
+                            0)["tool_calls"][0]["function"]["arguments"] == deep  # kept as written
+    # Newer Mistral templates: [TOOL_CALLS]name[ARGS]{...}, both special tokens: not readable, not forced.
+    newer = "{{ '[TOOL_CALLS]' + name + '[ARGS]' + args }}"
+    assert call_format(newer) == UNKNOWN and ToolParsing(UNKNOWN, frozenset({"f"})).split('f{"a": 1}')[1] == []
+    with pytest.raises(ToolError, match="cannot be forced"):
+        forced_call({"tool_choice": "required"}, [WEATHER], newer)
+    # Mistral's templates take 9 alphanumeric characters as ids, the same on a call and on its result.
+    history = [{"role": "user", "content": "x"},
+               {"role": "assistant", "tool_calls": [{"id": "call_0123456789abcdef", "function": {"name": "f"}},
+                                                    {"function": {"name": "g"}}]},
+               {"role": "tool", "tool_call_id": "call_0123456789abcdef", "content": "1"},
+               {"role": "tool", "content": "2"}]
+    fixed = mistral_ids(history)
+    ids = [c["id"] for c in fixed[1]["tool_calls"]]
+    assert all(len(i) == 9 and i.isalnum() for i in ids) and [fixed[2]["tool_call_id"], fixed[3]["tool_call_id"]] == ids
+    _c, [call] = ToolParsing(MISTRAL, frozenset({"f"})).split('[{"name": "f", "arguments": {}}]')
+    assert len(call["id"]) == 9 and call["id"].isalnum()
+
+
+def test_a_forced_whole_answer_call_may_be_followed_by_text_and_is_held_while_streamed():
+    from engine.tool_calls import LLAMA3_JSON, MISTRAL, ToolParsing
+
+    forced = ToolParsing(LLAMA3_JSON, frozenset({"get_weather"}), forced=True)
+    content, [call] = forced.split('{"name": "get_weather", "parameters": {}}\n\nThis checks the weather.')
+    assert content == "This checks the weather." and call["function"]["name"] == "get_weather"
+    free = ToolParsing(LLAMA3_JSON, frozenset({"get_weather"}))
+    assert free.split('{"name": "get_weather", "parameters": {}} ok')[1] == []  # unforced: all of it, or text
+    s = ToolParsing(MISTRAL, frozenset({"get_weather"}), forced=True).stream()
+    assert s.feed('[TOOL_CALLS] [{"name":') == "" and s.feed(' "get_weather", "arguments": {}}]') == ""
+    rest, [call] = s.finish()
+    assert rest == "" and call["function"]["name"] == "get_weather"
