@@ -113,7 +113,26 @@ def _sampling(args):
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                           min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                          penalty_last_n=args.penalty_last_n, json=getattr(args, "format", "text") == "json")
+                          penalty_last_n=args.penalty_last_n,
+                          json=getattr(args, "format", "text") == "json" or getattr(args, "schema", None) is not None,
+                          json_schema=_schema_text(getattr(args, "schema", None)))
+
+
+def _schema_text(path: str | None) -> str | None:
+    """--schema FILE: the JSON schema's text, once engine.constrained has compiled it (a file it cannot read or
+    a schema it cannot enforce is a user error that says why)."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    from .constrained import compiled
+
+    try:
+        text = json.dumps(json.loads(Path(path).read_text(encoding="utf-8")), ensure_ascii=False)
+        compiled(text)
+    except (OSError, ValueError) as exc:  # (json's errors and SchemaError are ValueErrors)
+        raise SubspecError(f"--schema {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return text
 
 
 def _answer_options(p) -> None:
@@ -129,6 +148,8 @@ def _answer_options(p) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="json: the answer is one JSON object (JSON mode, as Ollama's --format json; lossless "
                         "under SubSpec too)")
+    p.add_argument("--schema", metavar="FILE",
+                   help="a JSON schema file the answer follows (structured output; implies --format json)")
 
 
 def _penalty_options(p) -> None:

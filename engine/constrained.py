@@ -24,7 +24,8 @@ is allowed: a model may not pad a finished object with blank lines until the len
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,112 +37,317 @@ CANDIDATES_PER_ROUND = 64  # candidates ranked at a time, in score order, before
 # Whitespace bytes in a row between tokens at most (llama.cpp's JSON grammar allows a new line and 20 more): room
 # for pretty-printing, none for a small model stuck writing blank lines until the context is full.
 MAX_WHITESPACE = 32
+KINDS = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+# Schema keywords that only describe (nothing to enforce), and those that shape what is generated.
+ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment", "format", "readOnly",
+               "writeOnly", "deprecated", "$defs", "definitions"}
+SHAPING = {"type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum",
+           "const", "$ref", "anyOf", "oneOf"}
+
+
+class SchemaError(ValueError):
+    """A JSON schema this engine cannot enforce (the API answers 400)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One compiled schema: the value kinds it allows; an object's properties (by their key's JSON text,
+    quotes left out), required keys and the schema of any other key (None: no other key); an array's item
+    schema and length bounds; or an enum's allowed values as JSON text."""
+
+    kinds: frozenset = KINDS
+    props: tuple = ()  # ((key bytes, node id), ...)
+    required: frozenset = frozenset()
+    extra: int | None = 0  # node id of other keys' values (0: ANY); None: only the properties
+    items: int = 0
+    min_items: int = 0
+    max_items: int | None = None
+    enum: frozenset | None = None  # the allowed values' canonical JSON bytes
+
+    def prop(self, key: bytes) -> int | None:
+        return next((n for k, n in self.props if k == key), None)
+
+
+class Schema:
+    """A schema compiled to Nodes (node 0 is any JSON value). OBJECT is JSON mode's: any object."""
+
+    def __init__(self, schema: dict | None = None):
+        self.nodes: list[Node] = [Node()]
+        self._refs: dict[str, int] = {}
+        if schema is None:  # JSON mode: one object, any keys and values
+            self.root = self._add(Node(kinds=frozenset({"object"})))
+            return
+        if not isinstance(schema, dict):
+            raise SchemaError("a JSON schema must be an object")
+        self._doc = schema
+        self.root = self._compile(schema, "")
+        if not self.nodes[self.root].kinds <= {"object", "array"} or self.nodes[self.root].enum is not None:
+            raise SchemaError("the schema's root must be an object or an array (\"type\": \"object\")")
+
+    def _add(self, node: Node) -> int:
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def _compile(self, schema, where: str) -> int:
+        if schema is True or schema == {}:
+            return 0
+        if not isinstance(schema, dict):
+            raise SchemaError(f"{where or 'the schema'} must be a schema object")
+        unknown = set(schema) - ANNOTATIONS - SHAPING
+        if unknown:
+            raise SchemaError(f"{where or 'the schema'} uses {', '.join(sorted(unknown))}, which this engine does not "
+                              f"enforce (supported: type, properties, required, additionalProperties, items, "
+                              f"minItems, maxItems, enum, const, $ref, anyOf)")
+        if "$ref" in schema:
+            return self._ref(schema["$ref"], where)
+        if "anyOf" in schema or "oneOf" in schema:
+            return self._any_of(schema.get("anyOf", schema.get("oneOf")), where)
+        if "enum" in schema or "const" in schema:
+            values = schema["enum"] if "enum" in schema else [schema["const"]]
+            if not isinstance(values, list) or not values or any(isinstance(v, (dict, list)) for v in values):
+                raise SchemaError(f"{where or 'the schema'}: enum and const take strings, numbers, booleans or null")
+            return self._add(Node(kinds=frozenset({"string", "number", "integer", "boolean", "null"}),
+                                  enum=frozenset(json.dumps(v, ensure_ascii=False).encode() for v in values)))
+        kind = schema.get("type")
+        kinds = KINDS if kind is None else frozenset([kind] if isinstance(kind, str) else kind)
+        if not kinds or not kinds <= KINDS:
+            raise SchemaError(f"{where or 'the schema'}: unknown type {kind!r}")
+        node_id = self._add(Node())  # (reserved first: a $ref below may come back to it)
+        props, required, extra = (), frozenset(), 0
+        if "object" in kinds:
+            properties = schema.get("properties", {})
+            if not isinstance(properties, dict):
+                raise SchemaError(f"{where or 'the schema'}: properties must be an object")
+            props = tuple((json.dumps(k, ensure_ascii=False)[1:-1].encode(), self._compile(v, f"{where}.{k}"))
+                          for k, v in properties.items())
+            req = schema.get("required", [])
+            if not isinstance(req, list) or any(k not in properties for k in req):
+                raise SchemaError(f"{where or 'the schema'}: required must list properties it declares")
+            required = frozenset(json.dumps(k, ensure_ascii=False)[1:-1].encode() for k in req)
+            more = schema.get("additionalProperties", not properties)
+            # Absent: a schema that lists properties gets those (what a client asking for them means, and
+            # what OpenAI's strict mode requires); one that lists none, any keys.
+            extra = None if more is False else 0 if more is True else self._compile(more, f"{where}.*")
+        items, lo, hi = 0, 0, None
+        if "array" in kinds:
+            items = self._compile(schema.get("items", {}), f"{where}[]")
+            lo, hi = schema.get("minItems", 0), schema.get("maxItems")
+            if not isinstance(lo, int) or (hi is not None and (not isinstance(hi, int) or hi < max(lo, 1))):
+                raise SchemaError(f"{where or 'the schema'}: minItems/maxItems must be whole numbers, max >= min")
+        self.nodes[node_id] = Node(kinds, props, required, extra, items, lo, hi)
+        return node_id
+
+    def _ref(self, ref, where: str) -> int:
+        if ref in self._refs:
+            return self._refs[ref]
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            raise SchemaError(f"{where or 'the schema'}: only local $refs (#/$defs/...) are supported")
+        target = self._doc
+        for part in ref[2:].split("/"):
+            if not isinstance(target, dict) or part not in target:
+                raise SchemaError(f"{where or 'the schema'}: $ref {ref} points nowhere")
+            target = target[part]
+        node_id = self._add(Node())
+        self._refs[ref] = node_id
+        self.nodes[node_id] = self.nodes[self._compile(target, ref)]
+        return node_id
+
+    def _any_of(self, branches, where: str) -> int:
+        """anyOf (and oneOf, read the same) of branches that differ in kind: Optional[int] is
+        [{"type": "integer"}, {"type": "null"}]. Two branches of one kind (two object shapes) are refused."""
+        if not isinstance(branches, list) or not branches:
+            raise SchemaError(f"{where or 'the schema'}: anyOf must be a non-empty list")
+        nodes = [self.nodes[self._compile(b, where)] for b in branches]
+        enums = [n for n in nodes if n.enum is not None]
+        if enums:  # Optional[Literal[...]] / Optional[SomeEnum]: the values, or null
+            others = [n for n in nodes if n.enum is None]
+            if len(enums) > 1 or any(n.kinds != {"null"} for n in others):
+                raise SchemaError(f"{where or 'the schema'}: anyOf mixing an enum with other types is not "
+                                  f"supported (an enum or null is)")
+            return self._add(Node(kinds=enums[0].kinds, enum=enums[0].enum | ({b"null"} if others else set())))
+        kinds, obj, arr = frozenset(), None, None
+        for n in nodes:
+            clash = n.kinds & kinds & {"object", "array", "string", "boolean", "null"}
+            if clash or ({"number", "integer"} & n.kinds and {"number", "integer"} & kinds):
+                raise SchemaError(f"{where or 'the schema'}: anyOf branches of the same type are not supported")
+            kinds |= n.kinds
+            obj = n if "object" in n.kinds else obj
+            arr = n if "array" in n.kinds else arr
+        obj, arr = obj or Node(), arr or Node()
+        return self._add(Node(kinds, obj.props, obj.required, obj.extra, arr.items, arr.min_items, arr.max_items))
 
 
 @dataclass(frozen=True)
 class JsonState:
-    """Where a JSON object's text has got to: the open containers ("o" object, "a" array) and what may come
-    next (`mode`), with `left` the rest of a literal (true, false, null) or the hex digits of a \\u escape."""
+    """Where the text has got to: the open containers (objects ("o", node, keys seen) and arrays ("a", node,
+    values begun)), what may come next (`mode`) and the schema node of the value being read (`node`), with
+    `left` the rest of a literal (true, false, null) or the hex digits of a \\u escape, and `buf` the bytes
+    so far of a key or of an enum's value."""
 
+    schema: Schema = field(compare=False, repr=False)
     stack: tuple = ()
     mode: str = "start"  # start, value, value0, key, key0, colon, after, string, key_string, escape,
-    # key_escape, hex, key_hex, literal, minus, zero, int, dot, frac, exp, exp_sign, exp_int, done
+    # key_escape, hex, key_hex, literal, enum, minus, zero, int, dot, frac, exp, exp_sign, exp_int, done
     left: bytes | int = b""
     spaces: int = 0  # whitespace bytes in a row just before here (MAX_WHITESPACE)
+    node: int = 0
+    buf: bytes | None = None
 
     @property
     def done(self) -> bool:
         return self.mode == "done"
 
+    def to(self, mode: str, **changes) -> "JsonState":
+        return replace(self, mode=mode, spaces=0, **changes)
 
-START = JsonState()
+
+def start(schema: Schema) -> JsonState:
+    return JsonState(schema, node=schema.root)
+
+
+START = start(Schema())
 
 
 def step(s: JsonState, c: int) -> JsonState | None:
     """The state after byte `c`, or None when `c` cannot come next."""
-    mode = s.mode
+    mode, nodes = s.mode, s.schema.nodes
     if mode in ("string", "key_string"):
+        buf = None if s.buf is None else s.buf + bytes([c])
         if c == 0x22:  # "
-            return JsonState(s.stack, "after" if mode == "string" else "colon")
-        if c == 0x5C:  # backslash
-            return JsonState(s.stack, "escape" if mode == "string" else "key_escape")
-        return s if c >= 0x20 else None
+            return _end_key(s) if mode == "key_string" else _after_value(s)
+        if c < 0x20 or (mode == "key_string" and not _key_may_be(s, buf)):
+            return None
+        return s.to("escape" if mode == "string" else "key_escape", buf=buf) if c == 0x5C else s.to(mode, buf=buf)
     if mode in ("escape", "key_escape"):
         if c not in ESCAPES:
             return None
         inner = "string" if mode == "escape" else "key_string"
+        buf = None if s.buf is None else s.buf + bytes([c])
+        if inner == "key_string" and not _key_may_be(s, buf):
+            return None
         if c == ord("u"):
-            return JsonState(s.stack, "hex" if inner == "string" else "key_hex", 4)
-        return JsonState(s.stack, inner)
+            return s.to("hex" if inner == "string" else "key_hex", left=4, buf=buf)
+        return s.to(inner, buf=buf)
     if mode in ("hex", "key_hex"):
-        if c not in HEX:
+        buf = None if s.buf is None else s.buf + bytes([c])
+        if c not in HEX or (mode == "key_hex" and not _key_may_be(s, buf)):
             return None
         inner = "string" if mode == "hex" else "key_string"
-        return JsonState(s.stack, inner) if s.left == 1 else JsonState(s.stack, mode, s.left - 1)
+        return s.to(inner, buf=buf) if s.left == 1 else s.to(mode, left=s.left - 1, buf=buf)
     if mode == "literal":
         if c != s.left[0]:
             return None
-        return JsonState(s.stack, "literal", s.left[1:]) if len(s.left) > 1 else _after_value(s.stack)
+        return s.to("literal", left=s.left[1:]) if len(s.left) > 1 else _after_value(s)
+    if mode == "enum":
+        buf = s.buf + bytes([c])
+        if any(v.startswith(buf) for v in nodes[s.node].enum):
+            return s.to("enum", buf=buf)
+        return step(_after_value(s), c) if s.buf in nodes[s.node].enum else None
     if mode in ("minus", "zero", "int", "dot", "frac", "exp", "exp_sign", "exp_int"):
-        number = _number(mode, c)
+        number = _number(mode, c, "number" in nodes[s.node].kinds)
         if number is not None:
-            return JsonState(s.stack, number)
+            return s.to(number)
         if mode in ("zero", "int", "frac", "exp_int"):  # a complete number: the byte goes on after it
-            return step(_after_value(s.stack), c)
+            return step(_after_value(s), c)
         return None
     if c in WHITESPACE:
         if mode == "done" or s.spaces >= MAX_WHITESPACE:  # (done: see feed)
             return None
-        return JsonState(s.stack, mode, s.left, s.spaces + 1)
-    if mode == "start":
-        return JsonState(("o",), "key0") if c == ord("{") else None
-    if mode in ("value", "value0"):
+        return replace(s, spaces=s.spaces + 1)
+    if mode in ("start", "value", "value0"):
         if c == ord("]") and mode == "value0":
-            return _close(s.stack)
-        return _begin_value(s.stack, c)
+            frame = s.stack[-1]
+            return _close(s) if nodes[frame[1]].min_items == 0 else None
+        if mode == "value0":  # the array's first value begins
+            s = replace(s, stack=s.stack[:-1] + (("a", s.stack[-1][1], 1),))
+        return _begin_value(s, c)
     if mode in ("key", "key0"):
+        frame = s.stack[-1]
+        node = nodes[frame[1]]
         if c == 0x22:
-            return JsonState(s.stack, "key_string")
-        return _close(s.stack) if c == ord("}") and mode == "key0" else None
+            if node.extra is None and len(frame[2]) == len(node.props):
+                return None  # every property is there
+            return s.to("key_string", buf=b"")  # its bytes: which schema its value has, and no key twice
+        return _close(s) if c == ord("}") and mode == "key0" and not node.required else None
     if mode == "colon":
-        return JsonState(s.stack, "value") if c == ord(":") else None
+        if c != ord(":"):
+            return None
+        frame = s.stack[-1]
+        node = nodes[frame[1]]
+        key = frame[3]
+        value = node.prop(key)
+        return s.to("value", node=node.extra if value is None else value)
     if mode == "after":
-        top = s.stack[-1]
+        frame = s.stack[-1]
+        node = nodes[frame[1]]
+        if frame[0] == "o":
+            if c == ord(","):
+                more = node.extra is not None or len(frame[2]) < len(node.props)
+                return s.to("key") if more else None
+            return _close(s) if c == ord("}") and node.required <= frame[2] else None
         if c == ord(","):
-            return JsonState(s.stack, "key" if top == "o" else "value")
-        if (c == ord("}") and top == "o") or (c == ord("]") and top == "a"):
-            return _close(s.stack)
-        return None
+            if node.max_items is not None and frame[2] >= node.max_items:
+                return None
+            return s.to("value", node=node.items, stack=s.stack[:-1] + (("a", frame[1], frame[2] + 1),))
+        return _close(s) if c == ord("]") and frame[2] >= node.min_items else None
     return None
 
 
-def _begin_value(stack: tuple, c: int) -> JsonState | None:
-    if c == ord("{"):
-        return JsonState(stack + ("o",), "key0")
-    if c == ord("["):
-        return JsonState(stack + ("a",), "value0")
-    if c == 0x22:
-        return JsonState(stack, "string")
-    if c == ord("-"):
-        return JsonState(stack, "minus")
-    if c == ord("0"):
-        return JsonState(stack, "zero")
-    if c in DIGITS:
-        return JsonState(stack, "int")
-    for word in (b"true", b"false", b"null"):
-        if c == word[0]:
-            return JsonState(stack, "literal", word[1:])
+def _key_may_be(s: JsonState, buf: bytes | None) -> bool:
+    """Whether a key's bytes so far can still become a key its object takes: with no other keys allowed,
+    the beginning of a property not yet given."""
+    frame = s.stack[-1]
+    node = s.schema.nodes[frame[1]]
+    if node.extra is not None:
+        return True
+    return any(k.startswith(buf) for k, _n in node.props if k not in frame[2])
+
+
+def _end_key(s: JsonState) -> JsonState | None:
+    frame = s.stack[-1]
+    node = s.schema.nodes[frame[1]]
+    key = s.buf  # (the closing quote is not in it)
+    if key in frame[2] or (node.extra is None and node.prop(key) is None):
+        return None  # a key twice, or one the object does not take
+    return s.to("colon", stack=s.stack[:-1] + (("o", frame[1], frame[2] | {key}, key),), buf=None)
+
+
+def _begin_value(s: JsonState, c: int) -> JsonState | None:
+    node = s.schema.nodes[s.node]
+    if node.enum is not None:
+        buf = bytes([c])
+        return s.to("enum", buf=buf) if any(v.startswith(buf) for v in node.enum) else None
+    kinds = node.kinds
+    if c == ord("{") and "object" in kinds:
+        return s.to("key0", stack=s.stack + (("o", s.node, frozenset(), None),))
+    if c == ord("[") and "array" in kinds:
+        return s.to("value0", stack=s.stack + (("a", s.node, 0),), node=node.items)
+    if c == 0x22 and "string" in kinds:
+        return s.to("string", buf=None)
+    if kinds & {"number", "integer"}:
+        if c == ord("-"):
+            return s.to("minus")
+        if c == ord("0"):
+            return s.to("zero")
+        if c in DIGITS:
+            return s.to("int")
+    for word, kind in ((b"true", "boolean"), (b"false", "boolean"), (b"null", "null")):
+        if c == word[0] and kind in kinds:
+            return s.to("literal", left=word[1:])
     return None
 
 
-def _number(mode: str, c: int) -> str | None:
-    """The number's next state after byte `c`, or None when `c` does not continue it."""
+def _number(mode: str, c: int, fractions: bool) -> str | None:
+    """The number's next state after byte `c`, or None when `c` does not continue it (`fractions`: a
+    "number", not only an "integer": a fraction and an exponent may follow)."""
     digit = c in DIGITS
     if mode == "minus":
         return ("zero" if c == ord("0") else "int") if digit else None
     if mode in ("zero", "int"):
         if digit and mode == "int":
             return "int"
+        if not fractions:
+            return None
         return "dot" if c == ord(".") else "exp" if c in b"eE" else None
     if mode in ("dot", "frac"):
         if digit:
@@ -154,18 +360,18 @@ def _number(mode: str, c: int) -> str | None:
     return None
 
 
-def _after_value(stack: tuple) -> JsonState:
-    return JsonState(stack, "after")
+def _after_value(s: JsonState) -> JsonState:
+    return s.to("after", buf=None, left=b"")
 
 
-def _close(stack: tuple) -> JsonState:
-    rest = stack[:-1]
-    return JsonState(rest, "after") if rest else JsonState((), "done")
+def _close(s: JsonState) -> JsonState:
+    rest = s.stack[:-1]
+    return s.to("after", stack=rest) if rest else s.to("done", stack=())
 
 
 def feed(s: JsonState, data: bytes) -> JsonState | None:
-    """The state after `data`, or None if the text stops being a JSON object's beginning. Once the object is
-    done, only whitespace may follow within the same data."""
+    """The state after `data`, or None if the text stops being the beginning of a value the schema takes.
+    Once the value is done, only whitespace may follow within the same data."""
     for i, c in enumerate(data):
         if s.mode == "done":
             return s if all(b in WHITESPACE for b in data[i:]) else None
@@ -175,13 +381,19 @@ def feed(s: JsonState, data: bytes) -> JsonState | None:
     return s
 
 
+@functools.lru_cache(maxsize=16)
+def compiled(schema_text: str | None) -> Schema:
+    """A schema (its JSON text: what SamplingParams carries) compiled once; None: JSON mode's any object."""
+    return Schema(None if schema_text is None else json.loads(schema_text))
+
+
 class JsonConstraint:
     """One answer's JSON constraint: the recognizer's state over the answer so far, and each token's bytes."""
 
-    def __init__(self, tokenizer, eos_ids, vocab_size: int):
+    def __init__(self, tokenizer, eos_ids, vocab_size: int, schema: Schema | None = None):
         self.pieces = token_bytes(tokenizer, vocab_size)
         self.eos = frozenset(eos_ids)
-        self.state = START
+        self.state = START if schema is None else start(schema)
 
     def allows(self, state: JsonState, token: int) -> bool:
         if token in self.eos:
@@ -207,11 +419,14 @@ class JsonConstraint:
             return eos[int(ranked[torch.tensor(eos, device=ranked.device)].argmax())]
         # Ties in the order argmax breaks them (the lower id first); ranked on the CPU, one copy.
         order = torch.argsort(ranked, descending=True, stable=True).cpu()
-        for start in range(0, order.numel(), CANDIDATES_PER_ROUND):
-            for t in order[start:start + CANDIDATES_PER_ROUND].tolist():
+        for first in range(0, order.numel(), CANDIDATES_PER_ROUND):
+            for t in order[first:first + CANDIDATES_PER_ROUND].tolist():
                 if self.allows(state, t):
                     return t
-        raise ValueError("no token can continue the JSON here")  # (an end-of-answer token always can once done)
+        # No token of this vocabulary writes what must come next (the recognizer leaves no dead ends, but a
+        # vocabulary may lack a byte): the answer ends here rather than fail.
+        eos = sorted(self.eos)
+        return eos[int(ranked[torch.tensor(eos, device=ranked.device)].argmax())] if eos else int(order[0])
 
     def advance(self, tokens) -> None:
         for t in tokens:
@@ -289,5 +504,8 @@ def constrained_walk(tokens: list[int], parents: list[int], chosen: list[int], c
 
 
 def constraint_for(sampling, tokenizer, eos_ids, vocab_size: int) -> JsonConstraint | None:
-    """The answer's constraint, if its sampling asks for one (SamplingParams.json)."""
-    return JsonConstraint(tokenizer, eos_ids, vocab_size) if getattr(sampling, "json", False) else None
+    """The answer's constraint, if its sampling asks for one (SamplingParams.json, and json_schema: the
+    schema's JSON text)."""
+    if not getattr(sampling, "json", False):
+        return None
+    return JsonConstraint(tokenizer, eos_ids, vocab_size, compiled(getattr(sampling, "json_schema", None)))

@@ -9,9 +9,10 @@ connection), and point at a base URL. What differs from OpenAI's, and is transla
 - Tool calls' arguments are JSON objects, not strings; a tool's result may name its tool (`tool_name`).
 - Model names carry a tag ("name:latest"); errors are {"error": "message"}.
 
-`format` "json" is JSON mode (engine.constrained, as the OpenAI side's response_format json_object). Options
-that would change the answer and that this engine cannot honour (mirostat, typical-p, a `format` schema,
-images, a custom `template`, `suffix`) are refused with a 400, as the OpenAI side refuses its own; options
+`format` "json" is JSON mode and a schema object structured output (engine.constrained, as the OpenAI side's
+response_format json_object and json_schema). Options that would change the answer and that this engine
+cannot honour (mirostat, typical-p, schema keywords it cannot enforce, images, a custom `template`,
+`suffix`) are refused with a 400, as the OpenAI side refuses its own; options
 about how Ollama itself loads and runs a model (`num_ctx`, `num_gpu`, `num_thread`, `keep_alive`, ...) do
 not apply to a model already loaded here and are ignored. Standard library only.
 """
@@ -89,14 +90,15 @@ def openai_body(body: dict) -> dict:
         out["max_tokens"] = 1 << 30  # -1 (Ollama's default): until the model stops or the context is full
     if body.get("format") == "json":
         out["response_format"] = {"type": "json_object"}  # JSON mode (engine.constrained)
+    elif isinstance(body.get("format"), dict):  # structured outputs: the answer follows the schema
+        out["response_format"] = {"type": "json_schema", "json_schema": {"schema": body["format"]}}
     return out
 
 
 def check_unsupported(body: dict, chat: bool) -> None:
     fmt = body.get("format")
-    if fmt not in (None, "", "json"):
-        raise OllamaError("'format' may be \"json\" (any JSON object); a JSON schema is not enforced, so it is "
-                          "refused", "format")
+    if fmt not in (None, "", "json") and not isinstance(fmt, dict):
+        raise OllamaError("'format' must be \"json\" or a JSON schema object", "format")
     for name in ("suffix", "template", "images", "context") if not chat else ():
         if body.get(name) not in (None, "", []):
             raise OllamaError(f"'{name}' is not supported", name)

@@ -50,6 +50,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # subtracted once per time the answer holds the token
     penalty_last_n: int = 0  # penalties look at the context's last n tokens only; 0: all of it
     json: bool = False  # JSON mode: the answer is one JSON object (engine.constrained)
+    json_schema: str | None = None  # with json: the schema (its JSON text) the answer follows; None: any object
 
     def __post_init__(self):
         if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN fails every comparison

@@ -135,17 +135,40 @@ def _stops(body: dict) -> tuple[str, ...]:
     raise bad("'stop' must be a string or an array of strings", "stop")
 
 
-def _json_mode(body: dict) -> bool:
-    """response_format {"type": "json_object"}: JSON mode (engine.constrained); "text" or none: free text.
-    A schema (json_schema) would need the answer constrained to it, which is not done: refused."""
+def _json_mode(body: dict) -> tuple[bool, str | None]:
+    """response_format: {"type": "json_object"} is JSON mode (any object); {"type": "json_schema",
+    "json_schema": {"schema": ...}} an answer that follows the schema (engine.constrained, which refuses what
+    it cannot enforce); "text" or none, free text. (JSON mode or not, the schema's JSON text or None.)"""
     fmt = body.get("response_format")
     if fmt is None:
-        return False
+        return False, None
     kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind not in ("text", "json_object"):
-        raise bad("response_format must be {\"type\": \"text\"} or {\"type\": \"json_object\"} (any JSON object; "
-                  "a json_schema is not enforced, so it is refused)", "response_format")
-    return kind == "json_object"
+    if kind not in ("text", "json_object", "json_schema"):
+        raise bad("response_format must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                  "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}",
+                  "response_format")
+    if kind != "json_schema":
+        return kind == "json_object", None
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise bad("response_format json_schema needs a \"json_schema\": {\"schema\": {...}}", "response_format")
+    return True, checked_schema(schema, "response_format")
+
+
+def checked_schema(schema: dict, param: str) -> str:
+    """A schema as the JSON text SamplingParams carries, once engine.constrained has compiled it (a schema
+    it cannot enforce is a 400 that says why)."""
+    from .constrained import SchemaError, compiled
+
+    text = json.dumps(schema, ensure_ascii=False)
+    try:
+        compiled(text)
+    except SchemaError as exc:
+        raise bad(f"this JSON schema cannot be enforced: {exc}", param) from None
+    except RecursionError:
+        raise bad("this JSON schema nests too deeply", param) from None
+    return text
 
 
 def _sampling(body: dict) -> SamplingParams:
@@ -159,7 +182,8 @@ def _sampling(body: dict) -> SamplingParams:
         min_p=_number(body, "min_p", 0.0, 0, 1),  # not OpenAI's, but llama.cpp's and vLLM's: clients send it
         **_penalties(body),
         seed=None if seed is None else seed % 2**63,  # any integer a client sends maps to one seed
-        json=_json_mode(body),
+        json=_json_mode(body)[0],
+        json_schema=_json_mode(body)[1],
     )
 
 
@@ -785,7 +809,7 @@ class Handler(BaseHTTPRequestHandler):
             prefill = forced_call(body, tools, backend.chat_template(bool(tools)))
         except ToolError as exc:
             raise bad(str(exc), exc.param) from None
-        json_mode = _json_mode(body)
+        json_mode = _json_mode(body)[0]
         if json_mode and tools:
             raise bad("JSON mode (response_format json_object) and tools cannot be combined: a tool call is not "
                       "a bare JSON object", "response_format")
@@ -1012,7 +1036,7 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(str(exc), exc.param) from None
         if not raw:
             return self._ollama_loaded(body, chat=True)
-        json_mode = body.get("format") == "json"
+        json_mode = body.get("format") == "json" or isinstance(body.get("format"), dict)
         if json_mode and tools:
             raise bad("format \"json\" and tools cannot be combined: a tool call is not a bare JSON object", "format")
         ids = backend.encode_chat(parse_messages(raw), ollama_api.template_kwargs(body), tools,
@@ -1036,7 +1060,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = _bool(body, "raw") or not getattr(backend.lm.tokenizer, "chat_template", None)
         ids = (backend.encode_text(prompt) if raw
                else backend.encode_chat(messages, ollama_api.template_kwargs(body),
-                                        close_thought=body.get("format") == "json"))
+                                        close_thought=body.get("format") not in (None, "")))
         self._ollama_answer(body, options, ids, chat=False)
 
     def _ollama_answer(self, body: dict, options: dict, prompt_ids: list, chat: bool,

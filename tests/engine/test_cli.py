@@ -45,6 +45,22 @@ def test_generate_format_json_answers_one_json_object_plain_and_subspec(default_
     assert isinstance(json.loads(plain["text"]), dict) and json.loads(spec.stdout)["text"] == plain["text"]
 
 
+def test_generate_schema_follows_a_json_schema_file_and_refuses_one_it_cannot_enforce(default_model_folder,
+                                                                                    tmp_path):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    (tmp_path / "person.json").write_text(json.dumps(schema))
+    r = run("generate", "SmolLM2-135M-Instruct", "--prompt", "Invent a person, as JSON.", "--max-new-tokens", "48",
+            "--schema", str(tmp_path / "person.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    value = json.loads(json.loads(r.stdout)["text"])
+    assert set(value) == {"name", "age"} and isinstance(value["age"], int)
+    (tmp_path / "bad.json").write_text(json.dumps({"type": "object", "properties": {"a": {"pattern": "x"}}}))
+    for path, why in ((tmp_path / "bad.json", "pattern"), (tmp_path / "missing.json", "No such file")):
+        r = run("generate", "SmolLM2-135M-Instruct", "--prompt", "x", "--schema", str(path))
+        assert r.returncode != 0 and why in r.stderr and "Traceback" not in r.stderr
+
+
 def test_generate_with_auto_depth_json(default_model_folder):
     base = ("generate", "SmolLM2-135M-Instruct", "--prompt", "Name three colors.", "--max-new-tokens", "16",
             "--json", "--device", "cpu")

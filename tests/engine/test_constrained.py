@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_models import ARCHS, make_tiny_model_folder
 
-from engine.constrained import START, JsonConstraint, feed, token_bytes
+from engine.constrained import START, JsonConstraint, Schema, feed, start, token_bytes
 from engine.events import summarize
 from engine.generate import generate_plain
 from engine.loading import load_model
@@ -155,12 +155,19 @@ def test_the_apis_json_modes_reach_the_engine(tmp_path):
         r = oai.completions.create(model=lm.name, prompt="hi there", max_tokens=12, temperature=0,
                                    extra_body={"response_format": {"type": "json_object"}})
         assert r.choices[0].text.lstrip().startswith("{")
-        with pytest.raises(openai.BadRequestError, match="json_schema is not enforced"):
+        with pytest.raises(openai.BadRequestError, match="cannot be enforced: .* minLength"):
             oai.completions.create(model=lm.name, prompt="hi", max_tokens=4, extra_body={"response_format": {
-                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}})
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {
+                    "type": "object", "properties": {"a": {"type": "string", "minLength": 3}}}}}})
+        r = oai.completions.create(model=lm.name, prompt="hi there", max_tokens=40, temperature=0,
+                                   extra_body={"response_format": {"type": "json_schema", "json_schema": {
+                                       "name": "person", "schema": PERSON}}})
+        assert feed(start(Schema(PERSON)), r.choices[0].text.encode()) is not None  # the schema's beginning
         client = ollama.Client(host=srv.url, timeout=60)
         g = client.generate(model=lm.name, prompt="hi there", raw=True, format="json", options={"num_predict": 12})
         assert g.response.lstrip().startswith("{")
+        g = client.generate(model=lm.name, prompt="hi there", raw=True, format=NUMBERS, options={"num_predict": 12})
+        assert g.response.lstrip().startswith("[") and feed(start(Schema(NUMBERS)), g.response.encode()) is not None
         with pytest.raises(openai.BadRequestError, match="cannot be combined"):
             oai.chat.completions.create(model=lm.name, messages=[{"role": "user", "content": "hi"}],
                                         response_format={"type": "json_object"}, tools=[{
@@ -168,4 +175,151 @@ def test_the_apis_json_modes_reach_the_engine(tmp_path):
         with pytest.raises(ollama.ResponseError, match="cannot be combined"):
             client.chat(model=lm.name, messages=[{"role": "user", "content": "hi"}], format="json",
                         tools=[{"type": "function", "function": {"name": "f"}}])
-    assert seen == [True, True]
+    assert seen == [True, True, True, True]  # (the two json_object and the two schema requests)
+
+
+# ---------------------------------------------------------------- JSON schemas
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                           "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
+          "required": ["name", "age"]}
+PETS = {"$defs": {"Pet": {"type": "object", "title": "Pet",
+                          "properties": {"kind": {"enum": ["cat", "dog"]}, "legs": {"type": "integer"}},
+                          "required": ["kind"]}},
+        "type": "object", "properties": {"pet": {"$ref": "#/$defs/Pet"},
+                                         "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                                         "mood": {"anyOf": [{"enum": ["calm", 3]}, {"type": "null"}]}},
+        "required": ["pet"]}
+NUMBERS = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+FLAGS = {"type": "object", "additionalProperties": {"type": "boolean"}}
+SCHEMAS = {
+    "person": (PERSON, ['{"name": "Ann", "age": 31}', '{"age": -4, "name": "B\\u00e9", "tags": ["x", "y"]}',
+                        '{\n  "name": "",\n  "age": 0,\n  "tags": []\n}']),
+    "pets": (PETS, ['{"pet": {"kind": "cat"}}', '{"note": null, "pet": {"legs": 4, "kind": "dog"}, "mood": 3}',
+                    '{"pet": {"kind": "dog"}, "note": "hi", "mood": "calm"}', '{"pet": {"kind": "cat"}, "mood": null}']),
+    "numbers": (NUMBERS, ['[1]', '[1.5, -2e3, 0]']),
+    "flags": (FLAGS, ['{}', '{"a": true, "b": false}']),
+}
+
+
+def _conforms(value, schema, root) -> bool:
+    """A small reference validator for the subset the engine enforces (properties listed: no others)."""
+    if "$ref" in schema:
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        return _conforms(value, target, root)
+    if "anyOf" in schema:
+        return any(_conforms(value, b, root) for b in schema["anyOf"])
+    if "enum" in schema:
+        return json.dumps(value) in {json.dumps(v) for v in schema["enum"]}
+    kind = schema.get("type")
+    checks = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+              "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "null": lambda v: v is None}
+    if kind is not None and not checks[kind](value):
+        return False
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        more = schema.get("additionalProperties", not props)
+        for k, v in value.items():
+            sub = props.get(k, more if isinstance(more, dict) else {} if more else None)
+            if sub is None or not _conforms(v, sub, root):
+                return False
+        return set(schema.get("required", [])) <= set(value)
+    if isinstance(value, list):
+        n = len(value)
+        if n < schema.get("minItems", 0) or n > schema.get("maxItems", n):
+            return False
+        return all(_conforms(v, schema.get("items", {}), root) for v in value)
+    return True
+
+
+def _loads_strict(text):
+    def no_duplicates(pairs):
+        keys = [k for k, _v in pairs]
+        if len(keys) != len(set(keys)):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+    return json.loads(text, object_pairs_hook=no_duplicates,
+                      parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_a_schemas_recognizer_agrees_with_a_validator(name):
+    from engine.constrained import Schema, start
+
+    schema, valid = SCHEMAS[name]
+    begin = start(Schema(schema))
+    for text in valid:
+        assert _conforms(_loads_strict(text), schema, schema), text
+        state = feed(begin, text.encode())
+        assert state is not None and state.done, text
+        for i in range(len(text.encode())):  # every beginning of a conforming value can go on
+            assert feed(begin, text.encode()[:i]) is not None, (text, text.encode()[:i])
+    rng = random.Random(11)
+    alphabet = '{}[]":,.-e0123456789 \nnametgsuldrcokpi\\'
+    agreed = 0
+    for _ in range(5000):
+        text = list(rng.choice(valid))
+        for _ in range(rng.randint(1, 2)):
+            i = rng.randrange(len(text) + 1)
+            kind = rng.random()
+            if kind < 0.4 and i < len(text):
+                del text[i]
+            elif kind < 0.7:
+                text.insert(i, rng.choice(alphabet))
+            elif i < len(text):
+                text[i] = rng.choice(alphabet)
+        text = "".join(text)
+        state = feed(begin, text.encode())
+        try:
+            ok = text.lstrip()[:1] in "{[" and _conforms(_loads_strict(text), schema, schema)
+        except (ValueError, RecursionError):
+            ok = False
+        assert (state is not None and state.done) == ok, (name, text)
+        agreed += ok
+    assert agreed > 100
+
+
+@pytest.mark.parametrize("schema, why", [
+    ({"type": "string"}, "root must be an object"),
+    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, "pattern"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}}, "minimum"),
+    ({"allOf": [{"type": "object"}]}, "allOf"),
+    ({"type": "object", "properties": {"a": {"$ref": "https://x/y"}}}, "local $refs"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/Nope"}}}, "points nowhere"),
+    ({"type": "object", "required": ["b"], "properties": {"a": {}}}, "required must list"),
+    ({"type": "object", "properties": {"a": {"anyOf": [{"type": "object"}, {"type": "object"}]}}}, "same type"),
+    ({"type": "wizard"}, "unknown type"),
+])
+def test_schemas_it_cannot_enforce_are_refused_with_the_reason(schema, why):
+    from engine.constrained import Schema, SchemaError
+
+    with pytest.raises(SchemaError, match=why.replace("$", "\\$")):
+        Schema(schema)
+
+
+def test_a_recursive_schema_compiles_and_constrains():
+    from engine.constrained import Schema, start
+
+    tree = {"$defs": {"Node": {"type": "object", "properties": {"v": {"type": "integer"},
+                                                               "kids": {"type": "array",
+                                                                        "items": {"$ref": "#/$defs/Node"}}},
+                               "required": ["v"]}}, "$ref": "#/$defs/Node"}
+    begin = start(Schema(tree))
+    assert feed(begin, b'{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3}]}]}').done
+    assert feed(begin, b'{"v": 1, "kids": [{"w": 2}]}') is None
+
+
+def test_a_schema_answer_on_the_real_model_conforms_and_subspec_gives_the_same(smollm2):
+    draft = build_draft(smollm2.decoder, nbits=4, group_size=64)
+    ids = smollm2.encode("Invent a person. Answer in JSON with their name, age and up to two tags.")
+    params = SamplingParams(json=True, json_schema=json.dumps(PERSON))
+    plain = summarize(generate_plain(smollm2, ids, 96, params), len(ids), "p")
+    value = _loads_strict(plain.text)
+    assert plain.finish_reason == "eos" and _conforms(value, PERSON, PERSON) and set(value) >= {"name", "age"}
+    spec = summarize(generate_subspec(smollm2, draft, ids, 96, params, shape=TreeShape(16, 4)), len(ids), "s")
+    assert spec.token_ids == plain.token_ids

@@ -180,7 +180,9 @@ def _post(url, path, body):
 
 
 @pytest.mark.parametrize("body, why", [
-    ({"messages": [{"role": "user", "content": "hi"}], "format": {"type": "object"}}, "format"),
+    ({"messages": [{"role": "user", "content": "hi"}], "format": "yaml"}, "format"),
+    ({"messages": [{"role": "user", "content": "hi"}],
+      "format": {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}}, "pattern"),
     ({"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]}, "images"),
     ({"messages": [{"role": "user", "content": "hi"}], "options": {"mirostat": 2}}, "mirostat"),
     ({"messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": "lots"}}, "num_predict"),
