@@ -15,6 +15,24 @@ from engine.events import StepEvent
 Progress = Callable[[str], None]
 
 METHODS = ("vanilla", "subspec")
+def answer_schema(p: dict) -> str:
+    """The conversation's JSON schema (More > JSON schema) as engine.constrained takes it; one it cannot read
+    or enforce is a SubspecError that says why (the answer is not started, the message stays)."""
+    import json
+
+    from engine.constrained import compiled
+
+    text = str(p.get("answer_schema") or "").strip()
+    if not text:
+        raise SubspecError("Answer format is JSON schema, but no schema is given (More > JSON schema)")
+    try:
+        schema = json.dumps(json.loads(text), ensure_ascii=False)
+        compiled(schema)
+    except (ValueError, RecursionError) as exc:
+        raise SubspecError(f"The JSON schema (More > JSON schema) cannot be used: {exc}") from None
+    return schema
+
+
 DEFAULT_PARAMS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,
                   "min_p": 0.0, "repetition_penalty": 1.0,
                   # The chat's repetition penalty looks at the last 64 tokens, as llama.cpp, Ollama and LM Studio
@@ -186,7 +204,8 @@ class TorchBackend:
             raise SubspecError(f"model {self.name} has no chat template, so it cannot be used for chat")
         sampling = SamplingParams(temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
                                   seed=p["seed"], min_p=p["min_p"], repetition_penalty=p["repetition_penalty"],
-                                  penalty_last_n=p["penalty_last_n"], json=p.get("answer_format") == "json")
+                                  penalty_last_n=p["penalty_last_n"], json=p.get("answer_format") in ("json", "schema"),
+                                  json_schema=answer_schema(p) if p.get("answer_format") == "schema" else None)
         from engine.context_window import fit_conversation
 
         # A conversation longer than the context keeps going on its latest turns (the user is told). On a

@@ -7,7 +7,7 @@ import json
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QMenu,
-                               QSpinBox, QToolBar, QToolButton, QWidget, QWidgetAction)
+                               QPlainTextEdit, QSpinBox, QToolBar, QToolButton, QWidget, QWidgetAction)
 
 from .conversations import DECODING_DEFAULTS
 
@@ -18,8 +18,8 @@ DEFAULT_PRESET = "greedy"  # lossless decoding is easiest to check, and fastest,
 # conversation's. Presets leave them alone (they set temperature and top-p).
 MORE_DEFAULTS = {name: DECODING_DEFAULTS[name] for name in ("top_k", "min_p", "repetition_penalty",
                                                             "penalty_last_n", "max_new_tokens", "seed", "stop",
-                                                            "answer_format")}
-FORMAT_LABELS = {"text": "Text", "json": "JSON object"}
+                                                            "answer_format", "answer_schema")}
+FORMAT_LABELS = {"text": "Text", "json": "JSON object", "schema": "JSON schema"}
 RANDOM_SEED = -1  # the seed box's "new for each answer"
 MAX_SEED = 2**31 - 1  # a QSpinBox holds an int32
 STOP_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", ",": ","}
@@ -232,6 +232,7 @@ class SamplingControls(QObject):
             box.valueChanged.connect(self._more_edited)
         self.stop.textChanged.connect(self._more_edited)
         self.answer_format.currentIndexChanged.connect(self._more_edited)
+        self.answer_schema.textChanged.connect(self._more_edited)
         self.set_values(DEFAULT_PRESET, *PRESETS[DEFAULT_PRESET])
 
     def _more_menu(self) -> QToolButton:
@@ -276,11 +277,18 @@ class SamplingControls(QObject):
             self.answer_format.addItem(label, value)
         self.answer_format.setToolTip("JSON object: every answer is one JSON object (JSON mode: tokens that would "
                                       "break it are never chosen; ask for the keys you want in your message). "
-                                      "SubSpec stays lossless")
+                                      "JSON schema: every answer follows the schema below. SubSpec stays lossless")
+        self.answer_schema = QPlainTextEdit()
+        self.answer_schema.setPlaceholderText('{"type": "object", "properties": {"name": {"type": "string"}}, '
+                                              '"required": ["name"]}')
+        self.answer_schema.setToolTip("The JSON schema answers follow (type, properties, required, items, enum, "
+                                      "$ref, anyOf ...); one this app cannot enforce is refused with the reason")
+        self.answer_schema.setFixedHeight(90)
+        self.answer_schema.setTabChangesFocus(True)
         for box, name in ((self.top_k, "Top-k"), (self.min_p, "Min-p"),
                           (self.repetition_penalty, "Repetition penalty"), (self.penalty_last_n, "Penalty window"),
                           (self.max_new_tokens, "Answer length"), (self.seed, "Seed"), (self.stop, "Stop strings"),
-                          (self.answer_format, "Answer format")):
+                          (self.answer_format, "Answer format"), (self.answer_schema, "JSON schema")):
             box.setAccessibleName(name)
         panel = QWidget()
         form = QFormLayout(panel)
@@ -292,6 +300,8 @@ class SamplingControls(QObject):
         form.addRow("Seed", self.seed)
         form.addRow("Stop strings", self.stop)
         form.addRow("Answer format", self.answer_format)
+        form.addRow("JSON schema", self.answer_schema)
+        self._schema_row = form
         button = QToolButton()
         button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         button.setAccessibleName("More sampling settings")
@@ -309,7 +319,8 @@ class SamplingControls(QObject):
                 "repetition_penalty": round(self.repetition_penalty.value(), 2),
                 "penalty_last_n": self.penalty_last_n.value(), "max_new_tokens": self.max_new_tokens.value(),
                 "seed": self.seed.value(), "stop": self.stop.text(),
-                "answer_format": self.answer_format.currentData()}
+                "answer_format": self.answer_format.currentData(),
+                "answer_schema": self.answer_schema.toPlainText()}
 
     def values(self) -> dict:
         return {"preset": self.preset.currentText(), "temperature": round(self.temperature.value(), 2),
@@ -335,6 +346,8 @@ class SamplingControls(QObject):
             self.stop.setText(str(more["stop"]))
             index = self.answer_format.findData(more["answer_format"])
             self.answer_format.setCurrentIndex(max(index, 0))
+            if self.answer_schema.toPlainText() != str(more["answer_schema"]):
+                self.answer_schema.setPlainText(str(more["answer_schema"]))
         finally:
             self._quiet = False
         self._label_more()
@@ -345,8 +358,10 @@ class SamplingControls(QObject):
         values = self.more_values()
         penalized = values["repetition_penalty"] != 1.0
         self.penalty_last_n.setEnabled(penalized)
+        schema = values["answer_format"] == "schema"
+        self._schema_row.setRowVisible(self.answer_schema, schema)  # the schema box only where it applies
         on = sum(value != MORE_DEFAULTS[name] for name, value in values.items()
-                 if penalized or name != "penalty_last_n")
+                 if (penalized or name != "penalty_last_n") and (schema or name != "answer_schema"))
         self.more.setText(f"More ({on})" if on else "More")
         self.more.setAccessibleName(f"More sampling settings ({on} changed)" if on else "More sampling settings")
 

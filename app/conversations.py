@@ -64,19 +64,21 @@ CREATE INDEX IF NOT EXISTS versions_by_message ON answer_versions(message_id, id
 # PRAGMA user_version of the schema above. A file from a newer app (a higher number) is opened read-only: its
 # tables may mean more than this version knows, and writing to them could break that app's data.
 # Columns added since (ADDED_COLUMNS: the conversation's top-k, min-p, repetition penalty, answer length,
-# penalty window, seed, stop strings and answer format) are added to an older file at open and do not change the version:
-# they have defaults and conversations are read and written by named columns, so an app that does not know
-# them still reads and writes the file as before.
+# penalty window, seed, stop strings, answer format and schema) are added to an older file at open and do
+# not change the version: they have defaults and conversations are read and written by named columns, so an
+# app that does not know them still reads and writes the file as before.
 SCHEMA_VERSION = 1
 ADDED_COLUMNS = {"top_k": "INTEGER NOT NULL DEFAULT 0", "min_p": "REAL NOT NULL DEFAULT 0.0",
                  "repetition_penalty": "REAL NOT NULL DEFAULT 1.0", "max_new_tokens": "INTEGER NOT NULL DEFAULT 512",
                  "penalty_last_n": "INTEGER NOT NULL DEFAULT 64", "seed": "INTEGER NOT NULL DEFAULT -1",
-                 "stop": "TEXT NOT NULL DEFAULT ''", "answer_format": "TEXT NOT NULL DEFAULT 'text'"}
+                 "stop": "TEXT NOT NULL DEFAULT ''", "answer_format": "TEXT NOT NULL DEFAULT 'text'",
+                 "answer_schema": "TEXT NOT NULL DEFAULT ''"}
 
 # How the conversation's answers are decoded: the toolbar's sampling controls and its "More" menu.
 DECODING = ("preset", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens",
-            "penalty_last_n", "seed", "stop", "answer_format")
-ANSWER_FORMATS = ("text", "json")  # json: JSON mode, every answer one JSON object (engine.constrained)
+            "penalty_last_n", "seed", "stop", "answer_format", "answer_schema")
+# json: JSON mode, every answer one JSON object; schema: one that follows answer_schema (engine.constrained)
+ANSWER_FORMATS = ("text", "json", "schema")
 SETTINGS = ("title", "system_prompt", *DECODING)
 
 
@@ -100,6 +102,7 @@ class Conversation:
     seed: int = -1  # sampled answers' seed; -1: a new one for each answer (kept with the answer's stats)
     stop: str = ""  # stop strings as typed (comma-separated, with escapes: app.controls.parse_stops)
     answer_format: str = "text"  # one of ANSWER_FORMATS
+    answer_schema: str = ""  # the JSON schema answers follow when answer_format is "schema", as typed
 
 
 # Each decoding setting's default: what a new conversation starts with, and what garbage in a file reads as.

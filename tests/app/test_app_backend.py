@@ -363,3 +363,23 @@ def test_the_answer_format_json_makes_every_answer_one_json_object(tmp_path):
     plain = backend.encode(MESSAGES, False)
     closed = backend.encode(MESSAGES, False, None, json_mode=True)
     assert len(closed) > len(plain) and "</think>" in backend.lm.tokenizer.decode(closed)
+
+
+def test_a_json_schema_answer_format_is_checked_before_the_answer_starts(tmp_path):
+    import json
+
+    from tiny_models import make_tiny_model_folder
+
+    from app.backend import answer_schema
+
+    for text, why in (("", "no schema is given"), ("{not json", "cannot be used"),
+                      ('{"type": "object", "properties": {"a": {"pattern": "x"}}}', "pattern"),
+                      ('{"type": "string"}', "root must be")):
+        with pytest.raises(SubspecError, match=why):
+            answer_schema({"answer_schema": text})
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None)
+    _prompt, events = backend.stream(MESSAGES, {"max_new_tokens": 24, "answer_format": "schema",
+                                                "answer_schema": json.dumps(schema)})
+    text = "".join(e.text for e in events)
+    assert text.replace(" ", "").startswith('{"n":')  # the only key the schema takes

@@ -159,7 +159,7 @@ def test_answer_stats_line():
 def test_presets_set_the_values_and_edits_make_them_custom(qtbot, make_window):
     s = make_window().sampling
     off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512,
-           "seed": -1, "stop": "", "answer_format": "text"}
+           "seed": -1, "stop": "", "answer_format": "text", "answer_schema": ""}
     assert s.values() == {"preset": "greedy", "temperature": 0.0, "top_p": 1.0, **off}
     s.preset.setCurrentText("creative")
     assert s.values() == {"preset": "creative", "temperature": 1.0, "top_p": 0.95, **off}
@@ -236,3 +236,21 @@ def test_the_answer_format_is_the_conversations_and_reaches_the_engine(qtbot, ma
     assert fmt.currentData() == "text"  # another conversation, its own format
     window.open_conversation(first)
     assert fmt.currentData() == "json" and window.store.get(first).answer_format == "json"
+
+
+def test_a_json_schema_answer_format_carries_its_schema(qtbot, make_window):
+    window = make_window(FakeBackend())
+    s = window.sampling
+    assert not s._schema_row.isRowVisible(s.answer_schema)  # the box shows only for the schema format
+    s.answer_schema.setPlainText('{"type": "object"}')
+    assert s.more.text() == "More"  # (a schema typed under another format changes nothing)
+    s.answer_format.setCurrentIndex(s.answer_format.findData("schema"))
+    assert s._schema_row.isRowVisible(s.answer_schema) and s.more.text() == "More (2)"
+    answer(qtbot, window)
+    params = window.backend.calls[-1][1]
+    assert (params["answer_format"], params["answer_schema"]) == ("schema", '{"type": "object"}')
+    first = window.conversation.id
+    window.new_conversation()
+    assert s.answer_schema.toPlainText() == "" and s.answer_format.currentData() == "text"
+    window.open_conversation(first)
+    assert s.answer_schema.toPlainText() == '{"type": "object"}' and window.store.get(first).answer_schema

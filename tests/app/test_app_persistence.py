@@ -145,14 +145,14 @@ def test_system_prompt_and_sampling_are_saved_and_sent(qtbot, make_window):
     assert again.system_prompt.text() == "Be verbose."
     assert again.sampling.values() == {"preset": "custom", "temperature": 0.3, "top_p": 0.9, "top_k": 0, "min_p": 0.0,
                                        "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512,
-                                       "seed": -1, "stop": "", "answer_format": "text"}
+                                       "seed": -1, "stop": "", "answer_format": "text", "answer_schema": ""}
 
 
 def test_top_k_min_p_the_repetition_penalty_and_the_answer_length_are_the_conversations(qtbot, make_window):
     window = make_window()
     s = window.sampling
     off = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "penalty_last_n": 64, "max_new_tokens": 512,
-           "seed": -1, "stop": "", "answer_format": "text"}
+           "seed": -1, "stop": "", "answer_format": "text", "answer_schema": ""}
     assert s.more_values() == off and s.more.text() == "More"
     panel = s.more.menu().actions()[0].defaultWidget()  # the boxes live in the button's menu
     assert {s.top_k, s.min_p, s.repetition_penalty, s.penalty_last_n, s.max_new_tokens} <= set(

@@ -293,7 +293,8 @@ def test_garbage_in_a_conversations_settings_reads_as_the_defaults(qtbot, make_w
     assert window.conversation.id == b.id and window.system_prompt.text() == "B prompt"
     assert window.sampling.values() == {"preset": "custom", "temperature": 0.0, "top_p": 0.9, "top_k": 0,
                                         "min_p": 0.0, "repetition_penalty": 1.2, "penalty_last_n": 64,
-                                        "max_new_tokens": 512, "seed": -1, "stop": "", "answer_format": "text"}
+                                        "max_new_tokens": 512, "seed": -1, "stop": "", "answer_format": "text",
+                                        "answer_schema": ""}
 
 
 # ---------------------------------------------------------------- settings
