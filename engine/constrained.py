@@ -74,19 +74,79 @@ class Schema:
     def __init__(self, schema: dict | None = None):
         self.nodes: list[Node] = [Node()]
         self._refs: dict[str, int] = {}
+        self._links: list[tuple[int, tuple, str]] = []  # ($ref or anyOf node, what it is made of, where)
         if schema is None:  # JSON mode: one object, any keys and values
             self.root = self._add(Node(kinds=frozenset({"object"})))
             return
         if not isinstance(schema, dict):
             raise SchemaError("a JSON schema must be an object")
         self._doc = schema
-        self.root = self._compile(schema, "")
+        try:
+            self.root = self._compile(schema, "")
+            self._resolve()
+        except (TypeError, KeyError, AttributeError, UnicodeError) as exc:  # a malformed schema's shapes
+            raise SchemaError(f"malformed schema ({type(exc).__name__}: {exc})") from None
         if not self.nodes[self.root].kinds <= {"object", "array"} or self.nodes[self.root].enum is not None:
             raise SchemaError("the schema's root must be an object or an array (\"type\": \"object\")")
+        self._check_finite()
 
     def _add(self, node: Node) -> int:
         self.nodes.append(node)
         return len(self.nodes) - 1
+
+    def _resolve(self) -> None:
+        """$refs and anyOfs become the nodes they stand for. They are linked while compiling (a recursive
+        schema refers to nodes not finished yet) and settled here, by repeating until nothing changes."""
+        for _ in range(len(self._links) + 2):
+            changed = False
+            for node_id, parts, where in self._links:
+                if parts[0] == "ref":
+                    node = self.nodes[parts[1]]
+                else:
+                    node = self._merge([self.nodes[b] for b in parts[1]], where, final=False)
+                if node != self.nodes[node_id]:
+                    self.nodes[node_id], changed = node, True
+            if not changed:
+                break
+        refs = {node_id: parts[1] for node_id, parts, _w in self._links if parts[0] == "ref"}
+        for node_id, parts, where in self._links:
+            seen, at = {node_id}, parts[1] if parts[0] == "ref" else None
+            while at in refs:  # a chain of $refs that never reaches a schema of its own
+                if at in seen:
+                    raise SchemaError(f"{where}: this $ref only leads to $refs, back to itself")
+                seen.add(at)
+                at = refs[at]
+            if parts[0] == "any":
+                self._merge([self.nodes[b] for b in parts[1]], where, final=True)
+
+    def _check_finite(self) -> None:
+        """Every schema the answer may enter must have a value that ends: one whose required property or
+        minimum item is itself (directly or not) could only be written forever, and generation would never
+        finish it."""
+        finite: set[int] = set()
+        grew = True
+        while grew:
+            grew = False
+            for i, n in enumerate(self.nodes):
+                if i in finite:
+                    continue
+                ok = (n.enum is not None or bool(n.kinds - {"object", "array"})
+                      or ("object" in n.kinds and all(n.prop(k) in finite for k in n.required))
+                      or ("array" in n.kinds and (n.min_items == 0 or n.items in finite)))
+                if ok:
+                    finite.add(i)
+                    grew = True
+        seen, todo = set(), [self.root]
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            if i not in finite:
+                raise SchemaError("a value this schema describes can never be finished (a required property or "
+                                  "a minimum of items leads back to itself): make it optional")
+            n = self.nodes[i]
+            todo += [child for _k, child in n.props] + [n.items] + ([n.extra] if n.extra is not None else [])
 
     def _compile(self, schema, where: str) -> int:
         if schema is True or schema == {}:
@@ -98,19 +158,20 @@ class Schema:
             raise SchemaError(f"{where or 'the schema'} uses {', '.join(sorted(unknown))}, which this engine does not "
                               f"enforce (supported: type, properties, required, additionalProperties, items, "
                               f"minItems, maxItems, enum, const, $ref, anyOf)")
+        shaping = set(schema) & SHAPING
+        for alone in ("$ref", "anyOf", "oneOf"):  # beside them, other keywords would go unenforced
+            if alone in schema and len(shaping) > 1:
+                raise SchemaError(f"{where or 'the schema'}: {alone} with {', '.join(sorted(shaping - {alone}))} "
+                                  f"beside it is not supported")
         if "$ref" in schema:
             return self._ref(schema["$ref"], where)
         if "anyOf" in schema or "oneOf" in schema:
             return self._any_of(schema.get("anyOf", schema.get("oneOf")), where)
         if "enum" in schema or "const" in schema:
-            values = schema["enum"] if "enum" in schema else [schema["const"]]
-            if not isinstance(values, list) or not values or any(isinstance(v, (dict, list)) for v in values):
-                raise SchemaError(f"{where or 'the schema'}: enum and const take strings, numbers, booleans or null")
-            return self._add(Node(kinds=frozenset({"string", "number", "integer", "boolean", "null"}),
-                                  enum=frozenset(json.dumps(v, ensure_ascii=False).encode() for v in values)))
+            return self._enum(schema, shaping, where)
         kind = schema.get("type")
         kinds = KINDS if kind is None else frozenset([kind] if isinstance(kind, str) else kind)
-        if not kinds or not kinds <= KINDS:
+        if not kinds or not all(isinstance(k, str) for k in kinds) or not kinds <= KINDS:
             raise SchemaError(f"{where or 'the schema'}: unknown type {kind!r}")
         node_id = self._add(Node())  # (reserved first: a $ref below may come back to it)
         props, required, extra = (), frozenset(), 0
@@ -121,7 +182,7 @@ class Schema:
             props = tuple((json.dumps(k, ensure_ascii=False)[1:-1].encode(), self._compile(v, f"{where}.{k}"))
                           for k, v in properties.items())
             req = schema.get("required", [])
-            if not isinstance(req, list) or any(k not in properties for k in req):
+            if not isinstance(req, list) or any(not isinstance(k, str) or k not in properties for k in req):
                 raise SchemaError(f"{where or 'the schema'}: required must list properties it declares")
             required = frozenset(json.dumps(k, ensure_ascii=False)[1:-1].encode() for k in req)
             more = schema.get("additionalProperties", not properties)
@@ -132,16 +193,38 @@ class Schema:
         if "array" in kinds:
             items = self._compile(schema.get("items", {}), f"{where}[]")
             lo, hi = schema.get("minItems", 0), schema.get("maxItems")
-            if not isinstance(lo, int) or (hi is not None and (not isinstance(hi, int) or hi < max(lo, 1))):
+            lo, hi = (int(v) if isinstance(v, float) and v == int(v) else v for v in (lo, hi))
+            if (not isinstance(lo, int) or isinstance(lo, bool) or lo < 0
+                    or (hi is not None and (not isinstance(hi, int) or isinstance(hi, bool) or hi < max(lo, 1)))):
                 raise SchemaError(f"{where or 'the schema'}: minItems/maxItems must be whole numbers, max >= min")
         self.nodes[node_id] = Node(kinds, props, required, extra, items, lo, hi)
         return node_id
 
+    def _enum(self, schema: dict, shaping: set, where: str) -> int:
+        import math
+
+        if shaping - {"enum", "const", "type"} or {"enum", "const"} <= shaping:
+            raise SchemaError(f"{where or 'the schema'}: enum/const beside {', '.join(sorted(shaping))} is not "
+                              f"supported")
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        if (not isinstance(values, list) or not values or any(isinstance(v, (dict, list)) for v in values)
+                or any(isinstance(v, float) and not math.isfinite(v) for v in values)):
+            raise SchemaError(f"{where or 'the schema'}: enum and const take strings, numbers, booleans or null")
+        if "type" in schema:  # every value must be of the type(s) given
+            kind = schema["type"]
+            kinds = {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+            of = {str: "string", bool: "boolean", type(None): "null", int: "integer", float: "number"}
+            if any(of[type(v)] not in kinds and not (of[type(v)] == "integer" and "number" in kinds)
+                   for v in values):
+                raise SchemaError(f"{where or 'the schema'}: an enum value is not of the type given")
+        return self._add(Node(kinds=frozenset({"string", "number", "integer", "boolean", "null"}),
+                              enum=frozenset(json.dumps(v, ensure_ascii=False).encode() for v in values)))
+
     def _ref(self, ref, where: str) -> int:
-        if ref in self._refs:
-            return self._refs[ref]
         if not isinstance(ref, str) or not ref.startswith("#/"):
             raise SchemaError(f"{where or 'the schema'}: only local $refs (#/$defs/...) are supported")
+        if ref in self._refs:
+            return self._refs[ref]
         target = self._doc
         for part in ref[2:].split("/"):
             if not isinstance(target, dict) or part not in target:
@@ -149,32 +232,40 @@ class Schema:
             target = target[part]
         node_id = self._add(Node())
         self._refs[ref] = node_id
-        self.nodes[node_id] = self.nodes[self._compile(target, ref)]
+        self._links.append((node_id, ("ref", self._compile(target, ref)), ref))
         return node_id
 
     def _any_of(self, branches, where: str) -> int:
-        """anyOf (and oneOf, read the same) of branches that differ in kind: Optional[int] is
-        [{"type": "integer"}, {"type": "null"}]. Two branches of one kind (two object shapes) are refused."""
+        """anyOf (and oneOf, read the same: its branches may not overlap in kind anyway) of branches that
+        differ in kind: Optional[int] is [{"type": "integer"}, {"type": "null"}]. Two branches of one kind
+        (two object shapes) are refused."""
         if not isinstance(branches, list) or not branches:
             raise SchemaError(f"{where or 'the schema'}: anyOf must be a non-empty list")
-        nodes = [self.nodes[self._compile(b, where)] for b in branches]
+        ids = tuple(self._compile(b, where) for b in branches)
+        node_id = self._add(Node())
+        self._links.append((node_id, ("any", ids), where or "the schema"))
+        return node_id
+
+    def _merge(self, nodes: list, where: str, final: bool) -> Node:
+        """The node of an anyOf of `nodes`; with `final`, a clash is refused (before, a branch may still be a
+        $ref not settled, read as any value)."""
         enums = [n for n in nodes if n.enum is not None]
         if enums:  # Optional[Literal[...]] / Optional[SomeEnum]: the values, or null
             others = [n for n in nodes if n.enum is None]
-            if len(enums) > 1 or any(n.kinds != {"null"} for n in others):
-                raise SchemaError(f"{where or 'the schema'}: anyOf mixing an enum with other types is not "
-                                  f"supported (an enum or null is)")
-            return self._add(Node(kinds=enums[0].kinds, enum=enums[0].enum | ({b"null"} if others else set())))
+            if final and (len(enums) > 1 or any(n.kinds != {"null"} for n in others)):
+                raise SchemaError(f"{where}: anyOf mixing an enum with other types is not supported (an enum or "
+                                  f"null is)")
+            return Node(kinds=enums[0].kinds, enum=enums[0].enum | ({b"null"} if others else set()))
         kinds, obj, arr = frozenset(), None, None
         for n in nodes:
             clash = n.kinds & kinds & {"object", "array", "string", "boolean", "null"}
-            if clash or ({"number", "integer"} & n.kinds and {"number", "integer"} & kinds):
-                raise SchemaError(f"{where or 'the schema'}: anyOf branches of the same type are not supported")
+            if final and (clash or ({"number", "integer"} & n.kinds and {"number", "integer"} & kinds)):
+                raise SchemaError(f"{where}: anyOf branches of the same type are not supported")
             kinds |= n.kinds
-            obj = n if "object" in n.kinds else obj
-            arr = n if "array" in n.kinds else arr
+            obj = n if "object" in n.kinds and obj is None else obj
+            arr = n if "array" in n.kinds and arr is None else arr
         obj, arr = obj or Node(), arr or Node()
-        return self._add(Node(kinds, obj.props, obj.required, obj.extra, arr.items, arr.min_items, arr.max_items))
+        return Node(kinds, obj.props, obj.required, obj.extra, arr.items, arr.min_items, arr.max_items)
 
 
 @dataclass(frozen=True)
@@ -307,8 +398,12 @@ def _end_key(s: JsonState) -> JsonState | None:
     frame = s.stack[-1]
     node = s.schema.nodes[frame[1]]
     key = s.buf  # (the closing quote is not in it)
-    if key in frame[2] or (node.extra is None and node.prop(key) is None):
-        return None  # a key twice, or one the object does not take
+    try:  # written as json.dumps writes it, so that no other spelling gets past its schema or the twice check
+        canonical = json.dumps(json.loads(b'"' + key + b'"'), ensure_ascii=False)[1:-1].encode()
+    except (ValueError, UnicodeError):
+        return None
+    if canonical != key or key in frame[2] or (node.extra is None and node.prop(key) is None):
+        return None  # another spelling, a key twice, or one the object does not take
     return s.to("colon", stack=s.stack[:-1] + (("o", frame[1], frame[2] | {key}, key),), buf=None)
 
 

@@ -323,3 +323,33 @@ def test_a_schema_answer_on_the_real_model_conforms_and_subspec_gives_the_same(s
     assert plain.finish_reason == "eos" and _conforms(value, PERSON, PERSON) and set(value) >= {"name", "age"}
     spec = summarize(generate_subspec(smollm2, draft, ids, 96, params, shape=TreeShape(16, 4)), len(ids), "s")
     assert spec.token_ids == plain.token_ids
+
+
+def test_the_reviews_schemas_refused_or_enforced():
+    from engine.constrained import Schema, SchemaError, start
+
+    node = {"type": "object", "properties": {"c": {"$ref": "#/$defs/N"}}, "required": ["c"]}
+    for endless in ({"$defs": {"N": node}, "$ref": "#/$defs/N"},  # {"c": {"c": ... for ever
+                    {"$defs": {"N": node}, "type": "object", "properties": {"x": {"$ref": "#/$defs/N"}}},
+                    {"$defs": {"A": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/A"}}},
+                     "$ref": "#/$defs/A"}):
+        with pytest.raises(SchemaError, match="never be finished"):
+            Schema(endless)
+    # pydantic's recursive Optional: child: Optional["Node"]
+    optional = {"$defs": {"Node": {"type": "object", "properties": {
+        "child": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}}}, "$ref": "#/$defs/Node"}
+    begin = start(Schema(optional))
+    assert feed(begin, b'{"child": {"child": null}}').done and feed(begin, b'{"child": 3}') is None
+    for malformed in ({"type": 5}, {"type": ["object", ["x"]]}, {"type": "object", "required": [["a"]]},
+                      {"$ref": ["#/x"]}, {"$ref": {}}, {"type": "object", "properties": {"\ud800": {}}},
+                      {"enum": [float("nan")]}, {"type": "string", "enum": ["x", 1]}, {"enum": ["x"], "const": "x"},
+                      {"$ref": "#/$defs/A", "maxItems": 1, "$defs": {"A": {"type": "array"}}},
+                      {"$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}}, "type": "object",
+                       "properties": {"x": {"$ref": "#/$defs/A"}}}):
+        with pytest.raises(SchemaError):
+            Schema(malformed)
+    spelled = start(Schema({"type": "object", "properties": {"a": {"type": "integer"}},
+                            "additionalProperties": True}))
+    assert feed(spelled, b'{"\\u0061": "x"}') is None and feed(spelled, b'{"a": 1, "\\u0061": 2}') is None
+    assert feed(START, b'{"a": 1, "\\u0061": 2}') is None and feed(START, b'{"\\n": 1}').done
+    assert Schema({"type": "array", "minItems": 2.0}).nodes  # (a whole number written as 2.0 is one)
