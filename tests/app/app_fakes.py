@@ -31,6 +31,18 @@ CONTEXT_ERROR = "prompt (99999 tokens) + max new tokens (512) exceeds the model'
 FAKE_MODELS = ["FakeLM-1M", "FakeLM-2M"]
 
 
+def numbered_answers():
+    """Events whose answer n reads "Answer n.": each call's text differs, so a replaced answer is told apart."""
+    import itertools
+
+    counter = itertools.count(1)
+
+    def events():
+        n = next(counter)
+        return [StepEvent(0, (1,), "Answer"), StepEvent(1, (2,), f" {n}"), StepEvent(2, (3,), ".", finish_reason="eos")]
+    return events
+
+
 def markdown_events():
     """An answer with a fenced code block, a token or so at a time."""
     parts = ["Use", " this", ":\n\n", "```py", "thon\n", "print(", "'hi')", "\nx = 1", "\n```", "\nDone", "."]

@@ -1,28 +1,9 @@
 """Branch: an answer's link (or Conversation > Branch, at the last message) copies the conversation up to that
 answer into a new one, with its settings and versions, and opens it; the original stays as it was."""
 
-import itertools
-
-from app_fakes import PROMPT, FakeBackend
+from app_fakes import PROMPT, FakeBackend, answer, numbered_answers
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QAction
-
-from engine.events import StepEvent
-
-
-def numbered_answers():
-    counter = itertools.count(1)
-
-    def events():
-        n = next(counter)
-        return [StepEvent(0, (1,), "Answer"), StepEvent(1, (2,), f" {n}"), StepEvent(2, (3,), ".", finish_reason="eos")]
-    return events
-
-
-def answer(qtbot, window, text=PROMPT):
-    with qtbot.waitSignal(window.host.finished, timeout=5000):
-        qtbot.keyClicks(window.prompt, text)
-        qtbot.keyClick(window.prompt, Qt.Key.Key_Return)
 
 
 def branch_links(window):

@@ -4,21 +4,10 @@ database holds afterwards, and that a failed redo puts everything back."""
 import itertools
 import threading
 
-from app_fakes import PROMPT, FakeBackend
+from app_fakes import PROMPT, FakeBackend, numbered_answers
 from PySide6.QtCore import Qt
 
 from engine.errors import SubspecError
-from engine.events import StepEvent
-
-
-def numbered_answers():
-    """Answer n reads "Answer n.": each call's text differs, so a replaced answer is told apart."""
-    counter = itertools.count(1)
-
-    def events():
-        n = next(counter)
-        return [StepEvent(0, (1,), "Answer"), StepEvent(1, (2,), f" {n}"), StepEvent(2, (3,), ".", finish_reason="eos")]
-    return events
 
 
 def answer(qtbot, window, text=PROMPT):

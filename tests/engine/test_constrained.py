@@ -24,6 +24,21 @@ INVALID = ['[]', '"x"', '1', '{"a"}', '{"a":}', '{"a": 01}', '{"a": 1.}', '{"a":
            '{"a": 1}}', '{"a": "line\nbreak"}', "{'a': 1}", '{"a": NaN}', '{"a": [1 2]}']
 
 
+def _mutated(rng: random.Random, valid: list[str], alphabet: str) -> str:
+    """One of `valid` with one or two characters deleted, inserted or replaced at random."""
+    text = list(rng.choice(valid))
+    for _ in range(rng.randint(1, 2)):
+        i = rng.randrange(len(text) + 1)
+        kind = rng.random()
+        if kind < 0.4 and i < len(text):
+            del text[i]
+        elif kind < 0.7:
+            text.insert(i, rng.choice(alphabet))
+        elif i < len(text):
+            text[i] = rng.choice(alphabet)
+    return "".join(text)
+
+
 def _accepts(text: str):
     return feed(START, text.encode())
 
@@ -43,17 +58,7 @@ def test_the_recognizer_agrees_with_json_loads():
     alphabet = '{}[]":,.-+eE0123456789 \ntruefalsnul\\abx'
     agreed = 0
     for _ in range(6000):  # valid objects mutated at random: done exactly when json.loads takes an object
-        text = list(rng.choice(VALID))
-        for _ in range(rng.randint(1, 2)):
-            i = rng.randrange(len(text) + 1)
-            kind = rng.random()
-            if kind < 0.4 and i < len(text):
-                del text[i]
-            elif kind < 0.7:
-                text.insert(i, rng.choice(alphabet))
-            elif i < len(text):
-                text[i] = rng.choice(alphabet)
-        text = "".join(text)
+        text = _mutated(rng, VALID, alphabet)
         state = _accepts(text)
         try:
             ok = isinstance(json.loads(text), dict) and text.lstrip()[:1] == "{"
@@ -263,17 +268,7 @@ def test_a_schemas_recognizer_agrees_with_a_validator(name):
     alphabet = '{}[]":,.-e0123456789 \nnametgsuldrcokpi\\'
     agreed = 0
     for _ in range(5000):
-        text = list(rng.choice(valid))
-        for _ in range(rng.randint(1, 2)):
-            i = rng.randrange(len(text) + 1)
-            kind = rng.random()
-            if kind < 0.4 and i < len(text):
-                del text[i]
-            elif kind < 0.7:
-                text.insert(i, rng.choice(alphabet))
-            elif i < len(text):
-                text[i] = rng.choice(alphabet)
-        text = "".join(text)
+        text = _mutated(rng, valid, alphabet)
         state = feed(begin, text.encode())
         try:
             ok = text.lstrip()[:1] in "{[" and _conforms(_loads_strict(text), schema, schema)

@@ -9,9 +9,8 @@ import urllib.request
 
 import ollama
 import pytest
-from tiny_models import make_tiny_model_folder
+from tiny_models import make_tiny_model_folder, scripted_generate
 
-from engine.events import StepEvent
 from engine.loading import load_model
 from engine.server import Backend, SubspecServer
 
@@ -32,14 +31,11 @@ def served(tmp_path_factory):
     lm.tokenizer.chat_template = TEMPLATE
     answers, calls = [], []
 
-    def generate(prompt_ids, max_tokens, sampling, stops):  # the model's answer, scripted
+    def record(prompt_ids, max_tokens, sampling, stops):
         calls.append({"prompt": lm.tokenizer.decode(prompt_ids), "max_tokens": max_tokens, "sampling": sampling,
                       "stops": stops})
-        text = answers.pop(0)
-        pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
-        for i, piece in enumerate(pieces):
-            yield StepEvent(i, (1,), piece, finish_reason="eos" if i == len(pieces) - 1 else None)
 
+    generate = scripted_generate(answers, record)
     with SubspecServer(Backend(lm, generate=generate), port=0).start() as srv:
         yield ollama.Client(host=srv.url, timeout=60), lm, answers, calls, srv.url
 

@@ -5,7 +5,7 @@ import json
 
 import openai
 import pytest
-from tiny_models import make_tiny_model_folder
+from tiny_models import make_tiny_model_folder, scripted_generate
 
 from engine.events import StepEvent
 from engine.loading import load_model
@@ -104,13 +104,7 @@ def served(tmp_path_factory):
     lm.tokenizer.chat_template = TOOLS_TEMPLATE
     answers, prompts = [], []
 
-    def generate(prompt_ids, max_tokens, sampling, stops):  # the model's answer, scripted
-        prompts.append(lm.tokenizer.decode(prompt_ids))
-        text = answers.pop(0)
-        pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
-        for i, piece in enumerate(pieces):
-            yield StepEvent(i, (1,), piece, finish_reason="eos" if i == len(pieces) - 1 else None)
-
+    generate = scripted_generate(answers, lambda ids, *_rest: prompts.append(lm.tokenizer.decode(ids)))
     with SubspecServer(Backend(lm, generate=generate), port=0).start() as srv:
         yield openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60), lm, answers, prompts
 

@@ -74,3 +74,17 @@ def save_char_tokenizer(folder: Path) -> Path:
 def make_tiny_model_folder(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
     make_tiny_checkpoint(folder, arch, seed)
     return save_char_tokenizer(folder)
+
+
+def scripted_generate(answers: list, record):
+    """A Backend `generate` that answers with the next of `answers` (the model's answer, scripted), in
+    five-character steps, after `record(prompt_ids, max_tokens, sampling, stops)`."""
+    from engine.events import StepEvent
+
+    def generate(prompt_ids, max_tokens, sampling, stops):
+        record(prompt_ids, max_tokens, sampling, stops)
+        text = answers.pop(0)
+        pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
+        for i, piece in enumerate(pieces):
+            yield StepEvent(i, (1,), piece, finish_reason="eos" if i == len(pieces) - 1 else None)
+    return generate
