@@ -18,19 +18,15 @@ METHODS = ("vanilla", "subspec")
 def answer_schema(p: dict) -> str:
     """The conversation's JSON schema (More > JSON schema) as engine.constrained takes it; one it cannot read
     or enforce is a SubspecError that says why (the answer is not started, the message stays)."""
-    import json
-
-    from engine.constrained import compiled
+    from engine.constrained import SchemaError, schema_text
 
     text = str(p.get("answer_schema") or "").strip()
     if not text:
         raise SubspecError("Answer format is JSON schema, but no schema is given (More > JSON schema)")
     try:
-        schema = json.dumps(json.loads(text), ensure_ascii=False)
-        compiled(schema)
-    except (ValueError, RecursionError) as exc:
+        return schema_text(text)
+    except SchemaError as exc:
         raise SubspecError(f"The JSON schema (More > JSON schema) cannot be used: {exc}") from None
-    return schema
 
 
 DEFAULT_PARAMS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None,

@@ -125,14 +125,12 @@ def _schema_text(path: str | None) -> str | None:
         return None
     from pathlib import Path
 
-    from .constrained import compiled
+    from .constrained import SchemaError, schema_text
 
     try:
-        text = json.dumps(json.loads(Path(path).read_text(encoding="utf-8")), ensure_ascii=False)
-        compiled(text)
-    except (OSError, ValueError) as exc:  # (json's errors and SchemaError are ValueErrors)
+        return schema_text(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, SchemaError) as exc:
         raise SubspecError(f"--schema {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return text
 
 
 def _answer_options(p) -> None:

@@ -476,6 +476,23 @@ def feed(s: JsonState, data: bytes) -> JsonState | None:
     return s
 
 
+def schema_text(schema: dict | str) -> str:
+    """A schema (an object, or JSON text as a user typed it) as the JSON text SamplingParams carries, once it
+    has compiled: text that is not JSON, a schema nested past Python's recursion limit and one it cannot
+    enforce are each a SchemaError that says why (the API's 400, the CLI's and the app's error)."""
+    try:
+        value = json.loads(schema) if isinstance(schema, str) else schema
+        text = json.dumps(value, ensure_ascii=False)
+        compiled(text)
+    except RecursionError:
+        raise SchemaError("the schema nests too deeply") from None
+    except SchemaError:
+        raise
+    except ValueError as exc:  # (json's)
+        raise SchemaError(f"not JSON: {exc}") from None
+    return text
+
+
 @functools.lru_cache(maxsize=16)
 def compiled(schema_text: str | None) -> Schema:
     """A schema (its JSON text: what SamplingParams carries) compiled once; None: JSON mode's any object."""

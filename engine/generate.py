@@ -126,9 +126,9 @@ def constrain(token: torch.Tensor, logits: torch.Tensor, sampling: SamplingParam
     c = emitter.constraint
     if c is None:
         return token
-    chosen = c.choose(c.state, int(token.item()),
-                      lambda: row_scores(logits, 0, sampling, draws, positions, emitter.history))
-    return token if chosen == int(token.item()) else torch.tensor([chosen], device=token.device)
+    picked = int(token.item())
+    chosen = c.choose(c.state, picked, lambda: row_scores(logits, 0, sampling, draws, positions, emitter.history))
+    return token if chosen == picked else torch.tensor([chosen], device=token.device)
 
 
 def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,

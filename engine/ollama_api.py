@@ -22,6 +22,8 @@ from __future__ import annotations
 import datetime
 import json
 
+from .tool_calls import THINK_CLOSE, THINK_OPEN
+
 # The Ollama API version these endpoints follow. Clients ask for it (some refuse servers older than what
 # they need), so it names the API, not this app.
 API_VERSION = "0.9.0"
@@ -150,9 +152,6 @@ def template_kwargs(body: dict) -> dict | None:
     """`think` (Ollama's switch for reasoning models) as the chat template's enable_thinking (Qwen3's)."""
     think = wants_thinking(body)
     return None if think is None else {"enable_thinking": think}
-
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 class ThinkingSplit:

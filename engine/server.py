@@ -157,24 +157,21 @@ def _json_mode(body: dict) -> tuple[bool, str | None]:
 
 
 def checked_schema(schema: dict, param: str) -> str:
-    """A schema as the JSON text SamplingParams carries, once engine.constrained has compiled it (a schema
-    it cannot enforce is a 400 that says why)."""
-    from .constrained import SchemaError, compiled
+    """A schema as the JSON text SamplingParams carries (engine.constrained.schema_text); one it cannot
+    enforce is a 400 that says why."""
+    from .constrained import SchemaError, schema_text
 
-    text = json.dumps(schema, ensure_ascii=False)
     try:
-        compiled(text)
+        return schema_text(schema)
     except SchemaError as exc:
         raise bad(f"this JSON schema cannot be enforced: {exc}", param) from None
-    except RecursionError:
-        raise bad("this JSON schema nests too deeply", param) from None
-    return text
 
 
 def _sampling(body: dict) -> SamplingParams:
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise bad(f"'seed' must be an integer, got {seed!r}", "seed")
+    json_mode, schema = _json_mode(body)
     return SamplingParams(
         temperature=_number(body, "temperature", 1.0, 0, 2),  # OpenAI's defaults: T = 1, top_p = 1
         top_p=_number(body, "top_p", 1.0, 0, 1, low_open=True),
@@ -182,8 +179,8 @@ def _sampling(body: dict) -> SamplingParams:
         min_p=_number(body, "min_p", 0.0, 0, 1),  # not OpenAI's, but llama.cpp's and vLLM's: clients send it
         **_penalties(body),
         seed=None if seed is None else seed % 2**63,  # any integer a client sends maps to one seed
-        json=_json_mode(body)[0],
-        json_schema=_json_mode(body)[1],
+        json=json_mode,
+        json_schema=schema,
     )
 
 
@@ -1036,7 +1033,7 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(str(exc), exc.param) from None
         if not raw:
             return self._ollama_loaded(body, chat=True)
-        json_mode = body.get("format") == "json" or isinstance(body.get("format"), dict)
+        json_mode = _json_mode(options)[0]  # (format "json" or a schema, as openai_body translated it)
         if json_mode and tools:
             raise bad("format \"json\" and tools cannot be combined: a tool call is not a bare JSON object", "format")
         ids = backend.encode_chat(parse_messages(raw), ollama_api.template_kwargs(body), tools,
@@ -1060,7 +1057,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = _bool(body, "raw") or not getattr(backend.lm.tokenizer, "chat_template", None)
         ids = (backend.encode_text(prompt) if raw
                else backend.encode_chat(messages, ollama_api.template_kwargs(body),
-                                        close_thought=body.get("format") not in (None, "")))
+                                        close_thought=_json_mode(options)[0]))
         self._ollama_answer(body, options, ids, chat=False)
 
     def _ollama_answer(self, body: dict, options: dict, prompt_ids: list, chat: bool,

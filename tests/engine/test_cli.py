@@ -56,7 +56,9 @@ def test_generate_schema_follows_a_json_schema_file_and_refuses_one_it_cannot_en
     value = json.loads(json.loads(r.stdout)["text"])
     assert set(value) == {"name", "age"} and isinstance(value["age"], int)
     (tmp_path / "bad.json").write_text(json.dumps({"type": "object", "properties": {"a": {"pattern": "x"}}}))
-    for path, why in ((tmp_path / "bad.json", "pattern"), (tmp_path / "missing.json", "No such file")):
+    (tmp_path / "deep.json").write_text('{"type": "array", "items": ' * 3000 + "{}" + "}" * 3000)
+    for path, why in ((tmp_path / "bad.json", "pattern"), (tmp_path / "missing.json", "No such file"),
+                      (tmp_path / "deep.json", "nests too deeply")):  # (a RecursionError's traceback before)
         r = run("generate", "SmolLM2-135M-Instruct", "--prompt", "x", "--schema", str(path))
         assert r.returncode != 0 and why in r.stderr and "Traceback" not in r.stderr
 
