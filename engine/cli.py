@@ -115,7 +115,8 @@ def _sampling(args):
                           presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
                           penalty_last_n=args.penalty_last_n,
                           json=getattr(args, "format", "text") == "json" or getattr(args, "schema", None) is not None,
-                          json_schema=_schema_text(getattr(args, "schema", None)))
+                          json_schema=_schema_text(getattr(args, "schema", None)),
+                          logprobs=getattr(args, "logprobs", None))
 
 
 def _schema_text(path: str | None) -> str | None:
@@ -304,12 +305,15 @@ def cmd_plan(args) -> int:
 def cmd_generate(args) -> int:
     from .events import summarize
     from .generate import generate_plain
+    from .logprob_api import token_piece
     from .speculative import generate_subspec
 
     if args.max_new_tokens < 0:
         raise SubspecError("--max-new-tokens must be >= 0")
     if args.system and not args.chat:
         raise SubspecError("--system is part of the chat template: drop --no-chat, or put it in the prompt")
+    if args.logprobs is not None and not args.json:
+        raise SubspecError("--logprobs reports in the JSON output: add --json")
     prompt = _prompt_text(args.prompt)
     sampling = _sampling(args)
     shape = _shape(args) if args.method == "subspec" else None
@@ -334,7 +338,11 @@ def cmd_generate(args) -> int:
     if shape is not None and shape.auto:
         result.extra["mean_depth"] = round(sum(depths) / len(depths), 2) if depths else 0.0
     if args.json:
-        print(json.dumps(result.as_json(), ensure_ascii=False))
+        out = result.as_json()
+        for entry in out.get("logprobs", ()):  # each token's text beside its id, the alternatives' too
+            entry["token"] = token_piece(lm.tokenizer, lm.config.vocab_size, entry["token_id"]).text
+            entry["top"] = [[t, token_piece(lm.tokenizer, lm.config.vocab_size, t).text, v] for t, v in entry["top"]]
+        print(json.dumps(out, ensure_ascii=False))
     else:
         print()
         depth = f", mean depth {result.extra['mean_depth']:.1f}" if "mean_depth" in result.extra else ""
@@ -652,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(g)
     _subspec_options(g, sweep=False)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    g.add_argument("--logprobs", type=int, metavar="N",
+                   help="with --json: each token's log-probability under the model (before penalties, "
+                        "temperature and cuts) and its N likeliest alternatives (0 to 20)")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="measure plain decoding and SubSpec side by side on a prompt set")

@@ -10,6 +10,19 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """An emitted token's log-probability under the target (the log-softmax of its raw logits: before
+    penalties, temperature or any cut, as OpenAI and vLLM report them), with the `top` likeliest tokens
+    there as (token id, log-probability), likeliest first."""
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+    def as_json(self) -> dict:
+        return {"token_id": self.token_id, "logprob": self.logprob, "top": [list(t) for t in self.top]}
+
+
+@dataclass(frozen=True)
 class StepEvent:
     iteration: int  # target passes after the prefill (the prefill's event, with the first token, is 0)
     token_ids: tuple[int, ...]  # tokens emitted by this step
@@ -24,6 +37,7 @@ class StepEvent:
     bytes_moved: int = 0  # weights streamed to the device this step
     finish_reason: str | None = None  # "eos", "stop", "length" on the last event
     note: str = ""  # what the engine had to change to go on (e.g. a shallower tree after running out of memory)
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per emitted token, when the sampling asked (SamplingParams.logprobs)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class GenerationResult:
     finish_reason: str | None
     method: str
     extra: dict = field(default_factory=dict)
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when the sampling asked for them
 
     def as_json(self) -> dict:
         out = {
@@ -48,6 +63,8 @@ class GenerationResult:
             "tokens_per_s": round(self.tokens_per_s, 3), "ttft_s": round(self.ttft_s, 4),
             "total_s": round(self.total_s, 4), "finish_reason": self.finish_reason, "method": self.method,
         }
+        if self.logprobs:
+            out["logprobs"] = [lp.as_json() for lp in self.logprobs]
         out.update(self.extra)
         return out
 
@@ -60,7 +77,7 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
     clock = clock or time.perf_counter
     start = clock()
     ttft = None
-    texts, ids = [], []
+    texts, ids, logprobs = [], [], []
     iterations = 0
     accepted_total = 0
     finish = None
@@ -69,6 +86,7 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
             ttft = clock() - start
         texts.append(ev.text)
         ids.extend(ev.token_ids)
+        logprobs.extend(ev.logprobs)
         iterations = ev.iteration
         if ev.iteration > 0:
             accepted_total += ev.accepted + 1
@@ -82,4 +100,5 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
         text="".join(texts), token_ids=tuple(ids), prompt_tokens=prompt_tokens, new_tokens=n,
         iterations=iterations, tau=accepted_total / iterations if iterations else 1.0, tokens_per_s=tps,
         ttft_s=ttft or 0.0, total_s=total, finish_reason=finish, method=method, extra=dict(extra or {}),
+        logprobs=tuple(logprobs),
     )

@@ -19,7 +19,7 @@ from .loading import LoadedModel, free_device_memory
 from .masks import causal_mask
 from .model import Decoder
 from .constrained import constraint_for
-from .sampling import History, SamplingParams, row_scores, select_tokens
+from .sampling import History, SamplingParams, row_scores, select_tokens, token_logprobs
 from .text import TextStream
 
 
@@ -144,7 +144,13 @@ def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefil
     ids, text = emitter.emit(token.tolist())
     ms = (time.perf_counter() - t0) * 1e3
     return token, StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms,
-                            bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)
+                            bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished,
+                            logprobs=reported(logits, [0] * len(ids), ids, sampling))
+
+
+def reported(logits: torch.Tensor, rows: list[int], ids: list[int], sampling: SamplingParams) -> tuple:
+    """The emitted tokens' log-probabilities when the answer asked for them (engine.sampling.token_logprobs)."""
+    return () if sampling.logprobs is None else token_logprobs(logits, rows, ids, sampling.logprobs)
 
 
 # On the CPU a cache starts with room for this many answer tokens and grows as the answer does (doubling:
@@ -224,4 +230,5 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         ids, text = emitter.emit(new)
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(ids), text, verify_ms=verify_ms, step_ms=ms,
-                        bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished)
+                        bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished,
+                        logprobs=reported(logits, [0] * len(ids), ids, sampling))

@@ -33,6 +33,10 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SubspecError
+from .events import TokenLogprob
+
+# The most alternatives a token's log-probability is reported with (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
 
 # Sampling warps this many logits at a time at most (a block of rows); engine.planner mirrors it.
 SAMPLE_CHUNK_ELEMENTS = 1 << 21
@@ -51,6 +55,9 @@ class SamplingParams:
     penalty_last_n: int = 0  # penalties look at the context's last n tokens only; 0: all of it
     json: bool = False  # JSON mode: the answer is one JSON object (engine.constrained)
     json_schema: str | None = None  # with json: the schema (its JSON text) the answer follows; None: any object
+    # Not a choice but a report: each emitted token's log-probability with this many alternatives
+    # (engine.events.TokenLogprob); None: none reported.
+    logprobs: int | None = None
 
     def __post_init__(self):
         if not self.temperature >= 0 or math.isinf(self.temperature):  # NaN fails every comparison
@@ -68,6 +75,9 @@ class SamplingParams:
                                                          and self.penalty_last_n >= 0):
             raise SubspecError(f"the penalties' window must be a whole number of tokens >= 0 (0: the whole "
                                f"context), got {self.penalty_last_n}")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
+                                          or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            raise SubspecError(f"top logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS}, got {self.logprobs}")
         for name in ("presence", "frequency"):
             if not math.isfinite(getattr(self, f"{name}_penalty")):
                 raise SubspecError(f"{name} penalty must be a number (0 means none), got "
@@ -337,3 +347,21 @@ def row_scores(logits: torch.Tensor, row: int, params: SamplingParams, draws: Dr
         floor = scores[~cut].min() - 1  # (the warps keep at least one token)
         scores = torch.where(cut, floor - (raw.max() - raw), scores)
     return scores
+
+
+def token_logprobs(logits: torch.Tensor, rows: list[int], tokens: list[int], top: int) -> tuple:
+    """The log-probabilities of `tokens`, each chosen at its row of `logits` ([N, V], float32 or the model's
+    dtype), with the `top` likeliest tokens there: engine.events.TokenLogprob per token. The model's own
+    distribution (log-softmax of the raw logits, in float32), before penalties, temperature or any cut:
+    what OpenAI and vLLM report, and the same whichever way the token was decoded, up to rounding."""
+    if not tokens:
+        return ()
+    device = logits.device
+    logp = torch.log_softmax(logits[torch.tensor(rows, device=device)].float(), dim=-1)
+    chosen = logp.gather(1, torch.tensor(tokens, device=device)[:, None])[:, 0].tolist()
+    if top:
+        values, ids = (t.tolist() for t in torch.topk(logp, min(top, logp.shape[-1]), dim=-1))
+        alternatives = [tuple(zip(i, v)) for i, v in zip(ids, values)]
+    else:
+        alternatives = [()] * len(tokens)
+    return tuple(TokenLogprob(t, lp, alt) for t, lp, alt in zip(tokens, chosen, alternatives))

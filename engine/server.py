@@ -25,6 +25,7 @@ import queue
 import select
 import socket
 import socketserver
+import sys
 import threading
 import time
 import traceback
@@ -36,7 +37,7 @@ from typing import Callable, Iterator
 from .errors import SubspecError
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
-from . import ollama_api
+from . import logprob_api, ollama_api
 from .tool_calls import (ToolError, ToolParsing, forced_call, mistral_ids, named_choice, parse_tools,
                          template_message)
 from .sampling import SamplingParams
@@ -269,8 +270,6 @@ def _reject_unsupported(body: dict, chat: bool = False) -> None:
     (engine.tool_calls), not a completion's."""
     if body.get("n") not in (None, 1):
         raise bad("only n = 1 is supported", "n")
-    if body.get("logprobs") not in (None, False) or body.get("top_logprobs") is not None:
-        raise bad("logprobs are not supported", "logprobs")
     if body.get("echo"):
         raise bad("echo is not supported", "echo")
     if body.get("functions"):
@@ -425,6 +424,15 @@ class Backend:
         with self._encode_lock:
             return self._encoder.encode(text, chat=False)
 
+    def decode_text(self, ids: list[int]) -> str:
+        with self._encode_lock:
+            return self._encoder.tokenizer.decode(ids)
+
+    def token_piece(self, token_id: int) -> logprob_api.TokenPiece:
+        """A token's text and bytes, as the APIs report log-probabilities (engine.logprob_api)."""
+        with self._encode_lock:
+            return logprob_api.token_piece(self._encoder.tokenizer, self.lm.config.vocab_size, token_id)
+
     def measure_baseline(self, tokens: int = 32) -> float | None:
         """Plain decoding's tokens/s here, so a SubSpec answer's speedup is a measured ratio, not a guess.
         Call before serving (it runs on the calling thread)."""
@@ -526,33 +534,57 @@ def _shutting_down() -> ApiError:
 # ---------------------------------------------------------------- response shapes
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How an answer's events become a chat or completion response, besides its text."""
+    tools: ToolParsing | None = None  # the request's tools: calls are parsed out of the answer
+    prefill: str = ""  # what the prompt already wrote of the answer (a forced call's opening): read from there
+    single: bool = False  # tool_choice named a function: its one call
+    logprobs: Callable | None = None  # entries -> the shape's `logprobs` (engine.logprob_api); None: not asked
+
+    def calls(self, content, calls: list) -> tuple:
+        """(content, calls) as the response gives them: one call where the request named its function."""
+        return content, calls[:1] if self.single else calls
+
+
 class ChatShape:
     object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+    logprob_request = staticmethod(logprob_api.chat_request)
 
     @staticmethod
-    def choice(text: str, finish: str | None) -> dict:
-        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+    def logprob_format(piece, prompt_chars: int):
+        """entries -> a choice's `logprobs` (engine.logprob_api)."""
+        return lambda entries: logprob_api.chat(entries, piece)
+
+    @staticmethod
+    def choice(text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                 "finish_reason": finish}
 
     @staticmethod
-    def delta(text: str | None, finish: str | None, first: bool = False) -> dict:
+    def delta(text: str | None, finish: str | None, first: bool = False, logprobs: dict | None = None) -> dict:
         d = {} if text is None else {"content": text}
         if first:
             d["role"] = "assistant"
-        return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish}
 
 
 class CompletionShape:
     object = chunk_object = "text_completion"
     id_prefix = "cmpl-"
+    logprob_request = staticmethod(logprob_api.completion_request)
 
     @staticmethod
-    def choice(text: str, finish: str | None) -> dict:
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def logprob_format(piece, prompt_chars: int):
+        return functools.partial(logprob_api.CompletionOffsets(prompt_chars).logprobs, piece=piece)
 
     @staticmethod
-    def delta(text: str | None, finish: str | None, first: bool = False) -> dict:
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    def choice(text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+        return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+    @staticmethod
+    def delta(text: str | None, finish: str | None, first: bool = False, logprobs: dict | None = None) -> dict:
+        return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
 
 
 def _finish(result: GenerationResult) -> str:
@@ -813,14 +845,16 @@ class Handler(BaseHTTPRequestHandler):
         ids = backend.encode_chat(messages, _template_kwargs(body), tools, prefill, close_thought=json_mode)
         parsing = ToolParsing.of(tools, backend.chat_template(True), forced=bool(prefill)) if tools else None
         self._generate(body, ids, ChatShape,
-                       tools=parsing, prefill=prefill, single=bool(tools) and named_choice(body) is not None)
+                       Reading(parsing, prefill, single=bool(tools) and named_choice(body) is not None))
 
     def _completion(self):
         body = self._json_body()
         prompt = self._prompt(body.get("prompt"))
         self._check_common(body)
-        ids = prompt if isinstance(prompt, list) else self.server.backend.encode_text(prompt)
-        self._generate(body, ids, CompletionShape)
+        backend = self.server.backend
+        ids = prompt if isinstance(prompt, list) else backend.encode_text(prompt)
+        self._generate(body, ids, CompletionShape,
+                       prompt_chars=lambda: len(prompt if isinstance(prompt, str) else backend.decode_text(ids)))
 
     def _check_common(self, body: dict, chat: bool = False) -> None:
         model = body.get("model")
@@ -841,7 +875,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- generation
 
-    def _request(self, body: dict, prompt_ids: list) -> GenRequest:
+    def _request(self, body: dict, prompt_ids: list, logprobs: int | None = None) -> GenRequest:
+        """`logprobs`: report each token's log-probability with this many alternatives (None: not asked)."""
         if not prompt_ids:
             raise bad("the prompt is empty", "prompt")
         room = self.server.backend.context - len(prompt_ids)
@@ -856,26 +891,36 @@ class Handler(BaseHTTPRequestHandler):
         max_tokens = min(DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, room)
         try:
             sampling = _sampling(body)
+            if logprobs is not None:
+                sampling = dataclasses.replace(sampling, logprobs=logprobs)
         except SubspecError as exc:
             raise bad(str(exc)) from None
         return GenRequest(list(prompt_ids), max_tokens, sampling, _stops(body))
 
-    def _generate(self, body: dict, prompt_ids: list, shape, tools: ToolParsing | None = None, prefill: str = "",
-                  single: bool = False) -> None:
-        """`prefill`: what the prompt already wrote of the answer (a forced tool call's opening): the answer
-        is read, and its calls parsed, from there. `single`: tool_choice named a function: its one call."""
+    def _generate(self, body: dict, prompt_ids: list, shape, reading: "Reading | None" = None,
+                  prompt_chars: Callable[[], int] = lambda: 0) -> None:
+        """`reading`: how the answer becomes the response (a chat's tool calls). `prompt_chars`: the prompt's
+        length in characters (where legacy completions' log-probabilities count their text offsets from)."""
+        reading = reading or Reading()
         stream = _bool(body, "stream")
         opts = body.get("stream_options") or {}
         include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
-        job = Job(self._request(body, prompt_ids))
+        try:
+            logprobs = shape.logprob_request(body)
+        except logprob_api.LogprobError as exc:
+            raise bad(str(exc), exc.param) from None
+        job = Job(self._request(body, prompt_ids, logprobs))
+        if logprobs is not None:
+            reading = dataclasses.replace(
+                reading, logprobs=shape.logprob_format(self.server.backend.token_piece, prompt_chars()))
         self.server.worker.submit(job)
         meta = {"id": shape.id_prefix + uuid.uuid4().hex[:24], "created": int(time.time()),
                 "model": self.server.backend.name}
         try:
             if stream:
-                self._stream(job, shape, meta, include_usage, tools, prefill, single)
+                self._stream(job, shape, meta, include_usage, reading)
             else:
-                self._collect(job, shape, meta, tools, prefill, single)
+                self._collect(job, shape, meta, reading)
         finally:
             job.cancel.set()  # a no-op after the end; stops the worker when the client went away
 
@@ -896,42 +941,42 @@ class Handler(BaseHTTPRequestHandler):
             if item is not None:
                 return item
 
-    def _collect(self, job: Job, shape, meta: dict, tools: ToolParsing | None = None, prefill: str = "",
-                 single: bool = False) -> None:
+    def _collect(self, job: Job, shape, meta: dict, reading: "Reading") -> None:
         while isinstance(item := self._next(job), StepEvent):
             pass
         if isinstance(item, ApiError):
             raise item
         usage = self.server.backend.usage(item)
-        choice = shape.choice(prefill + item.text, _finish(item))
-        if tools:
-            content, calls = tools.split(prefill + item.text)
-            calls = calls[:1] if single else calls
+        text = reading.prefill + item.text
+        choice = shape.choice(text, _finish(item), reading.logprobs(item.logprobs) if reading.logprobs else None)
+        if reading.tools:
+            content, calls = reading.calls(*reading.tools.split(text))
             if calls:
                 choice = {**choice, "message": {"role": "assistant", "content": content, "tool_calls": calls},
                           "finish_reason": "tool_calls"}
         self._send_json(200, {**meta, "object": shape.object, "choices": [choice], "usage": usage})
 
-    def _stream(self, job: Job, shape, meta: dict, include_usage: bool, tools: ToolParsing | None = None,
-                prefill: str = "", single: bool = False) -> None:
+    def _stream(self, job: Job, shape, meta: dict, include_usage: bool, reading: "Reading") -> None:
         self._start_events()
         chunk = {**meta, "object": shape.chunk_object}
         if shape is ChatShape:
             self._event({**chunk, "choices": [shape.delta("", None, first=True)]})
-        held = tools.stream() if tools else None  # a tool call goes out whole, once it can be parsed
+        held = reading.tools.stream() if reading.tools else None  # a tool call goes out whole, once it can be parsed
         if held is not None:
-            held.feed(prefill)  # a forced call's opening: held (it begins with <tool_call>) with what follows
+            held.feed(reading.prefill)  # a forced call's opening: held (it begins with <tool_call>) with what follows
         while isinstance(item := self._next(job), StepEvent):
             text = held.feed(item.text) if held is not None else item.text
-            if text:
-                self._event({**chunk, "choices": [shape.delta(text, None)]})
+            # A step's tokens go with its chunk, even one whose text is held back (a stop string may begin
+            # there, or a tool call): clients add up the chunks' log-probabilities.
+            logprobs = reading.logprobs(item.logprobs) if reading.logprobs and item.logprobs else None
+            if text or logprobs:
+                self._event({**chunk, "choices": [shape.delta(text, None, logprobs=logprobs)]})
         if isinstance(item, ApiError):
             self._event(item.as_json())
         else:
             finish = _finish(item)
             if held is not None:
-                rest, calls = held.finish()
-                calls = calls[:1] if single else calls
+                rest, calls = reading.calls(*held.finish())
                 if rest:
                     self._event({**chunk, "choices": [shape.delta(rest, None)]})
                 if calls:
@@ -1067,12 +1112,19 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(stream, bool):
             raise bad(f"'stream' must be true or false, got {stream!r}", "stream")
         thinking = bool(ollama_api.wants_thinking(body))  # the thought in its own field, as Ollama does
-        job = Job(self._request(options, prompt_ids))
+        try:
+            logprobs = logprob_api.chat_request(body)  # (Ollama's fields are OpenAI chat's)
+        except logprob_api.LogprobError as exc:
+            raise bad(str(exc), exc.param) from None
+        job = Job(self._request(options, prompt_ids, logprobs))
         self.server.worker.submit(job)
         name = ollama_api.tagged(self.server.backend.name)
+        token_piece = self.server.backend.token_piece
 
-        def piece(text: str, calls: list | None = None, thought: str = "") -> dict:
+        def piece(text: str, calls: list | None = None, thought: str = "", entries=()) -> dict:
             out = {"model": name, "created_at": ollama_api.now()}
+            if entries:
+                out["logprobs"] = logprob_api.ollama(entries, token_piece)
             if not chat:
                 out["response"] = text
                 if thought:
@@ -1093,8 +1145,8 @@ class Handler(BaseHTTPRequestHandler):
             while isinstance(item := self._next(job), StepEvent):
                 thought, text = split.feed(item.text) if split is not None else ("", item.text)
                 out = held.feed(text) if held is not None else text
-                if stream and (out or thought):
-                    self._ndjson(piece(out, thought=thought))
+                if stream and (out or thought or item.logprobs):  # (a step's tokens go with its piece)
+                    self._ndjson(piece(out, thought=thought, entries=item.logprobs))
             if isinstance(item, ApiError):
                 if not stream:
                     raise item
@@ -1103,7 +1155,7 @@ class Handler(BaseHTTPRequestHandler):
                 if not stream:
                     thought, text = ollama_api.split_thinking(item.text) if thinking else ("", item.text)
                     content, calls = tools.split(text) if tools else (text, [])
-                    last = piece(content or "" if calls else text, calls, thought)
+                    last = piece(content or "" if calls else text, calls, thought, item.logprobs)
                 else:
                     thought, text = split.finish() if split is not None else ("", "")
                     if held is not None:
@@ -1175,6 +1227,13 @@ class SubspecServer(ThreadingHTTPServer):
         # HTTPServer.server_bind resolves the host's FQDN, a DNS lookup that can stall start-up.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up (a reset idle keep-alive connection: HTTP clients' pools do that) is not
+        a server error: no traceback for it. Anything else is printed, as socketserver does."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

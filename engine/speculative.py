@@ -27,7 +27,7 @@ from .events import StepEvent
 from .depth_control import DepthControl, control_for
 from .draft_graph import draft_span, draft_step_for, release_steps
 from .constrained import constrained_walk
-from .generate import allocate_cache, check_context, ensure_room, new_emitter, prefill_step, streamed_bytes
+from .generate import allocate_cache, check_context, ensure_room, new_emitter, prefill_step, reported, streamed_bytes
 from .kv_cache import KVCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
@@ -181,7 +181,8 @@ def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams
            draws: Draws | None, history: History | None = None, keep: dict | None = None) -> torch.Tensor:
     """The target's token at every node of the tree, in one pass: [N] on the device. With penalties
     (`history`) each node's logits are penalized with its own path, as plain decoding would have there.
-    `keep` (a constrained answer's walk ranks a node's other tokens): receives `rescore(node)`."""
+    `keep` (a constrained answer's walk ranks a node's other tokens; an answer reporting log-probabilities
+    reads the accepted nodes' rows): receives `rescore(node)` and the tree's `logits`."""
     L, n = cache.length, tree.size
     # In the model's dtype: a float32 mask would be held beside its converted fold for the whole pass
     # (the largest mask of all: n rows over the whole context; engine.planner.mask_bytes counts it).
@@ -193,11 +194,13 @@ def verify(target: Decoder, cache: KVCache, tree: Tree, sampling: SamplingParams
     paths = path_members(tree, slice(0, n)) if history is not None else None
     if keep is not None:
         keep["rescore"] = lambda node: row_scores(logits, node, sampling, draws, positions, history, paths)
+        keep["logits"] = logits
     return select_tokens(logits, sampling, draws, positions, history, paths)
 
 
-# (target, cache, tree, sampling, draws, history) -> the target's token at each node; a JSON-mode answer also
-# passes keep= (a dict), where a verifier that can puts "rescore" (see verify).
+# (target, cache, tree, sampling, draws, history) -> the target's token at each node; a JSON-mode answer, or one
+# reporting log-probabilities, also passes keep= (a dict), where a verifier that can puts "rescore" and
+# "logits" (see verify).
 Verifier = Callable[..., torch.Tensor]
 
 
@@ -257,7 +260,7 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         try:
             tree = grow_tree(draft, cache, root, shape, depth, timer, history=history, sampling=sampling, draws=gen)
             t1 = time.perf_counter()
-            keep = {} if emitter.constraint is not None else None
+            keep = {} if emitter.constraint is not None or sampling.logprobs is not None else None
             target_tokens = (verifier(target, cache, tree, sampling, gen, history) if keep is None
                              else verifier(target, cache, tree, sampling, gen, history, keep=keep))
             _sync(device)
@@ -278,14 +281,17 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         verify_ms = (time.perf_counter() - t1) * 1e3
         n = tree.size
         tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
-        if keep is None:
+        if keep is not None and not {"rescore", "logits"} <= keep.keys():
+            raise TypeError("JSON mode and log-probabilities need a verifier that fills keep['rescore'] and "
+                            "keep['logits'] (engine.speculative.verify)")
+        if emitter.constraint is None:
             path, bonus = walk(tokens, parents, chosen)
         else:  # JSON mode: the target's choice among the allowed tokens, node by node along the path
-            if "rescore" not in keep:
-                raise TypeError("JSON mode needs a verifier that fills keep['rescore'] (engine.speculative.verify)")
             path, bonus = constrained_walk(tokens, parents, chosen, emitter.constraint, keep["rescore"])
-            keep = None  # the tree's logits go now, not after the next tree is drawn
         kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
+        # The k-th kept token is the target's choice at the root (k = 0) or at the path's (k-1)-th node.
+        logprobs = () if keep is None else reported(keep["logits"], ([0] + path)[:len(kept)], kept, sampling)
+        keep = None  # the tree's logits go now, not after the next tree is drawn
         # Commit the KV of the root and of every kept token but the last, which becomes the next root.
         slots = torch.tensor([0] + path[: max(len(kept) - 1, 0)], device=device) + L
         cache.compact(slots)
@@ -295,5 +301,5 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
             control.observe(depth, len(path), n, timer[0], verify_ms, ms)
         yield StepEvent(iteration, tuple(kept), text, accepted=len(path), tree_nodes=n, depth=depth,
                         draft_ms=timer[0], verify_ms=verify_ms, step_ms=ms, bytes_moved=streamed_bytes(target) - moved,
-                        finish_reason=emitter.finished, note=note)
+                        finish_reason=emitter.finished, note=note, logprobs=logprobs)
         note = ""

@@ -36,6 +36,30 @@ def test_generate_json(default_model_folder):
     assert len(out["token_ids"]) == out["new_tokens"]
 
 
+def test_generate_logprobs_plain_and_subspec_alike(default_model_folder):
+    base = ("generate", "SmolLM2-135M-Instruct", "--prompt", "Name three colors.", "--max-new-tokens", "24",
+            "--json", "--logprobs", "3")
+    plain = json.loads(run(*base).stdout)
+    r = run(*base, "--method", "subspec", "--depth", "8", "--topk", "3")
+    assert r.returncode == 0, r.stderr
+    spec = json.loads(r.stdout)
+    assert spec["token_ids"] == plain["token_ids"] and spec["tau"] > 1
+    for out in (plain, spec):
+        assert [e["token_id"] for e in out["logprobs"]] == out["token_ids"]
+        assert "".join(e["token"] for e in out["logprobs"]) == out["text"]
+        for e in out["logprobs"]:
+            values = [v for _, _, v in e["top"]]
+            assert len(e["top"]) == 3 and values == sorted(values, reverse=True) and e["logprob"] <= values[0] <= 0
+            assert e["top"][0][0] == e["token_id"]  # greedy: the likeliest
+    # the same numbers, whichever way the tokens were decoded (a tree pass rounds unlike a one-token pass)
+    assert [e["logprob"] for e in spec["logprobs"]] == pytest.approx([e["logprob"] for e in plain["logprobs"]],
+                                                                     abs=1e-3)
+    refused = run("generate", "SmolLM2-135M-Instruct", "--prompt", "hi", "--logprobs", "3")
+    assert refused.returncode == 2 and "add --json" in refused.stderr
+    refused = run("generate", "SmolLM2-135M-Instruct", "--prompt", "hi", "--logprobs", "21", "--json")
+    assert refused.returncode == 2 and "top logprobs" in refused.stderr
+
+
 def test_generate_format_json_answers_one_json_object_plain_and_subspec(default_model_folder):
     base = ("generate", "SmolLM2-135M-Instruct", "--prompt", "Describe a cat as a JSON object with keys name, age "
             "and color.", "--max-new-tokens", "64", "--format", "json", "--json")

@@ -433,6 +433,23 @@ def test_a_failing_generation_answers_an_error_and_the_worker_lives_on(lm, capsy
     assert "Traceback" in capsys.readouterr().err  # logged on the server's side only
 
 
+def test_a_client_resetting_its_idle_connection_prints_no_traceback(server, capfd):
+    """HTTP clients' pools reset idle keep-alive connections (the openai client's did, in this suite); the
+    handler's wait for the next request then fails, and socketserver printed a traceback for it."""
+    import socket
+    import struct
+
+    host, port = server.server_address[:2]
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert b"200 OK" in sock.recv(4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    sock.close()
+    time.sleep(0.3)
+    assert raw(server, "GET", "/health")[0] == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_http10_stream_and_garbage_requests(server, lm):
     import socket
 

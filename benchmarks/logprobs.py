@@ -1,0 +1,109 @@
+"""Log-probabilities' cost and agreement, side by side on the default model: for each prompt, plain decoding and
+SubSpec with and without `logprobs` (20 alternatives, OpenAI's most), timed per token; the tokens must be the
+same, and SubSpec's log-probabilities (read from the tree pass's rows of the accepted path) are compared with
+plain decoding's (one-token passes): the largest difference is rounding.
+
+    .venv/bin/python benchmarks/logprobs.py --out benchmarks/results/logprobs_cpu.json
+
+The order within a prompt alternates (with logprobs first on odd prompts), so drift on a noisy machine hits
+both alike. Its prompts are its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPTS = [
+    "Why is the sky blue?",
+    "Write a haiku about autumn.",
+    "List three uses of a paperclip.",
+    "What is the capital of Japan, and what is it known for?",
+    "Explain what a prime number is to a child.",
+    "Give me a short recipe for pancakes.",
+]
+
+
+def timed(gen, ids):
+    from engine.events import summarize
+
+    t0 = time.perf_counter()
+    result = summarize(gen, len(ids), "x")
+    return result, 1e3 * (time.perf_counter() - t0) / max(result.new_tokens, 1)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--depth", type=int, default=16)
+    p.add_argument("--topk", type=int, default=4)
+    p.add_argument("--top", type=int, default=20, help="alternatives per token (0 to 20)")
+    p.add_argument("--limit", type=int, default=len(PROMPTS))
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+
+    from engine import store
+    from engine.generate import generate_plain
+    from engine.loading import load_model
+    from engine.sampling import SamplingParams
+    from engine.speculative import TreeShape, generate_subspec
+    from engine.substitute import build_draft
+
+    info = store.ensure_default_model(progress=lambda _m: None)
+    lm = load_model(info.path, dtype="float32", device="cpu")
+    draft = build_draft(lm.decoder, 4, 64)  # group 64: g32 would match the GGUF's own grid
+    shape = TreeShape(args.depth, args.topk)
+    n = args.max_new_tokens
+    rows = []
+    for i, prompt in enumerate(PROMPTS[:args.limit]):
+        ids = lm.encode(prompt)
+        order = [("without", SamplingParams()), ("with", SamplingParams(logprobs=args.top))]
+        if i % 2:
+            order.reverse()
+        out = {}
+        for name, sampling in order:
+            plain, plain_ms = timed(generate_plain(lm, ids, n, sampling), ids)
+            spec, spec_ms = timed(generate_subspec(lm, draft, ids, n, sampling, shape=shape), ids)
+            out[name] = (plain, plain_ms, spec, spec_ms)
+        plain, plain_ms, spec, spec_ms = out["with"]
+        free_plain, free_plain_ms, free_spec, free_spec_ms = out["without"]
+        same = spec.token_ids == plain.token_ids == free_plain.token_ids == free_spec.token_ids
+        diff = max((abs(a.logprob - b.logprob) for a, b in zip(spec.logprobs, plain.logprobs)), default=0.0)
+        top_diff = max((abs(x - y) for a, b in zip(spec.logprobs, plain.logprobs)
+                        for (_, x), (_, y) in zip(a.top, b.top)), default=0.0)
+        row = {"prompt": prompt, "tokens": plain.new_tokens, "same_tokens": same, "subspec_tau": spec.tau,
+               "max_abs_logprob_diff": diff, "max_abs_top_diff": top_diff,
+               "plain_ms_per_token": {"without": free_plain_ms, "with": plain_ms},
+               "subspec_ms_per_token": {"without": free_spec_ms, "with": spec_ms}}
+        rows.append(row)
+        print(f"{prompt[:40]:40s} same {same} tau {spec.tau:5.2f} max|d| {diff:.2e} top {top_diff:.2e}"
+              f" | plain ms/token {free_plain_ms:6.1f} -> {plain_ms:6.1f}"
+              f" | subspec {free_spec_ms:6.1f} -> {spec_ms:6.1f}", flush=True)
+
+    def ratio(key):
+        return statistics.median(r[key]["with"] / r[key]["without"] for r in rows)
+
+    summary = {
+        "prompts": len(rows), "max_new_tokens": n, "shape": shape.label, "top_logprobs": args.top,
+        "same_tokens": sum(r["same_tokens"] for r in rows),
+        "max_abs_logprob_diff": max(r["max_abs_logprob_diff"] for r in rows),
+        "max_abs_top_diff": max(r["max_abs_top_diff"] for r in rows),
+        "median_tau": statistics.median(r["subspec_tau"] for r in rows),
+        "plain_time_ratio_with_over_without": ratio("plain_ms_per_token"),
+        "subspec_time_ratio_with_over_without": ratio("subspec_ms_per_token"),
+    }
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
