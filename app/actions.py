@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
+from PySide6.QtWidgets import QLabel, QPushButton
 
 from . import theme
+from .overflow import OverflowRow
 
 
 def _button(text: str, tip: str) -> QPushButton:
     b = QPushButton(text)
     b.setToolTip(tip)
     b.setFlat(True)
-    b.setMinimumWidth(40)  # may be squeezed (text clipped) rather than force a wide window
     return b
 
 
-class ChatActions(QWidget):
+class ChatActions(OverflowRow):
+    """In a narrow window the actions that do not fit wait in a "⋯" menu (app.overflow)."""
+
     def __init__(self, parent=None):
-        super().__init__(parent)
         self.regenerate = _button("↻ Regenerate", "Write the last answer again; the one it replaces stays as a "
                                                   "version (‹ › under the answer)")
         self.edit = _button("✎ Edit", "Edit your last message and send it again; the answer after "
@@ -31,13 +32,7 @@ class ChatActions(QWidget):
         self.edit_label = QLabel("Editing your last message · Esc cancels")
         theme.set_tone(self.edit_label, "warning")
         self.edit_label.hide()
-        layout = QHBoxLayout()
-        layout.setContentsMargins(0, 0, 0, 0)
-        for b in self.buttons():
-            layout.addWidget(b)
-        layout.addStretch()
-        layout.addWidget(self.edit_label)
-        self.setLayout(layout)
+        super().__init__(self.buttons(), trailing=self.edit_label, parent=parent)
 
     def buttons(self) -> list[QPushButton]:
         return [self.regenerate, self.edit, self.edit_answer, self.continue_, self.compare]

@@ -9,8 +9,8 @@ from typing import Callable
 
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton,
-                               QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QVBoxLayout,
+                               QWidget)
 
 from engine.store import DEFAULT_MODEL, model_available, names_a_path
 
@@ -21,6 +21,7 @@ from .attachments import attach
 from .backend import DEFAULT_PARAMS
 from .chat_flow import ChatFlow
 from .compare import CompareJob
+from .overflow import ChatSplitter
 from .context_meter import ContextMeter
 from .controls import MORE_DEFAULTS, MethodControls, SamplingControls, ThinkingSwitch
 from .conversation_menu import (add_conversation_menu, new_conversation_defaults, reset_new_conversation_defaults,
@@ -199,11 +200,13 @@ class MainWindow(ChatFlow, QMainWindow):
         self.sidebar.selected.connect(self.open_conversation)
         self.sidebar.new_requested.connect(self.new_conversation)
         self.sidebar.deleted.connect(self._on_deleted)
-        self.splitter = QSplitter()
+        self.splitter = ChatSplitter()
         self.splitter.addWidget(self.sidebar)
         self.splitter.addWidget(chat)
         self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([230, 700])
+        # The list as wide as its buttons need, all four shown; a narrow window takes it down to "New" and
+        # "⋯" before the chat gets cramped (app.overflow).
+        self.splitter.set_list_width(max(230, self.sidebar.sizeHint().width()))
         self.setCentralWidget(self.splitter)
 
         self.stats_dock = StatsDock(self)

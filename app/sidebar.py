@@ -7,11 +7,12 @@ import datetime
 import sqlite3
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QHBoxLayout, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+from PySide6.QtWidgets import (QLineEdit, QListWidget, QListWidgetItem, QPushButton,
                                QVBoxLayout, QWidget)
 
 from . import dialogs
 from .conversations import Conversation, ConversationStore, why_not_saved
+from .overflow import OverflowRow
 
 UNTITLED = "New conversation"
 
@@ -41,6 +42,9 @@ class ConversationSidebar(QWidget):
         self.list = QListWidget()
         self.list.setAccessibleName("Conversations")
         self.list.currentItemChanged.connect(self._current_changed)
+        # A narrow list elides long titles ("…") rather than scroll sideways.
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.list.itemDoubleClicked.connect(lambda _item: self.rename())
         self.new_button = QPushButton("New")
         self.new_button.setToolTip("Start a new conversation (Ctrl+N)")
@@ -52,14 +56,15 @@ class ConversationSidebar(QWidget):
         self.export_button = QPushButton("Export…")
         self.export_button.setToolTip("Save this conversation as Markdown (.md) or JSON (.json)")
         self.export_button.clicked.connect(self.export)
-        buttons = QHBoxLayout()
-        for button in (self.new_button, self.rename_button, self.export_button, self.delete_button):
-            buttons.addWidget(button)
+        # In a narrow window the buttons that do not fit wait in a "⋯" menu (app.overflow): the list may
+        # then be as narrow as "New" and "⋯", leaving the chat its room.
+        buttons = OverflowRow([self.new_button, self.rename_button, self.export_button, self.delete_button],
+                              stretch=False)
         layout = QVBoxLayout()
         layout.setContentsMargins(6, 6, 0, 6)
         layout.addWidget(self.search)
         layout.addWidget(self.list, 1)
-        layout.addLayout(buttons)
+        layout.addWidget(buttons)
         self.setLayout(layout)
         self._current: int | None = None
         self.refresh()

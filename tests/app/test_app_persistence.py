@@ -230,7 +230,7 @@ def test_window_geometry_and_the_sidebars_width_are_restored(qtbot, make_window)
     window.resize(760, 500)
     window.stats_dock.hide()  # (room for the splitter: the offscreen screen is 800 pixels wide)
     qtbot.waitUntil(lambda: window.splitter.width() > 700, timeout=2000)
-    window.splitter.setSizes([450, 300])  # (the sidebar's buttons make it at least ~340 wide)
+    window.splitter.setSizes([450, 300])
     sidebar = window.splitter.sizes()[0]
     assert sidebar == 450
     window.close()
