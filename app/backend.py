@@ -72,6 +72,7 @@ class TorchBackend:
     # stays within it. None: the model's own context (a CPU, where memory is not planned).
     context_tokens: int | None = None
     stop_event = None  # the chat's Stop (the worker's threading.Event): it also ends a draft build
+    prompt_cache = None  # the last answer's KV cache, for the next (engine.kv_cache.PromptCache; made by a load)
 
     def __init__(self, model: str, progress: Progress, resident_layers: int | None = None,
                  reserve_gb: float | None = None, context: int | None = None):
@@ -108,6 +109,11 @@ class TorchBackend:
         self.name = name
         self.progress = progress
         self.draft = None
+        # The last answer's KV cache, for the chat's and the API's next: each turn prefills only what is new
+        # (engine.kv_cache.PromptCache). It goes with this backend (an unload, a reload).
+        from engine.kv_cache import PromptCache
+
+        self.prompt_cache = PromptCache(slots=self.context_tokens)  # (on a GPU, the plan's KV cache)
 
         # On a CPU the substitute draft costs about as much as the target, so SubSpec only pays on a GPU;
         # the window picks its default from this.
@@ -223,11 +229,11 @@ class TorchBackend:
             shape = TreeShape(int(p["depth"]), int(p["width"]), auto=bool(p["auto"]))
             draft = self.get_draft(self.stop_event)
             events = generate_subspec(self.lm, draft, ids, p["max_new_tokens"], sampling, stops,
-                                      shape=shape, control=self.depth_control(shape))
+                                      shape=shape, control=self.depth_control(shape), prompt_cache=self.prompt_cache)
         else:
             from engine.generate import generate_plain
 
-            events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops)
+            events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops, prompt_cache=self.prompt_cache)
         if dropped:
             events = _noted(events, f"the conversation is longer than {self.name}'s context of {limit} tokens: "
                                     f"its first {dropped} messages were left out of this answer's prompt")
@@ -250,10 +256,12 @@ class TorchBackend:
             shape = TreeShape(int(decoding["depth"]), int(decoding["width"]), auto=bool(decoding.get("auto")))
             draft = self.get_draft()
             return generate_subspec(self.lm, draft, list(prompt_ids), max_tokens, sampling, tuple(stops),
-                                    shape=shape, control=self.depth_control(shape, "api_control"))
+                                    shape=shape, control=self.depth_control(shape, "api_control"),
+                                    prompt_cache=self.prompt_cache)
         from engine.generate import generate_plain
 
-        return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops))
+        return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops),
+                              prompt_cache=self.prompt_cache)
 
     def encode(self, messages: list[dict], continue_final: bool, template: dict | None = None,
                json_mode: bool = False) -> list[int]:
@@ -286,7 +294,7 @@ def _noted(events: Iterator[StepEvent], note: str, when=lambda ev: True) -> Iter
     finally:
         close = getattr(events, "close", None)
         if close:
-            close()  # the worker closes this generator to free the KV cache at once: pass that on
+            close()  # the worker closes this generator to end the answer at once: pass that on
 
 
 def torch_backend(model: str, progress: Progress, **options) -> Backend:

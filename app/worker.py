@@ -175,7 +175,7 @@ class EngineWorker(QObject):
         finally:
             close = getattr(events, "close", None)
             if close:
-                close()  # frees the KV cache now rather than whenever the generator is collected
+                close()  # ends the answer now (its KV cache freed, or kept for the next turn), not when collected
         summary = {k: v for k, v in result.as_json().items() if k != "token_ids"}
         if stopped:
             summary["finish_reason"] = "stopped"

@@ -180,7 +180,7 @@ def _answer_until(session: ChatSession, text: str, out, err, stop: threading.Eve
     finally:
         close = getattr(events, "close", None)
         if close:
-            close()  # frees the KV cache now
+            close()  # ends the answer now (its KV cache kept for the next turn)
     print(file=out)
     answer = "".join(parts)
     # What was shown stays in the conversation, a stopped answer too: the user read it, so the model should.

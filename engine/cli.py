@@ -305,7 +305,7 @@ def cmd_plan(args) -> int:
 def cmd_generate(args) -> int:
     from .events import summarize
     from .generate import generate_plain
-    from .logprob_api import token_piece
+    from .logprob_api import finite, token_piece
     from .speculative import generate_subspec
 
     if args.max_new_tokens < 0:
@@ -341,7 +341,9 @@ def cmd_generate(args) -> int:
         out = result.as_json()
         for entry in out.get("logprobs", ()):  # each token's text beside its id, the alternatives' too
             entry["token"] = token_piece(lm.tokenizer, lm.config.vocab_size, entry["token_id"]).text
-            entry["top"] = [[t, token_piece(lm.tokenizer, lm.config.vocab_size, t).text, v] for t, v in entry["top"]]
+            entry["logprob"] = finite(entry["logprob"])  # (JSON has no -inf)
+            entry["top"] = [[t, token_piece(lm.tokenizer, lm.config.vocab_size, t).text, finite(v)]
+                            for t, v in entry["top"]]
         print(json.dumps(out, ensure_ascii=False))
     else:
         print()
@@ -366,6 +368,7 @@ def cmd_chat(args) -> int:
     """A conversation in the terminal (engine.chat_repl)."""
     from .chat_repl import ChatSession, run_chat
     from .generate import generate_plain
+    from .kv_cache import PromptCache
     from .speculative import generate_subspec
     from .store import DEFAULT_MODEL
 
@@ -380,16 +383,17 @@ def cmd_chat(args) -> int:
                            f"continues a text)")
     # As `serve`: on a CPU the draft's passes cost about what the target's do, so SubSpec pays off on a GPU.
     method = args.method or ("subspec" if lm.device.type == "cuda" else "vanilla")
+    kept = PromptCache()  # each turn prefills only the new messages (engine.kv_cache.PromptCache)
     if method == "subspec":
         shape, draft = _shape(args), _draft(lm, args)
 
         def decode(ids, room):
-            return generate_subspec(lm, draft, ids, room, sampling, stops, shape)
+            return generate_subspec(lm, draft, ids, room, sampling, stops, shape, prompt_cache=kept)
     else:
         _say_ignored(args)
 
         def decode(ids, room):
-            return generate_plain(lm, ids, room, sampling, stops)
+            return generate_plain(lm, ids, room, sampling, stops, prompt_cache=kept)
     session = ChatSession(lm.encode_messages, decode, lm.config.max_position_embeddings, args.max_new_tokens,
                           args.system or "", method)
     if sys.stdin.isatty():

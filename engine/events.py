@@ -38,6 +38,7 @@ class StepEvent:
     finish_reason: str | None = None  # "eos", "stop", "length" on the last event
     note: str = ""  # what the engine had to change to go on (e.g. a shallower tree after running out of memory)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per emitted token, when the sampling asked (SamplingParams.logprobs)
+    cached_tokens: int = 0  # the prefill's: prompt tokens whose KV a kept cache held (engine.kv_cache.PromptCache)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class GenerationResult:
     method: str
     extra: dict = field(default_factory=dict)
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when the sampling asked for them
+    cached_tokens: int = 0  # prompt tokens not prefilled: a kept cache held them
 
     def as_json(self) -> dict:
         out = {
@@ -63,6 +65,8 @@ class GenerationResult:
             "tokens_per_s": round(self.tokens_per_s, 3), "ttft_s": round(self.ttft_s, 4),
             "total_s": round(self.total_s, 4), "finish_reason": self.finish_reason, "method": self.method,
         }
+        if self.cached_tokens:
+            out["cached_tokens"] = self.cached_tokens
         if self.logprobs:
             out["logprobs"] = [lp.as_json() for lp in self.logprobs]
         out.update(self.extra)
@@ -78,6 +82,7 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
     start = clock()
     ttft = None
     texts, ids, logprobs = [], [], []
+    cached = 0
     iterations = 0
     accepted_total = 0
     finish = None
@@ -87,6 +92,7 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
         texts.append(ev.text)
         ids.extend(ev.token_ids)
         logprobs.extend(ev.logprobs)
+        cached += ev.cached_tokens
         iterations = ev.iteration
         if ev.iteration > 0:
             accepted_total += ev.accepted + 1
@@ -100,5 +106,5 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
         text="".join(texts), token_ids=tuple(ids), prompt_tokens=prompt_tokens, new_tokens=n,
         iterations=iterations, tau=accepted_total / iterations if iterations else 1.0, tokens_per_s=tps,
         ttft_s=ttft or 0.0, total_s=total, finish_reason=finish, method=method, extra=dict(extra or {}),
-        logprobs=tuple(logprobs),
+        logprobs=tuple(logprobs), cached_tokens=cached,
     )

@@ -14,7 +14,7 @@ import torch
 
 from .errors import SubspecError
 from .events import StepEvent
-from .kv_cache import KVCache
+from .kv_cache import KVCache, PromptCache
 from .loading import LoadedModel, free_device_memory
 from .masks import causal_mask
 from .model import Decoder
@@ -133,7 +133,8 @@ def constrain(token: torch.Tensor, logits: torch.Tensor, sampling: SamplingParam
 
 def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,
                  sampling: SamplingParams, draws, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
-    """The prefill pass and the first token it yields: how every generation loop starts.
+    """The prefill pass and the first token it yields: how every generation loop starts. `prompt_ids`: the
+    prompt's tokens after those the cache holds already (engine.kv_cache.PromptCache), at least one.
     Returns the token (on the device, [1]) and its event (iteration 0)."""
     t0 = time.perf_counter()
     moved = streamed_bytes(decoder)
@@ -161,10 +162,13 @@ FIRST_ANSWER_SLOTS_CPU = 1024
 
 
 def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, scratch: int = 0,
-                   cache: KVCache | None = None) -> tuple[KVCache, int, str]:
+                   cache: KVCache | None = None, reserve: int = 0) -> tuple[KVCache, int, str]:
     """A KV cache for the prompt, the answer and `scratch` rows (a draft tree's), new or grown from `cache`
     (on the CPU, for the answer's first FIRST_ANSWER_SLOTS_CPU tokens: `ensure_room` grows it later).
-    Out of GPU memory (a long conversation, another program's VRAM), the answer's token budget is halved
+    `reserve`: on a GPU, a new cache gets at least this many slots (a kept prompt cache's context, so that
+    it need not grow from turn to turn); the first thing given up when memory is short.
+    Out of GPU memory (a long conversation, another program's VRAM), a kept cache with committed rows
+    (engine.kv_cache.PromptCache) gives way to a fresh one, and then the answer's token budget is halved
     until the cache fits: the context gets shorter, the tokens stay exactly the target's. Returns the
     cache, the budget it holds and a note saying what changed ("" when nothing did)."""
     budget, note = max_new_tokens, ""
@@ -173,13 +177,21 @@ def allocate_cache(decoder: Decoder, prompt_tokens: int, max_new_tokens: int, sc
         needed = prompt_tokens + (min(budget, FIRST_ANSWER_SLOTS_CPU) if on_cpu else budget) + scratch
         try:
             if cache is None:
-                cache = decoder.new_cache(needed)
+                cache = decoder.new_cache(needed if on_cpu else max(needed, reserve))
             else:
-                cache.ensure_capacity(needed)
+                cache.ensure_capacity(needed, at_most=prompt_tokens + budget + scratch)
             cache.grow_limit = prompt_tokens + budget + scratch  # ensure_room grows no further
             return cache, budget, note
         except torch.OutOfMemoryError:
+            if cache is not None and cache.length:
+                # A kept cache goes (start_cache hands it over held by no other name, so it is freed here):
+                # growing it needs the old and the new at once, a fresh one only the new. Its prompt is then
+                # prefilled whole.
+                cache = None
             free_device_memory()
+            if reserve:
+                reserve = 0
+                continue
             if budget <= 1:
                 raise SubspecError(f"out of GPU memory for the KV cache of a {prompt_tokens}-token prompt: "
                                    f"shorten the conversation, close other GPU programs, or reload with "
@@ -196,21 +208,60 @@ def ensure_room(cache: KVCache, slots: int) -> None:
         cache.ensure_capacity(slots, at_most=cache.grow_limit)
 
 
+def start_cache(decoder: Decoder, prompt_ids: list[int], max_new_tokens: int, scratch: int = 0,
+                cache: KVCache | None = None, prompt_cache: PromptCache | None = None
+                ) -> tuple[KVCache, int, str, int]:
+    """The answer's KV cache (allocate_cache): `cache` emptied, or with `prompt_cache` its kept cache cut
+    back to what this prompt shares with it (engine.kv_cache.PromptCache.take). Returns allocate_cache's
+    three and how many of the prompt's tokens are in the cache already (0 when nothing was kept, or it had
+    to give way to a fresh one)."""
+    if prompt_cache is None:
+        if cache is not None:
+            cache.commit(0)
+        cache, budget, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens, scratch, cache)
+        return cache, budget, note, 0
+    needed = len(prompt_ids) + max_new_tokens + scratch
+    reserve = min(prompt_cache.slots + scratch if prompt_cache.slots else 2 * needed,
+                  decoder.config.max_position_embeddings + scratch)
+    # The kept cache goes straight in, held by no name here: if it has to give way, it is freed at once.
+    cache, budget, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens, scratch,
+                                         prompt_cache.take(decoder, prompt_ids, needed), reserve)
+    return cache, budget, note, cache.length
+
+
 def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 256,
                    sampling: SamplingParams = SamplingParams(), stop_strings=(),
-                   prefill_chunk: int = 256) -> Iterator[StepEvent]:
-    """Target-only decoding, yielding one event per target pass."""
+                   prefill_chunk: int = 256, prompt_cache: PromptCache | None = None) -> Iterator[StepEvent]:
+    """Target-only decoding, yielding one event per target pass. `prompt_cache`: prefill only what the
+    prompt does not share with the last answer's cache, and keep this answer's for the next
+    (engine.kv_cache.PromptCache)."""
     check_context(lm, len(prompt_ids), max_new_tokens)
     decoder = lm.decoder
     if max_new_tokens <= 0:
         yield StepEvent(0, (), "", finish_reason="length")
         return
-    cache, max_new_tokens, note = allocate_cache(decoder, len(prompt_ids), max_new_tokens)
+    cache, max_new_tokens, note, reused = start_cache(decoder, prompt_ids, max_new_tokens, prompt_cache=prompt_cache)
+    emitted: list[int] = []
+    try:
+        yield from _decode_plain(lm, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings,
+                                 prefill_chunk, note, emitted)
+    finally:
+        if prompt_cache is not None:
+            prompt_cache.keep(decoder, cache, list(prompt_ids) + emitted)
+
+
+def _decode_plain(lm, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings, prefill_chunk, note,
+                  emitted: list[int]) -> Iterator[StepEvent]:
+    """generate_plain's loop; `emitted` receives every emitted token (what its cache's rows hold after the
+    prompt's)."""
+    decoder = lm.decoder
     history = History(sampling, prompt_ids) if sampling.penalized else None
     emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, history)
     gen = sampling.draws()
 
-    token, event = prefill_step(decoder, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
+    token, event = prefill_step(decoder, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
+    event = replace(event, cached_tokens=reused)
+    emitted.extend(event.token_ids)
     yield replace(event, note=note) if note else event
 
     iteration = 0
@@ -228,6 +279,7 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         new = token.tolist()
         verify_ms = (time.perf_counter() - t0) * 1e3
         ids, text = emitter.emit(new)
+        emitted.extend(ids)
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(ids), text, verify_ms=verify_ms, step_ms=ms,
                         bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished,

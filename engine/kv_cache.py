@@ -67,8 +67,55 @@ class KVCache:
             return
         doubled = 2 * self.capacity if at_most is None else min(2 * self.capacity, at_most)
         grow = max(needed, doubled)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old.new_zeros(old.shape[:3] + (grow,) + old.shape[4:])
-            new[:, :, :, : self.length] = old[:, :, :, : self.length]
-            setattr(self, name, new)
+        # Both buffers are made before either is swapped in: a failure (out of memory) leaves the cache
+        # as it was, never keys of one capacity beside values of another.
+        k, v = (old.new_zeros(old.shape[:3] + (grow,) + old.shape[4:]) for old in (self.k, self.v))
+        k[:, :, :, : self.length] = self.k[:, :, :, : self.length]
+        v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
+        self.k, self.v = k, v
+
+
+class PromptCache:
+    """The KV cache an answer leaves behind, kept for the next one with the tokens its committed rows hold,
+    so that the next prompt prefills only what follows their longest common prefix: a conversation's earlier
+    turns, a shared system prompt (prompt caching, as llama.cpp, Ollama and LM Studio do). Under offloading
+    every prefill chunk streams all the offloaded weights, so on a long conversation this is most of the time
+    to the first token. One per model, for answers that run one at a time (engine.generate.generate_plain
+    and engine.speculative.generate_subspec take it as `prompt_cache`)."""
+
+    def __init__(self, slots: int | None = None):
+        """`slots`: on a GPU, the context a new cache is made for (a plan's KV reservation), so that it
+        need not grow from turn to turn; None: twice what the answer needs, within the model's context."""
+        self.slots = slots
+        self.cache: KVCache | None = None
+        self.ids: list[int] = []  # the token in each committed row
+        self._owner = None  # the decoder whose keys and values these are
+
+    def take(self, decoder, prompt_ids: list[int], needed: int | None = None) -> KVCache | None:
+        """The kept cache, its committed rows cut back to their longest common prefix with `prompt_ids` (all
+        but the prompt's last token at most: its logits choose the first answer token), for this answer;
+        None when there is none for this decoder, or when on a GPU it has fewer than `needed` slots:
+        growing it there would need the old and the new at once, beyond what a plan reserves, so it goes
+        and a new one is made (the prompt is then prefilled whole). Taken, not shared: until `keep` gives
+        it back, an answer that fails midway leaves nothing half-written here."""
+        cache, ids = self.cache, self.ids
+        owned = self._owner is decoder
+        self.drop()
+        if cache is None or not owned:
+            return None
+        if needed is not None and cache.capacity < needed and cache.k.device.type == "cuda":
+            return None
+        limit = min(cache.length, len(ids), len(prompt_ids) - 1)
+        n = 0
+        while n < limit and ids[n] == prompt_ids[n]:
+            n += 1
+        cache.commit(n)
+        return cache
+
+    def keep(self, decoder, cache: KVCache, ids: list[int]) -> None:
+        """After an answer: `cache` with `ids`, the prompt's and the answer's tokens (its first
+        cache.length are in its committed rows)."""
+        self.cache, self.ids, self._owner = cache, list(ids)[:cache.length], decoder
+
+    def drop(self) -> None:
+        self.cache, self.ids, self._owner = None, [], None

@@ -50,12 +50,17 @@ def _count(value, param: str) -> int:
     return value
 
 
-def chat_request(body: dict) -> int | None:
-    """OpenAI chat's (and Ollama's) `logprobs: true` with `top_logprobs: N`: N (0 without it), or None when
-    the answer's log-probabilities are not asked for."""
-    asked, top = body.get("logprobs"), body.get("top_logprobs")
-    if asked not in (None, True, False):
+def _asked(body: dict) -> bool:
+    asked = body.get("logprobs")
+    if asked is not None and not isinstance(asked, bool):  # (1 == True in Python: not a boolean here)
         raise LogprobError(f"'logprobs' must be true or false, got {asked!r}", "logprobs")
+    return bool(asked)
+
+
+def chat_request(body: dict) -> int | None:
+    """OpenAI chat's `logprobs: true` with `top_logprobs: N`: N (0 without it), or None when the answer's
+    log-probabilities are not asked for. `top_logprobs` alone is a 400, as OpenAI answers it."""
+    asked, top = _asked(body), body.get("top_logprobs")
     if top is not None:
         top = _count(top, "top_logprobs")
         if not asked:
@@ -63,19 +68,32 @@ def chat_request(body: dict) -> int | None:
     return (top or 0) if asked else None
 
 
+def ollama_request(body: dict) -> int | None:
+    """Ollama's `logprobs` / `top_logprobs`, by Ollama's rules: the count is range-checked, and without
+    `logprobs: true` nothing is reported."""
+    asked, top = _asked(body), body.get("top_logprobs")
+    top = 0 if top is None else _count(top, "top_logprobs")
+    return top if asked else None
+
+
 def completion_request(body: dict) -> int | None:
-    """Legacy completions' `logprobs: N` (the alternatives per token; 0: the chosen token's only)."""
+    """Legacy completions' `logprobs: N` (the alternatives per token; 0: the chosen token's only; null or
+    false: none). `top_logprobs` is chat's: refused here rather than ignored."""
+    if body.get("top_logprobs") is not None:
+        raise LogprobError("'top_logprobs' is for /v1/chat/completions; completions take 'logprobs': N",
+                           "top_logprobs")
     value = body.get("logprobs")
-    return None if value is None else _count(value, "logprobs")
+    return None if value is None or value is False else _count(value, "logprobs")
 
 
-def _number(x: float) -> float:
+def finite(x: float) -> float:
+    """A log-probability JSON can carry: -inf (a logit of -inf) or NaN as OpenAI's floor."""
     return x if math.isfinite(x) else FLOOR
 
 
 def _entry(token_id: int, logprob: float, piece: Piece) -> dict:
     p = piece(token_id)
-    return {"token": p.text, "logprob": _number(logprob), "bytes": p.bytes}
+    return {"token": p.text, "logprob": finite(logprob), "bytes": p.bytes}
 
 
 def _with_top(lp, piece: Piece) -> dict:
@@ -94,20 +112,26 @@ def ollama(entries, piece: Piece) -> list[dict]:
 
 class CompletionOffsets:
     """Legacy completions' `logprobs`, their `text_offset` counted on across a streamed answer's chunks
-    from the end of the prompt's text (OpenAI's offsets are into the prompt and completion together)."""
+    from the end of the prompt's text (OpenAI's offsets are into the prompt and completion together).
+
+    An offset counts the characters of the answer's bytes so far, decoded whole: a character split across
+    tokens counts once, where it is complete (the tokens' own texts, decoded one by one, would count each
+    part). A special token is not in the text and moves nothing."""
 
     def __init__(self, prompt_chars: int):
-        self.offset = prompt_chars
+        self.prompt_chars = prompt_chars
+        self.answer = bytearray()
 
     def logprobs(self, entries, piece: Piece) -> dict:
         tokens, offsets = [], []
         for lp in entries:
             p = piece(lp.token_id)
             tokens.append(p.text)
-            offsets.append(self.offset)
-            self.offset += 0 if p.special else len(p.text)  # (a special token is not in the text)
+            offsets.append(self.prompt_chars + len(self.answer.decode("utf-8", errors="ignore")))
+            if not p.special:
+                self.answer += bytes(p.bytes)
         # "up to logprobs + 1 elements": the alternatives and the chosen token, whatever its rank
-        top = [{**{piece(t).text: _number(v) for t, v in lp.top}, text: _number(lp.logprob)}
+        top = [{**{piece(t).text: finite(v) for t, v in lp.top}, text: finite(lp.logprob)}
                for lp, text in zip(entries, tokens)]
-        return {"tokens": tokens, "token_logprobs": [_number(lp.logprob) for lp in entries], "top_logprobs": top,
+        return {"tokens": tokens, "token_logprobs": [finite(lp.logprob) for lp in entries], "top_logprobs": top,
                 "text_offset": offsets}

@@ -226,7 +226,8 @@ def final_fields(result, done_reason: str) -> dict:
     """The last object's statistics, in nanoseconds as Ollama gives them (and SubSpec's own)."""
     ns = 1_000_000_000
     return {"done": True, "done_reason": done_reason, "total_duration": int(result.total_s * ns),
-            "load_duration": 0, "prompt_eval_count": result.prompt_tokens,
+            # (as Ollama counts it: the prompt's tokens evaluated, not those its cache held)
+            "load_duration": 0, "prompt_eval_count": result.prompt_tokens - result.cached_tokens,
             "prompt_eval_duration": int(result.ttft_s * ns), "eval_count": result.new_tokens,
             "eval_duration": int(max(result.total_s - result.ttft_s, 0.0) * ns),
             "subspec": {"method": result.method, "tau": round(result.tau, 3),

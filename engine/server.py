@@ -42,6 +42,7 @@ from .tool_calls import (ToolError, ToolParsing, forced_call, mistral_ids, named
                          template_message)
 from .sampling import SamplingParams
 from .depth_control import control_for
+from .kv_cache import PromptCache
 from .speculative import TreeShape
 
 DEFAULT_HOST = "127.0.0.1"
@@ -352,6 +353,9 @@ class Backend:
         # Requests are decoded one at a time, so one auto-depth controller serves them all and keeps what
         # earlier requests measured.
         self.control = control_for(shape)
+        # The last request's KV cache: a chat client's next request (its history and a new message), or one
+        # with the same system prompt, prefills only what is new (engine.kv_cache.PromptCache).
+        self.prompt_cache = PromptCache(slots=context)  # (on a GPU, a plan's KV cache; else twice what is asked)
         self.name = name or lm.name
         self.method = "subspec" if draft is not None else "vanilla"
         self._method_now = method
@@ -383,8 +387,8 @@ class Backend:
 
         if self.draft is not None:
             return generate_subspec(self.lm, self.draft, prompt_ids, max_tokens, sampling, stops, self.shape,
-                                    control=self.control)
-        return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops)
+                                    control=self.control, prompt_cache=self.prompt_cache)
+        return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops, prompt_cache=self.prompt_cache)
 
     def encode_chat(self, messages: list[dict], template_kwargs: dict | None = None,
                     tools: list[dict] | None = None, prefill: str = "", close_thought: bool = False) -> list[int]:
@@ -451,6 +455,8 @@ class Backend:
         return {
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.new_tokens,
             "total_tokens": result.prompt_tokens + result.new_tokens,
+            # OpenAI's: the prompt's tokens a kept cache held (engine.kv_cache.PromptCache), not prefilled
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
             "subspec": {
                 "method": result.method, "tau": round(result.tau, 3), "iterations": result.iterations,
                 "tokens_per_s": round(result.tokens_per_s, 2), "ttft_s": round(result.ttft_s, 4),
@@ -1113,7 +1119,7 @@ class Handler(BaseHTTPRequestHandler):
             raise bad(f"'stream' must be true or false, got {stream!r}", "stream")
         thinking = bool(ollama_api.wants_thinking(body))  # the thought in its own field, as Ollama does
         try:
-            logprobs = logprob_api.chat_request(body)  # (Ollama's fields are OpenAI chat's)
+            logprobs = logprob_api.ollama_request(body)
         except logprob_api.LogprobError as exc:
             raise bad(str(exc), exc.param) from None
         job = Job(self._request(options, prompt_ids, logprobs))

@@ -27,8 +27,8 @@ from .events import StepEvent
 from .depth_control import DepthControl, control_for
 from .draft_graph import draft_span, draft_step_for, release_steps
 from .constrained import constrained_walk
-from .generate import allocate_cache, check_context, ensure_room, new_emitter, prefill_step, reported, streamed_bytes
-from .kv_cache import KVCache
+from .generate import check_context, ensure_room, new_emitter, prefill_step, reported, start_cache, streamed_bytes
+from .kv_cache import KVCache, PromptCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
 from .sampling import Draws, History, SamplingParams, row_scores, select_tokens
@@ -208,40 +208,61 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
                      sampling: SamplingParams = SamplingParams(), stop_strings=(),
                      shape: TreeShape = TreeShape(), prefill_chunk: int = 256,
                      verifier: Verifier = verify, cache: KVCache | None = None,
-                     control: DepthControl | None = None) -> Iterator[StepEvent]:
+                     control: DepthControl | None = None,
+                     prompt_cache: PromptCache | None = None) -> Iterator[StepEvent]:
     """Speculative decoding with the substitute draft; output identical to `generate_plain`'s.
 
     `cache` (optional) is used instead of a fresh one, so a caller can inspect or continue it.
     `control` (with `shape.auto`): the depth controller to use and update, so that a conversation keeps what
-    earlier answers measured; a new one when it is None or was made for another shape."""
+    earlier answers measured; a new one when it is None or was made for another shape.
+    `prompt_cache` (instead of `cache`): prefill only what the prompt does not share with the last answer's
+    cache, and keep this answer's for the next (engine.kv_cache.PromptCache)."""
+    if cache is not None and prompt_cache is not None:
+        raise ValueError("pass a cache or a prompt cache, not both")
     try:
         yield from _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_strings, shape,
-                                     prefill_chunk, verifier, cache, control)
+                                     prefill_chunk, verifier, cache, control, prompt_cache)
     finally:
         # The captured draft steps hold this answer's KV cache and their graphs' memory: they go with the
         # answer (finished, stopped or failed), so that an idle app or a plain answer after this one does
-        # not keep them in VRAM. A cache the caller passed keeps its steps, for its next answer.
+        # not keep them in VRAM (nor keep a kept prompt cache alive that has to give way to a new one). A
+        # cache the caller passed keeps its steps, for its next answer.
         release_steps(draft, keep=cache)
 
 
 def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_strings, shape, prefill_chunk,
-                      verifier, cache, control) -> Iterator[StepEvent]:
+                      verifier, cache, control, prompt_cache) -> Iterator[StepEvent]:
     check_context(lm, len(prompt_ids), max_new_tokens)
     target = lm.decoder
-    device = lm.device
     if max_new_tokens <= 0:
         yield StepEvent(0, (), "", finish_reason="length")
         return
-    if cache is not None:
-        cache.commit(0)
     release_steps(draft, keep=cache)  # the last answer's captured steps hold its cache: free it first
-    cache, max_new_tokens, note = allocate_cache(target, len(prompt_ids), max_new_tokens, shape.grown + 1, cache)
+    cache, max_new_tokens, note, reused = start_cache(target, prompt_ids, max_new_tokens, shape.grown + 1, cache,
+                                                      prompt_cache)
+    emitted: list[int] = []
+    try:
+        yield from _decode_subspec(lm, draft, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings,
+                                   shape, prefill_chunk, verifier, control, note, emitted)
+    finally:
+        if prompt_cache is not None:
+            prompt_cache.keep(target, cache, list(prompt_ids) + emitted)
+
+
+def _decode_subspec(lm, draft, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings, shape,
+                    prefill_chunk, verifier, control, note, emitted: list[int]) -> Iterator[StepEvent]:
+    """generate_subspec's loop; `emitted` receives every emitted token (what its cache's rows hold after
+    the prompt's)."""
+    target = lm.decoder
+    device = lm.device
     history = History(sampling, prompt_ids) if sampling.penalized else None
     emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, history)
     gen = sampling.draws()
     context = lm.config.max_position_embeddings
 
-    root, event = prefill_step(target, cache, prompt_ids, prefill_chunk, sampling, gen, emitter)
+    root, event = prefill_step(target, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
+    event = replace(event, cached_tokens=reused)
+    emitted.extend(event.token_ids)
     yield replace(event, note=note) if note else event
 
     iteration = 0
@@ -268,7 +289,7 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
             # Another program took VRAM, or a long context left too little for this tree. Nothing was
             # committed this iteration (draft and verify rows lie past cache.length), so the same step is
             # simply run again with a shallower tree: the output stays exactly the target's.
-            tree = target_tokens = None
+            tree = target_tokens = keep = None  # (keep holds the tree's logits: they go too)
             release_steps(draft)  # the captured steps' graph memory too (recaptured for the next tree)
             free_device_memory()
             smaller = shallower(shape)
@@ -281,16 +302,21 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
         verify_ms = (time.perf_counter() - t1) * 1e3
         n = tree.size
         tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
-        if keep is not None and not {"rescore", "logits"} <= keep.keys():
-            raise TypeError("JSON mode and log-probabilities need a verifier that fills keep['rescore'] and "
-                            "keep['logits'] (engine.speculative.verify)")
+        needed = {"rescore"} if emitter.constraint is not None else set()
+        needed |= {"logits"} if sampling.logprobs is not None else set()
+        if keep is not None and not needed <= keep.keys():
+            missing = ", ".join(f"keep['{k}']" for k in sorted(needed - keep.keys()))
+            raise TypeError(f"this answer needs a verifier that fills {missing} (JSON mode reads 'rescore', "
+                            f"log-probabilities 'logits'; engine.speculative.verify fills both)")
         if emitter.constraint is None:
             path, bonus = walk(tokens, parents, chosen)
         else:  # JSON mode: the target's choice among the allowed tokens, node by node along the path
             path, bonus = constrained_walk(tokens, parents, chosen, emitter.constraint, keep["rescore"])
         kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
+        emitted.extend(kept)
         # The k-th kept token is the target's choice at the root (k = 0) or at the path's (k-1)-th node.
-        logprobs = () if keep is None else reported(keep["logits"], ([0] + path)[:len(kept)], kept, sampling)
+        logprobs = (() if sampling.logprobs is None
+                    else reported(keep["logits"], ([0] + path)[:len(kept)], kept, sampling))
         keep = None  # the tree's logits go now, not after the next tree is drawn
         # Commit the KV of the root and of every kept token but the last, which becomes the next root.
         slots = torch.tensor([0] + path[: max(len(kept) - 1, 0)], device=device) + L

@@ -383,3 +383,31 @@ def test_a_json_schema_answer_format_is_checked_before_the_answer_starts(tmp_pat
                                                 "answer_schema": json.dumps(schema)})
     text = "".join(e.text for e in events)
     assert text.replace(" ", "").startswith('{"n":')  # the only key the schema takes
+
+
+def test_the_chats_next_turn_prefills_only_its_new_message(smollm2):
+    """The backend keeps each answer's KV cache for the next (engine.kv_cache.PromptCache): the chat's second
+    turn reuses the first's prompt and answer, and answers as a backend without the cache does."""
+    from engine.events import summarize
+    from engine.kv_cache import PromptCache
+
+    def backend(cache):
+        b = TorchBackend.__new__(TorchBackend)
+        b.name, b.lm, b.prompt_cache = "SmolLM2", smollm2, cache
+        return b
+
+    cached, fresh = backend(PromptCache()), backend(None)
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    params = {"max_new_tokens": 12, "temperature": 0, "method": "vanilla"}
+    results = {}
+    for name, b in (("cached", cached), ("fresh", fresh)):
+        turn = list(msgs)
+        first_tokens, events = b.stream(turn, params)
+        first = summarize(events, first_tokens, "vanilla")
+        turn += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And another?"}]
+        prompt_tokens, events = b.stream(turn, params)
+        results[name] = (prompt_tokens, summarize(events, prompt_tokens, "vanilla"))
+    (n, cached_answer), (_, fresh_answer) = results["cached"], results["fresh"]
+    assert cached_answer.text == fresh_answer.text
+    # At least the first turn's prompt and most of its answer (as the template writes it back) came from the cache.
+    assert fresh_answer.cached_tokens == 0 and first_tokens + 6 < cached_answer.cached_tokens < n

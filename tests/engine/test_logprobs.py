@@ -138,3 +138,20 @@ def test_a_verifier_that_keeps_no_logits_is_told_so(tiny):
     with pytest.raises(TypeError, match="keep\\['logits'\\]"):
         list(generate_subspec(lm, draft, lm.encode("hi"), 10, SamplingParams(logprobs=1), shape=TreeShape(2, 2),
                               verifier=tokens_only))
+
+
+def test_json_mode_without_logprobs_needs_only_the_rescoring(tiny):
+    lm, draft, _ = tiny
+
+    def rescoring_only(target, cache, tree, sampling, draws, history, keep=None):
+        tokens = verify(target, cache, tree, sampling, draws, history, keep=keep)
+        keep.pop("logits")
+        return tokens
+
+    sampling = SamplingParams(json=True)
+    ids = lm.encode("data:")
+    got = _run(generate_subspec(lm, draft, ids, 20, sampling, shape=TreeShape(4, 2), verifier=rescoring_only), ids)
+    assert got.token_ids == _run(generate_plain(lm, ids, 20, sampling), ids).token_ids
+    with pytest.raises(TypeError, match="keep\\['logits'\\]"):
+        list(generate_subspec(lm, draft, ids, 20, SamplingParams(json=True, logprobs=1), shape=TreeShape(4, 2),
+                              verifier=rescoring_only))

@@ -433,6 +433,26 @@ def test_a_failing_generation_answers_an_error_and_the_worker_lives_on(lm, capsy
     assert "Traceback" in capsys.readouterr().err  # logged on the server's side only
 
 
+def test_a_follow_up_request_reuses_the_cached_prompt_and_says_so(server, spec_server, lm):
+    """The server keeps the last request's KV cache (engine.kv_cache.PromptCache): a conversation's next
+    request prefills only its new part, reported as OpenAI's usage.prompt_tokens_details.cached_tokens and
+    answered as a fresh prefill would."""
+    for srv in (server, spec_server):
+        c = client(srv)
+        first = chat(c, lm.name, "the cat sat on", max_tokens=12)
+        history = [{"role": "user", "content": "the cat sat on"},
+                   {"role": "assistant", "content": first.choices[0].message.content},
+                   {"role": "user", "content": "and then?"}]
+        follow = c.chat.completions.create(model=lm.name, messages=history, temperature=0, max_tokens=12)
+        cached = follow.usage.prompt_tokens_details.cached_tokens
+        assert 0 < cached < follow.usage.prompt_tokens
+        ids = lm.encode_messages(history)
+        assert follow.choices[0].message.content == engine_text(lm, ids, 12)
+        again = c.chat.completions.create(model=lm.name, messages=history, temperature=0, max_tokens=12)
+        assert again.usage.prompt_tokens_details.cached_tokens == len(ids) - 1  # all but the last token
+        assert again.choices[0].message.content == follow.choices[0].message.content
+
+
 def test_a_client_resetting_its_idle_connection_prints_no_traceback(server, capfd):
     """HTTP clients' pools reset idle keep-alive connections (the openai client's did, in this suite); the
     handler's wait for the next request then fails, and socketserver printed a traceback for it."""

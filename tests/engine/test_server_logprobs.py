@@ -39,6 +39,18 @@ def spec(lm):
         yield srv
 
 
+def _alike(a, b, tol=1e-5):
+    """The same tokens with the same log-probabilities up to rounding: a request after another shares its
+    prompt's cached rows (engine.kv_cache.PromptCache), prefilled in other chunks than a fresh one's."""
+    a, b = [e.model_dump() for e in a], [e.model_dump() for e in b]
+    assert [(e["token"], e.get("bytes"), [t["token"] for t in e["top_logprobs"] or ()]) for e in a] == \
+        [(e["token"], e.get("bytes"), [t["token"] for t in e["top_logprobs"] or ()]) for e in b]
+    for x, y in zip(a, b):
+        assert x["logprob"] == pytest.approx(y["logprob"], abs=tol)
+        assert [t["logprob"] for t in x["top_logprobs"] or ()] == pytest.approx(
+            [t["logprob"] for t in y["top_logprobs"] or ()], abs=tol)
+
+
 def _openai(srv):
     return openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
@@ -72,12 +84,12 @@ def test_chat_logprobs_are_the_engines_streamed_or_not(plain, lm):
     assert "".join(e.token for e in content if e.token not in SPECIAL) == r.choices[0].message.content
     for e, lp in zip(content, want.logprobs):
         assert e.token == lm.tokenizer.convert_ids_to_tokens(lp.token_id) and bytes(e.bytes) == e.token.encode()
-        assert e.logprob == pytest.approx(lp.logprob, abs=1e-6)
-        assert [t.logprob for t in e.top_logprobs] == pytest.approx([v for _, v in lp.top], abs=1e-6)
+        assert e.logprob == pytest.approx(lp.logprob, abs=1e-5)
+        assert [t.logprob for t in e.top_logprobs] == pytest.approx([v for _, v in lp.top], abs=1e-5)
         assert len(e.top_logprobs) == 3 and e.top_logprobs[0].token == e.token  # greedy: the likeliest
     text, streamed = _streamed_chat(plain, lm, "the cat sat", max_tokens=20, logprobs=True, top_logprobs=3)
     assert text == r.choices[0].message.content
-    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+    _alike(streamed, content)
 
 
 def test_without_top_logprobs_each_token_alone_and_without_logprobs_none(plain, lm):
@@ -122,7 +134,7 @@ def test_completions_logprobs_in_the_legacy_shape(plain, lm):
     lp = r.choices[0].logprobs
     want = _engine(lm, lm.encode(prompt, chat=False), 8, 2)
     assert "".join(t for t in lp.tokens if t not in SPECIAL) == r.choices[0].text
-    assert lp.token_logprobs == pytest.approx([x.logprob for x in want.logprobs], abs=1e-6)
+    assert lp.token_logprobs == pytest.approx([x.logprob for x in want.logprobs], abs=1e-5)
     # the alternatives and the chosen token ("up to logprobs + 1"); greedy, so the chosen is among the two
     assert all(len(top) == 2 and tok in top for top, tok in zip(lp.top_logprobs, lp.tokens))
     assert lp.text_offset == [len(prompt) + i for i in range(8)]  # into the prompt and completion together
@@ -158,7 +170,7 @@ def test_ollama_logprobs_streamed_or_not(plain, spec, lm):
     assert all(len(e.top_logprobs) == 2 for e in r.logprobs)
     streamed = [e for part in client.chat(model=lm.name, messages=[{"role": "user", "content": "hi"}], options=opts,
                                           logprobs=True, top_logprobs=2, stream=True) for e in part.logprobs or ()]
-    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in r.logprobs]
+    _alike(streamed, r.logprobs)
     g = ollama.Client(host=spec.url, timeout=60).generate(model=lm.name, prompt="hi", options=opts, logprobs=True)
     assert [e.token for e in g.logprobs] == [e.token for e in r.logprobs]
     assert [e.logprob for e in g.logprobs] == pytest.approx([e.logprob for e in r.logprobs], abs=1e-4)
@@ -174,7 +186,9 @@ def test_ollama_logprobs_streamed_or_not(plain, spec, lm):
     ("/v1/chat/completions", {"logprobs": 3}, "logprobs"),
     ("/v1/completions", {"logprobs": 21}, "logprobs"),
     ("/v1/completions", {"logprobs": True}, "logprobs"),
-    ("/api/chat", {"top_logprobs": 2}, "top_logprobs"),
+    ("/v1/chat/completions", {"logprobs": 1}, "logprobs"),
+    ("/v1/completions", {"top_logprobs": 2}, "top_logprobs"),
+    ("/api/chat", {"top_logprobs": 21}, "top_logprobs"),
     ("/api/generate", {"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
 ])
 def test_bad_logprob_fields_are_400s(plain, lm, path, body, param):
@@ -187,3 +201,32 @@ def test_bad_logprob_fields_are_400s(plain, lm, path, body, param):
         assert "logprobs" in out["error"]
     else:
         assert out["error"]["param"] == param and "logprobs" in out["error"]["message"]
+
+
+def test_neutral_values_and_ollamas_own_rules(plain, lm):
+    r = _openai(plain).completions.create(model=lm.name, prompt="abc", max_tokens=3, logprobs=False)
+    assert r.choices[0].logprobs is None  # (false: none, as before log-probabilities were served)
+    # Ollama range-checks top_logprobs and, without logprobs: true, reports nothing (OpenAI refuses it).
+    status, out = raw(plain, "POST", "/api/generate", json.dumps(
+        {"model": lm.name, "prompt": "hi", "stream": False, "top_logprobs": 2, "options": {"num_predict": 3}}),
+        {"Content-Type": "application/json"})
+    assert status == 200 and "logprobs" not in out
+
+
+def test_text_offsets_count_a_character_split_across_tokens_once():
+    from engine.logprob_api import CompletionOffsets, TokenPiece
+    from engine.events import TokenLogprob
+
+    frog = "🐸".encode()  # four bytes, here in two tokens
+    pieces = {1: frog[:2], 2: frog[2:], 3: b"a", 4: b"</s>"}
+
+    def piece(token_id):
+        raw = pieces[token_id]
+        return TokenPiece(raw.decode("utf-8", errors="replace"), list(raw), token_id == 4)
+
+    offsets = CompletionOffsets(prompt_chars=5)
+    first = offsets.logprobs([TokenLogprob(1, -0.1), TokenLogprob(2, -0.2)], piece)
+    second = offsets.logprobs([TokenLogprob(4, -0.3), TokenLogprob(3, -0.4), TokenLogprob(1, -0.5)], piece)
+    text = "🐸a"  # what the answer reads (the special token skipped)
+    assert first["text_offset"] + second["text_offset"] == [5, 5, 6, 6, 7]
+    assert len(text) == 2 and second["text_offset"][1] == 5 + text.index("a")
