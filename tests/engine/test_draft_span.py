@@ -107,6 +107,7 @@ def test_a_new_answer_frees_the_last_answers_captured_steps_and_cache_before_all
 
     from tiny_models import make_tiny_model_folder
 
+    import engine.generate as gen
     import engine.speculative as spec
     from engine.loading import load_model
 
@@ -116,7 +117,7 @@ def test_a_new_answer_frees_the_last_answers_captured_steps_and_cache_before_all
     draft_step_for(draft, old, 3, 256)
     gone = weakref.ref(old.k)
     del old
-    real_allocate = spec.allocate_cache
+    real_allocate = gen.allocate_cache  # (engine.generate.start_cache allocates SubSpec's cache too)
     seen = []
 
     def allocate(*args, **kwargs):
@@ -124,9 +125,10 @@ def test_a_new_answer_frees_the_last_answers_captured_steps_and_cache_before_all
         seen.append((len(draft.__dict__["_draft_steps"]), gone() is None))
         return real_allocate(*args, **kwargs)
 
-    monkeypatch.setattr(spec, "allocate_cache", allocate)
+    monkeypatch.setattr(gen, "allocate_cache", allocate)
     list(spec.generate_subspec(lm, draft, lm.encode("hi"), 4, shape=spec.TreeShape(3, 2)))
     assert seen == [(0, True)]  # no captured step left and the old cache freed, before the new one is made
+
 
 
 def test_captured_steps_go_with_their_answer_unless_the_caller_keeps_the_cache(tmp_path, monkeypatch):
