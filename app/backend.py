@@ -208,7 +208,7 @@ class TorchBackend:
                                   seed=p["seed"], min_p=p["min_p"], repetition_penalty=p["repetition_penalty"],
                                   penalty_last_n=p["penalty_last_n"], json=p.get("answer_format") in ("json", "schema"),
                                   json_schema=answer_schema(p) if p.get("answer_format") == "schema" else None)
-        from engine.context_window import fit_conversation
+        from engine.context_window import ROOM_AFTER_DROPPING, fit_conversation
 
         # A conversation longer than the context keeps going on its latest turns (the user is told). On a
         # GPU the context is what the plan reserved KV memory for, not the model's whole window.
@@ -219,7 +219,7 @@ class TorchBackend:
         wanted = int(p["max_new_tokens"])
         template = {"enable_thinking": bool(p["thinking"])} if p["thinking"] is not None else None
         ids, dropped = fit_conversation(lambda m: self.encode(m, bool(p["continue_final"]), template, sampling.json),
-                                        messages, limit - min(wanted, limit // 2))
+                                        messages, limit - min(wanted, limit // 2), slack=ROOM_AFTER_DROPPING)
         p["max_new_tokens"] = max(1, min(wanted, limit - len(ids)))
         stops = tuple(p["stop"])
         if p["method"] == "subspec":

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .context_window import fit_conversation
+from .context_window import ROOM_AFTER_DROPPING, fit_conversation
 from .errors import SubspecError
 from .events import StepEvent, summarize
 
@@ -48,7 +48,8 @@ class ChatSession:
     def prompt(self, text: str) -> tuple[list[int], int, int]:
         """(prompt ids, messages left out, the answer's room): the answer keeps at most half the context."""
         ids, dropped = fit_conversation(self.encode, self.messages(text),
-                                        self.context - min(self.max_new_tokens, self.context // 2))
+                                        self.context - min(self.max_new_tokens, self.context // 2),
+                                        slack=ROOM_AFTER_DROPPING)
         room = self.context - len(ids)
         if room < 1:
             raise SubspecError(f"this message ({len(ids)} tokens with the system prompt) fills the model's "

@@ -48,3 +48,26 @@ def test_encodings_are_a_binary_search(smollm2):
     msgs = conversation(40)
     fit_conversation(encode, msgs, len(smollm2.encode_messages(msgs)) // 3)
     assert len(calls) <= 2 + 6  # the whole, then log2(41 turn starts) + 1
+
+
+def test_with_slack_the_turns_left_out_change_seldom_so_the_prompt_keeps_its_beginning(smollm2):
+    """A chat past its context: without slack every turn leaves out one more turn, so every prompt begins
+    anew (no KV cache reuse); with the chat's slack turns go a quarter of the budget at a time, and in
+    between the prompt only grows at its end."""
+    from engine.context_window import ROOM_AFTER_DROPPING
+
+    budget = 700
+    drops = {}
+    for slack in (0.0, ROOM_AFTER_DROPPING):
+        msgs, seen, last_ids = [{"role": "system", "content": "You are terse."}], [], None
+        for i in range(40):
+            msgs.append({"role": "user", "content": f"question {i}: " + "why " * 12})
+            ids, dropped = fit_conversation(smollm2.encode_messages, msgs, budget, slack=slack)
+            assert len(ids) <= budget
+            if seen and dropped == seen[-1] and slack:
+                assert ids[:len(last_ids) - 4] == last_ids[:len(last_ids) - 4]  # (up to the last turn's end)
+            seen.append(dropped)
+            last_ids = ids
+            msgs.append({"role": "assistant", "content": f"answer {i}: " + "because " * 12})
+        drops[slack] = sum(a != b for a, b in zip(seen, seen[1:]))
+    assert drops[0.0] >= 3 * drops[ROOM_AFTER_DROPPING] > 0
