@@ -14,8 +14,11 @@ END_NOTES = {"stopped": "stopped", "length": "cut at the length limit", "interru
 
 
 def format_stats(summary: dict) -> str:
+    # What the kept KV cache saved the prefill (engine.kv_cache.PromptCache): why a long chat's first token
+    # still comes quickly.
+    cached = f", {summary['cached_tokens']} cached tokens" if summary.get("cached_tokens") else ""
     return (f"{summary['new_tokens']} tokens · {summary['tokens_per_s']:.1f} tok/s · "
-            f"TTFT {summary['ttft_s']:.2f} s")
+            f"TTFT {summary['ttft_s']:.2f} s{cached}")
 
 
 def method_label(stats: dict) -> str:

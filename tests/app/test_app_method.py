@@ -154,6 +154,9 @@ def test_answer_stats_line():
     assert format_answer_stats({**stats, "auto": True}).endswith("· SubSpec auto D≤48 W6")
     assert format_answer_stats({**stats, "method": "vanilla", "tau": 1.0}).endswith("τ 1.00 · plain")
     assert format_answer_stats({**stats, "seed": 1234}).endswith("· SubSpec D48 W6 · seed 1234")  # sampled
+    # What the kept KV cache saved the prefill (a conversation's later turns)
+    assert format_answer_stats({**stats, "cached_tokens": 612}).startswith(
+        "120 tokens · 85.2 tok/s · TTFT 0.03 s, 612 cached tokens · τ 4.50")
 
 
 def test_presets_set_the_values_and_edits_make_them_custom(qtbot, make_window):
