@@ -69,6 +69,7 @@ class Emitter:
         self.finished: str | None = None
         self.history = history
         self.constraint = constraint
+        self.emitted: list[int] = []  # every token emitted so far (after the prompt's, what the cache's rows hold)
 
     def emit(self, token_ids: list[int]) -> tuple[list[int], str]:
         ids = list(token_ids)
@@ -84,6 +85,7 @@ class Emitter:
         if self.stream.stopped:
             ids, self.finished = ids[:kept], "stop"
         self.remaining -= len(ids)
+        self.emitted.extend(ids)
         if self.history is not None:
             self.history.extend(ids)
         if self.constraint is not None:
@@ -112,8 +114,10 @@ def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: 
 
 
 def new_emitter(lm: LoadedModel, sampling: SamplingParams, stop_strings, max_new_tokens: int,
-                history: History | None) -> Emitter:
-    """The answer's emitter, with its JSON constraint when the sampling asks for one."""
+                prompt_ids: list[int]) -> Emitter:
+    """The answer's emitter, with the penalties' history when the sampling has penalties and its JSON
+    constraint when it asks for one."""
+    history = History(sampling, prompt_ids) if sampling.penalized else None
     eos = lm.eos_token_ids()
     return Emitter(lm.tokenizer, eos, stop_strings, max_new_tokens, history,
                    constraint_for(sampling, lm.tokenizer, eos, lm.config.vocab_size))
@@ -241,28 +245,23 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
         yield StepEvent(0, (), "", finish_reason="length")
         return
     cache, max_new_tokens, note, reused = start_cache(decoder, prompt_ids, max_new_tokens, prompt_cache=prompt_cache)
-    emitted: list[int] = []
+    emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, prompt_ids)
     try:
-        yield from _decode_plain(lm, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings,
-                                 prefill_chunk, note, emitted)
+        yield from _decode_plain(lm, cache, prompt_ids, reused, sampling, prefill_chunk, note, emitter)
     finally:
         if prompt_cache is not None:
-            prompt_cache.keep(decoder, cache, list(prompt_ids) + emitted)
+            prompt_cache.keep(decoder, cache, list(prompt_ids) + emitter.emitted)
 
 
-def _decode_plain(lm, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings, prefill_chunk, note,
-                  emitted: list[int]) -> Iterator[StepEvent]:
-    """generate_plain's loop; `emitted` receives every emitted token (what its cache's rows hold after the
-    prompt's)."""
+def _decode_plain(lm, cache, prompt_ids, reused, sampling, prefill_chunk, note, emitter: Emitter
+                  ) -> Iterator[StepEvent]:
+    """generate_plain's loop, after the prompt's first `reused` tokens, which the cache holds."""
     decoder = lm.decoder
-    history = History(sampling, prompt_ids) if sampling.penalized else None
-    emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, history)
+    history = emitter.history
     gen = sampling.draws()
 
     token, event = prefill_step(decoder, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
-    event = replace(event, cached_tokens=reused)
-    emitted.extend(event.token_ids)
-    yield replace(event, note=note) if note else event
+    yield replace(event, cached_tokens=reused, note=note)
 
     iteration = 0
     while not emitter.finished:
@@ -279,7 +278,6 @@ def _decode_plain(lm, cache, prompt_ids, reused, max_new_tokens, sampling, stop_
         new = token.tolist()
         verify_ms = (time.perf_counter() - t0) * 1e3
         ids, text = emitter.emit(new)
-        emitted.extend(ids)
         ms = (time.perf_counter() - t0) * 1e3
         yield StepEvent(iteration, tuple(ids), text, verify_ms=verify_ms, step_ms=ms,
                         bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished,

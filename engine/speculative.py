@@ -27,7 +27,8 @@ from .events import StepEvent
 from .depth_control import DepthControl, control_for
 from .draft_graph import draft_span, draft_step_for, release_steps
 from .constrained import constrained_walk
-from .generate import check_context, ensure_room, new_emitter, prefill_step, reported, start_cache, streamed_bytes
+from .generate import (Emitter, check_context, ensure_room, new_emitter, prefill_step, reported, start_cache,
+                       streamed_bytes)
 from .kv_cache import KVCache, PromptCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
@@ -240,30 +241,30 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
     release_steps(draft, keep=cache)  # the last answer's captured steps hold its cache: free it first
     cache, max_new_tokens, note, reused = start_cache(target, prompt_ids, max_new_tokens, shape.grown + 1, cache,
                                                       prompt_cache)
-    emitted: list[int] = []
+    emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, prompt_ids)
     try:
-        yield from _decode_subspec(lm, draft, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings,
-                                   shape, prefill_chunk, verifier, control, note, emitted)
+        yield from _decode_subspec(lm, draft, cache, prompt_ids, reused, sampling, shape, prefill_chunk, verifier,
+                                   control, note, emitter)
     finally:
         if prompt_cache is not None:
-            prompt_cache.keep(target, cache, list(prompt_ids) + emitted)
+            prompt_cache.keep(target, cache, list(prompt_ids) + emitter.emitted)
 
 
-def _decode_subspec(lm, draft, cache, prompt_ids, reused, max_new_tokens, sampling, stop_strings, shape,
-                    prefill_chunk, verifier, control, note, emitted: list[int]) -> Iterator[StepEvent]:
-    """generate_subspec's loop; `emitted` receives every emitted token (what its cache's rows hold after
-    the prompt's)."""
+def _decode_subspec(lm, draft, cache, prompt_ids, reused, sampling, shape, prefill_chunk, verifier, control, note,
+                    emitter: Emitter) -> Iterator[StepEvent]:
+    """generate_subspec's loop, after the prompt's first `reused` tokens, which the cache holds."""
     target = lm.decoder
     device = lm.device
-    history = History(sampling, prompt_ids) if sampling.penalized else None
-    emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, history)
+    history = emitter.history
     gen = sampling.draws()
     context = lm.config.max_position_embeddings
+    # What the verification walk reads besides the target's tokens: JSON mode ranks a node's other tokens,
+    # log-probabilities read the accepted nodes' rows (engine.speculative.verify keeps both in `keep`).
+    needed = ({"rescore"} if emitter.constraint is not None else set()) | (
+        {"logits"} if sampling.logprobs is not None else set())
 
     root, event = prefill_step(target, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
-    event = replace(event, cached_tokens=reused)
-    emitted.extend(event.token_ids)
-    yield replace(event, note=note) if note else event
+    yield replace(event, cached_tokens=reused, note=note)
 
     iteration = 0
     note = ""  # the prefill's event carried the cache's note
@@ -281,7 +282,7 @@ def _decode_subspec(lm, draft, cache, prompt_ids, reused, max_new_tokens, sampli
         try:
             tree = grow_tree(draft, cache, root, shape, depth, timer, history=history, sampling=sampling, draws=gen)
             t1 = time.perf_counter()
-            keep = {} if emitter.constraint is not None or sampling.logprobs is not None else None
+            keep = {} if needed else None
             target_tokens = (verifier(target, cache, tree, sampling, gen, history) if keep is None
                              else verifier(target, cache, tree, sampling, gen, history, keep=keep))
             _sync(device)
@@ -302,8 +303,6 @@ def _decode_subspec(lm, draft, cache, prompt_ids, reused, max_new_tokens, sampli
         verify_ms = (time.perf_counter() - t1) * 1e3
         n = tree.size
         tokens, parents, chosen = torch.stack((tree.tokens[:n], tree.parents[:n], target_tokens)).tolist()
-        needed = {"rescore"} if emitter.constraint is not None else set()
-        needed |= {"logits"} if sampling.logprobs is not None else set()
         if keep is not None and not needed <= keep.keys():
             missing = ", ".join(f"keep['{k}']" for k in sorted(needed - keep.keys()))
             raise TypeError(f"this answer needs a verifier that fills {missing} (JSON mode reads 'rescore', "
@@ -313,7 +312,6 @@ def _decode_subspec(lm, draft, cache, prompt_ids, reused, max_new_tokens, sampli
         else:  # JSON mode: the target's choice among the allowed tokens, node by node along the path
             path, bonus = constrained_walk(tokens, parents, chosen, emitter.constraint, keep["rescore"])
         kept, text = emitter.emit([tokens[i] for i in path] + [bonus])
-        emitted.extend(kept)
         # The k-th kept token is the target's choice at the root (k = 0) or at the path's (k-1)-th node.
         logprobs = (() if sampling.logprobs is None
                     else reported(keep["logits"], ([0] + path)[:len(kept)], kept, sampling))
