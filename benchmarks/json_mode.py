@@ -14,10 +14,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import default_model  # noqa: E402
 
 PROMPTS = [
     "Describe a cat as a JSON object with keys name, age and color.",
@@ -29,14 +30,6 @@ PROMPTS = [
 ]
 
 
-def run(gen, ids):
-    from engine.events import summarize
-
-    t0 = time.perf_counter()
-    result = summarize(gen, len(ids), "x")
-    return result, time.perf_counter() - t0
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -46,24 +39,20 @@ def main() -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
-    from engine import store
     from engine.generate import generate_plain
-    from engine.loading import load_model
     from engine.sampling import SamplingParams
     from engine.speculative import TreeShape, generate_subspec
-    from engine.substitute import build_draft
 
-    info = store.ensure_default_model(progress=lambda _m: None)
-    lm = load_model(info.path, dtype="float32", device="cpu")
-    draft = build_draft(lm.decoder, 4, 64)  # group 64: g32 would match the GGUF's own grid
+    lm = default_model.load()
+    draft = default_model.draft(lm)
     shape = TreeShape(args.depth, args.topk)
     rows = []
     for prompt in PROMPTS[:args.limit]:
         ids = lm.encode(prompt)
         row = {"prompt": prompt}
         for mode, sampling in (("free", SamplingParams()), ("json", SamplingParams(json=True))):
-            plain, t_plain = run(generate_plain(lm, ids, args.max_new_tokens, sampling), ids)
-            spec, t_spec = run(generate_subspec(lm, draft, ids, args.max_new_tokens, sampling, shape=shape), ids)
+            plain, t_plain = default_model.timed(generate_plain(lm, ids, args.max_new_tokens, sampling), ids)
+            spec, t_spec = default_model.timed(generate_subspec(lm, draft, ids, args.max_new_tokens, sampling, shape=shape), ids)
             try:
                 parses = isinstance(json.loads(plain.text), dict)
             except ValueError:

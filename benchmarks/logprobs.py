@@ -18,10 +18,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import default_model  # noqa: E402
 
 PROMPTS = [
     "Why is the sky blue?",
@@ -34,11 +35,9 @@ PROMPTS = [
 
 
 def timed(gen, ids):
-    from engine.events import summarize
-
-    t0 = time.perf_counter()
-    result = summarize(gen, len(ids), "x")
-    return result, 1e3 * (time.perf_counter() - t0) / max(result.new_tokens, 1)
+    """(result, ms per token)"""
+    result, seconds = default_model.timed(gen, ids)
+    return result, 1e3 * seconds / max(result.new_tokens, 1)
 
 
 def main() -> int:
@@ -52,16 +51,12 @@ def main() -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
-    from engine import store
     from engine.generate import generate_plain
-    from engine.loading import load_model
     from engine.sampling import SamplingParams
     from engine.speculative import TreeShape, generate_subspec
-    from engine.substitute import build_draft
 
-    info = store.ensure_default_model(progress=lambda _m: None)
-    lm = load_model(info.path, dtype=args.dtype, device="cpu")
-    draft = build_draft(lm.decoder, 4, 64)  # group 64: g32 would match the GGUF's own grid
+    lm = default_model.load(args.dtype)
+    draft = default_model.draft(lm)
     shape = TreeShape(args.depth, args.topk)
     n = args.max_new_tokens
     rows = []

@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import default_model  # noqa: E402
+
 SYSTEM = ("You are a helpful assistant. Answer clearly and concisely, with examples where they help. "
           "If a question is ambiguous, say how you read it before you answer.")
 MESSAGES = [
@@ -40,13 +42,10 @@ def main() -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
-    from engine import store
     from engine.generate import generate_plain
     from engine.kv_cache import PromptCache
-    from engine.loading import load_model
 
-    info = store.ensure_default_model(progress=lambda _m: None)
-    lm = load_model(info.path, dtype="float32", device="cpu", resident_layers=args.resident_layers)
+    lm = default_model.load(resident_layers=args.resident_layers)
     warm = lm.encode_messages([{"role": "user", "content": "hi"}])
     for _ in generate_plain(lm, warm, 4):
         pass  # a cold first pass would make whichever run goes first look slower
