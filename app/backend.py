@@ -95,14 +95,17 @@ class TorchBackend:
         self.plan_profile = None
         self.notes: list[str] = []  # what this load changed from what was asked, for the status bar and panel
         bits = None  # the plan's substitute bits per streamed layer (8-bit where memory allows)
+        prefill_tokens = None  # the plan's prompt tokens per prefill pass of the streamed layers
         if torch.cuda.is_available():
             free_device_memory()  # the previous model's cached blocks would read as VRAM in use
-            resident, bits = self._planned_split(folder, progress, resident_layers, reserve_gb, context)
+            resident, bits, prefill_tokens = self._planned_split(folder, progress, resident_layers, reserve_gb,
+                                                                 context)
         else:
             # Nothing to plan on a CPU; an explicit override still streams layers (slower, as asked).
             resident = resident_layers
         progress(f"Loading {name} …")
-        self.lm = load_model(folder, name=name, resident_layers=resident, substitute_bits=bits)
+        self.lm = load_model(folder, name=name, resident_layers=resident, substitute_bits=bits,
+                             prefill_tokens=prefill_tokens)
         self.notes += self.lm.notes  # e.g. it backed off after running out of VRAM
         for note in self.notes:
             progress(note)
@@ -141,9 +144,10 @@ class TorchBackend:
             return None  # a GGUF-imported folder may lack one; the panel then shows no plan
 
     def _planned_split(self, folder, progress: Progress, forced: int | None, reserve_gb: float | None,
-                       context: int | None) -> tuple[int | None, dict | None]:
+                       context: int | None) -> tuple[int | None, dict | None, int | None]:
         """On a GPU the planner decides how many layers stay resident under the free VRAM (the rest stream
-        from RAM) and the bits of the streamed layers' substitutes, which the draft is built with.
+        from RAM), the bits of the streamed layers' substitutes, which the draft is built with, and the
+        prompt tokens per prefill pass of the streamed layers.
         A model that cannot fit at all is a user error the window shows."""
         from engine.config import ModelConfig
         from engine.hardware import probe
@@ -167,9 +171,9 @@ class TorchBackend:
         if plan.device == "cuda":
             self.context_tokens = plan.kv_length
         if plan.device != "cuda" or not plan.offloaded_layers:
-            return None, None
+            return None, None, None
         progress(f"Plan: {plan.resident_layers} layers on the GPU, {plan.offloaded_layers} streamed from RAM …")
-        return plan.resident_layers, plan.draft_bits
+        return plan.resident_layers, plan.draft_bits, plan.prefill_pass_tokens
 
     def get_draft(self, cancel=None):
         """Built on the first SubSpec request and kept for this model: it takes seconds, and many users

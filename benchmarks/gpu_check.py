@@ -29,11 +29,11 @@ import torch  # noqa: E402
 
 from engine import draft_kernels, lowbit  # noqa: E402
 from engine.config import ModelConfig, streamed_layers  # noqa: E402
-from engine.generate import decode_mask, streamed_bytes  # noqa: E402
+from engine.generate import decode_mask, prefill, streamed_bytes  # noqa: E402
 from engine.masks import causal_mask  # noqa: E402
 from engine.model import Decoder  # noqa: E402
 from engine.offload import offload  # noqa: E402
-from engine.planner import mask_bytes, masks_bytes  # noqa: E402
+from engine.planner import PREFILL_CHUNK, mask_bytes, masks_bytes  # noqa: E402
 from engine.speculative import TreeShape, grow_tree, verify  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 from engine.substitute import build_draft, substitute_paths  # noqa: E402
@@ -267,6 +267,31 @@ PENALIZED = SamplingParams(repetition_penalty=1.1, frequency_penalty=0.2, penalt
 SAMPLED = SamplingParams(temperature=0.7, top_p=0.9, seed=1)
 
 
+def prefill_passes(target, config: ModelConfig, device, tokens: int = 2048, rounds: int = 2) -> dict:
+    """Time to prefill a `tokens`-token prompt a chunk per forward (the streamed layers cross the link once
+    per PREFILL_CHUNK tokens) against passes (engine.model.Decoder.prefill_pass: once per pass), alternating,
+    best of `rounds` each; whether the two give the same logits (the blocks' shapes are the chunks')."""
+    ids = torch.randint(0, config.vocab_size, (tokens,), generator=torch.Generator().manual_seed(3)).tolist()
+    best = {"chunked": float("inf"), "passes": float("inf")}
+    moved, logits = {}, {}
+    prefill(target, target.new_cache(PREFILL_CHUNK), ids[:PREFILL_CHUNK])  # warm-up: kernels, allocator
+    for _ in range(rounds):
+        for kind, per_pass in (("chunked", PREFILL_CHUNK), ("passes", None)):
+            cache = target.new_cache(tokens)
+            before = streamed_bytes(target)
+            sync(device)
+            t0 = time.perf_counter()
+            logits[kind] = prefill(target, cache, ids, PREFILL_CHUNK, per_pass)
+            sync(device)
+            best[kind] = min(best[kind], time.perf_counter() - t0)
+            moved[kind] = streamed_bytes(target) - before
+            del cache
+    return {"prompt_tokens": tokens, "chunked_s": round(best["chunked"], 4), "passes_s": round(best["passes"], 4),
+            "chunked_bytes_streamed": moved["chunked"], "passes_bytes_streamed": moved["passes"],
+            "speedup": round(best["chunked"] / best["passes"], 2),
+            "identical_logits": bool(torch.equal(logits["chunked"], logits["passes"]))}
+
+
 def timed_iteration(target, draft, cache, token, shape: TreeShape, device, prompt: list[int],
                     params: SamplingParams, repeats: int = 3) -> dict:
     """Draft and verification of a SubSpec iteration with `params` (penalized: the draft and the
@@ -400,6 +425,10 @@ def main():
           f"{offloaded_bytes / 1e9:.2f} GB per pass, floor {floor_s * 1e3:.0f} ms; draft substitutes "
           f"{result['draft_path']['kind']}, {result['draft_path']['resident_bytes'] / 1e9:.2f} GB", flush=True)
 
+    # A long prompt's time to first token: a chunk per forward against passes of the streamed layers.
+    result["prefill"] = prefill_passes(target, config, device, 2048 if not args.tiny else 600)
+    print(f"[{time.perf_counter() - t_start:6.1f}s] prefill: {result['prefill']}", flush=True)
+
     # Plain offloaded decoding.
     cache = target.new_cache(args.kv_len)
     prompt = torch.randint(0, config.vocab_size, (128,), device=device)
@@ -529,6 +558,11 @@ def main():
             ("transfer floor (bytes / bandwidth)", f"{floor_s * 1e3:.0f} ms"),
             ("plain offloaded decoding", f"{result['plain_tokens_per_s']} tok/s ({t_target * 1e3:.0f} ms/token)"),
             ("transfer efficiency (goal >= 0.9)", f"{result['transfer_efficiency']}"),
+            (f"prefill of a {result['prefill']['prompt_tokens']}-token prompt: {PREFILL_CHUNK} tokens a forward / "
+             f"passes of the streamed layers (same logits)",
+             f"{result['prefill']['chunked_s'] * 1e3:.0f} ms ({result['prefill']['chunked_bytes_streamed'] / 1e9:.2f} GB) / "
+             f"{result['prefill']['passes_s'] * 1e3:.0f} ms ({result['prefill']['passes_bytes_streamed'] / 1e9:.2f} GB), "
+             f"{result['prefill']['speedup']}x ({result['prefill']['identical_logits']})"),
             (f"SubSpec iteration D{shape.depth} K{shape.topk} ({shape.nodes} nodes)", f"{med['total_s'] * 1e3:.0f} ms"),
             (f"- draft ({shape.depth} steps)", f"{med['draft_s'] * 1e3:.0f} ms ({result['draft_step_ms']} ms a step)"),
             ("  - the captured step alone (replay; kernels a replay)",

@@ -196,19 +196,20 @@ def _load(args):
         index = int(args.device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
             raise SubspecError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    resident, bits = args.resident_layers, None
+    resident, bits, prefill_tokens = args.resident_layers, None, None
     if args.vram_gb is not None and resident is None:
-        resident, bits = _planned_split(folder, args)
+        resident, bits, prefill_tokens = _planned_split(folder, args)
     lm = load_model(folder, dtype=args.dtype, device=args.device, name=name, resident_layers=resident,
-                    substitute_bits=bits)
+                    substitute_bits=bits, prefill_tokens=prefill_tokens)
     for note in lm.notes:
         print(f"note: {note}", file=sys.stderr)
     return lm
 
 
-def _planned_split(folder, args) -> tuple[int | None, dict | None]:
-    """--vram-gb: a software cap like the paper's capped GPU; the planner decides the split under it, and
-    the substitute bits of the streamed layers (8-bit where the cap leaves room)."""
+def _planned_split(folder, args) -> tuple[int | None, dict | None, int | None]:
+    """--vram-gb: a software cap like the paper's capped GPU; the planner decides the split under it, the
+    substitute bits of the streamed layers (8-bit where the cap leaves room) and the prompt tokens per
+    prefill pass (what memory the cap leaves)."""
     from .config import ModelConfig
     from .hardware import probe
     from .planner import make_plan
@@ -217,12 +218,13 @@ def _planned_split(folder, args) -> tuple[int | None, dict | None]:
     plan = make_plan(ModelConfig.from_file(folder), probe(), vram_gb=args.vram_gb)
     if plan.device != "cuda":
         print("note: no CUDA GPU, so --vram-gb has nothing to cap; every layer stays in RAM", file=sys.stderr)
-        return None, None
+        return None, None, None
     bits = plan.draft_bits
     drafted = f", {bits_label(bits)} substitutes" if bits else ""
     print(f"plan under {args.vram_gb} GB: {plan.resident_layers} resident layers, "
-          f"{plan.offloaded_layers} streamed{drafted}", file=sys.stderr)
-    return plan.resident_layers, bits
+          f"{plan.offloaded_layers} streamed{drafted}, prefill {plan.prefill_pass_tokens} tokens a pass",
+          file=sys.stderr)
+    return plan.resident_layers, bits, plan.prefill_pass_tokens
 
 
 def cmd_profile(args) -> int:
@@ -292,6 +294,8 @@ def cmd_plan(args) -> int:
     print(f"  resident layers {plan.resident_layers}, streamed {plan.offloaded_layers}, substitute bits "
           f"{'/'.join(map(str, bits)) or '-'}, context {plan.kv_length}, slots {plan.slots}")
     print(f"  tree depth {plan.depth} x width {plan.topk}, predicted tau {plan.predicted_tau:.1f}")
+    if plan.offloaded_layers:
+        print(f"  prefill up to {plan.prefill_pass_tokens} prompt tokens per pass of the streamed layers")
     gib = 2**30  # the planner's GB are GiB
     used = plan.predicted_vram_bytes if plan.device == "cuda" else plan.predicted_host_bytes
     print(f"  predicted {'VRAM' if plan.device == 'cuda' else 'RAM'} {used / gib:.2f} GB of "

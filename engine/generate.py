@@ -18,13 +18,22 @@ from .kv_cache import KVCache, PromptCache
 from .loading import LoadedModel, free_device_memory
 from .masks import causal_mask
 from .model import Decoder
+from .planner import prefill_pass_tokens
 from .constrained import constraint_for
 from .sampling import History, SamplingParams, row_scores, select_tokens, token_logprobs
 from .text import TextStream
 
 
-def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256) -> torch.Tensor:
+def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
+            pass_tokens: int | None = None, notes: list | None = None) -> torch.Tensor:
     """Run the prompt in chunks of `chunk` tokens after the committed length; commit it.
+
+    With streamed layers (engine.offload) the chunks go in passes of `pass_tokens` tokens (default: the
+    streamer's, which the plan sized, else engine.planner.prefill_pass_tokens), each pass layer by layer
+    (Decoder.prefill_pass): the offloaded weights cross the link once per pass instead of once per
+    chunk, and the numbers are the chunks' own. Out of GPU memory (another program took what the plan
+    gave the pass), a pass is retried at half the tokens, down to one chunk, and the streamer keeps the
+    smaller size for later prompts; `notes` (a list) gets a sentence saying so.
 
     Returns float32 logits [1, V] of the last position only."""
     if chunk < 1:
@@ -33,6 +42,32 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256) 
     window = decoder.config.sliding_window
     tokens = torch.tensor(ids, dtype=torch.long, device=device)
     logits = None
+    if decoder.streamer is not None:
+        if pass_tokens is None:
+            pass_tokens = decoder.streamer.prefill_tokens or prefill_pass_tokens(
+                decoder.config, decoder.embed_tokens.weight.element_size(), chunk)
+        pass_tokens = max(chunk, pass_tokens // chunk * chunk)  # whole chunks: each block is a chunk's forward
+        begin = 0
+        while begin < len(ids):
+            part = tokens[begin:begin + pass_tokens]
+            start = cache.length
+            positions = torch.arange(start, start + part.shape[0], device=device)
+            try:
+                logits = decoder.prefill_pass(part, positions, cache, start, chunk)
+            except torch.OutOfMemoryError:
+                if pass_tokens <= chunk:
+                    raise
+                # Nothing of this pass is committed: run it again smaller (its KV rows are simply rewritten).
+                part = positions = None
+                free_device_memory()
+                pass_tokens = max(chunk, pass_tokens // 2 // chunk * chunk)
+                decoder.streamer.prefill_tokens = pass_tokens
+                if notes is not None:
+                    notes.append(f"Out of GPU memory prefilling the prompt; continuing {pass_tokens} tokens a pass.")
+                continue
+            cache.commit(start + part.shape[0])
+            begin += part.shape[0]
+        return logits
     for begin in range(0, len(ids), chunk):
         part = tokens[begin:begin + chunk]
         start = cache.length
@@ -142,7 +177,8 @@ def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefil
     Returns the token (on the device, [1]) and its event (iteration 0)."""
     t0 = time.perf_counter()
     moved = streamed_bytes(decoder)
-    logits = prefill(decoder, cache, prompt_ids, prefill_chunk)
+    notes = []
+    logits = prefill(decoder, cache, prompt_ids, prefill_chunk, notes=notes)
     last = torch.tensor([cache.length - 1], device=logits.device)  # the last prompt token's position
     token = constrain(select_tokens(logits, sampling, draws, last, emitter.history), logits, sampling, draws,
                       last, emitter)
@@ -150,7 +186,13 @@ def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefil
     ms = (time.perf_counter() - t0) * 1e3
     return token, StepEvent(0, tuple(ids), text, prefill_ms=ms, step_ms=ms,
                             bytes_moved=streamed_bytes(decoder) - moved, finish_reason=emitter.finished,
-                            logprobs=reported(logits, [0] * len(ids), ids, sampling))
+                            logprobs=reported(logits, [0] * len(ids), ids, sampling),
+                            note=notes[-1] if notes else "")  # the pass size it came down to
+
+
+def joined(*notes: str) -> str:
+    """Notes for one event, in order, the empty ones left out."""
+    return " ".join(n for n in notes if n)
 
 
 def reported(logits: torch.Tensor, rows: list[int], ids: list[int], sampling: SamplingParams) -> tuple:
@@ -261,7 +303,7 @@ def _decode_plain(lm, cache, prompt_ids, reused, sampling, prefill_chunk, note, 
     gen = sampling.draws()
 
     token, event = prefill_step(decoder, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
-    yield replace(event, cached_tokens=reused, note=note)
+    yield replace(event, cached_tokens=reused, note=joined(note, event.note))
 
     iteration = 0
     while not emitter.finished:

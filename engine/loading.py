@@ -226,14 +226,16 @@ def free_device_memory() -> None:
 
 def load_model(folder: str | Path, dtype: str = "auto", device: str | None = None,
                name: str | None = None, resident_layers: int | None = None,
-               substitute_bits: dict | None = None) -> LoadedModel:
+               substitute_bits: dict | None = None, prefill_tokens: int | None = None) -> LoadedModel:
     """Load a model folder. dtype 'auto' computes in float32 on the CPU (fastest there) and in the
     stored half precision on a GPU. With `resident_layers` below the layer count, the other layers'
     linear weights stay in host memory and stream to the device at every forward pass.
 
     `substitute_bits`: the plan's {layer: bits} for the offloaded layers, which the draft is then built
     with. A load that had to stream more layers than asked (out of memory) drops it: the plan's 8-bit
-    layers were paid for with memory that turned out not to be there, so the draft goes back to 4-bit."""
+    layers were paid for with memory that turned out not to be there, so the draft goes back to 4-bit.
+    `prefill_tokens`: the plan's prompt tokens per prefill pass of the streamed layers (None: as many as
+    engine.planner.PREFILL_PASS_BYTES of residual stream hold)."""
     folder = Path(folder)
     dev = torch.device(device) if device else default_device()
     if dtype == "auto":
@@ -250,7 +252,7 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
     notes = []
     while True:
         try:
-            decoder = _place(folder, torch_dtype, dev, resident, resident == layers)
+            decoder = _place(folder, torch_dtype, dev, resident, resident == layers, prefill_tokens)
             break
         except torch.cuda.OutOfMemoryError:
             # Another program may hold VRAM the plan counted on: stream more layers instead of failing.
@@ -271,12 +273,13 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
     return lm
 
 
-def _place(folder: Path, dtype: torch.dtype, device: torch.device, resident: int, all_resident: bool) -> Decoder:
+def _place(folder: Path, dtype: torch.dtype, device: torch.device, resident: int, all_resident: bool,
+           prefill_tokens: int | None = None) -> Decoder:
     """Load the weights: all on the device, or the last `resident` layers there and the others streamed."""
     if all_resident:
         return load_decoder(folder, dtype, device)
     from .offload import offload
 
     decoder = load_decoder(folder, dtype, "cpu")
-    offload(decoder, resident, device)
+    offload(decoder, resident, device, prefill_tokens=prefill_tokens)
     return decoder

@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from . import draft_kernels
 from .config import ModelConfig
 from .kv_cache import KVCache
+from .masks import causal_mask
 
 
 class RMSNorm(nn.Module):
@@ -310,6 +311,46 @@ class Decoder(nn.Module):
         h = self.layers[index](h, cos, sin, mask, cache, index, start, slots)
         self.streamer.after_layer(index)  # frees the slot for a prefetch once this compute is done
         return h
+
+    @torch.inference_mode()
+    def prefill_pass(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
+                     block: int) -> torch.Tensor:
+        """Many prompt tokens in one pass over the weights: layer by layer, each layer runs the tokens
+        in blocks of `block` rows before the next layer begins. Returns float32 logits [1, vocab] of the
+        last token; commits nothing.
+
+        Under offloading a forward streams every offloaded layer once, so a prompt prefilled 256 tokens
+        per forward moves the weights once per 256 tokens; here they move once per pass. Each block is
+        the same computation, in the same shapes, as a forward over those `block` tokens (its causal mask
+        built per layer for the block alone, engine.planner.mask_bytes's prefill chunk), so the results
+        are those of prefilling in chunks of `block` bit for bit: block k of layer i attends over the KV
+        that layer i wrote for blocks 0..k just before. What the pass holds beyond one forward's
+        activations is its residual stream, [T, hidden], and its rotary tables (planner.prefill_pass_bytes).
+        Target layers only: a fused draft layer's output is pending, not a tensor to write back."""
+        dtype = self.embed_tokens.weight.dtype
+        device = tokens.device
+        h = self.embed_tokens(tokens)[None]  # [B, T, H], each layer's output written back over its input
+        cos, sin = self.rotary(positions, dtype)
+        groups = self.config.num_heads // self.config.num_kv_heads
+        align = MASK_ALIGN if device.type == "cuda" else 1
+        window = self.config.sliding_window
+        total = tokens.shape[0]
+        with sdpa_kernel(ATTENTION_BACKENDS):
+            for i in range(len(self.layers)):
+                if self.streamer is not None:
+                    self.streamer.before_layer(i)
+                for begin in range(0, total, block):
+                    end = min(begin + block, total)
+                    mask = causal_mask(start + begin, end - begin, dtype, device, window)
+                    folded = fold_mask(mask, groups, dtype, align)[None, None]
+                    del mask  # (prefill frees a chunk's own mask when the forward returns; here at once)
+                    h[:, begin:end] = self.layers[i](h[:, begin:end], cos[begin:end], sin[begin:end], folded,
+                                                     cache, i, start + begin)
+                    del folded
+                if self.streamer is not None:
+                    self.streamer.after_layer(i)
+        logits = F.linear(self.norm(h[0, total - 1:total]), self.output_weight)
+        return logits.float()
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,

@@ -36,13 +36,17 @@ class StreamedLinear(nn.Module):
 
 
 class LayerStreamer:
-    def __init__(self, decoder: Decoder, offloaded: list[int], device: torch.device, slots: int = 2):
+    def __init__(self, decoder: Decoder, offloaded: list[int], device: torch.device, slots: int = 2,
+                 prefill_tokens: int | None = None):
+        """`prefill_tokens`: prompt tokens per prefill pass (engine.generate.prefill; the plan's
+        prefill_pass_tokens, which fit the memory it left), None for engine.planner.prefill_pass_tokens."""
         if slots < 2:
             raise SubspecError("streaming needs at least 2 device slots (one computing, one loading)")
         self.device = torch.device(device)
         self.order = sorted(set(offloaded))
         self.slots_count = min(slots, max(len(self.order), 1))
         self.bytes_moved = 0
+        self.prefill_tokens = prefill_tokens
         cuda = self.device.type == "cuda"
         _move_resident(decoder, self.device, set(self.order))
         # One flat host buffer per offloaded layer: a layer is one copy.
@@ -162,13 +166,14 @@ def _move_resident(decoder: Decoder, device: torch.device, offloaded: set[int]) 
                 module._buffers[key] = buf.to(device)
 
 
-def offload(decoder: Decoder, resident_layers: int, device: torch.device | str, slots: int = 2
-            ) -> LayerStreamer | None:
+def offload(decoder: Decoder, resident_layers: int, device: torch.device | str, slots: int = 2,
+            prefill_tokens: int | None = None) -> LayerStreamer | None:
     """Keep the last `resident_layers` decoder layers resident on `device` and stream the others
-    (engine.config.streamed_layers says why the last)."""
+    (engine.config.streamed_layers says why the last), a prompt's prefill `prefill_tokens` at a time
+    (LayerStreamer)."""
     streamed = streamed_layers(len(decoder.layers), resident_layers)
     device = torch.device(device)
     if not streamed:
         _move_resident(decoder, device, set())
         return None
-    return LayerStreamer(decoder, streamed, device, slots)
+    return LayerStreamer(decoder, streamed, device, slots, prefill_tokens)

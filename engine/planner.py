@@ -47,6 +47,13 @@ SUBSTITUTE_BITS = (2, 3, 4, 8)
 # Attention masks (mask_bytes). A forward's mask has a row per new token and a column per cache slot, so it
 # grows with the context: unlike the rest of the workspace it is no fixed amount.
 PREFILL_CHUNK = 256  # engine.generate.prefill's chunk: a prompt runs in forwards of this many rows
+# Under offloading a prompt goes in passes (engine.model.Decoder.prefill_pass): each streams the offloaded
+# layers once and runs every layer over the pass's tokens PREFILL_CHUNK at a time, so it holds one chunk's
+# activations and masks, as a chunked forward does, plus the pass's residual stream and rotary tables
+# (prefill_pass_bytes). A plan gives the pass what memory its layout leaves, up to a stream of this size:
+# 9,216 tokens a pass for Qwen2.5-7B in bfloat16, 4,096 for a 70B, where prefilling a chunk per forward
+# streamed the weights once per 256 tokens. Without a plan (a CPU, a forced split) a pass is this size.
+PREFILL_PASS_BYTES = 64 << 20
 MASK_ALIGN = 8  # elements: engine.model.MASK_ALIGN, the row stride of a fold on CUDA (see mask_bytes)
 # engine.draft_graph keeps up to four captured draft steps: a tree's root step (1 row) and its
 # topk-row step, at the current span and the one before.
@@ -126,6 +133,9 @@ class Plan:
     predicted_tau: float
     baseline_tokens_per_s: float  # plain decoding on the same hardware, for the speedup
     offloaded_bytes_per_pass: int
+    # prompt tokens per pass of the streamed layers (engine.model.Decoder.prefill_pass; PREFILL_CHUNK: a
+    # chunked forward, as without streamed layers)
+    prefill_pass_tokens: int
     memory: dict = field(default_factory=dict)  # the predicted_vram_bytes (or RAM) broken down by part
     reasons: list = field(default_factory=list)  # one human sentence per choice
 
@@ -214,6 +224,35 @@ def workspace_bytes(config: ModelConfig, nodes: int, dtype_bytes: int = 2) -> in
     return nodes * vocab * dtype_bytes + sampling + WORKSPACE_FIXED
 
 
+def prefill_pass_tokens(config: ModelConfig, dtype_bytes: int = 2, chunk: int = PREFILL_CHUNK) -> int:
+    """The most prompt tokens a streamed prefill pass takes: as many whole chunks as PREFILL_PASS_BYTES of
+    residual stream hold, at least one."""
+    rows = PREFILL_PASS_BYTES // (config.hidden_size * dtype_bytes)
+    return max(chunk, rows // chunk * chunk)
+
+
+def _pass_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
+    # residual stream [tokens, hidden] and rotary cos and sin [tokens, head_dim] in the model's dtype; the
+    # tokens and their positions in int64
+    return (config.hidden_size + 2 * config.head_dim) * dtype_bytes + 16
+
+
+def prefill_pass_bytes(config: ModelConfig, tokens: int, dtype_bytes: int = 2) -> int:
+    """What a streamed prefill pass over `tokens` tokens holds beyond a chunked forward's (which holds the
+    same for its PREFILL_CHUNK tokens): its residual stream, rotary tables, tokens and positions."""
+    return max(0, tokens - PREFILL_CHUNK) * _pass_bytes_per_token(config, dtype_bytes)
+
+
+def _prefill_pass(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int) -> int:
+    """Tokens per prefill pass for a layout with streamed layers: the largest multiple of PREFILL_CHUNK
+    up to prefill_pass_tokens that the memory the layout leaves holds (one chunk when none is left:
+    a pass is then a chunked forward)."""
+    spare = budget - _vram(config, replace(layout, prefill=PREFILL_CHUNK), dtype_bytes)
+    extra = max(0, spare) // _pass_bytes_per_token(config, dtype_bytes)
+    tokens = (PREFILL_CHUNK + extra) // PREFILL_CHUNK * PREFILL_CHUNK
+    return min(tokens, prefill_pass_tokens(config, dtype_bytes))
+
+
 def slots_bytes(config: ModelConfig, slots: int, dtype_bytes: int = 2) -> int:
     return slots * layer_linear_bytes(config, dtype_bytes)
 
@@ -273,6 +312,7 @@ class _Layout:
     kv_length: int
     slots: int
     nodes: int  # KV scratch rows and verification logits reserved for the tree
+    prefill: int = PREFILL_CHUNK  # prompt tokens per pass of the weights (more only with streamed layers)
 
 
 def _memory(config: ModelConfig, layout: _Layout, dtype_bytes: int) -> dict:
@@ -286,6 +326,8 @@ def _memory(config: ModelConfig, layout: _Layout, dtype_bytes: int) -> dict:
         "kv_cache": kv_cache_bytes(config, layout.kv_length + layout.nodes, dtype_bytes),
         "masks": masks_bytes(config, layout.kv_length, layout.nodes, dtype_bytes),
         "workspace": workspace_bytes(config, layout.nodes, dtype_bytes),
+        # a prompt's pass over the streamed layers holds its residual stream (engine.model.Decoder.prefill_pass)
+        "prefill_pass": prefill_pass_bytes(config, layout.prefill, dtype_bytes),
     }
 
 
@@ -395,6 +437,22 @@ def t_verify(config: ModelConfig, layout: _Layout, nodes: int, speeds: _Speeds, 
     transfer = full / (speeds.link_gbps * 1e9)
     return (layout.resident * layer + layout.offloaded * max(transfer, layer)
             + _head_time(config, nodes, dtype_bytes, speeds))
+
+
+def t_prefill(config: ModelConfig, layout: _Layout, tokens: int, speeds: _Speeds, dtype_bytes: int,
+              pass_tokens: int) -> float:
+    """A `tokens`-token prompt prefilled `pass_tokens` at a time (one forward's worth of weights each: with
+    streamed layers a pass is engine.model.Decoder.prefill_pass, else a chunked forward). An offloaded
+    layer costs the larger of its transfer and its compute, once per pass; every chunk computes against a
+    half-full cache (_layer_time); the head projects the last token only."""
+    full = layer_linear_bytes(config, dtype_bytes)
+    transfer = full / (speeds.link_gbps * 1e9)
+    time = 0.0
+    for begin in range(0, tokens, pass_tokens):
+        rows = min(pass_tokens, tokens - begin)
+        layer = _layer_time(config, rows, layout.kv_length, full, speeds, dtype_bytes)
+        time += layout.resident * layer + layout.offloaded * max(transfer, layer)
+    return time + _head_time(config, 1, dtype_bytes, speeds)
 
 
 def t_draft(config: ModelConfig, layout: _Layout, topk: int, speeds: _Speeds, dtype_bytes: int) -> float:
@@ -664,6 +722,9 @@ def make_plan(config: ModelConfig, hardware: dict, vram_gb: float | None = None,
     _explain_shape(layout, kind, shape, baseline, drafting, speeds, host, reasons)
 
     final = replace(layout, nodes=shape.nodes)  # the tree actually chosen (<= the memory reserved for it)
+    if final.offloaded:  # what memory is left goes to the prompt's passes
+        final = replace(final, prefill=_prefill_pass(config, final, budget, dtype_bytes))
+        _explain_prefill(config, final, speeds, dtype_bytes, reasons)
     memory = _memory(config, final, dtype_bytes)
     return Plan(
         method="subspec" if shape.depth else "vanilla",
@@ -683,6 +744,7 @@ def make_plan(config: ModelConfig, hardware: dict, vram_gb: float | None = None,
         predicted_tau=shape.tau,
         baseline_tokens_per_s=baseline,
         offloaded_bytes_per_pass=host,
+        prefill_pass_tokens=final.prefill,
         memory=memory,
         reasons=reasons,
     )
@@ -749,6 +811,28 @@ def _explain_shape(layout: _Layout, kind: str, shape: _Shape, baseline: float, d
     reasons.append(f"Plain decoding: {why}{alternative}; predicted {shape.tokens_per_s:.1f} tok/s{transfer}.")
 
 
+# The prompt the prefill reason is worked out for: a pasted page or a long chat.
+PREFILL_EXAMPLE_TOKENS = 2048
+
+
+def _explain_prefill(config: ModelConfig, layout: _Layout, speeds: _Speeds, dtype_bytes: int,
+                     reasons: list) -> None:
+    tokens = min(PREFILL_EXAMPLE_TOKENS, layout.kv_length)
+    passes, chunks = -(-tokens // layout.prefill), -(-tokens // PREFILL_CHUNK)
+    now = t_prefill(config, layout, tokens, speeds, dtype_bytes, layout.prefill)
+    chunked = t_prefill(config, layout, tokens, speeds, dtype_bytes, PREFILL_CHUNK)
+    if layout.prefill == PREFILL_CHUNK:
+        reasons.append(f"Prefill: {PREFILL_CHUNK} prompt tokens per pass of the streamed layers (no memory left "
+                       f"for more): a {tokens}-token prompt streams them {chunks}x, predicted {chunked:.2f} s to "
+                       f"its first token.")
+        return
+    reasons.append(f"Prefill: up to {layout.prefill} prompt tokens per pass of the streamed layers, each layer "
+                   f"running them {PREFILL_CHUNK} at a time "
+                   f"(+{_gb(prefill_pass_bytes(config, layout.prefill, dtype_bytes))}): a {tokens}-token prompt "
+                   f"streams them {passes}x, predicted {now:.2f} s to its first token ({chunks}x and "
+                   f"{chunked:.2f} s at {PREFILL_CHUNK} tokens per pass).")
+
+
 def _cpu_plan(config: ModelConfig, hardware: dict, kv_length: int, reserve_gb: float, dtype_bytes: int,
               resident_layers: int | None, reasons: list) -> Plan:
     """No CUDA: the whole model runs from RAM and nothing is streamed. Without a fast low-bit kernel a
@@ -791,5 +875,5 @@ def _cpu_plan(config: ModelConfig, hardware: dict, kv_length: int, reserve_gb: f
         substitute_bits=[None] * layers, kv_length=layout.kv_length, slots=0, depth=0, topk=1, nodes=1,
         budget_bytes=budget if budget is not None else 0, predicted_vram_bytes=0, predicted_host_bytes=host,
         predicted_tokens_per_s=shape.tokens_per_s, predicted_tau=1.0, baseline_tokens_per_s=shape.tokens_per_s,
-        offloaded_bytes_per_pass=0, memory=memory, reasons=reasons,
+        offloaded_bytes_per_pass=0, prefill_pass_tokens=PREFILL_CHUNK, memory=memory, reasons=reasons,
     )

@@ -27,8 +27,8 @@ from .events import StepEvent
 from .depth_control import DepthControl, control_for
 from .draft_graph import draft_span, draft_step_for, release_steps
 from .constrained import constrained_walk
-from .generate import (Emitter, check_context, ensure_room, new_emitter, prefill_step, reported, start_cache,
-                       streamed_bytes)
+from .generate import (Emitter, check_context, ensure_room, joined, new_emitter, prefill_step, reported,
+                       start_cache, streamed_bytes)
 from .kv_cache import KVCache, PromptCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
@@ -264,7 +264,7 @@ def _decode_subspec(lm, draft, cache, prompt_ids, reused, sampling, shape, prefi
         {"logits"} if sampling.logprobs is not None else set())
 
     root, event = prefill_step(target, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
-    yield replace(event, cached_tokens=reused, note=note)
+    yield replace(event, cached_tokens=reused, note=joined(note, event.note))
 
     iteration = 0
     note = ""  # the prefill's event carried the cache's note

@@ -184,7 +184,7 @@ def test_vram_cap_plans_the_split_and_the_substitute_bits_the_load_follows(tmp_p
 
     from engine import cli, hardware
     from engine.config import ModelConfig
-    from engine.planner import make_plan
+    from engine.planner import PREFILL_CHUNK, make_plan
 
     (tmp_path / "config.json").write_text(json.dumps(QWEN25_7B))
     gpu = {"index": 0, "name": "fake", "total_bytes": 24 * 2**30, "free_bytes": 24 * 2**30, "used_bytes": 0,
@@ -192,9 +192,10 @@ def test_vram_cap_plans_the_split_and_the_substitute_bits_the_load_follows(tmp_p
     profile = {"gpus": [gpu], "cuda": {"available": True, "h2d_bandwidth_gbps": None, "matmul_tflops": None},
                "ram": {"total_bytes": 64 * 2**30, "available_bytes": 60 * 2**30}}
     monkeypatch.setattr(hardware, "probe", lambda measure=False: profile)
-    resident, bits = cli._planned_split(tmp_path, SimpleNamespace(vram_gb=12.0))
+    resident, bits, prefill = cli._planned_split(tmp_path, SimpleNamespace(vram_gb=12.0))
     plan = make_plan(ModelConfig.from_dict(QWEN25_7B), profile, vram_gb=12.0)
-    assert (resident, bits) == (plan.resident_layers, plan.draft_bits) and 8 in bits.values()
+    assert (resident, bits, prefill) == (plan.resident_layers, plan.draft_bits, plan.prefill_pass_tokens)
+    assert 8 in bits.values() and prefill > PREFILL_CHUNK
     assert "8-bit substitutes" in capsys.readouterr().err
 
 

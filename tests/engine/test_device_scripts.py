@@ -29,6 +29,9 @@ def test_gpu_check_runs_on_its_tiny_model(tmp_path):
     assert out["draft_step_memory_floor_ms"] > 0 and out["draft_step_replay_over_memory_floor"] > 0
     assert "draft_step_outside_replay_ms" in out  # the iteration's step less the replay alone
     assert out["greedy_identical_to_plain"]["identical"] is True
+    pre = out["prefill"]  # 600 tokens: three chunks' forwards, one pass of the streamed layers
+    assert pre["identical_logits"] is True and pre["chunked_s"] > 0 and pre["passes_s"] > 0
+    assert pre["chunked_bytes_streamed"] == 3 * pre["passes_bytes_streamed"] > 0
     assert out["graph_vs_eager_float32"]["same_tree"] is True
     assert out["float32_identity"]["identical"] is True
     assert out["float32_identity"]["sampled_auto_depth"]["identical"] is True

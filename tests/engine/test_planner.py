@@ -342,3 +342,69 @@ def test_as_json_has_the_required_keys_and_serialises():
                     "predicted_vram_bytes", "predicted_tokens_per_s", "reasons"):
             assert key in data
         assert json.loads(json.dumps(data)) == data
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_prefill_pass_gets_only_what_the_layout_leaves(name, monkeypatch):
+    """Prompt tokens per pass of the streamed layers come from memory the plan had left over: the layout
+    (resident layers, bits, context, tree) is the one planned with no pass at all, the pass is whole
+    chunks, and its residual stream is counted in the budget."""
+    c = config(name)
+    plans = {}
+    for gb in BUDGETS:
+        try:
+            plans[gb] = make_plan(c, gpu_profile(total_gb=32), vram_gb=gb)
+        except PlanError:
+            continue
+    monkeypatch.setattr(planner, "PREFILL_PASS_BYTES", 0)  # a pass of one chunk: the chunked prefill
+    fields = ("resident_layers", "substitute_bits", "kv_length", "slots", "depth", "topk", "nodes")
+    for gb, plan in plans.items():
+        alone = make_plan(c, gpu_profile(total_gb=32), vram_gb=gb)
+        assert [getattr(plan, f) for f in fields] == [getattr(alone, f) for f in fields]
+        assert alone.prefill_pass_tokens == planner.PREFILL_CHUNK and alone.memory["prefill_pass"] == 0
+        tokens = plan.prefill_pass_tokens
+        assert tokens % planner.PREFILL_CHUNK == 0 and planner.PREFILL_CHUNK <= tokens <= 9216
+        assert plan.memory["prefill_pass"] == planner.prefill_pass_bytes(c, tokens)
+        assert plan.predicted_vram_bytes <= plan.budget_bytes
+        prefill = [r for r in plan.reasons if r.startswith("Prefill:")]
+        assert len(prefill) == (1 if plan.offloaded_layers else 0)
+        if not plan.offloaded_layers:
+            assert tokens == planner.PREFILL_CHUNK  # nothing streamed: a pass is a chunked forward
+    streamed = [p.prefill_pass_tokens for p in plans.values() if p.offloaded_layers]
+    assert not streamed or max(streamed) > planner.PREFILL_CHUNK  # (a 70B fits none of these budgets)
+
+
+def test_a_layout_with_no_memory_left_prefills_a_chunk_a_pass():
+    c = config("qwen2.5-7b")
+    layout = planner._with_substitutes(c, 2, 4096)
+    full = planner._vram(c, layout, 2)
+    per_token = planner._pass_bytes_per_token(c, 2)
+    assert planner._prefill_pass(c, layout, full, 2) == planner.PREFILL_CHUNK
+    assert planner._prefill_pass(c, layout, full - 1, 2) == planner.PREFILL_CHUNK  # over budget already
+    assert planner._prefill_pass(c, layout, full + 256 * per_token - 1, 2) == planner.PREFILL_CHUNK
+    assert planner._prefill_pass(c, layout, full + 256 * per_token, 2) == 512
+    assert planner._prefill_pass(c, layout, full + 100 * planner.GIB, 2) == planner.prefill_pass_tokens(c, 2)
+
+
+def test_the_prefill_reason_predicts_the_first_token_sooner_with_passes():
+    plan = make_plan(config("qwen2.5-7b"), gpu_profile(), vram_gb=12)
+    reason = next(r for r in plan.reasons if r.startswith("Prefill:"))
+    assert f"up to {plan.prefill_pass_tokens} prompt tokens per pass" in reason
+    assert "a 2048-token prompt streams them 1x" in reason and "(8x and" in reason
+    layout = planner._Layout(plan.resident_layers, plan.offloaded_layers, (8,) * plan.offloaded_layers,
+                             plan.kv_length, plan.slots, plan.nodes, plan.prefill_pass_tokens)
+    speeds = planner._Speeds(25.0, 1000.0, 50.0)
+    passes = planner.t_prefill(config("qwen2.5-7b"), layout, 2048, speeds, 2, plan.prefill_pass_tokens)
+    chunks = planner.t_prefill(config("qwen2.5-7b"), layout, 2048, speeds, 2, planner.PREFILL_CHUNK)
+    # 8 transfers of the streamed layers against one; the compute is the same
+    transfer = plan.offloaded_bytes_per_pass / 25e9
+    assert chunks - passes == pytest.approx(7 * transfer, rel=0.35)
+    assert f"predicted {passes:.2f} s" in reason and f"{chunks:.2f} s at 256" in reason
+
+
+def test_cpu_and_resident_plans_prefill_a_chunk_a_pass():
+    for hardware, gb in ((CPU_ONLY, None), (gpu_profile(), 24)):
+        plan = make_plan(config("qwen2.5-7b"), hardware, vram_gb=gb)
+        assert plan.offloaded_layers == 0
+        assert plan.prefill_pass_tokens == planner.PREFILL_CHUNK and plan.memory["prefill_pass"] == 0
+        assert not any(r.startswith("Prefill:") for r in plan.reasons)

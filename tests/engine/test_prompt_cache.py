@@ -136,9 +136,11 @@ def test_another_models_cache_is_not_used(tiny, tmp_path):
     assert cache.take(other.decoder, ids) is None and cache.cache is None
 
 
-def test_under_offloading_the_prefill_streams_the_weights_once_instead_of_per_chunk(tiny):
+def test_under_offloading_the_prefill_streams_the_weights_for_the_new_tokens_only(tiny):
+    """A prompt streams the offloaded layers once per pass (engine.model.Decoder.prefill_pass): passes of 8
+    tokens here, so that the whole prompt takes several and what is new after the kept cache one."""
     lm, _, folder = tiny
-    off = load_model(folder, "float32", "cpu", resident_layers=1)
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=8)
     cache = PromptCache()
     first = lm.encode("a conversation long enough for several chunks", chat=False)
     answer = _answer(generate_plain(off, first, 6, prefill_chunk=8, prompt_cache=cache), first)

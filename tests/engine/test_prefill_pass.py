@@ -1,0 +1,147 @@
+"""A prompt prefilled in passes of the streamed layers (engine.model.Decoder.prefill_pass): each pass
+moves the offloaded weights once for many chunks, and its numbers are exactly those of prefilling a chunk
+per forward."""
+
+import pytest
+import torch
+from real_configs import QWEN25_7B
+from test_mask_memory import MaskLedger
+from tiny_models import make_tiny_model_folder
+
+from engine import planner
+from engine.generate import generate_plain, prefill
+from engine.loading import load_model
+from engine.planner import PREFILL_CHUNK, prefill_pass_bytes
+from engine.speculative import TreeShape, generate_subspec
+
+ARCHS = ["qwen2", "llama-mha", "mistral-window", "qwen3"]  # GQA with biases; MHA; a 6-token window; q/k norms
+
+
+def _ids(n: int, seed: int = 0) -> list[int]:
+    return torch.randint(3, 97, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def folder(request, tmp_path_factory):
+    return make_tiny_model_folder(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def resident(folder):
+    return load_model(folder, "float32", "cpu")
+
+
+def test_a_pass_equals_prefilling_a_chunk_per_forward_bit_for_bit(resident):
+    """Block k of layer i runs in the shapes a chunk's forward has, against the KV layer i wrote for blocks
+    0..k: logits and every KV row are the chunked prefill's, with a cache already holding a prefix too."""
+    decoder = resident.decoder
+    ids = _ids(61)
+    chunked, passed = decoder.new_cache(80), decoder.new_cache(80)
+    for cache in (chunked, passed):  # a kept prefix, as with a prompt cache
+        prefill(decoder, cache, ids[:9], 8)
+    expected = prefill(decoder, chunked, ids[9:], 8)
+    positions = torch.arange(9, 61)
+    got = decoder.prefill_pass(torch.tensor(ids[9:]), positions, passed, 9, 8)
+    assert torch.equal(got, expected)
+    assert torch.equal(passed.k[..., :61, :], chunked.k[..., :61, :])
+    assert torch.equal(passed.v[..., :61, :], chunked.v[..., :61, :])
+    assert passed.length == 9  # a pass commits nothing: prefill does
+
+
+@pytest.mark.parametrize("resident_layers", [0, 2])
+def test_streamed_prefill_moves_the_weights_once_per_pass(folder, resident, resident_layers):
+    off = load_model(folder, "float32", "cpu", resident_layers=resident_layers)
+    streamer = off.decoder.streamer
+    ids = _ids(100)
+    expected = prefill(resident.decoder, resident.decoder.new_cache(100), ids, 8)
+    layer_bytes = streamer.layer_bytes * len(off.offloaded_layers)
+    for pass_tokens, passes in ((48, 3), (8, 13), (None, 1), (50, 3)):  # 50: whole chunks, 48
+        cache = off.decoder.new_cache(100)
+        before = streamer.bytes_moved
+        logits = prefill(off.decoder, cache, ids, 8, pass_tokens)
+        assert torch.equal(logits, expected) and cache.length == 100
+        # The prefetch runs one layer ahead of the pass (two slots), never a pass's worth behind.
+        moved = streamer.bytes_moved - before
+        assert passes * layer_bytes <= moved <= passes * layer_bytes + 2 * streamer.layer_bytes, pass_tokens
+
+
+def test_the_plans_pass_size_travels_with_the_loaded_model(folder, resident):
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=32)
+    assert off.decoder.streamer.prefill_tokens == 32
+    ids = _ids(100)
+    before = off.decoder.streamer.bytes_moved
+    prefill(off.decoder, off.decoder.new_cache(100), ids, 8)
+    layer_bytes = off.decoder.streamer.layer_bytes * len(off.offloaded_layers)
+    assert 4 * layer_bytes <= off.decoder.streamer.bytes_moved - before < 5 * layer_bytes  # 100 / 32: 4 passes
+
+
+def test_answers_equal_the_resident_models_plain_and_subspec(folder, resident):
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=24)
+    ids = _ids(70, seed=1)
+    plain = [e.token_ids for e in generate_plain(resident, ids, 12, prefill_chunk=8)]
+    assert [e.token_ids for e in generate_plain(off, ids, 12, prefill_chunk=8)] == plain
+    draft = off.build_draft(4, 64)
+    events = list(generate_subspec(off, draft, ids, 12, shape=TreeShape(4, 2), prefill_chunk=8))
+    assert [t for e in events for t in e.token_ids] == [t for ts in plain for t in ts]
+
+
+def test_out_of_memory_halves_the_pass_keeps_the_smaller_size_and_says_so(folder, resident, monkeypatch):
+    """Another program took the memory the plan gave the pass: the pass runs again at half the tokens (its
+    KV rows rewritten), later prompts start at that size, and the answer is unchanged."""
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=64)
+    real = type(off.decoder).prefill_pass
+    sizes = []
+
+    def short_of_memory(self, tokens, *args):
+        sizes.append(tokens.shape[0])
+        if tokens.shape[0] > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+        return real(self, tokens, *args)
+
+    monkeypatch.setattr(type(off.decoder), "prefill_pass", short_of_memory)
+    ids = _ids(40, seed=2)
+    events = list(generate_plain(off, ids, 6, prefill_chunk=8))
+    assert [e.token_ids for e in events] == [e.token_ids for e in generate_plain(resident, ids, 6, prefill_chunk=8)]
+    assert sizes == [40, 32, 16, 16, 8]  # the whole prompt (64 a pass) fails, then 32; 16 at a time works
+    assert off.decoder.streamer.prefill_tokens == 16
+    assert "Out of GPU memory prefilling the prompt; continuing 16 tokens a pass." in events[0].note
+    sizes.clear()
+    list(generate_plain(off, ids, 1, prefill_chunk=8))
+    assert sizes == [16, 16, 8]
+
+
+def test_out_of_memory_at_one_chunk_a_pass_is_not_hidden(folder, monkeypatch):
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=8)
+
+    def short_of_memory(self, tokens, *args):
+        raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+
+    monkeypatch.setattr(type(off.decoder), "prefill_pass", short_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        prefill(off.decoder, off.decoder.new_cache(40), _ids(40), 8)
+
+
+def test_a_pass_holds_at_most_what_the_planner_counts_beyond_a_chunks_forward(resident):
+    """Every tensor a pass makes (activations, masks, its residual stream and tables), against a chunked
+    prefill of the same prompt, whose peak is its last chunk's forward: the difference is what
+    planner.prefill_pass_bytes counts (the model's widths are below the ledger's floor: min_columns 1)."""
+    decoder = resident.decoder
+    ids = _ids(96)
+    with MaskLedger(min_columns=1) as chunked:
+        prefill(decoder, decoder.new_cache(96), ids, 8)
+    with MaskLedger(min_columns=1) as passed:
+        decoder.prefill_pass(torch.tensor(ids), torch.arange(96), decoder.new_cache(96), 0, 8)
+    config = decoder.config
+    assert passed.peak >= 96 * config.hidden_size * 4  # the residual stream is really held
+    # prefill_pass_bytes counts the tokens past PREFILL_CHUNK; the chunks here are 8 tokens
+    assert passed.peak <= chunked.peak + (96 - 8) * planner._pass_bytes_per_token(config, 4)
+    assert passed.live == chunked.live == 0
+
+
+def test_pass_sizes_are_whole_chunks_within_the_stream_bytes():
+    config = planner.ModelConfig.from_dict(QWEN25_7B)
+    assert planner.prefill_pass_tokens(config, 2) == 9216  # 64 MiB / (3584 x 2 bytes) = 9362, in chunks of 256
+    assert planner.prefill_pass_tokens(config, 2, chunk=1000) == 9000
+    assert planner.prefill_pass_tokens(config, 4096 * 1024) == PREFILL_CHUNK  # at least one chunk
+    assert prefill_pass_bytes(config, PREFILL_CHUNK, 2) == prefill_pass_bytes(config, 1, 2) == 0
+    assert prefill_pass_bytes(config, 9216, 2) == (9216 - 256) * ((3584 + 2 * 128) * 2 + 16)
