@@ -516,7 +516,7 @@ class _EmptyPlan:
     """Stands in for a Plan to list the form's row labels before any plan exists."""
 
     substitute_bits, device, method = (), "cuda", ""
-    resident_layers = offloaded_layers = slots = depth = topk = nodes = kv_length = 0
+    resident_layers = offloaded_layers = slots = depth = topk = nodes = kv_length = prefill_pass_tokens = 0
     predicted_vram_bytes = predicted_host_bytes = budget_bytes = 0
     predicted_tokens_per_s = predicted_tau = speedup = 0.0
 

@@ -97,15 +97,15 @@ def plan_rows(plan) -> list[tuple[str, str]]:
     memory = "VRAM" if plan.device == "cuda" else "RAM"
     tree = (f"depth {plan.depth} × width {plan.topk} ({plan.nodes} nodes), τ {plan.predicted_tau:.1f}"
             if plan.depth else "none: plain decoding")
-    prefill = ([("Prefill", f"up to {plan.prefill_pass_tokens} prompt tokens per pass of the streamed layers")]
-               if plan.offloaded_layers else [])
+    prefill = (f"up to {plan.prefill_pass_tokens} prompt tokens per pass of the streamed layers"
+               if plan.offloaded_layers else "nothing streamed")
     return [
         ("Method", f"{plan.method} on {plan.device}"),
         ("Layers", f"{plan.resident_layers} resident, {plan.offloaded_layers} streamed ({plan.slots} slots)"),
         ("Substitute bits", "/".join(map(str, bits)) or "-"),
         ("Tree", tree),
         ("Context", f"{plan.kv_length} tokens"),
-        *prefill,
+        ("Prefill", prefill),
         (memory, f"{plan.predicted_vram_bytes / GIB:.2f} GB of {plan.budget_bytes / GIB:.2f} GB"
          if plan.device == "cuda" else f"{plan.predicted_host_bytes / GIB:.2f} GB of {plan.budget_bytes / GIB:.2f} GB"),
         ("Speed", f"{plan.predicted_tokens_per_s:.1f} tok/s predicted ({plan.speedup:.1f}x plain)"),

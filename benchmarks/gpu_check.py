@@ -276,12 +276,12 @@ def prefill_passes(target, config: ModelConfig, device, tokens: int = 2048, roun
     moved, logits = {}, {}
     prefill(target, target.new_cache(PREFILL_CHUNK), ids[:PREFILL_CHUNK])  # warm-up: kernels, allocator
     for _ in range(rounds):
-        for kind, per_pass in (("chunked", PREFILL_CHUNK), ("passes", None)):
+        for kind in ("chunked", "passes"):  # chunked: Decoder.forward a chunk at a time, as before passes
             cache = target.new_cache(tokens)
             before = streamed_bytes(target)
             sync(device)
             t0 = time.perf_counter()
-            logits[kind] = prefill(target, cache, ids, PREFILL_CHUNK, per_pass)
+            logits[kind] = prefill(target, cache, ids, PREFILL_CHUNK, by_pass=kind == "passes")
             sync(device)
             best[kind] = min(best[kind], time.perf_counter() - t0)
             moved[kind] = streamed_bytes(target) - before

@@ -5,8 +5,9 @@ without it (every turn prefills the whole conversation), the answers checked equ
     .venv/bin/python benchmarks/prompt_cache.py --out benchmarks/results/prompt_cache_cpu.json
 
 With --resident-layers N the other layers stream from host memory at every pass, as under offloading on a
-GPU (here a CPU memcpy): there each prefill chunk moves every streamed layer once, so what a turn does not
-prefill it does not move. The two runs alternate turn by turn on one loaded model. Its messages are its own.
+GPU (here a CPU memcpy): a prefill moves every streamed layer once per pass (engine.model.Decoder.prefill_pass,
+thousands of tokens), so a conversation shorter than a pass moves the same bytes cached or not, and the cache
+saves the compute. The two runs alternate turn by turn on one loaded model. Its messages are its own.
 """
 
 from __future__ import annotations

@@ -20,54 +20,36 @@ from .masks import causal_mask
 from .model import Decoder
 from .planner import prefill_pass_tokens
 from .constrained import constraint_for
+from .draft_graph import out_of_memory
 from .sampling import History, SamplingParams, row_scores, select_tokens, token_logprobs
 from .text import TextStream
 
 
 def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
-            pass_tokens: int | None = None, notes: list | None = None) -> torch.Tensor:
+            pass_tokens: int | None = None, notes: list | None = None, by_pass: bool | None = None
+            ) -> torch.Tensor:
     """Run the prompt in chunks of `chunk` tokens after the committed length; commit it.
 
     With streamed layers (engine.offload) the chunks go in passes of `pass_tokens` tokens (default: the
     streamer's, which the plan sized, else engine.planner.prefill_pass_tokens), each pass layer by layer
     (Decoder.prefill_pass): the offloaded weights cross the link once per pass instead of once per
     chunk, and the numbers are the chunks' own. Out of GPU memory (another program took what the plan
-    gave the pass), a pass is retried at half the tokens, down to one chunk, and the streamer keeps the
+    gave the pass), the pass is retried at half its tokens, down to one chunk, and the streamer keeps the
     smaller size for later prompts; `notes` (a list) gets a sentence saying so.
+    `by_pass`: passes or a chunk per forward (Decoder.forward); default: passes with streamed layers
+    only. The benchmarks set it to compare the two.
 
     Returns float32 logits [1, V] of the last position only."""
     if chunk < 1:
         raise ValueError("prefill chunk must be >= 1")
     device = decoder.embed_tokens.weight.device
-    window = decoder.config.sliding_window
     tokens = torch.tensor(ids, dtype=torch.long, device=device)
+    if by_pass is None:
+        by_pass = decoder.streamer is not None
+    if by_pass:
+        return _prefill_by_pass(decoder, cache, tokens, chunk, pass_tokens, notes)
+    window = decoder.config.sliding_window
     logits = None
-    if decoder.streamer is not None:
-        if pass_tokens is None:
-            pass_tokens = decoder.streamer.prefill_tokens or prefill_pass_tokens(
-                decoder.config, decoder.embed_tokens.weight.element_size(), chunk)
-        pass_tokens = max(chunk, pass_tokens // chunk * chunk)  # whole chunks: each block is a chunk's forward
-        begin = 0
-        while begin < len(ids):
-            part = tokens[begin:begin + pass_tokens]
-            start = cache.length
-            positions = torch.arange(start, start + part.shape[0], device=device)
-            try:
-                logits = decoder.prefill_pass(part, positions, cache, start, chunk)
-            except torch.OutOfMemoryError:
-                if pass_tokens <= chunk:
-                    raise
-                # Nothing of this pass is committed: run it again smaller (its KV rows are simply rewritten).
-                part = positions = None
-                free_device_memory()
-                pass_tokens = max(chunk, pass_tokens // 2 // chunk * chunk)
-                decoder.streamer.prefill_tokens = pass_tokens
-                if notes is not None:
-                    notes.append(f"Out of GPU memory prefilling the prompt; continuing {pass_tokens} tokens a pass.")
-                continue
-            cache.commit(start + part.shape[0])
-            begin += part.shape[0]
-        return logits
     for begin in range(0, len(ids), chunk):
         part = tokens[begin:begin + chunk]
         start = cache.length
@@ -79,6 +61,38 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
         logits = decoder(part, positions, cache, start, mask, logits_index=slice(n - 1, n))
         del mask
         cache.commit(start + n)
+    return logits
+
+
+def _prefill_by_pass(decoder: Decoder, cache: KVCache, tokens: torch.Tensor, chunk: int,
+                     pass_tokens: int | None, notes: list | None) -> torch.Tensor:
+    streamer = decoder.streamer
+    if pass_tokens is None:
+        pass_tokens = (streamer.prefill_tokens if streamer is not None else None) or prefill_pass_tokens(
+            decoder.config, decoder.embed_tokens.weight.element_size(), chunk)
+    pass_tokens = max(chunk, pass_tokens // chunk * chunk)  # whole chunks: each block is a chunk's forward
+    begin, total, logits = 0, tokens.shape[0], None
+    while begin < total:
+        part = tokens[begin:begin + pass_tokens]
+        n, start = part.shape[0], cache.length
+        positions = torch.arange(start, start + n, device=tokens.device)
+        try:
+            logits = decoder.prefill_pass(part, positions, cache, start, chunk)
+        except Exception as error:  # noqa: BLE001 (only out of memory is handled; the rest re-raised)
+            if not out_of_memory(error) or n <= chunk:
+                raise
+            logits = None
+        if logits is None:  # out of memory: the pass's frames are gone with the exception, free them
+            # Nothing of this pass is committed: it runs again at half its size (its KV rows rewritten).
+            free_device_memory()
+            pass_tokens = max(chunk, n // 2 // chunk * chunk)
+            if streamer is not None:
+                streamer.prefill_tokens = pass_tokens
+            if notes is not None:
+                notes.append(f"Out of GPU memory prefilling the prompt; continuing {pass_tokens} tokens a pass.")
+            continue
+        cache.commit(start + n)
+        begin += n
     return logits
 
 

@@ -78,9 +78,10 @@ class KVCache:
 class PromptCache:
     """The KV cache an answer leaves behind, kept for the next one with the tokens its committed rows hold,
     so that the next prompt prefills only what follows their longest common prefix: a conversation's earlier
-    turns, a shared system prompt (prompt caching, as llama.cpp, Ollama and LM Studio do). Under offloading
-    every prefill chunk streams all the offloaded weights, so on a long conversation this is most of the time
-    to the first token. One per model, for answers that run one at a time (engine.generate.generate_plain
+    turns, a shared system prompt (prompt caching, as llama.cpp, Ollama and LM Studio do): on a long
+    conversation the prefill's compute is most of the time to the first token (under offloading the weights
+    stream once per prefill pass, engine.model.Decoder.prefill_pass, cached or not, for a conversation
+    shorter than a pass). One per model, for answers that run one at a time (engine.generate.generate_plain
     and engine.speculative.generate_subspec take it as `prompt_cache`)."""
 
     def __init__(self, slots: int | None = None):

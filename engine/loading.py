@@ -17,6 +17,7 @@ import torch
 from .config import ModelConfig, streamed_layers
 from .errors import SubspecError
 from .model import Decoder, rope_inverse_frequencies
+from .planner import PREFILL_CHUNK
 
 DEFAULT_DRAFT_BITS = 4  # the paper's substitutes; a plan raises layers to 8-bit where memory allows
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -267,6 +268,10 @@ def load_model(folder: str | Path, dtype: str = "auto", device: str | None = Non
     if substitute_bits and resident != asked:
         notes.append(f"the draft uses {DEFAULT_DRAFT_BITS}-bit substitutes, not the plan's wider ones")
         substitute_bits = None
+    if prefill_tokens and resident != asked and decoder.streamer is not None:
+        # Like the wider bits, the plan's pass was paid for with memory that was not there.
+        decoder.streamer.prefill_tokens = PREFILL_CHUNK
+        notes.append(f"prompts prefill {PREFILL_CHUNK} tokens a pass, not the plan's {prefill_tokens}")
     lm = LoadedModel(folder, name or folder.name, decoder, load_tokenizer(folder), dev,
                      None if resident == layers else resident, notes,
                      dict(substitute_bits) if substitute_bits else None)

@@ -143,6 +143,8 @@ class LayerStreamer:
         drain and refill the slots starting from `index`."""
         if self.copy_stream is not None:
             self.copy_stream.synchronize()
+            # An interrupted layer's kernels may still be reading its slot: no refill before they finish.
+            self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         self.queue.clear()
         self.slot_layer = [None] * self.slots_count
         self.cursor = self.order.index(index)

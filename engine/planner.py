@@ -441,16 +441,18 @@ def t_verify(config: ModelConfig, layout: _Layout, nodes: int, speeds: _Speeds, 
 
 def t_prefill(config: ModelConfig, layout: _Layout, tokens: int, speeds: _Speeds, dtype_bytes: int,
               pass_tokens: int) -> float:
-    """A `tokens`-token prompt prefilled `pass_tokens` at a time (one forward's worth of weights each: with
-    streamed layers a pass is engine.model.Decoder.prefill_pass, else a chunked forward). An offloaded
-    layer costs the larger of its transfer and its compute, once per pass; every chunk computes against a
-    half-full cache (_layer_time); the head projects the last token only."""
+    """A `tokens`-token prompt prefilled `pass_tokens` at a time (engine.model.Decoder.prefill_pass: each
+    pass streams the offloaded layers once and runs every layer over its tokens PREFILL_CHUNK at a time, so
+    each chunk reads the layer's weights from VRAM and pays a layer's launches; PREFILL_CHUNK a pass is the
+    chunked prefill). An offloaded layer costs the larger of its transfer and its chunks' compute, once per
+    pass; every chunk computes against a half-full cache (_layer_time); the head projects the last token."""
     full = layer_linear_bytes(config, dtype_bytes)
     transfer = full / (speeds.link_gbps * 1e9)
     time = 0.0
     for begin in range(0, tokens, pass_tokens):
         rows = min(pass_tokens, tokens - begin)
-        layer = _layer_time(config, rows, layout.kv_length, full, speeds, dtype_bytes)
+        layer = sum(_layer_time(config, min(PREFILL_CHUNK, rows - b), layout.kv_length, full, speeds, dtype_bytes)
+                    for b in range(0, rows, PREFILL_CHUNK))
         time += layout.resident * layer + layout.offloaded * max(transfer, layer)
     return time + _head_time(config, 1, dtype_bytes, speeds)
 

@@ -108,6 +108,8 @@ def test_one_card_and_its_plan_equal_make_plans(hardware_window, name, total_gb,
     assert dock.plan == plan
     assert shown(dock, "Layers").startswith(f"{plan.resident_layers} resident, {plan.offloaded_layers} streamed")
     assert shown(dock, "Context") == f"{plan.kv_length} tokens"
+    assert shown(dock, "Prefill") == (f"up to {plan.prefill_pass_tokens} prompt tokens per pass of the streamed layers"
+                                      if plan.offloaded_layers else "nothing streamed")
     assert shown(dock, "VRAM") == f"{plan.predicted_vram_bytes / GIB:.2f} GB of {plan.budget_bytes / GIB:.2f} GB"
     assert shown(dock, "Speed").startswith(f"{plan.predicted_tokens_per_s:.1f} tok/s predicted")
     if plan.depth:

@@ -102,7 +102,7 @@ def test_out_of_memory_halves_the_pass_keeps_the_smaller_size_and_says_so(folder
     ids = _ids(40, seed=2)
     events = list(generate_plain(off, ids, 6, prefill_chunk=8))
     assert [e.token_ids for e in events] == [e.token_ids for e in generate_plain(resident, ids, 6, prefill_chunk=8)]
-    assert sizes == [40, 32, 16, 16, 8]  # the whole prompt (64 a pass) fails, then 32; 16 at a time works
+    assert sizes == [40, 16, 16, 8]  # the whole prompt (40 of a 64-token pass) fails; half of it works
     assert off.decoder.streamer.prefill_tokens == 16
     assert "Out of GPU memory prefilling the prompt; continuing 16 tokens a pass." in events[0].note
     sizes.clear()
@@ -145,3 +145,79 @@ def test_pass_sizes_are_whole_chunks_within_the_stream_bytes():
     assert planner.prefill_pass_tokens(config, 4096 * 1024) == PREFILL_CHUNK  # at least one chunk
     assert prefill_pass_bytes(config, PREFILL_CHUNK, 2) == prefill_pass_bytes(config, 1, 2) == 0
     assert prefill_pass_bytes(config, 9216, 2) == (9216 - 256) * ((3584 + 2 * 128) * 2 + 16)
+
+
+def test_out_of_memory_inside_a_layer_leaves_nothing_behind(folder, resident, monkeypatch):
+    """The pass fails in the middle (layer 1's second block, its slot in use and the KV of two layers half
+    written): the retry refills the slots from layer 0 (LayerStreamer._restart_at), rewrites the rows, and
+    the logits and every KV row are those of the resident model. A RuntimeError that says out of memory
+    (as cuBLAS's do) counts too."""
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=32)
+    layer = off.decoder.layers[1]
+    real, calls = layer.forward, []
+
+    def fails_once(h, *args, **kwargs):
+        calls.append(h.shape[1])
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: out of memory (a test)")
+        return real(h, *args, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", fails_once)
+    ids = _ids(50, seed=3)
+    cache, expected = off.decoder.new_cache(50), resident.decoder.new_cache(50)
+    notes = []
+    logits = prefill(off.decoder, cache, ids, 8, notes=notes)
+    assert torch.equal(logits, prefill(resident.decoder, expected, ids, 8))
+    assert torch.equal(cache.k[..., :50, :], expected.k[..., :50, :]) and cache.length == 50
+    assert torch.equal(cache.v[..., :50, :], expected.v[..., :50, :])
+    assert notes == ["Out of GPU memory prefilling the prompt; continuing 16 tokens a pass."]
+    assert calls[:3] == [8, 8, 8]  # two blocks of the failed pass, then the retry's first
+
+
+def test_errors_other_than_memory_are_not_retried(folder, monkeypatch):
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=32)
+
+    def broken(self, tokens, *args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(type(off.decoder), "prefill_pass", broken)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        prefill(off.decoder, off.decoder.new_cache(40), _ids(40), 8)
+    assert off.decoder.streamer.prefill_tokens == 32
+
+
+def test_by_pass_chooses_the_path_either_way(resident):
+    """Passes on a resident model and a chunk per forward on a streamed one (what benchmarks compare):
+    the same logits."""
+    decoder = resident.decoder
+    ids = _ids(40)
+    chunked = prefill(decoder, decoder.new_cache(40), ids, 8)
+    assert torch.equal(prefill(decoder, decoder.new_cache(40), ids, 8, pass_tokens=24, by_pass=True), chunked)
+
+
+def test_bfloat16_passes_equal_bfloat16_chunks(folder):
+    """The shapes are the chunks' own, so half precision rounds the same way too."""
+    lm = load_model(folder, "bfloat16", "cpu")
+    off = load_model(folder, "bfloat16", "cpu", resident_layers=1, prefill_tokens=24)
+    ids = _ids(60, seed=4)
+    chunked = prefill(off.decoder, off.decoder.new_cache(60), ids, 8, by_pass=False)
+    assert torch.equal(prefill(off.decoder, off.decoder.new_cache(60), ids, 8), chunked)
+    assert torch.equal(prefill(lm.decoder, lm.decoder.new_cache(60), ids, 8), chunked)
+
+
+def test_a_load_that_backed_off_prefills_a_chunk_a_pass_and_says_so(folder, monkeypatch):
+    """The plan's pass was paid for with memory that turned out not to be there, as its 8-bit layers were."""
+    import engine.loading as loading
+
+    real, calls = loading._place, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args)
+
+    monkeypatch.setattr(loading, "_place", flaky)
+    lm = load_model(folder, "float32", "cpu", resident_layers=2, prefill_tokens=64)
+    assert lm.resident_layers == 1 and lm.decoder.streamer.prefill_tokens == PREFILL_CHUNK
+    assert lm.notes[-1] == f"prompts prefill {PREFILL_CHUNK} tokens a pass, not the plan's 64"
