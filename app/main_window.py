@@ -104,6 +104,7 @@ class MainWindow(ChatFlow, QMainWindow):
         host.loaded.connect(self._on_loaded)
         host.progress.connect(self.model_label.setText)
         host.token.connect(self._on_token)
+        host.prompt_progress.connect(self._on_prompt_progress)
         self._api_running = False
         self._answer_started = False  # a token of the answer under way has come (it is not waiting)
         host.api_busy.connect(self._on_api_busy)

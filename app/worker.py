@@ -18,7 +18,7 @@ from typing import Callable
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from engine.convert import ConvertCancelled
-from engine.errors import SubspecError
+from engine.errors import Stopped, SubspecError
 from engine.events import summarize
 
 from .backend import NO_CAPABILITIES, Backend, EngineFactory, torch_backend
@@ -73,6 +73,7 @@ class EngineWorker(QObject):
     api_served = Signal(object)  # dict: an API request (app.api_server) answered to its end
     api_busy = Signal(bool)  # an API request runs (True) or is done (False): a chat answer waits meanwhile
     unloaded = Signal()  # the model is gone and its memory freed
+    prompt_progress = Signal(int, int)  # the chat's prompt read so far: tokens read, tokens in all
 
     def __init__(self, engine_factory: EngineFactory | None = None,
                  stop_event: threading.Event | None = None, model_lister: ModelLister | None = None):
@@ -113,6 +114,8 @@ class EngineWorker(QObject):
         self.list_models()
         if hasattr(type(self._engine), "stop_event"):  # (TorchBackend: Stop also ends a draft build)
             self._engine.stop_event = self.stop_event
+        if hasattr(type(self._engine), "prompt_progress"):  # (TorchBackend: a long prompt's reading)
+            self._engine.prompt_progress = self.prompt_progress.emit
         caps = getattr(self._engine, "capabilities", None) or NO_CAPABILITIES
         self.capabilities.emit({k: bool(v) for k, v in caps.items()})
         self.model_info.emit(describe_model(self._engine, options))
@@ -138,6 +141,7 @@ class EngineWorker(QObject):
             return
         stopped = False
         events = None
+        prompt_tokens = 0
         notes: list[str] = []  # what the engine changed to answer (kept with the answer's stats)
 
         def relay(evs):
@@ -169,6 +173,11 @@ class EngineWorker(QObject):
             result = summarize(iter(()), 0, params.get("method", "vanilla"), extra={"model": self._engine.name})
             stopped = True
             notes.append(f"stopped while building the SubSpec draft: {exc}")
+        except Stopped:  # Stop while a long prompt was read: what was read is kept for the next answer
+            result = summarize(iter(()), prompt_tokens, params.get("method", "vanilla"),
+                               extra={"model": self._engine.name})
+            stopped = True
+            notes.append("stopped while the prompt was read (what was read is kept for the next answer)")
         except Exception as exc:  # noqa: BLE001 - any engine failure becomes a dialog, not a dead thread
             self._fail(exc)
             return
@@ -205,6 +214,8 @@ class EngineWorker(QObject):
                 raise SubspecError("No model is loaded." if self._engine is None
                                    else f"model {self._engine.name} cannot be served over the API")
             decoding = getattr(call, "decoding", None) or {"method": "vanilla"}
+            if hasattr(type(self._engine), "api_cancel"):  # (TorchBackend: a client gone stops a long prefill)
+                self._engine.api_cancel = call.cancel
             events = generate(list(call.prompt_ids), call.max_tokens, call.sampling, tuple(call.stops),
                               decoding)
             for ev in events:
@@ -212,6 +223,8 @@ class EngineWorker(QObject):
                 new_tokens += len(ev.token_ids)
                 if call.cancel.is_set() and not ev.finish_reason:
                     return
+        except Stopped:
+            return  # cancelled while its prompt was read: nobody is waiting for an answer
         except Exception as exc:  # noqa: BLE001 - the request answers with it; the worker goes on
             call.put(exc)
             return
@@ -246,6 +259,7 @@ class EngineHost(QObject):
     api_served = Signal(object)
     api_busy = Signal(bool)
     unloaded = Signal()
+    prompt_progress = Signal(int, int)
     _load = Signal(str, object)
     _unload = Signal()
     _list = Signal()
@@ -267,7 +281,7 @@ class EngineHost(QObject):
         self._serve.connect(self.worker.serve)
         self._unload.connect(self.worker.unload)
         for name in ("capabilities", "model_info", "loaded", "progress", "token", "step", "finished", "failed",
-                     "models", "missing_model", "api_served", "api_busy", "unloaded"):
+                     "models", "missing_model", "api_served", "api_busy", "unloaded", "prompt_progress"):
             getattr(self.worker, name).connect(getattr(self, name))
         self.thread.finished.connect(self.worker.deleteLater)
         self.thread.start()

@@ -7,3 +7,9 @@ bug and keeps its traceback.
 
 class SubspecError(Exception):
     """A user-facing error: the message says what is wrong and what to do."""
+
+
+class Stopped(Exception):
+    """An answer its caller stopped while the prompt was read (raised by engine.generate.prefill's
+    `progress`, e.g. the chat's Stop during a long prefill). Nothing was emitted; the chunks or passes
+    already committed stay in a prompt cache, so that the next try resumes there. Not an error."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -25,9 +25,13 @@ from .sampling import History, SamplingParams, row_scores, select_tokens, token_
 from .text import TextStream
 
 
+# progress(tokens done, tokens in all) while a prompt is prefilled; it may raise engine.errors.Stopped.
+PrefillProgress = Callable[[int, int], None]
+
+
 def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
-            pass_tokens: int | None = None, notes: list | None = None, by_pass: bool | None = None
-            ) -> torch.Tensor:
+            pass_tokens: int | None = None, notes: list | None = None, by_pass: bool | None = None,
+            progress: PrefillProgress | None = None) -> torch.Tensor:
     """Run the prompt in chunks of `chunk` tokens after the committed length; commit it.
 
     With streamed layers (engine.offload) the chunks go in passes of `pass_tokens` tokens (default: the
@@ -38,6 +42,9 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
     smaller size for later prompts; `notes` (a list) gets a sentence saying so.
     `by_pass`: passes or a chunk per forward (Decoder.forward); default: passes with streamed layers
     only. The benchmarks set it to compare the two.
+    `progress(done, total)`: called after each chunk, and in passes after each layer (a pass's layers done
+    counting as that fraction of its tokens). It may raise (engine.errors.Stopped) to end the prefill:
+    what was committed stays committed, the rest is as if never run.
 
     Returns float32 logits [1, V] of the last position only."""
     if chunk < 1:
@@ -47,7 +54,7 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
     if by_pass is None:
         by_pass = decoder.streamer is not None
     if by_pass:
-        return _prefill_by_pass(decoder, cache, tokens, chunk, pass_tokens, notes)
+        return _prefill_by_pass(decoder, cache, tokens, chunk, pass_tokens, notes, progress)
     window = decoder.config.sliding_window
     logits = None
     for begin in range(0, len(ids), chunk):
@@ -61,23 +68,31 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
         logits = decoder(part, positions, cache, start, mask, logits_index=slice(n - 1, n))
         del mask
         cache.commit(start + n)
+        if progress is not None:
+            progress(begin + n, len(ids))
     return logits
 
 
 def _prefill_by_pass(decoder: Decoder, cache: KVCache, tokens: torch.Tensor, chunk: int,
-                     pass_tokens: int | None, notes: list | None) -> torch.Tensor:
+                     pass_tokens: int | None, notes: list | None, progress: PrefillProgress | None
+                     ) -> torch.Tensor:
     streamer = decoder.streamer
     if pass_tokens is None:
         pass_tokens = (streamer.prefill_tokens if streamer is not None else None) or prefill_pass_tokens(
             decoder.config, decoder.embed_tokens.weight.element_size(), chunk)
     pass_tokens = max(chunk, pass_tokens // chunk * chunk)  # whole chunks: each block is a chunk's forward
     begin, total, logits = 0, tokens.shape[0], None
+    layers = len(decoder.layers)
     while begin < total:
         part = tokens[begin:begin + pass_tokens]
         n, start = part.shape[0], cache.length
         positions = torch.arange(start, start + n, device=tokens.device)
+        # Inside the pass after every layer but the last; after the last, once the pass is committed (a
+        # Stop there keeps the whole pass).
+        done = None if progress is None else (
+            lambda i, begin=begin, n=n: progress(begin + n * (i + 1) // layers, total) if i < layers - 1 else None)
         try:
-            logits = decoder.prefill_pass(part, positions, cache, start, chunk)
+            logits = decoder.prefill_pass(part, positions, cache, start, chunk, done)
         except Exception as error:  # noqa: BLE001 (only out of memory is handled; the rest re-raised)
             if not out_of_memory(error) or n <= chunk:
                 raise
@@ -93,6 +108,8 @@ def _prefill_by_pass(decoder: Decoder, cache: KVCache, tokens: torch.Tensor, chu
             continue
         cache.commit(start + n)
         begin += n
+        if progress is not None:
+            progress(begin, total)
     return logits
 
 
@@ -185,14 +202,15 @@ def constrain(token: torch.Tensor, logits: torch.Tensor, sampling: SamplingParam
 
 
 def prefill_step(decoder: Decoder, cache: KVCache, prompt_ids: list[int], prefill_chunk: int,
-                 sampling: SamplingParams, draws, emitter: Emitter) -> tuple[torch.Tensor, StepEvent]:
+                 sampling: SamplingParams, draws, emitter: Emitter, progress: PrefillProgress | None = None
+                 ) -> tuple[torch.Tensor, StepEvent]:
     """The prefill pass and the first token it yields: how every generation loop starts. `prompt_ids`: the
     prompt's tokens after those the cache holds already (engine.kv_cache.PromptCache), at least one.
-    Returns the token (on the device, [1]) and its event (iteration 0)."""
+    `progress`: prefill's. Returns the token (on the device, [1]) and its event (iteration 0)."""
     t0 = time.perf_counter()
     moved = streamed_bytes(decoder)
     notes = []
-    logits = prefill(decoder, cache, prompt_ids, prefill_chunk, notes=notes)
+    logits = prefill(decoder, cache, prompt_ids, prefill_chunk, notes=notes, progress=progress)
     last = torch.tensor([cache.length - 1], device=logits.device)  # the last prompt token's position
     token = constrain(select_tokens(logits, sampling, draws, last, emitter.history), logits, sampling, draws,
                       last, emitter)
@@ -291,10 +309,12 @@ def start_cache(decoder: Decoder, prompt_ids: list[int], max_new_tokens: int, sc
 
 def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int = 256,
                    sampling: SamplingParams = SamplingParams(), stop_strings=(),
-                   prefill_chunk: int = 256, prompt_cache: PromptCache | None = None) -> Iterator[StepEvent]:
+                   prefill_chunk: int = 256, prompt_cache: PromptCache | None = None,
+                   prompt_progress: PrefillProgress | None = None) -> Iterator[StepEvent]:
     """Target-only decoding, yielding one event per target pass. `prompt_cache`: prefill only what the
     prompt does not share with the last answer's cache, and keep this answer's for the next
-    (engine.kv_cache.PromptCache)."""
+    (engine.kv_cache.PromptCache). `prompt_progress(done, total)`: the prefill's progress over the tokens
+    it reads (engine.generate.prefill); raising engine.errors.Stopped from it ends the answer there."""
     check_context(lm, len(prompt_ids), max_new_tokens)
     decoder = lm.decoder
     if max_new_tokens <= 0:
@@ -303,20 +323,22 @@ def generate_plain(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int =
     cache, max_new_tokens, note, reused = start_cache(decoder, prompt_ids, max_new_tokens, prompt_cache=prompt_cache)
     emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, prompt_ids)
     try:
-        yield from _decode_plain(lm, cache, prompt_ids, reused, sampling, prefill_chunk, note, emitter)
+        yield from _decode_plain(lm, cache, prompt_ids, reused, sampling, prefill_chunk, note, emitter,
+                                 prompt_progress)
     finally:
         if prompt_cache is not None:
             prompt_cache.keep(decoder, cache, list(prompt_ids) + emitter.emitted)
 
 
-def _decode_plain(lm, cache, prompt_ids, reused, sampling, prefill_chunk, note, emitter: Emitter
-                  ) -> Iterator[StepEvent]:
+def _decode_plain(lm, cache, prompt_ids, reused, sampling, prefill_chunk, note, emitter: Emitter,
+                  prompt_progress: PrefillProgress | None = None) -> Iterator[StepEvent]:
     """generate_plain's loop, after the prompt's first `reused` tokens, which the cache holds."""
     decoder = lm.decoder
     history = emitter.history
     gen = sampling.draws()
 
-    token, event = prefill_step(decoder, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
+    token, event = prefill_step(decoder, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter,
+                                prompt_progress)
     yield replace(event, cached_tokens=reused, note=joined(note, event.note))
 
     iteration = 0

@@ -314,7 +314,7 @@ class Decoder(nn.Module):
 
     @torch.inference_mode()
     def prefill_pass(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
-                     block: int) -> torch.Tensor:
+                     block: int, after_layer=None) -> torch.Tensor:
         """Many prompt tokens in one pass over the weights: layer by layer, each layer runs the tokens
         in blocks of `block` rows before the next layer begins. Returns float32 logits [1, vocab] of the
         last token; commits nothing.
@@ -326,6 +326,7 @@ class Decoder(nn.Module):
         are those of prefilling in chunks of `block` bit for bit: block k of layer i attends over the KV
         that layer i wrote for blocks 0..k just before. What the pass holds beyond one forward's
         activations is its residual stream, [T, hidden], and its rotary tables (planner.prefill_pass_bytes).
+        `after_layer(i)` is called as each layer is done (progress; it may raise to stop the pass).
         Target layers only: a fused draft layer's output is pending, not a tensor to write back."""
         dtype = self.embed_tokens.weight.dtype
         device = tokens.device
@@ -349,6 +350,8 @@ class Decoder(nn.Module):
                     del folded
                 if self.streamer is not None:
                     self.streamer.after_layer(i)
+                if after_layer is not None:
+                    after_layer(i)
         logits = F.linear(self.norm(h[0, total - 1:total]), self.output_weight)
         return logits.float()
 

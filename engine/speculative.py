@@ -27,8 +27,8 @@ from .events import StepEvent
 from .depth_control import DepthControl, control_for
 from .draft_graph import draft_span, draft_step_for, release_steps
 from .constrained import constrained_walk
-from .generate import (Emitter, check_context, ensure_room, joined, new_emitter, prefill_step, reported,
-                       start_cache, streamed_bytes)
+from .generate import (Emitter, PrefillProgress, check_context, ensure_room, joined, new_emitter, prefill_step,
+                       reported, start_cache, streamed_bytes)
 from .kv_cache import KVCache, PromptCache
 from .loading import LoadedModel, free_device_memory
 from .model import Decoder
@@ -210,19 +210,21 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
                      shape: TreeShape = TreeShape(), prefill_chunk: int = 256,
                      verifier: Verifier = verify, cache: KVCache | None = None,
                      control: DepthControl | None = None,
-                     prompt_cache: PromptCache | None = None) -> Iterator[StepEvent]:
+                     prompt_cache: PromptCache | None = None,
+                     prompt_progress: PrefillProgress | None = None) -> Iterator[StepEvent]:
     """Speculative decoding with the substitute draft; output identical to `generate_plain`'s.
 
     `cache` (optional) is used instead of a fresh one, so a caller can inspect or continue it.
     `control` (with `shape.auto`): the depth controller to use and update, so that a conversation keeps what
     earlier answers measured; a new one when it is None or was made for another shape.
     `prompt_cache` (instead of `cache`): prefill only what the prompt does not share with the last answer's
-    cache, and keep this answer's for the next (engine.kv_cache.PromptCache)."""
+    cache, and keep this answer's for the next (engine.kv_cache.PromptCache).
+    `prompt_progress`: as generate_plain's."""
     if cache is not None and prompt_cache is not None:
         raise ValueError("pass a cache or a prompt cache, not both")
     try:
         yield from _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_strings, shape,
-                                     prefill_chunk, verifier, cache, control, prompt_cache)
+                                     prefill_chunk, verifier, cache, control, prompt_cache, prompt_progress)
     finally:
         # The captured draft steps hold this answer's KV cache and their graphs' memory: they go with the
         # answer (finished, stopped or failed), so that an idle app or a plain answer after this one does
@@ -232,7 +234,7 @@ def generate_subspec(lm: LoadedModel, draft: Decoder, prompt_ids: list[int], max
 
 
 def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_strings, shape, prefill_chunk,
-                      verifier, cache, control, prompt_cache) -> Iterator[StepEvent]:
+                      verifier, cache, control, prompt_cache, prompt_progress=None) -> Iterator[StepEvent]:
     check_context(lm, len(prompt_ids), max_new_tokens)
     target = lm.decoder
     if max_new_tokens <= 0:
@@ -244,14 +246,14 @@ def _generate_subspec(lm, draft, prompt_ids, max_new_tokens, sampling, stop_stri
     emitter = new_emitter(lm, sampling, stop_strings, max_new_tokens, prompt_ids)
     try:
         yield from _decode_subspec(lm, draft, cache, prompt_ids, reused, sampling, shape, prefill_chunk, verifier,
-                                   control, note, emitter)
+                                   control, note, emitter, prompt_progress)
     finally:
         if prompt_cache is not None:
             prompt_cache.keep(target, cache, list(prompt_ids) + emitter.emitted)
 
 
 def _decode_subspec(lm, draft, cache, prompt_ids, reused, sampling, shape, prefill_chunk, verifier, control, note,
-                    emitter: Emitter) -> Iterator[StepEvent]:
+                    emitter: Emitter, prompt_progress=None) -> Iterator[StepEvent]:
     """generate_subspec's loop, after the prompt's first `reused` tokens, which the cache holds."""
     target = lm.decoder
     device = lm.device
@@ -263,7 +265,8 @@ def _decode_subspec(lm, draft, cache, prompt_ids, reused, sampling, shape, prefi
     needed = ({"rescore"} if emitter.constraint is not None else set()) | (
         {"logits"} if sampling.logprobs is not None else set())
 
-    root, event = prefill_step(target, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter)
+    root, event = prefill_step(target, cache, prompt_ids[reused:], prefill_chunk, sampling, gen, emitter,
+                               prompt_progress)
     yield replace(event, cached_tokens=reused, note=joined(note, event.note))
 
     iteration = 0

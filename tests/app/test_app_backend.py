@@ -411,3 +411,37 @@ def test_the_chats_next_turn_prefills_only_its_new_message(smollm2):
     assert cached_answer.text == fresh_answer.text
     # At least the first turn's prompt and most of its answer (as the template writes it back) came from the cache.
     assert fresh_answer.cached_tokens == 0 and first_tokens + 6 < cached_answer.cached_tokens < n
+
+
+def test_a_stop_while_the_prompt_is_read_ends_the_chats_and_the_apis_answers(tmp_path):
+    """TorchBackend hands the engine a prompt_progress that reports to the worker's signal and raises
+    Stopped once the chat's Stop (or, for an API request, its cancel) is set."""
+    import threading
+
+    from tiny_models import make_tiny_model_folder
+
+    from engine.errors import Stopped
+    from engine.sampling import SamplingParams
+
+    backend = TorchBackend(str(make_tiny_model_folder(tmp_path / "tiny")), lambda _msg: None, resident_layers=1)
+    backend.stop_event = threading.Event()
+    seen = []
+
+    def report(done, total):
+        seen.append((done, total))
+        if len(seen) == 1:
+            backend.stop_event.set()  # Stop pressed while the first layer's progress shows
+
+    backend.prompt_progress = report
+    prompt, events = backend.stream(MESSAGES, {"max_new_tokens": 4})
+    with pytest.raises(Stopped):
+        next(iter(events))
+    assert seen == [(prompt // 3, prompt)]  # three layers: a third of the pass read when it stopped
+    backend.stop_event.clear()
+    _prompt, events = backend.stream(MESSAGES, {"max_new_tokens": 4})
+    assert sum(len(ev.token_ids) for ev in events) == 4 and seen[-1] == (prompt, prompt)
+    ids = backend.encode(MESSAGES, False)
+    backend.api_cancel = threading.Event()
+    backend.api_cancel.set()  # the client went away while its request waited
+    with pytest.raises(Stopped):
+        next(iter(backend.generate_ids(ids[:-1] + [ids[-1] % 50 + 3], 4, SamplingParams(), ())))

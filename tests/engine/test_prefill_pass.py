@@ -221,3 +221,46 @@ def test_a_load_that_backed_off_prefills_a_chunk_a_pass_and_says_so(folder, monk
     lm = load_model(folder, "float32", "cpu", resident_layers=2, prefill_tokens=64)
     assert lm.resident_layers == 1 and lm.decoder.streamer.prefill_tokens == PREFILL_CHUNK
     assert lm.notes[-1] == f"prompts prefill {PREFILL_CHUNK} tokens a pass, not the plan's 64"
+
+
+def test_progress_counts_the_prompt_tokens_read_chunk_by_chunk_and_layer_by_layer(folder, resident):
+    calls = []
+    prefill(resident.decoder, resident.decoder.new_cache(40), _ids(40), 8, progress=lambda *a: calls.append(a))
+    assert calls == [(8, 40), (16, 40), (24, 40), (32, 40), (40, 40)]
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=24)  # three layers
+    calls.clear()
+    prefill(off.decoder, off.decoder.new_cache(50), _ids(50), 8, progress=lambda *a: calls.append(a))
+    # passes of 24, 24 and 2 tokens: a third of a pass per layer, its end once it is committed
+    assert [done for done, _ in calls] == [8, 16, 24, 32, 40, 48, 48, 49, 50]
+    assert {total for _, total in calls} == {50}
+
+
+@pytest.mark.parametrize("method", ["plain", "subspec"])
+def test_a_stop_while_the_prompt_is_read_keeps_what_was_read_for_the_next_try(folder, resident, method):
+    """The chat's Stop during a long prefill: progress raises Stopped, nothing is emitted, the prompt
+    cache keeps the passes committed, and the next answer reads only the rest: the same tokens as an
+    answer never stopped."""
+    from engine.errors import Stopped
+    from engine.kv_cache import PromptCache
+
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=16)
+    draft = off.build_draft(4, 64) if method == "subspec" else None
+
+    def run(ids, **kw):
+        if draft is None:
+            return generate_plain(off, ids, 8, prefill_chunk=8, **kw)
+        return generate_subspec(off, draft, ids, 8, shape=TreeShape(3, 2), prefill_chunk=8, **kw)
+
+    ids = _ids(60, seed=5)
+    kept = PromptCache()
+
+    def stop_at_40(done, total):
+        if done >= 40:
+            raise Stopped("stopped while the prompt was read")
+
+    with pytest.raises(Stopped):
+        next(iter(run(ids, prompt_cache=kept, prompt_progress=stop_at_40)))
+    assert kept.ids == ids[:32]  # two passes of 16 committed; the third stopped inside, after two layers
+    events = list(run(ids, prompt_cache=kept))
+    assert events[0].cached_tokens == 32
+    assert [t for e in events for t in e.token_ids] == [t for e in run(ids) for t in e.token_ids]
