@@ -6,11 +6,10 @@ a fake that replays recorded events, and decoding methods plug in here without t
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-from engine.errors import Stopped, SubspecError
+from engine.errors import SubspecError, prompt_reading
 from engine.events import StepEvent
 
 Progress = Callable[[str], None]
@@ -237,12 +236,12 @@ class TorchBackend:
             draft = self.get_draft(self.stop_event)
             events = generate_subspec(self.lm, draft, ids, p["max_new_tokens"], sampling, stops,
                                       shape=shape, control=self.depth_control(shape), prompt_cache=self.prompt_cache,
-                                      prompt_progress=reading(self.stop_event, self.prompt_progress))
+                                      prompt_progress=prompt_reading(self.stop_event, self.prompt_progress))
         else:
             from engine.generate import generate_plain
 
             events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops, prompt_cache=self.prompt_cache,
-                                    prompt_progress=reading(self.stop_event, self.prompt_progress))
+                                    prompt_progress=prompt_reading(self.stop_event, self.prompt_progress))
         if dropped:
             events = _noted(events, f"the conversation is longer than {self.name}'s context of {limit} tokens: "
                                     f"its first {dropped} messages were left out of this answer's prompt")
@@ -266,11 +265,11 @@ class TorchBackend:
             draft = self.get_draft()
             return generate_subspec(self.lm, draft, list(prompt_ids), max_tokens, sampling, tuple(stops),
                                     shape=shape, control=self.depth_control(shape, "api_control"),
-                                    prompt_cache=self.prompt_cache, prompt_progress=reading(self.api_cancel))
+                                    prompt_cache=self.prompt_cache, prompt_progress=prompt_reading(self.api_cancel))
         from engine.generate import generate_plain
 
         return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops),
-                              prompt_cache=self.prompt_cache, prompt_progress=reading(self.api_cancel))
+                              prompt_cache=self.prompt_cache, prompt_progress=prompt_reading(self.api_cancel))
 
     def encode(self, messages: list[dict], continue_final: bool, template: dict | None = None,
                json_mode: bool = False) -> list[int]:
@@ -287,19 +286,6 @@ class TorchBackend:
         rendered = tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False,
                                                  **(template or {}))
         return list(tokenizer.encode(rendered, add_special_tokens=False))
-
-
-def reading(stop: threading.Event | None, report: Callable[[int, int], None] | None = None):
-    """An answer's prompt_progress (engine.generate.prefill's `progress`): a long prompt is read in chunks
-    or passes, and a Stop (or an API client gone) between two of them ends the answer there
-    (engine.errors.Stopped; what was read stays in the prompt cache); `report` sees each step."""
-    def progress(done: int, total: int) -> None:
-        if stop is not None and stop.is_set():
-            raise Stopped("stopped while the prompt was read")
-        if report is not None:
-            report(done, total)
-
-    return progress
 
 
 def _noted(events: Iterator[StepEvent], note: str, when=lambda ev: True) -> Iterator[StepEvent]:

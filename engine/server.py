@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
-from .errors import SubspecError
+from .errors import Stopped, SubspecError, prompt_reading
 from .origins import is_loopback, origin_allowed
 from .events import GenerationResult, StepEvent, summarize
 from . import logprob_api, ollama_api
@@ -381,14 +381,20 @@ class Backend:
             return self._generate(req.prompt_ids, req.max_tokens, req.sampling, req.stops, cancel=cancel)
         return self._generate(req.prompt_ids, req.max_tokens, req.sampling, req.stops)
 
-    def _default_generate(self, prompt_ids, max_tokens, sampling, stops):
+    def _default_generate(self, prompt_ids, max_tokens, sampling, stops, cancel=None):
+        """A client gone (`cancel`) while a long prompt is read ends the reading at its next step
+        (engine.errors.Stopped), what was read kept in the prompt cache."""
         from .generate import generate_plain
         from .speculative import generate_subspec
 
+        reading = prompt_reading(cancel)
         if self.draft is not None:
             return generate_subspec(self.lm, self.draft, prompt_ids, max_tokens, sampling, stops, self.shape,
-                                    control=self.control, prompt_cache=self.prompt_cache)
-        return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops, prompt_cache=self.prompt_cache)
+                                    control=self.control, prompt_cache=self.prompt_cache, prompt_progress=reading)
+        return generate_plain(self.lm, prompt_ids, max_tokens, sampling, stops, prompt_cache=self.prompt_cache,
+                              prompt_progress=reading)
+
+    _default_generate.accepts_cancel = True
 
     def encode_chat(self, messages: list[dict], template_kwargs: dict | None = None,
                     tools: list[dict] | None = None, prefill: str = "", close_thought: bool = False) -> list[int]:
@@ -516,6 +522,8 @@ class Worker:
                 job.events.put(summarize(self._relay(job), len(job.request.prompt_ids), method))
         except ApiError as err:
             job.events.put(err)
+        except Stopped:
+            pass  # its client left while the prompt was read: nobody waits for an answer
         except SubspecError as exc:
             job.events.put(bad(str(exc)))
         except Exception as exc:  # a failed generation must answer its request, not end the worker

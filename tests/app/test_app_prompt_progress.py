@@ -7,8 +7,8 @@ import threading
 from app_fakes import PROMPT, FakeBackend
 from PySide6.QtCore import Qt
 
-from app.backend import reading
 from app.chat_flow import reading_text
+from engine.errors import prompt_reading
 
 
 class ReadingBackend(FakeBackend):
@@ -29,7 +29,7 @@ class ReadingBackend(FakeBackend):
         return count, self._read_then(events)
 
     def _read_then(self, events):
-        progress = reading(self.stop_event, self.prompt_progress)
+        progress = prompt_reading(self.stop_event, self.prompt_progress)
         step = self.total // 8
         for done in range(step, self.total + 1, step):
             progress(done, self.total)

@@ -692,3 +692,23 @@ def test_chat_template_kwargs_reach_the_template(folder):
                  for extra in ({}, {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
                                {"extra_body": {"chat_template_kwargs": {"unused_by_it": 1}}})]
     assert usage[0] == usage[2] < usage[1]
+
+
+def test_a_client_gone_while_its_prompt_is_read_ends_the_reading(lm):
+    """`subspec serve`'s own generation takes the request's cancel: set while the prompt is read, the next
+    prefill step ends the answer (engine.errors.Stopped), and the worker answers nobody for it."""
+    import threading
+
+    from engine.errors import Stopped
+    from engine.sampling import SamplingParams
+    from engine.server import GenRequest
+
+    backend = Backend(lm)
+    ids = lm.encode("a prompt whose client left", chat=False)
+    cancel = threading.Event()
+    events = backend.generate(GenRequest(ids, 4, SamplingParams(), ()), cancel)
+    cancel.set()
+    with pytest.raises(Stopped):
+        next(iter(events))
+    assert sum(len(e.token_ids) for e in backend.generate(GenRequest(ids, 4, SamplingParams(), ()),
+                                                           threading.Event())) == 4
