@@ -54,6 +54,9 @@ PREFILL_CHUNK = 256  # engine.generate.prefill's chunk: a prompt runs in forward
 # 9,216 tokens a pass for Qwen2.5-7B in bfloat16, 4,096 for a 70B, where prefilling a chunk per forward
 # streamed the weights once per 256 tokens. Without a plan (a CPU, a forced split) a pass is this size.
 PREFILL_PASS_BYTES = 64 << 20
+# Before the rest of a layout's spare memory goes to 8-bit substitutes and resident layers, a pass of this
+# many tokens (14 MB for Qwen2.5-7B): a 2,048-token prompt then streams the weights once instead of 8 times.
+PREFILL_PASS_FIRST = 2048
 MASK_ALIGN = 8  # elements: engine.model.MASK_ALIGN, the row stride of a fold on CUDA (see mask_bytes)
 # engine.draft_graph keeps up to four captured draft steps: a tree's root step (1 row) and its
 # topk-row step, at the current span and the one before.
@@ -364,10 +367,22 @@ def _with_substitutes(config: ModelConfig, resident: int, kv_length: int) -> _La
     return _Layout(resident, offloaded, (4,) * offloaded, kv_length, MIN_SLOTS, MAX_NODES)
 
 
+def _first_pass(config: ModelConfig, layout: _Layout, spare: int, dtype_bytes: int) -> tuple[_Layout, int]:
+    """The first use of spare memory in a layout with streamed layers: prefill passes of up to
+    PREFILL_PASS_FIRST tokens (what the spare holds of them, in whole chunks). Returns the layout and what
+    is left to spend."""
+    per_token = _pass_bytes_per_token(config, dtype_bytes)
+    tokens = min(PREFILL_PASS_FIRST, prefill_pass_tokens(config, dtype_bytes),
+                 (PREFILL_CHUNK + max(0, spare) // per_token) // PREFILL_CHUNK * PREFILL_CHUNK)
+    tokens = max(tokens, PREFILL_CHUNK)
+    return replace(layout, prefill=tokens), spare - prefill_pass_bytes(config, tokens, dtype_bytes)
+
+
 def _grow(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int, forced: bool) -> _Layout:
-    """Spend what is left: first 8-bit substitutes, for the last streamed layers (nearest the output, where precision
-    aligns the draft most: see the tau model), then (unless the user fixed it) resident layers."""
-    spare = budget - _vram(config, layout, dtype_bytes)
+    """Spend what is left: first a prefill pass of PREFILL_PASS_FIRST tokens (a few MB), then 8-bit
+    substitutes, for the last streamed layers (nearest the output, where precision aligns the draft most:
+    see the tau model), then (unless the user fixed it) resident layers."""
+    layout, spare = _first_pass(config, layout, budget - _vram(config, layout, dtype_bytes), dtype_bytes)
     upgrade = substitute_layer_bytes(config, 8, dtype_bytes) - substitute_layer_bytes(config, 4, dtype_bytes)
     eights = max(0, min(layout.offloaded, spare // upgrade))
     spare -= eights * upgrade
@@ -388,9 +403,9 @@ def _plain_offloaded(config: ModelConfig, kv_length: int, budget: int, dtype_byt
     length = _longest_kv(config, layout, budget, dtype_bytes)
     if length is None:
         return None
-    layout = replace(layout, kv_length=length)
+    layout, spare = _first_pass(config, replace(layout, kv_length=length),
+                                budget - _vram(config, replace(layout, kv_length=length), dtype_bytes), dtype_bytes)
     if forced is None:
-        spare = budget - _vram(config, layout, dtype_bytes)
         extra = min(layout.offloaded - 1, spare // layer_linear_bytes(config, dtype_bytes))
         layout = replace(layout, resident=resident + extra, offloaded=layout.offloaded - extra)
     return layout
@@ -768,7 +783,8 @@ def _explain_layout(config: ModelConfig, layout: _Layout, kind: str, budget: int
             if eights:
                 which = "all" if eights == layout.offloaded else f"the last {eights}"
                 reasons.append(f"8-bit: {which} of {layout.offloaded} substitutes raised to 8-bit "
-                               f"(+{_gb(sub8 - sub4)} each), the first use of spare memory: 8-bit drafts align "
+                               f"(+{_gb(sub8 - sub4)} each), the first use of spare memory after a "
+                               f"{PREFILL_PASS_FIRST}-token prefill pass: 8-bit drafts align "
                                f"far better, most of all near the output (SmolLM2 at D48 K6: tau 9.4 all "
                                f"4-bit, 17.5 with the last half 8-bit, 10.2 with the first half, 30.0 all 8-bit).")
             else:
