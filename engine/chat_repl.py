@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .context_window import ROOM_AFTER_DROPPING, fit_conversation
-from .errors import SubspecError
+from .errors import Stopped, SubspecError, prompt_reading
 from .events import StepEvent, summarize
 
 HELP = """commands:
@@ -30,11 +30,12 @@ MULTILINE = '"""'
 
 @dataclass
 class ChatSession:
-    """The conversation and how to answer in it. `decode(prompt_ids, max_new_tokens)` gives the answer's
-    events (plain decoding or SubSpec, with the session's sampling and stop strings)."""
+    """The conversation and how to answer in it. `decode(prompt_ids, max_new_tokens, progress)` gives the
+    answer's events (plain decoding or SubSpec, with the session's sampling and stop strings); `progress`
+    is its prompt_progress (engine.generate.prefill's: the prompt's reading, which it may stop)."""
 
     encode: Callable[[list[dict]], list[int]]
-    decode: Callable[[list[int], int], Iterator[StepEvent]]
+    decode: Callable[[list[int], int, Callable[[int, int], None]], Iterator[StepEvent]]
     context: int
     max_new_tokens: int = 512
     system: str = ""
@@ -143,6 +144,29 @@ class _StopOnCtrlC:
         return False
 
 
+class ReadingLine:
+    """How far a long prompt is read, on one terminal line that each step rewrites and the end clears
+    (nothing when `err` is no terminal, or for a prompt read before anyone could look)."""
+
+    MIN_TOKENS = 512
+
+    def __init__(self, err):
+        self.err = err
+        self.shown = False
+        isatty = getattr(err, "isatty", None)
+        self.terminal = bool(isatty and isatty())
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.terminal or total < self.MIN_TOKENS:
+            return
+        if done < total:
+            self.err.write(f"\rreading the prompt: {100 * done // total}% ({done:,} of {total:,} tokens) ...")
+            self.shown = True
+        elif self.shown:
+            self.err.write("\r\033[K")  # the line cleared: the answer starts where it was
+        self.err.flush()
+
+
 def _answer(session: ChatSession, text: str, out, err) -> None:
     with _StopOnCtrlC() as stop:
         _answer_until(session, text, out, err, stop)
@@ -158,7 +182,8 @@ def _answer_until(session: ChatSession, text: str, out, err, stop: threading.Eve
               f"messages are left out of this answer's prompt)", file=err)
     parts: list[str] = []
     stopped = False
-    events = session.decode(ids, room)
+    # Ctrl+C while a long prompt is read ends the reading at its next step (engine.errors.Stopped).
+    events = session.decode(ids, room, prompt_reading(stop, ReadingLine(err)))
 
     def echo(evs):
         nonlocal stopped
@@ -176,7 +201,7 @@ def _answer_until(session: ChatSession, text: str, out, err, stop: threading.Eve
     result = None
     try:
         result = summarize(echo(events), len(ids), session.method)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         stopped = True
     finally:
         close = getattr(events, "close", None)

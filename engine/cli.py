@@ -307,6 +307,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .chat_repl import ReadingLine
     from .events import summarize
     from .generate import generate_plain
     from .logprob_api import finite, token_piece
@@ -327,14 +328,17 @@ def cmd_generate(args) -> int:
     prompt_ids = lm.encode(prompt, chat=args.chat, system=args.system)
     stops = tuple(args.stop or ())
     extra = {}
+    # How far a long prompt is read, on the terminal's stderr (engine.chat_repl.ReadingLine)
+    reading = ReadingLine(sys.stderr)
     if args.method == "subspec":
         draft = _draft(lm, args)
-        events = generate_subspec(lm, draft, prompt_ids, args.max_new_tokens, sampling, stops, shape)
+        events = generate_subspec(lm, draft, prompt_ids, args.max_new_tokens, sampling, stops, shape,
+                                  prompt_progress=reading)
         extra = {"depth": shape.depth, "auto_depth": shape.auto, "topk": shape.topk, "tree_nodes": shape.nodes,
                  "draft_temperature": shape.draft_temperature,
                  "substitute_bits": _draft_label(lm, args), "group_size": args.group_size}
     else:
-        events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops)
+        events = generate_plain(lm, prompt_ids, args.max_new_tokens, sampling, stops, prompt_progress=reading)
     events = _notes(events) if args.json else _notes(_echo(events))
     depths: list[int] = []
     events = _depths(events, depths)
@@ -391,13 +395,14 @@ def cmd_chat(args) -> int:
     if method == "subspec":
         shape, draft = _shape(args), _draft(lm, args)
 
-        def decode(ids, room):
-            return generate_subspec(lm, draft, ids, room, sampling, stops, shape, prompt_cache=kept)
+        def decode(ids, room, progress=None):
+            return generate_subspec(lm, draft, ids, room, sampling, stops, shape, prompt_cache=kept,
+                                    prompt_progress=progress)
     else:
         _say_ignored(args)
 
-        def decode(ids, room):
-            return generate_plain(lm, ids, room, sampling, stops, prompt_cache=kept)
+        def decode(ids, room, progress=None):
+            return generate_plain(lm, ids, room, sampling, stops, prompt_cache=kept, prompt_progress=progress)
     session = ChatSession(lm.encode_messages, decode, lm.config.max_position_embeddings, args.max_new_tokens,
                           args.system or "", method)
     if sys.stdin.isatty():

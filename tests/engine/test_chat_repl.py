@@ -31,7 +31,7 @@ def fake_session(interrupt_after=None, **kw):
     def encode(messages):
         return [0] * sum(len(m["content"]) + 4 for m in messages)
 
-    def decode(ids, room):
+    def decode(ids, room, progress=None):
         calls.append((len(ids), room))
         n = len(calls)
         for i, text in enumerate(["Answer", f" {n}", "."]):
@@ -123,8 +123,8 @@ def test_ctrl_c_during_an_answer_asks_it_to_stop_at_its_next_step():
     session = fake_session()
     original = session.decode
 
-    def decode(ids, room):
-        for i, ev in enumerate(original(ids, room)):
+    def decode(ids, room, progress=None):
+        for i, ev in enumerate(original(ids, room, progress)):
             if i == 2:  # while the third step is on its way: the first two were written
                 signal.raise_signal(signal.SIGINT)  # (delivered to this, the main thread, at once)
             yield ev
@@ -159,10 +159,47 @@ def test_a_second_ctrl_c_stops_a_long_wait_at_once():
 
     session = fake_session()
 
-    def decode(ids, room):
+    def decode(ids, room, progress=None):
         signal.raise_signal(signal.SIGINT)  # the first asks for a stop at the next step ...
         signal.raise_signal(signal.SIGINT)  # ... which is long in coming (a prefill): the second stops now
         yield StepEvent(0, (0,), "never")
     session.decode = decode
     code, out, err = chat(session, ["Hi", "/bye"])
     assert code == 0 and "never" not in out and "[stopped]" in err
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_long_prompt_shows_how_far_it_is_read_on_one_terminal_line():
+    from engine.chat_repl import ReadingLine
+
+    err = Terminal()
+    line = ReadingLine(err)
+    for done in (256, 768, 1000):
+        line(done, 1000)
+    assert err.getvalue() == ("\rreading the prompt: 25% (256 of 1,000 tokens) ..."
+                              "\rreading the prompt: 76% (768 of 1,000 tokens) ...\r\033[K")
+    quiet = [Terminal(), io.StringIO()]
+    ReadingLine(quiet[0])(100, 300)  # read before anyone could look
+    ReadingLine(quiet[1])(100, 1000)  # not a terminal: a pipe or a file gets no carriage returns
+    assert [q.getvalue() for q in quiet] == ["", ""]
+
+
+def test_ctrl_c_while_the_prompt_is_read_stops_the_reading_at_its_next_step():
+    import signal
+
+    session = fake_session()
+    reached = []
+
+    def decode(ids, room, progress=None):
+        progress(512, 2048)
+        signal.raise_signal(signal.SIGINT)  # one Ctrl+C: the reading ends at its next step
+        progress(1024, 2048)
+        reached.append("past the stop")
+        yield StepEvent(0, (0,), "never")
+    session.decode = decode
+    code, out, err = chat(session, ["Hi", "/bye"])
+    assert code == 0 and "never" not in out and "[stopped]" in err and reached == []
