@@ -45,6 +45,8 @@ def main() -> int:
     p.add_argument("--depth", type=int, default=48)
     p.add_argument("--topk", type=int, default=6)
     p.add_argument("--settings", help="names separated by semicolons, from: " + "; ".join(SETTINGS))
+    p.add_argument("--draft-temperatures", default=str(TreeShape.draft_temperature),
+                   help="the draft's sharpening, comma-separated: each setting runs at each (a sweep)")
     p.add_argument("--out")
     args = p.parse_args()
     names = [n.strip() for n in args.settings.split(";")] if args.settings else list(SETTINGS)
@@ -55,14 +57,18 @@ def main() -> int:
     lm = load_model(folder, dtype="float32", device="cpu", name=name)
     draft = build_draft_cached(lm, 4, 64)
     prompts = [lm.encode(turns[0]) for turns in read_prompts(args.prompts, args.limit)]
-    shape = TreeShape(args.depth, args.topk)
+    temperatures = [float(t) for t in args.draft_temperatures.split(",")]
     rows = []
-    for setting in names:
-        row = {"setting": setting, **SETTINGS[setting], "identical": 0, "passes": 0, "accepted": 0, "tokens": 0,
-               "subspec_s": 0.0}
+    plains = {}  # (setting, prompt) -> plain decoding's tokens, the same at every draft temperature
+    for setting, sharpening in ((s, t) for s in names for t in temperatures):
+        shape = TreeShape(args.depth, args.topk, draft_temperature=sharpening)
+        row = {"setting": setting, **SETTINGS[setting], "draft_temperature": sharpening, "identical": 0,
+               "passes": 0, "accepted": 0, "tokens": 0, "subspec_s": 0.0}
         for i, ids in enumerate(prompts):
             params = SamplingParams(**SETTINGS[setting], seed=1000 + i)
-            plain, _p, _a, _s = run(generate_plain(lm, ids, args.max_new_tokens, params))
+            if (setting, i) not in plains:
+                plains[setting, i] = run(generate_plain(lm, ids, args.max_new_tokens, params))[0]
+            plain = plains[setting, i]
             spec, passes, accepted, seconds = run(generate_subspec(lm, draft, ids, args.max_new_tokens, params,
                                                                    shape=shape))
             row["identical"] += spec == plain
@@ -74,16 +80,17 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     greedy = next((r["tau"] for r in rows if r["setting"] == "greedy"), None)
-    print("\n| setting | tau | of greedy's | identical to plain |\n|---|---|---|---|")
+    print("\n| setting | draft temperature | tau | of greedy's | identical to plain |\n|---|---|---|---|---|")
     for r in rows:
         share = f"{r['tau'] / greedy:.0%}" if greedy else "-"
-        print(f"| {r['setting']} | {r['tau']} | {share} | {r['identical']}/{len(prompts)} |")
+        print(f"| {r['setting']} | {r['draft_temperature']} | {r['tau']} | {share} | {r['identical']}/{len(prompts)} |")
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump({"setup": {"model": lm.name, "prompts": args.prompts, "limit": args.limit,
                                  "max_new_tokens": args.max_new_tokens, "depth": args.depth, "width": args.topk,
+                                 "draft_temperatures": temperatures,
                                  "substitute_bits": 4, "group_size": 64, "device": "cpu", "commit": commit},
                        "results": rows}, f, indent=2)
     return 0
