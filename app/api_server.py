@@ -101,8 +101,9 @@ class ApiBridge:
             self._closed = True
             calls = list(self._calls)
         for call in calls:
-            call.cancel.set()
+            # The 503 first: a worker that sees the cancel ends the call, and nothing after its end is read.
             call.put(_shutting_down())
+            call.cancel.set()
 
 
 def _shutting_down() -> Exception:

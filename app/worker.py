@@ -223,8 +223,9 @@ class EngineWorker(QObject):
                 new_tokens += len(ev.token_ids)
                 if call.cancel.is_set() and not ev.finish_reason:
                     return
-        except Stopped:
-            return  # cancelled while its prompt was read: nobody is waiting for an answer
+        except Stopped:  # cancelled while its prompt was read (a client gone, the server closing)
+            call.put(SubspecError("the request was cancelled while its prompt was read"))
+            return
         except Exception as exc:  # noqa: BLE001 - the request answers with it; the worker goes on
             call.put(exc)
             return

@@ -152,7 +152,7 @@ class ReadingLine:
 
     def __init__(self, err):
         self.err = err
-        self.shown = False
+        self.shown = 0  # the length of the line on screen
         isatty = getattr(err, "isatty", None)
         self.terminal = bool(isatty and isatty())
 
@@ -160,11 +160,19 @@ class ReadingLine:
         if not self.terminal or total < self.MIN_TOKENS:
             return
         if done < total:
-            self.err.write(f"\rreading the prompt: {100 * done // total}% ({done:,} of {total:,} tokens) ...")
-            self.shown = True
-        elif self.shown:
-            self.err.write("\r\033[K")  # the line cleared: the answer starts where it was
-        self.err.flush()
+            line = f"reading the prompt: {100 * done // total}% ({done:,} of {total:,} tokens) ..."
+            self.err.write("\r" + line.ljust(self.shown))
+            self.shown = len(line)
+            self.err.flush()
+        else:
+            self.clear()
+
+    def clear(self) -> None:
+        """Blank the line (spaces, which every console takes), so that what comes next starts where it was."""
+        if self.shown:
+            self.err.write("\r" + " " * self.shown + "\r")
+            self.err.flush()
+            self.shown = 0
 
 
 def _answer(session: ChatSession, text: str, out, err) -> None:
@@ -183,7 +191,8 @@ def _answer_until(session: ChatSession, text: str, out, err, stop: threading.Eve
     parts: list[str] = []
     stopped = False
     # Ctrl+C while a long prompt is read ends the reading at its next step (engine.errors.Stopped).
-    events = session.decode(ids, room, prompt_reading(stop, ReadingLine(err)))
+    reading = ReadingLine(err)
+    events = session.decode(ids, room, prompt_reading(stop, reading))
 
     def echo(evs):
         nonlocal stopped
@@ -204,9 +213,13 @@ def _answer_until(session: ChatSession, text: str, out, err, stop: threading.Eve
     except (KeyboardInterrupt, Stopped):
         stopped = True
     finally:
+        reading.clear()  # a reading stopped or failed leaves no line behind
         close = getattr(events, "close", None)
         if close:
             close()  # ends the answer now (its KV cache kept for the next turn)
+    if stopped and not parts:  # stopped before a word was written (the prompt still being read): as if not sent
+        print("[stopped]", file=err)
+        return
     print(file=out)
     answer = "".join(parts)
     # What was shown stays in the conversation, a stopped answer too: the user read it, so the model should.

@@ -342,7 +342,10 @@ def cmd_generate(args) -> int:
     events = _notes(events) if args.json else _notes(_echo(events))
     depths: list[int] = []
     events = _depths(events, depths)
-    result = summarize(events, len(prompt_ids), args.method, extra=extra)
+    try:
+        result = summarize(events, len(prompt_ids), args.method, extra=extra)
+    finally:
+        reading.clear()  # (Ctrl+C while the prompt is read leaves no line behind)
     if shape is not None and shape.auto:
         result.extra["mean_depth"] = round(sum(depths) / len(depths), 2) if depths else 0.0
     if args.json:

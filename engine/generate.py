@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .errors import SubspecError
+from .errors import Stopped, SubspecError
 from .events import StepEvent
 from .kv_cache import KVCache, PromptCache
 from .loading import LoadedModel, free_device_memory
@@ -53,6 +53,8 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
     tokens = torch.tensor(ids, dtype=torch.long, device=device)
     if by_pass is None:
         by_pass = decoder.streamer is not None
+    if progress is not None:
+        progress = _forward_only(progress)
     if by_pass:
         return _prefill_by_pass(decoder, cache, tokens, chunk, pass_tokens, notes, progress)
     window = decoder.config.sliding_window
@@ -71,6 +73,19 @@ def prefill(decoder: Decoder, cache: KVCache, ids: list[int], chunk: int = 256,
         if progress is not None:
             progress(begin + n, len(ids))
     return logits
+
+
+def _forward_only(progress: PrefillProgress) -> PrefillProgress:
+    """`progress` that never reports less than it did (a pass retried smaller after running out of memory
+    starts over from its beginning)."""
+    most = 0
+
+    def report(done: int, total: int) -> None:
+        nonlocal most
+        most = max(most, done)
+        progress(most, total)
+
+    return report
 
 
 def _prefill_by_pass(decoder: Decoder, cache: KVCache, tokens: torch.Tensor, chunk: int,
@@ -94,7 +109,7 @@ def _prefill_by_pass(decoder: Decoder, cache: KVCache, tokens: torch.Tensor, chu
         try:
             logits = decoder.prefill_pass(part, positions, cache, start, chunk, done)
         except Exception as error:  # noqa: BLE001 (only out of memory is handled; the rest re-raised)
-            if not out_of_memory(error) or n <= chunk:
+            if isinstance(error, Stopped) or not out_of_memory(error) or n <= chunk:
                 raise
             logits = None
         if logits is None:  # out of memory: the pass's frames are gone with the exception, free them
@@ -167,8 +182,6 @@ def streamed_bytes(decoder: Decoder) -> int:
 
 
 def check_context(lm: LoadedModel, prompt_len: int, max_new_tokens: int, extra: int = 0) -> None:
-    from .errors import SubspecError
-
     if prompt_len == 0:
         raise SubspecError("the prompt is empty")
     limit = lm.config.max_position_embeddings

@@ -522,8 +522,8 @@ class Worker:
                 job.events.put(summarize(self._relay(job), len(job.request.prompt_ids), method))
         except ApiError as err:
             job.events.put(err)
-        except Stopped:
-            pass  # its client left while the prompt was read: nobody waits for an answer
+        except Stopped:  # cancelled while the prompt was read: its client left (should one still wait, it is told)
+            job.events.put(ApiError(503, "the request was cancelled while its prompt was read", "server_error"))
         except SubspecError as exc:
             job.events.put(bad(str(exc)))
         except Exception as exc:  # a failed generation must answer its request, not end the worker

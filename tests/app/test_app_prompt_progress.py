@@ -76,9 +76,9 @@ def test_a_short_prompt_shows_no_percentage(qtbot, make_window):
     backend = ReadingBackend(total=256)
     window = make_window(backend)
     seen = []
-    _send(qtbot, window)
-    assert backend.held.wait(5)
-    qtbot.wait(100)  # the progress signals so far have been delivered
+    with qtbot.waitSignal(window.host.prompt_progress, timeout=5000,
+                          check_params_cb=lambda done, total: done == 96):  # the step it holds at
+        _send(qtbot, window)
     seen.append(window.stats_label.text())
     with qtbot.waitSignal(window.host.finished, timeout=5000):
         backend.release.set()

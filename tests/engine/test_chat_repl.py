@@ -180,8 +180,8 @@ def test_a_long_prompt_shows_how_far_it_is_read_on_one_terminal_line():
     line = ReadingLine(err)
     for done in (256, 768, 1000):
         line(done, 1000)
-    assert err.getvalue() == ("\rreading the prompt: 25% (256 of 1,000 tokens) ..."
-                              "\rreading the prompt: 76% (768 of 1,000 tokens) ...\r\033[K")
+    first, second = "reading the prompt: 25% (256 of 1,000 tokens) ...", "reading the prompt: 76% (768 of 1,000 tokens) ..."
+    assert err.getvalue() == "\r" + first + "\r" + second + "\r" + " " * len(second) + "\r"  # blanked with spaces
     quiet = [Terminal(), io.StringIO()]
     ReadingLine(quiet[0])(100, 300)  # read before anyone could look
     ReadingLine(quiet[1])(100, 1000)  # not a terminal: a pipe or a file gets no carriage returns
@@ -203,3 +203,21 @@ def test_ctrl_c_while_the_prompt_is_read_stops_the_reading_at_its_next_step():
     session.decode = decode
     code, out, err = chat(session, ["Hi", "/bye"])
     assert code == 0 and "never" not in out and "[stopped]" in err and reached == []
+    assert session.history == []  # stopped before a word was written: as if not sent
+
+
+def test_a_stopped_reading_leaves_no_line_on_the_terminal():
+    import signal
+
+    session = fake_session()
+
+    def decode(ids, room, progress=None):
+        progress(512, 2048)
+        signal.raise_signal(signal.SIGINT)
+        progress(1024, 2048)
+        yield StepEvent(0, (0,), "never")
+    session.decode = decode
+    out, err = io.StringIO(), Terminal()
+    run_chat(session, reader(["Hi", "/bye"]), out, err)
+    shown = "reading the prompt: 25% (512 of 2,048 tokens) ..."
+    assert "\r" + shown + "\r" + " " * len(shown) + "\r[stopped]" in err.getvalue()

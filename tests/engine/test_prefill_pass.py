@@ -174,6 +174,22 @@ def test_out_of_memory_inside_a_layer_leaves_nothing_behind(folder, resident, mo
     assert calls[:3] == [8, 8, 8]  # two blocks of the failed pass, then the retry's first
 
 
+def test_progress_never_goes_back_when_a_pass_is_retried_smaller(folder, resident, monkeypatch):
+    off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=48)
+    real, calls = off.decoder.layers[2].forward, []
+
+    def fails_once(h, *args, **kwargs):  # the last layer of the first pass: 32 of its 48 tokens reported
+        calls.append(1)
+        if len(calls) == 6:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+        return real(h, *args, **kwargs)
+
+    monkeypatch.setattr(off.decoder.layers[2], "forward", fails_once)
+    seen = []
+    prefill(off.decoder, off.decoder.new_cache(60), _ids(60), 8, progress=lambda done, _t: seen.append(done))
+    assert seen == sorted(seen) and seen[-1] == 60 and 32 in seen
+
+
 def test_errors_other_than_memory_are_not_retried(folder, monkeypatch):
     off = load_model(folder, "float32", "cpu", resident_layers=1, prefill_tokens=32)
 
