@@ -158,6 +158,9 @@ class ChatFlow:
 
     def stop(self) -> None:
         if self.busy:
+            if self._compare is not None:
+                # (the next run's request would clear the worker's Stop: the job remembers it)
+                self._compare.stopped = True
             self.host.stop()
         else:
             self.cancel_edit()

@@ -18,6 +18,8 @@ class CompareJob:
     subspec: dict  # {"method": "subspec", "depth": .., "width": .., "auto": ..}
     runs: list[str]  # methods still to run, in order
     speeds: dict[str, float] = field(default_factory=dict)  # method -> decode tok/s
+    # Stop was pressed: a run that ended before the worker saw it must not be followed by the next
+    stopped: bool = False
 
     def next_params(self, base: dict) -> dict:
         method = self.runs[0]
@@ -26,7 +28,7 @@ class CompareJob:
     def record(self, summary: dict) -> str | None:
         """Takes a run's summary; returns why the comparison cannot go on, or None."""
         method = self.runs.pop(0)
-        if summary.get("finish_reason") == "stopped":
+        if self.stopped or summary.get("finish_reason") == "stopped":
             return "comparison stopped"
         if summary.get("new_tokens", 0) < MIN_TOKENS or summary.get("tokens_per_s", 0) <= 0:
             return "the answer is too short to time"

@@ -60,6 +60,24 @@ def test_compare_times_both_when_the_answer_was_not_timed_with_subspec(qtbot, ma
     assert again.conversation.id == cid and ("Compared: " + EXPECTED) in again.transcript.toPlainText()
 
 
+def test_a_stop_as_the_first_run_ends_is_not_lost_to_the_second(qtbot, make_window, monkeypatch):
+    """Stop pressed while the first run's last step is on its way: that run ends complete, and sending the
+    second would clear the worker's Stop. The comparison ends there instead."""
+    window = make_window(timed_backend(CPU))
+    answer(qtbot, window)
+    real = CompareJob.record
+
+    def stop_as_it_ends(job, summary):
+        if len(job.runs) == 2:  # the first of the two runs has just ended
+            window.stop()
+        return real(job, summary)
+
+    monkeypatch.setattr(CompareJob, "record", stop_as_it_ends)
+    compare(qtbot, window)
+    assert [p["method"] for _m, p in window.backend.calls] == ["vanilla", "subspec"]  # no second run
+    assert window.stats_label.text() == "comparison stopped" and "Compared:" not in window.transcript.toPlainText()
+
+
 def test_compare_needs_an_answer_and_subspec(qtbot, make_window):
     window = make_window(FakeBackend(capabilities={"cuda": True, "subspec": False}))
     answer(qtbot, window)
