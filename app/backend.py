@@ -228,6 +228,7 @@ class TorchBackend:
                                         messages, limit - min(wanted, limit // 2), slack=ROOM_AFTER_DROPPING)
         p["max_new_tokens"] = max(1, min(wanted, limit - len(ids)))
         stops = tuple(p["stop"])
+        reading = prompt_reading(self.stop_event, self.prompt_progress)  # Stop ends a long prompt's reading too
         if p["method"] == "subspec":
             from engine.speculative import TreeShape, generate_subspec
 
@@ -236,12 +237,12 @@ class TorchBackend:
             draft = self.get_draft(self.stop_event)
             events = generate_subspec(self.lm, draft, ids, p["max_new_tokens"], sampling, stops,
                                       shape=shape, control=self.depth_control(shape), prompt_cache=self.prompt_cache,
-                                      prompt_progress=prompt_reading(self.stop_event, self.prompt_progress))
+                                      prompt_progress=reading)
         else:
             from engine.generate import generate_plain
 
             events = generate_plain(self.lm, ids, p["max_new_tokens"], sampling, stops, prompt_cache=self.prompt_cache,
-                                    prompt_progress=prompt_reading(self.stop_event, self.prompt_progress))
+                                    prompt_progress=reading)
         if dropped:
             events = _noted(events, f"the conversation is longer than {self.name}'s context of {limit} tokens: "
                                     f"its first {dropped} messages were left out of this answer's prompt")
@@ -258,6 +259,7 @@ class TorchBackend:
         Runs on the worker thread like stream(). With auto depth the API's requests share a controller
         of their own (requests do not explore afresh; the chat's measurements stay the chat's)."""
         decoding = decoding or {"method": "vanilla"}
+        reading = prompt_reading(self.api_cancel)  # a client gone ends its prompt's reading
         if decoding.get("method") == "subspec":
             from engine.speculative import TreeShape, generate_subspec
 
@@ -265,11 +267,11 @@ class TorchBackend:
             draft = self.get_draft()
             return generate_subspec(self.lm, draft, list(prompt_ids), max_tokens, sampling, tuple(stops),
                                     shape=shape, control=self.depth_control(shape, "api_control"),
-                                    prompt_cache=self.prompt_cache, prompt_progress=prompt_reading(self.api_cancel))
+                                    prompt_cache=self.prompt_cache, prompt_progress=reading)
         from engine.generate import generate_plain
 
         return generate_plain(self.lm, list(prompt_ids), max_tokens, sampling, tuple(stops),
-                              prompt_cache=self.prompt_cache, prompt_progress=prompt_reading(self.api_cancel))
+                              prompt_cache=self.prompt_cache, prompt_progress=reading)
 
     def encode(self, messages: list[dict], continue_final: bool, template: dict | None = None,
                json_mode: bool = False) -> list[int]:

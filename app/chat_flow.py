@@ -11,6 +11,8 @@ import random
 import sqlite3
 import time
 
+from engine.events import READING_SHOWN_FROM, reading_text
+
 from . import dialogs
 from .answer_edit import AnswerEditDialog
 from .compare import CompareJob, format_comparison, reusable
@@ -21,13 +23,6 @@ from .widgets import replace_text
 
 CONTEXT_ERROR = "exceeds the model's context"
 API_WAIT = "waiting for an API request to finish …"
-# A prompt shorter than this is read before anyone could look at a percentage.
-PROGRESS_MIN_TOKENS = 512
-
-
-def reading_text(done: int, total: int) -> str:
-    """The stats line while a long prompt is read (prefill), where the wait before the first token is."""
-    return f"reading the prompt: {100 * done // total}% ({done:,} of {total:,} tokens) …"
 
 
 class ChatFlow:
@@ -218,7 +213,7 @@ class ChatFlow:
     def _on_prompt_progress(self, done: int, total: int) -> None:
         """A long prompt is being read: how far, so that seconds before the first token do not look like a
         hang (Stop ends the reading; what was read is kept for the next answer)."""
-        if not self.busy or self._answer_started or self._compare is not None or total < PROGRESS_MIN_TOKENS:
+        if not self.busy or self._answer_started or self._compare is not None or total < READING_SHOWN_FROM:
             return
         self.stats_label.setText(reading_text(done, total) if done < total else "generating …")
 

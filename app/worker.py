@@ -169,15 +169,12 @@ class EngineWorker(QObject):
             # A backend may bring its own clock: the tests' fake replays recorded timings on a virtual one.
             result = summarize(relay(events), prompt_tokens, method, clock=getattr(self._engine, "clock", None),
                                extra=extra)
-        except ConvertCancelled as exc:  # Stop during the first SubSpec answer's draft build: an answer stopped
-            result = summarize(iter(()), 0, params.get("method", "vanilla"), extra={"model": self._engine.name})
-            stopped = True
-            notes.append(f"stopped while building the SubSpec draft: {exc}")
-        except Stopped:  # Stop while a long prompt was read: what was read is kept for the next answer
+        except (ConvertCancelled, Stopped) as exc:  # Stop before a word: an answer stopped, not an error
             result = summarize(iter(()), prompt_tokens, params.get("method", "vanilla"),
                                extra={"model": self._engine.name})
             stopped = True
-            notes.append("stopped while the prompt was read (what was read is kept for the next answer)")
+            notes.append(f"stopped while building the SubSpec draft: {exc}" if isinstance(exc, ConvertCancelled)
+                         else "stopped while the prompt was read (what was read is kept for the next answer)")
         except Exception as exc:  # noqa: BLE001 - any engine failure becomes a dialog, not a dead thread
             self._fail(exc)
             return

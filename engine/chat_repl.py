@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from .context_window import ROOM_AFTER_DROPPING, fit_conversation
 from .errors import Stopped, SubspecError, prompt_reading
-from .events import StepEvent, summarize
+from .events import READING_SHOWN_FROM, StepEvent, reading_text, summarize
 
 HELP = """commands:
   /bye            leave (Ctrl+D too)
@@ -148,8 +148,6 @@ class ReadingLine:
     """How far a long prompt is read, on one terminal line that each step rewrites and the end clears
     (nothing when `err` is no terminal, or for a prompt read before anyone could look)."""
 
-    MIN_TOKENS = 512
-
     def __init__(self, err):
         self.err = err
         self.shown = 0  # the length of the line on screen
@@ -157,10 +155,10 @@ class ReadingLine:
         self.terminal = bool(isatty and isatty())
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.terminal or total < self.MIN_TOKENS:
+        if not self.terminal or total < READING_SHOWN_FROM:
             return
         if done < total:
-            line = f"reading the prompt: {100 * done // total}% ({done:,} of {total:,} tokens) ..."
+            line = reading_text(done, total, "...")
             self.err.write("\r" + line.ljust(self.shown))
             self.shown = len(line)
             self.err.flush()

@@ -108,3 +108,14 @@ def summarize(events, prompt_tokens: int, method: str, clock=None, extra: dict |
         ttft_s=ttft or 0.0, total_s=total, finish_reason=finish, method=method, extra=dict(extra or {}),
         logprobs=tuple(logprobs), cached_tokens=cached,
     )
+
+
+# How far a long prompt is read (engine.generate.prefill's progress) is told from this many tokens: a shorter
+# prompt is read before anyone could look.
+READING_SHOWN_FROM = 512
+
+
+def reading_text(done: int, total: int, ellipsis: str = "…") -> str:
+    """The app's stats line, and the terminal's line, while a prompt is read (`ellipsis` "..." for consoles
+    that lack the character)."""
+    return f"reading the prompt: {100 * done // total}% ({done:,} of {total:,} tokens) {ellipsis}"

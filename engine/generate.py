@@ -106,13 +106,14 @@ def _prefill_by_pass(decoder: Decoder, cache: KVCache, tokens: torch.Tensor, chu
         # Stop there keeps the whole pass).
         done = None if progress is None else (
             lambda i, begin=begin, n=n: progress(begin + n * (i + 1) // layers, total) if i < layers - 1 else None)
+        short_of_memory = False
         try:
             logits = decoder.prefill_pass(part, positions, cache, start, chunk, done)
         except Exception as error:  # noqa: BLE001 (only out of memory is handled; the rest re-raised)
             if isinstance(error, Stopped) or not out_of_memory(error) or n <= chunk:
                 raise
-            logits = None
-        if logits is None:  # out of memory: the pass's frames are gone with the exception, free them
+            short_of_memory = True
+        if short_of_memory:  # (out of the except: the pass's frames went with the exception, and are freed here)
             # Nothing of this pass is committed: it runs again at half its size (its KV rows rewritten).
             free_device_memory()
             pass_tokens = max(chunk, n // 2 // chunk * chunk)

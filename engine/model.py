@@ -304,6 +304,15 @@ class Decoder(nn.Module):
         c = self.config
         return KVCache(c.num_layers, c.num_kv_heads, c.head_dim, capacity, w.dtype, w.device)
 
+    def fold(self, mask: torch.Tensor) -> torch.Tensor:
+        """An additive mask [T, S] as every layer's `attend` takes it: [B, 1, T, S], or [B, 1, G*T, S]
+        folded (fold_mask), in the model's dtype (SDPA's fused kernels take a mask in the query's dtype),
+        its rows aligned on CUDA. Its size: engine.planner.mask_bytes."""
+        weight = self.embed_tokens.weight
+        groups = self.config.num_heads // self.config.num_kv_heads
+        align = MASK_ALIGN if weight.device.type == "cuda" else 1
+        return fold_mask(mask, groups, weight.dtype, align)[None, None]
+
     def run_layer(self, index: int, h, cos, sin, mask, cache, start, slots=None):
         if self.streamer is None:
             return self.layers[index](h, cos, sin, mask, cache, index, start, slots)
@@ -332,8 +341,6 @@ class Decoder(nn.Module):
         device = tokens.device
         h = self.embed_tokens(tokens)[None]  # [B, T, H], each layer's output written back over its input
         cos, sin = self.rotary(positions, dtype)
-        groups = self.config.num_heads // self.config.num_kv_heads
-        align = MASK_ALIGN if device.type == "cuda" else 1
         window = self.config.sliding_window
         total = tokens.shape[0]
         with sdpa_kernel(ATTENTION_BACKENDS):
@@ -342,9 +349,8 @@ class Decoder(nn.Module):
                     self.streamer.before_layer(i)
                 for begin in range(0, total, block):
                     end = min(begin + block, total)
-                    mask = causal_mask(start + begin, end - begin, dtype, device, window)
-                    folded = fold_mask(mask, groups, dtype, align)[None, None]
-                    del mask  # (prefill frees a chunk's own mask when the forward returns; here at once)
+                    folded = self.fold(causal_mask(start + begin, end - begin, dtype, device, window))
+                    # (the built mask is gone already: prefill frees a chunk's own when the forward returns)
                     h[:, begin:end] = self.layers[i](h[:, begin:end], cos[begin:end], sin[begin:end], folded,
                                                      cache, i, start + begin)
                     del folded
@@ -373,11 +379,7 @@ class Decoder(nn.Module):
         dtype = self.embed_tokens.weight.dtype
         h = self.embed_tokens(tokens)[None]  # [B, T, H]
         cos, sin = self.rotary(positions, dtype)
-        # [B, 1, T, S], or [B, 1, G*T, S] folded once here for every layer's `attend`, in the model's dtype
-        # (SDPA's fused kernels take a mask in the query's dtype). Its size: engine.planner.mask_bytes.
-        groups = self.config.num_heads // self.config.num_kv_heads
-        align = MASK_ALIGN if h.device.type == "cuda" else 1
-        attn_mask = None if mask is None else fold_mask(mask, groups, dtype, align)[None, None]
+        attn_mask = None if mask is None else self.fold(mask)  # once here, for every layer's `attend`
         with sdpa_kernel(ATTENTION_BACKENDS):
             for i in range(len(self.layers)):
                 h = self.run_layer(i, h, cos, sin, attn_mask, cache, start, slots)

@@ -246,14 +246,19 @@ def prefill_pass_bytes(config: ModelConfig, tokens: int, dtype_bytes: int = 2) -
     return max(0, tokens - PREFILL_CHUNK) * _pass_bytes_per_token(config, dtype_bytes)
 
 
-def _prefill_pass(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int) -> int:
-    """Tokens per prefill pass for a layout with streamed layers: the largest multiple of PREFILL_CHUNK
-    up to prefill_pass_tokens that the memory the layout leaves holds (one chunk when none is left:
-    a pass is then a chunked forward)."""
-    spare = budget - _vram(config, replace(layout, prefill=PREFILL_CHUNK), dtype_bytes)
+def _pass_tokens_held(config: ModelConfig, spare: int, dtype_bytes: int, most: int) -> int:
+    """The prompt tokens a prefill pass can take with `spare` bytes beyond a chunked forward's: whole
+    chunks, at least one (which costs nothing extra: a pass of one chunk is a chunked forward), at most
+    `most` (itself a multiple of PREFILL_CHUNK)."""
     extra = max(0, spare) // _pass_bytes_per_token(config, dtype_bytes)
-    tokens = (PREFILL_CHUNK + extra) // PREFILL_CHUNK * PREFILL_CHUNK
-    return min(tokens, prefill_pass_tokens(config, dtype_bytes))
+    return min(most, (PREFILL_CHUNK + extra) // PREFILL_CHUNK * PREFILL_CHUNK)
+
+
+def _prefill_pass(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int) -> int:
+    """Tokens per prefill pass for a layout with streamed layers: as many as the memory the layout leaves
+    holds, up to prefill_pass_tokens (one chunk when none is left: a pass is then a chunked forward)."""
+    spare = budget - _vram(config, replace(layout, prefill=PREFILL_CHUNK), dtype_bytes)
+    return _pass_tokens_held(config, spare, dtype_bytes, prefill_pass_tokens(config, dtype_bytes))
 
 
 def slots_bytes(config: ModelConfig, slots: int, dtype_bytes: int = 2) -> int:
@@ -367,14 +372,13 @@ def _with_substitutes(config: ModelConfig, resident: int, kv_length: int) -> _La
     return _Layout(resident, offloaded, (4,) * offloaded, kv_length, MIN_SLOTS, MAX_NODES)
 
 
-def _first_pass(config: ModelConfig, layout: _Layout, spare: int, dtype_bytes: int) -> tuple[_Layout, int]:
-    """The first use of spare memory in a layout with streamed layers: prefill passes of up to
-    PREFILL_PASS_FIRST tokens (what the spare holds of them, in whole chunks). Returns the layout and what
-    is left to spend."""
-    per_token = _pass_bytes_per_token(config, dtype_bytes)
-    tokens = min(PREFILL_PASS_FIRST, prefill_pass_tokens(config, dtype_bytes),
-                 (PREFILL_CHUNK + max(0, spare) // per_token) // PREFILL_CHUNK * PREFILL_CHUNK)
-    tokens = max(tokens, PREFILL_CHUNK)
+def _first_pass(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int) -> tuple[_Layout, int]:
+    """The first use of the memory a layout with streamed layers leaves under `budget`: prefill passes of
+    up to PREFILL_PASS_FIRST tokens (what that memory holds of them). Returns the layout and the bytes
+    left to spend."""
+    spare = budget - _vram(config, layout, dtype_bytes)
+    tokens = _pass_tokens_held(config, spare, dtype_bytes,
+                               min(PREFILL_PASS_FIRST, prefill_pass_tokens(config, dtype_bytes)))
     return replace(layout, prefill=tokens), spare - prefill_pass_bytes(config, tokens, dtype_bytes)
 
 
@@ -382,7 +386,7 @@ def _grow(config: ModelConfig, layout: _Layout, budget: int, dtype_bytes: int, f
     """Spend what is left: first a prefill pass of PREFILL_PASS_FIRST tokens (a few MB), then 8-bit
     substitutes, for the last streamed layers (nearest the output, where precision aligns the draft most:
     see the tau model), then (unless the user fixed it) resident layers."""
-    layout, spare = _first_pass(config, layout, budget - _vram(config, layout, dtype_bytes), dtype_bytes)
+    layout, spare = _first_pass(config, layout, budget, dtype_bytes)
     upgrade = substitute_layer_bytes(config, 8, dtype_bytes) - substitute_layer_bytes(config, 4, dtype_bytes)
     eights = max(0, min(layout.offloaded, spare // upgrade))
     spare -= eights * upgrade
@@ -403,8 +407,7 @@ def _plain_offloaded(config: ModelConfig, kv_length: int, budget: int, dtype_byt
     length = _longest_kv(config, layout, budget, dtype_bytes)
     if length is None:
         return None
-    layout, spare = _first_pass(config, replace(layout, kv_length=length),
-                                budget - _vram(config, replace(layout, kv_length=length), dtype_bytes), dtype_bytes)
+    layout, spare = _first_pass(config, replace(layout, kv_length=length), budget, dtype_bytes)
     if forced is None:
         extra = min(layout.offloaded - 1, spare // layer_linear_bytes(config, dtype_bytes))
         layout = replace(layout, resident=resident + extra, offloaded=layout.offloaded - extra)

@@ -7,8 +7,8 @@ import threading
 from app_fakes import PROMPT, FakeBackend
 from PySide6.QtCore import Qt
 
-from app.chat_flow import reading_text
 from engine.errors import prompt_reading
+from engine.events import reading_text
 
 
 class ReadingBackend(FakeBackend):

@@ -418,8 +418,9 @@ def test_the_first_pass_takes_what_the_spare_holds_up_to_its_size():
     layout = planner._with_substitutes(c, 2, 4096)
     per_token = planner._pass_bytes_per_token(c, 2)
     first = planner.PREFILL_PASS_FIRST
+    full = planner._vram(c, layout, 2)  # what the layout takes; the rest of the budget is spare
     for spare, tokens in ((0, 256), (-5, 256), (255 * per_token, 256), (256 * per_token, 512),
                           ((first - 256) * per_token + 1, first), (10 * planner.GIB, first)):
-        got, left = planner._first_pass(c, layout, spare, 2)
+        got, left = planner._first_pass(c, layout, full + spare, 2)
         assert got.prefill == tokens and left == spare - planner.prefill_pass_bytes(c, tokens, 2), spare
     assert planner.prefill_pass_bytes(c, first, 2) < 15 * 2**20  # a few MB
